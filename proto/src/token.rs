@@ -1,0 +1,1 @@
+//! Shift tokens (filled by the fleet-provisioning issue).

@@ -1,0 +1,1 @@
+//! Fleet PKI and enrolment for Kerbside (filled by the fleet-provisioning issue).

@@ -1,0 +1,1 @@
+//! Whole-system tests: one integration-test binary with a module per area.
