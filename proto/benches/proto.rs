@@ -1,0 +1,2 @@
+//! Benchmarks for edge-proto (filled in by the foundation issue).
+fn main() {}
