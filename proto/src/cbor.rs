@@ -1,0 +1,62 @@
+//! CBOR encoding (via `ciborium`) for everything host-side: records on the wire and at rest,
+//! audit events, sync messages.
+//!
+//! Decoding is bounded ([`MAX_CBOR_BYTES`]) and never panics; unknown fields are ignored so a
+//! newer writer's records decode on an older reader. Summaries carry an explicit schema version
+//! that a reader checks ([`decode_summary`]).
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::model::{Summary, SCHEMA_VERSION};
+
+/// The largest CBOR value any Kerbside decoder accepts (a summary is a few KiB).
+pub const MAX_CBOR_BYTES: usize = 4 * 1024 * 1024;
+
+/// Why bytes could not be decoded (or, rarely, encoded).
+#[derive(Debug, thiserror::Error)]
+pub enum CborError {
+    #[error("CBOR value is {0} bytes, more than the {MAX_CBOR_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("malformed CBOR: {0}")]
+    Malformed(String),
+    #[error("schema version {found} is newer than this build understands ({supported})")]
+    UnsupportedSchema { found: u16, supported: u16 },
+    #[error("CBOR encoding failed: {0}")]
+    Encode(String),
+}
+
+/// Encode any serialisable value.
+pub fn to_vec<T: Serialize>(value: &T) -> Result<Vec<u8>, CborError> {
+    let mut out = Vec::with_capacity(512);
+    ciborium::into_writer(value, &mut out).map_err(|e| CborError::Encode(e.to_string()))?;
+    Ok(out)
+}
+
+/// Decode a value from untrusted bytes: bounded in size, never panics.
+pub fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CborError> {
+    if bytes.len() > MAX_CBOR_BYTES {
+        return Err(CborError::TooLarge(bytes.len()));
+    }
+    ciborium::from_reader(bytes).map_err(|e| CborError::Malformed(e.to_string()))
+}
+
+/// Encode a summary (always with the current schema version).
+pub fn encode_summary(s: &Summary) -> Result<Vec<u8>, CborError> {
+    if s.schema == SCHEMA_VERSION {
+        to_vec(s)
+    } else {
+        let mut s = s.clone();
+        s.schema = SCHEMA_VERSION;
+        to_vec(&s)
+    }
+}
+
+/// Decode a summary, refusing a schema version newer than this build.
+pub fn decode_summary(bytes: &[u8]) -> Result<Summary, CborError> {
+    let s: Summary = from_slice(bytes)?;
+    if s.schema > SCHEMA_VERSION {
+        return Err(CborError::UnsupportedSchema { found: s.schema, supported: SCHEMA_VERSION });
+    }
+    Ok(s)
+}
