@@ -1,1 +1,4 @@
-//! Whole-system tests: one integration-test binary with a module per area.
+//! Whole-system tests: one integration-test binary with a module per area. Each test starts the
+//! real release binaries (built once by `kerbside_tests::bin`).
+
+mod foundation;
