@@ -40,7 +40,12 @@ impl BackupDomain for FakeBackup {
 }
 
 /// 100k over 10k divider into a 3.3 V, 12-bit ADC: 36.3 V full scale.
-const DIVIDER: Divider = Divider { vref_mv: 3_300, full_scale: 4_095, r_top_ohm: 100_000, r_bottom_ohm: 10_000 };
+const DIVIDER: Divider = Divider {
+    vref_mv: 3_300,
+    full_scale: 4_095,
+    r_top_ohm: 100_000,
+    r_bottom_ohm: 10_000,
+};
 
 fn pins(t: &[T]) -> Pin {
     Pin::new(t)
@@ -57,7 +62,10 @@ fn divider_converts_counts_to_input_millivolts() {
 
 #[test]
 fn sample_reads_pins_and_keeps_last_good_value_on_error() {
-    let ign = pins(&[T::get(Level::High), T::get(Level::High).with_error(MockError::Io(ErrorKind::Other))]);
+    let ign = pins(&[
+        T::get(Level::High),
+        T::get(Level::High).with_error(MockError::Io(ErrorKind::Other)),
+    ]);
     let tamp = pins(&[T::get(Level::Low), T::get(Level::High)]);
     let mut board = Board::new(
         ign,
@@ -105,8 +113,15 @@ fn apply_drives_power_reset_leds_and_backup_domain() {
         DIVIDER,
     );
     let mut backup = FakeBackup::default();
-    let leds = Leds { power: Pattern::On, link: Pattern::Off, fault: Pattern::Code(3) };
-    let persisted = Persisted { tamper_latched: true, host_zeroized: false };
+    let leds = Leds {
+        power: Pattern::On,
+        link: Pattern::Off,
+        fault: Pattern::Code(3),
+    };
+    let persisted = Persisted {
+        tamper_latched: true,
+        host_zeroized: false,
+    };
     let out = Outputs {
         host_power: true,
         leds,
@@ -120,7 +135,10 @@ fn apply_drives_power_reset_leds_and_backup_domain() {
     let out2 = Outputs {
         host_power: true,
         host_reset: true,
-        leds: Leds { link: Pattern::On, ..leds },
+        leds: Leds {
+            link: Pattern::On,
+            ..leds
+        },
         ..Outputs::default()
     };
     board.apply(300, &out2, &mut backup);

@@ -1,19 +1,29 @@
 //! The streaming decoder against partial reads, garbage, corruption and floods.
 
 use firmware::proto::frame::{decode, encode, FrameDecoder};
-use firmware::proto::{
-    DecodeError, Health, HostToMcu, McuToHost, MAX_ENCODED_LEN, MAX_FRAME_LEN,
-};
+use firmware::proto::{DecodeError, Health, HostToMcu, McuToHost, MAX_ENCODED_LEN, MAX_FRAME_LEN};
 use firmware::Frame;
 
 type Out = Vec<Result<Frame<HostToMcu>, DecodeError>>;
 
 fn sample_stream() -> (Vec<u8>, Vec<Frame<HostToMcu>>) {
     let frames = vec![
-        Frame { seq: 1, msg: HostToMcu::Hello { version: 1 } },
-        Frame { seq: 2, msg: HostToMcu::Heartbeat { health: Health::Ok } },
-        Frame { seq: 3, msg: HostToMcu::ShutdownAck { flushed: true } },
-        Frame { seq: 0x100, msg: HostToMcu::Ack { seq: 0 } },
+        Frame {
+            seq: 1,
+            msg: HostToMcu::Hello { version: 1 },
+        },
+        Frame {
+            seq: 2,
+            msg: HostToMcu::Heartbeat { health: Health::Ok },
+        },
+        Frame {
+            seq: 3,
+            msg: HostToMcu::ShutdownAck { flushed: true },
+        },
+        Frame {
+            seq: 0x100,
+            msg: HostToMcu::Ack { seq: 0 },
+        },
     ];
     let bytes = frames.iter().flat_map(|f| encode(f.seq, &f.msg)).collect();
     (bytes, frames)
@@ -64,7 +74,10 @@ fn corrupt_crc_is_rejected() {
     let n = bad.len();
     bad[n - 2] ^= 0x01;
     let out: Out = FrameDecoder::new().feed(&bad).collect();
-    assert!(matches!(out.as_slice(), [Err(DecodeError::Crc { .. })]), "{out:?}");
+    assert!(
+        matches!(out.as_slice(), [Err(DecodeError::Crc { .. })]),
+        "{out:?}"
+    );
 }
 
 /// Build a frame by hand (bypassing the encoder) so invalid contents get a valid CRC.
@@ -90,7 +103,10 @@ fn cobs(data: &[u8]) -> Vec<u8> {
 
 #[test]
 fn wrong_version_unknown_kind_and_bad_payload_are_typed_errors() {
-    assert_eq!(decode::<HostToMcu>(&raw_frame(2, 1, 0x46, &[])), Err(DecodeError::Version { got: 2 }));
+    assert_eq!(
+        decode::<HostToMcu>(&raw_frame(2, 1, 0x46, &[])),
+        Err(DecodeError::Version { got: 2 })
+    );
     assert_eq!(
         decode::<HostToMcu>(&raw_frame(1, 1, 0x7e, &[])),
         Err(DecodeError::UnknownKind { kind: 0x7e })
@@ -98,17 +114,37 @@ fn wrong_version_unknown_kind_and_bad_payload_are_typed_errors() {
     // An MCU-to-host kind sent the wrong way is unknown too.
     assert_eq!(
         decode::<HostToMcu>(&raw_frame(1, 1, McuToHost::KIND_TAMPER, &[])),
-        Err(DecodeError::UnknownKind { kind: McuToHost::KIND_TAMPER })
+        Err(DecodeError::UnknownKind {
+            kind: McuToHost::KIND_TAMPER
+        })
     );
     let hb = HostToMcu::KIND_HEARTBEAT;
-    assert_eq!(decode::<HostToMcu>(&raw_frame(1, 1, hb, &[9])), Err(DecodeError::BadPayload { kind: hb }));
-    assert_eq!(decode::<HostToMcu>(&raw_frame(1, 1, hb, &[])), Err(DecodeError::BadPayload { kind: hb }));
-    assert_eq!(decode::<HostToMcu>(&raw_frame(1, 1, hb, &[0, 0])), Err(DecodeError::BadPayload { kind: hb }));
+    assert_eq!(
+        decode::<HostToMcu>(&raw_frame(1, 1, hb, &[9])),
+        Err(DecodeError::BadPayload { kind: hb })
+    );
+    assert_eq!(
+        decode::<HostToMcu>(&raw_frame(1, 1, hb, &[])),
+        Err(DecodeError::BadPayload { kind: hb })
+    );
+    assert_eq!(
+        decode::<HostToMcu>(&raw_frame(1, 1, hb, &[0, 0])),
+        Err(DecodeError::BadPayload { kind: hb })
+    );
     let ack = HostToMcu::KIND_SHUTDOWN_ACK;
-    assert_eq!(decode::<HostToMcu>(&raw_frame(1, 1, ack, &[2])), Err(DecodeError::BadPayload { kind: ack }));
+    assert_eq!(
+        decode::<HostToMcu>(&raw_frame(1, 1, ack, &[2])),
+        Err(DecodeError::BadPayload { kind: ack })
+    );
     let leds = HostToMcu::KIND_SET_LEDS;
-    assert_eq!(decode::<HostToMcu>(&raw_frame(1, 1, leds, &[0, 0x80])), Err(DecodeError::BadPayload { kind: leds }));
-    assert_eq!(decode::<HostToMcu>(&[0x02, 0x01]), Err(DecodeError::TooShort));
+    assert_eq!(
+        decode::<HostToMcu>(&raw_frame(1, 1, leds, &[0, 0x80])),
+        Err(DecodeError::BadPayload { kind: leds })
+    );
+    assert_eq!(
+        decode::<HostToMcu>(&[0x02, 0x01]),
+        Err(DecodeError::TooShort)
+    );
     assert_eq!(decode::<HostToMcu>(&[0x05, 0x01]), Err(DecodeError::Cobs));
 }
 
@@ -123,7 +159,13 @@ fn a_flood_without_delimiter_is_bounded_and_reported_once() {
     // And the next frame decodes.
     let wire = encode(9, &HostToMcu::GetStatus);
     let out: Out = d.feed(&wire).collect();
-    assert_eq!(out, vec![Ok(Frame { seq: 9, msg: HostToMcu::GetStatus })]);
+    assert_eq!(
+        out,
+        vec![Ok(Frame {
+            seq: 9,
+            msg: HostToMcu::GetStatus
+        })]
+    );
 }
 
 #[test]
@@ -136,12 +178,18 @@ fn oversized_decoded_frame_is_rejected() {
     let mut bytes = enc.clone();
     bytes.push(0);
     let out: Out = d.feed(&bytes).collect();
-    assert!(matches!(out.as_slice(), [Err(DecodeError::Oversized)]), "{out:?}");
+    assert!(
+        matches!(out.as_slice(), [Err(DecodeError::Oversized)]),
+        "{out:?}"
+    );
 }
 
 #[test]
 fn errors_have_lowercase_messages() {
-    assert_eq!(DecodeError::UnknownKind { kind: 0x7e }.to_string(), "unknown message kind 0x7e");
+    assert_eq!(
+        DecodeError::UnknownKind { kind: 0x7e }.to_string(),
+        "unknown message kind 0x7e"
+    );
     assert_eq!(
         DecodeError::Version { got: 2 }.to_string(),
         "unsupported protocol version 2 (expected 1)"

@@ -72,7 +72,15 @@ impl Rig {
 
     pub fn with_persisted(settings: Settings, persisted: Persisted) -> Self {
         let cfg = Config::new(settings).expect("valid settings");
-        let sup = Supervisor::new(cfg, FwVersion { major: 0, minor: 1, patch: 0 }, persisted);
+        let sup = Supervisor::new(
+            cfg,
+            FwVersion {
+                major: 0,
+                minor: 1,
+                patch: 0,
+            },
+            persisted,
+        );
         Self {
             states: vec![(0, sup.state())],
             sup,
@@ -161,12 +169,14 @@ impl Rig {
         match msg {
             McuToHost::ShutdownRequest { .. } => {
                 if let Some(d) = self.host.shutdown_ack_ms {
-                    self.pending_host.push((self.now + d, HostToMcu::ShutdownAck { flushed: true }));
+                    self.pending_host
+                        .push((self.now + d, HostToMcu::ShutdownAck { flushed: true }));
                 }
             }
             McuToHost::PowerFail { .. } => {
                 if let Some(d) = self.host.power_fail_ack_ms {
-                    self.pending_host.push((self.now + d, HostToMcu::ShutdownAck { flushed: true }));
+                    self.pending_host
+                        .push((self.now + d, HostToMcu::ShutdownAck { flushed: true }));
                 }
             }
             McuToHost::Tamper if self.host.zeroize => {
@@ -206,8 +216,12 @@ impl Rig {
             }
             if self.host_alive() {
                 let now = self.now;
-                let due: Vec<HostToMcu> =
-                    self.pending_host.iter().filter(|(t, _)| *t <= now).map(|(_, m)| *m).collect();
+                let due: Vec<HostToMcu> = self
+                    .pending_host
+                    .iter()
+                    .filter(|(t, _)| *t <= now)
+                    .map(|(_, m)| *m)
+                    .collect();
                 self.pending_host.retain(|(t, _)| *t > now);
                 for m in due {
                     self.step(Some(m));
@@ -237,7 +251,11 @@ impl Rig {
     }
 
     pub fn sent_since(&self, t: u64) -> Vec<McuToHost> {
-        self.sent.iter().filter(|(at, _)| *at >= t).map(|(_, m)| *m).collect()
+        self.sent
+            .iter()
+            .filter(|(at, _)| *at >= t)
+            .map(|(_, m)| *m)
+            .collect()
     }
 
     pub fn shutdown_requests(&self) -> Vec<(u64, ShutdownReason)> {
@@ -251,7 +269,10 @@ impl Rig {
     }
 
     pub fn power_fails(&self) -> usize {
-        self.sent.iter().filter(|(_, m)| matches!(m, McuToHost::PowerFail { .. })).count()
+        self.sent
+            .iter()
+            .filter(|(_, m)| matches!(m, McuToHost::PowerFail { .. }))
+            .count()
     }
 
     pub fn power_cycle_starts(&self) -> Vec<u64> {

@@ -7,7 +7,10 @@ type Mcu = Endpoint<McuToHost, HostToMcu>;
 type Host = Endpoint<HostToMcu, McuToHost>;
 
 fn pair() -> (Mcu, Host) {
-    (Endpoint::new(LinkConfig::default()), Endpoint::new(LinkConfig::default()))
+    (
+        Endpoint::new(LinkConfig::default()),
+        Endpoint::new(LinkConfig::default()),
+    )
 }
 
 /// Move every pending frame from `from` to `to`; returns what `to` delivered.
@@ -26,11 +29,20 @@ where
 #[test]
 fn request_is_delivered_once_and_acknowledged() {
     let (mut mcu, mut host) = pair();
-    host.send(HostToMcu::Heartbeat { health: Health::Ok }).expect("queued");
+    host.send(HostToMcu::Heartbeat { health: Health::Ok })
+        .expect("queued");
     let got = pump(0, &mut host, &mut mcu);
-    assert_eq!(got, vec![Received::Message(HostToMcu::Heartbeat { health: Health::Ok })]);
+    assert_eq!(
+        got,
+        vec![Received::Message(HostToMcu::Heartbeat {
+            health: Health::Ok
+        })]
+    );
     assert!(!host.is_idle(), "waiting for the ack");
-    assert!(pump(0, &mut mcu, &mut host).is_empty(), "acks are not delivered");
+    assert!(
+        pump(0, &mut mcu, &mut host).is_empty(),
+        "acks are not delivered"
+    );
     assert!(host.is_idle());
     assert!(mcu.is_idle());
     // Nothing to retransmit later.
@@ -40,7 +52,8 @@ fn request_is_delivered_once_and_acknowledged() {
 #[test]
 fn lost_frame_is_retransmitted_and_duplicate_suppressed() {
     let (mut mcu, mut host) = pair();
-    mcu.send(McuToHost::PowerFail { budget_ms: 7_900 }).expect("queued");
+    mcu.send(McuToHost::PowerFail { budget_ms: 7_900 })
+        .expect("queued");
     let first = mcu.poll_transmit(0).expect("frame");
     // Delivered, but the ack is lost.
     let mut got = Vec::new();
@@ -50,7 +63,10 @@ fn lost_frame_is_retransmitted_and_duplicate_suppressed() {
     let again = mcu.poll_transmit(500).expect("retransmission");
     assert_eq!(again, first);
     host.receive(500, &again, |r| got.push(r));
-    assert_eq!(got, vec![Received::Message(McuToHost::PowerFail { budget_ms: 7_900 })]);
+    assert_eq!(
+        got,
+        vec![Received::Message(McuToHost::PowerFail { budget_ms: 7_900 })]
+    );
     assert_eq!(host.stats().duplicates, 1);
     pump(500, &mut host, &mut mcu);
     assert!(mcu.is_idle());
@@ -59,7 +75,10 @@ fn lost_frame_is_retransmitted_and_duplicate_suppressed() {
 
 #[test]
 fn unacknowledged_frame_expires_after_max_attempts() {
-    let mut mcu: Mcu = Endpoint::new(LinkConfig { retransmit_ms: 100, max_attempts: 3 });
+    let mut mcu: Mcu = Endpoint::new(LinkConfig {
+        retransmit_ms: 100,
+        max_attempts: 3,
+    });
     let seq = mcu.send(McuToHost::Tamper).expect("queued");
     let mut sent = 0;
     for now in (0..1_000).step_by(10) {
@@ -76,12 +95,17 @@ fn unacknowledged_frame_expires_after_max_attempts() {
 #[test]
 fn hello_resets_duplicate_detection() {
     let (mut mcu, mut host) = pair();
-    host.send(HostToMcu::Heartbeat { health: Health::Ok }).expect("queued");
+    host.send(HostToMcu::Heartbeat { health: Health::Ok })
+        .expect("queued");
     pump(0, &mut host, &mut mcu);
     // The host restarts: a new endpoint starts at sequence 0 again.
     let mut host2: Host = Endpoint::new(LinkConfig::default());
     host2.send(HostToMcu::Hello { version: 1 }).expect("queued");
-    host2.send(HostToMcu::Heartbeat { health: Health::Degraded }).expect("queued");
+    host2
+        .send(HostToMcu::Heartbeat {
+            health: Health::Degraded,
+        })
+        .expect("queued");
     let got = pump(0, &mut host2, &mut mcu);
     assert_eq!(got.len(), 2, "{got:?}");
 }

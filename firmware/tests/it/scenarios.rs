@@ -31,7 +31,14 @@ fn ignition_on_powers_host_after_debounce_and_delay() {
     r.run(20_000);
     assert_eq!(r.state(), State::Running);
     assert_eq!(r.leds().power, Pattern::On);
-    assert!(matches!(r.sent_since(0)[0], McuToHost::Hello { version: 1, board_rev: 1, .. }));
+    assert!(matches!(
+        r.sent_since(0)[0],
+        McuToHost::Hello {
+            version: 1,
+            board_rev: 1,
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -69,7 +76,11 @@ fn host_that_never_says_hello_is_power_cycled_after_boot_timeout() {
     r.run(179_990);
     assert!(matches!(r.state(), State::Booting { .. }));
     r.run(10);
-    assert!(matches!(r.state(), State::PowerCycle { .. }), "{:?}", r.state());
+    assert!(
+        matches!(r.state(), State::PowerCycle { .. }),
+        "{:?}",
+        r.state()
+    );
     assert!(!r.powered());
     r.run(5_000);
     assert!(r.powered(), "power returns after the off time");
@@ -86,13 +97,21 @@ fn ignition_off_runs_off_delay_then_requests_shutdown_and_cuts_after_ack() {
     r.ignition = false;
     r.run(2_000);
     assert!(matches!(r.state(), State::OffDelay { .. }));
-    assert!(r.sent_since(off_at).contains(&McuToHost::IgnitionChanged { on: false }));
+    assert!(r
+        .sent_since(off_at)
+        .contains(&McuToHost::IgnitionChanged { on: false }));
     r.run(15 * 60_000 - 10);
     assert!(r.shutdown_requests().is_empty());
     r.run(10);
-    assert_eq!(r.shutdown_requests(), vec![(off_at + 2_000 + 15 * 60_000, ShutdownReason::IgnitionOff)]);
+    assert_eq!(
+        r.shutdown_requests(),
+        vec![(off_at + 2_000 + 15 * 60_000, ShutdownReason::IgnitionOff)]
+    );
     assert!(r.sent.iter().any(|(_, m)| *m
-        == McuToHost::ShutdownRequest { reason: ShutdownReason::IgnitionOff, deadline_ms: 120_000 }));
+        == McuToHost::ShutdownRequest {
+            reason: ShutdownReason::IgnitionOff,
+            deadline_ms: 120_000
+        }));
     let requested = r.now;
     // The healthy host acks after 10 s; power goes 3 s (halt grace) later.
     r.run(12_990);
@@ -101,7 +120,10 @@ fn ignition_off_runs_off_delay_then_requests_shutdown_and_cuts_after_ack() {
     assert!(!r.powered());
     assert_eq!(r.power_edges.last(), Some(&(requested + 13_000, false)));
     assert_eq!(r.state(), State::Off);
-    assert_eq!(r.sup.status(r.now).last_shutdown, Some(ShutdownReason::IgnitionOff));
+    assert_eq!(
+        r.sup.status(r.now).last_shutdown,
+        Some(ShutdownReason::IgnitionOff)
+    );
 }
 
 #[test]
@@ -140,8 +162,16 @@ fn host_that_never_acknowledges_is_cut_at_the_hard_deadline() {
     r.host.shutdown_ack_ms = None;
     r.boot_to_running();
     r.ignition = false;
-    let asked = r.run_until(20 * 60_000, |r| !r.shutdown_requests().is_empty()).expect("asked");
-    assert!(matches!(r.state(), State::ShutdownPending { cut_at_ms: None, .. }));
+    let asked = r
+        .run_until(20 * 60_000, |r| !r.shutdown_requests().is_empty())
+        .expect("asked");
+    assert!(matches!(
+        r.state(),
+        State::ShutdownPending {
+            cut_at_ms: None,
+            ..
+        }
+    ));
     r.run(119_990);
     assert!(r.powered(), "power must hold until the deadline");
     r.run(10);
@@ -167,7 +197,8 @@ impl Rig {
         self.host.shutdown_ack_ms = Some(5_000);
         self.boot_to_running();
         self.ignition = false;
-        self.run_until(20 * 60_000, |r| !r.shutdown_requests().is_empty()).expect("asked");
+        self.run_until(20 * 60_000, |r| !r.shutdown_requests().is_empty())
+            .expect("asked");
     }
 }
 
@@ -180,16 +211,26 @@ fn power_fail_is_reported_at_once_and_power_cut_at_the_ack() {
     let lost = r.now;
     r.supply_mv = 0;
     r.run(100);
-    let fails: Vec<_> =
-        r.sent.iter().filter(|(_, m)| matches!(m, McuToHost::PowerFail { .. })).copied().collect();
-    assert_eq!(fails, vec![(lost + 100, McuToHost::PowerFail { budget_ms: 7_900 })]);
+    let fails: Vec<_> = r
+        .sent
+        .iter()
+        .filter(|(_, m)| matches!(m, McuToHost::PowerFail { .. }))
+        .copied()
+        .collect();
+    assert_eq!(
+        fails,
+        vec![(lost + 100, McuToHost::PowerFail { budget_ms: 7_900 })]
+    );
     assert!(matches!(r.state(), State::PowerFail { .. }));
     assert_eq!(r.leds().power, Pattern::FastBlink);
     // Host acks after 2 s: cut right away (the budget is the capacitor's).
     r.run(2_000);
     assert!(!r.powered());
     assert_eq!(r.power_edges.last(), Some(&(lost + 2_100, false)));
-    assert_eq!(r.sup.status(r.now).last_shutdown, Some(ShutdownReason::PowerFail));
+    assert_eq!(
+        r.sup.status(r.now).last_shutdown,
+        Some(ShutdownReason::PowerFail)
+    );
 }
 
 #[test]
@@ -235,7 +276,10 @@ fn battery_pulled_mid_write_then_reconnected() {
     r.run(3_000);
     assert_eq!(r.power_fails(), 1);
     assert!(!r.powered(), "cut at the host's ack");
-    assert!(r.shutdown_requests().is_empty(), "no orderly shutdown, only power-fail");
+    assert!(
+        r.shutdown_requests().is_empty(),
+        "no orderly shutdown, only power-fail"
+    );
     r.run(60_000);
     // Reconnected with ignition on: normal power-up.
     r.supply_mv = NOMINAL_MV;
@@ -251,8 +295,11 @@ fn power_fail_during_shutdown_pending_keeps_the_earlier_deadline_and_resumes() {
     r.host.power_fail_ack_ms = None;
     r.boot_to_running();
     r.ignition = false;
-    r.run_until(20 * 60_000, |r| !r.shutdown_requests().is_empty()).expect("asked");
-    let State::ShutdownPending { deadline_ms, .. } = r.state() else { panic!() };
+    r.run_until(20 * 60_000, |r| !r.shutdown_requests().is_empty())
+        .expect("asked");
+    let State::ShutdownPending { deadline_ms, .. } = r.state() else {
+        panic!()
+    };
     r.supply_mv = 0;
     r.run(1_000);
     assert!(matches!(r.state(), State::PowerFail { .. }));
@@ -312,13 +359,21 @@ fn low_battery_for_a_minute_forces_an_orderly_shutdown_with_reason() {
     r.run(59_990);
     assert!(r.shutdown_requests().is_empty());
     r.run(10);
-    assert_eq!(r.shutdown_requests(), vec![(low_at + 60_000, ShutdownReason::LowBattery)]);
-    assert!(r.sent_since(low_at).contains(&McuToHost::LowBattery { millivolts: 10_800 }));
+    assert_eq!(
+        r.shutdown_requests(),
+        vec![(low_at + 60_000, ShutdownReason::LowBattery)]
+    );
+    assert!(r
+        .sent_since(low_at)
+        .contains(&McuToHost::LowBattery { millivolts: 10_800 }));
     assert!(r.sup.faults(r.now).contains(Faults::LOW_BATTERY));
     assert_eq!(r.leds().fault, Pattern::Code(2));
     r.run(20_000);
     assert!(!r.powered());
-    assert_eq!(r.sup.status(r.now).last_shutdown, Some(ShutdownReason::LowBattery));
+    assert_eq!(
+        r.sup.status(r.now).last_shutdown,
+        Some(ShutdownReason::LowBattery)
+    );
     // Ignition is still on, but the host stays off until the battery recovers.
     r.supply_mv = 11_500;
     r.run(60_000);
@@ -362,7 +417,9 @@ fn hung_host_is_reset_then_power_cycled() {
     let mut r = rig();
     r.host.hang_after_ms = Some(60_000);
     r.boot_to_running();
-    let hung = r.run_until(200_000, |r| matches!(r.state(), State::WatchdogReset { .. }));
+    let hung = r.run_until(200_000, |r| {
+        matches!(r.state(), State::WatchdogReset { .. })
+    });
     let hung = hung.expect("reset");
     assert!(r.last.host_reset);
     assert!(r.powered(), "a reset keeps power on");
@@ -425,7 +482,8 @@ fn watchdog_is_suspended_while_a_shutdown_is_pending() {
     r.host.shutdown_ack_ms = None;
     r.boot_to_running();
     r.ignition = false;
-    r.run_until(20 * 60_000, |r| !r.shutdown_requests().is_empty()).expect("asked");
+    r.run_until(20 * 60_000, |r| !r.shutdown_requests().is_empty())
+        .expect("asked");
     r.host.hang_after_ms = Some(0);
     r.run(119_000);
     assert!(matches!(r.state(), State::ShutdownPending { .. }));
@@ -438,27 +496,51 @@ fn watchdog_is_suspended_while_a_shutdown_is_pending() {
 fn tamper_while_syncing_latches_tells_host_and_survives_mcu_power_loss() {
     let mut r = rig();
     r.boot_to_running();
-    r.host_says(HostToMcu::SetLeds { link: LinkState::Syncing, faults: HostFaults::empty() });
+    r.host_says(HostToMcu::SetLeds {
+        link: LinkState::Syncing,
+        faults: HostFaults::empty(),
+    });
     assert_eq!(r.leds().link, Pattern::FastBlink);
     let opened = r.now;
     r.tamper = true;
     r.run(10);
     assert!(r.sent_since(opened).contains(&McuToHost::Tamper));
     assert!(r.key_share_erased);
-    assert_eq!(r.persisted, Persisted { tamper_latched: true, host_zeroized: false });
+    assert_eq!(
+        r.persisted,
+        Persisted {
+            tamper_latched: true,
+            host_zeroized: false
+        }
+    );
     assert_eq!(r.leds().fault, Pattern::Code(3));
     assert_eq!(r.leds().link, Pattern::FastBlink, "syncing continues");
     assert_eq!(r.state(), State::Running, "tamper does not cut power");
     r.tamper = false;
     r.run(1_000);
-    assert_eq!(r.persisted, Persisted { tamper_latched: true, host_zeroized: true });
-    assert_eq!(r.sent.iter().filter(|(_, m)| *m == McuToHost::Tamper).count(), 1);
+    assert_eq!(
+        r.persisted,
+        Persisted {
+            tamper_latched: true,
+            host_zeroized: true
+        }
+    );
+    assert_eq!(
+        r.sent
+            .iter()
+            .filter(|(_, m)| *m == McuToHost::Tamper)
+            .count(),
+        1
+    );
     // The MCU loses power; the backup domain keeps the latch.
     let word = r.persisted.to_word();
     let mut r2 = Rig::with_persisted(Settings::DEFAULT_12V, Persisted::from_word(word));
     r2.boot_to_running();
     assert!(r2.sup.faults(r2.now).contains(Faults::TAMPER));
-    assert!(!r2.sent.iter().any(|(_, m)| *m == McuToHost::Tamper), "already zeroized");
+    assert!(
+        !r2.sent.iter().any(|(_, m)| *m == McuToHost::Tamper),
+        "already zeroized"
+    );
 }
 
 #[test]
@@ -507,10 +589,16 @@ fn leds_follow_state_link_and_faults() {
         (LinkState::DepotWifi, Pattern::On),
         (LinkState::Syncing, Pattern::FastBlink),
     ] {
-        r.host_says(HostToMcu::SetLeds { link, faults: HostFaults::empty() });
+        r.host_says(HostToMcu::SetLeds {
+            link,
+            faults: HostFaults::empty(),
+        });
         assert_eq!(r.leds().link, pattern);
     }
-    r.host_says(HostToMcu::SetLeds { link: LinkState::Cellular, faults: HostFaults::CERT_EXPIRED });
+    r.host_says(HostToMcu::SetLeds {
+        link: LinkState::Cellular,
+        faults: HostFaults::CERT_EXPIRED,
+    });
     assert_eq!(r.leds().fault, Pattern::Code(4));
     // Link LED goes dark when the host goes down.
     r.supply_mv = 0;
@@ -549,14 +637,21 @@ fn messages_from_an_unpowered_host_are_ignored() {
 #[test]
 fn host_restarting_mid_shutdown_hears_the_request_again() {
     let mut r = rig();
-    r.host = HostModel { shutdown_ack_ms: None, ..HostModel::HEALTHY };
+    r.host = HostModel {
+        shutdown_ack_ms: None,
+        ..HostModel::HEALTHY
+    };
     r.boot_to_running();
     r.ignition = false;
-    r.run_until(20 * 60_000, |r| !r.shutdown_requests().is_empty()).expect("asked");
+    r.run_until(20 * 60_000, |r| !r.shutdown_requests().is_empty())
+        .expect("asked");
     r.run(30_000);
     r.host_says(HostToMcu::Hello { version: 1 });
     let again = r.shutdown_requests();
     assert_eq!(again.len(), 2);
     assert!(r.sent.iter().any(|(_, m)| *m
-        == McuToHost::ShutdownRequest { reason: ShutdownReason::IgnitionOff, deadline_ms: 90_000 }));
+        == McuToHost::ShutdownRequest {
+            reason: ShutdownReason::IgnitionOff,
+            deadline_ms: 90_000
+        }));
 }
