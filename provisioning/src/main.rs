@@ -1,5 +1,483 @@
 //! `edge-provision`: the fleet engineer's tool for the fleet PKI and unit enrolment.
-fn main() {
-    eprintln!("edge-provision: not yet available in this build");
-    std::process::exit(2)
+//!
+//! Thin: arguments are parsed into typed plans here (clap + the `edge-proto` id types) and every
+//! operation is a call into `edge_provision::fleet`. Errors print their whole chain and exit
+//! non-zero; logs go to stderr; stdout carries only results (the token on its last line).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+use edge_proto::ids::{CohortSpec, DeviceId, OdsCode, StaffRole, UnitRole};
+use edge_proto::time::UnixMillis;
+use edge_provision::config::{SupervisorConfig, SupervisorMode};
+use edge_provision::fleet::{
+    EnrolPlan, Fleet, HubPlan, InitOptions, TokenRequest, RENEWAL_AFTER_EXPIRY_MS,
+};
+use edge_provision::hostport::HostPort;
+use edge_provision::inventory::RevokeReason;
+
+const FLOW: &str = "\
+Workshop flow:
+  1. once per fleet:   edge-provision ca init --fleet FLEET
+                       (then move FLEET/root-ca.key to offline storage)
+  2. once per hub:     edge-provision hub --fleet FLEET --name hub.example --listen 0.0.0.0:4433 \\
+                           --admin 127.0.0.1:9443 --out HUBDIR
+  3. per unit:         edge-provision enrol --fleet FLEET --device-id LAS-AMB-0192 --role vehicle \\
+                           --hub hub.example:4433 --hub-name hub.example --lan 192.168.50.1:8443 \\
+                           --out UNITDIR
+                       copy UNITDIR onto the unit; it runs `edge-daemon run --config UNITDIR/edge.toml`
+  4. before expiry:    edge-provision renew --fleet FLEET --device-id ID     (certificates last 7 days)
+  5. stolen or lost:   edge-provision revoke --fleet FLEET --device-id ID --reason stolen
+  6. broken unit:      edge-provision enrol ... --replace --out NEWDIR      (old certificates revoked)
+  anytime:             edge-provision list --fleet FLEET [--json]
+                       edge-provision token --fleet FLEET --staff-id ID --name \"SURNAME, Given\" --role clinical
+
+See docs/provisioning.md for lifetimes, bundle layouts and what to do when a unit has been
+offline past its certificate's expiry.";
+
+/// Kerbside fleet PKI: CA, hub and unit bundles, renewal, revocation, shift tokens.
+#[derive(Debug, Parser)]
+#[command(name = "edge-provision", version, about, long_about = None, after_long_help = FLOW)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Fleet certificate authority.
+    #[command(subcommand)]
+    Ca(CaCmd),
+    /// Write a hub bundle: server certificate, keys, CA bundle and hub.toml.
+    #[command(long_about = "\
+Write a hub bundle into --out: the hub's TLS server certificate (SAN = --name, an IP SAN when
+--name is an IP address) and key, the fleet CA bundle, the hub's record-signing key, the
+staff-token signing and verification keys, and a complete hub.toml (paths relative to it).
+hub.toml points at the fleet's crl.pem and inventory.json by absolute path, so the hub sees
+revocations as they happen; if the hub runs on another machine, copy crl.pem there after every
+revocation and edit [tls] crl.
+
+Then start the hub with: edge-hub serve --config HUBDIR/hub.toml")]
+    Hub(HubArgs),
+    /// Enrol a unit: fresh keys, a 7-day operational certificate, LAN certificate and edge.toml.
+    #[command(long_about = "\
+Enrol a unit (vehicle or ED kiosk) and write its bundle into --out: a fresh key pair and a
+7-day operational client certificate naming the unit (kerbside://fleet/ROLE/DEVICE-ID) and its
+cohorts, a LAN HTTPS certificate for --lan (and --lan-name), the fleet CA bundle, the hub's
+record-verification and the fleet's token-verification public keys, and a complete edge.toml.
+The unit is recorded in the fleet inventory.
+
+Copy the bundle onto the unit (it holds the unit's private keys: use the workshop's encrypted
+transfer) and run: edge-daemon run --config UNITDIR/edge.toml
+
+A device id already enrolled is refused unless --replace, which revokes every certificate of
+the old enrolment (use it when a unit is replaced or re-imaged). Cohorts travel inside the
+certificate, so a unit cannot widen its own cohort by editing edge.toml.")]
+    Enrol(EnrolArgs),
+    /// Revoke every certificate of a unit and re-sign the fleet's revocation list.
+    #[command(long_about = "\
+Revoke every certificate issued to a unit (stolen, lost, decommissioned) and re-sign the
+fleet's revocation list (FLEET/crl.pem). Hubs pick the new list up on their next reload
+([tls] crl_reload_s, 60 s by default) without a restart; the unit is refused from then on and
+can no longer renew. To bring the device id back into service, enrol it again with --replace.")]
+    Revoke(RevokeArgs),
+    /// Re-issue a unit's operational certificate (same key, 7 days from now).
+    #[command(long_about = "\
+Re-issue a unit's operational certificate for the same key (and its LAN certificate), valid 7
+days from now, and write unit.crt and lan.crt into the unit's recorded bundle directory (or
+--out). Renew at about two thirds of the lifetime (after ~4.7 days).
+
+A unit that has been offline past its certificate's expiry can still be renewed for 30 days
+after that expiry (its clock and key are unchanged); after that it must be re-enrolled in the
+workshop with `enrol --replace`. A revoked unit is never renewed.")]
+    Renew(RenewArgs),
+    /// List every unit: role, certificate serial, expiry, revoked.
+    List(ListArgs),
+    /// Re-sign the fleet's revocation list from the inventory.
+    #[command(long_about = "\
+Re-sign FLEET/crl.pem from the inventory: refreshes its nextUpdate (30 days) and repairs a
+corrupt or missing file. Revocations are never lost: the inventory is their source of truth.")]
+    Crl(FleetArg),
+    /// Mint a signed staff shift token (printed on the last line of stdout).
+    #[command(long_about = "\
+Mint a staff shift token signed with the fleet's staff-token key and print it on the last line
+of stdout. In production the hub issues these at shift start; this is the operator's and the
+tests' way to mint one. Tablets send it as `Authorization: Bearer TOKEN`; units verify it
+offline. --device-id binds the token to one unit; --hours is its lifetime (1-24, default 12).")]
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCmd {
+    /// Create a fleet: root CA, issuing CA, signing keys, empty CRL, inventory.
+    #[command(long_about = "\
+Create a fleet directory: an offline-style root CA (ECDSA P-256, 20 years) and an issuing CA
+under it (5 years) that signs every hub and unit certificate and the revocation list; the
+staff-token signing key and the hub's record-signing key (Ed25519); an empty revocation list;
+and the fleet inventory. Private keys are written 0600 and the directory appears whole or not
+at all. An existing fleet is never overwritten unless --force (it is then moved aside to
+DIR.replaced-TIME, not deleted).
+
+After init, move FLEET/root-ca.key to offline storage: nothing else needs it.")]
+    Init(InitArgs),
+}
+
+#[derive(Debug, Args)]
+struct FleetArg {
+    /// The fleet directory (created by `ca init`).
+    #[arg(long, value_name = "DIR")]
+    fleet: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct InitArgs {
+    /// The fleet directory to create.
+    #[arg(long, value_name = "DIR")]
+    fleet: PathBuf,
+    /// Organisation name in the CA certificates.
+    #[arg(long, default_value = "London Ambulance Service")]
+    org: String,
+    /// Replace an existing fleet (moved aside, not deleted). Every unit must be re-enrolled.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Debug, Args)]
+struct HubArgs {
+    /// The fleet directory.
+    #[arg(long, value_name = "DIR")]
+    fleet: PathBuf,
+    /// The hub's name as units reach it (DNS name or IP address); its certificate's SAN.
+    #[arg(long)]
+    name: String,
+    /// QUIC sync listen address (UDP), HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: HostPort,
+    /// Admin API listen address (TCP), HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    admin: HostPort,
+    /// Where to write the hub bundle.
+    #[arg(long, value_name = "HUBDIR")]
+    out: PathBuf,
+    /// Overwrite an existing hub bundle's keys in --out.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Debug, Args)]
+struct EnrolArgs {
+    /// The fleet directory.
+    #[arg(long, value_name = "DIR")]
+    fleet: PathBuf,
+    /// The unit's fleet device id, e.g. LAS-AMB-0192 (A-Z a-z 0-9 . _ -, up to 64).
+    #[arg(long)]
+    device_id: DeviceId,
+    /// vehicle or kiosk.
+    #[arg(long)]
+    role: UnitRole,
+    /// The hub's QUIC address, HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    hub: HostPort,
+    /// The name in the hub's certificate (the hub bundle's --name).
+    #[arg(long, value_name = "NAME")]
+    hub_name: String,
+    /// The unit's LAN API listen address, HOST:PORT; the host goes into its LAN certificate.
+    #[arg(long, value_name = "HOST:PORT")]
+    lan: HostPort,
+    /// Another name (DNS or IP) for the LAN certificate; repeatable.
+    #[arg(long, value_name = "NAME")]
+    lan_name: Vec<String>,
+    /// Radio callsign.
+    #[arg(long, value_name = "C")]
+    callsign: Option<String>,
+    /// ODS code of the unit's site (ED kiosks: the hospital), e.g. RRU.
+    #[arg(long, value_name = "ODS")]
+    site: Option<OdsCode>,
+    /// A cohort: all, flagged, postcode:SE1,SE5 or practice:F84001; repeatable. Default: all.
+    #[arg(long, value_name = "SPEC")]
+    cohort: Vec<CohortSpec>,
+    /// Supervisor link for edge.toml: none, sim or serial.
+    #[arg(long, default_value = "none", value_parser = parse_supervisor)]
+    supervisor: SupervisorMode,
+    /// The supervisor's serial device (with --supervisor serial), e.g. /dev/ttyS1.
+    #[arg(long, value_name = "PATH")]
+    supervisor_device: Option<PathBuf>,
+    /// Re-enrol a device id that is already enrolled, revoking its old certificates.
+    #[arg(long)]
+    replace: bool,
+    /// Overwrite an existing unit bundle's keys in --out.
+    #[arg(long)]
+    force: bool,
+    /// Where to write the unit bundle.
+    #[arg(long, value_name = "UNITDIR")]
+    out: PathBuf,
+}
+
+fn parse_supervisor(s: &str) -> Result<SupervisorMode, String> {
+    match s {
+        "none" => Ok(SupervisorMode::None),
+        "sim" => Ok(SupervisorMode::Sim),
+        "serial" => Ok(SupervisorMode::Serial),
+        _ => Err(format!(
+            "unknown supervisor mode {s:?}: expected none, sim or serial"
+        )),
+    }
+}
+
+#[derive(Debug, Args)]
+struct RevokeArgs {
+    /// The fleet directory.
+    #[arg(long, value_name = "DIR")]
+    fleet: PathBuf,
+    /// The unit to revoke.
+    #[arg(long)]
+    device_id: DeviceId,
+    /// Why: stolen (or lost), decommissioned, replaced, unspecified.
+    #[arg(long, default_value = "unspecified")]
+    reason: RevokeReason,
+}
+
+#[derive(Debug, Args)]
+struct RenewArgs {
+    /// The fleet directory.
+    #[arg(long, value_name = "DIR")]
+    fleet: PathBuf,
+    /// The unit to renew.
+    #[arg(long)]
+    device_id: DeviceId,
+    /// Write unit.crt and lan.crt here instead of the unit's recorded bundle directory.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ListArgs {
+    /// The fleet directory.
+    #[arg(long, value_name = "DIR")]
+    fleet: PathBuf,
+    /// Print a JSON list of objects (device_id, role, serial, expiry, revoked, ...).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct TokenArgs {
+    /// The fleet directory.
+    #[arg(long, value_name = "DIR")]
+    fleet: PathBuf,
+    /// The member of staff's id (their SDS user id).
+    #[arg(long, value_name = "SDSID")]
+    staff_id: String,
+    /// Display name, e.g. "PARAMEDIC, Test".
+    #[arg(long, value_name = "NAME")]
+    name: String,
+    /// clinical or admin.
+    #[arg(long)]
+    role: StaffRole,
+    /// Bind the token to one unit.
+    #[arg(long)]
+    device_id: Option<DeviceId>,
+    /// Lifetime in hours (1-24).
+    #[arg(long, default_value_t = 12)]
+    hours: u32,
+    /// ODS code of the employing organisation.
+    #[arg(long, value_name = "ODS")]
+    org: Option<OdsCode>,
+}
+
+fn now() -> UnixMillis {
+    let t = time::OffsetDateTime::now_utc();
+    UnixMillis(i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX))
+}
+
+fn open(dir: &std::path::Path) -> Result<Fleet> {
+    let f = Fleet::open(dir)?;
+    f.check_crl()
+        .context("the fleet's revocation list is unusable; repair it with `edge-provision crl`")?;
+    Ok(f)
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let now = now();
+    match cli.cmd {
+        Cmd::Ca(CaCmd::Init(a)) => {
+            let r = Fleet::init(
+                &a.fleet,
+                &InitOptions {
+                    org: a.org,
+                    force: a.force,
+                },
+                now,
+            )?;
+            if let Some(old) = r.replaced_to {
+                println!("previous fleet moved to {}", old.display());
+            }
+            println!("fleet {} created in {}", r.fleet_id, a.fleet.display());
+            println!(
+                "move {} to offline storage: nothing else needs it",
+                a.fleet.join("root-ca.key").display()
+            );
+        }
+        Cmd::Hub(a) => {
+            let mut f = open(&a.fleet)?;
+            let plan = HubPlan {
+                name: a.name,
+                listen: a.listen,
+                admin: a.admin,
+                out: a.out.clone(),
+                force: a.force,
+            };
+            let cfg = f.make_hub_bundle(&plan, now)?;
+            println!("hub bundle for {} written to {}", cfg.name, a.out.display());
+            println!(
+                "start it with: edge-hub serve --config {}",
+                cfg.file.display()
+            );
+        }
+        Cmd::Enrol(a) => {
+            if a.supervisor == SupervisorMode::Serial && a.supervisor_device.is_none() {
+                anyhow::bail!("--supervisor serial needs --supervisor-device PATH");
+            }
+            let mut f = open(&a.fleet)?;
+            let plan = EnrolPlan {
+                device_id: a.device_id.clone(),
+                role: a.role,
+                hub: a.hub,
+                hub_name: a.hub_name,
+                lan: a.lan,
+                lan_names: a.lan_name,
+                callsign: a.callsign,
+                site: a.site,
+                cohorts: a.cohort,
+                supervisor: SupervisorConfig {
+                    mode: a.supervisor,
+                    device: a.supervisor_device,
+                },
+                replace: a.replace,
+                force: a.force,
+                out: a.out,
+            };
+            let r = f.enrol(&plan, now)?;
+            if !r.revoked.is_empty() {
+                println!(
+                    "revoked {} certificate(s) of the previous enrolment",
+                    r.revoked.len()
+                );
+            }
+            println!(
+                "enrolled {} ({}) serial {} expires {}",
+                a.device_id, a.role, r.cert.serial, r.cert.not_after
+            );
+            println!(
+                "bundle: {} (copy it onto the unit; it holds private keys)",
+                r.bundle_dir.display()
+            );
+        }
+        Cmd::Revoke(a) => {
+            let mut f = open(&a.fleet)?;
+            let r = f.revoke(&a.device_id, a.reason, now)?;
+            if r.already && r.serials.is_empty() {
+                println!(
+                    "{} was already revoked; CRL #{} re-signed",
+                    a.device_id, r.crl_number
+                );
+            } else {
+                println!(
+                    "revoked {} ({} certificate(s)); CRL #{} written",
+                    a.device_id,
+                    r.serials.len(),
+                    r.crl_number
+                );
+            }
+        }
+        Cmd::Renew(a) => {
+            let mut f = open(&a.fleet)?;
+            let r = f.renew(&a.device_id, a.out.as_deref(), now).with_context(|| {
+                format!(
+                    "renewal is possible up to {} days after expiry; later, re-enrol with --replace",
+                    RENEWAL_AFTER_EXPIRY_MS / UnixMillis::DAY
+                )
+            })?;
+            println!(
+                "renewed {} serial {} expires {}; written to {}",
+                a.device_id,
+                r.cert.serial,
+                r.cert.not_after,
+                r.written_to.display()
+            );
+        }
+        Cmd::List(a) => {
+            let f = Fleet::open(&a.fleet)?;
+            let units = f.units(now);
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&units)?);
+            } else {
+                println!(
+                    "{:<24} {:<8} {:<32} {:<21} STATUS",
+                    "DEVICE", "ROLE", "SERIAL", "EXPIRY"
+                );
+                for u in &units {
+                    let status = if u.revoked {
+                        "revoked"
+                    } else if u.expired {
+                        "expired"
+                    } else {
+                        "ok"
+                    };
+                    println!(
+                        "{:<24} {:<8} {:<32} {:<21} {status}",
+                        u.device_id,
+                        u.role.as_str(),
+                        u.serial,
+                        u.expiry
+                    );
+                }
+                println!("{} unit(s)", units.len());
+            }
+        }
+        Cmd::Crl(a) => {
+            let mut f = Fleet::open(&a.fleet)?;
+            let n = f.refresh_crl(now)?;
+            println!("CRL #{n} written to {}", f.crl_path().display());
+        }
+        Cmd::Token(a) => {
+            let f = open(&a.fleet)?;
+            let req = TokenRequest {
+                staff_id: a.staff_id,
+                staff_name: a.name,
+                role: a.role,
+                device: a.device_id,
+                hours: a.hours,
+                org: a.org,
+            };
+            let (token, claims) = f.mint_token(&req, now)?;
+            eprintln!(
+                "shift token {} for {} ({}), {}, expires {}",
+                claims.token_id, claims.staff_name, claims.staff_id, claims.role, claims.expires_at
+            );
+            println!("{token}");
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    edge_provision::tls::install_default_provider();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edge-provision: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,842 @@
+//! `hub.toml` and `edge.toml`: the configs `edge-provision` writes into bundles and the hub and
+//! daemon read at start.
+//!
+//! Each file is parsed once, by [`HubConfig::load`] / [`UnitConfig::load`], into a validated
+//! struct: relative paths are resolved against the file's folder (so every path in the struct
+//! is absolute), unknown keys are errors, sections of tuning knobs have defaults, and every
+//! error names the file, the key and the problem (`unit/edge.toml: lan.tls: ...`).
+//!
+//! To add a setting later: add a field to the section struct, give tuning knobs a default in
+//! the section's `Default` impl, and check its range in `validate`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use edge_proto::ids::{CohortSpec, DeviceId, OdsCode, UnitRole};
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil::read_limited;
+use crate::hostport::{is_dns_name, HostPort};
+
+/// The largest config file accepted.
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// A config file could not be used. Displays as `FILE: KEY: PROBLEM`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// The config file.
+    pub file: PathBuf,
+    /// The dotted key (`lan.tls`), or the table, or empty when the whole file is at fault.
+    pub key: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.problem)
+        } else {
+            write!(f, "{}: {}: {}", self.file.display(), self.key, self.problem)
+        }
+    }
+}
+
+impl ConfigError {
+    fn new(file: &Path, key: &str, problem: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.to_owned(),
+            key: key.to_owned(),
+            problem: problem.into(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// hub.toml
+
+/// `hub.toml`: everything `edge-hub serve --config hub.toml` needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubConfig {
+    /// The file this was loaded from (absolute); empty when built in memory.
+    #[serde(skip)]
+    pub file: PathBuf,
+    /// The hub's name: its certificate's SAN, what units put in `hub.name`.
+    pub name: String,
+    /// QUIC sync listener (UDP).
+    pub listen: HostPort,
+    /// Admin API listener (TCP).
+    pub admin: HostPort,
+    /// Everything the hub writes lives under here.
+    pub data_dir: PathBuf,
+    /// The fleet inventory (`inventory.json` in the fleet directory), when the hub can see it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<PathBuf>,
+    /// Certificates, key and revocation list.
+    pub tls: HubTls,
+    /// Signing and verification keys.
+    pub keys: HubKeys,
+    /// Sync tuning.
+    #[serde(default)]
+    pub sync: HubSync,
+}
+
+/// `[tls]` of `hub.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubTls {
+    /// Fleet CA bundle (root, then issuing CA), PEM.
+    pub ca: PathBuf,
+    /// The hub's certificate chain (hub certificate, then issuing CA), PEM.
+    pub cert: PathBuf,
+    /// The hub's private key, PKCS#8 PEM.
+    pub key: PathBuf,
+    /// The fleet's revocation list (usually the fleet directory's `crl.pem`, by absolute path,
+    /// so revocations are seen without copying).
+    pub crl: PathBuf,
+    /// How often the hub re-reads the CA, CRL and its own certificate.
+    #[serde(default = "default_crl_reload_s")]
+    pub crl_reload_s: u64,
+}
+
+fn default_crl_reload_s() -> u64 {
+    60
+}
+
+/// `[keys]` of `hub.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubKeys {
+    /// Ed25519 key the hub signs records with (PKCS#8 PEM).
+    pub record_signing: PathBuf,
+    /// Ed25519 key the hub signs shift tokens with (PKCS#8 PEM).
+    pub token_signing: PathBuf,
+    /// The matching public key (SPKI PEM).
+    pub token_verify: PathBuf,
+}
+
+/// `[sync]` of `hub.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HubSync {
+    /// Most records in one sync batch.
+    pub batch_records_max: u32,
+    /// How long a withdrawal (a record removed from a cohort) is kept in the change feed.
+    pub withdrawal_retention_s: u64,
+}
+
+impl Default for HubSync {
+    fn default() -> Self {
+        HubSync {
+            batch_records_max: 500,
+            withdrawal_retention_s: 30 * 86_400,
+        }
+    }
+}
+
+impl HubConfig {
+    /// Read, parse, resolve and validate `hub.toml`, and check the files it names exist.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = read_text(path)?;
+        let cfg = Self::parse(&text, path)?;
+        cfg.check_files()?;
+        Ok(cfg)
+    }
+
+    /// Parse and validate `text` as if read from `file` (paths resolve against its folder).
+    /// Does not touch the files it names; [`HubConfig::load`] does.
+    pub fn parse(text: &str, file: &Path) -> Result<Self, ConfigError> {
+        let mut cfg: HubConfig = toml::from_str(text).map_err(|e| toml_error(file, text, &e))?;
+        let (file, base) = locate(file)?;
+        cfg.file = file;
+        for p in [
+            &mut cfg.data_dir,
+            &mut cfg.tls.ca,
+            &mut cfg.tls.cert,
+            &mut cfg.tls.key,
+            &mut cfg.tls.crl,
+            &mut cfg.keys.record_signing,
+            &mut cfg.keys.token_signing,
+            &mut cfg.keys.token_verify,
+        ] {
+            *p = base.join(&*p);
+        }
+        if let Some(p) = cfg.inventory.as_mut() {
+            *p = base.join(&*p);
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let f = &self.file;
+        check_server_name(f, "name", &self.name)?;
+        range(f, "tls.crl_reload_s", self.tls.crl_reload_s, 1, 86_400)?;
+        range(
+            f,
+            "sync.batch_records_max",
+            u64::from(self.sync.batch_records_max),
+            1,
+            10_000,
+        )?;
+        range(
+            f,
+            "sync.withdrawal_retention_s",
+            self.sync.withdrawal_retention_s,
+            60,
+            10 * 365 * 86_400,
+        )?;
+        Ok(())
+    }
+
+    /// Check that every file the config names exists.
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        let f = &self.file;
+        exists(f, "tls.ca", &self.tls.ca)?;
+        exists(f, "tls.cert", &self.tls.cert)?;
+        exists(f, "tls.key", &self.tls.key)?;
+        exists(f, "tls.crl", &self.tls.crl)?;
+        exists(f, "keys.record_signing", &self.keys.record_signing)?;
+        exists(f, "keys.token_signing", &self.keys.token_signing)?;
+        exists(f, "keys.token_verify", &self.keys.token_verify)?;
+        Ok(())
+    }
+
+    /// Render as TOML (paths as they are held: relative in a bundle being written).
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string(self).map_err(|e| ConfigError::new(&self.file, "", e.to_string()))
+    }
+
+    /// The folder the config file is in.
+    pub fn dir(&self) -> &Path {
+        self.file.parent().unwrap_or(Path::new("."))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// edge.toml
+
+/// `edge.toml`: everything `edge-daemon run --config edge.toml` needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnitConfig {
+    /// The file this was loaded from (absolute); empty when built in memory.
+    #[serde(skip)]
+    pub file: PathBuf,
+    /// The unit's fleet device id (also inside its certificate).
+    pub device_id: DeviceId,
+    /// Vehicle or kiosk.
+    pub role: UnitRole,
+    /// Radio callsign, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callsign: Option<String>,
+    /// The ODS code of the site (ED kiosks: the hospital).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<OdsCode>,
+    /// Everything the daemon writes (cache, journal, state) lives under here.
+    pub data_dir: PathBuf,
+    /// The unit's cohorts as enrolled. Informational: the hub uses the certificate's.
+    #[serde(default, with = "cohort_strings")]
+    pub cohorts: Vec<CohortSpec>,
+    /// The hub to sync with.
+    pub hub: HubLink,
+    /// The LAN API listener for tablets and the kiosk page.
+    pub lan: LanConfig,
+    /// The unit's fleet certificate and key for the hub link.
+    pub tls: UnitTls,
+    /// Public keys the unit verifies with.
+    pub keys: UnitKeys,
+    /// Cache freshness.
+    #[serde(default)]
+    pub cache: CacheConfig,
+    /// Sync tuning.
+    #[serde(default)]
+    pub sync: SyncConfig,
+    /// Audit journal limits.
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// Supervisor board link.
+    #[serde(default)]
+    pub supervisor: SupervisorConfig,
+}
+
+/// `[hub]` of `edge.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubLink {
+    /// Where the hub listens (UDP), `HOST:PORT`.
+    pub addr: HostPort,
+    /// The name in the hub's certificate (TLS server name), a DNS name or IP address.
+    pub name: String,
+}
+
+/// `[lan]` of `edge.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LanConfig {
+    /// Listen address, `HOST:PORT`.
+    pub listen: HostPort,
+    /// Serve HTTPS (the default). Plain HTTP is only allowed on a loopback address.
+    #[serde(default = "yes")]
+    pub tls: bool,
+    /// The LAN server certificate chain (required when `tls = true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// The LAN server private key (required when `tls = true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `[tls]` of `edge.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnitTls {
+    /// Fleet CA bundle (root, then issuing CA), PEM.
+    pub ca: PathBuf,
+    /// The unit's operational certificate chain (unit certificate, then issuing CA), PEM.
+    pub cert: PathBuf,
+    /// The unit's private key, PKCS#8 PEM.
+    pub key: PathBuf,
+}
+
+/// `[keys]` of `edge.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnitKeys {
+    /// The hub's record-signing public key (Ed25519, SPKI PEM).
+    pub record_verify: PathBuf,
+    /// The fleet's shift-token public key (Ed25519, SPKI PEM).
+    pub token_verify: PathBuf,
+}
+
+/// `[cache]` of `edge.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// After this long without a successful sync, records are shown as stale.
+    pub stale_after_s: u64,
+    /// How long a record fetched on demand (outside the cohort) is kept.
+    pub on_demand_ttl_s: u64,
+    /// After this long offline, the cache stops serving clinical content.
+    pub offline_limit_s: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            stale_after_s: 86_400,
+            on_demand_ttl_s: 259_200,
+            offline_limit_s: 1_209_600,
+        }
+    }
+}
+
+/// `[sync]` of `edge.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyncConfig {
+    /// QUIC keep-alive while connected.
+    pub keepalive_interval_ms: u64,
+    /// First reconnect delay after a drop.
+    pub reconnect_min_ms: u64,
+    /// Longest reconnect delay (exponential back-off cap).
+    pub reconnect_max_ms: u64,
+    /// How long a LAN lookup may wait for an on-demand fetch from the hub.
+    pub fetch_budget_ms: u64,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            keepalive_interval_ms: 15_000,
+            reconnect_min_ms: 250,
+            reconnect_max_ms: 10_000,
+            fetch_budget_ms: 1_500,
+        }
+    }
+}
+
+/// `[audit]` of `edge.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Most disk the audit journal may use.
+    pub disk_budget_bytes: u64,
+    /// How long acknowledged (uploaded) audit segments are kept locally.
+    pub retention_s: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            disk_budget_bytes: 256 * 1024 * 1024,
+            retention_s: 90 * 86_400,
+        }
+    }
+}
+
+/// How the daemon talks to the supervisor board.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SupervisorMode {
+    /// No supervisor (kiosks, development).
+    #[default]
+    None,
+    /// The simulated board, in process.
+    Sim,
+    /// The real board on a serial device.
+    Serial,
+}
+
+/// `[supervisor]` of `edge.toml`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SupervisorConfig {
+    /// `none`, `sim` or `serial`.
+    pub mode: SupervisorMode,
+    /// The serial device (required for `serial`), e.g. `/dev/ttyS1`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<PathBuf>,
+}
+
+impl UnitConfig {
+    /// Read, parse, resolve and validate `edge.toml`, and check the files it names exist.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = read_text(path)?;
+        let cfg = Self::parse(&text, path)?;
+        cfg.check_files()?;
+        Ok(cfg)
+    }
+
+    /// Parse and validate `text` as if read from `file` (paths resolve against its folder).
+    /// Does not touch the files it names; [`UnitConfig::load`] does.
+    pub fn parse(text: &str, file: &Path) -> Result<Self, ConfigError> {
+        let mut cfg: UnitConfig = toml::from_str(text).map_err(|e| toml_error(file, text, &e))?;
+        let (file, base) = locate(file)?;
+        cfg.file = file;
+        for p in [
+            &mut cfg.data_dir,
+            &mut cfg.tls.ca,
+            &mut cfg.tls.cert,
+            &mut cfg.tls.key,
+            &mut cfg.keys.record_verify,
+            &mut cfg.keys.token_verify,
+        ] {
+            *p = base.join(&*p);
+        }
+        for p in [cfg.lan.cert.as_mut(), cfg.lan.key.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            *p = base.join(&*p);
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let f = &self.file;
+        if let Some(c) = &self.callsign {
+            if c.trim().is_empty() || c.len() > 32 || c.chars().any(char::is_control) {
+                return Err(ConfigError::new(
+                    f,
+                    "callsign",
+                    "expected 1 to 32 printable characters",
+                ));
+            }
+        }
+        check_server_name(f, "hub.name", &self.hub.name)?;
+        if self.hub.addr.port() == 0 {
+            return Err(ConfigError::new(f, "hub.addr", "port 0 is not a real port"));
+        }
+        if self.lan.tls {
+            if self.lan.cert.is_none() || self.lan.key.is_none() {
+                return Err(ConfigError::new(
+                    f,
+                    "lan",
+                    "tls = true needs both cert and key",
+                ));
+            }
+        } else if !self.lan.listen.is_loopback() {
+            return Err(ConfigError::new(
+                f,
+                "lan.tls",
+                format!(
+                    "plain HTTP (tls = false) is only allowed on a loopback address, not {}",
+                    self.lan.listen
+                ),
+            ));
+        }
+        let c = &self.cache;
+        range(f, "cache.stale_after_s", c.stale_after_s, 1, 365 * 86_400)?;
+        range(
+            f,
+            "cache.on_demand_ttl_s",
+            c.on_demand_ttl_s,
+            1,
+            365 * 86_400,
+        )?;
+        range(
+            f,
+            "cache.offline_limit_s",
+            c.offline_limit_s,
+            1,
+            365 * 86_400,
+        )?;
+        let s = &self.sync;
+        range(
+            f,
+            "sync.keepalive_interval_ms",
+            s.keepalive_interval_ms,
+            100,
+            600_000,
+        )?;
+        range(f, "sync.reconnect_min_ms", s.reconnect_min_ms, 1, 600_000)?;
+        range(
+            f,
+            "sync.reconnect_max_ms",
+            s.reconnect_max_ms,
+            s.reconnect_min_ms,
+            3_600_000,
+        )?;
+        range(f, "sync.fetch_budget_ms", s.fetch_budget_ms, 1, 60_000)?;
+        range(
+            f,
+            "audit.disk_budget_bytes",
+            self.audit.disk_budget_bytes,
+            1 << 20,
+            1 << 40,
+        )?;
+        range(
+            f,
+            "audit.retention_s",
+            self.audit.retention_s,
+            60,
+            10 * 365 * 86_400,
+        )?;
+        if self.supervisor.mode == SupervisorMode::Serial && self.supervisor.device.is_none() {
+            return Err(ConfigError::new(
+                f,
+                "supervisor.device",
+                "mode = \"serial\" needs a device",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Check that every file the config names exists.
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        let f = &self.file;
+        exists(f, "tls.ca", &self.tls.ca)?;
+        exists(f, "tls.cert", &self.tls.cert)?;
+        exists(f, "tls.key", &self.tls.key)?;
+        exists(f, "keys.record_verify", &self.keys.record_verify)?;
+        exists(f, "keys.token_verify", &self.keys.token_verify)?;
+        if self.lan.tls {
+            if let Some(p) = &self.lan.cert {
+                exists(f, "lan.cert", p)?;
+            }
+            if let Some(p) = &self.lan.key {
+                exists(f, "lan.key", p)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Render as TOML (paths as they are held: relative in a bundle being written).
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string(self).map_err(|e| ConfigError::new(&self.file, "", e.to_string()))
+    }
+
+    /// The folder the config file is in.
+    pub fn dir(&self) -> &Path {
+        self.file.parent().unwrap_or(Path::new("."))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// helpers
+
+/// Serde for `Vec<CohortSpec>` as a list of spec strings (`["postcode:SE1,SE5", "flagged"]`).
+pub(crate) mod cohort_strings {
+    use edge_proto::ids::CohortSpec;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[CohortSpec], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|c| c.to_string()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<CohortSpec>, D::Error> {
+        let raw = Vec::<String>::deserialize(d)?;
+        raw.iter()
+            .map(|s| CohortSpec::parse(s).map_err(serde::de::Error::custom))
+            .collect()
+    }
+}
+
+fn read_text(path: &Path) -> Result<String, ConfigError> {
+    let bytes = read_limited(path, MAX_CONFIG_BYTES)
+        .map_err(|e| ConfigError::new(path, "", format!("cannot read: {e}")))?;
+    String::from_utf8(bytes).map_err(|_| ConfigError::new(path, "", "not UTF-8 text"))
+}
+
+/// The absolute file path and the folder relative paths resolve against.
+fn locate(file: &Path) -> Result<(PathBuf, PathBuf), ConfigError> {
+    let abs = std::path::absolute(file)
+        .map_err(|e| ConfigError::new(file, "", format!("cannot make the path absolute: {e}")))?;
+    let base = abs
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    Ok((abs, base))
+}
+
+fn exists(file: &Path, key: &str, p: &Path) -> Result<(), ConfigError> {
+    if p.is_file() {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            file,
+            key,
+            format!("{} does not exist or is not a file", p.display()),
+        ))
+    }
+}
+
+fn range(file: &Path, key: &str, v: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if (min..=max).contains(&v) {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            file,
+            key,
+            format!("{v} is outside {min}..={max}"),
+        ))
+    }
+}
+
+fn check_server_name(file: &Path, key: &str, name: &str) -> Result<(), ConfigError> {
+    if name.parse::<std::net::IpAddr>().is_ok() || is_dns_name(name) {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            file,
+            key,
+            format!("{name:?} is neither a DNS name nor an IP address"),
+        ))
+    }
+}
+
+/// Turn a TOML error into a [`ConfigError`] naming the key (`table.key`) where it points.
+fn toml_error(file: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    let mut key = String::new();
+    let mut problem = e.message().trim().to_owned();
+    if let Some(span) = e.span() {
+        let start = span.start.min(text.len());
+        let line_no = text[..start].matches('\n').count() + 1;
+        let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+        let line = text[line_start..].lines().next().unwrap_or("").trim();
+        let table = text[..line_start]
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| l.starts_with('['))
+            .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+        key = if line.starts_with('[') {
+            line.trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_owned()
+        } else {
+            let k = line
+                .split('=')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .trim_matches('"');
+            match (&table, k.is_empty()) {
+                (Some(t), false) => format!("{t}.{k}"),
+                (None, false) => k.to_owned(),
+                (Some(t), true) => t.clone(),
+                (None, true) => String::new(),
+            }
+        };
+        problem = format!("{problem} (line {line_no})");
+    }
+    ConfigError {
+        file: file.to_owned(),
+        key,
+        problem,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EDGE: &str = r#"
+device_id = "LAS-AMB-0192"
+role = "vehicle"
+callsign = "K192"
+data_dir = "data"
+cohorts = ["postcode:SE1,SE5", "flagged"]
+
+[hub]
+addr = "127.0.0.1:4433"
+name = "127.0.0.1"
+
+[lan]
+listen = "127.0.0.1:8443"
+cert = "lan.crt"
+key = "lan.key"
+
+[tls]
+ca = "fleet-ca.crt"
+cert = "unit.crt"
+key = "unit.key"
+
+[keys]
+record_verify = "record-verify.pub"
+token_verify = "token-verify.pub"
+
+[sync]
+reconnect_max_ms = 5000
+"#;
+
+    fn parse(text: &str) -> Result<UnitConfig, ConfigError> {
+        UnitConfig::parse(text, Path::new("/b/unit/edge.toml"))
+    }
+
+    #[test]
+    fn edge_resolves_paths_and_fills_defaults() {
+        let c = parse(EDGE).unwrap();
+        assert_eq!(c.tls.cert, Path::new("/b/unit/unit.crt"));
+        assert_eq!(c.data_dir, Path::new("/b/unit/data"));
+        assert_eq!(c.lan.cert.as_deref(), Some(Path::new("/b/unit/lan.crt")));
+        assert!(c.lan.tls);
+        assert_eq!(c.sync.reconnect_max_ms, 5000);
+        assert_eq!(c.sync.keepalive_interval_ms, 15_000);
+        assert_eq!(c.cache, CacheConfig::default());
+        assert_eq!(c.cohorts.len(), 2);
+        assert_eq!(c.supervisor.mode, SupervisorMode::None);
+        // Round trip through TOML.
+        let again =
+            UnitConfig::parse(&c.to_toml().unwrap(), Path::new("/b/unit/edge.toml")).unwrap();
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn edge_errors_name_file_key_and_problem() {
+        let cases = [
+            (
+                EDGE.replace("role = \"vehicle\"", "role = \"submarine\""),
+                "role",
+                "submarine",
+            ),
+            (
+                EDGE.replace("[sync]", "[sync]\nkeepalive_ms = 1"),
+                "sync.keepalive_ms",
+                "unknown field",
+            ),
+            (
+                EDGE.replace("reconnect_max_ms = 5000", "reconnect_max_ms = 1"),
+                "sync.reconnect_max_ms",
+                "outside",
+            ),
+            (
+                EDGE.replace("addr = \"127.0.0.1:4433\"", "addr = \"nowhere\""),
+                "hub.addr",
+                "HOST:PORT",
+            ),
+            (
+                EDGE.replace("addr = \"127.0.0.1:4433\"\n", ""),
+                "hub",
+                "missing field `addr`",
+            ),
+            (
+                EDGE.replace(
+                    "listen = \"127.0.0.1:8443\"\ncert = \"lan.crt\"",
+                    "listen = \"0.0.0.0:8443\"\ntls = false",
+                ),
+                "lan.tls",
+                "loopback",
+            ),
+            (
+                EDGE.replace("cohorts = [", "cohorts = [\"everyone\", "),
+                "cohorts",
+                "unknown kind",
+            ),
+            (
+                EDGE.replace("callsign = \"K192\"", "site = \"X\""),
+                "site",
+                "ODS",
+            ),
+        ];
+        for (text, key, problem) in cases {
+            let e = parse(&text).unwrap_err();
+            assert_eq!(e.file, Path::new("/b/unit/edge.toml"));
+            assert_eq!(e.key, key, "{e}");
+            assert!(e.to_string().contains(problem), "{e}");
+        }
+        // Plain HTTP on loopback is allowed.
+        let plain = EDGE.replace("cert = \"lan.crt\"\nkey = \"lan.key\"", "tls = false");
+        assert!(!parse(&plain).unwrap().lan.tls);
+    }
+
+    #[test]
+    fn load_checks_files() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("edge.toml");
+        std::fs::write(&p, EDGE).unwrap();
+        let e = UnitConfig::load(&p).unwrap_err();
+        assert_eq!(e.key, "tls.ca");
+        assert!(e.problem.contains("does not exist"), "{e}");
+        let e = UnitConfig::load(&d.path().join("missing.toml")).unwrap_err();
+        assert!(e.to_string().contains("cannot read"), "{e}");
+    }
+
+    #[test]
+    fn hub_config() {
+        let text = r#"
+name = "hub.kerbside.example"
+listen = "0.0.0.0:4433"
+admin = "127.0.0.1:9443"
+data_dir = "data"
+inventory = "/fleet/inventory.json"
+
+[tls]
+ca = "fleet-ca.crt"
+cert = "hub.crt"
+key = "hub.key"
+crl = "/fleet/crl.pem"
+
+[keys]
+record_signing = "record-signing.key"
+token_signing = "token-signing.key"
+token_verify = "token-verify.pub"
+"#;
+        let c = HubConfig::parse(text, Path::new("/h/hub.toml")).unwrap();
+        assert_eq!(c.tls.crl, Path::new("/fleet/crl.pem"));
+        assert_eq!(c.tls.cert, Path::new("/h/hub.crt"));
+        assert_eq!(c.sync, HubSync::default());
+        assert_eq!(c.tls.crl_reload_s, 60);
+        let e = HubConfig::parse(&text.replace("[sync]", ""), Path::new("/h/hub.toml"));
+        assert!(e.is_ok());
+        let e = HubConfig::parse(
+            &format!("{text}\n[sync]\nbatch_records_max = 0\n"),
+            Path::new("/h/hub.toml"),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "sync.batch_records_max");
+        let e = HubConfig::parse(
+            &text.replace("name = \"hub.kerbside.example\"", "name = \"a b\""),
+            Path::new("/h/hub.toml"),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "name");
+    }
+}

@@ -1,0 +1,1355 @@
+//! The fleet directory and everything done to it: CA, hub bundles, enrolment, renewal,
+//! revocation, revocation list, shift tokens.
+//!
+//! ```text
+//! FLEET/
+//!   root-ca.crt          root certificate (20 years); the trust anchor in every bundle
+//!   root-ca.key          root key (0600); only `ca init` uses it: move it offline afterwards
+//!   issuing-ca.crt       issuing CA (5 years), signs every hub/unit certificate and the CRL
+//!   issuing-ca.key       (0600)
+//!   crl.pem              X.509 CRL signed by the issuing CA, regenerated from the inventory
+//!   token-signing.key    Ed25519, staff shift tokens (0600); copied into the hub bundle
+//!   token-verify.pub     its public key; copied into every bundle
+//!   record-signing.key   Ed25519, the hub signs records with it (0600); hub bundle only
+//!   record-verify.pub    its public key; unit bundles
+//!   inventory.json       hubs, units, certificates, revocations
+//! ```
+//!
+//! Every operation takes `now` explicitly (the CLI reads the clock once), writes each file
+//! atomically, builds whole bundles before they appear, and holds [`DirLock`] on the fleet
+//! directory while it runs. Unit private keys are generated here but written only to the unit's
+//! bundle; the fleet keeps their public keys (for renewal) and nothing else.
+
+use std::fs;
+use std::io;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use edge_proto::ids::{CohortSpec, DeviceId, OdsCode, StaffRole, UnitRole};
+use edge_proto::time::UnixMillis;
+use edge_proto::token::{self, ShiftClaims, TOKEN_VERSION};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, PublicKeyData,
+    RevocationReason, RevokedCertParams, SanType, SerialNumber, SubjectPublicKeyInfo,
+    PKCS_ECDSA_P256_SHA256,
+};
+use ring::rand::{SecureRandom, SystemRandom};
+use time::OffsetDateTime;
+
+use crate::config::{
+    AuditConfig, CacheConfig, HubConfig, HubKeys, HubLink, HubSync, HubTls, LanConfig,
+    SupervisorConfig, SyncConfig, UnitConfig, UnitKeys, UnitTls,
+};
+use crate::fsutil::{
+    read_limited, write_atomic, write_bundle, BundleFile, DirLock, MAX_FILE_BYTES, MODE_PUBLIC,
+};
+use crate::hostport::{is_dns_name, HostPort};
+use crate::identity::{cohort_uri, identity_uri};
+use crate::inventory::{
+    CertRecord, HubRecord, Inventory, RevokeReason, RevokedCert, UnitRecord, INVENTORY_FORMAT,
+};
+use crate::keys::{self, ed25519_public_pem, generate_ed25519, pem_encode};
+
+/// Root CA lifetime.
+pub const ROOT_CA_LIFETIME_MS: i64 = 20 * 365 * UnixMillis::DAY;
+/// Issuing CA lifetime.
+pub const ISSUING_CA_LIFETIME_MS: i64 = 5 * 365 * UnixMillis::DAY;
+/// Operational (client) certificate lifetime: 7 days.
+pub const UNIT_CERT_LIFETIME_MS: i64 = 7 * UnixMillis::DAY;
+/// A unit should renew once this much of its certificate's lifetime has passed (2/3).
+pub const RENEW_AFTER_FRACTION: (i64, i64) = (2, 3);
+/// How long after expiry `renew` still re-issues a unit's certificate (the unit was parked or
+/// out of coverage); after that it must be re-enrolled in the workshop.
+pub const RENEWAL_AFTER_EXPIRY_MS: i64 = 30 * UnixMillis::DAY;
+/// LAN server certificate lifetime (must outlast long offline spells; tablets see it).
+pub const LAN_CERT_LIFETIME_MS: i64 = 365 * UnixMillis::DAY;
+/// Hub server certificate lifetime.
+pub const HUB_CERT_LIFETIME_MS: i64 = 365 * UnixMillis::DAY;
+/// Certificates start this far in the past, for clock skew.
+pub const BACKDATE_MS: i64 = 5 * 60 * 1000;
+/// The CRL's `nextUpdate` (verifiers do not enforce it; `edge-provision crl` refreshes it).
+pub const CRL_NEXT_UPDATE_MS: i64 = 30 * UnixMillis::DAY;
+/// The longest shift token `token` mints.
+pub const MAX_TOKEN_HOURS: u32 = 24;
+
+/// File names inside the fleet directory.
+pub mod files {
+    pub const ROOT_CERT: &str = "root-ca.crt";
+    pub const ROOT_KEY: &str = "root-ca.key";
+    pub const ISSUING_CERT: &str = "issuing-ca.crt";
+    pub const ISSUING_KEY: &str = "issuing-ca.key";
+    pub const CRL: &str = "crl.pem";
+    pub const TOKEN_SIGNING: &str = "token-signing.key";
+    pub const TOKEN_VERIFY: &str = "token-verify.pub";
+    pub const RECORD_SIGNING: &str = "record-signing.key";
+    pub const RECORD_VERIFY: &str = "record-verify.pub";
+    pub const INVENTORY: &str = "inventory.json";
+    /// Bundle files.
+    pub const CA_BUNDLE: &str = "fleet-ca.crt";
+    pub const HUB_TOML: &str = "hub.toml";
+    pub const HUB_CERT: &str = "hub.crt";
+    pub const HUB_KEY: &str = "hub.key";
+    pub const EDGE_TOML: &str = "edge.toml";
+    pub const UNIT_CERT: &str = "unit.crt";
+    pub const UNIT_KEY: &str = "unit.key";
+    pub const LAN_CERT: &str = "lan.crt";
+    pub const LAN_KEY: &str = "lan.key";
+    /// Every file `ca init` writes.
+    pub const FLEET: [&str; 10] = [
+        ROOT_CERT,
+        ROOT_KEY,
+        ISSUING_CERT,
+        ISSUING_KEY,
+        CRL,
+        TOKEN_SIGNING,
+        TOKEN_VERIFY,
+        RECORD_SIGNING,
+        RECORD_VERIFY,
+        INVENTORY,
+    ];
+}
+
+/// Why a fleet operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// The fleet directory is missing or incomplete.
+    #[error("{} is not a fleet directory ({}); create one with `edge-provision ca init --fleet {}`", dir.display(), why, dir.display())]
+    NotAFleet { dir: PathBuf, why: String },
+    /// `ca init` on an existing fleet without `--force`.
+    #[error("{} already holds a fleet ({}); refusing to overwrite it without --force", dir.display(), found)]
+    FleetExists { dir: PathBuf, found: String },
+    /// An output directory already holds files this command would overwrite.
+    #[error("{} already holds {}; refusing to overwrite without --force", dir.display(), found)]
+    WouldOverwrite { dir: PathBuf, found: String },
+    /// A directory this command would write into is not usable.
+    #[error("{}: {why}", dir.display())]
+    BadDir { dir: PathBuf, why: String },
+    /// A fleet file is corrupt.
+    #[error("{}: {problem}", path.display())]
+    Corrupt { path: PathBuf, problem: String },
+    /// Loading a key or certificate failed.
+    #[error(transparent)]
+    Load(#[from] keys::LoadError),
+    /// Reading or writing a file failed.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// The device id is already enrolled.
+    #[error("device {0} is already enrolled; pass --replace to re-enrol it (its old certificates are revoked)")]
+    Duplicate(DeviceId),
+    /// No such unit.
+    #[error("device {0} is not enrolled in this fleet (see `edge-provision list`)")]
+    UnknownUnit(DeviceId),
+    /// Renewal refused.
+    #[error("device {device}: {why}")]
+    RenewalRefused { device: DeviceId, why: String },
+    /// An argument is out of range or inconsistent.
+    #[error("{0}")]
+    Invalid(String),
+    /// Certificate generation failed.
+    #[error("certificate generation failed: {0}")]
+    Pki(#[from] rcgen::Error),
+    /// A config could not be rendered.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> FleetError {
+    let path = path.to_owned();
+    move |source| FleetError::Io { what, path, source }
+}
+
+/// Options for `ca init`.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// Organisation name in the CA certificates.
+    pub org: String,
+    /// Replace an existing fleet (it is moved aside, not deleted).
+    pub force: bool,
+}
+
+/// What `ca init` made.
+#[derive(Debug, Clone)]
+pub struct InitReport {
+    /// The fleet id.
+    pub fleet_id: String,
+    /// Where a replaced fleet was moved to.
+    pub replaced_to: Option<PathBuf>,
+}
+
+/// A certificate just issued.
+#[derive(Debug, Clone)]
+pub struct IssuedCert {
+    /// DER.
+    pub der: Vec<u8>,
+    /// Serial, lower-case hex.
+    pub serial: String,
+    /// Validity start.
+    pub not_before: UnixMillis,
+    /// Validity end.
+    pub not_after: UnixMillis,
+}
+
+impl IssuedCert {
+    fn record(&self) -> CertRecord {
+        CertRecord {
+            serial: self.serial.clone(),
+            not_before: self.not_before,
+            not_after: self.not_after,
+        }
+    }
+}
+
+/// What `hub` should produce.
+#[derive(Debug, Clone)]
+pub struct HubPlan {
+    /// The hub's name (certificate SAN; IP SAN when an IP address).
+    pub name: String,
+    /// QUIC listen address.
+    pub listen: HostPort,
+    /// Admin API listen address.
+    pub admin: HostPort,
+    /// Bundle directory.
+    pub out: PathBuf,
+    /// Overwrite an existing bundle's keys.
+    pub force: bool,
+}
+
+/// What `enrol` should produce.
+#[derive(Debug, Clone)]
+pub struct EnrolPlan {
+    /// Fleet device id.
+    pub device_id: DeviceId,
+    /// Vehicle or kiosk.
+    pub role: UnitRole,
+    /// The hub's address.
+    pub hub: HostPort,
+    /// The hub's certificate name.
+    pub hub_name: String,
+    /// The unit's LAN listen address (its host is the LAN certificate's SAN).
+    pub lan: HostPort,
+    /// Extra names for the LAN certificate.
+    pub lan_names: Vec<String>,
+    /// Radio callsign.
+    pub callsign: Option<String>,
+    /// Site ODS code.
+    pub site: Option<OdsCode>,
+    /// Cohorts (empty means `all`).
+    pub cohorts: Vec<CohortSpec>,
+    /// Supervisor link written into `edge.toml`.
+    pub supervisor: SupervisorConfig,
+    /// Re-enrol an existing device id, revoking its old certificates.
+    pub replace: bool,
+    /// Overwrite an existing bundle's keys in `out`.
+    pub force: bool,
+    /// Bundle directory.
+    pub out: PathBuf,
+}
+
+/// What `enrol` did.
+#[derive(Debug, Clone)]
+pub struct EnrolReport {
+    /// The new operational certificate.
+    pub cert: CertRecord,
+    /// Serials revoked because this replaced an earlier enrolment.
+    pub revoked: Vec<String>,
+    /// The bundle directory (absolute).
+    pub bundle_dir: PathBuf,
+}
+
+/// What `renew` did.
+#[derive(Debug, Clone)]
+pub struct RenewReport {
+    /// The new operational certificate.
+    pub cert: CertRecord,
+    /// Where the certificates were written.
+    pub written_to: PathBuf,
+}
+
+/// What `revoke` did.
+#[derive(Debug, Clone)]
+pub struct RevokeReport {
+    /// Serials newly added to the CRL.
+    pub serials: Vec<String>,
+    /// The unit was already revoked.
+    pub already: bool,
+    /// The CRL's number.
+    pub crl_number: u64,
+}
+
+/// One row of `list`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct UnitSummary {
+    /// Device id.
+    pub device_id: String,
+    /// `vehicle` or `kiosk`.
+    pub role: UnitRole,
+    /// Callsign.
+    pub callsign: Option<String>,
+    /// Site.
+    pub site: Option<String>,
+    /// Current operational certificate serial.
+    pub serial: String,
+    /// Its expiry, RFC 3339.
+    pub expiry: String,
+    /// Whether it has expired at `now`.
+    pub expired: bool,
+    /// Whether the unit is revoked.
+    pub revoked: bool,
+    /// When it was revoked, RFC 3339.
+    pub revoked_at: Option<String>,
+    /// Cohort specs.
+    pub cohorts: Vec<String>,
+    /// The hub it syncs with.
+    pub hub: String,
+    /// Its bundle directory.
+    pub bundle_dir: PathBuf,
+}
+
+/// A shift token request.
+#[derive(Debug, Clone)]
+pub struct TokenRequest {
+    /// Staff id (SDS user id).
+    pub staff_id: String,
+    /// Display name.
+    pub staff_name: String,
+    /// Clinical or admin.
+    pub role: StaffRole,
+    /// Bind to one unit.
+    pub device: Option<DeviceId>,
+    /// Lifetime in hours (1..=[`MAX_TOKEN_HOURS`]).
+    pub hours: u32,
+    /// Employing organisation.
+    pub org: Option<OdsCode>,
+}
+
+/// An open fleet directory, locked for this process.
+pub struct Fleet {
+    dir: PathBuf,
+    root_pem: String,
+    issuing_pem: String,
+    issuer: rcgen::Certificate,
+    issuing_key: KeyPair,
+    inventory: Inventory,
+    _lock: DirLock,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        f.debug_struct("Fleet")
+            .field("dir", &self.dir)
+            .field("fleet_id", &self.inventory.fleet_id)
+            .field("units", &self.inventory.units.len())
+            .finish_non_exhaustive()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// time and randomness helpers
+
+fn to_odt(t: UnixMillis) -> Result<OffsetDateTime, FleetError> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.0) * 1_000_000)
+        .map_err(|_| FleetError::Invalid(format!("time {} is out of range", t.0)))
+}
+
+/// Certificates carry whole seconds; keep the inventory consistent with them.
+fn whole_seconds(t: UnixMillis) -> UnixMillis {
+    UnixMillis(t.0.div_euclid(1000) * 1000)
+}
+
+fn random_bytes<const N: usize>() -> Result<[u8; N], FleetError> {
+    let mut b = [0u8; N];
+    SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| FleetError::Invalid("the system random number generator failed".into()))?;
+    Ok(b)
+}
+
+/// A random positive 16-byte serial whose first byte is 0x40..=0x7f (so its DER form is exactly
+/// these bytes and its hex has a fixed width).
+fn new_serial() -> Result<Vec<u8>, FleetError> {
+    let mut b: [u8; 16] = random_bytes()?;
+    b[0] = (b[0] & 0x3f) | 0x40;
+    Ok(b.to_vec())
+}
+
+fn new_key() -> Result<KeyPair, FleetError> {
+    Ok(KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?)
+}
+
+fn san_for(name: &str) -> Result<SanType, FleetError> {
+    if let Ok(ip) = name.parse::<IpAddr>() {
+        Ok(SanType::IpAddress(ip))
+    } else if is_dns_name(name) {
+        Ok(SanType::DnsName(name.to_owned().try_into()?))
+    } else {
+        Err(FleetError::Invalid(format!(
+            "{name:?} is neither a DNS name nor an IP address"
+        )))
+    }
+}
+
+fn dn(org: &str, cn: &str) -> DistinguishedName {
+    let mut d = DistinguishedName::new();
+    d.push(DnType::OrganizationName, org);
+    d.push(DnType::CommonName, cn);
+    d
+}
+
+fn read_text(path: &Path) -> Result<String, FleetError> {
+    let bytes = read_limited(path, MAX_FILE_BYTES).map_err(io_err("cannot read", path))?;
+    String::from_utf8(bytes).map_err(|_| FleetError::Corrupt {
+        path: path.to_owned(),
+        problem: "not UTF-8 text".into(),
+    })
+}
+
+/// Names of bundle files already present in `dir` among `names`.
+fn present(dir: &Path, names: &[&str]) -> Vec<String> {
+    names
+        .iter()
+        .filter(|n| dir.join(n).exists())
+        .map(|n| (*n).to_owned())
+        .collect()
+}
+
+fn absolute(p: &Path) -> Result<PathBuf, FleetError> {
+    std::path::absolute(p).map_err(io_err("cannot resolve", p))
+}
+
+/// Refuse to write a bundle into `out` when that would overwrite keys without `force`, or when
+/// `out` is a file or inside the fleet directory.
+fn check_out_dir(
+    out: &Path,
+    fleet_dir: &Path,
+    names: &[&str],
+    force: bool,
+) -> Result<(), FleetError> {
+    if out.exists() && !out.is_dir() {
+        return Err(FleetError::BadDir {
+            dir: out.to_owned(),
+            why: "exists and is not a directory".into(),
+        });
+    }
+    if let (Ok(a), Ok(b)) = (fs::canonicalize(out), fs::canonicalize(fleet_dir)) {
+        if a == b {
+            return Err(FleetError::BadDir {
+                dir: out.to_owned(),
+                why: "is the fleet directory; write bundles elsewhere".into(),
+            });
+        }
+    }
+    let found = present(out, names);
+    if !force && !found.is_empty() {
+        return Err(FleetError::WouldOverwrite {
+            dir: out.to_owned(),
+            found: found.join(", "),
+        });
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// the fleet
+
+impl Fleet {
+    /// `ca init`: create a fleet in `dir`: root CA, issuing CA, staff-token and record-signing
+    /// keys, an empty CRL and an inventory. The whole directory appears at once. Refuses an
+    /// existing fleet unless `opts.force`, in which case the old one is moved aside to
+    /// `DIR.replaced-<time>` (never deleted).
+    pub fn init(dir: &Path, opts: &InitOptions, now: UnixMillis) -> Result<InitReport, FleetError> {
+        let now = whole_seconds(now);
+        let found = present(dir, &files::FLEET);
+        if dir.exists() && !dir.is_dir() {
+            return Err(FleetError::BadDir {
+                dir: dir.to_owned(),
+                why: "exists and is not a directory".into(),
+            });
+        }
+        if !found.is_empty() && !opts.force {
+            return Err(FleetError::FleetExists {
+                dir: dir.to_owned(),
+                found: found.join(", "),
+            });
+        }
+        if found.is_empty() && dir.is_dir() {
+            let mut entries = fs::read_dir(dir).map_err(io_err("cannot list", dir))?;
+            if entries.next().is_some() {
+                return Err(FleetError::BadDir {
+                    dir: dir.to_owned(),
+                    why: "exists and is not empty; choose a new or empty directory for the fleet"
+                        .into(),
+                });
+            }
+        }
+        if opts.org.trim().is_empty() || opts.org.len() > 64 {
+            return Err(FleetError::Invalid(
+                "--org must be 1 to 64 characters".into(),
+            ));
+        }
+
+        let fleet_id = hex::encode(random_bytes::<6>()?);
+        let org = opts.org.trim();
+
+        // Root CA.
+        let root_key = new_key()?;
+        let mut root = CertificateParams::default();
+        root.distinguished_name = dn(org, &format!("Kerbside fleet root CA {fleet_id}"));
+        root.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
+        root.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        root.serial_number = Some(SerialNumber::from_slice(&new_serial()?));
+        root.not_before = to_odt(now.plus_ms(-BACKDATE_MS))?;
+        root.not_after = to_odt(now.plus_ms(ROOT_CA_LIFETIME_MS))?;
+        let root_cert = root.self_signed(&root_key)?;
+
+        // Issuing CA.
+        let issuing_key = new_key()?;
+        let mut issuing = CertificateParams::default();
+        issuing.distinguished_name = dn(org, &format!("Kerbside fleet issuing CA {fleet_id}"));
+        issuing.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        issuing.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        issuing.use_authority_key_identifier_extension = true;
+        issuing.serial_number = Some(SerialNumber::from_slice(&new_serial()?));
+        issuing.not_before = to_odt(now.plus_ms(-BACKDATE_MS))?;
+        issuing.not_after = to_odt(now.plus_ms(ISSUING_CA_LIFETIME_MS))?;
+        let issuing_cert = issuing.signed_by(&issuing_key, &root_cert, &root_key)?;
+
+        let inventory = Inventory {
+            format: INVENTORY_FORMAT,
+            fleet_id: fleet_id.clone(),
+            created_at: now,
+            crl_number: 1,
+            hubs: Vec::new(),
+            units: Vec::new(),
+            revoked: Vec::new(),
+        };
+        let crl = make_crl(&inventory, &issuing_cert, &issuing_key, now)?;
+        let token = generate_ed25519().map_err(FleetError::Invalid)?;
+        let record = generate_ed25519().map_err(FleetError::Invalid)?;
+        let inventory_json = serde_json::to_vec_pretty(&inventory)
+            .map_err(|e| FleetError::Invalid(format!("inventory: {e}")))?;
+
+        let bundle = [
+            BundleFile::public(files::ROOT_CERT, root_cert.pem()),
+            BundleFile::private(files::ROOT_KEY, root_key.serialize_pem()),
+            BundleFile::public(files::ISSUING_CERT, issuing_cert.pem()),
+            BundleFile::private(files::ISSUING_KEY, issuing_key.serialize_pem()),
+            BundleFile::public(files::CRL, crl),
+            BundleFile::private(files::TOKEN_SIGNING, token.private_pem),
+            BundleFile::public(files::TOKEN_VERIFY, ed25519_public_pem(&token.public)),
+            BundleFile::private(files::RECORD_SIGNING, record.private_pem),
+            BundleFile::public(files::RECORD_VERIFY, ed25519_public_pem(&record.public)),
+            BundleFile::public(files::INVENTORY, inventory_json),
+        ];
+
+        let mut replaced_to = None;
+        if !found.is_empty() {
+            // --force: hold the old fleet's lock while moving it aside.
+            let lock = DirLock::acquire(dir).map_err(io_err("cannot lock", dir))?;
+            let aside = PathBuf::from(format!(
+                "{}.replaced-{}",
+                dir.display(),
+                now.to_rfc3339().replace(':', "")
+            ));
+            fs::rename(dir, &aside)
+                .map_err(io_err("cannot move the old fleet aside to", &aside))?;
+            drop(lock);
+            let _ = fs::remove_file(aside.join(crate::fsutil::LOCK_FILE));
+            replaced_to = Some(aside);
+        }
+        write_bundle(dir, &bundle).map_err(io_err("cannot write the fleet into", dir))?;
+        tracing::info!(fleet = %dir.display(), fleet_id, "fleet created");
+        Ok(InitReport {
+            fleet_id,
+            replaced_to,
+        })
+    }
+
+    /// Open and lock an existing fleet directory, checking that its CA, key, CRL and inventory
+    /// are present and sound.
+    pub fn open(dir: &Path) -> Result<Fleet, FleetError> {
+        if !dir.is_dir() {
+            return Err(FleetError::NotAFleet {
+                dir: dir.to_owned(),
+                why: "no such directory".into(),
+            });
+        }
+        let missing: Vec<&str> = [
+            files::ROOT_CERT,
+            files::ISSUING_CERT,
+            files::ISSUING_KEY,
+            files::INVENTORY,
+        ]
+        .into_iter()
+        .filter(|f| !dir.join(f).is_file())
+        .collect();
+        if !missing.is_empty() {
+            return Err(FleetError::NotAFleet {
+                dir: dir.to_owned(),
+                why: format!("missing {}", missing.join(", ")),
+            });
+        }
+        let lock = DirLock::acquire(dir).map_err(io_err("cannot lock", dir))?;
+
+        let root_path = dir.join(files::ROOT_CERT);
+        let issuing_path = dir.join(files::ISSUING_CERT);
+        let key_path = dir.join(files::ISSUING_KEY);
+        let root_der = keys::load_certs(&root_path)?.remove(0);
+        let issuing_der = keys::load_certs(&issuing_path)?.remove(0);
+        let issuing_key =
+            KeyPair::from_pem(&read_text(&key_path)?).map_err(|e| FleetError::Corrupt {
+                path: key_path.clone(),
+                problem: format!("not a PEM private key: {e}"),
+            })?;
+        let issuer = CertificateParams::from_ca_cert_der(&issuing_der)
+            .map_err(|e| FleetError::Corrupt {
+                path: issuing_path.clone(),
+                problem: e.to_string(),
+            })?
+            .self_signed(&issuing_key)?;
+        // The key must be the certificate's.
+        let (_, parsed) =
+            x509_parser::parse_x509_certificate(issuing_der.as_ref()).map_err(|e| {
+                FleetError::Corrupt {
+                    path: issuing_path.clone(),
+                    problem: e.to_string(),
+                }
+            })?;
+        if parsed.public_key().raw != issuing_key.public_key_der().as_slice() {
+            return Err(FleetError::Corrupt {
+                path: key_path,
+                problem: format!("is not the key of {}", issuing_path.display()),
+            });
+        }
+        let inv_path = dir.join(files::INVENTORY);
+        let inventory: Inventory =
+            serde_json::from_str(&read_text(&inv_path)?).map_err(|e| FleetError::Corrupt {
+                path: inv_path.clone(),
+                problem: format!("not a fleet inventory: {e}"),
+            })?;
+        if inventory.format != INVENTORY_FORMAT {
+            return Err(FleetError::Corrupt {
+                path: inv_path,
+                problem: format!(
+                    "inventory format {} is not supported (expected {INVENTORY_FORMAT})",
+                    inventory.format
+                ),
+            });
+        }
+        Ok(Fleet {
+            dir: dir.to_owned(),
+            root_pem: pem_encode("CERTIFICATE", root_der.as_ref()),
+            issuing_pem: pem_encode("CERTIFICATE", issuing_der.as_ref()),
+            issuer,
+            issuing_key,
+            inventory,
+            _lock: lock,
+        })
+    }
+
+    /// The fleet directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The inventory as loaded (and updated by this process).
+    pub fn inventory(&self) -> &Inventory {
+        &self.inventory
+    }
+
+    /// The CA bundle every hub and unit trusts: root, then issuing CA (PEM).
+    pub fn ca_bundle_pem(&self) -> String {
+        format!("{}{}", self.root_pem, self.issuing_pem)
+    }
+
+    /// A certificate chain file: `leaf`, then the issuing CA (PEM).
+    pub fn chain_pem(&self, leaf: &IssuedCert) -> String {
+        format!(
+            "{}{}",
+            pem_encode("CERTIFICATE", &leaf.der),
+            self.issuing_pem
+        )
+    }
+
+    /// Path of the fleet's CRL.
+    pub fn crl_path(&self) -> PathBuf {
+        self.dir.join(files::CRL)
+    }
+
+    /// Check the CRL file parses (the `crl` command rewrites a corrupt one from the inventory).
+    pub fn check_crl(&self) -> Result<(), FleetError> {
+        keys::load_crls(&self.crl_path())?;
+        Ok(())
+    }
+
+    fn sign_leaf(
+        &self,
+        params: CertificateParams,
+        public_key: &impl PublicKeyData,
+    ) -> Result<IssuedCert, FleetError> {
+        let not_before = UnixMillis(params.not_before.unix_timestamp() * 1000);
+        let not_after = UnixMillis(params.not_after.unix_timestamp() * 1000);
+        let serial = params
+            .serial_number
+            .as_ref()
+            .map(|s| hex::encode(s.to_bytes()))
+            .unwrap_or_default();
+        let cert = params.signed_by(public_key, &self.issuer, &self.issuing_key)?;
+        Ok(IssuedCert {
+            der: cert.der().to_vec(),
+            serial,
+            not_before,
+            not_after,
+        })
+    }
+
+    /// Issue a unit's operational (client) certificate for `public_key` with explicit validity.
+    /// It carries the identity URI and one URI per cohort (see [`crate::identity`]), EKU
+    /// clientAuth only. The CLI uses a 7-day validity; tests use this to make expired and
+    /// not-yet-valid certificates.
+    pub fn issue_unit_cert(
+        &self,
+        public_key: &impl PublicKeyData,
+        device_id: &DeviceId,
+        role: UnitRole,
+        cohorts: &[CohortSpec],
+        not_before: UnixMillis,
+        not_after: UnixMillis,
+    ) -> Result<IssuedCert, FleetError> {
+        if cohorts.len() > crate::identity::MAX_COHORTS {
+            return Err(FleetError::Invalid(format!(
+                "at most {} cohorts",
+                crate::identity::MAX_COHORTS
+            )));
+        }
+        let mut p = CertificateParams::default();
+        p.distinguished_name = dn(
+            &format!("Kerbside fleet {}", self.inventory.fleet_id),
+            device_id.as_str(),
+        );
+        p.distinguished_name
+            .push(DnType::OrganizationalUnitName, role.as_str());
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        p.use_authority_key_identifier_extension = true;
+        p.serial_number = Some(SerialNumber::from_slice(&new_serial()?));
+        p.not_before = to_odt(whole_seconds(not_before))?;
+        p.not_after = to_odt(whole_seconds(not_after))?;
+        p.subject_alt_names
+            .push(SanType::URI(identity_uri(role, device_id).try_into()?));
+        for c in cohorts {
+            p.subject_alt_names
+                .push(SanType::URI(cohort_uri(c).try_into()?));
+        }
+        self.sign_leaf(p, public_key)
+    }
+
+    /// Issue a TLS server certificate (hub, or a unit's LAN server) for `names` (DNS or IP
+    /// SANs), EKU serverAuth only.
+    pub fn issue_server_cert(
+        &self,
+        public_key: &impl PublicKeyData,
+        names: &[String],
+        not_before: UnixMillis,
+        not_after: UnixMillis,
+    ) -> Result<IssuedCert, FleetError> {
+        let first = names
+            .first()
+            .ok_or_else(|| FleetError::Invalid("a server certificate needs a name".into()))?;
+        let mut p = CertificateParams::default();
+        p.distinguished_name = dn(
+            &format!("Kerbside fleet {}", self.inventory.fleet_id),
+            first,
+        );
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        p.use_authority_key_identifier_extension = true;
+        p.serial_number = Some(SerialNumber::from_slice(&new_serial()?));
+        p.not_before = to_odt(whole_seconds(not_before))?;
+        p.not_after = to_odt(whole_seconds(not_after))?;
+        for n in names {
+            p.subject_alt_names.push(san_for(n)?);
+        }
+        self.sign_leaf(p, public_key)
+    }
+
+    fn write_crl(&mut self, now: UnixMillis) -> Result<u64, FleetError> {
+        self.inventory.crl_number += 1;
+        let pem = make_crl(
+            &self.inventory,
+            &self.issuer,
+            &self.issuing_key,
+            whole_seconds(now),
+        )?;
+        let path = self.crl_path();
+        write_atomic(&path, pem.as_bytes(), MODE_PUBLIC).map_err(io_err("cannot write", &path))?;
+        Ok(self.inventory.crl_number)
+    }
+
+    fn save_inventory(&self) -> Result<(), FleetError> {
+        let json = serde_json::to_vec_pretty(&self.inventory)
+            .map_err(|e| FleetError::Invalid(format!("inventory: {e}")))?;
+        let path = self.dir.join(files::INVENTORY);
+        write_atomic(&path, &json, MODE_PUBLIC).map_err(io_err("cannot write", &path))
+    }
+
+    fn read_fleet_file(&self, name: &str) -> Result<String, FleetError> {
+        read_text(&self.dir.join(name))
+    }
+
+    /// `crl`: re-sign the CRL from the inventory (refreshes `nextUpdate`, repairs a corrupt file).
+    pub fn refresh_crl(&mut self, now: UnixMillis) -> Result<u64, FleetError> {
+        let n = self.write_crl(now)?;
+        self.save_inventory()?;
+        Ok(n)
+    }
+
+    /// `hub`: write a hub bundle (certificate for `plan.name`, key, CA bundle, signing keys,
+    /// `hub.toml` pointing at the fleet's CRL and inventory by absolute path).
+    pub fn make_hub_bundle(
+        &mut self,
+        plan: &HubPlan,
+        now: UnixMillis,
+    ) -> Result<HubConfig, FleetError> {
+        let now = whole_seconds(now);
+        let names = [
+            files::HUB_TOML,
+            files::HUB_CERT,
+            files::HUB_KEY,
+            files::TOKEN_SIGNING,
+            files::RECORD_SIGNING,
+        ];
+        check_out_dir(&plan.out, &self.dir, &names, plan.force)?;
+        san_for(&plan.name)?;
+        // Check the fleet keys before copying them.
+        let token_pem = self.read_fleet_file(files::TOKEN_SIGNING)?;
+        let record_pem = self.read_fleet_file(files::RECORD_SIGNING)?;
+        let token_verify = self.read_fleet_file(files::TOKEN_VERIFY)?;
+        for (name, pem) in [
+            (files::TOKEN_SIGNING, &token_pem),
+            (files::RECORD_SIGNING, &record_pem),
+        ] {
+            keys::parse_ed25519_signing(pem.as_bytes()).map_err(|problem| FleetError::Corrupt {
+                path: self.dir.join(name),
+                problem,
+            })?;
+        }
+        keys::parse_ed25519_public(token_verify.as_bytes()).map_err(|problem| {
+            FleetError::Corrupt {
+                path: self.dir.join(files::TOKEN_VERIFY),
+                problem,
+            }
+        })?;
+
+        let key = new_key()?;
+        let cert = self.issue_server_cert(
+            &key,
+            std::slice::from_ref(&plan.name),
+            now.plus_ms(-BACKDATE_MS),
+            now.plus_ms(HUB_CERT_LIFETIME_MS),
+        )?;
+        let cfg = HubConfig {
+            file: PathBuf::new(),
+            name: plan.name.clone(),
+            listen: plan.listen.clone(),
+            admin: plan.admin.clone(),
+            data_dir: PathBuf::from("data"),
+            inventory: Some(absolute(&self.dir.join(files::INVENTORY))?),
+            tls: HubTls {
+                ca: files::CA_BUNDLE.into(),
+                cert: files::HUB_CERT.into(),
+                key: files::HUB_KEY.into(),
+                crl: absolute(&self.crl_path())?,
+                crl_reload_s: 60,
+            },
+            keys: HubKeys {
+                record_signing: files::RECORD_SIGNING.into(),
+                token_signing: files::TOKEN_SIGNING.into(),
+                token_verify: files::TOKEN_VERIFY.into(),
+            },
+            sync: HubSync::default(),
+        };
+        let toml = format!(
+            "# Kerbside hub, written by edge-provision for fleet {}.\n# Paths are relative to this file. The CRL and inventory are the fleet's own files,\n# so revocations are seen without copying; copy them here if the hub runs elsewhere.\n\n{}",
+            self.inventory.fleet_id,
+            cfg.to_toml()?
+        );
+        let bundle = [
+            BundleFile::public(files::HUB_TOML, toml),
+            BundleFile::public(files::HUB_CERT, self.chain_pem(&cert)),
+            BundleFile::private(files::HUB_KEY, key.serialize_pem()),
+            BundleFile::public(files::CA_BUNDLE, self.ca_bundle_pem()),
+            BundleFile::private(files::RECORD_SIGNING, record_pem),
+            BundleFile::private(files::TOKEN_SIGNING, token_pem),
+            BundleFile::public(files::TOKEN_VERIFY, token_verify),
+        ];
+        write_bundle(&plan.out, &bundle)
+            .map_err(io_err("cannot write the hub bundle into", &plan.out))?;
+        let bundle_dir = absolute(&plan.out)?;
+        self.inventory.hubs.retain(|h| h.bundle_dir != bundle_dir);
+        self.inventory.hubs.push(HubRecord {
+            name: plan.name.clone(),
+            serial: cert.serial.clone(),
+            not_after: cert.not_after,
+            bundle_dir: bundle_dir.clone(),
+        });
+        self.save_inventory()?;
+        tracing::info!(hub = %plan.name, serial = %cert.serial, bundle = %bundle_dir.display(), "hub bundle written");
+        Ok(HubConfig::load(&bundle_dir.join(files::HUB_TOML))?)
+    }
+
+    /// `enrol`: a fresh key pair, a 7-day operational certificate, a LAN certificate, the CA
+    /// bundle and verification keys, and `edge.toml`, written as one bundle; the unit is recorded
+    /// in the inventory. A device id already enrolled is refused unless `plan.replace`, which
+    /// revokes every certificate of the old enrolment.
+    pub fn enrol(&mut self, plan: &EnrolPlan, now: UnixMillis) -> Result<EnrolReport, FleetError> {
+        let now = whole_seconds(now);
+        let existing = self.inventory.unit(&plan.device_id).cloned();
+        if existing.is_some() && !plan.replace {
+            return Err(FleetError::Duplicate(plan.device_id.clone()));
+        }
+        let names = [
+            files::EDGE_TOML,
+            files::UNIT_CERT,
+            files::UNIT_KEY,
+            files::LAN_CERT,
+            files::LAN_KEY,
+        ];
+        check_out_dir(&plan.out, &self.dir, &names, plan.force)?;
+        if plan.hub.port() == 0 {
+            return Err(FleetError::Invalid(format!(
+                "--hub {}: port 0 is not a real port",
+                plan.hub
+            )));
+        }
+        san_for(&plan.hub_name)?;
+        if let Some(c) = &plan.callsign {
+            if c.trim().is_empty() || c.len() > 32 || c.chars().any(char::is_control) {
+                return Err(FleetError::Invalid(
+                    "--callsign must be 1 to 32 printable characters".into(),
+                ));
+            }
+        }
+        let mut lan_names: Vec<String> = Vec::new();
+        if !plan.lan.is_unspecified() {
+            lan_names.push(plan.lan.host().to_owned());
+        }
+        for n in &plan.lan_names {
+            san_for(n)?;
+            if !lan_names.contains(n) {
+                lan_names.push(n.clone());
+            }
+        }
+        if lan_names.is_empty() {
+            return Err(FleetError::Invalid(format!(
+                "--lan {} names no host for the LAN certificate; add --lan-name NAME",
+                plan.lan
+            )));
+        }
+        let cohorts = if plan.cohorts.is_empty() {
+            vec![CohortSpec::All]
+        } else {
+            plan.cohorts.clone()
+        };
+        let record_verify = self.read_fleet_file(files::RECORD_VERIFY)?;
+        let token_verify = self.read_fleet_file(files::TOKEN_VERIFY)?;
+        for (name, text) in [
+            (files::RECORD_VERIFY, &record_verify),
+            (files::TOKEN_VERIFY, &token_verify),
+        ] {
+            keys::parse_ed25519_public(text.as_bytes()).map_err(|problem| FleetError::Corrupt {
+                path: self.dir.join(name),
+                problem,
+            })?;
+        }
+
+        let unit_key = new_key()?;
+        let lan_key = new_key()?;
+        let cert = self.issue_unit_cert(
+            &unit_key,
+            &plan.device_id,
+            plan.role,
+            &cohorts,
+            now.plus_ms(-BACKDATE_MS),
+            now.plus_ms(UNIT_CERT_LIFETIME_MS),
+        )?;
+        let lan_cert = self.issue_server_cert(
+            &lan_key,
+            &lan_names,
+            now.plus_ms(-BACKDATE_MS),
+            now.plus_ms(LAN_CERT_LIFETIME_MS),
+        )?;
+
+        let cfg = UnitConfig {
+            file: PathBuf::new(),
+            device_id: plan.device_id.clone(),
+            role: plan.role,
+            callsign: plan.callsign.clone(),
+            site: plan.site.clone(),
+            data_dir: PathBuf::from("data"),
+            cohorts: cohorts.clone(),
+            hub: HubLink {
+                addr: plan.hub.clone(),
+                name: plan.hub_name.clone(),
+            },
+            lan: LanConfig {
+                listen: plan.lan.clone(),
+                tls: true,
+                cert: Some(files::LAN_CERT.into()),
+                key: Some(files::LAN_KEY.into()),
+            },
+            tls: UnitTls {
+                ca: files::CA_BUNDLE.into(),
+                cert: files::UNIT_CERT.into(),
+                key: files::UNIT_KEY.into(),
+            },
+            keys: UnitKeys {
+                record_verify: files::RECORD_VERIFY.into(),
+                token_verify: files::TOKEN_VERIFY.into(),
+            },
+            cache: CacheConfig::default(),
+            sync: SyncConfig::default(),
+            audit: AuditConfig::default(),
+            supervisor: plan.supervisor.clone(),
+        };
+        let toml = format!(
+            "# Kerbside unit {} ({}), written by edge-provision for fleet {}.\n# Paths are relative to this file. `cohorts` is informational: the hub uses the\n# cohorts inside unit.crt, which only the fleet can change.\n\n{}",
+            plan.device_id,
+            plan.role,
+            self.inventory.fleet_id,
+            cfg.to_toml()?
+        );
+        // Validate the config exactly as the daemon will read it, before anything is written.
+        UnitConfig::parse(&toml, &plan.out.join(files::EDGE_TOML))?;
+        let bundle = [
+            BundleFile::public(files::EDGE_TOML, toml),
+            BundleFile::public(files::UNIT_CERT, self.chain_pem(&cert)),
+            BundleFile::private(files::UNIT_KEY, unit_key.serialize_pem()),
+            BundleFile::public(files::LAN_CERT, self.chain_pem(&lan_cert)),
+            BundleFile::private(files::LAN_KEY, lan_key.serialize_pem()),
+            BundleFile::public(files::CA_BUNDLE, self.ca_bundle_pem()),
+            BundleFile::public(files::RECORD_VERIFY, record_verify),
+            BundleFile::public(files::TOKEN_VERIFY, token_verify),
+        ];
+        write_bundle(&plan.out, &bundle)
+            .map_err(io_err("cannot write the unit bundle into", &plan.out))?;
+        let bundle_dir = absolute(&plan.out)?;
+
+        let mut revoked = Vec::new();
+        if let Some(old) = existing {
+            self.inventory
+                .revoke_certs(&old, RevokeReason::Replaced, now);
+            revoked = old.certs.iter().map(|c| c.serial.clone()).collect();
+            self.inventory
+                .units
+                .retain(|u| u.device_id != plan.device_id);
+            self.write_crl(now)?;
+        }
+        self.inventory.units.push(UnitRecord {
+            device_id: plan.device_id.clone(),
+            role: plan.role,
+            callsign: plan.callsign.clone(),
+            site: plan.site.clone(),
+            cohorts,
+            hub: plan.hub.clone(),
+            hub_name: plan.hub_name.clone(),
+            lan: plan.lan.clone(),
+            lan_names,
+            bundle_dir: bundle_dir.clone(),
+            public_key: STANDARD.encode(unit_key.public_key_der()),
+            lan_public_key: STANDARD.encode(lan_key.public_key_der()),
+            cert: cert.record(),
+            lan_cert: lan_cert.record(),
+            certs: vec![cert.record()],
+            enrolled_at: now,
+            renewed_at: None,
+            revoked_at: None,
+        });
+        self.save_inventory()?;
+        tracing::info!(device = %plan.device_id, serial = %cert.serial, bundle = %bundle_dir.display(), replaced = !revoked.is_empty(), "unit enrolled");
+        Ok(EnrolReport {
+            cert: cert.record(),
+            revoked,
+            bundle_dir,
+        })
+    }
+
+    /// `revoke`: revoke every certificate of a unit, re-sign the CRL and mark the unit revoked.
+    /// Idempotent. Hubs pick the new CRL up on their next reload.
+    pub fn revoke(
+        &mut self,
+        device_id: &DeviceId,
+        reason: RevokeReason,
+        now: UnixMillis,
+    ) -> Result<RevokeReport, FleetError> {
+        let now = whole_seconds(now);
+        let unit = self
+            .inventory
+            .unit(device_id)
+            .cloned()
+            .ok_or_else(|| FleetError::UnknownUnit(device_id.clone()))?;
+        let before = self.inventory.revoked.len();
+        self.inventory.revoke_certs(&unit, reason, now);
+        let serials: Vec<String> = self.inventory.revoked[before..]
+            .iter()
+            .map(|r| r.serial.clone())
+            .collect();
+        let already = unit.revoked();
+        if let Some(u) = self.inventory.unit_mut(device_id) {
+            u.revoked_at.get_or_insert(now);
+        }
+        let crl_number = self.write_crl(now)?;
+        self.save_inventory()?;
+        tracing::info!(device = %device_id, revoked = serials.len(), crl_number, "unit revoked");
+        Ok(RevokeReport {
+            serials,
+            already,
+            crl_number,
+        })
+    }
+
+    /// `renew`: re-issue a unit's operational certificate (and its LAN certificate) for the same
+    /// keys, 7 days from `now`, written as `unit.crt` and `lan.crt` into `out` or the unit's
+    /// recorded bundle directory. Refused for a revoked unit and for one whose certificate
+    /// expired more than [`RENEWAL_AFTER_EXPIRY_MS`] ago (re-enrol it with `--replace`).
+    pub fn renew(
+        &mut self,
+        device_id: &DeviceId,
+        out: Option<&Path>,
+        now: UnixMillis,
+    ) -> Result<RenewReport, FleetError> {
+        let now = whole_seconds(now);
+        let unit = self
+            .inventory
+            .unit(device_id)
+            .cloned()
+            .ok_or_else(|| FleetError::UnknownUnit(device_id.clone()))?;
+        let refuse = |why: String| FleetError::RenewalRefused {
+            device: device_id.clone(),
+            why,
+        };
+        if unit.revoked() {
+            return Err(refuse(
+                "it is revoked; re-enrol it with `edge-provision enrol --replace`".into(),
+            ));
+        }
+        if now > unit.cert.not_after.plus_ms(RENEWAL_AFTER_EXPIRY_MS) {
+            return Err(refuse(format!(
+                "its certificate expired at {}, more than {} days ago; re-enrol it in the workshop with `edge-provision enrol --replace`",
+                unit.cert.not_after,
+                RENEWAL_AFTER_EXPIRY_MS / UnixMillis::DAY
+            )));
+        }
+        let dir = match out {
+            Some(d) => d.to_owned(),
+            None if unit.bundle_dir.is_dir() => unit.bundle_dir.clone(),
+            None => {
+                return Err(refuse(format!(
+                    "its bundle directory {} no longer exists; pass --out DIR to write the renewed certificates there",
+                    unit.bundle_dir.display()
+                )))
+            }
+        };
+        if dir.exists() && !dir.is_dir() {
+            return Err(FleetError::BadDir {
+                dir,
+                why: "exists and is not a directory".into(),
+            });
+        }
+        let spki = decode_spki(&unit.public_key, &self.dir.join(files::INVENTORY))?;
+        let lan_spki = decode_spki(&unit.lan_public_key, &self.dir.join(files::INVENTORY))?;
+        // If the target holds the unit's key, it must be this unit's key.
+        let key_path = dir.join(files::UNIT_KEY);
+        if key_path.is_file() {
+            let k = KeyPair::from_pem(&read_text(&key_path)?).map_err(|e| FleetError::Corrupt {
+                path: key_path.clone(),
+                problem: format!("not a PEM private key: {e}"),
+            })?;
+            if STANDARD.encode(k.public_key_der()) != unit.public_key {
+                return Err(refuse(format!(
+                    "{} is not this unit's key (was the unit re-enrolled elsewhere?)",
+                    key_path.display()
+                )));
+            }
+        }
+        let cert = self.issue_unit_cert(
+            &spki,
+            device_id,
+            unit.role,
+            &unit.cohorts,
+            now.plus_ms(-BACKDATE_MS),
+            now.plus_ms(UNIT_CERT_LIFETIME_MS),
+        )?;
+        let lan_cert = self.issue_server_cert(
+            &lan_spki,
+            &unit.lan_names,
+            now.plus_ms(-BACKDATE_MS),
+            now.plus_ms(LAN_CERT_LIFETIME_MS),
+        )?;
+        let bundle = [
+            BundleFile::public(files::UNIT_CERT, self.chain_pem(&cert)),
+            BundleFile::public(files::LAN_CERT, self.chain_pem(&lan_cert)),
+        ];
+        write_bundle(&dir, &bundle)
+            .map_err(io_err("cannot write the renewed certificates into", &dir))?;
+        if let Some(u) = self.inventory.unit_mut(device_id) {
+            u.cert = cert.record();
+            u.lan_cert = lan_cert.record();
+            u.certs.push(cert.record());
+            u.renewed_at = Some(now);
+        }
+        self.save_inventory()?;
+        tracing::info!(device = %device_id, serial = %cert.serial, dir = %dir.display(), "unit renewed");
+        Ok(RenewReport {
+            cert: cert.record(),
+            written_to: dir,
+        })
+    }
+
+    /// `list`: every unit, with its current certificate, expiry and revocation.
+    pub fn units(&self, now: UnixMillis) -> Vec<UnitSummary> {
+        self.inventory
+            .units
+            .iter()
+            .map(|u| UnitSummary {
+                device_id: u.device_id.to_string(),
+                role: u.role,
+                callsign: u.callsign.clone(),
+                site: u.site.as_ref().map(|s| s.to_string()),
+                serial: u.cert.serial.clone(),
+                expiry: u.cert.not_after.to_rfc3339(),
+                expired: now >= u.cert.not_after,
+                revoked: u.revoked(),
+                revoked_at: u.revoked_at.map(|t| t.to_rfc3339()),
+                cohorts: u.cohorts.iter().map(|c| c.to_string()).collect(),
+                hub: u.hub.to_string(),
+                bundle_dir: u.bundle_dir.clone(),
+            })
+            .collect()
+    }
+
+    /// `token`: mint a shift token signed with the fleet's staff-token key. A unit binding must
+    /// name an enrolled, unrevoked unit.
+    pub fn mint_token(
+        &self,
+        req: &TokenRequest,
+        now: UnixMillis,
+    ) -> Result<(String, ShiftClaims), FleetError> {
+        if !(1..=MAX_TOKEN_HOURS).contains(&req.hours) {
+            return Err(FleetError::Invalid(format!(
+                "--hours must be 1 to {MAX_TOKEN_HOURS}"
+            )));
+        }
+        if let Some(d) = &req.device {
+            match self.inventory.unit(d) {
+                None => return Err(FleetError::UnknownUnit(d.clone())),
+                Some(u) if u.revoked() => {
+                    return Err(FleetError::Invalid(format!(
+                        "device {d} is revoked; a token bound to it would be useless"
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        let path = self.dir.join(files::TOKEN_SIGNING);
+        let key = keys::load_ed25519_signing(&path)?;
+        let claims = ShiftClaims {
+            v: TOKEN_VERSION,
+            token_id: hex::encode(random_bytes::<16>()?),
+            staff_id: req.staff_id.trim().to_owned(),
+            staff_name: req.staff_name.trim().to_owned(),
+            role: req.role,
+            org_ods: req.org.clone(),
+            device: req.device.clone(),
+            issued_at: now,
+            expires_at: now.plus_ms(i64::from(req.hours) * UnixMillis::HOUR),
+        };
+        claims
+            .check()
+            .map_err(|e| FleetError::Invalid(e.to_string()))?;
+        Ok((token::sign(&claims, &key), claims))
+    }
+}
+
+fn decode_spki(b64: &str, inventory: &Path) -> Result<SubjectPublicKeyInfo, FleetError> {
+    let der = STANDARD.decode(b64).map_err(|e| FleetError::Corrupt {
+        path: inventory.to_owned(),
+        problem: format!("a unit public key is not base64: {e}"),
+    })?;
+    SubjectPublicKeyInfo::from_der(&der).map_err(|e| FleetError::Corrupt {
+        path: inventory.to_owned(),
+        problem: format!("a unit public key is not a SubjectPublicKeyInfo: {e}"),
+    })
+}
+
+/// The CRL for the inventory's revocations (expired certificates are left out: they are refused
+/// anyway), numbered `inventory.crl_number`, PEM.
+fn make_crl(
+    inventory: &Inventory,
+    issuer: &rcgen::Certificate,
+    key: &KeyPair,
+    now: UnixMillis,
+) -> Result<String, FleetError> {
+    let revoked_certs = inventory
+        .revoked
+        .iter()
+        .filter(|r: &&RevokedCert| r.not_after > now)
+        .map(|r| {
+            let serial = hex::decode(&r.serial)
+                .map_err(|e| FleetError::Invalid(format!("revoked serial {:?}: {e}", r.serial)))?;
+            Ok(RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&serial),
+                revocation_time: to_odt(r.revoked_at)?,
+                reason_code: match r.reason {
+                    RevokeReason::Unspecified => None,
+                    RevokeReason::Stolen => Some(RevocationReason::KeyCompromise),
+                    RevokeReason::Decommissioned => Some(RevocationReason::CessationOfOperation),
+                    RevokeReason::Replaced => Some(RevocationReason::Superseded),
+                },
+                invalidity_date: None,
+            })
+        })
+        .collect::<Result<Vec<_>, FleetError>>()?;
+    let params = CertificateRevocationListParams {
+        this_update: to_odt(now)?,
+        next_update: to_odt(now.plus_ms(CRL_NEXT_UPDATE_MS))?,
+        crl_number: SerialNumber::from(inventory.crl_number),
+        issuing_distribution_point: None,
+        revoked_certs,
+        key_identifier_method: issuer.params().key_identifier_method.clone(),
+    };
+    Ok(params.signed_by(issuer, key)?.pem()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serials_are_positive_fixed_width() {
+        for _ in 0..100 {
+            let s = new_serial().unwrap();
+            assert_eq!(s.len(), 16);
+            assert!((0x40..=0x7f).contains(&s[0]));
+        }
+    }
+
+    #[test]
+    fn whole_seconds_floors() {
+        assert_eq!(whole_seconds(UnixMillis(1_999)), UnixMillis(1_000));
+        assert_eq!(whole_seconds(UnixMillis(-1)), UnixMillis(-1_000));
+    }
+}
