@@ -201,4 +201,13 @@ mod tests {
         }
         assert!(HostPort::parse("h:0").unwrap().require_port().is_err());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_text_never_panics_and_round_trips(s in "\\PC{0,40}") {
+            if let Ok(h) = HostPort::parse(&s) {
+                proptest::prop_assert_eq!(HostPort::parse(&h.to_string()).unwrap(), h);
+            }
+        }
+    }
 }

@@ -185,4 +185,16 @@ mod tests {
             Err(IdentityError::BadCertificate(_))
         ));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)) {
+            let _ = peer_identity(&b);
+        }
+
+        #[test]
+        fn arbitrary_percent_text_never_panics(s in "[%0-9a-fA-F:,A-Z]{0,40}") {
+            let _ = percent_decode(&s);
+        }
+    }
 }
