@@ -56,7 +56,7 @@ fn resyncs_after_garbage() {
     stream.extend_from_slice(&bytes);
     let out = feed_chunks(&stream, 3);
     assert!(out[0].is_err(), "the garbage is one rejected frame");
-    let good: Vec<_> = out[1..].iter().cloned().collect();
+    let good: Vec<_> = out[1..].to_vec();
     assert_eq!(good, frames.into_iter().map(Ok).collect::<Out>());
 }
 

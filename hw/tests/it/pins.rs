@@ -56,7 +56,7 @@ fn hold_up_bank_covers_the_announced_budget_at_end_of_life() {
         firmware::Settings::DEFAULT_12V.converter_min_mv,
         CONVERTER_MIN_MV
     );
-    assert!(REV_B.hold_up.announced_budget_ms > REV_A.hold_up.announced_budget_ms);
+    const { assert!(REV_B.hold_up.announced_budget_ms > REV_A.hold_up.announced_budget_ms) };
 }
 
 #[test]
