@@ -47,11 +47,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Fleet certificate authority.
-    #[command(subcommand)]
+    /// Fleet certificate authority (`ca init`).
+    #[command(subcommand, after_long_help = FLOW)]
     Ca(CaCmd),
     /// Write a hub bundle: server certificate, keys, CA bundle and hub.toml.
-    #[command(long_about = "\
+    #[command(after_long_help = FLOW, long_about = "\
 Write a hub bundle into --out: the hub's TLS server certificate (SAN = --name, an IP SAN when
 --name is an IP address) and key, the fleet CA bundle, the hub's record-signing key, the
 staff-token signing and verification keys, and a complete hub.toml (paths relative to it).
@@ -62,7 +62,7 @@ revocation and edit [tls] crl.
 Then start the hub with: edge-hub serve --config HUBDIR/hub.toml")]
     Hub(HubArgs),
     /// Enrol a unit: fresh keys, a 7-day operational certificate, LAN certificate and edge.toml.
-    #[command(long_about = "\
+    #[command(after_long_help = FLOW, long_about = "\
 Enrol a unit (vehicle or ED kiosk) and write its bundle into --out: a fresh key pair and a
 7-day operational client certificate naming the unit (kerbside://fleet/ROLE/DEVICE-ID) and its
 cohorts, a LAN HTTPS certificate for --lan (and --lan-name), the fleet CA bundle, the hub's
@@ -77,14 +77,14 @@ the old enrolment (use it when a unit is replaced or re-imaged). Cohorts travel 
 certificate, so a unit cannot widen its own cohort by editing edge.toml.")]
     Enrol(EnrolArgs),
     /// Revoke every certificate of a unit and re-sign the fleet's revocation list.
-    #[command(long_about = "\
+    #[command(after_long_help = FLOW, long_about = "\
 Revoke every certificate issued to a unit (stolen, lost, decommissioned) and re-sign the
 fleet's revocation list (FLEET/crl.pem). Hubs pick the new list up on their next reload
 ([tls] crl_reload_s, 60 s by default) without a restart; the unit is refused from then on and
 can no longer renew. To bring the device id back into service, enrol it again with --replace.")]
     Revoke(RevokeArgs),
     /// Re-issue a unit's operational certificate (same key, 7 days from now).
-    #[command(long_about = "\
+    #[command(after_long_help = FLOW, long_about = "\
 Re-issue a unit's operational certificate for the same key (and its LAN certificate), valid 7
 days from now, and write unit.crt and lan.crt into the unit's recorded bundle directory (or
 --out). Renew at about two thirds of the lifetime (after ~4.7 days).
@@ -94,14 +94,19 @@ after that expiry (its clock and key are unchanged); after that it must be re-en
 workshop with `enrol --replace`. A revoked unit is never renewed.")]
     Renew(RenewArgs),
     /// List every unit: role, certificate serial, expiry, revoked.
+    #[command(after_long_help = FLOW, long_about = "\
+List every enrolled unit with its role, current operational certificate serial and expiry, and
+whether it is revoked or expired. Renew units whose expiry is less than ~2.3 days away; re-enrol
+(`enrol --replace`) units that expired more than 30 days ago. --json prints a list of objects
+with at least device_id, role, serial, expiry, expired and revoked.")]
     List(ListArgs),
     /// Re-sign the fleet's revocation list from the inventory.
-    #[command(long_about = "\
+    #[command(after_long_help = FLOW, long_about = "\
 Re-sign FLEET/crl.pem from the inventory: refreshes its nextUpdate (30 days) and repairs a
 corrupt or missing file. Revocations are never lost: the inventory is their source of truth.")]
     Crl(FleetArg),
     /// Mint a signed staff shift token (printed on the last line of stdout).
-    #[command(long_about = "\
+    #[command(after_long_help = FLOW, long_about = "\
 Mint a staff shift token signed with the fleet's staff-token key and print it on the last line
 of stdout. In production the hub issues these at shift start; this is the operator's and the
 tests' way to mint one. Tablets send it as `Authorization: Bearer TOKEN`; units verify it
@@ -112,7 +117,7 @@ offline. --device-id binds the token to one unit; --hours is its lifetime (1-24,
 #[derive(Debug, Subcommand)]
 enum CaCmd {
     /// Create a fleet: root CA, issuing CA, signing keys, empty CRL, inventory.
-    #[command(long_about = "\
+    #[command(after_long_help = FLOW, long_about = "\
 Create a fleet directory: an offline-style root CA (ECDSA P-256, 20 years) and an issuing CA
 under it (5 years) that signs every hub and unit certificate and the revocation list; the
 staff-token signing key and the hub's record-signing key (Ed25519); an empty revocation list;
