@@ -13,12 +13,18 @@ use libfuzzer_sys::fuzz_target;
 fn canonical<M: Message>(segment: &[u8]) {
     if let Ok(frame) = decode::<M>(segment) {
         let wire = encode(frame.seq, &frame.msg);
-        assert_eq!(&wire[..wire.len() - 1], segment, "non-canonical frame accepted");
+        assert_eq!(
+            &wire[..wire.len() - 1],
+            segment,
+            "non-canonical frame accepted"
+        );
     }
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&chunk, stream)) = data.split_first() else { return };
+    let Some((&chunk, stream)) = data.split_first() else {
+        return;
+    };
     let chunk = usize::from(chunk).max(1);
     let mut to_mcu = FrameDecoder::<HostToMcu>::new();
     let mut to_host = FrameDecoder::<McuToHost>::new();
