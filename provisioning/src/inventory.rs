@@ -167,6 +167,33 @@ pub struct RevokedCert {
 }
 
 impl Inventory {
+    /// Read an inventory file without locking the fleet (for the hub's fleet registry, which
+    /// only reads it). Refuses files over 16 MiB and formats this build does not know.
+    pub fn load(path: &std::path::Path) -> Result<Inventory, crate::keys::LoadError> {
+        use crate::keys::LoadError;
+        let bytes =
+            crate::fsutil::read_limited(path, crate::fsutil::MAX_FILE_BYTES).map_err(|source| {
+                LoadError::Read {
+                    path: path.to_owned(),
+                    source,
+                }
+            })?;
+        let inv: Inventory = serde_json::from_slice(&bytes).map_err(|e| LoadError::Invalid {
+            path: path.to_owned(),
+            problem: format!("not a fleet inventory: {e}"),
+        })?;
+        if inv.format != INVENTORY_FORMAT {
+            return Err(LoadError::Invalid {
+                path: path.to_owned(),
+                problem: format!(
+                    "inventory format {} is not supported (expected {INVENTORY_FORMAT})",
+                    inv.format
+                ),
+            });
+        }
+        Ok(inv)
+    }
+
     /// The unit with this device id.
     pub fn unit(&self, id: &DeviceId) -> Option<&UnitRecord> {
         self.units.iter().find(|u| &u.device_id == id)

@@ -162,6 +162,9 @@ fn workshop_flow_and_file_modes() {
     let v: serde_json::Value =
         serde_json::from_str(&cli_ok(&["list", "--fleet", s(&w.fleet), "--json"])).unwrap();
     assert_eq!(v[0]["revoked"], true);
+    let inv = edge_provision::inventory::Inventory::load(&hub.inventory.clone().unwrap()).unwrap();
+    let rec = inv.unit(&"LAS-AMB-0192".parse().unwrap()).unwrap();
+    assert!(rec.revoked() && inv.revoked.len() == 1 && inv.revoked[0].serial == rec.cert.serial);
     let crl = std::fs::read_to_string(w.fleet.join("crl.pem")).unwrap();
     assert!(crl.starts_with("-----BEGIN X509 CRL-----"));
 }
