@@ -8,8 +8,10 @@
 //! dedicated thread. Heartbeats are deliberately *not* automatic: the daemon sends them from its
 //! own runtime, so a wedged runtime stops heartbeating and the supervisor's watchdog sees it.
 //!
-//! Dropping the last [`SerialLink`] clone stops both threads (the reader within one read
-//! timeout on a tty; at end of stream on other readers).
+//! Dropping the last [`SerialLink`] clone stops both threads. For a device opened with
+//! [`SerialLink::open`] the drop waits for them (at most one 100 ms read timeout), so a link
+//! opened next on the same device gets every byte; over other streams the reader ends at end of
+//! stream.
 
 use crate::serial::open_tty;
 use firmware::link::{Endpoint, LinkConfig, LinkStats, Received};
@@ -19,7 +21,7 @@ use firmware::proto::{
 use std::io::{self, Read, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -124,9 +126,22 @@ impl Shared {
         Ok(expired)
     }
 
+    /// Hand an event to the consumer, waiting while its queue is full (backpressure) unless the
+    /// link is stopping; a consumer that is gone gets nothing.
     fn emit(&self, event: Event) {
-        // The consumer is gone: nothing left to tell.
-        let _ = self.events.send(event);
+        let mut event = event;
+        loop {
+            match self.events.try_send(event) {
+                Ok(()) | Err(TrySendError::Disconnected(_)) => return,
+                Err(TrySendError::Full(back)) => {
+                    if self.stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    event = back;
+                    thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
     }
 
     fn close(&self) {
@@ -136,12 +151,23 @@ impl Shared {
     }
 }
 
-/// Stops the threads when the last handle goes.
-struct StopGuard(Arc<Shared>);
+/// Stops the threads when the last handle goes. For a tty (reads time out every 100 ms) it also
+/// waits for them, so a link opened next on the same device sees every byte.
+struct StopGuard {
+    shared: Arc<Shared>,
+    threads: Vec<thread::JoinHandle<()>>,
+    join_on_drop: bool,
+}
 
 impl Drop for StopGuard {
     fn drop(&mut self) {
-        self.0.stop.store(true, Ordering::SeqCst);
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if self.join_on_drop {
+            for t in self.threads.drain(..) {
+                // A thread that panicked has nothing more to clean up.
+                let _ = t.join();
+            }
+        }
     }
 }
 
@@ -221,18 +247,29 @@ impl SerialLink {
                 shared.close();
             }
         }
+        let mut threads = Vec::new();
         let reader_shared = Arc::clone(&shared);
-        thread::Builder::new()
+        match thread::Builder::new()
             .name("supervisor-link-rx".into())
             .spawn(move || read_loop(reader_shared, reader, zero_read_is_timeout))
-            .map_or_else(|_| shared.close(), drop);
+        {
+            Ok(t) => threads.push(t),
+            Err(_) => shared.close(),
+        }
         let timer_shared = Arc::clone(&shared);
         let tick = options.tick;
-        thread::Builder::new()
+        match thread::Builder::new()
             .name("supervisor-link-timer".into())
             .spawn(move || timer_loop(timer_shared, tick))
-            .map_or_else(|_| shared.close(), drop);
-        let guard = Arc::new(StopGuard(Arc::clone(&shared)));
+        {
+            Ok(t) => threads.push(t),
+            Err(_) => shared.close(),
+        }
+        let guard = Arc::new(StopGuard {
+            shared: Arc::clone(&shared),
+            threads,
+            join_on_drop: zero_read_is_timeout,
+        });
         (
             SerialLink {
                 shared,

@@ -155,10 +155,51 @@ fn daemon_that_stops_heartbeating_is_reset_by_the_simulated_supervisor() {
         link.heartbeat(Health::Ok).expect("heartbeat");
         std::thread::sleep(Duration::from_millis(100));
     }
-    // Silence: the 3 s watchdog fires.
-    assert!(board_event(&sim_events, Duration::from_secs(15), |e| *e
-        == SimEvent::HostReset(true))
-    .is_some());
+    // Silence: the 3 s watchdog fires and resets the host...
+    let reset = board_event(&sim_events, Duration::from_secs(15), |e| {
+        *e == SimEvent::HostReset(true)
+    });
+    assert!(reset.is_some());
+    // ...which still says nothing: after the 5 s boot timeout it is power-cycled.
+    let off = board_event(&sim_events, Duration::from_secs(15), |e| {
+        *e == SimEvent::HostPower(false)
+    });
+    assert!(off.is_some());
+    let on = board_event(&sim_events, Duration::from_secs(5), |e| {
+        *e == SimEvent::HostPower(true)
+    });
+    assert!(on.is_some());
+    let board = sim.stop().expect("board");
+    assert_eq!(board.status().power_cycles_last_hour, 1);
+}
+
+#[test]
+fn daemon_restart_on_the_same_pty_is_heard() {
+    let pty = Pty::open().expect("pty");
+    let path = pty.path().to_path_buf();
+    let mut sim = start(pty.into_port());
+    let sim_events = sim.take_events().expect("events");
+    let on = board_event(&sim_events, Duration::from_secs(5), |e| {
+        *e == SimEvent::HostPower(true)
+    });
+    assert!(on.is_some());
+    let options = LinkOptions {
+        baud: None,
+        ..LinkOptions::default()
+    };
+    for _ in 0..3 {
+        let (link, events) = SerialLink::open(&path, options).expect("open pty");
+        link.hello().expect("hello");
+        let hello = wait_for(&events, Duration::from_secs(5), |e| {
+            matches!(e, Event::Message(McuToHost::Hello { .. }))
+        });
+        assert!(
+            hello.is_some(),
+            "each new daemon gets the supervisor's hello"
+        );
+        link.heartbeat(Health::Ok).expect("heartbeat");
+        drop(link);
+    }
     drop(sim.stop());
 }
 
