@@ -29,10 +29,10 @@
 //! | names | 8 London name pools (British/Irish 40%, South Asian 18%, other European 14%, Black African 9%, Black Caribbean 5%, East/South-East Asian 5%, Middle Eastern/Turkish 5%, Latin American 4%), 10% mixed; accents, apostrophes, hyphens and spaces included; 35% of those with a common nickname (Robert/Bob…) also carry a `usual` name; 30% have a middle name |
 //! | practice and postcode | one of 43 practices (F84001…, Y-codes); home in one of the practice's districts (90%) or anywhere in London (10%) |
 //! | allergy section | no allergy resources ("no information") 10%; SNOMED 716186003 "no known allergy" 18%; 409137002 "no known drug allergy" 2%; otherwise 1 (65%), 2 (25%), 3 (7%) or 4 (3%) allergies |
-//! | allergies | weighted by [`codes::ALLERGENS`] (penicillin most common; children mostly food); 3% narrative-only (text, no code); anaphylaxis or angioedema in 30% of allergies to anaphylactic allergens → `criticality: high`, `severity: severe`; otherwise low (70%), unable-to-assess (10%) or absent; 20% unconfirmed; 15% recorded as intolerance |
+//! | allergies | weighted by [`codes::ALLERGENS`] (penicillin most common; children mostly food); 3% narrative-only (text, no code); anaphylaxis or angioedema (→ `criticality: high`, `severity: severe`) in 8% of drug, 25% of food and 20% of environmental allergies to anaphylactic allergens (≈9% of all allergies); otherwise low (70%), unable-to-assess (10%) or absent; 20% unconfirmed; codeine, morphine, ibuprofen and 8% of others recorded as intolerance |
 //! | conditions | per-condition prevalence by age band (e.g. hypertension 0.1% of children → 60% at 85+, AF 0% → 18%, dementia 0% → 20%); none recorded: "no current problems" 160245001 for 30% of those, nothing for the rest |
-//! | medicines | from conditions (AF → anticoagulant 80%: DOAC or warfarin; T1DM → basal + bolus insulin; T2DM → metformin 85%, insulin 20%; IHD → antiplatelet + statin; bipolar → lithium 60%; RA → methotrexate 45%; epilepsy → valproate/lamotrigine/levetiracetam; chronic pain and cancer → opioids…) plus age rules (statins 45+, PPIs with anticoagulants/antiplatelets/steroids); so children have few and 75+ many; 7% stopped, acute courses completed; 4% of medicated patients also have a narrative-only medicine; none at all: "no known medications" 787481004 for 25% of those, nothing for the rest |
-//! | resuscitation (Consent) | by age: <18 0.1%, 18–64 0.4%, 65–74 3%, 75–84 8%, 85+ 20%, ×2.5 with dementia, frailty, cancer or heart failure; 450476008 DNACPR 70%, 304253006 15%, 304252001 "for resuscitation" 15% |
+//! | medicines | from conditions (AF → anticoagulant 80%: DOAC or warfarin; T1DM → basal + bolus insulin; T2DM → metformin 85%, insulin 20%; IHD → antiplatelet + statin; bipolar → lithium 60%; RA → methotrexate 45%; epilepsy → valproate/lamotrigine/levetiracetam; chronic pain and cancer → opioids…) plus age rules (statins, paracetamol, PPIs, amlodipine, furosemide from 45–75+; PPIs with antithrombotics/steroids); at most one anticoagulant, statin and PPI each. Measured (20,000 patients): per patient <18 0.4, 18–44 0.5, 45–64 1.0, 65–74 2.3, 75–84 3.2, 85+ 3.4; 13% of 75+ anticoagulated; 25% of diabetics on insulin; 6% stopped, acute courses completed; ~4.5% narrative-only (text, no code); none at all: "no known medications" 787481004 for 25% of those, nothing for the rest |
+//! | resuscitation (Consent) | base rate by age <18 0.1%, 18–64 0.4%, 65–74 3%, 75–84 7%, 85+ 15%, ×1.8 with dementia, frailty, cancer or heart failure (measured: 65–74 3.6%, 75–84 8.6%, 85+ 21%); 450476008 DNACPR 70%, 304253006 15%, 304252001 "for resuscitation" 15%; 60% with a review date |
 //! | care plans (DocumentReference) | with a resuscitation decision: ReSPECT 70%, end-of-life care plan 30% (cancer, dementia, frailty, 85+), coordination summary 10%; otherwise mental-health crisis plan (30% of psychosis/bipolar), emergency health care plan (12% of epilepsy, sickle cell, T1DM), advance care plan (1% of 65+), treatment escalation plan, contingency plan (rare) |
 //! | alerts (Flag) | communication needs (deafness, learning disability, autism, dementia; interpreter 1.5%), safeguarding 0.8%, risk to crew 0.8%, clinical (Addison's 80%, sickle cell 50%, 0.3% others) |
 //! | sources | `--sources K`: the GP practice (EMIS Web or SystmOne) + K−1 of the local acute trust, other trusts and mental-health trusts; the Universal Care Plan (OneLondon) holds care plans and resuscitation decisions when the patient has any; items go 55% to the GP, the rest spread so every source holds at least one item when there are enough |
@@ -1148,144 +1148,71 @@ const DOACS_AND_WARFARIN: &[(&str, u32)] = &[
     ("42217911000001105", 4),
     ("~Warfarin - dose as per INR", 1),
 ];
-const STATINS: &[(&str, u32)] = &[("39695411000001103", 7), ("42297211000001100", 3)];
+const STATINS: &[(&str, u32)] = &[
+    ("39695411000001103", 6),
+    ("320000009", 3),
+    ("42297211000001100", 2),
+];
+const PPIS: &[(&str, u32)] = &[
+    ("42354511000001109", 3),
+    ("42354611000001108", 1),
+    ("42353711000001101", 1),
+];
 
+#[rustfmt::skip]
 const MED_RULES: &[MedRule] = &[
-    rule(
-        "38341003",
-        0.6,
-        &[("319283006", 10), ("~Ramipril", 1), ("~Bisoprolol", 1)],
-    ),
+    rule("38341003", 0.6, &[("319283006", 20), ("~Ramipril", 1), ("~Bisoprolol", 1)]),
     rule("44054006", 0.85, &[("325278007", 1)]),
-    rule(
-        "44054006",
-        0.2,
-        &[
-            ("11933011000001106", 5),
-            ("17608511000001103", 3),
-            ("3277211000001104", 3),
-        ],
-    ),
-    rule(
-        "46635009",
-        1.0,
-        &[("11933011000001106", 3), ("7589411000001100", 2)],
-    ),
-    rule(
-        "46635009",
-        0.95,
-        &[
-            ("3282211000001106", 3),
-            ("13877811000001105", 2),
-            ("~Insulin as per diabetes team", 1),
-        ],
-    ),
+    rule("44054006", 0.2, &[("11933011000001106", 5), ("17608511000001103", 3), ("3277211000001104", 3)]),
+    rule("46635009", 1.0, &[("11933011000001106", 3), ("7589411000001100", 2)]),
+    rule("46635009", 0.95, &[
+        ("3282211000001106", 3), ("13877811000001105", 2), ("~Insulin as per diabetes team", 1),
+    ]),
     rule("195967001", 0.9, &[("39113611000001102", 1)]),
+    rule("195967001", 0.4, &[("408063002", 1)]),
     rule("195967001", 0.05, &[("325427002", 1)]),
     rule("13645005", 0.8, &[("39113611000001102", 1)]),
+    rule("13645005", 0.4, &[("408063002", 6), ("~Tiotropium", 1)]),
     rule("13645005", 0.1, &[("325427002", 1)]),
-    rule("13645005", 0.2, &[("~Tiotropium", 1)]),
     rule("49436004", 0.8, DOACS_AND_WARFARIN),
     rule("49436004", 0.08, &[("~Digoxin", 1)]),
     rule("84114007", 0.8, &[("317972000", 1)]),
-    rule(
-        "414545008",
-        0.75,
-        &[
-            ("319773006", 40),
-            ("319781007", 15),
-            ("319799004", 30),
-            ("704465002", 10),
-            ("443469008", 3),
-        ],
-    ),
+    rule("414545008", 0.75, &[
+        ("319773006", 40), ("319781007", 15), ("319799004", 30), ("704465002", 10), ("443469008", 3),
+    ]),
     rule("414545008", 0.7, STATINS),
     rule("414545008", 0.1, &[("~GTN spray", 1)]),
-    rule(
-        "22298006",
-        0.7,
-        &[("319773006", 3), ("704465002", 2), ("319799004", 2)],
-    ),
+    rule("22298006", 0.7, &[("319773006", 3), ("704465002", 2), ("319799004", 2)]),
     rule("22298006", 0.7, STATINS),
     rule("230690007", 0.7, &[("319799004", 1)]),
     rule("230690007", 0.7, STATINS),
     rule("266257000", 0.6, &[("319799004", 1)]),
-    rule(
-        "128053003",
-        0.4,
-        &[(APIXABAN_5, 1), ("19842211000001107", 1)],
-    ),
-    rule(
-        "59282003",
-        0.5,
-        &[
-            (APIXABAN_5, 1),
-            ("19842211000001107", 1),
-            ("~Enoxaparin", 1),
-        ],
-    ),
+    rule("128053003", 0.4, &[(APIXABAN_5, 1), ("19842211000001107", 1)]),
+    rule("59282003", 0.5, &[(APIXABAN_5, 1), ("19842211000001107", 1), ("~Enoxaparin", 1)]),
     rule("84757009", 0.35, &[("11475211000001102", 1)]),
     rule("84757009", 0.35, &[("10225811000001107", 1)]),
     rule("84757009", 0.25, &[("~Levetiracetam", 1)]),
     rule("84757009", 0.1, &[("~Buccal midazolam", 1)]),
-    rule("52448006", 0.3, &[("~Donepezil", 1)]),
-    rule(
-        "363346000",
-        0.3,
-        &[
-            ("36128311000001101", 3),
-            ("42009811000001101", 3),
-            ("36120011000001101", 2),
-            ("3077711000001104", 1),
-        ],
-    ),
+    rule("52448006", 0.15, &[("~Donepezil", 1)]),
+    rule("363346000", 0.3, &[
+        ("36128311000001101", 3), ("42009811000001101", 3), ("36120011000001101", 2),
+        ("3077711000001104", 1),
+    ]),
     rule("363346000", 0.1, &[("~Capecitabine", 1)]),
-    rule("35489007", 0.2, &[("~Sertraline", 1)]),
+    rule("35489007", 0.06, &[("~Sertraline", 1)]),
     rule("58214004", 0.2, &[("~Clozapine", 1)]),
-    rule(
-        "13746004",
-        0.6,
-        &[
-            ("766311000001100", 2),
-            ("13177001000001108", 1),
-            ("~Lithium - dose", 1),
-        ],
-    ),
-    rule("40930008", 0.3, &[("~Levothyroxine", 1)]),
-    rule(
-        "69896004",
-        0.45,
-        &[("326874007", 6), ("~Methotrexate 15mg", 1)],
-    ),
+    rule("13746004", 0.6, &[("766311000001100", 2), ("13177001000001108", 1), ("~Lithium - dose", 1)]),
+    rule("40930008", 0.8, &[("374296008", 12), ("~Levothyroxine", 1)]),
+    rule("69896004", 0.45, &[("326874007", 6), ("~Methotrexate 15mg", 1)]),
     rule("69896004", 0.15, &[("325443009", 1)]),
     rule("69896004", 0.05, &[("~Azathioprine", 1)]),
-    rule(
-        "396275006",
-        0.4,
-        &[
-            ("322236009", 4),
-            ("42009811000001101", 2),
-            ("42010411000001105", 1),
-        ],
-    ),
+    rule("396275006", 0.4, &[("322236009", 4), ("42009811000001101", 2), ("42010411000001105", 1)]),
     rule("396275006", 0.05, &[("9567411000001100", 1)]),
-    rule(
-        "82423001",
-        0.5,
-        &[
-            ("42009811000001101", 6),
-            ("3077711000001104", 2),
-            ("9567411000001100", 2),
-            ("23657811000001102", 1),
-            ("14985811000001101", 1),
-            ("36126511000001106", 1),
-        ],
-    ),
-    rule(
-        "127040003",
-        0.3,
-        &[("36128311000001101", 2), ("~Oramorph", 1)],
-    ),
+    rule("82423001", 0.5, &[
+        ("42009811000001101", 6), ("3077711000001104", 2), ("9567411000001100", 2),
+        ("23657811000001102", 1), ("14985811000001101", 1), ("36126511000001106", 1),
+    ]),
+    rule("127040003", 0.3, &[("36128311000001101", 2), ("~Oramorph", 1)]),
     rule("363732003", 0.9, &[("~Hydrocortisone 10mg", 1)]),
 ];
 
@@ -1293,18 +1220,20 @@ const MED_RULES: &[MedRule] = &[
 /// (minimum age, probability, options) — see [`MedRule`].
 type AgeRule = (i64, f64, &'static [(&'static str, u32)]);
 
+#[rustfmt::skip]
 const AGE_RULES: &[AgeRule] = &[
     (45, 0.12, STATINS),
+    (65, 0.35, STATINS),
     (18, 0.06, &[("322236009", 1)]),
-    (
-        65,
-        0.10,
-        &[
-            ("42354511000001109", 2),
-            ("42354611000001108", 1),
-            ("42353711000001101", 1),
-        ],
-    ),
+    (65, 0.20, &[("322236009", 1)]),
+    (75, 0.20, &[("322236009", 1)]),
+    (65, 0.12, PPIS),
+    (75, 0.15, PPIS),
+    (65, 0.08, &[("319773006", 1)]),
+    (60, 0.10, &[("319283006", 1)]),
+    (70, 0.10, &[("317972000", 1)]),
+    (75, 0.08, &[("374296008", 1)]),
+    (75, 0.08, &[("42009811000001101", 2), ("42010411000001105", 1)]),
     (0, 0.025, &[("323509004", 1)]),
     (18, 0.001, &[("~Tacrolimus", 1)]),
     (5, 0.004, &[("~EpiPen", 1)]),
@@ -1396,6 +1325,23 @@ impl MedRef {
             MedRef::Coded(m) => m.high_risk,
             MedRef::Narrative(n) => n.high_risk,
         }
+    }
+}
+
+/// Medicines a patient takes only one of at a time.
+fn exclusive_group(med: MedRef) -> Option<&'static str> {
+    let code = match med {
+        MedRef::Coded(m) => m.code,
+        MedRef::Narrative(_) => "",
+    };
+    if med.high_risk() == Some(HighRiskClass::Anticoagulant) {
+        Some("anticoagulant")
+    } else if STATINS.iter().any(|s| s.0 == code) {
+        Some("statin")
+    } else if PPIS.iter().any(|s| s.0 == code) {
+        Some("ppi")
+    } else {
+        None
     }
 }
 
@@ -1741,13 +1687,11 @@ impl<'g> PatientGen<'g> {
         if self.meds().any(|m| m == med) {
             return;
         }
-        // one anticoagulant and one insulin of each kind is plenty
-        if med.high_risk() == Some(HighRiskClass::Anticoagulant)
-            && self
-                .meds()
-                .any(|m| m.high_risk() == Some(HighRiskClass::Anticoagulant))
-        {
-            return;
+        // one anticoagulant, one statin, one proton-pump inhibitor
+        if let Some(g) = exclusive_group(med) {
+            if self.meds().any(|m| exclusive_group(m) == Some(g)) {
+                return;
+            }
         }
         let as_of = self.as_of();
         let adult = self.birth_day + 16 * 365;
@@ -1852,7 +1796,7 @@ impl<'g> PatientGen<'g> {
             }
         }
         let any = self.meds().next().is_some();
-        if any && self.rng.chance(0.04) {
+        if any && self.rng.chance(0.02) {
             let n = self.rng.pick(codes::NARRATIVE_MEDICINES);
             self.add_med(MedRef::Narrative(n), self.as_of() - 1825);
         }
@@ -1924,7 +1868,12 @@ impl<'g> PatientGen<'g> {
     fn coded_allergy(&mut self, a: &'static Allergen, onset_day: i64) {
         let reactions = self.g.rules.reactions;
         let find = |code: &str| reactions.iter().find(|r| r.code == code);
-        let severe = a.anaphylactic && self.rng.chance(0.3);
+        let p_severe = match a.category {
+            AllergenCategory::Medication => 0.08,
+            AllergenCategory::Food => 0.25,
+            AllergenCategory::Environment => 0.2,
+        };
+        let severe = a.anaphylactic && self.rng.chance(p_severe);
         let intolerance = !severe
             && (matches!(a.code, "387494007" | "373529000" | "387207008") || self.rng.chance(0.08));
         let reaction = if severe {
@@ -1988,12 +1937,12 @@ impl<'g> PatientGen<'g> {
 
     fn advance_care(&mut self) {
         let b = band(self.age);
-        let mut p: f64 = [0.001, 0.004, 0.004, 0.03, 0.08, 0.20][b];
+        let mut p: f64 = [0.001, 0.004, 0.004, 0.03, 0.07, 0.15][b];
         let serious = ["52448006", "248279007", "363346000", "84114007"]
             .iter()
             .any(|c| self.has(c));
         if serious {
-            p = (p * 2.5).min(0.8);
+            p = (p * 1.8).min(0.5);
         }
         let as_of = self.as_of();
         let mut resus: Option<bool> = None;

@@ -25,8 +25,11 @@
 //!   `opensafely/warfarin`, `opensafely/antiplatelets`, `opensafely/insulin-medication`,
 //!   `opensafely/opioid-containing-medicines-*`, `opensafely/asthma-oral-prednisolone-medication`,
 //!   PINCER `lith` and `met`, Bristol `statins-dmd` and `proton-pump-inhibitors-dmd`), the
-//!   UoM gm-sde clinical code sets, and NHS Digital's dm+d FHIR examples (317972000
-//!   Furosemide 40mg tablets). In 2023 dm+d moved many VMPs from International SNOMED ids to
+//!   UoM gm-sde clinical code sets, NHS Digital's dm+d FHIR examples (317972000
+//!   Furosemide 40mg tablets) and the Spine EPS prescription-tracker API examples (320000009
+//!   Simvastatin 40mg tablets, 374296008 Levothyroxine sodium 100microgram tablets, 408063002
+//!   Beclometasone 100micrograms/dose inhaler CFC free, 320029006 Atorvastatin 10mg tablets as
+//!   its pre-2023 id). In 2023 dm+d moved many VMPs from International SNOMED ids to
 //!   UK-extension ids (e.g. Apixaban 5mg tablets 703908001 → 42206511000001102); both ids are
 //!   listed so records from older feeds still classify. Insulins are coded at AMP (brand) level
 //!   because the MHRA advises prescribing insulin by brand.
@@ -963,11 +966,33 @@ pub static MEDICINES: &[Medicine] = &[
         route::ORAL,
         None,
     ),
-    med(
+    med_prev(
         "39695411000001103",
+        &["320029006"],
         "Atorvastatin 10mg tablets",
         "One tablet at night",
         route::ORAL,
+        None,
+    ),
+    med(
+        "320000009",
+        "Simvastatin 40mg tablets",
+        "One tablet at night",
+        route::ORAL,
+        None,
+    ),
+    med(
+        "374296008",
+        "Levothyroxine sodium 100microgram tablets",
+        "One tablet in the morning before breakfast",
+        route::ORAL,
+        None,
+    ),
+    med(
+        "408063002",
+        "Beclometasone 100micrograms/dose inhaler CFC free",
+        "Two puffs twice a day",
+        route::INHALATION,
         None,
     ),
     med(
