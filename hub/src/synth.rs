@@ -1520,6 +1520,7 @@ struct PatientGen<'g> {
     items: Vec<Item>,
     orgs: Vec<Org>,
     has_ucp: bool,
+    patient_updated: i64,
 }
 
 impl<'g> PatientGen<'g> {
@@ -1536,6 +1537,7 @@ impl<'g> PatientGen<'g> {
             items: Vec::new(),
             orgs: Vec::new(),
             has_ucp: false,
+            patient_updated: 0,
         }
     }
 
@@ -1610,6 +1612,7 @@ impl<'g> PatientGen<'g> {
         let as_of = self.as_of();
         // born between age+1 years and age years before the as-of day
         self.birth_day = as_of - self.age * 36525 / 100 - self.rng.range(1, 364);
+        self.patient_updated = self.updated_after(as_of - 1460);
         self.gender = match self.rng.below(1000) {
             0..=504 => Gender::Female,
             505..=996 => Gender::Male,
@@ -2231,7 +2234,7 @@ impl<'g> PatientGen<'g> {
     // JSON
     // -----------------------------------------------------------------------------------------
 
-    fn write(&mut self, out: &mut String) -> Stats {
+    fn write(&self, out: &mut String) -> Stats {
         let mut stats = Stats {
             patients: 1,
             ..Stats::default()
@@ -2277,18 +2280,21 @@ impl<'g> PatientGen<'g> {
         stats
     }
 
-    fn write_patient(&mut self, out: &mut String, id: Uuid) {
+    fn write_patient(&self, out: &mut String, id: Uuid) {
+        // names and address have their own stream, so the same seed gives the same people
+        // whatever --sources says
+        let mut r = Rng::new(self.g.cfg.seed ^ 0x6e61_6d65_7321, self.index);
         let nhs = self.g.nhs_number(self.index);
         let practice = self.practice();
         let district = self.home_district();
         // names: a pool, sometimes mixed
-        let pool = &POOLS[self.rng.weighted(POOLS.iter().map(|p| p.weight))];
-        let family_pool = if self.rng.chance(0.1) {
-            &POOLS[self.rng.weighted(POOLS.iter().map(|p| p.weight))]
+        let pool = &POOLS[r.weighted(POOLS.iter().map(|p| p.weight))];
+        let family_pool = if r.chance(0.1) {
+            &POOLS[r.weighted(POOLS.iter().map(|p| p.weight))]
         } else {
             pool
         };
-        let family = *self.rng.pick(family_pool.family);
+        let family = *r.pick(family_pool.family);
         let born_before_1970 = self.birth_day < 0;
         let given_pool: &[&str] = match (self.gender, born_before_1970 && pool.weight == 40) {
             (Gender::Female, true) => BRITISH_FEMALE_OLD,
@@ -2296,39 +2302,38 @@ impl<'g> PatientGen<'g> {
             (Gender::Female, false) => pool.female,
             (Gender::Male, false) => pool.male,
             _ => {
-                if self.rng.chance(0.5) {
+                if r.chance(0.5) {
                     pool.female
                 } else {
                     pool.male
                 }
             }
         };
-        let given = *self.rng.pick(given_pool);
-        let middle = self
-            .rng
+        let given = *r.pick(given_pool);
+        let middle = r
             .chance(0.3)
-            .then(|| *self.rng.pick(given_pool))
+            .then(|| *r.pick(given_pool))
             .filter(|m| *m != given);
         let nickname = NICKNAMES
             .iter()
             .find(|(f, _)| *f == given)
             .map(|(_, n)| *n)
-            .filter(|_| self.rng.chance(0.35));
+            .filter(|_| r.chance(0.35));
         let prefix = if self.age < 16 {
             None
         } else {
             match self.gender {
                 Gender::Male => Some("Mr"),
-                Gender::Female => Some(*self.rng.pick(&["Mrs", "Ms", "Miss", "Ms"])),
-                _ => self.rng.chance(0.5).then_some("Mx"),
+                Gender::Female => Some(*r.pick(&["Mrs", "Ms", "Miss", "Ms"])),
+                _ => r.chance(0.5).then_some("Mx"),
             }
         };
-        let prefix = if self.rng.chance(0.03) && self.age > 30 {
+        let prefix = if r.chance(0.03) && self.age > 30 {
             Some("Dr")
         } else {
             prefix
         };
-        let last_updated = self.updated_after(self.g.cfg.as_of_day - 1460);
+        let last_updated = self.patient_updated;
         out.push_str("{\"fullUrl\":\"urn:uuid:");
         id.push(out);
         out.push_str("\",\"resource\":{\"resourceType\":\"Patient\",\"id\":\"");
@@ -2366,19 +2371,19 @@ impl<'g> PatientGen<'g> {
         out.push_str(",\"birthDate\":\"");
         push_date(out, self.birth_day);
         out.push_str("\",\"address\":[{\"use\":\"home\",\"line\":[");
-        if self.rng.chance(0.3) {
-            let _ = write!(out, "\"Flat {}, ", self.rng.range(1, 60));
-            esc(out, self.rng.pick_str(BLOCKS));
+        if r.chance(0.3) {
+            let _ = write!(out, "\"Flat {}, ", r.range(1, 60));
+            esc(out, r.pick_str(BLOCKS));
             out.push_str("\",");
         }
-        let _ = write!(out, "\"{} ", self.rng.range(1, 240));
-        esc(out, self.rng.pick_str(STREETS));
+        let _ = write!(out, "\"{} ", r.range(1, 240));
+        esc(out, r.pick_str(STREETS));
         out.push_str("\"],\"city\":\"London\",\"postalCode\":\"");
         out.push_str(district);
         out.push(' ');
-        out.push(char::from(b'0' + self.rng.below(10) as u8));
+        out.push(char::from(b'0' + r.below(10) as u8));
         for _ in 0..2 {
-            out.push(char::from(*self.rng.pick(UNIT_LETTERS)));
+            out.push(char::from(*r.pick(UNIT_LETTERS)));
         }
         out.push_str(
             "\",\"country\":\"GB\"}],\"generalPractitioner\":[{\"type\":\"Organization\",",
@@ -3008,6 +3013,24 @@ mod tests {
                     .count()
                     <= 1
             );
+        }
+    }
+
+    #[test]
+    fn sources_change_attribution_not_people_or_items() {
+        let (a, _) = run(300, 5, 1, 1);
+        let (b, _) = run(300, 5, 6, 1);
+        for (x, y) in bundles(&a).iter().zip(bundles(&b).iter()) {
+            let px = resources(x).next().cloned().unwrap_or_default();
+            let py = resources(y).next().cloned().unwrap_or_default();
+            assert_eq!(px, py, "the Patient must not depend on --sources");
+            let items = |b: &Value| -> Vec<(String, String)> {
+                resources(b)
+                    .filter(|r| r["resourceType"] != "Provenance")
+                    .map(|r| (r["resourceType"].to_string(), r["id"].to_string()))
+                    .collect()
+            };
+            assert_eq!(items(x), items(y));
         }
     }
 
