@@ -70,20 +70,38 @@ pub struct Config {
 }
 
 /// Why a synth request was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SynthError {
-    #[error("--patients must be at least 1")]
     NoPatients,
-    #[error(
-        "--patients {asked} is more than the {max} distinct valid NHS numbers in the \
-         999 000 0000 – 999 999 9999 test range; ask for at most {max}"
-    )]
     TooManyPatients { asked: u64, max: u64 },
-    #[error("--sources {0} is out of range; expected 1 to {MAX_SOURCES} (the GP practice counts as one)")]
     Sources(usize),
-    #[error("--as-of {0:?} is not a date between 1970-01-01 and 2199-12-31 (expected YYYY-MM-DD)")]
     AsOf(String),
 }
+
+impl std::fmt::Display for SynthError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SynthError::NoPatients => write!(f, "--patients must be at least 1"),
+            SynthError::TooManyPatients { asked, max } => write!(
+                f,
+                "--patients {asked} is more than the {max} distinct valid NHS numbers in the \
+                 999 000 0000 – 999 999 9999 test range; ask for at most {max}"
+            ),
+            SynthError::Sources(k) => write!(
+                f,
+                "--sources {k} is out of range; expected 1 to {MAX_SOURCES} (the GP practice \
+                 counts as one)"
+            ),
+            SynthError::AsOf(s) => write!(
+                f,
+                "--as-of {s:?} is not a date between 1970-01-01 and 2199-12-31 (expected \
+                 YYYY-MM-DD)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SynthError {}
 
 impl Config {
     /// Validate a request. `as_of` is `YYYY-MM-DD`; `None` means [`DEFAULT_AS_OF`].
