@@ -13,6 +13,7 @@ pub mod fhir;
 pub mod ids;
 pub mod model;
 pub mod nhs;
+pub mod sync;
 pub mod time;
 pub mod token;
 

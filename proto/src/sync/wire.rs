@@ -1,0 +1,423 @@
+//! The sync protocol's wire messages (CBOR, one per frame, see [`super::frame`]).
+//!
+//! Unit → hub: [`ToHub`]; hub → unit: [`ToUnit`]. Every message belongs to one QUIC stream
+//! ([`StreamKind`]): the pull stream carries the hello, the welcome, batches, acknowledgements
+//! and `Live`; on-demand fetches travel on their own stream so a bulk catch-up never delays one.
+//!
+//! Forward compatibility: enums that may grow decode unknown values into a catch-all, and the
+//! protocol version in [`Hello`] / [`Welcome`] (also the ALPN) is checked by both ends.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::de::{self, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::ids::{CohortSpec, DeviceId};
+use crate::nhs::NhsNumber;
+use crate::time::UnixMillis;
+
+/// An immutable byte string (a CBOR summary, a signature), cheap to clone so the hub can hand
+/// one record to many sessions. Encoded as a CBOR byte string. Its `Debug` shows only the
+/// length: record bytes are clinical content and never reach a log.
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
+pub struct Bytes(Arc<[u8]>);
+
+impl Bytes {
+    pub fn new(v: impl Into<Arc<[u8]>>) -> Self {
+        Bytes(v.into())
+    }
+    pub fn as_slice(&self) -> &[u8] {
+        &self.0
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<Vec<u8>> for Bytes {
+    fn from(v: Vec<u8>) -> Self {
+        Bytes(v.into())
+    }
+}
+
+impl From<&[u8]> for Bytes {
+    fn from(v: &[u8]) -> Self {
+        Bytes(v.into())
+    }
+}
+
+impl AsRef<[u8]> for Bytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Bytes(len={})", self.0.len())
+    }
+}
+
+impl Serialize for Bytes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Bytes;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+                Ok(Bytes::from(v))
+            }
+            fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+                Ok(Bytes::from(v))
+            }
+            // Some encoders write bytes as an array of integers; accept it, bounded by the frame.
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Bytes, A::Error> {
+                let mut v = Vec::new();
+                while let Some(b) = seq.next_element::<u8>()? {
+                    v.push(b);
+                }
+                Ok(Bytes::from(v))
+            }
+        }
+        d.deserialize_byte_buf(V)
+    }
+}
+
+/// Why a record left a unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "u8", into = "u8")]
+pub enum WithdrawReason {
+    /// The patient objected to sharing: sent to every unit.
+    Objection,
+    /// The record no longer belongs to this unit's cohort (moved, no longer flagged).
+    CohortExit,
+    /// The hub deleted the record (e.g. entered in error): sent to every unit.
+    Deleted,
+    /// A reason a newer hub knows; still a withdrawal. The code is kept so signatures verify.
+    Other(u8),
+}
+
+impl From<u8> for WithdrawReason {
+    fn from(v: u8) -> Self {
+        match v {
+            1 => WithdrawReason::Objection,
+            2 => WithdrawReason::CohortExit,
+            3 => WithdrawReason::Deleted,
+            n => WithdrawReason::Other(n),
+        }
+    }
+}
+
+impl From<WithdrawReason> for u8 {
+    fn from(r: WithdrawReason) -> u8 {
+        match r {
+            WithdrawReason::Objection => 1,
+            WithdrawReason::CohortExit => 2,
+            WithdrawReason::Deleted => 3,
+            WithdrawReason::Other(n) => n,
+        }
+    }
+}
+
+/// One change in a batch.
+///
+/// `seq` is the feed sequence number of the version concerned (in a baseline, the sequence
+/// number of the record's current version); `version` is the summary's hub version. For one
+/// patient, versions rise with every entry of the feed, withdrawals included.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    /// Store this version (CBOR summary bytes).
+    Upsert {
+        seq: u64,
+        nhs: NhsNumber,
+        version: u64,
+        record: Bytes,
+    },
+    /// Remove the patient's record.
+    Withdraw {
+        seq: u64,
+        nhs: NhsNumber,
+        version: u64,
+        reason: WithdrawReason,
+    },
+    /// Baselines only: the unit already holds exactly this version; keep it (no bytes move).
+    Keep {
+        seq: u64,
+        nhs: NhsNumber,
+        version: u64,
+    },
+}
+
+impl Change {
+    pub fn nhs(&self) -> &NhsNumber {
+        match self {
+            Change::Upsert { nhs, .. }
+            | Change::Withdraw { nhs, .. }
+            | Change::Keep { nhs, .. } => nhs,
+        }
+    }
+    pub fn seq(&self) -> u64 {
+        match self {
+            Change::Upsert { seq, .. }
+            | Change::Withdraw { seq, .. }
+            | Change::Keep { seq, .. } => *seq,
+        }
+    }
+    pub fn version(&self) -> u64 {
+        match self {
+            Change::Upsert { version, .. }
+            | Change::Withdraw { version, .. }
+            | Change::Keep { version, .. } => *version,
+        }
+    }
+    /// Approximate encoded size in bytes (for batch sizing).
+    pub fn wire_size(&self) -> usize {
+        match self {
+            Change::Upsert { record, .. } => 48 + record.len(),
+            _ => 48,
+        }
+    }
+}
+
+/// A position in a baseline: pass 0 sends critical records, pass 1 all the others; within a
+/// pass, records go in NHS-number order. Ordered by (pass, nhs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct BaselineKey {
+    pub pass: u8,
+    pub nhs: NhsNumber,
+}
+
+/// What a batch covers. The unit accepts a batch only where it continues exactly from the
+/// unit's own position, so its cursor never regresses and never skips.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchKind {
+    /// Feed sequence numbers `first_seq..=last_seq`, all examined; `changes` are the ones that
+    /// concern this unit (possibly none). `first_seq` is the unit's cursor + 1.
+    Feed { first_seq: u64, last_seq: u64 },
+    /// Part of baseline `epoch`: every cohort record with a key in `(after, through]`.
+    Baseline {
+        epoch: u64,
+        after: Option<BaselineKey>,
+        through: BaselineKey,
+    },
+    /// Baseline `epoch` is complete: evict every record it did not send or keep, and set the
+    /// cursor to `snapshot_seq` (the feed head when the baseline began).
+    BaselineDone { epoch: u64, snapshot_seq: u64 },
+}
+
+/// A signed batch of changes (one Ed25519 signature over the kind and the changes' digests,
+/// see [`super::sign`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    /// Numbered from 1 on each connection; acknowledged by number.
+    pub batch_no: u64,
+    pub kind: BatchKind,
+    pub changes: Vec<Change>,
+    pub signature: Bytes,
+}
+
+/// A baseline the unit has started and not finished (durable on the unit, sent in its hello).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaselineProgress {
+    pub epoch: u64,
+    /// Feed head when the baseline began; the cursor after it.
+    pub snapshot_seq: u64,
+    /// The cohort the baseline sends.
+    pub cohort: Vec<CohortSpec>,
+    /// The last key applied, or `None` before the first batch.
+    pub resume_after: Option<BaselineKey>,
+}
+
+/// A record the unit received in a baseline at a version newer than the baseline's snapshot:
+/// the catch-up after the baseline need not send it again (nor, on resume, pass 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    pub nhs: NhsNumber,
+    pub version: u64,
+    /// The feed sequence number of that version; forgotten once the cursor passes it.
+    pub seq: u64,
+}
+
+/// The most [`Held`] entries a unit keeps and sends (beyond, the hub simply re-sends).
+pub const MAX_HELD: usize = 4_096;
+
+/// The unit's opening message: where its durable cache stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol_version: u16,
+    pub device_id: DeviceId,
+    /// The last feed sequence number the cache reflects (0: none).
+    pub cursor: u64,
+    /// The baseline generation the cache's records belong to (0: none yet).
+    pub epoch: u64,
+    /// The cohort the cache reflects at `cursor` (empty: the hub may assume nothing is held).
+    pub cohort: Vec<CohortSpec>,
+    /// An unfinished baseline, to resume.
+    pub baseline: Option<BaselineProgress>,
+    /// Versions received past the last baseline's snapshot, not yet passed by the cursor.
+    #[serde(default)]
+    pub held: Vec<Held>,
+}
+
+/// Why the hub re-baselines a unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RebaselineReason {
+    /// The unit holds nothing yet.
+    Cold,
+    /// The unit's cursor is older than the feed's compaction horizon.
+    Horizon,
+    /// The unit's cohort changed: only the difference moves (kept records are named, not sent).
+    CohortChanged,
+    /// The unit's cursor is beyond the hub's head (the hub's feed was rebuilt).
+    CursorAhead,
+    /// Continuing a baseline interrupted by a drop.
+    Resume,
+    #[serde(other)]
+    Other,
+}
+
+/// How the hub will bring the unit up to date.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// Feed batches from `from_seq` (the unit's cursor + 1).
+    Incremental { from_seq: u64 },
+    /// A (possibly resumed) baseline, then feed batches from `snapshot_seq + 1`.
+    Rebaseline {
+        epoch: u64,
+        snapshot_seq: u64,
+        cohort: Vec<CohortSpec>,
+        resume_after: Option<BaselineKey>,
+        reason: RebaselineReason,
+    },
+}
+
+/// The hub's answer to a hello (and, mid-connection, a switch to a new baseline).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub protocol_version: u16,
+    /// The hub's clock when it answered: units show freshness in hub time.
+    pub hub_time: UnixMillis,
+    pub head_seq: u64,
+    pub mode: SyncMode,
+}
+
+/// The answer to an on-demand fetch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FetchOutcome {
+    /// The current version, signed on its own (see [`super::sign::sign_fetched`]).
+    Found {
+        version: u64,
+        record: Bytes,
+        signature: Bytes,
+    },
+    NotFound,
+    /// The patient objected or the record was deleted: drop any copy.
+    Withdrawn,
+}
+
+/// Why the hub refused a unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalCode {
+    /// The hub does not speak the unit's protocol version.
+    UnsupportedVersion,
+    /// The hub has no such unit (not enrolled, or removed).
+    UnknownUnit,
+    /// The hello names another device than the unit's certificate.
+    DeviceMismatch,
+    /// A message broke the protocol (out of order, over a limit).
+    BadRequest,
+    /// The hub is busy; retry later with back-off.
+    Overloaded,
+    /// The hub failed (storage); retry later with back-off.
+    Internal,
+    #[serde(other)]
+    Other,
+}
+
+/// Unit → hub.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToHub {
+    Hello(Hello),
+    /// Batches up to and including `upto_batch` are applied durably.
+    Ack {
+        upto_batch: u64,
+    },
+    /// Fetch one patient's current summary (outside the cohort, typically).
+    Fetch {
+        request_id: u64,
+        nhs: NhsNumber,
+    },
+}
+
+/// Hub → unit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToUnit {
+    Welcome(Welcome),
+    Batch(Batch),
+    /// Everything up to the feed head has been sent; new changes will be pushed.
+    Live {
+        head_seq: u64,
+    },
+    Fetched {
+        request_id: u64,
+        outcome: FetchOutcome,
+    },
+    Refused {
+        code: RefusalCode,
+        message: String,
+    },
+}
+
+/// Which QUIC stream a message travels on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StreamKind {
+    /// Hello, welcome, batches, acks, live, refusals: one ordered stream.
+    Pull,
+    /// On-demand fetch requests and answers.
+    Fetch,
+}
+
+impl ToHub {
+    pub fn stream(&self) -> StreamKind {
+        match self {
+            ToHub::Fetch { .. } => StreamKind::Fetch,
+            _ => StreamKind::Pull,
+        }
+    }
+}
+
+impl ToUnit {
+    pub fn stream(&self) -> StreamKind {
+        match self {
+            ToUnit::Fetched { .. } => StreamKind::Fetch,
+            _ => StreamKind::Pull,
+        }
+    }
+    /// A refusal (what a hub sends a unit it will not serve, before closing).
+    pub fn refused(code: RefusalCode, message: impl Into<String>) -> Self {
+        ToUnit::Refused {
+            code,
+            message: message.into(),
+        }
+    }
+}
