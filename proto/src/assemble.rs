@@ -29,7 +29,11 @@ fn newer(new: &Provenance, old: &Provenance) -> bool {
     if new.last_updated != old.last_updated {
         return new.last_updated > old.last_updated;
     }
-    let num = |p: &Provenance| p.record_version.as_deref().and_then(|v| v.parse::<u64>().ok());
+    let num = |p: &Provenance| {
+        p.record_version
+            .as_deref()
+            .and_then(|v| v.parse::<u64>().ok())
+    };
     match (num(new), num(old)) {
         (Some(a), Some(b)) => a > b,
         _ => new.record_version > old.record_version,
@@ -37,7 +41,11 @@ fn newer(new: &Provenance, old: &Provenance) -> bool {
 }
 
 fn upsert<T: Item + PartialEq>(section: &mut Section<T>, item: T) {
-    if let Some(i) = section.entries.iter().position(|e| same_item(e.provenance(), item.provenance())) {
+    if let Some(i) = section
+        .entries
+        .iter()
+        .position(|e| same_item(e.provenance(), item.provenance()))
+    {
         if newer(item.provenance(), section.entries[i].provenance()) {
             section.entries[i] = item;
         }
@@ -45,9 +53,11 @@ fn upsert<T: Item + PartialEq>(section: &mut Section<T>, item: T) {
     }
     // A section marker from the same record (e.g. the source replaced its "no known allergies"
     // with a real allergy under the same id) gives way to the item.
-    section
-        .basis
-        .retain(|m| m.provenance.as_ref().is_none_or(|p| !same_item(p, item.provenance())));
+    section.basis.retain(|m| {
+        m.provenance
+            .as_ref()
+            .is_none_or(|p| !same_item(p, item.provenance()))
+    });
     section.entries.push(item);
 }
 
@@ -59,14 +69,21 @@ fn mark<T: Item>(section: &mut Section<T>, marker: Marker) {
                 .iter()
                 .position(|m| m.provenance.as_ref().is_some_and(|q| same_item(p, q)))
             {
-                let replace = section.basis[i].provenance.as_ref().is_some_and(|q| newer(p, q));
+                let replace = section.basis[i]
+                    .provenance
+                    .as_ref()
+                    .is_some_and(|q| newer(p, q));
                 if replace {
                     section.basis[i] = marker;
                 }
                 return;
             }
             // An item under the same record id is superseded by the marker only if the marker is newer.
-            if let Some(i) = section.entries.iter().position(|e| same_item(e.provenance(), p)) {
+            if let Some(i) = section
+                .entries
+                .iter()
+                .position(|e| same_item(e.provenance(), p))
+            {
                 if !newer(p, section.entries[i].provenance()) {
                     return;
                 }
@@ -83,19 +100,43 @@ fn mark<T: Item>(section: &mut Section<T>, marker: Marker) {
 }
 
 fn remove<T: Item>(section: &mut Section<T>, p: &Provenance) {
-    section.entries.retain(|e| !(same_item(e.provenance(), p) && !newer(e.provenance(), p)));
-    section.basis.retain(|m| m.provenance.as_ref().is_none_or(|q| !(same_item(q, p) && !newer(q, p))));
+    section
+        .entries
+        .retain(|e| !same_item(e.provenance(), p) || newer(e.provenance(), p));
+    section.basis.retain(|m| {
+        m.provenance
+            .as_ref()
+            .is_none_or(|q| !same_item(q, p) || newer(q, p))
+    });
 }
 
 macro_rules! each_section {
     ($s:expr, $k:expr, |$sec:ident| $body:expr) => {
         match $k {
-            SectionKind::Allergies => { let $sec = &mut $s.allergies; $body }
-            SectionKind::Medications => { let $sec = &mut $s.medications; $body }
-            SectionKind::Conditions => { let $sec = &mut $s.conditions; $body }
-            SectionKind::Resuscitation => { let $sec = &mut $s.resuscitation; $body }
-            SectionKind::CarePlans => { let $sec = &mut $s.care_plans; $body }
-            SectionKind::Alerts => { let $sec = &mut $s.alerts; $body }
+            SectionKind::Allergies => {
+                let $sec = &mut $s.allergies;
+                $body
+            }
+            SectionKind::Medications => {
+                let $sec = &mut $s.medications;
+                $body
+            }
+            SectionKind::Conditions => {
+                let $sec = &mut $s.conditions;
+                $body
+            }
+            SectionKind::Resuscitation => {
+                let $sec = &mut $s.resuscitation;
+                $body
+            }
+            SectionKind::CarePlans => {
+                let $sec = &mut $s.care_plans;
+                $body
+            }
+            SectionKind::Alerts => {
+                let $sec = &mut $s.alerts;
+                $body
+            }
         }
     };
 }
@@ -124,7 +165,10 @@ pub fn apply(summary: &mut Summary, c: &Contribution) -> Result<bool, AssembleEr
                 AnyItem::Alert(x) => upsert(&mut summary.alerts, x),
             },
             Update::Marker(k, m) => each_section!(summary, *k, |s| mark(s, m.clone())),
-            Update::Remove { section, provenance } => each_section!(summary, *section, |s| remove(s, provenance)),
+            Update::Remove {
+                section,
+                provenance,
+            } => each_section!(summary, *section, |s| remove(s, provenance)),
         }
     }
     for k in SectionKind::ALL {
@@ -138,12 +182,14 @@ pub fn apply(summary: &mut Summary, c: &Contribution) -> Result<bool, AssembleEr
 pub fn derive_sources(s: &Summary) -> Vec<SourceRef> {
     let mut map: BTreeMap<String, SourceRef> = BTreeMap::new();
     let mut add = |p: &Provenance| {
-        let e = map.entry(p.source_ods.as_str().to_owned()).or_insert_with(|| SourceRef {
-            ods: p.source_ods.clone(),
-            name: None,
-            system: None,
-            retrieved_at: UnixMillis(i64::MIN),
-        });
+        let e = map
+            .entry(p.source_ods.as_str().to_owned())
+            .or_insert_with(|| SourceRef {
+                ods: p.source_ods.clone(),
+                name: None,
+                system: None,
+                retrieved_at: UnixMillis(i64::MIN),
+            });
         if e.name.is_none() {
             e.name = p.source_name.clone();
         }
@@ -155,7 +201,10 @@ pub fn derive_sources(s: &Summary) -> Vec<SourceRef> {
         }
     };
     fn provs<T: Item>(sec: &Section<T>) -> impl Iterator<Item = &Provenance> {
-        sec.entries.iter().map(Item::provenance).chain(sec.basis.iter().filter_map(|m| m.provenance.as_ref()))
+        sec.entries
+            .iter()
+            .map(Item::provenance)
+            .chain(sec.basis.iter().filter_map(|m| m.provenance.as_ref()))
     }
     provs(&s.allergies).for_each(&mut add);
     provs(&s.medications).for_each(&mut add);

@@ -51,10 +51,12 @@ mod hex32 {
         if d.is_human_readable() {
             let s = String::deserialize(d)?;
             let v = hex::decode(s).map_err(D::Error::custom)?;
-            v.try_into().map_err(|_| D::Error::custom("expected 32 bytes"))
+            v.try_into()
+                .map_err(|_| D::Error::custom("expected 32 bytes"))
         } else {
             let v = serde_bytes_vec(d)?;
-            v.try_into().map_err(|_| D::Error::custom("expected 32 bytes"))
+            v.try_into()
+                .map_err(|_| D::Error::custom("expected 32 bytes"))
         }
     }
     fn serde_bytes_vec<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
@@ -70,7 +72,10 @@ mod hex32 {
             fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
                 Ok(v)
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Vec<u8>, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Vec<u8>, A::Error> {
                 let mut out = Vec::with_capacity(32);
                 while let Some(b) = a.next_element::<u8>()? {
                     if out.len() >= 64 {
@@ -266,12 +271,18 @@ impl AuditEvent {
 /// Verify a run of events: each hash matches its content, each `prev_hash` matches the
 /// previous event's hash (or `start_prev` for the first), and `seq` rises by one from
 /// `start_seq`. Returns the first problem found.
-pub fn verify_chain(events: &[AuditEvent], start_seq: u64, start_prev: Hash32) -> Result<Hash32, ChainError> {
+pub fn verify_chain(
+    events: &[AuditEvent],
+    start_seq: u64,
+    start_prev: Hash32,
+) -> Result<Hash32, ChainError> {
     let mut prev = start_prev;
-    let mut expected = start_seq;
-    for e in events {
+    for (expected, e) in (start_seq..).zip(events) {
         if e.seq != expected {
-            return Err(ChainError::Gap { expected, found: e.seq });
+            return Err(ChainError::Gap {
+                expected,
+                found: e.seq,
+            });
         }
         if e.prev_hash != prev {
             return Err(ChainError::BrokenLink { seq: e.seq });
@@ -280,7 +291,6 @@ pub fn verify_chain(events: &[AuditEvent], start_seq: u64, start_prev: Hash32) -
             return Err(ChainError::BadHash { seq: e.seq });
         }
         prev = e.hash;
-        expected += 1;
     }
     Ok(prev)
 }
@@ -290,7 +300,14 @@ pub fn uuid_from_bytes(mut b: [u8; 16]) -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h = hex::encode(b);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 #[cfg(test)]
@@ -318,8 +335,17 @@ mod tests {
             purpose: Purpose::Treat,
             break_glass_reason: None,
             patient: Some(NhsNumber::parse("9990000018").unwrap()),
-            data: AccessData { version: Some(3), sections: vec!["allergies".into()], cache_age_s: Some(60), candidates: None, interface: Some("rest".into()) },
-            client: ClientInfo { address: Some("10.0.0.5".into()), identity: None },
+            data: AccessData {
+                version: Some(3),
+                sections: vec!["allergies".into()],
+                cache_age_s: Some(60),
+                candidates: None,
+                interface: Some("rest".into()),
+            },
+            client: ClientInfo {
+                address: Some("10.0.0.5".into()),
+                identity: None,
+            },
             incident_ref: Some("CAD-1".into()),
             offline: true,
         }
@@ -349,22 +375,37 @@ mod tests {
     fn tampering_is_detected() {
         let mut c = chain(5);
         c[2].staff_id = Some("someone-else".into());
-        assert_eq!(verify_chain(&c, 1, GENESIS), Err(ChainError::BadHash { seq: 3 }));
+        assert_eq!(
+            verify_chain(&c, 1, GENESIS),
+            Err(ChainError::BadHash { seq: 3 })
+        );
 
         let mut c = chain(5);
         c.remove(2);
-        assert_eq!(verify_chain(&c, 1, GENESIS), Err(ChainError::Gap { expected: 3, found: 4 }));
+        assert_eq!(
+            verify_chain(&c, 1, GENESIS),
+            Err(ChainError::Gap {
+                expected: 3,
+                found: 4
+            })
+        );
 
         let mut c = chain(5);
         c.swap(1, 2);
-        assert!(matches!(verify_chain(&c, 1, GENESIS), Err(ChainError::Gap { .. })));
+        assert!(matches!(
+            verify_chain(&c, 1, GENESIS),
+            Err(ChainError::Gap { .. })
+        ));
 
         // Re-sealing a modified event breaks the next link.
         let mut c = chain(5);
         c[2].patient = None;
         let prev = c[1].hash;
         c[2].seal(3, prev).unwrap();
-        assert_eq!(verify_chain(&c, 1, GENESIS), Err(ChainError::BrokenLink { seq: 4 }));
+        assert_eq!(
+            verify_chain(&c, 1, GENESIS),
+            Err(ChainError::BrokenLink { seq: 4 })
+        );
     }
 
     #[test]

@@ -56,7 +56,10 @@ pub fn encode_summary(s: &Summary) -> Result<Vec<u8>, CborError> {
 pub fn decode_summary(bytes: &[u8]) -> Result<Summary, CborError> {
     let s: Summary = from_slice(bytes)?;
     if s.schema > SCHEMA_VERSION {
-        return Err(CborError::UnsupportedSchema { found: s.schema, supported: SCHEMA_VERSION });
+        return Err(CborError::UnsupportedSchema {
+            found: s.schema,
+            supported: SCHEMA_VERSION,
+        });
     }
     Ok(s)
 }

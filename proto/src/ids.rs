@@ -54,7 +54,8 @@ pub struct DeviceId(String);
 impl DeviceId {
     pub fn parse(s: &str) -> Result<Self, IdError> {
         if (1..=64).contains(&s.len())
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         {
             Ok(DeviceId(s.to_owned()))
         } else {
@@ -175,7 +176,8 @@ impl PostcodeDistrict {
         let outward = if compact.len() >= 5 {
             let (o, i) = compact.split_at(compact.len() - 3);
             let ib = i.as_bytes();
-            if ib[0].is_ascii_digit() && ib[1].is_ascii_alphabetic() && ib[2].is_ascii_alphabetic() {
+            if ib[0].is_ascii_digit() && ib[1].is_ascii_alphabetic() && ib[2].is_ascii_alphabetic()
+            {
                 o.to_owned()
             } else {
                 compact
@@ -209,7 +211,10 @@ pub enum CohortSpec {
 impl CohortSpec {
     /// Parse `all`, `flagged`, `postcode:SE1,SE5` or `practice:F84001,F84002`.
     pub fn parse(spec: &str) -> Result<Self, IdError> {
-        let err = |why: &str| IdError::Cohort { spec: spec.to_owned(), why: why.to_owned() };
+        let err = |why: &str| IdError::Cohort {
+            spec: spec.to_owned(),
+            why: why.to_owned(),
+        };
         let s = spec.trim();
         let (kind, list) = match s.split_once(':') {
             Some((k, l)) => (k.trim().to_ascii_lowercase(), Some(l)),
@@ -260,7 +265,10 @@ impl CohortSpec {
 impl fmt::Display for CohortSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fn join<T: fmt::Display>(v: &[T]) -> String {
-            v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
+            v.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
         }
         match self {
             CohortSpec::All => f.write_str("all"),
@@ -308,8 +316,19 @@ mod tests {
 
     #[test]
     fn postcode_districts() {
-        for (pc, d) in [("SE1 7EH", "SE1"), ("se17eh", "SE1"), ("SW1A 1AA", "SW1A"), ("E14 5AB", "E14"), ("N1", "N1"), ("W1D", "W1D")] {
-            assert_eq!(PostcodeDistrict::of_postcode(pc).unwrap().as_str(), d, "{pc}");
+        for (pc, d) in [
+            ("SE1 7EH", "SE1"),
+            ("se17eh", "SE1"),
+            ("SW1A 1AA", "SW1A"),
+            ("E14 5AB", "E14"),
+            ("N1", "N1"),
+            ("W1D", "W1D"),
+        ] {
+            assert_eq!(
+                PostcodeDistrict::of_postcode(pc).unwrap().as_str(),
+                d,
+                "{pc}"
+            );
         }
         for bad in ["", "123", "SE", "ABC1", "SE1 7", "S-1"] {
             assert!(PostcodeDistrict::parse(bad).is_err(), "{bad}");
@@ -323,8 +342,19 @@ mod tests {
         let p = CohortSpec::parse("postcode:SE5, se1").unwrap();
         assert_eq!(p.to_string(), "postcode:SE1,SE5");
         assert_eq!(CohortSpec::parse(&p.to_string()).unwrap(), p);
-        assert_eq!(CohortSpec::parse("practice:F84001").unwrap().to_string(), "practice:F84001");
-        for bad in ["", "everyone", "postcode:", "postcode:12", "practice:F8", "all:x", "postcode"] {
+        assert_eq!(
+            CohortSpec::parse("practice:F84001").unwrap().to_string(),
+            "practice:F84001"
+        );
+        for bad in [
+            "",
+            "everyone",
+            "postcode:",
+            "postcode:12",
+            "practice:F8",
+            "all:x",
+            "postcode",
+        ] {
             assert!(CohortSpec::parse(bad).is_err(), "{bad}");
         }
     }

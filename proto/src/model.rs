@@ -73,14 +73,22 @@ pub struct Section<T> {
 
 impl<T> Default for Section<T> {
     fn default() -> Self {
-        Section { status: SectionStatus::NoInformation, entries: Vec::new(), basis: Vec::new() }
+        Section {
+            status: SectionStatus::NoInformation,
+            entries: Vec::new(),
+            basis: Vec::new(),
+        }
     }
 }
 
 impl<T> Section<T> {
     /// A section with entries (status `entries`), or `no_information` when the list is empty.
     pub fn with_entries(entries: Vec<T>) -> Self {
-        let mut s = Section { status: SectionStatus::NoInformation, entries, basis: Vec::new() };
+        let mut s = Section {
+            status: SectionStatus::NoInformation,
+            entries,
+            basis: Vec::new(),
+        };
         s.derive_status();
         s
     }
@@ -90,9 +98,17 @@ impl<T> Section<T> {
     pub fn derive_status(&mut self) {
         self.status = if !self.entries.is_empty() {
             SectionStatus::Entries
-        } else if self.basis.iter().any(|m| m.status == SectionStatus::NoneKnown) {
+        } else if self
+            .basis
+            .iter()
+            .any(|m| m.status == SectionStatus::NoneKnown)
+        {
             SectionStatus::NoneKnown
-        } else if self.basis.iter().any(|m| m.status == SectionStatus::Withheld) {
+        } else if self
+            .basis
+            .iter()
+            .any(|m| m.status == SectionStatus::Withheld)
+        {
             SectionStatus::Withheld
         } else {
             SectionStatus::NoInformation
@@ -133,7 +149,10 @@ impl Concept {
 
     /// The SNOMED CT code, when the coding is SNOMED.
     pub fn snomed(&self) -> Option<&str> {
-        self.coding.as_ref().filter(|c| c.system == crate::fhir::SNOMED).map(|c| c.code.as_str())
+        self.coding
+            .as_ref()
+            .filter(|c| c.system == crate::fhir::SNOMED)
+            .map(|c| c.code.as_str())
     }
 }
 
@@ -151,9 +170,14 @@ pub struct BadDate(pub String);
 impl FhirDate {
     pub fn parse(s: &str) -> Result<Self, BadDate> {
         let b = s.as_bytes();
-        let digits = |r: std::ops::Range<usize>| b.get(r).is_some_and(|x| x.iter().all(u8::is_ascii_digit));
-        let month_ok = |i: usize| digits(i..i + 2) && (1..=12).contains(&((b[i] - b'0') * 10 + b[i + 1] - b'0'));
-        let day_ok = |i: usize| digits(i..i + 2) && (1..=31).contains(&((b[i] - b'0') * 10 + b[i + 1] - b'0'));
+        let digits =
+            |r: std::ops::Range<usize>| b.get(r).is_some_and(|x| x.iter().all(u8::is_ascii_digit));
+        let month_ok = |i: usize| {
+            digits(i..i + 2) && (1..=12).contains(&((b[i] - b'0') * 10 + b[i + 1] - b'0'))
+        };
+        let day_ok = |i: usize| {
+            digits(i..i + 2) && (1..=31).contains(&((b[i] - b'0') * 10 + b[i + 1] - b'0'))
+        };
         let ok = match b.len() {
             4 => digits(0..4),
             7 => digits(0..4) && b[4] == b'-' && month_ok(5),
@@ -376,7 +400,14 @@ pub struct Alert {
 macro_rules! impl_item {
     ($($t:ty),*) => { $(impl Item for $t { fn provenance(&self) -> &Provenance { &self.provenance } })* };
 }
-impl_item!(Allergy, Medication, Condition, Resuscitation, CarePlan, Alert);
+impl_item!(
+    Allergy,
+    Medication,
+    Condition,
+    Resuscitation,
+    CarePlan,
+    Alert
+);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -526,13 +557,31 @@ mod tests {
 
     #[test]
     fn fhir_dates() {
-        for ok in ["1950", "1950-01", "1950-01-31", "2024-11-02T10:00:00Z", "2024-11-02T10:00:00.5+01:00"] {
+        for ok in [
+            "1950",
+            "1950-01",
+            "1950-01-31",
+            "2024-11-02T10:00:00Z",
+            "2024-11-02T10:00:00.5+01:00",
+        ] {
             assert!(FhirDate::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "50", "1950-13", "1950-1-1", "1950-01-32", "01/01/1950", "1950-01-01T", "1950-01-01 10:00"] {
+        for bad in [
+            "",
+            "50",
+            "1950-13",
+            "1950-1-1",
+            "1950-01-32",
+            "01/01/1950",
+            "1950-01-01T",
+            "1950-01-01 10:00",
+        ] {
             assert!(FhirDate::parse(bad).is_err(), "{bad}");
         }
-        assert_eq!(FhirDate::parse("1950-01-31").unwrap().day(), Some("1950-01-31"));
+        assert_eq!(
+            FhirDate::parse("1950-01-31").unwrap().day(),
+            Some("1950-01-31")
+        );
         assert_eq!(FhirDate::parse("1950").unwrap().day(), None);
     }
 
@@ -540,6 +589,9 @@ mod tests {
     fn empty_section_is_no_information_not_none() {
         let s: Section<Allergy> = Section::with_entries(vec![]);
         assert_eq!(s.status, SectionStatus::NoInformation);
-        assert_eq!(Section::<Allergy>::default().status, SectionStatus::NoInformation);
+        assert_eq!(
+            Section::<Allergy>::default().status,
+            SectionStatus::NoInformation
+        );
     }
 }

@@ -42,7 +42,10 @@ impl NhsNumber {
             if c == ' ' {
                 continue;
             }
-            let v = c.to_digit(10).filter(|_| c.is_ascii_digit()).ok_or(NhsNumberError::NotDigit(c))?;
+            let v = c
+                .to_digit(10)
+                .filter(|_| c.is_ascii_digit())
+                .ok_or(NhsNumberError::NotDigit(c))?;
             if n < 10 {
                 // `v` is 0..=9, so the cast cannot truncate.
                 d[n] = v as u8;
@@ -146,12 +149,28 @@ mod tests {
 
     #[test]
     fn data_model_vectors() {
-        for ok in ["9434765919", "9111231130", "9990000018", "9990000026", "9990000034", "9000000009"] {
+        for ok in [
+            "9434765919",
+            "9111231130",
+            "9990000018",
+            "9990000026",
+            "9990000034",
+            "9000000009",
+        ] {
             assert!(NhsNumber::parse(ok).is_ok(), "{ok} should be valid");
         }
-        assert_eq!(NhsNumber::parse("1234567890"), Err(NhsNumberError::NeverIssued));
-        assert_eq!(NhsNumber::parse("9876544321"), Err(NhsNumberError::CheckDigit));
-        assert_eq!(NhsNumber::parse("9434765918"), Err(NhsNumberError::CheckDigit));
+        assert_eq!(
+            NhsNumber::parse("1234567890"),
+            Err(NhsNumberError::NeverIssued)
+        );
+        assert_eq!(
+            NhsNumber::parse("9876544321"),
+            Err(NhsNumberError::CheckDigit)
+        );
+        assert_eq!(
+            NhsNumber::parse("9434765918"),
+            Err(NhsNumberError::CheckDigit)
+        );
     }
 
     #[test]
@@ -166,10 +185,22 @@ mod tests {
     #[test]
     fn bad_shapes() {
         assert_eq!(NhsNumber::parse(""), Err(NhsNumberError::Length(0)));
-        assert_eq!(NhsNumber::parse("123456789"), Err(NhsNumberError::Length(9)));
-        assert_eq!(NhsNumber::parse("94347659190"), Err(NhsNumberError::Length(11)));
-        assert_eq!(NhsNumber::parse("94347659XX"), Err(NhsNumberError::NotDigit('X')));
-        assert_eq!(NhsNumber::parse("943-476-5919"), Err(NhsNumberError::NotDigit('-')));
+        assert_eq!(
+            NhsNumber::parse("123456789"),
+            Err(NhsNumberError::Length(9))
+        );
+        assert_eq!(
+            NhsNumber::parse("94347659190"),
+            Err(NhsNumberError::Length(11))
+        );
+        assert_eq!(
+            NhsNumber::parse("94347659XX"),
+            Err(NhsNumberError::NotDigit('X'))
+        );
+        assert_eq!(
+            NhsNumber::parse("943-476-5919"),
+            Err(NhsNumberError::NotDigit('-'))
+        );
         // Non-ASCII digits are not NHS digits.
         assert!(NhsNumber::parse("٩٤٣٤٧٦٥٩١٩").is_err());
     }
@@ -177,15 +208,23 @@ mod tests {
     #[test]
     fn repeated_digits_rejected() {
         for d in 0..=9u8 {
-            let s: String = std::iter::repeat(char::from(b'0' + d)).take(10).collect();
+            let s: String = std::iter::repeat_n(char::from(b'0' + d), 10).collect();
             assert!(NhsNumber::parse(&s).is_err(), "{s}");
         }
-        assert_eq!(NhsNumber::parse("1111111111"), Err(NhsNumberError::RepeatedDigits));
+        assert_eq!(
+            NhsNumber::parse("1111111111"),
+            Err(NhsNumberError::RepeatedDigits)
+        );
     }
 
     #[test]
     fn from_nine_digits_matches_parse() {
-        assert_eq!(NhsNumber::from_nine_digits(943_476_591).unwrap().as_digits(), "9434765919");
+        assert_eq!(
+            NhsNumber::from_nine_digits(943_476_591)
+                .unwrap()
+                .as_digits(),
+            "9434765919"
+        );
         assert_eq!(NhsNumber::from_nine_digits(123_456_789), None);
         assert_eq!(NhsNumber::from_nine_digits(111_111_111), None);
     }

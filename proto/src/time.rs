@@ -11,7 +11,9 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 /// A UTC instant in milliseconds since the Unix epoch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct UnixMillis(pub i64);
 
@@ -32,7 +34,9 @@ impl UnixMillis {
     pub fn parse_rfc3339(s: &str) -> Result<Self, BadInstant> {
         let t = OffsetDateTime::parse(s, &Rfc3339).map_err(|_| BadInstant(s.to_owned()))?;
         let ms = t.unix_timestamp_nanos() / 1_000_000;
-        i64::try_from(ms).map(UnixMillis).map_err(|_| BadInstant(s.to_owned()))
+        i64::try_from(ms)
+            .map(UnixMillis)
+            .map_err(|_| BadInstant(s.to_owned()))
     }
 
     /// Render as RFC 3339 in UTC with millisecond precision when needed (`…T10:00:00Z` or
@@ -73,7 +77,11 @@ mod tests {
 
     #[test]
     fn rfc3339_round_trip() {
-        for s in ["2024-11-02T10:00:00Z", "1950-01-01T00:00:00.123Z", "2026-11-23T19:29:17Z"] {
+        for s in [
+            "2024-11-02T10:00:00Z",
+            "1950-01-01T00:00:00.123Z",
+            "2026-11-23T19:29:17Z",
+        ] {
             let t = UnixMillis::parse_rfc3339(s).unwrap();
             assert_eq!(t.to_rfc3339(), s);
         }

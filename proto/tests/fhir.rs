@@ -1,6 +1,8 @@
 //! FHIR R4 ↔ summary: ingest, merging of several sources, empty reasons, narrative items, the
 //! `$summary` round trip, CBOR, and every class of bad input with its error.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use edge_proto::assemble::{self, from_contribution};
 use edge_proto::cbor;
 use edge_proto::fhir::export::summary_document;
@@ -35,10 +37,17 @@ fn provenance(ods: &str, name: &str, targets: &[&str]) -> Value {
     }})
 }
 
-fn allergy(id: &str, code: Option<(&str, &str)>, text: Option<&str>, updated: &str, version: &str) -> Value {
+fn allergy(
+    id: &str,
+    code: Option<(&str, &str)>,
+    text: Option<&str>,
+    updated: &str,
+    version: &str,
+) -> Value {
     let mut c = json!({});
     if let Some((code, display)) = code {
-        c["coding"] = json!([{"system": "http://snomed.info/sct", "code": code, "display": display}]);
+        c["coding"] =
+            json!([{"system": "http://snomed.info/sct", "code": code, "display": display}]);
     }
     if let Some(t) = text {
         c["text"] = json!(t);
@@ -63,8 +72,20 @@ fn bundle(entries: Vec<Value>) -> Value {
 fn rich() -> Value {
     bundle(vec![
         patient(NHS, "2024-01-01T00:00:00Z"),
-        allergy("a1", Some(("91936005", "Allergy to penicillin")), None, "2024-03-01T09:00:00Z", "1"),
-        allergy("a2", None, Some("Reacts badly to sticking plasters"), "2024-03-02T09:00:00Z", "1"),
+        allergy(
+            "a1",
+            Some(("91936005", "Allergy to penicillin")),
+            None,
+            "2024-03-01T09:00:00Z",
+            "1",
+        ),
+        allergy(
+            "a2",
+            None,
+            Some("Reacts badly to sticking plasters"),
+            "2024-03-02T09:00:00Z",
+            "1",
+        ),
         json!({"fullUrl": "urn:uuid:m1", "resource": {
             "resourceType": "MedicationStatement", "id": "m1", "status": "active",
             "meta": {"versionId": "2", "lastUpdated": "2024-05-01T08:00:00Z", "source": "urn:kerbside:system:emis-web"},
@@ -113,13 +134,30 @@ fn rich() -> Value {
             "period": {"start": "2022-01-01"}
         }}),
         json!({"fullUrl": "urn:uuid:o1", "resource": {"resourceType": "Observation", "id": "o1"}}),
-        provenance("G85001", "The Surgery", &["urn:uuid:a1", "urn:uuid:a2", "urn:uuid:m1", "urn:uuid:m2", "urn:uuid:c1"]),
-        provenance("RJ1", "Guy's and St Thomas'", &["urn:uuid:r1", "urn:uuid:d1", "urn:uuid:f1"]),
+        provenance(
+            "G85001",
+            "The Surgery",
+            &[
+                "urn:uuid:a1",
+                "urn:uuid:a2",
+                "urn:uuid:m1",
+                "urn:uuid:m2",
+                "urn:uuid:c1",
+            ],
+        ),
+        provenance(
+            "RJ1",
+            "Guy's and St Thomas'",
+            &["urn:uuid:r1", "urn:uuid:d1", "urn:uuid:f1"],
+        ),
     ])
 }
 
 fn assemble_one(b: &Value) -> Summary {
-    from_contribution(&parse_bundle(b).expect("bundle ingests"), UnixMillis(1_730_541_600_000))
+    from_contribution(
+        &parse_bundle(b).expect("bundle ingests"),
+        UnixMillis(1_730_541_600_000),
+    )
 }
 
 #[test]
@@ -131,7 +169,10 @@ fn rich_bundle_maps_every_part() {
     assert_eq!(s.patient.family, "Okafor");
     assert_eq!(s.patient.given, vec!["Zoë", "Ada"]);
     assert_eq!(s.patient.postcode.as_deref(), Some("SE5 8AF"));
-    assert_eq!(s.patient.gp_practice.as_ref().map(|o| o.as_str()), Some("G85001"));
+    assert_eq!(
+        s.patient.gp_practice.as_ref().map(|o| o.as_str()),
+        Some("G85001")
+    );
     assert_eq!(s.patient.nhs_verification.as_deref(), Some("01"));
 
     assert_eq!(s.allergies.status, SectionStatus::Entries);
@@ -142,27 +183,52 @@ fn rich_bundle_maps_every_part() {
     assert_eq!(a.reactions[0].manifestation.label(), "Anaphylaxis");
     assert_eq!(a.provenance.source_ods.as_str(), "G85001");
     assert_eq!(a.provenance.source_name.as_deref(), Some("The Surgery"));
-    assert_eq!(a.provenance.system.as_deref(), Some("urn:kerbside:system:emis-web"));
+    assert_eq!(
+        a.provenance.system.as_deref(),
+        Some("urn:kerbside:system:emis-web")
+    );
     // Narrative-only items are kept.
     let text_only = &s.allergies.entries[1];
     assert!(text_only.concept.coding.is_none());
-    assert_eq!(text_only.concept.label(), "Reacts badly to sticking plasters");
+    assert_eq!(
+        text_only.concept.label(),
+        "Reacts badly to sticking plasters"
+    );
 
     assert_eq!(s.medications.entries.len(), 2);
     let w = &s.medications.entries[0];
     assert!(w.high_risk.is_some(), "warfarin is a high-risk medicine");
-    assert_eq!(w.last_issued.as_ref().map(|d| d.as_str()), Some("2024-04-20"));
-    assert_eq!(w.dosage.as_deref(), Some("As directed by anticoagulant clinic"));
-    assert_eq!(s.medications.entries[1].concept.label(), "Herbal remedy (brought in by family)");
+    assert_eq!(
+        w.last_issued.as_ref().map(|d| d.as_str()),
+        Some("2024-04-20")
+    );
+    assert_eq!(
+        w.dosage.as_deref(),
+        Some("As directed by anticoagulant clinic")
+    );
+    assert_eq!(
+        s.medications.entries[1].concept.label(),
+        "Herbal remedy (brought in by family)"
+    );
 
-    assert_eq!(s.conditions.entries[0].significance, Some(Significance::Major));
+    assert_eq!(
+        s.conditions.entries[0].significance,
+        Some(Significance::Major)
+    );
     let r = &s.resuscitation.entries[0];
     assert_eq!(r.decision.snomed(), Some("450476008"));
     assert_eq!(r.review.as_ref().map(|d| d.as_str()), Some("2025-05-30"));
     assert_eq!(r.decision_maker.as_deref(), Some("Dr A Consultant"));
     assert_eq!(r.provenance.source_ods.as_str(), "RJ1");
-    assert!(s.care_plans.entries[0].extract.as_deref().unwrap().contains("Ceiling of treatment"));
-    assert_eq!(s.alerts.entries[0].flag.label(), "Profoundly deaf: uses BSL");
+    assert!(s.care_plans.entries[0]
+        .extract
+        .as_deref()
+        .unwrap()
+        .contains("Ceiling of treatment"));
+    assert_eq!(
+        s.alerts.entries[0].flag.label(),
+        "Profoundly deaf: uses BSL"
+    );
     assert!(s.is_flagged());
     let ods: Vec<&str> = s.sources.iter().map(|x| x.ods.as_str()).collect();
     assert_eq!(ods, vec!["G85001", "RJ1"]);
@@ -171,19 +237,41 @@ fn rich_bundle_maps_every_part() {
 #[test]
 fn empty_reasons_are_distinct() {
     // No allergy resources at all: no information, not "none".
-    let s = assemble_one(&bundle(vec![patient(NHS, "2024-01-01T00:00:00Z"), provenance("G85001", "GP", &[])]));
-    for st in [s.allergies.status, s.medications.status, s.conditions.status, s.resuscitation.status] {
+    let s = assemble_one(&bundle(vec![
+        patient(NHS, "2024-01-01T00:00:00Z"),
+        provenance("G85001", "GP", &[]),
+    ]));
+    for st in [
+        s.allergies.status,
+        s.medications.status,
+        s.conditions.status,
+        s.resuscitation.status,
+    ] {
         assert_eq!(st, SectionStatus::NoInformation);
     }
     // A recorded "no known allergy" is none_known, with its source, and not an entry.
     let s = assemble_one(&bundle(vec![
         patient(NHS, "2024-01-01T00:00:00Z"),
-        allergy("nka", Some(("716186003", "No known allergy")), None, "2024-02-01T00:00:00Z", "1"),
+        allergy(
+            "nka",
+            Some(("716186003", "No known allergy")),
+            None,
+            "2024-02-01T00:00:00Z",
+            "1",
+        ),
         provenance("G85001", "GP", &["urn:uuid:nka"]),
     ]));
     assert_eq!(s.allergies.status, SectionStatus::NoneKnown);
     assert!(s.allergies.entries.is_empty());
-    assert_eq!(s.allergies.basis[0].provenance.as_ref().unwrap().source_ods.as_str(), "G85001");
+    assert_eq!(
+        s.allergies.basis[0]
+            .provenance
+            .as_ref()
+            .unwrap()
+            .source_ods
+            .as_str(),
+        "G85001"
+    );
     assert_eq!(s.medications.status, SectionStatus::NoInformation);
 }
 
@@ -198,7 +286,13 @@ fn sources_merge_and_updates_replace() {
     // A second source adds an allergy; the first keeps its own.
     let other = bundle(vec![
         patient(NHS, "2024-01-01T00:00:00Z"),
-        allergy("x9", Some(("300916003", "Latex allergy")), None, "2024-07-01T00:00:00Z", "1"),
+        allergy(
+            "x9",
+            Some(("300916003", "Latex allergy")),
+            None,
+            "2024-07-01T00:00:00Z",
+            "1",
+        ),
         provenance("RJZ", "King's", &["urn:uuid:x9"]),
     ]);
     assert!(assemble::apply(&mut s, &parse_bundle(&other).unwrap()).unwrap());
@@ -206,30 +300,75 @@ fn sources_merge_and_updates_replace() {
     assert_eq!(s.sources.len(), 3);
 
     // The GP updates a1 (newer lastUpdated, version 2): replaced, not duplicated.
-    let mut upd = allergy("a1", Some(("91936005", "Allergy to penicillin")), None, "2024-08-01T00:00:00Z", "2");
+    let mut upd = allergy(
+        "a1",
+        Some(("91936005", "Allergy to penicillin")),
+        None,
+        "2024-08-01T00:00:00Z",
+        "2",
+    );
     upd["resource"]["criticality"] = json!("low");
-    let b = bundle(vec![patient(NHS, "2024-01-01T00:00:00Z"), upd, provenance("G85001", "The Surgery", &["urn:uuid:a1"])]);
+    let b = bundle(vec![
+        patient(NHS, "2024-01-01T00:00:00Z"),
+        upd,
+        provenance("G85001", "The Surgery", &["urn:uuid:a1"]),
+    ]);
     assert!(assemble::apply(&mut s, &parse_bundle(&b).unwrap()).unwrap());
     assert_eq!(s.allergies.entries.len(), 3);
-    let a1 = s.allergies.entries.iter().find(|a| a.provenance.record_id == "a1").unwrap();
+    let a1 = s
+        .allergies
+        .entries
+        .iter()
+        .find(|a| a.provenance.record_id == "a1")
+        .unwrap();
     assert_eq!(a1.criticality, Some(Criticality::Low));
     assert_eq!(a1.provenance.record_version.as_deref(), Some("2"));
 
     // An older version arriving late is ignored.
-    let old = allergy("a1", Some(("91936005", "Allergy to penicillin")), None, "2024-01-01T00:00:00Z", "0");
-    let b = bundle(vec![patient(NHS, "2024-01-01T00:00:00Z"), old, provenance("G85001", "The Surgery", &["urn:uuid:a1"])]);
+    let old = allergy(
+        "a1",
+        Some(("91936005", "Allergy to penicillin")),
+        None,
+        "2024-01-01T00:00:00Z",
+        "0",
+    );
+    let b = bundle(vec![
+        patient(NHS, "2024-01-01T00:00:00Z"),
+        old,
+        provenance("G85001", "The Surgery", &["urn:uuid:a1"]),
+    ]);
     assert!(!assemble::apply(&mut s, &parse_bundle(&b).unwrap()).unwrap());
 
     // The same record id from a different source is a different item.
-    let same_id = allergy("a1", Some(("91936005", "Allergy to penicillin")), None, "2024-01-01T00:00:00Z", "1");
-    let b = bundle(vec![patient(NHS, "2024-01-01T00:00:00Z"), same_id, provenance("RJ1", "GSTT", &["urn:uuid:a1"])]);
+    let same_id = allergy(
+        "a1",
+        Some(("91936005", "Allergy to penicillin")),
+        None,
+        "2024-01-01T00:00:00Z",
+        "1",
+    );
+    let b = bundle(vec![
+        patient(NHS, "2024-01-01T00:00:00Z"),
+        same_id,
+        provenance("RJ1", "GSTT", &["urn:uuid:a1"]),
+    ]);
     assert!(assemble::apply(&mut s, &parse_bundle(&b).unwrap()).unwrap());
     assert_eq!(s.allergies.entries.len(), 4);
 
     // entered-in-error removes the item.
-    let mut eie = allergy("x9", Some(("300916003", "Latex allergy")), None, "2024-09-01T00:00:00Z", "2");
+    let mut eie = allergy(
+        "x9",
+        Some(("300916003", "Latex allergy")),
+        None,
+        "2024-09-01T00:00:00Z",
+        "2",
+    );
     eie["resource"]["verificationStatus"]["coding"][0]["code"] = json!("entered-in-error");
-    let b = bundle(vec![patient(NHS, "2024-01-01T00:00:00Z"), eie, provenance("RJZ", "King's", &["urn:uuid:x9"])]);
+    let b = bundle(vec![
+        patient(NHS, "2024-01-01T00:00:00Z"),
+        eie,
+        provenance("RJZ", "King's", &["urn:uuid:x9"]),
+    ]);
     assert!(assemble::apply(&mut s, &parse_bundle(&b).unwrap()).unwrap());
     assert_eq!(s.allergies.entries.len(), 3);
     assert!(!s.sources.iter().any(|x| x.ods.as_str() == "RJZ"));
@@ -240,13 +379,25 @@ fn sources_merge_and_updates_replace() {
 fn a_real_allergy_supersedes_none_known_from_the_same_record() {
     let mut s = assemble_one(&bundle(vec![
         patient(NHS, "2024-01-01T00:00:00Z"),
-        allergy("g1", Some(("716186003", "No known allergy")), None, "2024-02-01T00:00:00Z", "1"),
+        allergy(
+            "g1",
+            Some(("716186003", "No known allergy")),
+            None,
+            "2024-02-01T00:00:00Z",
+            "1",
+        ),
         provenance("G85001", "GP", &["urn:uuid:g1"]),
     ]));
     assert_eq!(s.allergies.status, SectionStatus::NoneKnown);
     let b = bundle(vec![
         patient(NHS, "2024-01-01T00:00:00Z"),
-        allergy("g1", Some(("91936005", "Allergy to penicillin")), None, "2024-03-01T00:00:00Z", "2"),
+        allergy(
+            "g1",
+            Some(("91936005", "Allergy to penicillin")),
+            None,
+            "2024-03-01T00:00:00Z",
+            "2",
+        ),
         provenance("G85001", "GP", &["urn:uuid:g1"]),
     ]);
     assert!(assemble::apply(&mut s, &parse_bundle(&b).unwrap()).unwrap());
@@ -258,7 +409,9 @@ fn round_trip(s: &Summary) -> Summary {
     let doc = summary_document(s);
     let text = serde_json::to_string(&doc).unwrap();
     let c = parse_bundle_json(&text).expect("our own document ingests");
-    let (version, at) = c.document_version.expect("document carries version and time");
+    let (version, at) = c
+        .document_version
+        .expect("document carries version and time");
     let mut back = from_contribution(&c, at);
     back.version = version;
     back
@@ -273,10 +426,20 @@ fn summary_fhir_summary_is_identity() {
     // none_known with a source, and document-level empty reasons, survive too.
     let mut s = assemble_one(&bundle(vec![
         patient(NHS, "2024-01-01T00:00:00Z"),
-        allergy("nka", Some(("716186003", "No known allergy")), None, "2024-02-01T00:00:00Z", "1"),
+        allergy(
+            "nka",
+            Some(("716186003", "No known allergy")),
+            None,
+            "2024-02-01T00:00:00Z",
+            "1",
+        ),
         provenance("G85001", "GP", &["urn:uuid:nka"]),
     ]));
-    s.medications.basis.push(Marker { status: SectionStatus::Withheld, concept: None, provenance: None });
+    s.medications.basis.push(Marker {
+        status: SectionStatus::Withheld,
+        concept: None,
+        provenance: None,
+    });
     s.medications.derive_status();
     assert_eq!(round_trip(&s), s);
 }
@@ -287,21 +450,40 @@ fn document_shape() {
     let d = summary_document(&s);
     assert_eq!(d["type"], "document");
     assert_eq!(d["entry"][0]["resource"]["resourceType"], "Composition");
-    assert_eq!(d["entry"][0]["resource"]["type"]["coding"][0]["code"], "60591-5");
+    assert_eq!(
+        d["entry"][0]["resource"]["type"]["coding"][0]["code"],
+        "60591-5"
+    );
     assert_eq!(d["entry"][1]["resource"]["resourceType"], "Patient");
     let sections = d["entry"][0]["resource"]["section"].as_array().unwrap();
-    let codes: Vec<&str> = sections.iter().map(|s| s["code"]["coding"][0]["code"].as_str().unwrap()).collect();
-    assert_eq!(codes, vec!["48765-2", "10160-0", "11450-4", "42348-3", "18776-5", "104605-1"]);
+    let codes: Vec<&str> = sections
+        .iter()
+        .map(|s| s["code"]["coding"][0]["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        codes,
+        vec!["48765-2", "10160-0", "11450-4", "42348-3", "18776-5", "104605-1"]
+    );
     // An empty section carries an empty reason.
     let e = assemble_one(&bundle(vec![patient(NHS, "2024-01-01T00:00:00Z")]));
     let d = summary_document(&e);
     let sec = &d["entry"][0]["resource"]["section"][0];
     assert_eq!(sec["emptyReason"]["coding"][0]["code"], "unavailable");
     assert!(sec.get("entry").is_none());
-    let provs = d["entry"].as_array().unwrap().iter().filter(|e| e["resource"]["resourceType"] == "Provenance").count();
+    let provs = d["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["resource"]["resourceType"] == "Provenance")
+        .count();
     assert_eq!(provs, 0);
     let d = summary_document(&s);
-    let provs = d["entry"].as_array().unwrap().iter().filter(|e| e["resource"]["resourceType"] == "Provenance").count();
+    let provs = d["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["resource"]["resourceType"] == "Provenance")
+        .count();
     assert_eq!(provs, 2);
 }
 
@@ -314,7 +496,10 @@ fn cbor_round_trip_and_forward_compatibility() {
     // A newer writer adds fields at the same schema: an older reader ignores them.
     let mut v: ciborium::Value = ciborium::from_reader(bytes.as_slice()).unwrap();
     if let ciborium::Value::Map(m) = &mut v {
-        m.push((ciborium::Value::Text("future_field".into()), ciborium::Value::Integer(7.into())));
+        m.push((
+            ciborium::Value::Text("future_field".into()),
+            ciborium::Value::Integer(7.into()),
+        ));
     }
     let mut extended = Vec::new();
     ciborium::into_writer(&v, &mut extended).unwrap();
@@ -324,10 +509,18 @@ fn cbor_round_trip_and_forward_compatibility() {
     let mut newer = s.clone();
     newer.schema = SCHEMA_VERSION + 1;
     let b = cbor::to_vec(&newer).unwrap();
-    assert!(matches!(cbor::decode_summary(&b), Err(cbor::CborError::UnsupportedSchema { .. })));
+    assert!(matches!(
+        cbor::decode_summary(&b),
+        Err(cbor::CborError::UnsupportedSchema { .. })
+    ));
 
     // Garbage never panics.
-    for junk in [&b""[..], &[0xff, 0x00], &[0xa1, 0x61], &bytes[..bytes.len() / 2]] {
+    for junk in [
+        &b""[..],
+        &[0xff, 0x00],
+        &[0xa1, 0x61],
+        &bytes[..bytes.len() / 2],
+    ] {
         assert!(cbor::decode_summary(junk).is_err());
     }
 }
@@ -340,7 +533,8 @@ fn bad_input_each_has_its_error() {
     let e = parse_bundle(&json!({"resourceType": "Patient"})).unwrap_err();
     assert!(matches!(e, IngestError::WrongResourceType { .. }), "{e}");
 
-    let e = parse_bundle(&json!({"resourceType": "Bundle", "type": "history", "entry": []})).unwrap_err();
+    let e = parse_bundle(&json!({"resourceType": "Bundle", "type": "history", "entry": []}))
+        .unwrap_err();
     assert_eq!(e, IngestError::BundleType("history".into()));
 
     let e = parse_bundle(&bundle(vec![])).unwrap_err();
@@ -349,7 +543,12 @@ fn bad_input_each_has_its_error() {
     let mut p = patient(NHS, "2024-01-01T00:00:00Z");
     p["resource"]["identifier"] = json!([]);
     let e = parse_bundle(&bundle(vec![p])).unwrap_err();
-    assert_eq!(e, IngestError::NoNhsNumber { path: "Bundle.entry[0].resource.identifier".into() });
+    assert_eq!(
+        e,
+        IngestError::NoNhsNumber {
+            path: "Bundle.entry[0].resource.identifier".into()
+        }
+    );
 
     let e = parse_bundle(&bundle(vec![patient("9990000019", "2024-01-01T00:00:00Z")])).unwrap_err();
     assert_eq!(
@@ -359,35 +558,87 @@ fn bad_input_each_has_its_error() {
             reason: NhsNumberError::CheckDigit
         }
     );
-    assert!(!e.to_string().contains("9990000019"), "errors never quote NHS numbers: {e}");
+    assert!(
+        !e.to_string().contains("9990000019"),
+        "errors never quote NHS numbers: {e}"
+    );
 
     let e = parse_bundle(&bundle(vec![
         patient(NHS, "2024-01-01T00:00:00Z"),
-        allergy("a1", Some(("91936005", "Allergy to penicillin")), None, "2024-03-01T09:00:00Z", "1"),
+        allergy(
+            "a1",
+            Some(("91936005", "Allergy to penicillin")),
+            None,
+            "2024-03-01T09:00:00Z",
+            "1",
+        ),
     ]))
     .unwrap_err();
-    assert_eq!(e, IngestError::NoSource { path: "Bundle.entry[1].resource".into() });
+    assert_eq!(
+        e,
+        IngestError::NoSource {
+            path: "Bundle.entry[1].resource".into()
+        }
+    );
 
-    let e = parse_bundle(&bundle(vec![patient(NHS, "2024-01-01T00:00:00Z"), patient(NHS, "2024-01-01T00:00:00Z")])).unwrap_err();
+    let e = parse_bundle(&bundle(vec![
+        patient(NHS, "2024-01-01T00:00:00Z"),
+        patient(NHS, "2024-01-01T00:00:00Z"),
+    ]))
+    .unwrap_err();
     assert!(matches!(e, IngestError::SecondPatient { .. }));
 
-    let mut a = allergy("a1", Some(("91936005", "x")), None, "2024-03-01T09:00:00Z", "1");
+    let mut a = allergy(
+        "a1",
+        Some(("91936005", "x")),
+        None,
+        "2024-03-01T09:00:00Z",
+        "1",
+    );
     a["resource"]["criticality"] = json!("extreme");
-    let e = parse_bundle(&bundle(vec![patient(NHS, "2024-01-01T00:00:00Z"), a, provenance("G85001", "GP", &["urn:uuid:a1"])])).unwrap_err();
-    assert_eq!(e.to_string(), "Bundle.entry[1].resource.criticality: expected low, high or unable-to-assess");
+    let e = parse_bundle(&bundle(vec![
+        patient(NHS, "2024-01-01T00:00:00Z"),
+        a,
+        provenance("G85001", "GP", &["urn:uuid:a1"]),
+    ]))
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "Bundle.entry[1].resource.criticality: expected low, high or unable-to-assess"
+    );
 
     let mut a = allergy("a1", Some(("91936005", "x")), None, "yesterday", "1");
     a["resource"]["code"] = json!(5);
-    let e = parse_bundle(&bundle(vec![patient(NHS, "2024-01-01T00:00:00Z"), a, provenance("G85001", "GP", &["urn:uuid:a1"])])).unwrap_err();
-    assert!(e.to_string().starts_with("Bundle.entry[1].resource.code"), "{e}");
+    let e = parse_bundle(&bundle(vec![
+        patient(NHS, "2024-01-01T00:00:00Z"),
+        a,
+        provenance("G85001", "GP", &["urn:uuid:a1"]),
+    ]))
+    .unwrap_err();
+    assert!(
+        e.to_string().starts_with("Bundle.entry[1].resource.code"),
+        "{e}"
+    );
 
     let mut p = patient(NHS, "2024-01-01T00:00:00Z");
     p["resource"]["birthDate"] = json!("07/03/1941");
     let e = parse_bundle(&bundle(vec![p])).unwrap_err();
-    assert_eq!(e.to_string(), "Bundle.entry[0].resource.birthDate: expected a FHIR date or dateTime");
+    assert_eq!(
+        e.to_string(),
+        "Bundle.entry[0].resource.birthDate: expected a FHIR date or dateTime"
+    );
 
-    let e = parse_bundle(&json!({"resourceType": "Bundle", "type": "collection", "entry": [{"fullUrl": "x"}]})).unwrap_err();
-    assert!(matches!(e, IngestError::Missing { what: "resource", .. }));
+    let e = parse_bundle(
+        &json!({"resourceType": "Bundle", "type": "collection", "entry": [{"fullUrl": "x"}]}),
+    )
+    .unwrap_err();
+    assert!(matches!(
+        e,
+        IngestError::Missing {
+            what: "resource",
+            ..
+        }
+    ));
 
     let e = parse_bundle_json(&" ".repeat(9 * 1024 * 1024)).unwrap_err();
     assert!(matches!(e, IngestError::TooLarge(_)));

@@ -39,7 +39,11 @@ fn main() -> anyhow::Result<()> {
     let path = kerbside_tests::synth(dir.path(), n, 7, 3)?;
     let text = std::fs::read_to_string(&path)?;
     let lines: Vec<&str> = text.lines().collect();
-    anyhow::ensure!(lines.len() == n as usize, "synth wrote {} lines", lines.len());
+    anyhow::ensure!(
+        lines.len() == n as usize,
+        "synth wrote {} lines",
+        lines.len()
+    );
 
     // FHIR → summary (parse + map + assemble).
     let mut ingest_s = Vec::new();
@@ -60,7 +64,10 @@ fn main() -> anyhow::Result<()> {
     let mut encoded: Vec<Vec<u8>> = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();
-        let out: Vec<Vec<u8>> = summaries.iter().map(cbor::encode_summary).collect::<Result<_, _>>()?;
+        let out: Vec<Vec<u8>> = summaries
+            .iter()
+            .map(cbor::encode_summary)
+            .collect::<Result<_, _>>()?;
         enc_s.push(t.elapsed().as_secs_f64());
         encoded = out;
     }
@@ -83,21 +90,53 @@ fn main() -> anyhow::Result<()> {
     let cbor_raw: usize = encoded.iter().map(Vec::len).sum();
     let cbor_gz_each: usize = encoded.iter().map(|b| gz(b)).sum();
     let cbor_gz_file = gz(&encoded.concat());
-    let doc_raw: usize =
-        summaries.iter().map(|s| serde_json::to_vec(&summary_document(s)).map(|v| v.len()).unwrap_or(0)).sum();
+    let doc_raw: usize = summaries
+        .iter()
+        .map(|s| {
+            serde_json::to_vec(&summary_document(s))
+                .map(|v| v.len())
+                .unwrap_or(0)
+        })
+        .sum();
 
-    println!("Foundation benchmark: {n} synthetic patients (edge-hub synth --seed 7 --sources 3)\n");
+    println!(
+        "Foundation benchmark: {n} synthetic patients (edge-hub synth --seed 7 --sources 3)\n"
+    );
     println!("| measure | value |");
     println!("| --- | --- |");
     println!("| FHIR R4 bundle → summary (parse, map, assemble) | {ingest_rate:.0} summaries/s |");
     println!("| CBOR encode per summary | {enc_us:.2} µs |");
     println!("| CBOR decode per summary | {dec_us:.2} µs |");
-    println!("| FHIR JSON input bundle per patient, raw | {:.0} B |", fhir_raw as f64 / nf);
-    println!("| FHIR JSON input bundle per patient, gzip each | {:.0} B |", fhir_gz_each as f64 / nf);
-    println!("| FHIR JSON input bundle per patient, gzip whole file | {:.0} B |", fhir_gz_file as f64 / nf);
-    println!("| `$summary` document (FHIR JSON) per patient, raw | {:.0} B |", doc_raw as f64 / nf);
-    println!("| CBOR summary per patient, raw | {:.0} B ({:.2} × FHIR raw) |", cbor_raw as f64 / nf, cbor_raw as f64 / fhir_raw as f64);
-    println!("| CBOR summary per patient, gzip each | {:.0} B ({:.2} × FHIR gzip each) |", cbor_gz_each as f64 / nf, cbor_gz_each as f64 / fhir_gz_each as f64);
-    println!("| CBOR summaries, gzip as a stream, per patient | {:.0} B ({:.2} × FHIR raw) |", cbor_gz_file as f64 / nf, cbor_gz_file as f64 / fhir_raw as f64);
+    println!(
+        "| FHIR JSON input bundle per patient, raw | {:.0} B |",
+        fhir_raw as f64 / nf
+    );
+    println!(
+        "| FHIR JSON input bundle per patient, gzip each | {:.0} B |",
+        fhir_gz_each as f64 / nf
+    );
+    println!(
+        "| FHIR JSON input bundle per patient, gzip whole file | {:.0} B |",
+        fhir_gz_file as f64 / nf
+    );
+    println!(
+        "| `$summary` document (FHIR JSON) per patient, raw | {:.0} B |",
+        doc_raw as f64 / nf
+    );
+    println!(
+        "| CBOR summary per patient, raw | {:.0} B ({:.2} × FHIR raw) |",
+        cbor_raw as f64 / nf,
+        cbor_raw as f64 / fhir_raw as f64
+    );
+    println!(
+        "| CBOR summary per patient, gzip each | {:.0} B ({:.2} × FHIR gzip each) |",
+        cbor_gz_each as f64 / nf,
+        cbor_gz_each as f64 / fhir_gz_each as f64
+    );
+    println!(
+        "| CBOR summaries, gzip as a stream, per patient | {:.0} B ({:.2} × FHIR raw) |",
+        cbor_gz_file as f64 / nf,
+        cbor_gz_file as f64 / fhir_raw as f64
+    );
     Ok(())
 }

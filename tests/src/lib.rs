@@ -43,7 +43,13 @@ pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
 pub fn synth(dir: &std::path::Path, n: u32, seed: u64, sources: u32) -> anyhow::Result<PathBuf> {
     let out = dir.join(format!("synth-{n}-{seed}-{sources}.ndjson"));
     let st = Command::new(bin("edge-hub")?)
-        .args(["synth", "--patients", &n.to_string(), "--seed", &seed.to_string()])
+        .args([
+            "synth",
+            "--patients",
+            &n.to_string(),
+            "--seed",
+            &seed.to_string(),
+        ])
         .args(["--sources", &sources.to_string(), "--out"])
         .arg(&out)
         .status()?;

@@ -16,7 +16,14 @@ pub fn stable_urn(name: &str) -> String {
     let d = digest::digest(&digest::SHA256, name.as_bytes());
     let b = d.as_ref();
     let h = hex::encode(&b[..16]);
-    format!("urn:uuid:{}-{}-8{}-{}-{}", &h[0..8], &h[8..12], &h[13..16], &h[16..20], &h[20..32])
+    format!(
+        "urn:uuid:{}-{}-8{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 fn item_urn(p: &Provenance) -> String {
@@ -41,7 +48,8 @@ fn cc(c: &Concept) -> Value {
 }
 
 fn status_cc(system: &str, code: &Option<String>) -> Option<Value> {
-    code.as_ref().map(|c| json!({"coding": [{"system": system, "code": c}]}))
+    code.as_ref()
+        .map(|c| json!({"coding": [{"system": system, "code": c}]}))
 }
 
 fn ods_ref(ods: &crate::ids::OdsCode) -> Value {
@@ -50,7 +58,9 @@ fn ods_ref(ods: &crate::ids::OdsCode) -> Value {
 
 /// FHIR `id` rule: `[A-Za-z0-9\-\.]{1,64}`.
 fn valid_fhir_id(s: &str) -> bool {
-    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 /// Common header of an item resource: type, id/identifier, meta.
@@ -93,7 +103,8 @@ fn put<T: serde::Serialize>(m: &mut Map<String, Value>, k: &str, v: &Option<T>) 
 }
 
 const ALLERGY_CLINICAL: &str = "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical";
-const ALLERGY_VERIFICATION: &str = "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification";
+const ALLERGY_VERIFICATION: &str =
+    "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification";
 const CONDITION_CLINICAL: &str = "http://terminology.hl7.org/CodeSystem/condition-clinical";
 const CONDITION_VERIFICATION: &str = "http://terminology.hl7.org/CodeSystem/condition-ver-status";
 
@@ -129,7 +140,11 @@ fn allergy(a: &Allergy, pr: &str) -> Value {
 }
 
 fn medication(x: &Medication, pr: &str) -> Value {
-    let rt = if x.from_request { "MedicationRequest" } else { "MedicationStatement" };
+    let rt = if x.from_request {
+        "MedicationRequest"
+    } else {
+        "MedicationStatement"
+    };
     let mut m = item_base(rt, &x.provenance, pr, "subject");
     put(&mut m, "status", &x.status);
     m.insert("medicationCodeableConcept".into(), cc(&x.concept));
@@ -144,14 +159,25 @@ fn medication(x: &Medication, pr: &str) -> Value {
         if let Some(r) = &x.route {
             d.insert("route".into(), cc(r));
         }
-        let key = if x.from_request { "dosageInstruction" } else { "dosage" };
+        let key = if x.from_request {
+            "dosageInstruction"
+        } else {
+            "dosage"
+        };
         m.insert(key.into(), Value::Array(vec![Value::Object(d)]));
     }
     if let Some(li) = &x.last_issued {
-        m.insert("extension".into(), json!([{"url": fhir::EXT_LAST_ISSUE, "valueDateTime": li}]));
+        m.insert(
+            "extension".into(),
+            json!([{"url": fhir::EXT_LAST_ISSUE, "valueDateTime": li}]),
+        );
     }
     if let Some(o) = &x.prescriber_ods {
-        let key = if x.from_request { "requester" } else { "informationSource" };
+        let key = if x.from_request {
+            "requester"
+        } else {
+            "informationSource"
+        };
         m.insert(key.into(), ods_ref(o));
     }
     Value::Object(m)
@@ -160,7 +186,10 @@ fn medication(x: &Medication, pr: &str) -> Value {
 fn condition(c: &Condition, pr: &str) -> Value {
     let mut m = item_base("Condition", &c.provenance, pr, "subject");
     if let Some(s) = c.significance {
-        m.insert("extension".into(), json!([{"url": fhir::EXT_SIGNIFICANCE, "valueCode": s}]));
+        m.insert(
+            "extension".into(),
+            json!([{"url": fhir::EXT_SIGNIFICANCE, "valueCode": s}]),
+        );
     }
     if let Some(v) = status_cc(CONDITION_CLINICAL, &c.clinical_status) {
         m.insert("clinicalStatus".into(), v);
@@ -181,7 +210,10 @@ fn condition(c: &Condition, pr: &str) -> Value {
 fn resuscitation(r: &Resuscitation, pr: &str) -> Value {
     let mut m = item_base("Consent", &r.provenance, pr, "patient");
     put(&mut m, "status", &r.status);
-    m.insert("scope".into(), json!({"coding": [{"system": fhir::CONSENT_SCOPE, "code": "adr"}]}));
+    m.insert(
+        "scope".into(),
+        json!({"coding": [{"system": fhir::CONSENT_SCOPE, "code": "adr"}]}),
+    );
     m.insert(
         "category".into(),
         json!([{"coding": [{"system": fhir::LOINC, "code": "75320-2", "display": "Advance directive"}]}]),
@@ -215,7 +247,10 @@ fn care_plan(c: &CarePlan, pr: &str) -> Value {
     let mut att = Map::new();
     att.insert("title".into(), json!(c.plan_type.label()));
     put(&mut att, "url", &c.url);
-    m.insert("content".into(), json!([{"attachment": Value::Object(att)}]));
+    m.insert(
+        "content".into(),
+        json!([{"attachment": Value::Object(att)}]),
+    );
     Value::Object(m)
 }
 
@@ -241,7 +276,11 @@ fn marker_resource(kind: SectionKind, mk: &Marker, pr: &str) -> Option<Value> {
     let concept = mk.concept.as_ref()?;
     let (rt, subject, code_key) = match kind {
         SectionKind::Allergies => ("AllergyIntolerance", "patient", "code"),
-        SectionKind::Medications => ("MedicationStatement", "subject", "medicationCodeableConcept"),
+        SectionKind::Medications => (
+            "MedicationStatement",
+            "subject",
+            "medicationCodeableConcept",
+        ),
         SectionKind::Conditions => ("Condition", "subject", "code"),
         _ => return None,
     };
@@ -254,7 +293,9 @@ fn marker_resource(kind: SectionKind, mk: &Marker, pr: &str) -> Option<Value> {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 struct SectionOut {
@@ -276,17 +317,35 @@ fn section<T: Item>(
         .iter()
         .map(|e| {
             let p = e.provenance();
-            (item_urn(p), to_res(e, pr), line(e), p.source_ods.as_str().to_owned())
+            (
+                item_urn(p),
+                to_res(e, pr),
+                line(e),
+                p.source_ods.as_str().to_owned(),
+            )
         })
         .collect();
     for mk in &s.basis {
         if let (Some(r), Some(p)) = (marker_resource(kind, mk, pr), mk.provenance.as_ref()) {
-            let label = mk.concept.as_ref().map(|c| c.label().to_owned()).unwrap_or_default();
+            let label = mk
+                .concept
+                .as_ref()
+                .map(|c| c.label().to_owned())
+                .unwrap_or_default();
             entries.push((item_urn(p), r, label, p.source_ods.as_str().to_owned()));
         }
     }
-    let doc_marker = s.basis.iter().find(|m| m.provenance.is_none()).map(|m| m.status);
-    SectionOut { kind, status: s.status, entries, doc_marker }
+    let doc_marker = s
+        .basis
+        .iter()
+        .find(|m| m.provenance.is_none())
+        .map(|m| m.status);
+    SectionOut {
+        kind,
+        status: s.status,
+        entries,
+        doc_marker,
+    }
 }
 
 /// Render a summary as an IPS-shaped FHIR R4 document Bundle.
@@ -299,16 +358,54 @@ pub fn summary_document(s: &Summary) -> Value {
                 Some(Criticality::High) => " (HIGH criticality)",
                 _ => "",
             };
-            let rx: Vec<&str> = a.reactions.iter().map(|r| r.manifestation.label()).collect();
-            format!("{}{}{}", a.concept.label(), crit, if rx.is_empty() { String::new() } else { format!(": {}", rx.join(", ")) })
+            let rx: Vec<&str> = a
+                .reactions
+                .iter()
+                .map(|r| r.manifestation.label())
+                .collect();
+            format!(
+                "{}{}{}",
+                a.concept.label(),
+                crit,
+                if rx.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", rx.join(", "))
+                }
+            )
         }),
-        section(SectionKind::Medications, &s.medications, pr, medication, |m| {
-            format!("{}{}", m.concept.label(), m.dosage.as_deref().map(|d| format!(" — {d}")).unwrap_or_default())
+        section(
+            SectionKind::Medications,
+            &s.medications,
+            pr,
+            medication,
+            |m| {
+                format!(
+                    "{}{}",
+                    m.concept.label(),
+                    m.dosage
+                        .as_deref()
+                        .map(|d| format!(" — {d}"))
+                        .unwrap_or_default()
+                )
+            },
+        ),
+        section(SectionKind::Conditions, &s.conditions, pr, condition, |c| {
+            c.concept.label().to_owned()
         }),
-        section(SectionKind::Conditions, &s.conditions, pr, condition, |c| c.concept.label().to_owned()),
-        section(SectionKind::Resuscitation, &s.resuscitation, pr, resuscitation, |r| r.decision.label().to_owned()),
-        section(SectionKind::CarePlans, &s.care_plans, pr, care_plan, |c| c.plan_type.label().to_owned()),
-        section(SectionKind::Alerts, &s.alerts, pr, alert, |a| a.flag.label().to_owned()),
+        section(
+            SectionKind::Resuscitation,
+            &s.resuscitation,
+            pr,
+            resuscitation,
+            |r| r.decision.label().to_owned(),
+        ),
+        section(SectionKind::CarePlans, &s.care_plans, pr, care_plan, |c| {
+            c.plan_type.label().to_owned()
+        }),
+        section(SectionKind::Alerts, &s.alerts, pr, alert, |a| {
+            a.flag.label().to_owned()
+        }),
     ];
 
     let mut comp_sections = Vec::new();
@@ -316,7 +413,10 @@ pub fn summary_document(s: &Summary) -> Value {
     for so in &sections {
         let mut sec = Map::new();
         sec.insert("title".into(), json!(so.kind.title()));
-        sec.insert("code".into(), json!({"coding": [{"system": fhir::LOINC, "code": so.kind.loinc()}]}));
+        sec.insert(
+            "code".into(),
+            json!({"coding": [{"system": fhir::LOINC, "code": so.kind.loinc()}]}),
+        );
         if so.entries.is_empty() {
             let (reason, words) = match so.doc_marker.unwrap_or(so.status) {
                 SectionStatus::NoneKnown => ("nilknown", "None known (recorded)"),
@@ -324,11 +424,22 @@ pub fn summary_document(s: &Summary) -> Value {
                 _ => ("unavailable", "No information available"),
             };
             sec.insert("text".into(), json!({"status": "generated", "div": format!("<div xmlns=\"http://www.w3.org/1999/xhtml\">{words}</div>")}));
-            sec.insert("emptyReason".into(), json!({"coding": [{"system": fhir::LIST_EMPTY_REASON, "code": reason}]}));
+            sec.insert(
+                "emptyReason".into(),
+                json!({"coding": [{"system": fhir::LIST_EMPTY_REASON, "code": reason}]}),
+            );
         } else {
-            let lis: String = so.entries.iter().map(|(_, _, l, _)| format!("<li>{}</li>", esc(l))).collect();
+            let lis: String = so
+                .entries
+                .iter()
+                .map(|(_, _, l, _)| format!("<li>{}</li>", esc(l)))
+                .collect();
             sec.insert("text".into(), json!({"status": "generated", "div": format!("<div xmlns=\"http://www.w3.org/1999/xhtml\"><ul>{lis}</ul></div>")}));
-            let refs: Vec<Value> = so.entries.iter().map(|(u, _, _, _)| json!({"reference": u})).collect();
+            let refs: Vec<Value> = so
+                .entries
+                .iter()
+                .map(|(u, _, _, _)| json!({"reference": u}))
+                .collect();
             sec.insert("entry".into(), Value::Array(refs));
             for (u, r, _, _) in &so.entries {
                 item_entries.push(json!({"fullUrl": u, "resource": r}));
@@ -356,13 +467,19 @@ pub fn summary_document(s: &Summary) -> Value {
 
     let mut pat = Map::new();
     pat.insert("resourceType".into(), json!("Patient"));
-    pat.insert("meta".into(), json!({"lastUpdated": s.patient.last_updated.to_rfc3339()}));
+    pat.insert(
+        "meta".into(),
+        json!({"lastUpdated": s.patient.last_updated.to_rfc3339()}),
+    );
     let mut ident = json!({"system": fhir::NHS_NUMBER, "value": s.nhs_number.as_digits()});
     if let Some(v) = &s.patient.nhs_verification {
         ident["extension"] = json!([{"url": fhir::EXT_NHS_VERIFICATION, "valueCodeableConcept": {"coding": [{"system": fhir::NHS_VERIFICATION_SYSTEM, "code": v}]}}]);
     }
     pat.insert("identifier".into(), json!([ident]));
-    pat.insert("name".into(), json!([{"use": "official", "family": s.patient.family, "given": s.patient.given}]));
+    pat.insert(
+        "name".into(),
+        json!([{"use": "official", "family": s.patient.family, "given": s.patient.given}]),
+    );
     pat.insert("gender".into(), json!(s.patient.gender.as_str()));
     put(&mut pat, "birthDate", &s.patient.birth_date);
     if let Some(pc) = &s.patient.postcode {
@@ -385,7 +502,10 @@ pub fn summary_document(s: &Summary) -> Value {
             continue;
         }
         let mut who = Map::new();
-        who.insert("identifier".into(), json!({"system": fhir::ODS, "value": src.ods.as_str()}));
+        who.insert(
+            "identifier".into(),
+            json!({"system": fhir::ODS, "value": src.ods.as_str()}),
+        );
         put(&mut who, "display", &src.name);
         provenances.push(json!({
             "fullUrl": stable_urn(&format!("provenance|{}|{}|{}", s.nhs_number.as_digits(), s.version, src.ods)),

@@ -28,21 +28,34 @@ pub const MAX_ENTRIES: usize = 10_000;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IngestError {
     #[error("malformed JSON at line {line}, column {column}: {msg}")]
-    Json { line: usize, column: usize, msg: String },
+    Json {
+        line: usize,
+        column: usize,
+        msg: String,
+    },
     #[error("bundle is {0} bytes, more than the {MAX_BUNDLE_BYTES}-byte limit")]
     TooLarge(usize),
     #[error("{path}: expected resourceType {expected}, found {found:?}")]
-    WrongResourceType { path: String, expected: &'static str, found: String },
+    WrongResourceType {
+        path: String,
+        expected: &'static str,
+        found: String,
+    },
     #[error("Bundle.type {0:?} is not accepted (use collection, transaction or document)")]
     BundleType(String),
     #[error("bundle has no Patient")]
     NoPatient,
     #[error("{path}: a second Patient (a bundle describes one patient)")]
     SecondPatient { path: String },
-    #[error("{path}: Patient has no NHS number (identifier system https://fhir.nhs.uk/Id/nhs-number)")]
+    #[error(
+        "{path}: Patient has no NHS number (identifier system https://fhir.nhs.uk/Id/nhs-number)"
+    )]
     NoNhsNumber { path: String },
     #[error("{path}: invalid NHS number: {reason}")]
-    InvalidNhsNumber { path: String, reason: NhsNumberError },
+    InvalidNhsNumber {
+        path: String,
+        reason: NhsNumberError,
+    },
     #[error("{path}: {what} is required")]
     Missing { path: String, what: &'static str },
     #[error("{path}: {why}")]
@@ -90,6 +103,9 @@ impl AnyItem {
 }
 
 /// One change an ingested bundle makes to a patient's summary.
+// Updates are short-lived (built by the mapper, consumed by `assemble`); boxing the large
+// variant would cost an allocation per item for no memory benefit.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Update {
     /// Add an item, or replace an older version of it (same source ODS and record id).
@@ -97,7 +113,10 @@ pub enum Update {
     /// A source's statement about a whole section ("no known allergies").
     Marker(SectionKind, Marker),
     /// The source marked an item `entered-in-error`: remove it.
-    Remove { section: SectionKind, provenance: Provenance },
+    Remove {
+        section: SectionKind,
+        provenance: Provenance,
+    },
 }
 
 /// What one bundle says about one patient.
@@ -134,7 +153,10 @@ pub fn parse_bundle(bundle: &Value) -> Result<Contribution> {
         path: root.clone(),
         why: "expected a JSON object".into(),
     })?;
-    let rt = obj.get("resourceType").and_then(Value::as_str).unwrap_or("");
+    let rt = obj
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     if rt != "Bundle" {
         return Err(IngestError::WrongResourceType {
             path: "resourceType".into(),
@@ -143,8 +165,10 @@ pub fn parse_bundle(bundle: &Value) -> Result<Contribution> {
         });
     }
     let btype = req_str(bundle, "type", &root)?;
-    if !matches!(btype, "collection" | "transaction" | "document" | "batch" | "searchset" | "message")
-    {
+    if !matches!(
+        btype,
+        "collection" | "transaction" | "document" | "batch" | "searchset" | "message"
+    ) {
         return Err(IngestError::BundleType(btype.to_owned()));
     }
     let entries = match bundle.get("entry") {
@@ -164,16 +188,18 @@ pub fn parse_bundle(bundle: &Value) -> Result<Contribution> {
         HashMap::new();
     for (i, e) in entries.iter().enumerate() {
         let path = format!("Bundle.entry[{i}]");
-        let r = e
-            .get("resource")
-            .ok_or(IngestError::Missing { path: path.clone(), what: "resource" })?;
+        let r = e.get("resource").ok_or(IngestError::Missing {
+            path: path.clone(),
+            what: "resource",
+        })?;
         let rpath = format!("{path}.resource");
         if !r.is_object() {
             return Err(invalid(&rpath, "expected a JSON object"));
         }
         let rt = req_str(r, "resourceType", &rpath)?;
         if rt == "Organization" {
-            if let Some(ods) = ods_identifier(r.get("identifier"), &format!("{rpath}.identifier"))? {
+            if let Some(ods) = ods_identifier(r.get("identifier"), &format!("{rpath}.identifier"))?
+            {
                 let name = opt_str(r, "name", &rpath)?.map(str::to_owned);
                 for key in ref_keys(e, r) {
                     orgs.insert(key, (ods.clone(), name.clone()));
@@ -191,12 +217,18 @@ pub fn parse_bundle(bundle: &Value) -> Result<Contribution> {
                 path: format!("{rpath}.agent[0].who.identifier"),
                 what: "the source organisation's ODS code",
             })?;
-            let name = who.and_then(|w| w.get("display")).and_then(Value::as_str).map(str::to_owned);
+            let name = who
+                .and_then(|w| w.get("display"))
+                .and_then(Value::as_str)
+                .map(str::to_owned);
             let recorded = opt_instant(r, "recorded", &rpath)?;
-            let targets = r.get("target").and_then(Value::as_array).ok_or(IngestError::Missing {
-                path: format!("{rpath}.target"),
-                what: "target",
-            })?;
+            let targets =
+                r.get("target")
+                    .and_then(Value::as_array)
+                    .ok_or(IngestError::Missing {
+                        path: format!("{rpath}.target"),
+                        what: "target",
+                    })?;
             for (j, t) in targets.iter().enumerate() {
                 let reference = req_str(t, "reference", &format!("{rpath}.target[{j}]"))?;
                 prov_by_target.insert(reference.to_owned(), (ods.clone(), name.clone(), recorded));
@@ -211,11 +243,20 @@ pub fn parse_bundle(bundle: &Value) -> Result<Contribution> {
     let mut composition_markers = Vec::new();
     for (i, (rpath, r)) in resources.iter().enumerate() {
         let rt = req_str(r, "resourceType", rpath)?;
-        let ctx = ItemCtx { entry: &entries[i], r, path: rpath, orgs: &orgs, provs: &prov_by_target, bundle_time };
+        let ctx = ItemCtx {
+            entry: &entries[i],
+            r,
+            path: rpath,
+            orgs: &orgs,
+            provs: &prov_by_target,
+            bundle_time,
+        };
         match rt {
             "Patient" => {
                 if patient.is_some() {
-                    return Err(IngestError::SecondPatient { path: rpath.clone() });
+                    return Err(IngestError::SecondPatient {
+                        path: rpath.clone(),
+                    });
                 }
                 patient = Some(map_patient(r, rpath, bundle_time)?);
             }
@@ -237,7 +278,11 @@ pub fn parse_bundle(bundle: &Value) -> Result<Contribution> {
         }
     }
     let (nhs_number, demographics) = patient.ok_or(IngestError::NoPatient)?;
-    updates.extend(composition_markers.into_iter().map(|(k, m)| Update::Marker(k, m)));
+    updates.extend(
+        composition_markers
+            .into_iter()
+            .map(|(k, m)| Update::Marker(k, m)),
+    );
 
     let confidentiality = bundle_confidentiality(bundle);
     let document_version = if btype == "document" {
@@ -253,7 +298,14 @@ pub fn parse_bundle(bundle: &Value) -> Result<Contribution> {
     } else {
         None
     };
-    Ok(Contribution { nhs_number, patient: demographics, updates, confidentiality, document_version, skipped })
+    Ok(Contribution {
+        nhs_number,
+        patient: demographics,
+        updates,
+        confidentiality,
+        document_version,
+        skipped,
+    })
 }
 
 struct ItemCtx<'a> {
@@ -282,7 +334,13 @@ impl ItemCtx<'_> {
         }
         if source.is_none() {
             if let Some(field) = own_org {
-                let v = self.r.get(field).map(|v| if let Value::Array(a) = v { a.first().unwrap_or(v) } else { v });
+                let v = self.r.get(field).map(|v| {
+                    if let Value::Array(a) = v {
+                        a.first().unwrap_or(v)
+                    } else {
+                        v
+                    }
+                });
                 if let Some(w) = v {
                     if let Some(ods) = who_ods(w, &self.at(field), self.orgs)? {
                         let name = w.get("display").and_then(Value::as_str).map(str::to_owned);
@@ -291,8 +349,9 @@ impl ItemCtx<'_> {
                 }
             }
         }
-        let (source_ods, source_name, recorded) =
-            source.ok_or_else(|| IngestError::NoSource { path: self.path.to_owned() })?;
+        let (source_ods, source_name, recorded) = source.ok_or_else(|| IngestError::NoSource {
+            path: self.path.to_owned(),
+        })?;
         let meta = self.r.get("meta");
         let last_updated = match meta {
             Some(m) => opt_instant(m, "lastUpdated", &self.at("meta"))?,
@@ -300,7 +359,10 @@ impl ItemCtx<'_> {
         }
         .or(recorded)
         .or(self.bundle_time)
-        .ok_or(IngestError::Missing { path: self.at("meta.lastUpdated"), what: "meta.lastUpdated" })?;
+        .ok_or(IngestError::Missing {
+            path: self.at("meta.lastUpdated"),
+            what: "meta.lastUpdated",
+        })?;
         let system = match meta {
             Some(m) => opt_str(m, "source", &self.at("meta"))?.map(str::to_owned),
             None => None,
@@ -310,7 +372,14 @@ impl ItemCtx<'_> {
             None => None,
         };
         let record_id = record_id(self.r, self.path)?;
-        Ok(Provenance { source_ods, source_name, system, record_id, record_version, last_updated })
+        Ok(Provenance {
+            source_ods,
+            source_name,
+            system,
+            record_id,
+            record_version,
+            last_updated,
+        })
     }
 
     fn entered_in_error(&self, status_field: &str) -> bool {
@@ -319,17 +388,26 @@ impl ItemCtx<'_> {
         let coded = v
             .and_then(|c| c.get("coding"))
             .and_then(Value::as_array)
-            .is_some_and(|a| a.iter().any(|c| c.get("code").and_then(Value::as_str) == Some("entered-in-error")));
+            .is_some_and(|a| {
+                a.iter()
+                    .any(|c| c.get("code").and_then(Value::as_str) == Some("entered-in-error"))
+            });
         direct || coded
     }
 }
 
 fn invalid(path: &str, why: &str) -> IngestError {
-    IngestError::Invalid { path: path.to_owned(), why: why.to_owned() }
+    IngestError::Invalid {
+        path: path.to_owned(),
+        why: why.to_owned(),
+    }
 }
 
 fn req_str<'a>(v: &'a Value, key: &'static str, path: &str) -> Result<&'a str> {
-    opt_str(v, key, path)?.ok_or(IngestError::Missing { path: format!("{path}.{key}"), what: key })
+    opt_str(v, key, path)?.ok_or(IngestError::Missing {
+        path: format!("{path}.{key}"),
+        what: key,
+    })
 }
 
 fn opt_str<'a>(v: &'a Value, key: &str, path: &str) -> Result<Option<&'a str>> {
@@ -343,9 +421,12 @@ fn opt_str<'a>(v: &'a Value, key: &str, path: &str) -> Result<Option<&'a str>> {
 fn opt_instant(v: &Value, key: &str, path: &str) -> Result<Option<UnixMillis>> {
     match opt_str(v, key, path)? {
         None => Ok(None),
-        Some(s) => UnixMillis::parse_rfc3339(s)
-            .map(Some)
-            .map_err(|_| invalid(&format!("{path}.{key}"), "expected an instant like 2024-11-02T10:00:00Z")),
+        Some(s) => UnixMillis::parse_rfc3339(s).map(Some).map_err(|_| {
+            invalid(
+                &format!("{path}.{key}"),
+                "expected an instant like 2024-11-02T10:00:00Z",
+            )
+        }),
     }
 }
 
@@ -364,16 +445,23 @@ fn ref_keys(entry: &Value, r: &Value) -> Vec<String> {
     if let Some(u) = entry.get("fullUrl").and_then(Value::as_str) {
         keys.push(u.to_owned());
     }
-    if let (Some(t), Some(id)) =
-        (r.get("resourceType").and_then(Value::as_str), r.get("id").and_then(Value::as_str))
-    {
+    if let (Some(t), Some(id)) = (
+        r.get("resourceType").and_then(Value::as_str),
+        r.get("id").and_then(Value::as_str),
+    ) {
         keys.push(format!("{t}/{id}"));
     }
     keys
 }
 
 fn record_id(r: &Value, path: &str) -> Result<String> {
-    if let Some(first) = r.get("identifier").and_then(|i| if let Value::Array(a) = i { a.first() } else { Some(i) }) {
+    if let Some(first) = r.get("identifier").and_then(|i| {
+        if let Value::Array(a) = i {
+            a.first()
+        } else {
+            Some(i)
+        }
+    }) {
         if let Some(value) = first.get("value").and_then(Value::as_str) {
             return Ok(match first.get("system").and_then(Value::as_str) {
                 Some(system) if !system.is_empty() => format!("{system}|{value}"),
@@ -384,7 +472,10 @@ fn record_id(r: &Value, path: &str) -> Result<String> {
     r.get("id")
         .and_then(Value::as_str)
         .map(str::to_owned)
-        .ok_or(IngestError::Missing { path: format!("{path}.id"), what: "an id or identifier" })
+        .ok_or(IngestError::Missing {
+            path: format!("{path}.id"),
+            what: "an id or identifier",
+        })
 }
 
 /// An ODS code from an identifier (object or array of identifiers).
@@ -397,18 +488,28 @@ fn ods_identifier(v: Option<&Value>, path: &str) -> Result<Option<OdsCode>> {
     for id in list {
         if id.get("system").and_then(Value::as_str) == Some(fhir::ODS) {
             let value = id.get("value").and_then(Value::as_str).unwrap_or("");
-            return OdsCode::parse(value).map(Some).map_err(|e| invalid(path, &e.to_string()));
+            return OdsCode::parse(value)
+                .map(Some)
+                .map_err(|e| invalid(path, &e.to_string()));
         }
     }
     Ok(None)
 }
 
 /// The ODS code a reference names, by identifier or by pointing at an Organization in the bundle.
-fn who_ods(who: &Value, path: &str, orgs: &HashMap<String, (OdsCode, Option<String>)>) -> Result<Option<OdsCode>> {
+fn who_ods(
+    who: &Value,
+    path: &str,
+    orgs: &HashMap<String, (OdsCode, Option<String>)>,
+) -> Result<Option<OdsCode>> {
     if let Some(ods) = ods_identifier(who.get("identifier"), &format!("{path}.identifier"))? {
         return Ok(Some(ods));
     }
-    Ok(who.get("reference").and_then(Value::as_str).and_then(|r| orgs.get(r)).map(|(o, _)| o.clone()))
+    Ok(who
+        .get("reference")
+        .and_then(Value::as_str)
+        .and_then(|r| orgs.get(r))
+        .map(|(o, _)| o.clone()))
 }
 
 /// A CodeableConcept: the preferred coding (SNOMED first) and the text.
@@ -419,11 +520,14 @@ fn concept(v: &Value, path: &str) -> Result<Concept> {
     let text = opt_str(v, "text", path)?.map(str::to_owned);
     let mut coding = None;
     if let Some(c) = v.get("coding") {
-        let arr = c.as_array().ok_or_else(|| invalid(&format!("{path}.coding"), "expected an array"))?;
+        let arr = c
+            .as_array()
+            .ok_or_else(|| invalid(&format!("{path}.coding"), "expected an array"))?;
         let mut best: Option<Coding> = None;
         for (i, c) in arr.iter().enumerate() {
             let cp = format!("{path}.coding[{i}]");
-            let (Some(system), Some(code)) = (opt_str(c, "system", &cp)?, opt_str(c, "code", &cp)?) else {
+            let (Some(system), Some(code)) = (opt_str(c, "system", &cp)?, opt_str(c, "code", &cp)?)
+            else {
                 continue;
             };
             let this = Coding {
@@ -431,7 +535,9 @@ fn concept(v: &Value, path: &str) -> Result<Concept> {
                 code: code.to_owned(),
                 display: opt_str(c, "display", &cp)?.map(str::to_owned),
             };
-            let better = best.as_ref().is_none_or(|b| b.system != fhir::SNOMED && this.system == fhir::SNOMED);
+            let better = best
+                .as_ref()
+                .is_none_or(|b| b.system != fhir::SNOMED && this.system == fhir::SNOMED);
             if better {
                 best = Some(this);
             }
@@ -461,15 +567,21 @@ fn status_code(v: &Value, key: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn map_patient(r: &Value, path: &str, bundle_time: Option<UnixMillis>) -> Result<(NhsNumber, Demographics)> {
+fn map_patient(
+    r: &Value,
+    path: &str,
+    bundle_time: Option<UnixMillis>,
+) -> Result<(NhsNumber, Demographics)> {
     let ids = r.get("identifier").and_then(Value::as_array);
     let mut nhs = None;
     for (i, id) in ids.into_iter().flatten().enumerate() {
         if id.get("system").and_then(Value::as_str) == Some(fhir::NHS_NUMBER) {
             let ipath = format!("{path}.identifier[{i}]");
             let value = req_str(id, "value", &ipath)?;
-            let n = NhsNumber::parse(value)
-                .map_err(|reason| IngestError::InvalidNhsNumber { path: format!("{ipath}.value"), reason })?;
+            let n = NhsNumber::parse(value).map_err(|reason| IngestError::InvalidNhsNumber {
+                path: format!("{ipath}.value"),
+                reason,
+            })?;
             let verification = id
                 .get("extension")
                 .and_then(Value::as_array)
@@ -486,16 +598,29 @@ fn map_patient(r: &Value, path: &str, bundle_time: Option<UnixMillis>) -> Result
             break;
         }
     }
-    let (nhs_number, nhs_verification) = nhs.ok_or(IngestError::NoNhsNumber { path: format!("{path}.identifier") })?;
+    let (nhs_number, nhs_verification) = nhs.ok_or(IngestError::NoNhsNumber {
+        path: format!("{path}.identifier"),
+    })?;
     let names = r.get("name").and_then(Value::as_array);
     let name = names.and_then(|n| {
-        n.iter().find(|x| x.get("use").and_then(Value::as_str) == Some("official")).or_else(|| n.first())
+        n.iter()
+            .find(|x| x.get("use").and_then(Value::as_str) == Some("official"))
+            .or_else(|| n.first())
     });
-    let family = name.and_then(|n| n.get("family")).and_then(Value::as_str).unwrap_or("").to_owned();
+    let family = name
+        .and_then(|n| n.get("family"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
     let given = name
         .and_then(|n| n.get("given"))
         .and_then(Value::as_array)
-        .map(|g| g.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .map(|g| {
+            g.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_default();
     let gender = match opt_str(r, "gender", path)? {
         None => Gender::Unknown,
@@ -503,7 +628,12 @@ fn map_patient(r: &Value, path: &str, bundle_time: Option<UnixMillis>) -> Result
         Some("female") => Gender::Female,
         Some("other") => Gender::Other,
         Some("unknown") => Gender::Unknown,
-        Some(_) => return Err(invalid(&format!("{path}.gender"), "expected male, female, other or unknown")),
+        Some(_) => {
+            return Err(invalid(
+                &format!("{path}.gender"),
+                "expected male, female, other or unknown",
+            ))
+        }
     };
     let postcode = r
         .get("address")
@@ -516,7 +646,10 @@ fn map_patient(r: &Value, path: &str, bundle_time: Option<UnixMillis>) -> Result
         Some(gps) => {
             let mut found = None;
             for (i, gp) in gps.iter().enumerate() {
-                if let Some(o) = ods_identifier(gp.get("identifier"), &format!("{path}.generalPractitioner[{i}].identifier"))? {
+                if let Some(o) = ods_identifier(
+                    gp.get("identifier"),
+                    &format!("{path}.generalPractitioner[{i}].identifier"),
+                )? {
                     found = Some(o);
                     break;
                 }
@@ -534,7 +667,16 @@ fn map_patient(r: &Value, path: &str, bundle_time: Option<UnixMillis>) -> Result
     let birth_date = opt_date(r, "birthDate", path)?;
     Ok((
         nhs_number,
-        Demographics { family, given, birth_date, gender, postcode, gp_practice, nhs_verification, last_updated },
+        Demographics {
+            family,
+            given,
+            birth_date,
+            gender,
+            postcode,
+            gp_practice,
+            nhs_verification,
+            last_updated,
+        },
     ))
 }
 
@@ -547,13 +689,20 @@ fn marker_or_item(
     item: impl FnOnce(Concept, Provenance) -> Result<AnyItem>,
 ) -> Result<Update> {
     if ctx.entered_in_error(status_field) {
-        return Ok(Update::Remove { section, provenance: prov });
+        return Ok(Update::Remove {
+            section,
+            provenance: prov,
+        });
     }
     if let Some(marked) = code.snomed().and_then(codes::no_known_section) {
         if marked == section {
             return Ok(Update::Marker(
                 section,
-                Marker { status: SectionStatus::NoneKnown, concept: Some(code), provenance: Some(prov) },
+                Marker {
+                    status: SectionStatus::NoneKnown,
+                    concept: Some(code),
+                    provenance: Some(prov),
+                },
             ));
         }
     }
@@ -562,155 +711,243 @@ fn marker_or_item(
 
 fn map_allergy(ctx: &ItemCtx<'_>) -> Result<Update> {
     let r = ctx.r;
-    let code = opt_concept(r, "code", ctx.path)?
-        .ok_or(IngestError::Missing { path: ctx.at("code"), what: "code" })?;
+    let code = opt_concept(r, "code", ctx.path)?.ok_or(IngestError::Missing {
+        path: ctx.at("code"),
+        what: "code",
+    })?;
     let prov = ctx.provenance(None)?;
-    marker_or_item(ctx, SectionKind::Allergies, "verificationStatus", code, prov, |code, provenance| {
-        let category = match r.get("category").and_then(|c| c.get(0)).and_then(Value::as_str) {
-            None => None,
-            Some("food") => Some(AllergyCategory::Food),
-            Some("medication") => Some(AllergyCategory::Medication),
-            Some("environment") => Some(AllergyCategory::Environment),
-            Some("biologic") => Some(AllergyCategory::Biologic),
-            Some(_) => return Err(invalid(&ctx.at("category[0]"), "expected food, medication, environment or biologic")),
-        };
-        let criticality = match opt_str(r, "criticality", ctx.path)? {
-            None => None,
-            Some("low") => Some(Criticality::Low),
-            Some("high") => Some(Criticality::High),
-            Some("unable-to-assess") => Some(Criticality::UnableToAssess),
-            Some(_) => return Err(invalid(&ctx.at("criticality"), "expected low, high or unable-to-assess")),
-        };
-        let mut reactions = Vec::new();
-        for (i, rx) in r.get("reaction").and_then(Value::as_array).into_iter().flatten().enumerate() {
-            let rp = ctx.at(&format!("reaction[{i}]"));
-            let m = rx
-                .get("manifestation")
-                .and_then(|m| m.get(0))
-                .ok_or(IngestError::Missing { path: format!("{rp}.manifestation"), what: "manifestation" })?;
-            let severity = match opt_str(rx, "severity", &rp)? {
+    marker_or_item(
+        ctx,
+        SectionKind::Allergies,
+        "verificationStatus",
+        code,
+        prov,
+        |code, provenance| {
+            let category = match r
+                .get("category")
+                .and_then(|c| c.get(0))
+                .and_then(Value::as_str)
+            {
                 None => None,
-                Some("mild") => Some(Severity::Mild),
-                Some("moderate") => Some(Severity::Moderate),
-                Some("severe") => Some(Severity::Severe),
-                Some(_) => return Err(invalid(&format!("{rp}.severity"), "expected mild, moderate or severe")),
+                Some("food") => Some(AllergyCategory::Food),
+                Some("medication") => Some(AllergyCategory::Medication),
+                Some("environment") => Some(AllergyCategory::Environment),
+                Some("biologic") => Some(AllergyCategory::Biologic),
+                Some(_) => {
+                    return Err(invalid(
+                        &ctx.at("category[0]"),
+                        "expected food, medication, environment or biologic",
+                    ))
+                }
             };
-            reactions.push(Reaction { manifestation: concept(m, &format!("{rp}.manifestation[0]"))?, severity });
-        }
-        Ok(AnyItem::Allergy(Allergy {
-            concept: code,
-            clinical_status: status_code(r, "clinicalStatus"),
-            verification_status: status_code(r, "verificationStatus"),
-            category,
-            criticality,
-            reactions,
-            onset: opt_date(r, "onsetDateTime", ctx.path)?,
-            recorded: opt_date(r, "recordedDate", ctx.path)?,
-            provenance,
-        }))
-    })
+            let criticality = match opt_str(r, "criticality", ctx.path)? {
+                None => None,
+                Some("low") => Some(Criticality::Low),
+                Some("high") => Some(Criticality::High),
+                Some("unable-to-assess") => Some(Criticality::UnableToAssess),
+                Some(_) => {
+                    return Err(invalid(
+                        &ctx.at("criticality"),
+                        "expected low, high or unable-to-assess",
+                    ))
+                }
+            };
+            let mut reactions = Vec::new();
+            for (i, rx) in r
+                .get("reaction")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                let rp = ctx.at(&format!("reaction[{i}]"));
+                let m =
+                    rx.get("manifestation")
+                        .and_then(|m| m.get(0))
+                        .ok_or(IngestError::Missing {
+                            path: format!("{rp}.manifestation"),
+                            what: "manifestation",
+                        })?;
+                let severity = match opt_str(rx, "severity", &rp)? {
+                    None => None,
+                    Some("mild") => Some(Severity::Mild),
+                    Some("moderate") => Some(Severity::Moderate),
+                    Some("severe") => Some(Severity::Severe),
+                    Some(_) => {
+                        return Err(invalid(
+                            &format!("{rp}.severity"),
+                            "expected mild, moderate or severe",
+                        ))
+                    }
+                };
+                reactions.push(Reaction {
+                    manifestation: concept(m, &format!("{rp}.manifestation[0]"))?,
+                    severity,
+                });
+            }
+            Ok(AnyItem::Allergy(Allergy {
+                concept: code,
+                clinical_status: status_code(r, "clinicalStatus"),
+                verification_status: status_code(r, "verificationStatus"),
+                category,
+                criticality,
+                reactions,
+                onset: opt_date(r, "onsetDateTime", ctx.path)?,
+                recorded: opt_date(r, "recordedDate", ctx.path)?,
+                provenance,
+            }))
+        },
+    )
 }
 
 fn map_medication(ctx: &ItemCtx<'_>, rt: &str) -> Result<Update> {
     let r = ctx.r;
     let code = match r.get("medicationCodeableConcept") {
         Some(c) => concept(c, &ctx.at("medicationCodeableConcept"))?,
-        None => match r.get("medicationReference").and_then(|m| m.get("display")).and_then(Value::as_str) {
-            Some(d) => Concept { coding: None, text: Some(d.to_owned()) },
-            None => return Err(IngestError::Missing { path: ctx.at("medicationCodeableConcept"), what: "the medication" }),
+        None => match r
+            .get("medicationReference")
+            .and_then(|m| m.get("display"))
+            .and_then(Value::as_str)
+        {
+            Some(d) => Concept {
+                coding: None,
+                text: Some(d.to_owned()),
+            },
+            None => {
+                return Err(IngestError::Missing {
+                    path: ctx.at("medicationCodeableConcept"),
+                    what: "the medication",
+                })
+            }
         },
     };
-    let own = if rt == "MedicationStatement" { "informationSource" } else { "requester" };
+    let own = if rt == "MedicationStatement" {
+        "informationSource"
+    } else {
+        "requester"
+    };
     let prov = ctx.provenance(Some(own))?;
     if opt_str(r, "status", ctx.path)? == Some("entered-in-error") {
-        return Ok(Update::Remove { section: SectionKind::Medications, provenance: prov });
+        return Ok(Update::Remove {
+            section: SectionKind::Medications,
+            provenance: prov,
+        });
     }
-    marker_or_item(ctx, SectionKind::Medications, "status", code, prov, |code, provenance| {
-        let dosage = r.get("dosage").or_else(|| r.get("dosageInstruction")).and_then(|d| d.get(0));
-        let dosage_text = match dosage {
-            Some(d) => opt_str(d, "text", &ctx.at("dosage[0]"))?.map(str::to_owned),
-            None => None,
-        };
-        let route = match dosage {
-            Some(d) => opt_concept(d, "route", &ctx.at("dosage[0]"))?,
-            None => None,
-        };
-        let started = match r.get("effectivePeriod") {
-            Some(p) => opt_date(p, "start", &ctx.at("effectivePeriod"))?,
-            None => opt_date(r, "effectiveDateTime", ctx.path)?.or(opt_date(r, "authoredOn", ctx.path)?),
-        };
-        let last_issued = r
-            .get("extension")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .find(|e| e.get("url").and_then(Value::as_str) == Some(fhir::EXT_LAST_ISSUE))
-            .map(|e| opt_date(e, "valueDateTime", &ctx.at("extension")))
-            .transpose()?
-            .flatten();
-        let prescriber_ods = match r.get(own) {
-            Some(w) => who_ods(w, &ctx.at(own), ctx.orgs)?,
-            None => None,
-        };
-        let high_risk = codes::high_risk_class(code.snomed(), code.label());
-        Ok(AnyItem::Medication(Medication {
-            concept: code,
-            status: opt_str(r, "status", ctx.path)?.map(str::to_owned),
-            dosage: dosage_text,
-            route,
-            started,
-            last_issued,
-            prescriber_ods,
-            high_risk,
-            from_request: rt == "MedicationRequest",
-            provenance,
-        }))
-    })
+    marker_or_item(
+        ctx,
+        SectionKind::Medications,
+        "status",
+        code,
+        prov,
+        |code, provenance| {
+            let dosage = r
+                .get("dosage")
+                .or_else(|| r.get("dosageInstruction"))
+                .and_then(|d| d.get(0));
+            let dosage_text = match dosage {
+                Some(d) => opt_str(d, "text", &ctx.at("dosage[0]"))?.map(str::to_owned),
+                None => None,
+            };
+            let route = match dosage {
+                Some(d) => opt_concept(d, "route", &ctx.at("dosage[0]"))?,
+                None => None,
+            };
+            let started = match r.get("effectivePeriod") {
+                Some(p) => opt_date(p, "start", &ctx.at("effectivePeriod"))?,
+                None => opt_date(r, "effectiveDateTime", ctx.path)?.or(opt_date(
+                    r,
+                    "authoredOn",
+                    ctx.path,
+                )?),
+            };
+            let last_issued = r
+                .get("extension")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .find(|e| e.get("url").and_then(Value::as_str) == Some(fhir::EXT_LAST_ISSUE))
+                .map(|e| opt_date(e, "valueDateTime", &ctx.at("extension")))
+                .transpose()?
+                .flatten();
+            let prescriber_ods = match r.get(own) {
+                Some(w) => who_ods(w, &ctx.at(own), ctx.orgs)?,
+                None => None,
+            };
+            let high_risk = codes::high_risk_class(code.snomed(), code.label());
+            Ok(AnyItem::Medication(Medication {
+                concept: code,
+                status: opt_str(r, "status", ctx.path)?.map(str::to_owned),
+                dosage: dosage_text,
+                route,
+                started,
+                last_issued,
+                prescriber_ods,
+                high_risk,
+                from_request: rt == "MedicationRequest",
+                provenance,
+            }))
+        },
+    )
 }
 
 fn map_condition(ctx: &ItemCtx<'_>) -> Result<Update> {
     let r = ctx.r;
-    let code = opt_concept(r, "code", ctx.path)?
-        .ok_or(IngestError::Missing { path: ctx.at("code"), what: "code" })?;
+    let code = opt_concept(r, "code", ctx.path)?.ok_or(IngestError::Missing {
+        path: ctx.at("code"),
+        what: "code",
+    })?;
     let prov = ctx.provenance(None)?;
-    marker_or_item(ctx, SectionKind::Conditions, "verificationStatus", code, prov, |code, provenance| {
-        let significance = r
-            .get("extension")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .find(|e| e.get("url").and_then(Value::as_str) == Some(fhir::EXT_SIGNIFICANCE))
-            .and_then(|e| e.get("valueCode"))
-            .and_then(Value::as_str)
-            .and_then(|s| match s {
-                "major" => Some(Significance::Major),
-                "minor" => Some(Significance::Minor),
-                _ => None,
-            });
-        Ok(AnyItem::Condition(Condition {
-            concept: code,
-            clinical_status: status_code(r, "clinicalStatus"),
-            verification_status: status_code(r, "verificationStatus"),
-            onset: opt_date(r, "onsetDateTime", ctx.path)?,
-            recorded: opt_date(r, "recordedDate", ctx.path)?,
-            significance,
-            provenance,
-        }))
-    })
+    marker_or_item(
+        ctx,
+        SectionKind::Conditions,
+        "verificationStatus",
+        code,
+        prov,
+        |code, provenance| {
+            let significance = r
+                .get("extension")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .find(|e| e.get("url").and_then(Value::as_str) == Some(fhir::EXT_SIGNIFICANCE))
+                .and_then(|e| e.get("valueCode"))
+                .and_then(Value::as_str)
+                .and_then(|s| match s {
+                    "major" => Some(Significance::Major),
+                    "minor" => Some(Significance::Minor),
+                    _ => None,
+                });
+            Ok(AnyItem::Condition(Condition {
+                concept: code,
+                clinical_status: status_code(r, "clinicalStatus"),
+                verification_status: status_code(r, "verificationStatus"),
+                onset: opt_date(r, "onsetDateTime", ctx.path)?,
+                recorded: opt_date(r, "recordedDate", ctx.path)?,
+                significance,
+                provenance,
+            }))
+        },
+    )
 }
 
 fn is_adr_consent(r: &Value) -> bool {
     r.get("scope")
         .and_then(|s| s.get("coding"))
         .and_then(Value::as_array)
-        .is_some_and(|a| a.iter().any(|c| c.get("code").and_then(Value::as_str) == Some("adr")))
+        .is_some_and(|a| {
+            a.iter()
+                .any(|c| c.get("code").and_then(Value::as_str) == Some("adr"))
+        })
 }
 
 fn map_consent(ctx: &ItemCtx<'_>) -> Result<Update> {
     let r = ctx.r;
     let prov = ctx.provenance(Some("organization"))?;
     if opt_str(r, "status", ctx.path)? == Some("entered-in-error") {
-        return Ok(Update::Remove { section: SectionKind::Resuscitation, provenance: prov });
+        return Ok(Update::Remove {
+            section: SectionKind::Resuscitation,
+            provenance: prov,
+        });
     }
     let provision = r.get("provision");
     let decision = provision
@@ -718,13 +955,20 @@ fn map_consent(ctx: &ItemCtx<'_>) -> Result<Update> {
         .and_then(|c| c.get(0))
         .map(|c| concept(c, &ctx.at("provision.code[0]")))
         .transpose()?
-        .ok_or(IngestError::Missing { path: ctx.at("provision.code"), what: "the resuscitation decision" })?;
+        .ok_or(IngestError::Missing {
+            path: ctx.at("provision.code"),
+            what: "the resuscitation decision",
+        })?;
     let review = match provision.and_then(|p| p.get("period")) {
         Some(p) => opt_date(p, "end", &ctx.at("provision.period"))?,
         None => None,
     };
-    let decision_maker =
-        r.get("performer").and_then(|p| p.get(0)).and_then(|p| p.get("display")).and_then(Value::as_str).map(str::to_owned);
+    let decision_maker = r
+        .get("performer")
+        .and_then(|p| p.get(0))
+        .and_then(|p| p.get("display"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     Ok(Update::Item(AnyItem::Resuscitation(Resuscitation {
         decision,
         status: opt_str(r, "status", ctx.path)?.map(str::to_owned),
@@ -739,10 +983,15 @@ fn map_docref(ctx: &ItemCtx<'_>) -> Result<Update> {
     let r = ctx.r;
     let prov = ctx.provenance(Some("custodian"))?;
     if opt_str(r, "status", ctx.path)? == Some("entered-in-error") {
-        return Ok(Update::Remove { section: SectionKind::CarePlans, provenance: prov });
+        return Ok(Update::Remove {
+            section: SectionKind::CarePlans,
+            provenance: prov,
+        });
     }
-    let plan_type =
-        opt_concept(r, "type", ctx.path)?.ok_or(IngestError::Missing { path: ctx.at("type"), what: "type" })?;
+    let plan_type = opt_concept(r, "type", ctx.path)?.ok_or(IngestError::Missing {
+        path: ctx.at("type"),
+        what: "type",
+    })?;
     let custodian = match r.get("custodian") {
         Some(w) => who_ods(w, &ctx.at("custodian"), ctx.orgs)?,
         None => None,
@@ -769,15 +1018,24 @@ fn map_flag(ctx: &ItemCtx<'_>) -> Result<Update> {
     let r = ctx.r;
     let prov = ctx.provenance(Some("author"))?;
     if opt_str(r, "status", ctx.path)? == Some("entered-in-error") {
-        return Ok(Update::Remove { section: SectionKind::Alerts, provenance: prov });
+        return Ok(Update::Remove {
+            section: SectionKind::Alerts,
+            provenance: prov,
+        });
     }
-    let flag = opt_concept(r, "code", ctx.path)?.ok_or(IngestError::Missing { path: ctx.at("code"), what: "code" })?;
+    let flag = opt_concept(r, "code", ctx.path)?.ok_or(IngestError::Missing {
+        path: ctx.at("code"),
+        what: "code",
+    })?;
     let category = match r.get("category").and_then(|c| c.get(0)) {
         Some(c) => Some(concept(c, &ctx.at("category[0]"))?),
         None => None,
     };
     let (start, end) = match r.get("period") {
-        Some(p) => (opt_date(p, "start", &ctx.at("period"))?, opt_date(p, "end", &ctx.at("period"))?),
+        Some(p) => (
+            opt_date(p, "start", &ctx.at("period"))?,
+            opt_date(p, "end", &ctx.at("period"))?,
+        ),
         None => (None, None),
     };
     Ok(Update::Item(AnyItem::Alert(Alert {
@@ -793,11 +1051,25 @@ fn map_flag(ctx: &ItemCtx<'_>) -> Result<Update> {
 /// Section empty reasons from a document's Composition.
 fn map_composition(r: &Value, path: &str) -> Result<Vec<(SectionKind, Marker)>> {
     let mut out = Vec::new();
-    for (i, s) in r.get("section").and_then(Value::as_array).into_iter().flatten().enumerate() {
-        let Some(code) = s.get("code").and_then(|c| c.get("coding")).and_then(|c| c.get(0)).and_then(|c| c.get("code")).and_then(Value::as_str) else {
+    for (i, s) in r
+        .get("section")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let Some(code) = s
+            .get("code")
+            .and_then(|c| c.get("coding"))
+            .and_then(|c| c.get(0))
+            .and_then(|c| c.get("code"))
+            .and_then(Value::as_str)
+        else {
             continue;
         };
-        let Some(kind) = SectionKind::from_loinc(code) else { continue };
+        let Some(kind) = SectionKind::from_loinc(code) else {
+            continue;
+        };
         let Some(reason) = s
             .get("emptyReason")
             .and_then(|c| c.get("coding"))
@@ -818,7 +1090,14 @@ fn map_composition(r: &Value, path: &str) -> Result<Vec<(SectionKind, Marker)>> 
                 ))
             }
         };
-        out.push((kind, Marker { status, concept: None, provenance: None }));
+        out.push((
+            kind,
+            Marker {
+                status,
+                concept: None,
+                provenance: None,
+            },
+        ));
     }
     Ok(out)
 }

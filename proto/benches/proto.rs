@@ -1,2 +1,0 @@
-//! Benchmarks for edge-proto (filled in by the foundation issue).
-fn main() {}
