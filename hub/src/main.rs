@@ -135,8 +135,11 @@ fn run_synth(
             .into_inner()
             .map_err(|e| e.into_error())
             .with_context(|| format!("cannot write {}", out.display()))?;
-        file.sync_all()
-            .with_context(|| format!("cannot write {}", out.display()))?;
+        // Only a regular file can be made durable; /dev/null and pipes refuse fsync.
+        if file.metadata().map(|m| m.is_file()).unwrap_or(false) {
+            file.sync_all()
+                .with_context(|| format!("cannot write {}", out.display()))?;
+        }
         stats
     };
     let secs = started.elapsed().as_secs_f64();
