@@ -1,14 +1,17 @@
 //! `edge-hub`: the upstream hub of the Kerbside edge cache.
 //!
-//! The hub ingests FHIR R4 feeds from London's regional exchanges, assembles and signs each
-//! patient's critical summary, keeps a change feed per cohort, serves units over QUIC with
-//! mutual TLS (the sync server), stores the audit trail units upload, keeps the fleet registry,
-//! and answers the admin API. It is a thin driver around the sans-IO state machines in
-//! `edge-proto`; only this crate and `edge-daemon` know tokio, quinn and sled.
+//! The hub ingests FHIR R4 feeds from London's regional exchanges, assembles each patient's
+//! critical summary, keeps the change feed, serves units over QUIC with mutual TLS (the sync
+//! server), keeps what it knows of each unit, and answers the admin API. It is a thin driver
+//! around the sans-IO state machines in `edge-proto`; only this crate and `edge-daemon` know
+//! tokio, quinn and sled.
 //!
-//! Modules present in this build:
-//!
-//! * [`synth`] — deterministic synthetic Londoners as FHIR R4 NDJSON (`edge-hub synth`), for
-//!   demos, tests and benchmarks.
+//! * [`store`] — sled storage: summaries, change feed, devices; implements `HubFeed`.
+//! * [`server`] — the QUIC sync server: one `HubSession` per unit connection, live push.
+//! * [`admin`] — the admin HTTP API.
+//! * [`synth`] — deterministic synthetic Londoners as FHIR R4 NDJSON (`edge-hub synth`).
 
+pub mod admin;
+pub mod server;
+pub mod store;
 pub mod synth;

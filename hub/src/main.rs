@@ -78,14 +78,173 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Ingest { .. } => not_yet("ingest"),
-        Command::Serve { .. } => not_yet("serve"),
+        Command::Ingest { config, files } => match run_ingest(&config, &files) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(3),
+            Err(e) => {
+                eprintln!("edge-hub ingest: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Serve { config } => {
+            init_logs();
+            match run_serve(&config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("edge-hub serve: error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 
-fn not_yet(what: &str) -> ExitCode {
-    eprintln!("edge-hub {what}: not yet available in this build");
-    ExitCode::from(2)
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .init();
+}
+
+fn load_config(path: &std::path::Path) -> anyhow::Result<edge_provision::HubConfig> {
+    let cfg = edge_provision::HubConfig::load(path)?;
+    cfg.check_files()?;
+    Ok(cfg)
+}
+
+/// Offline ingest: returns Ok(false) when some bundles were rejected (exit 3).
+fn run_ingest(config: &std::path::Path, files: &[PathBuf]) -> anyhow::Result<bool> {
+    let cfg = load_config(config)?;
+    let store = edge_hub::store::HubStore::open(&cfg.data_dir).with_context(|| {
+        format!(
+            "cannot open the hub store in {} (a running hub holds it: use POST /admin/ingest instead)",
+            cfg.data_dir.display()
+        )
+    })?;
+    let started = Instant::now();
+    let mut accepted = 0;
+    let mut rejected = 0;
+    for file in files {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        let lines = edge_hub::admin::bundles(&text);
+        let total = lines.len() as u64;
+        let name = file.display().to_string();
+        let mut last = Instant::now();
+        let report = store.ingest(lines, edge_hub::server::now(), 2, &mut |seen, ok| {
+            if last.elapsed().as_millis() >= 500 || seen == total {
+                last = Instant::now();
+                eprintln!(
+                    "edge-hub ingest: {name}: {seen} / {total} bundles ({}%), {ok} accepted",
+                    seen * 100 / total.max(1)
+                );
+            }
+        })?;
+        for r in &report.rejected {
+            eprintln!(
+                "edge-hub ingest: {name}: line {}: rejected: {}",
+                r.line, r.error
+            );
+        }
+        accepted += report.accepted;
+        rejected += report.rejected.len() as u64;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!("{{\"accepted\": {accepted}, \"rejected\": {rejected}, \"seconds\": {secs:.2}}}");
+    eprintln!(
+        "edge-hub ingest: {accepted} bundles accepted, {rejected} rejected in {secs:.1} s ({:.0}/s); {} patients held",
+        accepted as f64 / secs.max(1e-9),
+        store.patient_count()?
+    );
+    Ok(rejected == 0)
+}
+
+fn run_serve(config: &std::path::Path) -> anyhow::Result<()> {
+    edge_provision::tls::install_default_provider();
+    let cfg = load_config(config)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let mut hub = edge_hub::server::Hub::open(cfg)?;
+        let endpoint = edge_hub::server::sync_endpoint(&mut hub)?;
+        let admin_addr = hub
+            .config
+            .admin
+            .socket_addr()
+            .context("the admin address must be an IP:PORT")?;
+        anyhow::ensure!(
+            admin_addr.ip().is_loopback(),
+            "the admin API is plain HTTP and may only listen on a loopback address ({admin_addr} is not); put it behind the operator VPN's TLS proxy or use 127.0.0.1"
+        );
+        let retention_ms = i64::try_from(hub.config.sync.withdrawal_retention_s)
+            .unwrap_or(i64::MAX / 2000)
+            .saturating_mul(1000);
+        let hub = std::sync::Arc::new(hub);
+        let listener = tokio::net::TcpListener::bind(admin_addr)
+            .await
+            .with_context(|| format!("cannot listen for the admin API on {admin_addr}"))?;
+        tracing::info!(
+            sync = %endpoint.local_addr()?,
+            admin = %admin_addr,
+            patients = hub.store.patient_count()?,
+            head = hub.store.head()?,
+            "edge-hub serving"
+        );
+        // CRL reload and feed compaction, periodically.
+        {
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                let every = hub.config.tls.crl_reload_s.clamp(1, 3600);
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(every));
+                loop {
+                    tick.tick().await;
+                    if let Some(r) = &hub.reloader {
+                        match r.reload() {
+                            Ok(s) => tracing::debug!(revoked = s.revoked_serials, "CRL reloaded"),
+                            Err(e) => tracing::warn!(error = %e, "cannot reload the CRL; keeping the previous one"),
+                        }
+                    }
+                    let store = hub.store.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        store.compact(edge_hub::server::now(), retention_ms)
+                    })
+                    .await;
+                }
+            });
+        }
+        tokio::spawn(edge_hub::server::serve_sync(hub.clone(), endpoint.clone()));
+        let app = edge_hub::admin::router(hub.clone());
+        let shutdown = async {
+            let ctrl_c = tokio::signal::ctrl_c();
+            #[cfg(unix)]
+            {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .ok();
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {},
+                }
+            }
+            #[cfg(not(unix))]
+            {
+                let _ = ctrl_c.await;
+            }
+        };
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("admin API")?;
+        tracing::info!("edge-hub stopping: closing unit connections");
+        endpoint.close(0u32.into(), b"hub shutting down");
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
+        hub.store.flush()?;
+        Ok(())
+    })
 }
 
 fn run_synth(

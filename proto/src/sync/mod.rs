@@ -13,6 +13,7 @@
 //! - [`unit`]: [`UnitSession`], the unit's end; [`store`]: applying its output atomically.
 
 pub mod cohort;
+pub mod compress;
 pub mod feed;
 pub mod frame;
 pub mod hub;
@@ -23,6 +24,7 @@ pub mod unit;
 pub mod wire;
 
 pub use cohort::{in_cohort, CohortFilter, RecordMeta};
+pub use compress::{DeflateFramer, InflateDeframer};
 pub use feed::{CurrentMeta, CurrentRecord, FeedBody, FeedEntry, FeedError, HubFeed};
 pub use frame::{encode_frame, FrameDecoder, FrameError, MAX_FRAME_BYTES};
 pub use hub::{HubConfig, HubError, HubSession, SessionProgress, UnitProfile};

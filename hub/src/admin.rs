@@ -1,0 +1,194 @@
+//! The hub's admin HTTP API (JSON), on the `admin` address of `hub.toml`.
+//!
+//! Plain HTTP is served only on a loopback address; elsewhere the hub refuses to start the
+//! admin API until HTTPS with operator certificates is configured (see docs/hub.md).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use edge_proto::ids::{CohortSpec, DeviceId};
+use edge_proto::nhs::NhsNumber;
+use edge_proto::sync::WithdrawReason;
+use serde::Deserialize;
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::server::{device_rows, now, Hub};
+use crate::store::StoreError;
+
+/// The most an ingest request may carry.
+pub const MAX_INGEST_BYTES: usize = 512 * 1024 * 1024;
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(json!({"error": code, "message": message.into()})),
+    )
+        .into_response()
+}
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    warn!(error = %e, "admin request failed");
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "the hub could not complete the request; see its log",
+    )
+}
+
+/// The admin router.
+pub fn router(hub: Arc<Hub>) -> Router {
+    Router::new()
+        .route("/admin/ingest", post(ingest))
+        .route("/admin/devices", get(devices))
+        .route("/admin/objection", post(objection))
+        .route("/admin/cohort", post(cohort))
+        .route("/healthz", get(|| async { "ok" }))
+        .layer(DefaultBodyLimit::max(MAX_INGEST_BYTES))
+        .with_state(hub)
+}
+
+/// Split a request body or file into bundles: NDJSON (one bundle per line) or one JSON bundle
+/// spread over many lines. Returns (line number, text).
+pub fn bundles(text: &str) -> Vec<(u64, &str)> {
+    let first = text.lines().find(|l| !l.trim().is_empty());
+    let ndjson = first.is_some_and(|l| serde_json::from_str::<serde::de::IgnoredAny>(l).is_ok());
+    if ndjson || first.is_none() {
+        text.lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| (i as u64 + 1, l))
+            .collect()
+    } else {
+        vec![(1, text)]
+    }
+}
+
+async fn ingest(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
+    let text = match std::str::from_utf8(&body) {
+        Ok(t) => t.to_owned(),
+        Err(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "not_utf8",
+                "the body must be FHIR R4 JSON or NDJSON (UTF-8)",
+            )
+        }
+    };
+    let store = hub.store.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        let lines = bundles(&text);
+        store.ingest(lines, now(), 2, &mut |_, _| {})
+    })
+    .await;
+    match r {
+        Ok(Ok(report)) => {
+            info!(
+                accepted = report.accepted,
+                rejected = report.rejected.len(),
+                changed = report.changed,
+                "ingest over the admin API"
+            );
+            hub.notify_head();
+            Json(json!({"accepted": report.accepted, "rejected": report.rejected, "changed": report.changed, "head": report.head}))
+                .into_response()
+        }
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
+    }
+}
+
+async fn devices(State(hub): State<Arc<Hub>>) -> Response {
+    match device_rows(&hub) {
+        Ok(rows) => Json(rows).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct ObjectionReq {
+    nhs_number: String,
+}
+
+async fn objection(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
+    let req: ObjectionReq = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("expected {{\"nhs_number\": \"…\"}}: {e}"),
+            )
+        }
+    };
+    let nhs = match NhsNumber::parse(&req.nhs_number) {
+        Ok(n) => n,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_nhs_number", e.to_string()),
+    };
+    let store = hub.store.clone();
+    let r =
+        tokio::task::spawn_blocking(move || store.withdraw(&nhs, WithdrawReason::Objection, now()))
+            .await;
+    match r {
+        Ok(Ok(seq)) => {
+            info!("objection recorded: summary withdrawn from every unit");
+            hub.notify_head();
+            Json(json!({"withdrawn": true, "seq": seq, "already": seq.is_none()})).into_response()
+        }
+        Ok(Err(StoreError::UnknownPatient)) => error(
+            StatusCode::NOT_FOUND,
+            "unknown_patient",
+            "the hub holds no summary for that NHS number",
+        ),
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct CohortReq {
+    device_id: String,
+    cohort: Vec<String>,
+}
+
+async fn cohort(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
+    let req: CohortReq = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!(
+                    "expected {{\"device_id\": \"…\", \"cohort\": [\"postcode:SE1\", …]}}: {e}"
+                ),
+            )
+        }
+    };
+    let id = match DeviceId::parse(&req.device_id) {
+        Ok(i) => i,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_device_id", e.to_string()),
+    };
+    let mut specs = Vec::new();
+    for s in &req.cohort {
+        match CohortSpec::parse(s) {
+            Ok(c) => specs.push(c),
+            Err(e) => return error(StatusCode::BAD_REQUEST, "bad_cohort", format!("{s:?}: {e}")),
+        }
+    }
+    if specs.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_cohort",
+            "a cohort needs at least one spec (all, postcode:…, practice:…, flagged)",
+        );
+    }
+    match hub.set_cohort(&id, specs) {
+        Ok(()) => Json(json!({"device_id": id.as_str(), "cohort": req.cohort})).into_response(),
+        Err(e) => internal(e),
+    }
+}

@@ -1,0 +1,500 @@
+//! `edge-hub serve`: the QUIC sync server (mutual TLS against the fleet CA and its CRL) and
+//! the admin HTTP API, around one [`HubStore`].
+//!
+//! Each unit connection gets a task owning one sans-IO [`HubSession`]. The unit opens its
+//! streams (pull first, fetch when a tablet asks for a patient outside the cache); frames from
+//! the unit are plain, frames to the unit on the pull stream are deflate-compressed
+//! ([`DeflateFramer`]), fetch answers are plain. Each stream has its own writer task, so a bulk
+//! catch-up never delays a fetch answer. When the feed grows (ingest, objection) a `watch`
+//! channel wakes every session, which pushes what concerns its unit (live push).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use edge_proto::ids::{CohortSpec, DeviceId, UnitRole};
+use edge_proto::sync::frame::FrameDecoder;
+use edge_proto::sync::{
+    encode_frame, DeflateFramer, HubConfig as SessionConfig, HubSession, RefusalCode,
+    SessionProgress, StreamKind, ToHub, ToUnit, UnitProfile,
+};
+use edge_proto::time::UnixMillis;
+use edge_provision::config::HubConfig;
+use edge_provision::inventory::Inventory;
+use edge_provision::tls::{self, CrlReloader};
+use quinn::crypto::rustls::QuicServerConfig;
+use ring::signature::Ed25519KeyPair;
+use rustls_pki_types::CertificateDer;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::store::HubStore;
+
+/// The wall clock, as the protocol's time type.
+pub fn now() -> UnixMillis {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    UnixMillis(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A connected unit, as the admin API sees it.
+#[derive(Debug)]
+pub struct Connected {
+    pub since: UnixMillis,
+    pub progress: SessionProgress,
+    pub cohort_tx: mpsc::UnboundedSender<Vec<CohortSpec>>,
+    pub connection: u64,
+}
+
+/// Everything the serving tasks share.
+pub struct Hub {
+    pub config: HubConfig,
+    pub store: Arc<HubStore>,
+    pub head_tx: watch::Sender<u64>,
+    pub key: Arc<Ed25519KeyPair>,
+    pub session_config: SessionConfig,
+    pub connected: Mutex<HashMap<DeviceId, Connected>>,
+    pub reloader: Option<CrlReloader>,
+    next_connection: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("name", &self.config.name)
+            .finish()
+    }
+}
+
+impl Hub {
+    /// Open the hub's store and keys from its config.
+    pub fn open(config: HubConfig) -> anyhow::Result<Hub> {
+        let store = HubStore::open(&config.data_dir).with_context(|| {
+            format!(
+                "cannot open the hub store in {} (is another edge-hub using it?)",
+                config.data_dir.display()
+            )
+        })?;
+        let key = edge_provision::keys::load_ed25519_signing(&config.keys.record_signing)
+            .with_context(|| "cannot load the record-signing key".to_string())?;
+        let head = store.head()?;
+        let (head_tx, _) = watch::channel(head);
+        let session_config = SessionConfig {
+            window_batches: 4,
+            batch_records_max: usize::try_from(config.sync.batch_records_max)
+                .unwrap_or(512)
+                .clamp(1, 4096),
+            ..SessionConfig::default()
+        };
+        Ok(Hub {
+            config,
+            store: Arc::new(store),
+            head_tx,
+            key: Arc::new(key),
+            session_config,
+            connected: Mutex::new(HashMap::new()),
+            reloader: None,
+            next_connection: std::sync::atomic::AtomicU64::new(1),
+        })
+    }
+
+    fn connected(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, Connected>> {
+        self.connected.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Tell every session the feed has grown.
+    pub fn notify_head(&self) {
+        if let Ok(h) = self.store.head() {
+            self.head_tx.send_replace(h);
+        }
+    }
+
+    /// The fleet inventory (enrolled units), when the hub has one.
+    pub fn inventory(&self) -> Option<Inventory> {
+        let path = self.config.inventory.as_ref()?;
+        match Inventory::load(path) {
+            Ok(i) => Some(i),
+            Err(e) => {
+                warn!(error = %e, "cannot read the fleet inventory");
+                None
+            }
+        }
+    }
+
+    /// Change a unit's cohort at the hub (operator). A connected unit is re-baselined at once,
+    /// moving only the difference.
+    pub fn set_cohort(&self, id: &DeviceId, cohort: Vec<CohortSpec>) -> anyhow::Result<()> {
+        let text: Vec<String> = cohort.iter().map(ToString::to_string).collect();
+        self.store
+            .update_device(id, |d| d.cohort_override = Some(text))?;
+        if let Some(c) = self.connected().get(id) {
+            let _ = c.cohort_tx.send(cohort);
+        }
+        Ok(())
+    }
+}
+
+/// Run the sync server until the endpoint is closed.
+pub async fn serve_sync(hub: Arc<Hub>, endpoint: quinn::Endpoint) {
+    while let Some(incoming) = endpoint.accept().await {
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match incoming.await {
+                Ok(conn) => {
+                    if let Err(e) = handle_connection(hub, conn).await {
+                        debug!(%remote, error = %e, "unit connection ended");
+                    }
+                }
+                Err(e) => {
+                    let why = match &e {
+                        quinn::ConnectionError::ConnectionClosed(c) => {
+                            tls::explain_quic_close(u64::from(c.error_code))
+                                .unwrap_or("handshake failed")
+                                .to_owned()
+                        }
+                        other => other.to_string(),
+                    };
+                    warn!(%remote, error = %e, why = %why, "refused a unit's connection");
+                }
+            }
+        });
+    }
+}
+
+/// Build the QUIC endpoint for the sync server.
+pub fn sync_endpoint(hub: &mut Hub) -> anyhow::Result<quinn::Endpoint> {
+    let (tls_cfg, reloader) =
+        tls::hub_server_config(&hub.config).context("cannot build the hub's TLS config")?;
+    hub.reloader = Some(reloader);
+    let quic = QuicServerConfig::try_from(tls_cfg).context("QUIC server config")?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(Duration::from_secs(30)).context("idle timeout")?,
+        ))
+        .keep_alive_interval(Some(Duration::from_secs(15)))
+        .max_concurrent_bidi_streams(8u32.into())
+        .max_concurrent_uni_streams(8u32.into());
+    server.transport_config(Arc::new(transport));
+    let addr: SocketAddr = hub
+        .config
+        .listen
+        .socket_addr()
+        .context("the hub's listen address must be an IP:PORT")?;
+    quinn::Endpoint::server(server, addr)
+        .with_context(|| format!("cannot listen for units on {addr} (UDP)"))
+}
+
+enum Input {
+    Msg(ToHub, StreamKind, mpsc::UnboundedSender<ToUnit>),
+    StreamError(String),
+}
+
+async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Result<()> {
+    let certs = conn
+        .peer_identity()
+        .and_then(|a| a.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .context("a verified unit has certificates")?;
+    let cert = certs.first().context("no certificate")?;
+    let ident = tls::peer_identity(cert.as_ref()).context("certificate identity")?;
+    let device = ident.device_id.clone();
+    let t = now();
+
+    // Known to the fleet and not revoked (the CRL already refused revoked certificates at the
+    // handshake; the inventory catches a unit the hub was never told about).
+    let refusal = match hub.inventory() {
+        Some(inv) => match inv.unit(&device) {
+            None => Some((RefusalCode::UnknownUnit, "this hub does not know the unit")),
+            Some(u) if u.revoked() => Some((RefusalCode::UnknownUnit, "the unit is revoked")),
+            Some(_) => None,
+        },
+        None => None,
+    };
+    let cohort = match hub.store.cohort_override(&device)? {
+        Some(c) => c,
+        None if ident.cohorts.is_empty() => vec![CohortSpec::All],
+        None => ident.cohorts.clone(),
+    };
+    hub.store.update_device(&device, |d| {
+        d.last_seen = Some(t);
+        if let Some((_, why)) = refusal {
+            d.last_refusal = Some(format!("{t}: {why}"));
+        }
+    })?;
+
+    let (in_tx, mut in_rx) = mpsc::unbounded_channel::<Input>();
+    // Accept the unit's streams; each reader tags its messages with the stream's kind.
+    {
+        let conn = conn.clone();
+        let in_tx = in_tx.clone();
+        tokio::spawn(async move {
+            while let Ok((send, recv)) = conn.accept_bi().await {
+                tokio::spawn(stream_reader(send, recv, in_tx.clone()));
+            }
+        });
+    }
+
+    if let Some((code, why)) = refusal {
+        warn!(device = %device, why, "refused a unit");
+        // Answer its hello with the refusal, then close.
+        if let Some(Input::Msg(_, _, out)) =
+            tokio::time::timeout(Duration::from_secs(5), in_rx.recv())
+                .await
+                .ok()
+                .flatten()
+        {
+            let _ = out.send(ToUnit::refused(code, why));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        conn.close(2u32.into(), why.as_bytes());
+        return Ok(());
+    }
+
+    let connection = hub
+        .next_connection
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (cohort_tx, mut cohort_rx) = mpsc::unbounded_channel();
+    hub.connected().insert(
+        device.clone(),
+        Connected {
+            since: t,
+            progress: SessionProgress::default(),
+            cohort_tx,
+            connection,
+        },
+    );
+    info!(device = %device, role = %ident.role, "unit connected");
+    let mut session = HubSession::new(
+        UnitProfile {
+            device_id: device.clone(),
+            cohort,
+        },
+        hub.key.clone(),
+        hub.session_config.clone(),
+    );
+    let mut head_rx = hub.head_tx.subscribe();
+    let mut pull: Option<mpsc::UnboundedSender<ToUnit>> = None;
+    let mut fetch: Option<mpsc::UnboundedSender<ToUnit>> = None;
+    let mut saved_cursor = None;
+    let result: anyhow::Result<()> = loop {
+        let step = tokio::select! {
+            input = in_rx.recv() => match input {
+                Some(Input::Msg(msg, kind, out)) => {
+                    match kind {
+                        StreamKind::Pull => pull = Some(out),
+                        StreamKind::Fetch => fetch = Some(out),
+                    }
+                    let store = hub.store.clone();
+                    session.handle_message(now(), msg, &*store)
+                }
+                Some(Input::StreamError(e)) => break Err(anyhow::anyhow!("stream: {e}")),
+                None => break Ok(()),
+            },
+            changed = head_rx.changed() => {
+                if changed.is_err() { break Ok(()); }
+                session.notify_new_changes(now(), &*hub.store)
+            }
+            Some(c) = cohort_rx.recv() => {
+                info!(device = %device, "cohort changed by the operator: re-baselining the unit");
+                session.set_cohort(now(), &c, &*hub.store)
+            }
+            _ = conn.closed() => break Ok(()),
+        };
+        // Send whatever the session produced, each on its stream.
+        while let Some(msg) = session.poll_transmit() {
+            let out = match msg.stream() {
+                StreamKind::Pull => pull.as_ref(),
+                StreamKind::Fetch => fetch.as_ref(),
+            };
+            if let Some(out) = out {
+                let _ = out.send(msg);
+            }
+        }
+        let progress = session.progress().clone();
+        if progress.acked_cursor != saved_cursor {
+            saved_cursor = progress.acked_cursor;
+            let sent = progress.records_sent;
+            let _ = hub.store.update_device(&device, |d| {
+                d.cursor = saved_cursor;
+                d.last_seen = Some(now());
+                d.records_sent = d.records_sent.max(sent);
+            });
+        }
+        if let Some(c) = hub.connected().get_mut(&device) {
+            if c.connection == connection {
+                c.progress = progress;
+            }
+        }
+        if let Err(e) = step {
+            warn!(device = %device, error = %e, "sync session with the unit failed");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            break Err(e.into());
+        }
+        if session.is_closed() {
+            break Ok(());
+        }
+    };
+    {
+        let mut map = hub.connected();
+        if map.get(&device).is_some_and(|c| c.connection == connection) {
+            map.remove(&device);
+        }
+    }
+    let _ = hub
+        .store
+        .update_device(&device, |d| d.last_seen = Some(now()));
+    info!(device = %device, "unit disconnected");
+    conn.close(0u32.into(), b"bye");
+    result
+}
+
+/// Read frames from one of the unit's streams; start a writer for the stream's other half
+/// once its kind is known (from its first message).
+async fn stream_reader(
+    send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    in_tx: mpsc::UnboundedSender<Input>,
+) {
+    let mut decoder = FrameDecoder::new();
+    let mut send = Some(send);
+    let mut out: Option<mpsc::UnboundedSender<ToUnit>> = None;
+    let mut kind = None;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match recv.read(&mut buf).await {
+            Ok(Some(n)) => n,
+            Ok(None) => return,
+            Err(e) => {
+                let _ = in_tx.send(Input::StreamError(e.to_string()));
+                return;
+            }
+        };
+        if let Err(e) = decoder.push(&buf[..n]) {
+            let _ = in_tx.send(Input::StreamError(e.to_string()));
+            return;
+        }
+        loop {
+            match decoder.next_message::<ToHub>() {
+                Ok(Some(msg)) => {
+                    let k = msg.stream();
+                    if kind.is_some_and(|known| known != k) {
+                        let _ = in_tx.send(Input::StreamError(
+                            "a message on the wrong stream".to_owned(),
+                        ));
+                        return;
+                    }
+                    kind = Some(k);
+                    if out.is_none() {
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        if let Some(s) = send.take() {
+                            tokio::spawn(stream_writer(s, rx, k == StreamKind::Pull));
+                        }
+                        out = Some(tx);
+                    }
+                    if let Some(o) = &out {
+                        if in_tx.send(Input::Msg(msg, k, o.clone())).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = in_tx.send(Input::StreamError(e.to_string()));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn stream_writer(
+    mut send: quinn::SendStream,
+    mut rx: mpsc::UnboundedReceiver<ToUnit>,
+    compressed: bool,
+) {
+    let mut framer = DeflateFramer::new();
+    while let Some(msg) = rx.recv().await {
+        let bytes = if compressed {
+            framer.encode(&msg)
+        } else {
+            encode_frame(&msg)
+        };
+        let bytes = match bytes {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(error = %e, "cannot encode a message for a unit");
+                return;
+            }
+        };
+        if send.write_all(&bytes).await.is_err() {
+            return;
+        }
+    }
+    let _ = send.finish();
+}
+
+/// `GET /admin/devices` rows.
+pub fn device_rows(hub: &Hub) -> anyhow::Result<Vec<serde_json::Value>> {
+    let head = hub.store.head()?;
+    let mut rows: HashMap<String, serde_json::Value> = HashMap::new();
+    let known: HashMap<String, crate::store::DeviceDisk> =
+        hub.store.devices()?.into_iter().collect();
+    let connected = hub.connected();
+    let mut push = |id: &str, role: Option<UnitRole>, revoked: bool| {
+        let d = known.get(id).cloned().unwrap_or_default();
+        let live = DeviceId::parse(id)
+            .ok()
+            .and_then(|dev| connected.get(&dev).map(|c| c.progress.clone()));
+        let cursor = live.as_ref().and_then(|p| p.acked_cursor).or(d.cursor);
+        rows.insert(
+            id.to_owned(),
+            serde_json::json!({
+                "device_id": id,
+                "role": role.map(|r| r.to_string()),
+                "last_seen": d.last_seen.map(|t| t.to_rfc3339()),
+                "cursor": cursor,
+                "head": head,
+                "audit_received_seq": d.audit_received_seq,
+                "revoked": revoked,
+                "connected": live.is_some(),
+                "live": live.as_ref().is_some_and(|p| p.live),
+                "records_sent": live.as_ref().map_or(d.records_sent, |p| p.records_sent.max(d.records_sent)),
+                "cohort_override": d.cohort_override,
+                "last_refusal": d.last_refusal,
+            }),
+        );
+    };
+    if let Some(inv) = hub.inventory() {
+        for u in &inv.units {
+            push(u.device_id.as_str(), Some(u.role), u.revoked());
+        }
+    }
+    let listed: std::collections::HashSet<String> = hub
+        .inventory()
+        .map(|inv| {
+            inv.units
+                .iter()
+                .map(|u| u.device_id.as_str().to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    for id in known.keys() {
+        if !listed.contains(id) {
+            push(id, None, false);
+        }
+    }
+    let mut out: Vec<serde_json::Value> = rows.into_values().collect();
+    out.sort_by(|a, b| a["device_id"].as_str().cmp(&b["device_id"].as_str()));
+    Ok(out)
+}
+
+/// Where the hub keeps its data.
+pub fn data_dir(cfg: &HubConfig) -> PathBuf {
+    cfg.data_dir.clone()
+}

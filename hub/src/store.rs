@@ -1,0 +1,626 @@
+//! The hub's storage: every patient's assembled summary, the change feed, and what the hub
+//! knows of each unit. One sled tree; keys are prefixed by kind so every write that belongs
+//! together (a summary, its feed entry, the new head) goes in one atomic `sled::Batch`.
+//!
+//! | prefix | key | value |
+//! | --- | --- | --- |
+//! | `f` | seq (u64 BE) | [`FeedDisk`]: a version or a withdrawal, with its routing facts |
+//! | `m` | NHS digits | [`CurDisk`]: the patient's current seq, version, routing facts, withdrawal |
+//! | `b` | NHS digits | the patient's current summary (CBOR) — also kept while withdrawn |
+//! | `d` | device id | [`DeviceDisk`]: last seen, cursor, cohort override, audit position |
+//! | `x` | `head` / `oldest` | feed positions (u64 BE) |
+//!
+//! The store implements [`HubFeed`] for the sans-IO sync sessions; [`MemFeed`] is the in-memory
+//! reference implementation of the same contract (edge_proto::sync::memfeed).
+//!
+//! [`MemFeed`]: edge_proto::sync::MemFeed
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use edge_proto::assemble;
+use edge_proto::cbor;
+use edge_proto::fhir::ingest::{parse_bundle_json, Contribution};
+use edge_proto::ids::{CohortSpec, DeviceId};
+use edge_proto::model::Summary;
+use edge_proto::nhs::NhsNumber;
+use edge_proto::sync::{
+    Bytes, CohortFilter, CurrentMeta, CurrentRecord, FeedBody, FeedEntry, FeedError, HubFeed,
+    RecordMeta, WithdrawReason,
+};
+use edge_proto::time::UnixMillis;
+use serde::{Deserialize, Serialize};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("hub store: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("hub store holds an undecodable value under {key}: {why}")]
+    Corrupt { key: String, why: String },
+    #[error("no patient with that NHS number at this hub")]
+    UnknownPatient,
+}
+
+impl From<StoreError> for FeedError {
+    fn from(e: StoreError) -> Self {
+        FeedError(Box::new(e))
+    }
+}
+
+/// One feed entry on disk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FeedDisk {
+    pub nhs: NhsNumber,
+    pub version: u64,
+    pub meta: RecordMeta,
+    pub previous: Option<RecordMeta>,
+    /// The record bytes of a version (absent for a withdrawal).
+    pub record: Option<Bytes>,
+    pub withdrawn: Option<WithdrawReason>,
+    /// When the entry was written (compaction keeps entries younger than the retention).
+    pub at: UnixMillis,
+}
+
+/// A patient's current state on disk (small: what a baseline scans).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CurDisk {
+    pub seq: u64,
+    pub version: u64,
+    pub meta: RecordMeta,
+    pub withdrawn: Option<WithdrawReason>,
+}
+
+/// What the hub remembers about a unit.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DeviceDisk {
+    #[serde(default)]
+    pub last_seen: Option<UnixMillis>,
+    /// The unit's durable cursor, as of its last acknowledgement.
+    #[serde(default)]
+    pub cursor: Option<u64>,
+    /// A cohort set at the hub by an operator, replacing the one in the unit's certificate.
+    #[serde(default)]
+    pub cohort_override: Option<Vec<String>>,
+    /// The highest audit sequence number stored from this unit.
+    #[serde(default)]
+    pub audit_received_seq: u64,
+    /// Records sent to it over all connections.
+    #[serde(default)]
+    pub records_sent: u64,
+    /// The last time its connection was refused, and why.
+    #[serde(default)]
+    pub last_refusal: Option<String>,
+}
+
+/// What an ingest did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IngestReport {
+    pub accepted: u64,
+    pub rejected: Vec<Rejected>,
+    /// Patients whose summary changed (a new version each).
+    #[serde(skip)]
+    pub changed: u64,
+    /// The feed head after the ingest.
+    #[serde(skip)]
+    pub head: u64,
+}
+
+/// A bundle that was not applied, with its line number (1-based) and the reason.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rejected {
+    pub line: u64,
+    pub error: String,
+}
+
+/// Bundles parsed and applied per atomic write.
+pub const INGEST_CHUNK: usize = 2_000;
+
+fn fkey(seq: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = b'f';
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn pkey(prefix: u8, nhs: &NhsNumber) -> [u8; 11] {
+    let mut k = [0u8; 11];
+    k[0] = prefix;
+    k[1..].copy_from_slice(nhs.as_digits().as_bytes());
+    k
+}
+
+fn dkey(id: &DeviceId) -> Vec<u8> {
+    let mut k = vec![b'd'];
+    k.extend_from_slice(id.as_str().as_bytes());
+    k
+}
+
+const HEAD: &[u8] = b"xhead";
+const OLDEST: &[u8] = b"xoldest";
+
+fn u64_of(v: Option<sled::IVec>) -> u64 {
+    v.and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, StoreError> {
+    cbor::from_slice(v).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(&key[..1]).into_owned(),
+        why: e.to_string(),
+    })
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    cbor::to_vec(v).map_err(|e| StoreError::Corrupt {
+        key: "(encode)".into(),
+        why: e.to_string(),
+    })
+}
+
+/// The hub's store.
+#[derive(Debug)]
+pub struct HubStore {
+    db: sled::Db,
+    tree: sled::Tree,
+    /// Serialises writers (sequence numbers are allocated under it).
+    write: Mutex<()>,
+}
+
+impl HubStore {
+    /// Open (or create) the store in `dir`. Fails clearly if another process holds it.
+    pub fn open(dir: &Path) -> Result<HubStore, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+        let db = sled::Config::new()
+            .path(dir.join("hub.sled"))
+            .cache_capacity(256 * 1024 * 1024)
+            .open()?;
+        let tree = db.open_tree("hub")?;
+        Ok(HubStore {
+            db,
+            tree,
+            write: Mutex::new(()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.write.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Make everything written so far durable.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn head(&self) -> Result<u64, StoreError> {
+        Ok(u64_of(self.tree.get(HEAD)?))
+    }
+
+    fn oldest(&self) -> Result<u64, StoreError> {
+        let o = u64_of(self.tree.get(OLDEST)?);
+        Ok(o.max(1))
+    }
+
+    /// Patients with a current, non-withdrawn summary.
+    pub fn patient_count(&self) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for kv in self.tree.scan_prefix(b"m") {
+            let (k, v) = kv?;
+            let c: CurDisk = decode(&k, &v)?;
+            if c.withdrawn.is_none() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    fn cur(&self, nhs: &NhsNumber) -> Result<Option<CurDisk>, StoreError> {
+        let k = pkey(b'm', nhs);
+        self.tree.get(k)?.map(|v| decode(&k, &v)).transpose()
+    }
+
+    /// The current summary of a patient (also while withdrawn), for the hub's own use.
+    pub fn summary(&self, nhs: &NhsNumber) -> Result<Option<Summary>, StoreError> {
+        let k = pkey(b'b', nhs);
+        match self.tree.get(k)? {
+            None => Ok(None),
+            Some(v) => cbor::decode_summary(&v)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt {
+                    key: "b".into(),
+                    why: e.to_string(),
+                }),
+        }
+    }
+
+    /// Ingest FHIR R4 bundles: `lines` are (line number, JSON text). Each bundle applies whole
+    /// or not at all; rejected ones are reported by line. Parsing runs on `threads` threads;
+    /// writes are atomic per chunk of [`INGEST_CHUNK`] bundles and durable on return.
+    pub fn ingest<'a, I>(
+        &self,
+        lines: I,
+        now: UnixMillis,
+        threads: usize,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<IngestReport, StoreError>
+    where
+        I: IntoIterator<Item = (u64, &'a str)>,
+    {
+        let mut report = IngestReport::default();
+        let mut chunk: Vec<(u64, &'a str)> = Vec::with_capacity(INGEST_CHUNK);
+        let mut seen = 0u64;
+        for item in lines {
+            chunk.push(item);
+            if chunk.len() == INGEST_CHUNK {
+                seen += chunk.len() as u64;
+                self.ingest_chunk(&chunk, now, threads, &mut report)?;
+                progress(seen, report.accepted);
+                chunk.clear();
+            }
+        }
+        if !chunk.is_empty() {
+            seen += chunk.len() as u64;
+            self.ingest_chunk(&chunk, now, threads, &mut report)?;
+            progress(seen, report.accepted);
+        }
+        self.flush()?;
+        report.head = self.head()?;
+        Ok(report)
+    }
+
+    fn ingest_chunk(
+        &self,
+        chunk: &[(u64, &str)],
+        now: UnixMillis,
+        threads: usize,
+        report: &mut IngestReport,
+    ) -> Result<(), StoreError> {
+        let parsed = parse_parallel(chunk, threads.max(1));
+        let _w = self.lock();
+        // Working copies of every patient this chunk touches.
+        let mut work: BTreeMap<NhsNumber, (Option<CurDisk>, Option<Summary>, bool)> =
+            BTreeMap::new();
+        for (line, r) in parsed {
+            let c = match r {
+                Ok(c) => c,
+                Err(e) => {
+                    report.rejected.push(Rejected { line, error: e });
+                    continue;
+                }
+            };
+            if !work.contains_key(&c.nhs_number) {
+                let cur = self.cur(&c.nhs_number)?;
+                let s = self.summary(&c.nhs_number)?;
+                work.insert(c.nhs_number, (cur, s, false));
+            }
+            let Some(slot) = work.get_mut(&c.nhs_number) else {
+                continue;
+            };
+            match &mut slot.1 {
+                None => {
+                    slot.1 = Some(assemble::from_contribution(&c, now));
+                    slot.2 = true;
+                    report.accepted += 1;
+                }
+                Some(s) => {
+                    let mut next = s.clone();
+                    match assemble::apply(&mut next, &c) {
+                        Ok(changed) => {
+                            if changed {
+                                *s = next;
+                                slot.2 = true;
+                            }
+                            report.accepted += 1;
+                        }
+                        Err(e) => report.rejected.push(Rejected {
+                            line,
+                            error: e.to_string(),
+                        }),
+                    }
+                }
+            }
+        }
+        let mut head = self.head()?;
+        let mut batch = sled::Batch::default();
+        for (nhs, (cur, s, changed)) in work {
+            let (true, Some(mut s)) = (changed, s) else {
+                continue;
+            };
+            let version = cur.as_ref().map_or(0, |c| c.version) + 1;
+            s.version = version;
+            s.assembled_at = now;
+            let bytes = cbor::encode_summary(&s).map_err(|e| StoreError::Corrupt {
+                key: "b".into(),
+                why: e.to_string(),
+            })?;
+            let meta = RecordMeta::of_summary(&s);
+            batch.insert(&pkey(b'b', &nhs)[..], bytes.clone());
+            report.changed += 1;
+            match cur {
+                // Withdrawn (objection): the summary is kept current at the hub, but nothing
+                // goes into the feed and no unit receives it.
+                Some(c) if c.withdrawn.is_some() => {
+                    let c = CurDisk {
+                        version,
+                        meta: meta.into_withdrawn(),
+                        ..c
+                    };
+                    batch.insert(&pkey(b'm', &nhs)[..], encode(&c)?);
+                }
+                cur => {
+                    head += 1;
+                    let entry = FeedDisk {
+                        nhs,
+                        version,
+                        meta: meta.clone(),
+                        previous: cur.map(|c| c.meta),
+                        record: Some(Bytes::from(bytes)),
+                        withdrawn: None,
+                        at: now,
+                    };
+                    batch.insert(&fkey(head)[..], encode(&entry)?);
+                    let c = CurDisk {
+                        seq: head,
+                        version,
+                        meta,
+                        withdrawn: None,
+                    };
+                    batch.insert(&pkey(b'm', &nhs)[..], encode(&c)?);
+                }
+            }
+        }
+        batch.insert(HEAD, &head.to_be_bytes()[..]);
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Withdraw a patient's summary from every unit (objection or deletion). Returns the new
+    /// feed head, or `None` when the patient was already withdrawn. Durable on return.
+    pub fn withdraw(
+        &self,
+        nhs: &NhsNumber,
+        reason: WithdrawReason,
+        now: UnixMillis,
+    ) -> Result<Option<u64>, StoreError> {
+        let _w = self.lock();
+        let cur = self.cur(nhs)?.ok_or(StoreError::UnknownPatient)?;
+        if cur.withdrawn.is_some() {
+            return Ok(None);
+        }
+        let head = self.head()? + 1;
+        let version = cur.version + 1;
+        let meta = cur.meta.clone().into_withdrawn();
+        let entry = FeedDisk {
+            nhs: *nhs,
+            version,
+            meta: meta.clone(),
+            previous: Some(cur.meta),
+            record: None,
+            withdrawn: Some(reason),
+            at: now,
+        };
+        let c = CurDisk {
+            seq: head,
+            version,
+            meta,
+            withdrawn: Some(reason),
+        };
+        let mut batch = sled::Batch::default();
+        batch.insert(&fkey(head)[..], encode(&entry)?);
+        batch.insert(&pkey(b'm', nhs)[..], encode(&c)?);
+        batch.insert(HEAD, &head.to_be_bytes()[..]);
+        self.tree.apply_batch(batch)?;
+        self.flush()?;
+        Ok(Some(head))
+    }
+
+    /// Drop feed entries older than `retention_ms` (a prefix only; current state is kept).
+    /// Units whose cursor falls behind the new horizon are re-baselined when they connect.
+    pub fn compact(&self, now: UnixMillis, retention_ms: i64) -> Result<u64, StoreError> {
+        let _w = self.lock();
+        let cutoff = now.plus_ms(-retention_ms);
+        let head = self.head()?;
+        let mut oldest = self.oldest()?;
+        let mut removed = 0;
+        let mut batch = sled::Batch::default();
+        for kv in self.tree.range(fkey(oldest)..=fkey(head)) {
+            let (k, v) = kv?;
+            let e: FeedDisk = decode(&k, &v)?;
+            if e.at >= cutoff || removed >= 100_000 {
+                break;
+            }
+            batch.remove(k);
+            removed += 1;
+            oldest += 1;
+        }
+        if removed > 0 {
+            batch.insert(OLDEST, &oldest.to_be_bytes()[..]);
+            self.tree.apply_batch(batch)?;
+            self.flush()?;
+        }
+        Ok(removed)
+    }
+
+    /// A unit's record (default when never seen).
+    pub fn device(&self, id: &DeviceId) -> Result<DeviceDisk, StoreError> {
+        let k = dkey(id);
+        Ok(self
+            .tree
+            .get(&k)?
+            .map(|v| decode(&k, &v))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    /// Every unit the hub has a record of.
+    pub fn devices(&self) -> Result<Vec<(String, DeviceDisk)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix(b"d") {
+            let (k, v) = kv?;
+            out.push((
+                String::from_utf8_lossy(&k[1..]).into_owned(),
+                decode(&k, &v)?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Update a unit's record (read-modify-write under the write lock).
+    pub fn update_device(
+        &self,
+        id: &DeviceId,
+        f: impl FnOnce(&mut DeviceDisk),
+    ) -> Result<DeviceDisk, StoreError> {
+        let _w = self.lock();
+        let mut d = self.device(id)?;
+        f(&mut d);
+        self.tree.insert(dkey(id), encode(&d)?)?;
+        Ok(d)
+    }
+
+    /// The cohort override set at the hub for a unit, parsed.
+    pub fn cohort_override(&self, id: &DeviceId) -> Result<Option<Vec<CohortSpec>>, StoreError> {
+        let d = self.device(id)?;
+        Ok(d.cohort_override.map(|specs| {
+            specs
+                .iter()
+                .filter_map(|s| s.parse::<CohortSpec>().ok())
+                .collect()
+        }))
+    }
+}
+
+fn parse_parallel(
+    chunk: &[(u64, &str)],
+    threads: usize,
+) -> Vec<(u64, Result<Contribution, String>)> {
+    let parse = |part: &[(u64, &str)]| -> Vec<(u64, Result<Contribution, String>)> {
+        part.iter()
+            .map(|(line, text)| (*line, parse_bundle_json(text).map_err(|e| e.to_string())))
+            .collect()
+    };
+    if threads <= 1 || chunk.len() < 64 {
+        return parse(chunk);
+    }
+    let per = chunk.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = chunk
+            .chunks(per)
+            .map(|part| scope.spawn(move || parse(part)))
+            .collect();
+        let mut out = Vec::with_capacity(chunk.len());
+        for (h, part) in handles.into_iter().zip(chunk.chunks(per)) {
+            match h.join() {
+                Ok(v) => out.extend(v),
+                // A panic in the mapper would be a bug; refuse that part rather than crash.
+                Err(_) => out.extend(
+                    part.iter()
+                        .map(|(l, _)| (*l, Err("internal error while mapping".to_owned()))),
+                ),
+            }
+        }
+        out
+    })
+}
+
+impl HubFeed for HubStore {
+    fn head_seq(&self) -> Result<u64, FeedError> {
+        Ok(self.head()?)
+    }
+
+    fn oldest_retained_seq(&self) -> Result<u64, FeedError> {
+        let head = self.head()?;
+        Ok(self.oldest()?.min(head + 1))
+    }
+
+    fn changes_after(&self, after_seq: u64, limit: usize) -> Result<Vec<FeedEntry>, FeedError> {
+        let mut out = Vec::new();
+        let start = after_seq.saturating_add(1);
+        for kv in self.tree.range(fkey(start)..=fkey(u64::MAX)).take(limit) {
+            let (k, v) = kv.map_err(StoreError::from)?;
+            let e: FeedDisk = decode(&k, &v)?;
+            let mut seq = [0u8; 8];
+            seq.copy_from_slice(&k[1..9]);
+            let body = match (e.record, e.withdrawn) {
+                (_, Some(r)) => FeedBody::Withdrawn(r),
+                (Some(b), None) => FeedBody::Record(b),
+                (None, None) => {
+                    return Err(StoreError::Corrupt {
+                        key: "f".into(),
+                        why: "entry with neither record nor withdrawal".into(),
+                    }
+                    .into())
+                }
+            };
+            out.push(FeedEntry {
+                seq: u64::from_be_bytes(seq),
+                nhs: e.nhs,
+                version: e.version,
+                meta: e.meta,
+                previous: e.previous,
+                body,
+            });
+        }
+        Ok(out)
+    }
+
+    fn current_metas(
+        &self,
+        filter: &CohortFilter<'_>,
+        after: Option<&NhsNumber>,
+        limit: usize,
+    ) -> Result<Vec<CurrentMeta>, FeedError> {
+        let iter = match after {
+            Some(a) => {
+                let mut start = pkey(b'm', a).to_vec();
+                start.push(0);
+                self.tree.range(start..b"n".to_vec())
+            }
+            None => self.tree.range(b"m".to_vec()..b"n".to_vec()),
+        };
+        let mut out = Vec::new();
+        for kv in iter {
+            let (k, v) = kv.map_err(StoreError::from)?;
+            let c: CurDisk = decode(&k, &v)?;
+            if c.withdrawn.is_none() && filter.matches(&c.meta) {
+                out.push(CurrentMeta {
+                    seq: c.seq,
+                    version: c.version,
+                    meta: c.meta,
+                });
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn get(&self, nhs: &NhsNumber) -> Result<Option<CurrentRecord>, FeedError> {
+        let Some(c) = self.cur(nhs)? else {
+            return Ok(None);
+        };
+        let body = match c.withdrawn {
+            Some(r) => FeedBody::Withdrawn(r),
+            None => match self.tree.get(pkey(b'b', nhs)).map_err(StoreError::from)? {
+                Some(b) => FeedBody::Record(Bytes::from(b.to_vec())),
+                None => {
+                    return Err(StoreError::Corrupt {
+                        key: "b".into(),
+                        why: "current record without a body".into(),
+                    }
+                    .into())
+                }
+            },
+        };
+        Ok(Some(CurrentRecord {
+            seq: c.seq,
+            version: c.version,
+            meta: c.meta,
+            body,
+        }))
+    }
+}
