@@ -1,1 +1,539 @@
-//! (being written)
+//! The unit's cache of critical summaries and its sync state, in sled, sealed at rest.
+//!
+//! One tree, keys prefixed by kind. NHS numbers never appear in keys: a record's key is the
+//! sealer's keyed hash of the NHS number (`seal::Sealer::index_key`), and every value passes
+//! through `Sealer::seal` / `Sealer::open` (AEAD, associated data binding the value to its
+//! table and key, so values cannot be swapped between patients).
+//!
+//! | prefix | key | value |
+//! | --- | --- | --- |
+//! | `r` | index key (32 B) | version (u64 BE) ‖ epoch (u64 BE) ‖ sealed [`CachedRecord`] — the cohort |
+//! | `o` | index key (32 B) | version ‖ expires-at (i64 BE, ms) ‖ sealed [`CachedRecord`] — on-demand copies |
+//! | `s` | `state` | sealed [`SyncState`] |
+//! | `t` | `meta` | sealed [`CacheMeta`] (last sync, hub time offset) |
+//!
+//! Writes from sync go through [`Cache::apply`]: the whole batch and the new sync state are
+//! one `sled::Batch` (atomic), flushed (fsync) before the batch is acknowledged to the hub. Only
+//! the sync task writes `r` and `s`, so reading the tree while building the batch is safe.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use edge_proto::cbor;
+use edge_proto::nhs::NhsNumber;
+use edge_proto::sync::sign::record_digest;
+use edge_proto::sync::store::StoredVersion;
+use edge_proto::sync::{apply_to, Apply, ApplyReport, Bytes, SyncState, UnitStore};
+use edge_proto::time::UnixMillis;
+use serde::{Deserialize, Serialize};
+use tracing::{error, info, warn};
+
+use crate::seal::{KeyState, Sealer};
+
+/// Why the cache failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cache storage: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("cache value under {table} does not open (tampered, or sealed under another key)")]
+    Seal { table: &'static str },
+    #[error("cache value under {table} does not decode: {why}")]
+    Decode { table: &'static str, why: String },
+    #[error("cache: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A cached summary: the hub-signed bytes, their digest (checked before serving), and when
+/// this unit received it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CachedRecord {
+    pub nhs: NhsNumber,
+    pub version: u64,
+    pub record: Bytes,
+    pub digest: [u8; 32],
+    pub synced_at: UnixMillis,
+}
+
+/// Facts about the cache as a whole.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CacheMeta {
+    /// Local time of the last batch applied or the last "caught up".
+    pub last_sync_at: Option<UnixMillis>,
+    /// Hub time up to which the cache is known complete (the last time it was caught up).
+    pub cache_as_of: Option<UnixMillis>,
+    /// Hub time − local time at the last contact.
+    pub hub_offset_ms: i64,
+}
+
+const T_RECORD: &str = "r";
+const T_FETCHED: &str = "o";
+const K_STATE: &[u8] = b"sstate";
+const K_META: &[u8] = b"tmeta";
+
+fn header(a: u64, b: u64, sealed: Vec<u8>) -> Vec<u8> {
+    let mut v = Vec::with_capacity(16 + sealed.len());
+    v.extend_from_slice(&a.to_be_bytes());
+    v.extend_from_slice(&b.to_be_bytes());
+    v.extend(sealed);
+    v
+}
+
+fn split_header(v: &[u8]) -> Option<(u64, u64, &[u8])> {
+    let a = u64::from_be_bytes(v.get(..8)?.try_into().ok()?);
+    let b = u64::from_be_bytes(v.get(8..16)?.try_into().ok()?);
+    Some((a, b, v.get(16..)?))
+}
+
+/// The unit's cache.
+pub struct Cache {
+    db: sled::Db,
+    tree: sled::Tree,
+    sealer: Arc<Sealer>,
+    /// NHS number → (version, epoch) of every cohort record: the record count, and what the
+    /// search index mirrors.
+    index: RwLock<BTreeMap<NhsNumber, u64>>,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache").field("dir", &self.dir).finish()
+    }
+}
+
+/// What opening the cache found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Opened {
+    /// The cache was readable.
+    Existing,
+    /// A new, empty cache (first start, or a fresh data key).
+    Fresh,
+    /// The old cache could not be read; it was moved aside to this folder and a new one made.
+    Rebuilt { moved_to: PathBuf, why: String },
+}
+
+impl Cache {
+    /// Open the cache in `dir` (a folder of `data_dir`). `key_state` says whether the sealer's
+    /// data key is new, in which case any existing cache is unreadable and is discarded. A
+    /// cache that cannot be opened or read is moved aside and rebuilt from the hub.
+    pub fn open(
+        dir: &Path,
+        sealer: Arc<Sealer>,
+        key_state: KeyState,
+    ) -> Result<(Cache, Opened), CacheError> {
+        let path = dir.join("cache.sled");
+        let mut opened = Opened::Existing;
+        if key_state == KeyState::Fresh && path.exists() {
+            warn!("the data key is new: the old cache cannot be read and is discarded");
+            std::fs::remove_dir_all(&path)?;
+            opened = Opened::Fresh;
+        } else if !path.exists() {
+            opened = Opened::Fresh;
+        }
+        match Self::try_open(&path, sealer.clone()) {
+            Ok(c) => Ok((c, opened)),
+            Err(e) => {
+                let stamp = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let moved_to = dir.join(format!("cache.sled.broken-{stamp}"));
+                error!(
+                    error = %e,
+                    moved_to = %moved_to.display(),
+                    "THE CACHE CANNOT BE READ: moving it aside and rebuilding it from the hub"
+                );
+                if path.exists() {
+                    std::fs::rename(&path, &moved_to)?;
+                }
+                let c = Self::try_open(&path, sealer)?;
+                Ok((
+                    c,
+                    Opened::Rebuilt {
+                        moved_to,
+                        why: e.to_string(),
+                    },
+                ))
+            }
+        }
+    }
+
+    fn try_open(path: &Path, sealer: Arc<Sealer>) -> Result<Cache, CacheError> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(128 * 1024 * 1024)
+            .open()?;
+        let tree = db.open_tree("cache")?;
+        let cache = Cache {
+            db,
+            tree,
+            sealer,
+            index: RwLock::new(BTreeMap::new()),
+            dir: path.to_path_buf(),
+        };
+        // Read everything once: the state, and every record (which also checks the seals).
+        let _ = cache.state()?;
+        let mut index = BTreeMap::new();
+        for kv in cache.tree.scan_prefix(T_RECORD) {
+            let (k, v) = kv?;
+            let rec = cache.open_record(T_RECORD, &k, &v)?;
+            index.insert(rec.nhs, rec.version);
+        }
+        info!(records = index.len(), "cache opened");
+        *cache.index.write().unwrap_or_else(|p| p.into_inner()) = index;
+        Ok(cache)
+    }
+
+    fn key(&self, table: &str, nhs: &NhsNumber) -> Vec<u8> {
+        let mut k = table.as_bytes().to_vec();
+        k.extend_from_slice(&self.sealer.index_key(table, nhs.as_digits().as_bytes()));
+        k
+    }
+
+    fn open_record(
+        &self,
+        table: &'static str,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<CachedRecord, CacheError> {
+        let (_, _, sealed) = split_header(value).ok_or(CacheError::Decode {
+            table,
+            why: "short value".into(),
+        })?;
+        let plain = self
+            .sealer
+            .open(table, key, sealed)
+            .map_err(|_| CacheError::Seal { table })?;
+        let rec: CachedRecord = cbor::from_slice(&plain).map_err(|e| CacheError::Decode {
+            table,
+            why: e.to_string(),
+        })?;
+        if record_digest(rec.record.as_slice()) != rec.digest {
+            return Err(CacheError::Decode {
+                table,
+                why: "record digest mismatch".into(),
+            });
+        }
+        Ok(rec)
+    }
+
+    fn seal_record(
+        &self,
+        table: &str,
+        key: &[u8],
+        rec: &CachedRecord,
+    ) -> Result<Vec<u8>, CacheError> {
+        let plain = cbor::to_vec(rec).map_err(|e| CacheError::Decode {
+            table: "encode",
+            why: e.to_string(),
+        })?;
+        self.sealer
+            .seal(table, key, &plain)
+            .map_err(|_| CacheError::Seal { table: "encode" })
+    }
+
+    /// The durable sync state (default when none is stored).
+    pub fn state(&self) -> Result<SyncState, CacheError> {
+        match self.tree.get(K_STATE)? {
+            None => Ok(SyncState::default()),
+            Some(v) => {
+                let plain = self
+                    .sealer
+                    .open("s", K_STATE, &v)
+                    .map_err(|_| CacheError::Seal { table: "s" })?;
+                SyncState::decode(&plain).map_err(|e| CacheError::Decode {
+                    table: "s",
+                    why: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Facts about the cache as a whole.
+    pub fn meta(&self) -> CacheMeta {
+        self.tree
+            .get(K_META)
+            .ok()
+            .flatten()
+            .and_then(|v| self.sealer.open("t", K_META, &v).ok())
+            .and_then(|p| cbor::from_slice(&p).ok())
+            .unwrap_or_default()
+    }
+
+    /// Update the cache-wide facts (durable at the next flush).
+    pub fn update_meta(&self, f: impl FnOnce(&mut CacheMeta)) -> Result<CacheMeta, CacheError> {
+        let mut m = self.meta();
+        f(&mut m);
+        let plain = cbor::to_vec(&m).map_err(|e| CacheError::Decode {
+            table: "t",
+            why: e.to_string(),
+        })?;
+        let sealed = self
+            .sealer
+            .seal("t", K_META, &plain)
+            .map_err(|_| CacheError::Seal { table: "t" })?;
+        self.tree.insert(K_META, sealed)?;
+        Ok(m)
+    }
+
+    /// Records in the cohort cache.
+    pub fn len(&self) -> usize {
+        self.index.read().map(|i| i.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// NHS numbers held (cohort), in order.
+    pub fn nhs_numbers(&self) -> Vec<NhsNumber> {
+        self.index
+            .read()
+            .map(|i| i.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// A cohort record, checked (AEAD tag and digest) before it is returned.
+    pub fn get(&self, nhs: &NhsNumber) -> Result<Option<CachedRecord>, CacheError> {
+        let k = self.key(T_RECORD, nhs);
+        match self.tree.get(&k)? {
+            None => Ok(None),
+            Some(v) => self.open_record(T_RECORD, &k, &v).map(Some),
+        }
+    }
+
+    /// An on-demand copy that has not expired at `now`.
+    pub fn get_fetched(
+        &self,
+        nhs: &NhsNumber,
+        now: UnixMillis,
+    ) -> Result<Option<CachedRecord>, CacheError> {
+        let k = self.key(T_FETCHED, nhs);
+        let Some(v) = self.tree.get(&k)? else {
+            return Ok(None);
+        };
+        let expires = split_header(&v).map(|(_, e, _)| e as i64).unwrap_or(0);
+        if expires <= now.0 {
+            self.tree.remove(&k)?;
+            return Ok(None);
+        }
+        self.open_record(T_FETCHED, &k, &v).map(Some)
+    }
+
+    /// Keep an on-demand copy until `expires` (durable before return).
+    pub fn put_fetched(
+        &self,
+        nhs: &NhsNumber,
+        version: u64,
+        record: Bytes,
+        now: UnixMillis,
+        expires: UnixMillis,
+    ) -> Result<(), CacheError> {
+        let k = self.key(T_FETCHED, nhs);
+        let rec = CachedRecord {
+            nhs: *nhs,
+            version,
+            digest: record_digest(record.as_slice()),
+            record,
+            synced_at: now,
+        };
+        let sealed = self.seal_record(T_FETCHED, &k, &rec)?;
+        self.tree
+            .insert(k, header(version, expires.0.max(0) as u64, sealed))?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Drop an on-demand copy (withdrawn at the hub).
+    pub fn remove_fetched(&self, nhs: &NhsNumber) -> Result<(), CacheError> {
+        self.tree.remove(self.key(T_FETCHED, nhs))?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Remove expired on-demand copies; returns how many.
+    pub fn expire_fetched(&self, now: UnixMillis) -> Result<u64, CacheError> {
+        let mut n = 0;
+        for kv in self.tree.scan_prefix(T_FETCHED) {
+            let (k, v) = kv?;
+            let expires = split_header(&v).map(|(_, e, _)| e as i64).unwrap_or(0);
+            if expires <= now.0 {
+                self.tree.remove(k)?;
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.db.flush()?;
+        }
+        Ok(n)
+    }
+
+    /// Apply one sync step atomically and durably: the changes and the new sync state in one
+    /// batch, flushed to disk before returning (the caller then acknowledges it to the hub).
+    /// Returns the report and the NHS numbers written and removed (for the search index).
+    pub fn apply(&self, apply: &Apply, now: UnixMillis) -> Result<Applied, CacheError> {
+        let mut txn = Txn {
+            cache: self,
+            overlay: HashMap::new(),
+            batch: sled::Batch::default(),
+            ops: Vec::new(),
+            now,
+        };
+        let report = apply_to(&mut txn, apply)?;
+        let Txn { batch, ops, .. } = txn;
+        self.tree.apply_batch(batch)?;
+        self.db.flush()?;
+        let mut written = Vec::new();
+        let mut removed = Vec::new();
+        {
+            let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+            for op in ops {
+                match op {
+                    Op::Put(nhs, v) => {
+                        index.insert(nhs, v);
+                        written.push(nhs);
+                    }
+                    Op::Remove(nhs) => {
+                        index.remove(&nhs);
+                        removed.push(nhs);
+                    }
+                }
+            }
+        }
+        Ok(Applied {
+            report,
+            written,
+            removed,
+        })
+    }
+
+    /// Flush everything to disk.
+    pub fn flush(&self) -> Result<(), CacheError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+/// What [`Cache::apply`] did.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub report: ApplyReport,
+    pub written: Vec<NhsNumber>,
+    pub removed: Vec<NhsNumber>,
+}
+
+enum Op {
+    Put(NhsNumber, u64),
+    Remove(NhsNumber),
+}
+
+/// One apply: reads see the tree plus what this apply wrote; writes go to one batch.
+struct Txn<'a> {
+    cache: &'a Cache,
+    overlay: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    batch: sled::Batch,
+    ops: Vec<Op>,
+    now: UnixMillis,
+}
+
+impl Txn<'_> {
+    fn read(&self, k: &[u8]) -> Result<Option<Vec<u8>>, CacheError> {
+        if let Some(v) = self.overlay.get(k) {
+            return Ok(v.clone());
+        }
+        Ok(self.cache.tree.get(k)?.map(|v| v.to_vec()))
+    }
+    fn write(&mut self, k: Vec<u8>, v: Option<Vec<u8>>) {
+        match &v {
+            Some(v) => self.batch.insert(k.clone(), v.clone()),
+            None => self.batch.remove(k.clone()),
+        }
+        self.overlay.insert(k, v);
+    }
+}
+
+impl UnitStore for Txn<'_> {
+    type Error = CacheError;
+
+    fn stored(&mut self, nhs: &NhsNumber) -> Result<Option<StoredVersion>, CacheError> {
+        let k = self.cache.key(T_RECORD, nhs);
+        Ok(self.read(&k)?.and_then(|v| {
+            split_header(&v).map(|(version, epoch, _)| StoredVersion { version, epoch })
+        }))
+    }
+
+    fn put(
+        &mut self,
+        nhs: &NhsNumber,
+        version: u64,
+        epoch: u64,
+        record: &Bytes,
+    ) -> Result<(), CacheError> {
+        let k = self.cache.key(T_RECORD, nhs);
+        let rec = CachedRecord {
+            nhs: *nhs,
+            version,
+            digest: record_digest(record.as_slice()),
+            record: record.clone(),
+            synced_at: self.now,
+        };
+        let sealed = self.cache.seal_record(T_RECORD, &k, &rec)?;
+        self.write(k, Some(header(version, epoch, sealed)));
+        self.ops.push(Op::Put(*nhs, version));
+        Ok(())
+    }
+
+    fn set_epoch(&mut self, nhs: &NhsNumber, epoch: u64) -> Result<(), CacheError> {
+        let k = self.cache.key(T_RECORD, nhs);
+        if let Some(v) = self.read(&k)? {
+            if let Some((version, _, sealed)) = split_header(&v) {
+                let nv = header(version, epoch, sealed.to_vec());
+                self.write(k, Some(nv));
+            }
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, nhs: &NhsNumber) -> Result<(), CacheError> {
+        let k = self.cache.key(T_RECORD, nhs);
+        self.write(k, None);
+        self.ops.push(Op::Remove(*nhs));
+        Ok(())
+    }
+
+    fn evict_other_epochs(&mut self, epoch: u64) -> Result<u64, CacheError> {
+        let mut evict = Vec::new();
+        for kv in self.cache.tree.scan_prefix(T_RECORD) {
+            let (k, _) = kv?;
+            if let Some(v) = self.read(&k)? {
+                if split_header(&v).is_some_and(|(_, e, _)| e != epoch) {
+                    let rec = self.cache.open_record(T_RECORD, &k, &v).ok();
+                    evict.push((k.to_vec(), rec.map(|r| r.nhs)));
+                }
+            }
+        }
+        let n = evict.len() as u64;
+        for (k, nhs) in evict {
+            self.write(k, None);
+            if let Some(nhs) = nhs {
+                self.ops.push(Op::Remove(nhs));
+            }
+        }
+        Ok(n)
+    }
+
+    fn save_state(&mut self, state: &SyncState) -> Result<(), CacheError> {
+        let plain = state.encode().map_err(|e| CacheError::Decode {
+            table: "s",
+            why: e.to_string(),
+        })?;
+        let sealed = self
+            .cache
+            .sealer
+            .seal("s", K_STATE, &plain)
+            .map_err(|_| CacheError::Seal { table: "s" })?;
+        self.write(K_STATE.to_vec(), Some(sealed));
+        Ok(())
+    }
+}

@@ -1,1 +1,154 @@
-//! (being written)
+//! The LAN HTTP API the crew's tablets and the triage kiosk call, on the unit's `lan` address:
+//! HTTPS with the unit's LAN certificate from its bundle; plain HTTP only when `edge.toml`
+//! says `tls = false` and the address is loopback (the demo, tests).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use edge_provision::config::UnitConfig;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+use crate::cache::Cache;
+use crate::status::Status;
+use crate::sync::Fetcher;
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub cache: Arc<Cache>,
+    pub status: Arc<Status>,
+    pub fetcher: Fetcher,
+    pub config: Arc<UnitConfig>,
+}
+
+/// A JSON error body: `{"error": code, "message": text}`.
+pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(json!({"error": code, "message": message.into()})),
+    )
+        .into_response()
+}
+
+/// The router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/status", get(status))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .with_state(state)
+}
+
+async fn status(State(s): State<AppState>) -> Response {
+    let mut v = s.status.view(s.cache.len());
+    if v.last_sync_at.is_none() {
+        v.last_sync_at = s.cache.meta().last_sync_at.map(|t| t.to_rfc3339());
+    }
+    if v.cache_as_of.is_none() {
+        v.cache_as_of = s.cache.meta().cache_as_of.map(|t| t.to_rfc3339());
+    }
+    ([(header::CACHE_CONTROL, "no-store")], Json(v)).into_response()
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    let l = s.status.live();
+    let body = format!(
+        "# HELP kerbside_records Critical summaries held in the cohort cache.\n\
+         # TYPE kerbside_records gauge\nkerbside_records {}\n\
+         # HELP kerbside_link_up 1 when the sync link to the hub is up.\n\
+         # TYPE kerbside_link_up gauge\nkerbside_link_up {}\n\
+         # HELP kerbside_sync_cursor The last hub feed sequence number applied.\n\
+         # TYPE kerbside_sync_cursor gauge\nkerbside_sync_cursor {}\n\
+         # HELP kerbside_sync_connects_total Connections made to the hub.\n\
+         # TYPE kerbside_sync_connects_total counter\nkerbside_sync_connects_total {}\n\
+         # HELP kerbside_sync_batches_total Sync batches applied.\n\
+         # TYPE kerbside_sync_batches_total counter\nkerbside_sync_batches_total {}\n\
+         # HELP kerbside_sync_records_total Records received from the hub.\n\
+         # TYPE kerbside_sync_records_total counter\nkerbside_sync_records_total {}\n\
+         # HELP kerbside_audit_pending Audit events not yet acknowledged by the hub.\n\
+         # TYPE kerbside_audit_pending gauge\nkerbside_audit_pending {}\n",
+        s.cache.len(),
+        u8::from(l.link == crate::status::Link::Up),
+        l.cursor,
+        l.connects,
+        l.batches_applied,
+        l.records_received,
+        l.audit_pending,
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+/// Bind the LAN listener (so the caller knows at once if the address is taken).
+pub async fn bind(config: &UnitConfig) -> anyhow::Result<TcpListener> {
+    let addr: SocketAddr = config
+        .lan
+        .listen
+        .socket_addr()
+        .context("the LAN address must be an IP:PORT")?;
+    if !config.lan.tls && !addr.ip().is_loopback() {
+        anyhow::bail!(
+            "edge.toml: lan: tls = false is only allowed on a loopback address ({addr} is not): tablets must use HTTPS"
+        );
+    }
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for tablets on {addr}"))
+}
+
+/// Serve the API on `listener` until the process ends.
+pub async fn serve(listener: TcpListener, app: Router, config: &UnitConfig) -> anyhow::Result<()> {
+    if !config.lan.tls {
+        axum::serve(listener, app).await.context("LAN API")?;
+        return Ok(());
+    }
+    let tls = edge_provision::tls::lan_server_config(config)
+        .context("cannot build the LAN TLS config from the unit's bundle")?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error = %e, "LAN accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                acceptor.accept(tcp),
+            )
+            .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    debug!(%peer, error = %e, "LAN TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let svc = TowerToHyperService::new(app);
+            if let Err(e) = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), svc)
+                .await
+            {
+                debug!(%peer, error = %e, "LAN connection ended");
+            }
+        });
+    }
+}

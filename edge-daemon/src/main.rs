@@ -47,9 +47,88 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { .. } => not_yet("run"),
+        Command::Run { config } => {
+            init_logs();
+            if let Err(e) = run(&config) {
+                eprintln!("edge-daemon run: error: {e:#}");
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Demo { .. } => not_yet("demo"),
     }
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run(config: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::sync::Arc;
+    edge_provision::tls::install_default_provider();
+    let cfg = edge_provision::UnitConfig::load(config)?;
+    cfg.check_files()?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", cfg.data_dir.display()))?;
+    let keys_dir = cfg.data_dir.join("keys");
+    let keystore = edge_daemon::seal::FileKeyStore::new(keys_dir.join("kek"));
+    let (sealer, key_state) = edge_daemon::seal::Sealer::open_or_create(&keys_dir, &keystore)
+        .context("cannot open the unit's data key")?;
+    let (cache, opened) =
+        edge_daemon::cache::Cache::open(&cfg.data_dir, Arc::new(sealer), key_state)?;
+    let cache = Arc::new(cache);
+    let status = Arc::new(edge_daemon::status::Status::new(
+        cfg.device_id.clone(),
+        cfg.role,
+    ));
+    let state = cache.state()?;
+    status.update(|l| l.cursor = state.cursor);
+    tracing::info!(
+        device = %cfg.device_id,
+        records = cache.len(),
+        cursor = state.cursor,
+        opened = ?opened,
+        "edge-daemon starting"
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let (client, fetcher) =
+            edge_daemon::sync::SyncClient::new(cfg.clone(), cache.clone(), status.clone())?;
+        let listener = edge_daemon::lan::bind(&cfg).await?;
+        tracing::info!(lan = %listener.local_addr()?, tls = cfg.lan.tls, "LAN API listening");
+        tokio::spawn(client.run());
+        let app = edge_daemon::lan::router(edge_daemon::lan::AppState {
+            cache: cache.clone(),
+            status: status.clone(),
+            fetcher,
+            config: Arc::new(cfg.clone()),
+        });
+        let lan = edge_daemon::lan::serve(listener, app, &cfg);
+        let stop = async {
+            let ctrl_c = tokio::signal::ctrl_c();
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = ctrl_c => {},
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {},
+            }
+        };
+        tokio::select! {
+            r = lan => r?,
+            _ = stop => tracing::info!("edge-daemon stopping"),
+        }
+        cache.flush()?;
+        Ok(())
+    })
 }
 
 fn not_yet(what: &str) -> anyhow::Result<()> {

@@ -1,1 +1,130 @@
-//! (being written)
+//! What the unit knows about itself, shared between the sync task and the LAN API
+//! (`GET /v1/status`).
+
+use std::sync::Mutex;
+
+use edge_proto::ids::{DeviceId, UnitRole};
+use edge_proto::time::UnixMillis;
+use serde::Serialize;
+
+/// The link to the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Link {
+    Up,
+    Down,
+}
+
+/// Live facts the sync task updates.
+#[derive(Debug, Clone)]
+pub struct Live {
+    pub link: Link,
+    /// A baseline is under way: the cache is partial until it finishes.
+    pub rebaselining: bool,
+    /// Everything the hub had has been applied.
+    pub caught_up: bool,
+    pub cursor: u64,
+    pub last_sync_at: Option<UnixMillis>,
+    pub cache_as_of: Option<UnixMillis>,
+    pub hub_offset_ms: i64,
+    pub last_error: Option<String>,
+    pub connects: u64,
+    pub batches_applied: u64,
+    pub records_received: u64,
+    pub audit_pending: u64,
+    pub audit_uploaded_seq: u64,
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Live {
+            link: Link::Down,
+            rebaselining: false,
+            caught_up: false,
+            cursor: 0,
+            last_sync_at: None,
+            cache_as_of: None,
+            hub_offset_ms: 0,
+            last_error: None,
+            connects: 0,
+            batches_applied: 0,
+            records_received: 0,
+            audit_pending: 0,
+            audit_uploaded_seq: 0,
+        }
+    }
+}
+
+/// The unit's status.
+#[derive(Debug)]
+pub struct Status {
+    pub device_id: DeviceId,
+    pub role: UnitRole,
+    live: Mutex<Live>,
+}
+
+/// The `/v1/status` body.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusView {
+    pub device_id: String,
+    pub role: String,
+    pub link: Link,
+    pub last_sync_at: Option<String>,
+    pub cursor: u64,
+    pub records: usize,
+    pub audit_pending: u64,
+    pub audit_uploaded_seq: u64,
+    pub cache_as_of: Option<String>,
+    pub caught_up: bool,
+    pub rebaselining: bool,
+    pub hub_offset_ms: i64,
+    pub last_error: Option<String>,
+    pub connects: u64,
+    pub records_received: u64,
+}
+
+impl Status {
+    pub fn new(device_id: DeviceId, role: UnitRole) -> Self {
+        Status {
+            device_id,
+            role,
+            live: Mutex::new(Live::default()),
+        }
+    }
+
+    /// Change the live facts.
+    pub fn update<R>(&self, f: impl FnOnce(&mut Live) -> R) -> R {
+        let mut l = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut l)
+    }
+
+    pub fn live(&self) -> Live {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn link(&self) -> Link {
+        self.live().link
+    }
+
+    /// The JSON view, with the number of cached records.
+    pub fn view(&self, records: usize) -> StatusView {
+        let l = self.live();
+        StatusView {
+            device_id: self.device_id.as_str().to_owned(),
+            role: self.role.to_string(),
+            link: l.link,
+            last_sync_at: l.last_sync_at.map(UnixMillis::to_rfc3339),
+            cursor: l.cursor,
+            records,
+            audit_pending: l.audit_pending,
+            audit_uploaded_seq: l.audit_uploaded_seq,
+            cache_as_of: l.cache_as_of.map(UnixMillis::to_rfc3339),
+            caught_up: l.caught_up,
+            rebaselining: l.rebaselining,
+            hub_offset_ms: l.hub_offset_ms,
+            last_error: l.last_error,
+            connects: l.connects,
+            records_received: l.records_received,
+        }
+    }
+}

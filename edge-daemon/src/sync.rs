@@ -1,1 +1,458 @@
-//! (being written)
+//! The QUIC sync client: connects to the hub with the unit's fleet certificate, drives one
+//! sans-IO [`UnitSession`] per connection, applies batches to the [`Cache`] (atomically with
+//! the cursor, durable before the acknowledgement), answers on-demand fetches, and reconnects
+//! with capped exponential back-off and jitter whenever the link drops.
+//!
+//! Streams: the unit opens the **pull** stream at once (hello, acks; the hub's side is
+//! deflate-compressed) and a **fetch** stream the first time a tablet asks for a patient
+//! outside the cache, so a bulk catch-up never delays a fetch.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use edge_proto::nhs::NhsNumber;
+use edge_proto::sync::frame::FrameDecoder;
+use edge_proto::sync::{
+    encode_frame, FetchResult, InflateDeframer, StreamKind, ToUnit, UnitConfig as SessionConfig,
+    UnitEvent, UnitSession,
+};
+use edge_proto::time::UnixMillis;
+use edge_provision::config::UnitConfig;
+use quinn::crypto::rustls::QuicClientConfig;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::cache::Cache;
+use crate::status::{Link, Status};
+
+/// The wall clock, as the protocol's time type.
+pub fn now() -> UnixMillis {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    UnixMillis(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A tablet's request for a patient outside the cache.
+#[derive(Debug)]
+pub struct FetchRequest {
+    pub nhs: NhsNumber,
+    pub reply: oneshot::Sender<FetchResult>,
+}
+
+/// How the LAN API asks the sync task for on-demand fetches.
+#[derive(Debug, Clone)]
+pub struct Fetcher {
+    tx: mpsc::Sender<FetchRequest>,
+    status: Arc<Status>,
+    budget: Duration,
+}
+
+impl Fetcher {
+    /// Fetch one summary within the budget. With the link down the answer is immediate.
+    pub async fn fetch(&self, nhs: NhsNumber) -> FetchResult {
+        if self.status.link() == Link::Down {
+            return FetchResult::NotConnected;
+        }
+        let (reply, rx) = oneshot::channel();
+        if self.tx.try_send(FetchRequest { nhs, reply }).is_err() {
+            return FetchResult::Busy;
+        }
+        match tokio::time::timeout(self.budget + Duration::from_millis(200), rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => FetchResult::NotConnected,
+            Err(_) => FetchResult::TimedOut,
+        }
+    }
+}
+
+/// Everything the sync task needs.
+pub struct SyncClient {
+    pub config: UnitConfig,
+    pub cache: Arc<Cache>,
+    pub status: Arc<Status>,
+    hub_key: [u8; 32],
+    endpoint: quinn::Endpoint,
+    hub_addr: SocketAddr,
+    fetch_rx: mpsc::Receiver<FetchRequest>,
+}
+
+impl std::fmt::Debug for SyncClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncClient")
+            .field("hub", &self.hub_addr)
+            .finish()
+    }
+}
+
+impl SyncClient {
+    /// Build the client from the unit's config (TLS from its bundle).
+    pub fn new(
+        config: UnitConfig,
+        cache: Arc<Cache>,
+        status: Arc<Status>,
+    ) -> anyhow::Result<(SyncClient, Fetcher)> {
+        let tls = edge_provision::tls::unit_client_config(&config)
+            .context("cannot build the unit's TLS config from its bundle")?;
+        let quic = QuicClientConfig::try_from(tls).context("QUIC client config")?;
+        let mut client = quinn::ClientConfig::new(Arc::new(quic));
+        let keepalive =
+            Duration::from_millis(config.sync.keepalive_interval_ms.clamp(1_000, 60_000));
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .keep_alive_interval(Some(keepalive))
+            .max_idle_timeout(Some(
+                quinn::IdleTimeout::try_from(keepalive + Duration::from_secs(5))
+                    .context("idle timeout")?,
+            ));
+        client.transport_config(Arc::new(transport));
+        let bind: SocketAddr = if config.hub.addr.ip().is_some_and(|ip| ip.is_ipv6()) {
+            "[::]:0".parse()?
+        } else {
+            "0.0.0.0:0".parse()?
+        };
+        let mut endpoint = quinn::Endpoint::client(bind).context("cannot open a UDP socket")?;
+        endpoint.set_default_client_config(client);
+        let hub_addr = resolve(&config)?;
+        let hub_key = edge_provision::keys::load_ed25519_public(&config.keys.record_verify)
+            .context("cannot load the hub's record-verification key")?;
+        let (tx, fetch_rx) = mpsc::channel(64);
+        let budget = Duration::from_millis(config.sync.fetch_budget_ms.clamp(100, 10_000));
+        let fetcher = Fetcher {
+            tx,
+            status: status.clone(),
+            budget,
+        };
+        Ok((
+            SyncClient {
+                config,
+                cache,
+                status,
+                hub_key,
+                endpoint,
+                hub_addr,
+                fetch_rx,
+            },
+            fetcher,
+        ))
+    }
+
+    /// Run forever: connect, sync, reconnect.
+    pub async fn run(mut self) {
+        let min = self.config.sync.reconnect_min_ms.max(50);
+        let max = self.config.sync.reconnect_max_ms.max(min);
+        let mut backoff = min;
+        loop {
+            let started = std::time::Instant::now();
+            let r = self.connect_and_sync().await;
+            self.status.update(|l| {
+                l.link = Link::Down;
+                l.caught_up = false;
+                if let Err(e) = &r {
+                    l.last_error = Some(format!("{e:#}"));
+                }
+            });
+            match &r {
+                Ok(()) => info!("link to the hub closed; reconnecting"),
+                Err(e) => warn!(error = %format!("{e:#}"), "link to the hub lost; reconnecting"),
+            }
+            // A connection that lasted resets the back-off: the link came back.
+            if started.elapsed() > Duration::from_secs(10) {
+                backoff = min;
+            }
+            let jitter = jitter_ms(backoff / 2);
+            let wait = Duration::from_millis(backoff / 2 + jitter);
+            // Answer fetches while waiting: the link is down.
+            let sleep = tokio::time::sleep(wait);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = &mut sleep => break,
+                    Some(req) = self.fetch_rx.recv() => {
+                        let _ = req.reply.send(FetchResult::NotConnected);
+                    }
+                }
+            }
+            backoff = (backoff * 2).min(max);
+        }
+    }
+
+    async fn connect_and_sync(&mut self) -> anyhow::Result<()> {
+        let connecting = self
+            .endpoint
+            .connect(self.hub_addr, &self.config.hub.name)
+            .context("cannot start a connection")?;
+        let conn = tokio::time::timeout(Duration::from_secs(10), connecting)
+            .await
+            .context("the hub did not answer within 10 s")?
+            .map_err(explain)?;
+        debug!(hub = %self.hub_addr, "connected to the hub");
+        let (mut pull_send, mut pull_recv) = conn.open_bi().await.map_err(explain)?;
+        let state = self.cache.state()?;
+        let mut session = UnitSession::new(
+            self.config.device_id.clone(),
+            state,
+            &self.hub_key,
+            SessionConfig {
+                fetch_budget_ms: i64::try_from(self.config.sync.fetch_budget_ms).unwrap_or(1_500),
+                ..SessionConfig::default()
+            },
+        );
+        self.status.update(|l| l.connects += 1);
+        let mut pull_in = InflateDeframer::new();
+        let mut fetch_stream: Option<quinn::SendStream> = None;
+        let (fetch_bytes_tx, mut fetch_bytes_rx) =
+            mpsc::unbounded_channel::<Result<Vec<u8>, String>>();
+        let mut fetch_in = FrameDecoder::new();
+        let mut waiting: HashMap<u64, oneshot::Sender<FetchResult>> = HashMap::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut result: anyhow::Result<()> = Ok(());
+        'conn: loop {
+            // Send what the session has queued.
+            while let Some(msg) = session.poll_transmit() {
+                let bytes = encode_frame(&msg)?;
+                match msg.stream() {
+                    StreamKind::Pull => pull_send.write_all(&bytes).await?,
+                    StreamKind::Fetch => {
+                        if fetch_stream.is_none() {
+                            let (send, mut recv) = conn.open_bi().await.map_err(explain)?;
+                            let tx = fetch_bytes_tx.clone();
+                            tokio::spawn(async move {
+                                let mut b = vec![0u8; 64 * 1024];
+                                loop {
+                                    match recv.read(&mut b).await {
+                                        Ok(Some(n)) => {
+                                            if tx.send(Ok(b[..n].to_vec())).is_err() {
+                                                return;
+                                            }
+                                        }
+                                        Ok(None) => return,
+                                        Err(e) => {
+                                            let _ = tx.send(Err(e.to_string()));
+                                            return;
+                                        }
+                                    }
+                                }
+                            });
+                            fetch_stream = Some(send);
+                        }
+                        if let Some(send) = fetch_stream.as_mut() {
+                            send.write_all(&bytes).await?;
+                        }
+                    }
+                }
+            }
+            // Handle the session's events (applies in order, durable before the ack).
+            while let Some(ev) = session.poll_event() {
+                match ev {
+                    UnitEvent::Apply(apply) => {
+                        let cache = self.cache.clone();
+                        let t = now();
+                        let applied = tokio::task::spawn_blocking(move || {
+                            let r = cache.apply(&apply, t);
+                            (apply, r)
+                        })
+                        .await
+                        .context("apply task")?;
+                        let (apply, r) = applied;
+                        let applied = r.context("cannot write the batch to the cache")?;
+                        let n = applied.report.written;
+                        session.batch_applied(apply.batch_no, &applied.report)?;
+                        let cursor = session.durable_state().cursor;
+                        let rebaselining = session.in_baseline();
+                        self.status.update(|l| {
+                            l.cursor = cursor;
+                            l.rebaselining = rebaselining;
+                            l.last_sync_at = Some(now());
+                            l.batches_applied += 1;
+                            l.records_received += n;
+                            if l.caught_up {
+                                l.cache_as_of = Some(now().plus_ms(l.hub_offset_ms));
+                            }
+                        });
+                        // Withdrawn or evicted patients: also drop any on-demand copy.
+                        for nhs in &applied.removed {
+                            let _ = self.cache.remove_fetched(nhs);
+                        }
+                    }
+                    UnitEvent::BeginRebaseline { epoch, reason } => {
+                        info!(epoch, reason = ?reason, "the hub is re-baselining this unit's cache");
+                        self.status.update(|l| l.rebaselining = true);
+                    }
+                    UnitEvent::HubTime { offset_ms, .. } => {
+                        info!(offset_ms, "sync link up");
+                        self.status.update(|l| {
+                            l.link = Link::Up;
+                            l.hub_offset_ms = offset_ms;
+                            l.last_error = None;
+                        });
+                        let _ = self.cache.update_meta(|m| m.hub_offset_ms = offset_ms);
+                    }
+                    UnitEvent::CaughtUp { cursor } => {
+                        let t = now();
+                        let meta = self.cache.update_meta(|m| {
+                            m.last_sync_at = Some(t);
+                            m.cache_as_of = Some(t.plus_ms(m.hub_offset_ms));
+                        });
+                        let _ = self.cache.flush();
+                        info!(cursor, records = self.cache.len(), "caught up with the hub");
+                        self.status.update(|l| {
+                            l.caught_up = true;
+                            l.rebaselining = false;
+                            l.cursor = cursor;
+                            l.last_sync_at = Some(t);
+                            if let Ok(m) = &meta {
+                                l.cache_as_of = m.cache_as_of;
+                            }
+                        });
+                    }
+                    UnitEvent::Fetched {
+                        request_id,
+                        result,
+                        nhs,
+                    } => {
+                        if let FetchResult::Withdrawn = &result {
+                            let _ = self.cache.remove_fetched(&nhs);
+                        }
+                        if let Some(w) = waiting.remove(&request_id) {
+                            let _ = w.send(result);
+                        }
+                    }
+                }
+            }
+            if session.is_ended() {
+                break 'conn;
+            }
+            let timeout = session.poll_timeout();
+            let sleep_for = timeout
+                .map(|t| Duration::from_millis(u64::try_from(t.0 - now().0).unwrap_or(0)))
+                .unwrap_or(Duration::from_secs(3600));
+            tokio::select! {
+                r = pull_recv.read(&mut buf) => match r {
+                    Ok(Some(n)) => {
+                        pull_in.push(&buf[..n])?;
+                        loop {
+                            match pull_in.next_message::<ToUnit>() {
+                                Ok(Some(msg)) => {
+                                    if let Err(e) = session.handle_message(now(), msg) {
+                                        result = Err(anyhow::anyhow!(e).context("the hub's sync messages were refused"));
+                                        break 'conn;
+                                    }
+                                }
+                                Ok(None) => break,
+                                Err(e) => {
+                                    result = Err(anyhow::anyhow!(e).context("bad frame from the hub"));
+                                    break 'conn;
+                                }
+                            }
+                        }
+                    }
+                    Ok(None) => { result = Err(anyhow::anyhow!("the hub closed the sync stream")); break 'conn; }
+                    Err(e) => { result = Err(anyhow::anyhow!("sync stream: {e}")); break 'conn; }
+                },
+                Some(chunk) = fetch_bytes_rx.recv() => {
+                    let chunk = match chunk { Ok(c) => c, Err(e) => { result = Err(anyhow::anyhow!("fetch stream: {e}")); break 'conn; } };
+                    fetch_in.push(&chunk)?;
+                    while let Some(msg) = fetch_in.next_message::<ToUnit>()? {
+                        if let Err(e) = session.handle_message(now(), msg) {
+                            result = Err(anyhow::anyhow!(e).context("the hub's fetch answer was refused"));
+                            break 'conn;
+                        }
+                    }
+                }
+                Some(req) = self.fetch_rx.recv() => {
+                    let id = session.fetch(now(), req.nhs);
+                    waiting.insert(id, req.reply);
+                }
+                _ = tokio::time::sleep(sleep_for) => {
+                    session.handle_timeout(now());
+                }
+                e = conn.closed() => {
+                    result = Err(explain(e).into());
+                    break 'conn;
+                }
+            }
+        }
+        session.connection_lost();
+        // Applies handed out before the loss were verified: apply them (saves re-sending).
+        while let Some(ev) = session.poll_event() {
+            match ev {
+                UnitEvent::Apply(apply) => {
+                    let cache = self.cache.clone();
+                    let t = now();
+                    let r = tokio::task::spawn_blocking(move || {
+                        let r = cache.apply(&apply, t).map(|a| (apply.batch_no, a));
+                        r
+                    })
+                    .await;
+                    match r {
+                        Ok(Ok((no, a))) => {
+                            let _ = session.batch_applied(no, &a.report);
+                        }
+                        _ => break,
+                    }
+                }
+                UnitEvent::Fetched {
+                    request_id, result, ..
+                } => {
+                    if let Some(w) = waiting.remove(&request_id) {
+                        let _ = w.send(result);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (_, w) in waiting.drain() {
+            let _ = w.send(FetchResult::NotConnected);
+        }
+        let cursor = session.durable_state().cursor;
+        self.status.update(|l| l.cursor = cursor);
+        conn.close(0u32.into(), b"bye");
+        result
+    }
+}
+
+fn resolve(config: &UnitConfig) -> anyhow::Result<SocketAddr> {
+    if let Some(a) = config.hub.addr.socket_addr() {
+        return Ok(a);
+    }
+    use std::net::ToSocketAddrs;
+    let text = format!("{}:{}", config.hub.addr.host(), config.hub.addr.port());
+    text.to_socket_addrs()
+        .with_context(|| format!("cannot resolve the hub address {text}"))?
+        .next()
+        .with_context(|| format!("no address for {text}"))
+}
+
+/// A connection error in words (TLS alerts explained).
+fn explain(e: quinn::ConnectionError) -> anyhow::Error {
+    match &e {
+        quinn::ConnectionError::ConnectionClosed(c) => {
+            let code = u64::from(c.error_code);
+            match edge_provision::tls::explain_quic_close(code) {
+                Some(why) => anyhow::anyhow!("{e}: {why}"),
+                None => anyhow::anyhow!("{e}"),
+            }
+        }
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            anyhow::anyhow!(
+                "the hub closed the connection: {}",
+                String::from_utf8_lossy(&c.reason)
+            )
+        }
+        _ => anyhow::anyhow!("{e}"),
+    }
+}
+
+/// Up to `max` ms of jitter (from the OS's random source).
+fn jitter_ms(max: u64) -> u64 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 8];
+    if max == 0 || ring::rand::SystemRandom::new().fill(&mut b).is_err() {
+        return 0;
+    }
+    u64::from_le_bytes(b) % (max + 1)
+}
