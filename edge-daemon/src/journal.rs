@@ -732,7 +732,12 @@ impl Journal {
         };
         let mut bytes = 0usize;
         for (path, start, end) in plan {
-            let file = File::open(&path).map_err(|e| JournalError::io("reading a segment", e))?;
+            let file = match File::open(&path) {
+                Ok(f) => f,
+                // Pruned meanwhile: everything in it was uploaded.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(JournalError::io("reading a segment", e)),
+            };
             let mut scan = Scanner::new(
                 BufReader::with_capacity(READ_BUFFER_BYTES, file),
                 start,
