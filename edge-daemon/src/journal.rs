@@ -300,9 +300,6 @@ pub enum JournalError {
     /// `mark_uploaded` past the last event.
     #[error("cannot mark seq {upto} uploaded: the journal ends at {last}")]
     BeyondEnd { upto: u64, last: u64 },
-    /// A blocking method was called on an async runtime thread (use the async one).
-    #[error("blocking audit journal call made on an async runtime thread; use the async method")]
-    BlockingInRuntime,
 }
 
 impl JournalError {
@@ -530,14 +527,30 @@ impl Drop for OpenGuard {
     }
 }
 
-type Reply = oneshot::Sender<Result<AuditEvent, JournalError>>;
+/// Where the writer sends an answer: an async waiter or a blocked thread.
+enum Responder<T> {
+    Async(oneshot::Sender<T>),
+    Blocking(std::sync::mpsc::SyncSender<T>),
+}
+
+impl<T> Responder<T> {
+    /// Answer; `false` if the waiter has gone.
+    fn send(self, value: T) -> bool {
+        match self {
+            Responder::Async(tx) => tx.send(value).is_ok(),
+            Responder::Blocking(tx) => tx.send(value).is_ok(),
+        }
+    }
+}
+
+type Reply = Responder<Result<AuditEvent, JournalError>>;
 
 enum Request {
     Append {
         event: Box<AuditEvent>,
         reply: Reply,
     },
-    Close(oneshot::Sender<()>),
+    Close(Responder<()>),
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -643,7 +656,7 @@ impl Journal {
         let (reply, rx) = oneshot::channel();
         let req = Request::Append {
             event: Box::new(event),
-            reply,
+            reply: Responder::Async(reply),
         };
         if self.tx.send(req).await.is_err() {
             return Err(self.gone());
@@ -651,42 +664,56 @@ impl Journal {
         rx.await.unwrap_or_else(|_| Err(self.gone()))
     }
 
-    /// [`Journal::append`] for threads outside an async runtime (returns
-    /// [`JournalError::BlockingInRuntime`] if called on one).
+    /// [`Journal::append`] for synchronous code. It works on any thread (it uses no runtime
+    /// machinery), but blocks it for an fsync: in async code prefer `append().await`.
     pub fn append_blocking(&self, event: AuditEvent) -> Result<AuditEvent, JournalError> {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            return Err(JournalError::BlockingInRuntime);
-        }
-        let (reply, rx) = oneshot::channel();
+        let (reply, rx) = std::sync::mpsc::sync_channel(1);
         let req = Request::Append {
             event: Box::new(event),
-            reply,
+            reply: Responder::Blocking(reply),
         };
-        if self.tx.blocking_send(req).is_err() {
-            return Err(self.gone());
+        self.send_blocking(req)?;
+        rx.recv().unwrap_or_else(|_| Err(self.gone()))
+    }
+
+    /// Queue a request without tokio's blocking helpers (which panic on runtime threads).
+    fn send_blocking(&self, mut req: Request) -> Result<(), JournalError> {
+        loop {
+            match self.tx.try_send(req) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Full(r)) => {
+                    // The writer is QUEUE_CAPACITY requests behind: wait a little.
+                    req = r;
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(self.gone()),
+            }
         }
-        rx.blocking_recv().unwrap_or_else(|_| Err(self.gone()))
     }
 
     /// Stop the writer after the appends queued before this call, and release the directory so
     /// it can be opened again. Other clones' later appends fail with [`JournalError::Closed`].
     pub async fn close(self) {
         let (done, rx) = oneshot::channel();
-        if self.tx.send(Request::Close(done)).await.is_ok() {
+        if self
+            .tx
+            .send(Request::Close(Responder::Async(done)))
+            .await
+            .is_ok()
+        {
             let _ = rx.await;
         }
     }
 
-    /// [`Journal::close`] for threads outside an async runtime.
-    pub fn close_blocking(self) -> Result<(), JournalError> {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            return Err(JournalError::BlockingInRuntime);
+    /// [`Journal::close`] for synchronous code.
+    pub fn close_blocking(self) {
+        let (done, rx) = std::sync::mpsc::sync_channel(1);
+        if self
+            .send_blocking(Request::Close(Responder::Blocking(done)))
+            .is_ok()
+        {
+            let _ = rx.recv();
         }
-        let (done, rx) = oneshot::channel();
-        if self.tx.blocking_send(Request::Close(done)).is_ok() {
-            let _ = rx.blocking_recv();
-        }
-        Ok(())
     }
 
     fn gone(&self) -> JournalError {
@@ -1014,7 +1041,7 @@ impl Writer {
         self.shutdown(Vec::new());
     }
 
-    fn shutdown(mut self, mut closes: Vec<oneshot::Sender<()>>) {
+    fn shutdown(mut self, mut closes: Vec<Responder<()>>) {
         self.rx.close();
         let mut refused = Vec::new();
         while let Ok(r) = self.rx.try_recv() {

@@ -126,7 +126,7 @@ fn append_and_reopen_continue_the_sequence_and_chain() {
     );
     assert_eq!(first[0].prev_hash, GENESIS);
     assert_eq!(j.last_hash(), first[9].hash);
-    j.close_blocking().unwrap();
+    j.close_blocking();
 
     let (j, rec) = open(&cfg);
     assert!(rec.is_clean(), "{:?}", rec.problems);
@@ -237,7 +237,7 @@ fn segments_roll_over_and_are_named_by_first_seq() {
     // Batches that start mid-way find their place through the index and across segments.
     let got = j.read_from(17, 10, usize::MAX).unwrap();
     assert_eq!(got, evs[16..26]);
-    j.close_blocking().unwrap();
+    j.close_blocking();
     let (j, rec) = open(&cfg);
     assert!(rec.is_clean(), "{:?}", rec.problems);
     assert_eq!(rec.segments, files.len());
@@ -251,7 +251,7 @@ fn a_torn_tail_is_truncated_and_appending_continues() {
     let cfg = config(d.path());
     let (j, _) = open(&cfg);
     let evs = append_n(&j, 1, 5);
-    j.close_blocking().unwrap();
+    j.close_blocking();
     let seg = &segment_files(&cfg)[0];
     let good_len = fs::metadata(seg).unwrap().len();
 
@@ -268,7 +268,7 @@ fn a_torn_tail_is_truncated_and_appending_continues() {
     assert_eq!(j.last_hash(), evs[4].hash);
     let next = j.append_blocking(event(6)).unwrap();
     assert_eq!((next.seq, next.prev_hash), (6, evs[4].hash));
-    j.close_blocking().unwrap();
+    j.close_blocking();
 
     // A whole record with a bad CRC at the tail, and plain garbage, likewise.
     let mut bytes = fs::read(seg).unwrap();
@@ -291,7 +291,7 @@ fn a_corrupted_middle_record_is_reported_and_kept() {
     let cfg = config(d.path());
     let (j, _) = open(&cfg);
     append_n(&j, 1, 10);
-    j.close_blocking().unwrap();
+    j.close_blocking();
     let seg = segment_files(&cfg)[0].clone();
     let (offset, seq, _) = records(&seg)[4].clone();
     assert_eq!(seq, 5);
@@ -351,7 +351,7 @@ fn a_tampered_event_is_reported_as_a_chain_break() {
     let cfg = config(d.path());
     let (j, _) = open(&cfg);
     append_n(&j, 1, 8);
-    j.close_blocking().unwrap();
+    j.close_blocking();
     let seg = segment_files(&cfg)[0].clone();
 
     // Someone changes who looked, and fixes up the CRC.
@@ -361,7 +361,7 @@ fn a_tampered_event_is_reported_as_a_chain_break() {
         kinds(&rec),
         vec![ProblemKind::Chain(ChainError::BadHash { seq: 4 })]
     );
-    j.close_blocking().unwrap();
+    j.close_blocking();
 
     // …and re-seals the event's own hash too: the next link breaks.
     rewrite(&seg, 4, |ev| {
@@ -373,7 +373,7 @@ fn a_tampered_event_is_reported_as_a_chain_break() {
         kinds(&rec),
         vec![ProblemKind::Chain(ChainError::BrokenLink { seq: 5 })]
     );
-    j.close_blocking().unwrap();
+    j.close_blocking();
 
     // Deleting an event from the middle shows as a gap.
     let recs = records(&seg);
@@ -413,7 +413,7 @@ fn upload_cursor_survives_reopen() {
     ));
     j.mark_uploaded(5).unwrap(); // never backwards
     assert_eq!(j.uploaded_seq(), 8);
-    j.close_blocking().unwrap();
+    j.close_blocking();
 
     let (j, rec) = open(&cfg);
     assert!(rec.is_clean());
@@ -424,7 +424,7 @@ fn upload_cursor_survives_reopen() {
     );
     j.mark_uploaded(20).unwrap();
     assert_eq!(j.pending(), 0);
-    j.close_blocking().unwrap();
+    j.close_blocking();
     let (j, _) = open(&cfg);
     assert_eq!(j.uploaded_seq(), 20);
 }
@@ -436,7 +436,7 @@ fn a_damaged_upload_marker_restarts_upload_from_the_start() {
     let (j, _) = open(&cfg);
     append_n(&j, 1, 3);
     j.mark_uploaded(2).unwrap();
-    j.close_blocking().unwrap();
+    j.close_blocking();
     fs::write(cfg.dir.join("uploaded"), b"junk").unwrap();
     let (j, rec) = open(&cfg);
     assert!(matches!(kinds(&rec)[..], [ProblemKind::UploadMarker(_)]));
@@ -450,7 +450,7 @@ fn a_lost_tail_the_hub_already_has_never_reuses_its_seqs() {
     let (j, _) = open(&cfg);
     let evs = append_n(&j, 1, 5);
     j.mark_uploaded(5).unwrap();
-    j.close_blocking().unwrap();
+    j.close_blocking();
     // Lose record 5 entirely (cut exactly at its start).
     let seg = segment_files(&cfg)[0].clone();
     let cut = records(&seg)[4].0;
@@ -510,7 +510,7 @@ fn prune_removes_only_uploaded_segments_past_retention() {
     j.mark_uploaded(30).unwrap();
     j.prune(late).unwrap();
     assert_eq!(segment_files(&cfg), files[files.len() - 1..]);
-    j.close_blocking().unwrap();
+    j.close_blocking();
 
     // A pruned journal reopens clean and carries on.
     let (j, rec) = open(&cfg);
@@ -614,13 +614,13 @@ fn payloads_pass_through_the_record_cipher() {
     let (j, _) = Journal::open_with_cipher(cfg.clone(), Arc::new(XorBySeq)).unwrap();
     let evs = append_n(&j, 1, 3);
     assert_eq!(read_all(&j), evs);
-    j.close_blocking().unwrap();
+    j.close_blocking();
     let raw = fs::read(&segment_files(&cfg)[0]).unwrap();
     assert!(!raw.windows(10).any(|w| w == b"9990000018"));
 
     let (j, rec) = Journal::open_with_cipher(cfg.clone(), Arc::new(XorBySeq)).unwrap();
     assert!(rec.is_clean(), "{:?}", rec.problems);
-    j.close_blocking().unwrap();
+    j.close_blocking();
     // Without the key the records are unreadable, and say so.
     let (j, rec) = open(&cfg);
     assert_eq!(
@@ -644,7 +644,7 @@ fn one_writer_per_directory_and_closed_means_closed() {
         Err(JournalError::AlreadyOpen(_))
     ));
     let other = j.clone();
-    j.close_blocking().unwrap();
+    j.close_blocking();
     assert!(matches!(
         other.append_blocking(event(1)),
         Err(JournalError::Closed)
@@ -652,16 +652,23 @@ fn one_writer_per_directory_and_closed_means_closed() {
     let (_j, _) = open(&cfg);
 }
 
-#[tokio::test]
-async fn blocking_calls_on_a_runtime_thread_are_refused_not_panics() {
+#[tokio::test(flavor = "current_thread")]
+async fn blocking_calls_work_even_on_a_runtime_thread() {
     let d = tempfile::tempdir().unwrap();
-    let (j, _) = Journal::open(config(d.path())).unwrap();
-    assert!(matches!(
-        j.append_blocking(event(1)),
-        Err(JournalError::BlockingInRuntime)
-    ));
-    assert_eq!(j.append(event(1)).await.unwrap().seq, 1);
-    j.close().await;
+    let cfg = config(d.path());
+    let (j, _) = Journal::open(cfg.clone()).unwrap();
+    // Not recommended (it blocks the runtime for an fsync), but it must not panic or deadlock.
+    assert_eq!(j.append_blocking(event(1)).unwrap().seq, 1);
+    assert_eq!(j.append(event(2)).await.unwrap().seq, 2);
+    let j2 = j.clone();
+    let ev = tokio::task::spawn_blocking(move || j2.append_blocking(event(3)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ev.seq, 3);
+    j.close_blocking();
+    let (_j, rec) = Journal::open(cfg).unwrap();
+    assert_eq!(rec.last_seq, 3);
 }
 
 #[test]
@@ -704,7 +711,7 @@ proptest! {
         let cfg = config(d.path());
         let (j, _) = open(&cfg);
         let evs = append_n(&j, 1, 3);
-        j.close_blocking().unwrap();
+        j.close_blocking();
         let seg = segment_files(&cfg)[0].clone();
         let mut bytes = fs::read(&seg).unwrap();
         bytes.extend_from_slice(&tail);
