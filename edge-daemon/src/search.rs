@@ -282,16 +282,8 @@ pub fn phonetic(name: &str) -> String {
         let next = at(i + 1);
         let next2 = at(i + 2);
         match c {
-            b'a' | b'e' | b'i' | b'o' | b'u' => {
-                if i == start {
-                    push('A');
-                }
-            }
-            b'b' => {
-                if !(prev == b'm' && i + 1 == n) {
-                    push('B');
-                }
-            }
+            b'a' | b'e' | b'i' | b'o' | b'u' if i == start => push('A'),
+            b'b' if !(prev == b'm' && i + 1 == n) => push('B'),
             b'c' => {
                 if next == b'h' {
                     if next2 == b'r' || (i == start && next2 != 0 && !vowel(next2)) {
@@ -328,16 +320,8 @@ pub fn phonetic(name: &str) -> String {
                     push('K');
                 }
             }
-            b'h' => {
-                if vowel(next) && (i == start || vowel(prev)) {
-                    push('H');
-                }
-            }
-            b'k' => {
-                if prev != b'c' {
-                    push('K');
-                }
-            }
+            b'h' if vowel(next) && (i == start || vowel(prev)) => push('H'),
+            b'k' if prev != b'c' => push('K'),
             b'p' => {
                 if next == b'h' {
                     push('F');
@@ -384,17 +368,14 @@ pub fn phonetic(name: &str) -> String {
                 push('K');
                 push('S');
             }
-            b'y' => {
-                if vowel(next) && !vowel(prev) {
-                    push('Y');
-                }
-            }
+            b'y' if vowel(next) && !vowel(prev) => push('Y'),
             b'z' => push('S'),
             b'j' => push('J'),
             b'l' => push('L'),
             b'm' => push('M'),
             b'n' => push('N'),
             b'r' => push('R'),
+            // Vowels after the start, and silent B/H/K/Y.
             _ => {}
         }
         i += 1;
