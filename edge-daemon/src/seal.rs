@@ -35,7 +35,7 @@
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
@@ -800,6 +800,11 @@ fn remove_stale_temps(keys_dir: &Path) {
     let Ok(entries) = fs::read_dir(keys_dir) else {
         return;
     };
+    // A crash between the link and the unlink in `write_new_file` leaves a temporary that is
+    // the same inode as the live DEK file: that one is only unlinked, never zeroed.
+    let live = fs::metadata(keys_dir.join(DEK_FILE))
+        .ok()
+        .map(|m| (m.dev(), m.ino()));
     for entry in entries.flatten() {
         if entry
             .file_name()
@@ -808,7 +813,15 @@ fn remove_stale_temps(keys_dir: &Path) {
         {
             let path = entry.path();
             tracing::warn!(path = %path.display(), "removing a stale data-key temporary");
-            if let Err(e) = shred_file(&path) {
+            let same_inode = fs::metadata(&path)
+                .ok()
+                .is_some_and(|m| Some((m.dev(), m.ino())) == live);
+            let result = if same_inode {
+                fs::remove_file(&path).map_err(io_err(&path))
+            } else {
+                shred_file(&path)
+            };
+            if let Err(e) = result {
                 tracing::warn!(path = %path.display(), error = %e, "could not remove it");
             }
         }

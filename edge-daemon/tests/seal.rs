@@ -229,6 +229,26 @@ fn corrupt_dek_file_is_reported_and_kept() {
 }
 
 #[test]
+fn crash_between_link_and_unlink_keeps_the_dek() {
+    // `open_or_create` links its temporary to `dek.sealed` and then unlinks it; a crash in
+    // between leaves both names on one inode. The next start must keep the DEK intact.
+    let (dir, store) = setup();
+    let (s, _) = open(&dir, &store);
+    let sealed = s.seal(T, b"k", b"v").unwrap();
+    let tmp = keys(&dir).join("dek.sealed.tmp.999");
+    fs::hard_link(keys(&dir).join(DEK_FILE), &tmp).unwrap();
+    // An unrelated stale temporary (crash before the link) is removed too.
+    fs::write(keys(&dir).join("dek.sealed.tmp.998"), [9u8; 65]).unwrap();
+    for _ in 0..2 {
+        let (s, state) = open(&dir, &store);
+        assert_eq!(state, KeyState::Existing);
+        assert_eq!(s.open(T, b"k", &sealed).unwrap(), b"v");
+    }
+    assert!(!tmp.exists());
+    assert!(!keys(&dir).join("dek.sealed.tmp.998").exists());
+}
+
+#[test]
 fn shred_makes_old_data_unreadable_and_reopen_is_fresh() {
     let (dir, store) = setup();
     let (s, _) = open(&dir, &store);
