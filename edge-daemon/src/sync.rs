@@ -211,40 +211,6 @@ impl SyncClient {
         let mut buf = vec![0u8; 256 * 1024];
         let mut result: anyhow::Result<()> = Ok(());
         'conn: loop {
-            // Send what the session has queued.
-            while let Some(msg) = session.poll_transmit() {
-                let bytes = encode_frame(&msg)?;
-                match msg.stream() {
-                    StreamKind::Pull => pull_send.write_all(&bytes).await?,
-                    StreamKind::Fetch => {
-                        if fetch_stream.is_none() {
-                            let (send, mut recv) = conn.open_bi().await.map_err(explain)?;
-                            let tx = fetch_bytes_tx.clone();
-                            tokio::spawn(async move {
-                                let mut b = vec![0u8; 64 * 1024];
-                                loop {
-                                    match recv.read(&mut b).await {
-                                        Ok(Some(n)) => {
-                                            if tx.send(Ok(b[..n].to_vec())).is_err() {
-                                                return;
-                                            }
-                                        }
-                                        Ok(None) => return,
-                                        Err(e) => {
-                                            let _ = tx.send(Err(e.to_string()));
-                                            return;
-                                        }
-                                    }
-                                }
-                            });
-                            fetch_stream = Some(send);
-                        }
-                        if let Some(send) = fetch_stream.as_mut() {
-                            send.write_all(&bytes).await?;
-                        }
-                    }
-                }
-            }
             // Handle the session's events (applies in order, durable before the ack).
             while let Some(ev) = session.poll_event() {
                 match ev {
@@ -323,6 +289,40 @@ impl SyncClient {
                     }
                 }
             }
+            // Send what the session has queued.
+            while let Some(msg) = session.poll_transmit() {
+                let bytes = encode_frame(&msg)?;
+                match msg.stream() {
+                    StreamKind::Pull => pull_send.write_all(&bytes).await?,
+                    StreamKind::Fetch => {
+                        if fetch_stream.is_none() {
+                            let (send, mut recv) = conn.open_bi().await.map_err(explain)?;
+                            let tx = fetch_bytes_tx.clone();
+                            tokio::spawn(async move {
+                                let mut b = vec![0u8; 64 * 1024];
+                                loop {
+                                    match recv.read(&mut b).await {
+                                        Ok(Some(n)) => {
+                                            if tx.send(Ok(b[..n].to_vec())).is_err() {
+                                                return;
+                                            }
+                                        }
+                                        Ok(None) => return,
+                                        Err(e) => {
+                                            let _ = tx.send(Err(e.to_string()));
+                                            return;
+                                        }
+                                    }
+                                }
+                            });
+                            fetch_stream = Some(send);
+                        }
+                        if let Some(send) = fetch_stream.as_mut() {
+                            send.write_all(&bytes).await?;
+                        }
+                    }
+                }
+            }
             if session.is_ended() {
                 break 'conn;
             }
@@ -371,7 +371,7 @@ impl SyncClient {
                     session.handle_timeout(now());
                 }
                 e = conn.closed() => {
-                    result = Err(explain(e).into());
+                    result = Err(explain(e));
                     break 'conn;
                 }
             }
@@ -384,8 +384,7 @@ impl SyncClient {
                     let cache = self.cache.clone();
                     let t = now();
                     let r = tokio::task::spawn_blocking(move || {
-                        let r = cache.apply(&apply, t).map(|a| (apply.batch_no, a));
-                        r
+                        cache.apply(&apply, t).map(|a| (apply.batch_no, a))
                     })
                     .await;
                     match r {

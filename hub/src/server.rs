@@ -282,6 +282,7 @@ async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Re
     let mut pull: Option<mpsc::UnboundedSender<ToUnit>> = None;
     let mut fetch: Option<mpsc::UnboundedSender<ToUnit>> = None;
     let mut saved_cursor = None;
+    let mut reported_sent = 0u64;
     let result: anyhow::Result<()> = loop {
         let step = tokio::select! {
             input = in_rx.recv() => match input {
@@ -317,13 +318,16 @@ async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Re
             }
         }
         let progress = session.progress().clone();
-        if progress.acked_cursor != saved_cursor {
+        if progress.acked_cursor != saved_cursor || progress.records_sent != reported_sent {
             saved_cursor = progress.acked_cursor;
-            let sent = progress.records_sent;
+            let delta = progress.records_sent - reported_sent;
+            reported_sent = progress.records_sent;
             let _ = hub.store.update_device(&device, |d| {
-                d.cursor = saved_cursor;
+                if saved_cursor.is_some() {
+                    d.cursor = saved_cursor;
+                }
                 d.last_seen = Some(now());
-                d.records_sent = d.records_sent.max(sent);
+                d.records_sent += delta;
             });
         }
         if let Some(c) = hub.connected().get_mut(&device) {
@@ -464,7 +468,7 @@ pub fn device_rows(hub: &Hub) -> anyhow::Result<Vec<serde_json::Value>> {
                 "revoked": revoked,
                 "connected": live.is_some(),
                 "live": live.as_ref().is_some_and(|p| p.live),
-                "records_sent": live.as_ref().map_or(d.records_sent, |p| p.records_sent.max(d.records_sent)),
+                "records_sent": d.records_sent,
                 "cohort_override": d.cohort_override,
                 "last_refusal": d.last_refusal,
             }),

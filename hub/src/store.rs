@@ -291,13 +291,13 @@ impl HubStore {
                     continue;
                 }
             };
-            if !work.contains_key(&c.nhs_number) {
-                let cur = self.cur(&c.nhs_number)?;
-                let s = self.summary(&c.nhs_number)?;
-                work.insert(c.nhs_number, (cur, s, false));
-            }
-            let Some(slot) = work.get_mut(&c.nhs_number) else {
-                continue;
+            let slot = match work.entry(c.nhs_number) {
+                std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    let cur = self.cur(&c.nhs_number)?;
+                    let s = self.summary(&c.nhs_number)?;
+                    v.insert((cur, s, false))
+                }
             };
             match &mut slot.1 {
                 None => {

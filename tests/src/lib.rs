@@ -56,3 +56,4 @@ pub fn synth(dir: &std::path::Path, n: u32, seed: u64, sources: u32) -> anyhow::
     anyhow::ensure!(st.success(), "edge-hub synth failed: {st}");
     Ok(out)
 }
+pub mod fleet;

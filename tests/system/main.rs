@@ -1,4 +1,7 @@
 //! Whole-system tests: one integration-test binary with a module per area. Each test starts the
 //! real release binaries (built once by `kerbside_tests::bin`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod foundation;
+mod sync;
