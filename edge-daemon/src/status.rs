@@ -33,6 +33,8 @@ pub struct Live {
     pub records_received: u64,
     pub audit_pending: u64,
     pub audit_uploaded_seq: u64,
+    /// UDP bytes received from the hub over all connections (QUIC overhead included).
+    pub link_bytes_received: u64,
 }
 
 impl Default for Live {
@@ -51,6 +53,7 @@ impl Default for Live {
             records_received: 0,
             audit_pending: 0,
             audit_uploaded_seq: 0,
+            link_bytes_received: 0,
         }
     }
 }
@@ -81,6 +84,7 @@ pub struct StatusView {
     pub last_error: Option<String>,
     pub connects: u64,
     pub records_received: u64,
+    pub link_bytes_received: u64,
 }
 
 impl Status {
@@ -125,6 +129,7 @@ impl Status {
             last_error: l.last_error,
             connects: l.connects,
             records_received: l.records_received,
+            link_bytes_received: l.link_bytes_received,
         }
     }
 }

@@ -201,7 +201,10 @@ impl SyncClient {
                 ..SessionConfig::default()
             },
         );
-        self.status.update(|l| l.connects += 1);
+        let base_rx = self.status.update(|l| {
+            l.connects += 1;
+            l.link_bytes_received
+        });
         let mut pull_in = InflateDeframer::new();
         let mut fetch_stream: Option<quinn::SendStream> = None;
         let (fetch_bytes_tx, mut fetch_bytes_rx) =
@@ -229,7 +232,9 @@ impl SyncClient {
                         session.batch_applied(apply.batch_no, &applied.report)?;
                         let cursor = session.durable_state().cursor;
                         let rebaselining = session.in_baseline();
+                        let rx = conn.stats().udp_rx.bytes;
                         self.status.update(|l| {
+                            l.link_bytes_received = base_rx + rx;
                             l.cursor = cursor;
                             l.rebaselining = rebaselining;
                             l.last_sync_at = Some(now());

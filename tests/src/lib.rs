@@ -57,3 +57,4 @@ pub fn synth(dir: &std::path::Path, n: u32, seed: u64, sources: u32) -> anyhow::
     Ok(out)
 }
 pub mod fleet;
+pub mod proxy;

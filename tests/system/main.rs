@@ -5,3 +5,4 @@
 
 mod foundation;
 mod sync;
+mod sync_bad;
