@@ -84,7 +84,7 @@ impl Hub {
         let head = store.head()?;
         let (head_tx, _) = watch::channel(head);
         let session_config = SessionConfig {
-            window_batches: 4,
+            window_batches: 8,
             batch_records_max: usize::try_from(config.sync.batch_records_max)
                 .unwrap_or(512)
                 .clamp(1, 4096),
