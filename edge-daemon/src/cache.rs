@@ -30,6 +30,19 @@ use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
 use crate::seal::{KeyState, Sealer};
+use crate::search::SearchIndex;
+
+/// Just the demographics of a summary (the rest of the CBOR is skipped, not allocated).
+#[derive(Deserialize)]
+struct DemographicsOnly {
+    patient: edge_proto::model::Demographics,
+}
+
+fn demographics(record: &[u8]) -> Option<edge_proto::model::Demographics> {
+    cbor::from_slice::<DemographicsOnly>(record)
+        .ok()
+        .map(|d| d.patient)
+}
 
 /// Why the cache failed.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +106,8 @@ pub struct Cache {
     /// NHS number → (version, epoch) of every cohort record: the record count, and what the
     /// search index mirrors.
     index: RwLock<BTreeMap<NhsNumber, u64>>,
+    /// Demographic search over the cohort cache.
+    search: RwLock<SearchIndex>,
     dir: PathBuf,
 }
 
@@ -170,16 +185,22 @@ impl Cache {
             tree,
             sealer,
             index: RwLock::new(BTreeMap::new()),
+            search: RwLock::new(SearchIndex::new()),
             dir: path.to_path_buf(),
         };
         // Read everything once: the state, and every record (which also checks the seals).
         let _ = cache.state()?;
         let mut index = BTreeMap::new();
+        let mut search = SearchIndex::new();
         for kv in cache.tree.scan_prefix(T_RECORD) {
             let (k, v) = kv?;
             let rec = cache.open_record(T_RECORD, &k, &v)?;
             index.insert(rec.nhs, rec.version);
+            if let Some(d) = demographics(rec.record.as_slice()) {
+                search.insert(rec.nhs, &d);
+            }
         }
+        *cache.search.write().unwrap_or_else(|p| p.into_inner()) = search;
         info!(records = index.len(), "cache opened");
         *cache.index.write().unwrap_or_else(|p| p.into_inner()) = index;
         Ok(cache)
@@ -275,6 +296,25 @@ impl Cache {
             .map_err(|_| CacheError::Seal { table: "t" })?;
         self.tree.insert(K_META, sealed)?;
         Ok(m)
+    }
+
+    /// Search the cohort cache's demographics.
+    pub fn search(
+        &self,
+        q: &crate::search::SearchQuery,
+    ) -> Result<crate::search::SearchOutcome, crate::search::SearchError> {
+        self.search
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .search(q)
+    }
+
+    /// Whether the cohort cache holds this patient.
+    pub fn contains(&self, nhs: &NhsNumber) -> bool {
+        self.index
+            .read()
+            .map(|i| i.contains_key(nhs))
+            .unwrap_or(false)
     }
 
     /// Records in the cohort cache.
@@ -388,14 +428,24 @@ impl Cache {
         let mut removed = Vec::new();
         {
             let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+            let mut search = self.search.write().unwrap_or_else(|p| p.into_inner());
             for op in ops {
                 match op {
-                    Op::Put(nhs, v) => {
+                    Op::Put(nhs, v, d) => {
                         index.insert(nhs, v);
+                        match d {
+                            Some(d) => {
+                                search.insert(nhs, &d);
+                            }
+                            None => {
+                                search.remove(&nhs);
+                            }
+                        }
                         written.push(nhs);
                     }
                     Op::Remove(nhs) => {
                         index.remove(&nhs);
+                        search.remove(&nhs);
                         removed.push(nhs);
                     }
                 }
@@ -424,7 +474,7 @@ pub struct Applied {
 }
 
 enum Op {
-    Put(NhsNumber, u64),
+    Put(NhsNumber, u64, Option<edge_proto::model::Demographics>),
     Remove(NhsNumber),
 }
 
@@ -480,7 +530,8 @@ impl UnitStore for Txn<'_> {
         };
         let sealed = self.cache.seal_record(T_RECORD, &k, &rec)?;
         self.write(k, Some(header(version, epoch, sealed)));
-        self.ops.push(Op::Put(*nhs, version));
+        self.ops
+            .push(Op::Put(*nhs, version, demographics(record.as_slice())));
         Ok(())
     }
 

@@ -30,6 +30,10 @@ pub struct AppState {
     pub status: Arc<Status>,
     pub fetcher: Fetcher,
     pub config: Arc<UnitConfig>,
+    /// The hub's shift-token verification key (from the bundle).
+    pub token_key: Arc<[u8; 32]>,
+    /// Where every access is recorded before it is answered.
+    pub audit: crate::access::Auditor,
 }
 
 /// A JSON error body: `{"error": code, "message": text}`.
@@ -47,6 +51,10 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/status", get(status))
         .route("/metrics", get(metrics))
+        .route("/v1/patients/{nhs}", get(crate::access::patient))
+        .route("/v1/patients/", get(crate::access::patient_empty))
+        .route("/fhir/Patient/$summary", get(crate::access::fhir_summary))
+        .route("/v1/search", get(crate::access::search))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .with_state(state)
 }

@@ -87,6 +87,21 @@ fn run(config: &std::path::Path) -> anyhow::Result<()> {
         cfg.device_id.clone(),
         cfg.role,
     ));
+    let jcfg = edge_daemon::journal::JournalConfig::for_unit(&cfg.data_dir, &cfg.audit);
+    let (journal, recovery) =
+        edge_daemon::journal::Journal::open(jcfg).context("cannot open the audit journal")?;
+    if !recovery.is_clean() {
+        tracing::error!(
+            problems = recovery.problems.len(),
+            "the audit journal has problems (kept on disk, reported to the hub)"
+        );
+    }
+    status.update(|l| {
+        l.audit_pending = journal.pending();
+        l.audit_uploaded_seq = journal.uploaded_seq();
+    });
+    let token_key = edge_provision::keys::load_ed25519_public(&cfg.keys.token_verify)
+        .context("cannot load the shift-token verification key")?;
     let state = cache.state()?;
     status.update(|l| l.cursor = state.cursor);
     tracing::info!(
@@ -111,6 +126,12 @@ fn run(config: &std::path::Path) -> anyhow::Result<()> {
             status: status.clone(),
             fetcher,
             config: Arc::new(cfg.clone()),
+            token_key: Arc::new(token_key),
+            audit: edge_daemon::access::Auditor::new(
+                Some(journal.clone()),
+                cfg.device_id.clone(),
+                status.clone(),
+            ),
         });
         let lan = edge_daemon::lan::serve(listener, app, &cfg);
         let stop = async {

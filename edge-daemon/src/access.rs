@@ -1,0 +1,681 @@
+//! Patient access over the LAN: lookup, FHIR `$summary`, search — with shift-token
+//! authentication, roles, break-glass, freshness, on-demand fetch, and an audit event recorded
+//! (fsync'd in the journal) **before** every answer, found, not found or refused.
+//!
+//! Every answer goes through [`Auditor::record`]; if the access cannot be recorded the unit
+//! refuses to answer (503 `audit_unavailable`) rather than serve unaudited (hazard H5).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use edge_proto::audit::{
+    uuid_from_bytes, AccessData, AuditAction, AuditEvent, AuditOutcome, ClientInfo, Hash32,
+    Purpose, AUDIT_SCHEMA,
+};
+use edge_proto::cbor;
+use edge_proto::ids::{DeviceId, StaffRole};
+use edge_proto::model::{Confidentiality, Summary};
+use edge_proto::nhs::NhsNumber;
+use edge_proto::sync::FetchResult;
+use edge_proto::time::UnixMillis;
+use edge_proto::token::{self, ShiftClaims};
+use serde_json::{json, Value};
+use tracing::{debug, warn};
+
+use crate::cache::CachedRecord;
+use crate::journal::Journal;
+use crate::lan::{error, AppState};
+use crate::search::SearchQuery;
+use crate::status::{Link, Status};
+use crate::sync::now;
+
+/// Records accesses in the audit journal.
+#[derive(Clone)]
+pub struct Auditor {
+    journal: Option<Journal>,
+    device: DeviceId,
+    status: Arc<Status>,
+    seen_tokens: Arc<Mutex<HashSet<String>>>,
+}
+
+impl std::fmt::Debug for Auditor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auditor")
+            .field("device", &self.device)
+            .finish()
+    }
+}
+
+/// One access to record.
+#[derive(Debug, Clone)]
+pub struct Access {
+    pub action: AuditAction,
+    pub outcome: AuditOutcome,
+    pub reason: Option<&'static str>,
+    pub caller: Option<ShiftClaims>,
+    pub purpose: Purpose,
+    pub break_glass_reason: Option<String>,
+    pub incident_ref: Option<String>,
+    pub patient: Option<NhsNumber>,
+    pub data: AccessData,
+}
+
+impl Access {
+    fn new(action: AuditAction, outcome: AuditOutcome) -> Access {
+        Access {
+            action,
+            outcome,
+            reason: None,
+            caller: None,
+            purpose: Purpose::Treat,
+            break_glass_reason: None,
+            incident_ref: None,
+            patient: None,
+            data: AccessData {
+                interface: Some("lan".into()),
+                ..AccessData::default()
+            },
+        }
+    }
+}
+
+fn random_uuid() -> String {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 16];
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    uuid_from_bytes(b)
+}
+
+impl Auditor {
+    /// An auditor over the unit's journal (`None`: nothing is recorded — tests only).
+    pub fn new(journal: Option<Journal>, device: DeviceId, status: Arc<Status>) -> Auditor {
+        Auditor {
+            journal,
+            device,
+            status,
+            seen_tokens: Arc::new(Mutex::new(HashSet::new())),
+        }
+    }
+
+    pub fn journal(&self) -> Option<&Journal> {
+        self.journal.as_ref()
+    }
+
+    fn event(&self, a: &Access, action: AuditAction, outcome: AuditOutcome) -> AuditEvent {
+        let live = self.status.live();
+        AuditEvent {
+            schema: AUDIT_SCHEMA,
+            event_id: random_uuid(),
+            device_id: self.device.clone(),
+            seq: 0,
+            prev_hash: Hash32::default(),
+            hash: Hash32::default(),
+            recorded: now(),
+            clock_offset_ms: live.hub_offset_ms,
+            action,
+            outcome,
+            outcome_reason: a.reason.map(str::to_owned),
+            staff_id: a.caller.as_ref().map(|c| c.staff_id.clone()),
+            staff_name: a.caller.as_ref().map(|c| c.staff_name.clone()),
+            role: a.caller.as_ref().map(|c| c.role),
+            org_ods: a.caller.as_ref().and_then(|c| c.org_ods.clone()),
+            auth: a.caller.as_ref().map(|c| c.token_id.clone()),
+            purpose: a.purpose,
+            break_glass_reason: a.break_glass_reason.clone(),
+            patient: a.patient,
+            data: a.data.clone(),
+            client: ClientInfo::default(),
+            incident_ref: a.incident_ref.clone(),
+            offline: live.link == Link::Down,
+        }
+    }
+
+    async fn append(&self, ev: AuditEvent) -> Result<(), Response> {
+        let Some(j) = &self.journal else {
+            return Ok(());
+        };
+        match j.append(ev).await {
+            Ok(_) => {
+                let pending = j.pending();
+                self.status.update(|l| l.audit_pending = pending);
+                Ok(())
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot record an access: refusing to answer unaudited");
+                Err(error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "audit_unavailable",
+                    "this access cannot be recorded (the audit journal is full or failing), so the unit will not answer it; see the unit's status and tell the fleet team",
+                ))
+            }
+        }
+    }
+
+    /// Record an access (and, the first time a token is used, a login; for break-glass, a
+    /// separate security alert). Returns only once the events are durable.
+    pub async fn record(&self, a: Access) -> Result<(), Response> {
+        if let Some(c) = &a.caller {
+            let first = self
+                .seen_tokens
+                .lock()
+                .map(|mut s| s.insert(c.token_id.clone()))
+                .unwrap_or(false);
+            if first {
+                let mut login = a.clone();
+                login.patient = None;
+                login.reason = None;
+                login.data = AccessData {
+                    interface: Some("lan".into()),
+                    ..AccessData::default()
+                };
+                self.append(self.event(&login, AuditAction::Login, AuditOutcome::Ok))
+                    .await?;
+            }
+        }
+        self.append(self.event(&a, a.action, a.outcome)).await?;
+        if a.purpose == Purpose::EmergencyTreat && a.break_glass_reason.is_some() {
+            self.append(self.event(&a, AuditAction::Alert, a.outcome))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Who is asking and why.
+struct Caller {
+    claims: ShiftClaims,
+    purpose: Purpose,
+    reason: Option<String>,
+    incident: Option<String>,
+}
+
+fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+/// Check the token and the purpose headers. Errors carry the response and the audit reason.
+fn authenticate(
+    s: &AppState,
+    h: &HeaderMap,
+) -> Result<Caller, (Response, &'static str, Option<ShiftClaims>)> {
+    let Some(auth) = header_str(h, "authorization") else {
+        return Err((
+            error(
+                StatusCode::UNAUTHORIZED,
+                "no_token",
+                "sign in with your shift token (Authorization: Bearer <token>)",
+            ),
+            "no_token",
+            None,
+        ));
+    };
+    let Some(tok) = auth
+        .strip_prefix("Bearer ")
+        .or_else(|| auth.strip_prefix("bearer "))
+    else {
+        return Err((
+            error(
+                StatusCode::UNAUTHORIZED,
+                "bad_token",
+                "the Authorization header must be 'Bearer <shift token>'",
+            ),
+            "bad_token",
+            None,
+        ));
+    };
+    let claims = match token::verify(tok, &s.token_key[..], now(), &s.config.device_id) {
+        Ok(c) => c,
+        Err(e) => {
+            let (code, why) = match &e {
+                token::TokenError::Expired { .. } => ("expired_token", "expired_token"),
+                token::TokenError::WrongUnit { .. } => ("wrong_unit", "wrong_unit"),
+                _ => ("bad_token", "bad_token"),
+            };
+            return Err((
+                error(
+                    StatusCode::UNAUTHORIZED,
+                    code,
+                    format!("{e}; sign in again"),
+                ),
+                why,
+                None,
+            ));
+        }
+    };
+    let purpose = match header_str(h, "x-purpose-of-use") {
+        None => Purpose::Treat,
+        Some(p) if p.eq_ignore_ascii_case("TREAT") => Purpose::Treat,
+        Some(p) if p.eq_ignore_ascii_case("ETREAT") => Purpose::EmergencyTreat,
+        Some(_) => {
+            return Err((
+                error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_purpose",
+                    "X-Purpose-Of-Use must be TREAT or ETREAT",
+                ),
+                "bad_purpose",
+                Some(claims),
+            ))
+        }
+    };
+    let reason = header_str(h, "x-break-glass-reason").map(|r| r.chars().take(500).collect());
+    if purpose == Purpose::EmergencyTreat && reason.is_none() {
+        return Err((
+            error(
+                StatusCode::BAD_REQUEST,
+                "break_glass_reason_required",
+                "emergency access (ETREAT) needs a reason in X-Break-Glass-Reason",
+            ),
+            "break_glass_reason_required",
+            Some(claims),
+        ));
+    }
+    let incident = header_str(h, "x-incident-ref").map(|r| r.chars().take(64).collect());
+    Ok(Caller {
+        claims,
+        purpose,
+        reason,
+        incident,
+    })
+}
+
+/// What a lookup found.
+struct Found {
+    summary: Summary,
+    rec: CachedRecord,
+    on_demand: bool,
+}
+
+enum Lookup {
+    Found(Box<Found>),
+    NotCached(&'static str),
+}
+
+async fn lookup(s: &AppState, nhs: &NhsNumber) -> Result<Lookup, Response> {
+    let t = now();
+    let rec = match s.cache.get(nhs) {
+        Ok(Some(r)) => Some((r, false)),
+        Ok(None) => match s.cache.get_fetched(nhs, t) {
+            Ok(Some(r)) => Some((r, true)),
+            Ok(None) => None,
+            Err(e) => return Err(cache_error(e)),
+        },
+        Err(e) => return Err(cache_error(e)),
+    };
+    let (rec, on_demand) = match rec {
+        Some(x) => x,
+        None => match s.fetcher.fetch(*nhs).await {
+            FetchResult::Found { version, record } => {
+                let ttl = i64::try_from(s.config.cache.on_demand_ttl_s)
+                    .unwrap_or(259_200)
+                    .saturating_mul(1000);
+                let t = now();
+                if let Err(e) = s.cache.put_fetched(nhs, version, record, t, t.plus_ms(ttl)) {
+                    return Err(cache_error(e));
+                }
+                match s.cache.get_fetched(nhs, t) {
+                    Ok(Some(r)) => (r, true),
+                    _ => return Ok(Lookup::NotCached("fetch_store_failed")),
+                }
+            }
+            FetchResult::NotFound | FetchResult::Withdrawn => {
+                return Ok(Lookup::NotCached("not_at_hub"))
+            }
+            FetchResult::NotConnected => return Ok(Lookup::NotCached("link_down")),
+            FetchResult::TimedOut => return Ok(Lookup::NotCached("fetch_timed_out")),
+            FetchResult::Busy => return Ok(Lookup::NotCached("fetch_busy")),
+        },
+    };
+    match cbor::decode_summary(rec.record.as_slice()) {
+        Ok(summary) => Ok(Lookup::Found(Box::new(Found {
+            summary,
+            rec,
+            on_demand,
+        }))),
+        Err(e) => {
+            warn!(error = %e, "a cached summary does not decode");
+            Err(error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cache_damaged",
+                "this patient's cached record is damaged; it will be refreshed at the next sync",
+            ))
+        }
+    }
+}
+
+fn cache_error(e: crate::cache::CacheError) -> Response {
+    warn!(error = %e, "cache read failed");
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "cache_unavailable",
+        "the unit's cache cannot be read; see the unit's status",
+    )
+}
+
+/// Freshness of a found record: (age in seconds, stale, synced_at).
+fn freshness(s: &AppState, f: &Found) -> (u64, bool) {
+    let live = s.status.live();
+    let offset = live.hub_offset_ms;
+    let hub_now = now().plus_ms(offset);
+    let synced = f.rec.synced_at.plus_ms(offset);
+    // When the unit last knew this record to be current, in hub time: now while the link is
+    // up and the cache caught up; otherwise the last time it was caught up.
+    let confirmed = if f.on_demand {
+        synced
+    } else if live.link == Link::Up && live.caught_up {
+        hub_now
+    } else {
+        let as_of = live.cache_as_of.or(s.cache.meta().cache_as_of);
+        as_of.map_or(synced, |a| a.max(synced))
+    };
+    let age = hub_now.seconds_since(confirmed);
+    (age, age > s.config.cache.stale_after_s)
+}
+
+fn http_date(t: UnixMillis) -> Option<HeaderValue> {
+    let dt = time::OffsetDateTime::from_unix_timestamp(t.0.div_euclid(1000)).ok()?;
+    let fmt = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    HeaderValue::from_str(&dt.format(&fmt).ok()?).ok()
+}
+
+fn sections(s: &Summary) -> Vec<String> {
+    let mut v = Vec::new();
+    if !s.allergies.entries.is_empty() {
+        v.push("allergies".into());
+    }
+    if !s.medications.entries.is_empty() {
+        v.push("medications".into());
+    }
+    if !s.conditions.entries.is_empty() {
+        v.push("conditions".into());
+    }
+    if !s.resuscitation.entries.is_empty() {
+        v.push("resuscitation".into());
+    }
+    if !s.care_plans.entries.is_empty() {
+        v.push("care_plans".into());
+    }
+    if !s.alerts.entries.is_empty() {
+        v.push("alerts".into());
+    }
+    v
+}
+
+enum Format {
+    Json,
+    Fhir,
+}
+
+async fn read_patient(s: AppState, h: HeaderMap, raw: Option<String>, format: Format) -> Response {
+    let mut a = Access::new(AuditAction::Read, AuditOutcome::Denied);
+    a.data.interface = Some(match format {
+        Format::Json => "lan".into(),
+        Format::Fhir => "fhir".into(),
+    });
+    let caller = match authenticate(&s, &h) {
+        Ok(c) => c,
+        Err((resp, why, claims)) => {
+            a.reason = Some(why);
+            a.caller = claims;
+            a.patient = raw.as_deref().and_then(|r| NhsNumber::parse(r).ok());
+            return s.audit.record(a).await.err().unwrap_or(resp);
+        }
+    };
+    a.caller = Some(caller.claims.clone());
+    a.purpose = caller.purpose;
+    a.break_glass_reason = caller.reason.clone();
+    a.incident_ref = caller.incident.clone();
+    let nhs = match raw.as_deref().map(NhsNumber::parse) {
+        Some(Ok(n)) => n,
+        Some(Err(e)) => {
+            a.reason = Some("invalid_nhs_number");
+            let resp = error(StatusCode::BAD_REQUEST, "invalid_nhs_number", e.to_string());
+            return s.audit.record(a).await.err().unwrap_or(resp);
+        }
+        None => {
+            a.reason = Some("invalid_nhs_number");
+            let resp = error(
+                StatusCode::BAD_REQUEST,
+                "invalid_nhs_number",
+                "give the NHS number as identifier=https://fhir.nhs.uk/Id/nhs-number|NNNNNNNNNN",
+            );
+            return s.audit.record(a).await.err().unwrap_or(resp);
+        }
+    };
+    a.patient = Some(nhs);
+    if caller.claims.role != StaffRole::Clinical {
+        a.reason = Some("role");
+        let resp = error(
+            StatusCode::FORBIDDEN,
+            "role",
+            "your role may search and see demographics, not clinical content",
+        );
+        return s.audit.record(a).await.err().unwrap_or(resp);
+    }
+    let found = match lookup(&s, &nhs).await {
+        Ok(Lookup::Found(f)) => f,
+        Ok(Lookup::NotCached(why)) => {
+            a.outcome = AuditOutcome::NotFound;
+            a.reason = Some(why);
+            let msg = match why {
+                "link_down" => {
+                    "this unit holds no record for this patient and the link to the hub is down"
+                }
+                "not_at_hub" => {
+                    "this unit holds no record for this patient and the hub has none to share"
+                }
+                _ => "this unit holds no record for this patient and could not fetch one in time",
+            };
+            let resp = (
+                StatusCode::NOT_FOUND,
+                Json(json!({"error": "not_cached", "reason": why, "message": msg, "link": s.status.link()})),
+            )
+                .into_response();
+            return s.audit.record(a).await.err().unwrap_or(resp);
+        }
+        Err(resp) => {
+            a.outcome = AuditOutcome::Error;
+            a.reason = Some("cache");
+            return s.audit.record(a).await.err().unwrap_or(resp);
+        }
+    };
+    if found.summary.confidentiality == Confidentiality::Restricted
+        && caller.purpose != Purpose::EmergencyTreat
+    {
+        a.reason = Some("restricted");
+        let resp = error(
+            StatusCode::FORBIDDEN,
+            "restricted",
+            "this record is restricted: emergency access needs X-Purpose-Of-Use: ETREAT and a reason in X-Break-Glass-Reason",
+        );
+        return s.audit.record(a).await.err().unwrap_or(resp);
+    }
+    if caller.purpose == Purpose::EmergencyTreat {
+        a.action = AuditAction::BreakGlass;
+    }
+    let (age, stale) = freshness(&s, &found);
+    a.outcome = AuditOutcome::Ok;
+    a.data.version = Some(found.summary.version);
+    a.data.sections = sections(&found.summary);
+    a.data.cache_age_s = Some(age);
+    if let Err(resp) = s.audit.record(a).await {
+        return resp;
+    }
+    let live = s.status.live();
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(d) = http_date(found.summary.assembled_at) {
+        headers.insert(header::LAST_MODIFIED, d);
+    }
+    if let Ok(v) = HeaderValue::from_str(&age.to_string()) {
+        headers.insert(header::AGE, v);
+    }
+    if stale {
+        headers.insert("x-kerbside-stale", HeaderValue::from_static("true"));
+    }
+    let body = match format {
+        Format::Json => {
+            let mut v = serde_json::to_value(&found.summary).unwrap_or(Value::Null);
+            if let Value::Object(m) = &mut v {
+                m.insert(
+                    "as_of".into(),
+                    json!(found.summary.assembled_at.to_rfc3339()),
+                );
+                m.insert("synced_at".into(), json!(found.rec.synced_at.to_rfc3339()));
+                m.insert("age_seconds".into(), json!(age));
+                m.insert("stale".into(), json!(stale));
+                m.insert(
+                    "origin".into(),
+                    json!(if found.on_demand {
+                        "on_demand"
+                    } else {
+                        "cache"
+                    }),
+                );
+                m.insert("link".into(), json!(live.link));
+            }
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            v
+        }
+        Format::Fhir => {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/fhir+json"),
+            );
+            edge_proto::fhir::export::summary_document(&found.summary)
+        }
+    };
+    debug!(on_demand = found.on_demand, age, stale, "summary served");
+    (StatusCode::OK, headers, body.to_string()).into_response()
+}
+
+/// `GET /v1/patients/{nhs}`
+pub async fn patient(State(s): State<AppState>, Path(nhs): Path<String>, h: HeaderMap) -> Response {
+    read_patient(s, h, Some(nhs), Format::Json).await
+}
+
+/// `GET /v1/patients/` (no number): 404, as for any unknown path.
+pub async fn patient_empty() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "give an NHS number: /v1/patients/{nhs}",
+    )
+}
+
+/// `GET /fhir/Patient/$summary?identifier=https://fhir.nhs.uk/Id/nhs-number|{nhs}`
+pub async fn fhir_summary(
+    State(s): State<AppState>,
+    RawQuery(q): RawQuery,
+    h: HeaderMap,
+) -> Response {
+    let nhs = q.as_deref().and_then(|q| {
+        query_pairs(q)
+            .into_iter()
+            .find(|(k, _)| k == "identifier")
+            .and_then(|(_, v)| {
+                v.strip_prefix("https://fhir.nhs.uk/Id/nhs-number|")
+                    .map(str::to_owned)
+            })
+    });
+    read_patient(s, h, nhs, Format::Fhir).await
+}
+
+/// Decode `a=b&c=d` (percent-decoding, `+` as space); bounded.
+pub fn query_pairs(q: &str) -> Vec<(String, String)> {
+    fn dec(s: &str) -> String {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < b.len() => {
+                    let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
+                    match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                        Some(v) => {
+                            out.push(v);
+                            i += 2;
+                        }
+                        None => out.push(b'%'),
+                    }
+                }
+                c => out.push(c),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    q.split('&')
+        .take(32)
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (dec(k), dec(v)),
+            None => (dec(p), String::new()),
+        })
+        .collect()
+}
+
+/// `GET /v1/search?family=&given=&birth_date=&postcode=`
+pub async fn search(State(s): State<AppState>, RawQuery(q): RawQuery, h: HeaderMap) -> Response {
+    let mut a = Access::new(AuditAction::Search, AuditOutcome::Denied);
+    let caller = match authenticate(&s, &h) {
+        Ok(c) => c,
+        Err((resp, why, claims)) => {
+            a.reason = Some(why);
+            a.caller = claims;
+            return s.audit.record(a).await.err().unwrap_or(resp);
+        }
+    };
+    a.caller = Some(caller.claims.clone());
+    a.purpose = caller.purpose;
+    a.break_glass_reason = caller.reason.clone();
+    a.incident_ref = caller.incident.clone();
+    let pairs = query_pairs(q.as_deref().unwrap_or(""));
+    let query = match SearchQuery::parse_params(&pairs) {
+        Ok(q) => q,
+        Err(e) => {
+            a.reason = Some("bad_search");
+            let resp = error(StatusCode::BAD_REQUEST, "bad_search", e.to_string());
+            return s.audit.record(a).await.err().unwrap_or(resp);
+        }
+    };
+    let outcome = match s.cache.search(&query) {
+        Ok(o) => o,
+        Err(e) => {
+            a.reason = Some("bad_search");
+            let resp = error(StatusCode::BAD_REQUEST, "bad_search", e.to_string());
+            return s.audit.record(a).await.err().unwrap_or(resp);
+        }
+    };
+    a.outcome = if outcome.candidates.is_empty() {
+        AuditOutcome::NotFound
+    } else {
+        AuditOutcome::Ok
+    };
+    a.data.candidates = Some(u32::try_from(outcome.candidates.len()).unwrap_or(u32::MAX));
+    if let Err(resp) = s.audit.record(a).await {
+        return resp;
+    }
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(json!({
+            "candidates": outcome.candidates,
+            "matched": outcome.matched,
+            "link": s.status.link(),
+        })),
+    )
+        .into_response()
+}
