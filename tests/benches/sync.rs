@@ -52,7 +52,10 @@ fn main() -> anyhow::Result<()> {
     println!("| hub ingest (offline, FHIR NDJSON → summaries + feed) | {ingest_s:.1} s ({:.0} bundles/s) |", n as f64 / ingest_s);
     println!("| cold sync hub → unit, durable on the unit | {secs:.2} s |");
     println!("| summaries per second | {rate:.0} |");
-    println!("| bytes on the wire (UDP, hub → unit) per summary | {:.0} B |", wire as f64 / n as f64);
+    println!(
+        "| bytes on the wire (UDP, hub → unit) per summary | {:.0} B |",
+        wire as f64 / n as f64
+    );
     println!("| unit peak RSS | {:.0} MiB |", rss as f64 / 1024.0);
     println!("| hub peak RSS | {:.0} MiB |", hub_rss as f64 / 1024.0);
     println!("| CPU time: unit / hub (incl. start-up) | {unit_cpu:.2} s / {hub_cpu:.2} s |");
@@ -84,11 +87,16 @@ fn raw_quic(f: &Fleet, bytes: u64) -> anyhow::Result<f64> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let (server_tls, _r) = edge_provision::tls::hub_server_config(&hub_cfg)?;
-        let server = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(server_tls)?));
+        let server =
+            quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(server_tls)?));
         let ep = quinn::Endpoint::server(server, "127.0.0.1:0".parse()?)?;
         let addr = ep.local_addr()?;
         let sender = tokio::spawn(async move {
-            let conn = ep.accept().await.ok_or_else(|| anyhow::anyhow!("no connection"))?.await?;
+            let conn = ep
+                .accept()
+                .await
+                .ok_or_else(|| anyhow::anyhow!("no connection"))?
+                .await?;
             let (mut send, mut recv) = conn.accept_bi().await?;
             let mut one = [0u8; 1];
             recv.read_exact(&mut one).await?;
@@ -105,7 +113,9 @@ fn raw_quic(f: &Fleet, bytes: u64) -> anyhow::Result<f64> {
         });
         let client_tls = edge_provision::tls::unit_client_config(&unit_cfg)?;
         let mut cep = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-        cep.set_default_client_config(quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client_tls)?)));
+        cep.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+            QuicClientConfig::try_from(client_tls)?,
+        )));
         let conn = cep.connect(addr, "127.0.0.1")?.await?;
         let t = Instant::now();
         let (mut send, mut recv) = conn.open_bi().await?;

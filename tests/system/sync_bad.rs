@@ -84,25 +84,43 @@ async fn malformed_frames_and_wrong_version_are_refused_and_the_hub_stays_up() {
     // Oversized frame: a header announcing 100 MiB. Refused from the header alone.
     let conn = connect(&f, &rogue_dir).await;
     let r = exchange(&conn, &(100u32 * 1024 * 1024).to_be_bytes()).await;
-    assert!(r.is_err() || r.as_ref().is_ok_and(|v| v.is_empty()), "{r:?}");
+    assert!(
+        r.is_err() || r.as_ref().is_ok_and(|v| v.is_empty()),
+        "{r:?}"
+    );
     // Malformed CBOR in a well-sized frame.
     let conn = connect(&f, &rogue_dir).await;
     let mut junk = 16u32.to_be_bytes().to_vec();
     junk.extend([0xffu8; 16]);
     let r = exchange(&conn, &junk).await;
-    assert!(r.is_err() || r.as_ref().is_ok_and(|v| v.is_empty()), "{r:?}");
+    assert!(
+        r.is_err() || r.as_ref().is_ok_and(|v| v.is_empty()),
+        "{r:?}"
+    );
     // A hello with a protocol version the hub does not speak: refused, with the reason.
     let conn = connect(&f, &rogue_dir).await;
     let r = exchange(&conn, &hello("LAS-AMB-0011", 99)).await.unwrap();
     assert!(
-        matches!(r.last(), Some(ToUnit::Refused { code: RefusalCode::UnsupportedVersion, .. })),
+        matches!(
+            r.last(),
+            Some(ToUnit::Refused {
+                code: RefusalCode::UnsupportedVersion,
+                ..
+            })
+        ),
         "{r:?}"
     );
     // A hello naming another device than the certificate: refused.
     let conn = connect(&f, &rogue_dir).await;
     let r = exchange(&conn, &hello("LAS-AMB-0010", 1)).await.unwrap();
     assert!(
-        matches!(r.last(), Some(ToUnit::Refused { code: RefusalCode::DeviceMismatch, .. })),
+        matches!(
+            r.last(),
+            Some(ToUnit::Refused {
+                code: RefusalCode::DeviceMismatch,
+                ..
+            })
+        ),
         "{r:?}"
     );
 
