@@ -204,9 +204,9 @@ fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
 fn authenticate(
     s: &AppState,
     h: &HeaderMap,
-) -> Result<Caller, (Response, &'static str, Option<ShiftClaims>)> {
+) -> Result<Caller, Box<(Response, &'static str, Option<ShiftClaims>)>> {
     let Some(auth) = header_str(h, "authorization") else {
-        return Err((
+        return Err(Box::new((
             error(
                 StatusCode::UNAUTHORIZED,
                 "no_token",
@@ -214,13 +214,13 @@ fn authenticate(
             ),
             "no_token",
             None,
-        ));
+        )));
     };
     let Some(tok) = auth
         .strip_prefix("Bearer ")
         .or_else(|| auth.strip_prefix("bearer "))
     else {
-        return Err((
+        return Err(Box::new((
             error(
                 StatusCode::UNAUTHORIZED,
                 "bad_token",
@@ -228,7 +228,7 @@ fn authenticate(
             ),
             "bad_token",
             None,
-        ));
+        )));
     };
     let claims = match token::verify(tok, &s.token_key[..], now(), &s.config.device_id) {
         Ok(c) => c,
@@ -238,7 +238,7 @@ fn authenticate(
                 token::TokenError::WrongUnit { .. } => ("wrong_unit", "wrong_unit"),
                 _ => ("bad_token", "bad_token"),
             };
-            return Err((
+            return Err(Box::new((
                 error(
                     StatusCode::UNAUTHORIZED,
                     code,
@@ -246,7 +246,7 @@ fn authenticate(
                 ),
                 why,
                 None,
-            ));
+            )));
         }
     };
     let purpose = match header_str(h, "x-purpose-of-use") {
@@ -254,7 +254,7 @@ fn authenticate(
         Some(p) if p.eq_ignore_ascii_case("TREAT") => Purpose::Treat,
         Some(p) if p.eq_ignore_ascii_case("ETREAT") => Purpose::EmergencyTreat,
         Some(_) => {
-            return Err((
+            return Err(Box::new((
                 error(
                     StatusCode::BAD_REQUEST,
                     "bad_purpose",
@@ -262,12 +262,12 @@ fn authenticate(
                 ),
                 "bad_purpose",
                 Some(claims),
-            ))
+            )))
         }
     };
     let reason = header_str(h, "x-break-glass-reason").map(|r| r.chars().take(500).collect());
     if purpose == Purpose::EmergencyTreat && reason.is_none() {
-        return Err((
+        return Err(Box::new((
             error(
                 StatusCode::BAD_REQUEST,
                 "break_glass_reason_required",
@@ -275,7 +275,7 @@ fn authenticate(
             ),
             "break_glass_reason_required",
             Some(claims),
-        ));
+        )));
     }
     let incident = header_str(h, "x-incident-ref").map(|r| r.chars().take(64).collect());
     Ok(Caller {
@@ -423,7 +423,8 @@ async fn read_patient(s: AppState, h: HeaderMap, raw: Option<String>, format: Fo
     });
     let caller = match authenticate(&s, &h) {
         Ok(c) => c,
-        Err((resp, why, claims)) => {
+        Err(b) => {
+            let (resp, why, claims) = *b;
             a.reason = Some(why);
             a.caller = claims;
             a.patient = raw.as_deref().and_then(|r| NhsNumber::parse(r).ok());
@@ -633,7 +634,8 @@ pub async fn search(State(s): State<AppState>, RawQuery(q): RawQuery, h: HeaderM
     let mut a = Access::new(AuditAction::Search, AuditOutcome::Denied);
     let caller = match authenticate(&s, &h) {
         Ok(c) => c,
-        Err((resp, why, claims)) => {
+        Err(b) => {
+            let (resp, why, claims) = *b;
             a.reason = Some(why);
             a.caller = claims;
             return s.audit.record(a).await.err().unwrap_or(resp);

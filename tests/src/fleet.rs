@@ -452,3 +452,11 @@ pub fn nhs_numbers(file: &Path) -> anyhow::Result<Vec<String>> {
     }
     Ok(out)
 }
+
+/// The wall clock in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
