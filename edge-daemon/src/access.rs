@@ -200,11 +200,14 @@ fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter(|s| !s.is_empty())
 }
 
+/// A refused request: the answer, the audit reason, and the caller when the token was good.
+type Refusal = (Response, &'static str, Option<ShiftClaims>);
+
 /// Check the token and the purpose headers. Errors carry the response and the audit reason.
 fn authenticate(
     s: &AppState,
     h: &HeaderMap,
-) -> Result<Caller, Box<(Response, &'static str, Option<ShiftClaims>)>> {
+) -> Result<Caller, Box<Refusal>> {
     let Some(auth) = header_str(h, "authorization") else {
         return Err(Box::new((
             error(
