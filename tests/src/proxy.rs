@@ -216,7 +216,9 @@ impl FromStr for Blackout {
 
     fn from_str(s: &str) -> Result<Self, ProxyError> {
         let (dur, start) = s.split_once('@').ok_or_else(|| {
-            ProxyError::Invalid(format!("blackout {s:?}: expected DURATION@START, e.g. 30s@10s"))
+            ProxyError::Invalid(format!(
+                "blackout {s:?}: expected DURATION@START, e.g. 30s@10s"
+            ))
         })?;
         Ok(Blackout::new(parse_duration(start)?, parse_duration(dur)?))
     }
@@ -271,7 +273,9 @@ pub fn parse_flap_range(s: &str) -> Result<(Duration, Duration), ProxyError> {
     let b_dur = parse_duration(b)?;
     // "2-5s": the unit written once, after the second number, applies to both.
     let a_dur = if a.trim().chars().all(|c| c.is_ascii_digit() || c == '.') {
-        let unit = b.trim().trim_start_matches(|c: char| c.is_ascii_digit() || c == '.');
+        let unit = b
+            .trim()
+            .trim_start_matches(|c: char| c.is_ascii_digit() || c == '.');
         parse_duration(&format!("{}{unit}", a.trim()))?
     } else {
         parse_duration(a)?
@@ -298,7 +302,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, ProxyError> {
         "h" => v * 3600.0,
         _ => return Err(bad()),
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+    if !(0.0..=1e9).contains(&secs) {
         return Err(bad());
     }
     Ok(Duration::from_secs_f64(secs))
@@ -988,9 +992,7 @@ impl Proxy {
         cfg.down.validate()?;
         if let Some(f) = &cfg.flap {
             if f.min.is_zero() || f.min > f.max {
-                return Err(ProxyError::Invalid(
-                    "flap needs 0 < min <= max".to_string(),
-                ));
+                return Err(ProxyError::Invalid("flap needs 0 < min <= max".to_string()));
             }
         }
         let _guard = rt.enter();
@@ -1135,7 +1137,6 @@ impl Drop for Proxy {
         self.stop();
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -1526,7 +1527,13 @@ mod tests {
     #[tokio::test]
     async fn udp_loss_rate_over_10k_datagrams_is_within_tolerance() {
         let sink = server(false).await;
-        let p = proxy(sink.addr, 2026, Impairment::lossy(5.0, 0), Impairment::none()).await;
+        let p = proxy(
+            sink.addr,
+            2026,
+            Impairment::lossy(5.0, 0),
+            Impairment::none(),
+        )
+        .await;
         let c = client(&p).await;
         send_numbered(&c, 10_000, 64).await;
         settle(&p, &sink).await;
@@ -1667,7 +1674,12 @@ mod tests {
                 assert!(got.contains(&(i as u32)), "{i} at {ms} ms lost");
             }
         }
-        assert!(p.stats().up.dropped_blackout >= 35);
+        let in_window = sent
+            .iter()
+            .filter(|t| (310..690).contains(&t.as_millis()))
+            .count();
+        assert!(in_window >= 10, "{in_window}");
+        assert_eq!(p.stats().up.dropped_blackout, 100 - got.len() as u64);
     }
 
     #[tokio::test]
@@ -1734,10 +1746,14 @@ mod tests {
 
     // ---- real quinn through the proxy ------------------------------------------------------
 
-    /// A quinn server with a self-signed certificate that answers one bidirectional stream: it
-    /// reads an 8-byte length and writes that many pattern bytes, then reports the client
-    /// address it saw once the client acknowledged everything.
-    async fn quinn_pair() -> (
+    /// A quinn server with a self-signed certificate that answers one bidirectional stream (an
+    /// 8-byte length in, that many pattern bytes out) and reports the client address it saw once
+    /// the client acknowledged everything; and a client trusting it, sending keep-alives every
+    /// `keep_alive` if set (the daemon does, every `sync.keepalive_interval_ms`), idle timeout
+    /// 20 s.
+    async fn quinn_pair(
+        keep_alive: Option<Duration>,
+    ) -> (
         quinn::Endpoint,
         quinn::Endpoint,
         tokio::sync::oneshot::Receiver<SocketAddr>,
@@ -1746,15 +1762,19 @@ mod tests {
         let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
         let cert: CertificateDer<'static> = ck.cert.der().clone();
         let key = PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der());
-        let server_cfg = quinn::ServerConfig::with_single_cert(vec![cert.clone()], key.into())
-            .unwrap();
+        let server_cfg =
+            quinn::ServerConfig::with_single_cert(vec![cert.clone()], key.into()).unwrap();
         let server = quinn::Endpoint::server(server_cfg, loopback()).unwrap();
         let mut roots = quinn::rustls::RootCertStore::empty();
         roots.add(cert).unwrap();
+        let mut client_cfg = quinn::ClientConfig::with_root_certificates(Arc::new(roots)).unwrap();
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .keep_alive_interval(keep_alive)
+            .max_idle_timeout(Some(Duration::from_secs(20).try_into().unwrap()));
+        client_cfg.transport_config(Arc::new(transport));
         let mut client = quinn::Endpoint::client(loopback()).unwrap();
-        client.set_default_client_config(
-            quinn::ClientConfig::with_root_certificates(Arc::new(roots)).unwrap(),
-        );
+        client.set_default_client_config(client_cfg);
         let (tx, rx) = tokio::sync::oneshot::channel();
         let srv = server.clone();
         tokio::spawn(async move {
@@ -1776,19 +1796,38 @@ mod tests {
         (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
     }
 
-    struct Fetched {
-        took: Duration,
-        /// The hub-facing address before and after the rebind (if one was asked for).
-        rebound: Option<(SocketAddr, SocketAddr)>,
-        /// The client address the server saw at the end.
-        seen_by_server: SocketAddr,
+    /// What to do to the link once half the transfer has arrived.
+    #[derive(Clone, Copy, PartialEq)]
+    enum AtHalf {
+        Nothing,
+        /// Change the client's address.
+        Rebind,
+        /// Change the client's address and lose everything hub → unit for a while, so that the
+        /// hub's PATH_CHALLENGE on the new path is certainly lost.
+        RebindLosingDown(Duration),
     }
 
-    /// Fetch `len` bytes from a fresh quinn server through a proxy with `imp` both ways;
-    /// rebind the proxy's upstream socket once half has arrived if `rebind`.
-    async fn quinn_fetch(seed: u64, imp: Impairment, len: usize, rebind: bool) -> (Fetched, Stats) {
-        let (srv, client, seen_rx) = quinn_pair().await;
-        let p = proxy(srv.local_addr().unwrap(), seed, imp.clone(), imp).await;
+    struct Fetched {
+        took: Duration,
+        /// The hub-facing address before and after the rebind.
+        rebound: Option<(SocketAddr, SocketAddr)>,
+        /// The longest wait between two reads after the event at half.
+        stall_after_half: Duration,
+        /// The client address the server saw at the end.
+        seen_by_server: SocketAddr,
+        stats: Stats,
+    }
+
+    /// Fetch `len` bytes from a fresh quinn server through a proxy with `imp` both ways.
+    async fn quinn_fetch(
+        seed: u64,
+        imp: Impairment,
+        len: usize,
+        at_half: AtHalf,
+        keep_alive: Option<Duration>,
+    ) -> Result<Fetched, quinn::ReadError> {
+        let (srv, client, seen_rx) = quinn_pair(keep_alive).await;
+        let p = Arc::new(proxy(srv.local_addr().unwrap(), seed, imp.clone(), imp).await);
         let start = Instant::now();
         let conn = client
             .connect(p.listen_addr(), "localhost")
@@ -1800,29 +1839,45 @@ mod tests {
         send.finish().unwrap();
         let mut got = Vec::with_capacity(len);
         let mut rebound = None;
-        let read = async {
-            let mut buf = vec![0u8; 64 * 1024];
-            while let Some(n) = recv.read(&mut buf).await.unwrap() {
-                got.extend_from_slice(&buf[..n]);
-                if rebind && rebound.is_none() && got.len() >= len / 2 {
+        let mut half_at: Option<Instant> = None;
+        let mut last_read = Instant::now();
+        let mut stall = Duration::ZERO;
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Some(n) = recv.read(&mut buf).await? {
+            got.extend_from_slice(&buf[..n]);
+            if half_at.is_some() {
+                stall = stall.max(last_read.elapsed());
+            }
+            last_read = Instant::now();
+            if half_at.is_none() && got.len() >= len / 2 {
+                half_at = Some(Instant::now());
+                if let AtHalf::RebindLosingDown(d) = at_half {
+                    let saved = p.impairment(Direction::Down);
+                    p.set_impairment(Direction::Down, Impairment::lossy(100.0, 0))
+                        .unwrap();
+                    let p2 = p.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(d).await;
+                        p2.set_impairment(Direction::Down, saved).unwrap();
+                    });
+                }
+                if at_half != AtHalf::Nothing {
                     let before = p.upstream_local_addr();
                     rebound = Some((before, p.rebind_upstream_socket().unwrap()));
                 }
             }
-        };
-        tokio::time::timeout(Duration::from_secs(120), read)
-            .await
-            .expect("transfer finished in time");
+        }
         let took = start.elapsed();
         assert!(got == pattern(len), "payload intact");
         let seen_by_server = seen_rx.await.unwrap();
         conn.close(0u32.into(), b"done");
-        let fetched = Fetched {
+        Ok(Fetched {
             took,
             rebound,
+            stall_after_half: stall,
             seen_by_server,
-        };
-        (fetched, p.stats())
+            stats: p.stats(),
+        })
     }
 
     /// The "5% loss + 150 ms RTT" (75 ms each way, a little jitter).
@@ -1833,14 +1888,18 @@ mod tests {
         }
     }
 
+    const LEN: usize = 256 * 1024;
+
     #[tokio::test]
     async fn quinn_transfer_completes_through_5pct_loss_and_150ms_rtt() {
-        let len = 256 * 1024;
-        let (f, st) = quinn_fetch(2026, lossy_4g(), len, false).await;
+        let f = quinn_fetch(2026, lossy_4g(), LEN, AtHalf::Nothing, None)
+            .await
+            .unwrap();
+        let st = &f.stats;
         println!(
             "quinn: 256 KiB through 5% loss + 150 ms RTT in {:.2} s ({:.1} kB/s); lost up {}/{} down {}/{}",
             f.took.as_secs_f64(),
-            len as f64 / f.took.as_secs_f64() / 1000.0,
+            LEN as f64 / f.took.as_secs_f64() / 1000.0,
             st.up.dropped_loss,
             st.up.packets_in,
             st.down.dropped_loss,
@@ -1852,16 +1911,87 @@ mod tests {
 
     #[tokio::test]
     async fn quinn_connection_survives_an_address_change_mid_transfer() {
-        let len = 256 * 1024;
-        let (f, st) = quinn_fetch(9, lossy_4g(), len, true).await;
+        // The client sends keep-alives, as the daemon does: quinn 0.11 sends the PATH_CHALLENGE
+        // for the new path once, so if it (or the answer) is lost the hub falls back to the old,
+        // dead address and only a packet from the client sets it right (see the next test).
+        let f = quinn_fetch(
+            9,
+            lossy_4g(),
+            LEN,
+            AtHalf::Rebind,
+            Some(Duration::from_secs(1)),
+        )
+        .await
+        .unwrap();
         let (before, after) = f.rebound.expect("rebound at half");
         println!(
-            "quinn: 256 KiB with a rebind at half through 5% loss + 150 ms RTT in {:.2} s; hub saw {before}, then {}",
+            "quinn: 256 KiB, rebind at half, 5% loss + 150 ms RTT: {:.2} s, longest stall after the rebind {:.2} s; hub saw {before}, then {}",
             f.took.as_secs_f64(),
+            f.stall_after_half.as_secs_f64(),
             f.seen_by_server
         );
         assert_ne!(before, after);
         assert_eq!(f.seen_by_server, after, "the hub followed the client");
-        assert_eq!(st.rebinds, 1);
+        assert_eq!(f.stats.rebinds, 1);
+    }
+
+    #[tokio::test]
+    async fn quinn_recovers_after_an_address_change_with_hub_to_unit_lost_for_3s() {
+        // The hub's PATH_CHALLENGE for the new address is lost and its path validation fails
+        // (it falls back to the old, dead address); the client's next packet from the new
+        // address starts a new validation once the link is back.
+        let f = quinn_fetch(
+            3,
+            Impairment::lossy(0.0, 75),
+            LEN,
+            AtHalf::RebindLosingDown(Duration::from_secs(3)),
+            Some(Duration::from_secs(1)),
+        )
+        .await
+        .unwrap();
+        let (_, after) = f.rebound.expect("rebound at half");
+        println!(
+            "quinn: rebind, hub -> unit lost for 3 s, keep-alive 1 s: longest stall {:.2} s",
+            f.stall_after_half.as_secs_f64()
+        );
+        assert_eq!(f.seen_by_server, after);
+        // Back within 2 s of the link returning.
+        assert!(f.stall_after_half < Duration::from_secs(5));
+    }
+
+    /// A measurement, not a check: how often a receive-only quinn 0.11 client without
+    /// keep-alives loses its connection when its address changes mid-transfer under 5% loss +
+    /// 150 ms RTT. quinn-proto sends the PATH_CHALLENGE for the new path in one packet (then
+    /// only piggybacked, and the anti-amplification limit blocks it: the client sends only small
+    /// ACKs); if it or the answer is lost, validation fails after 3 PTO, the hub falls back to
+    /// the old, dead address, and if the client has nothing of its own in flight nothing ever
+    /// corrects it until the idle timeout. Run with `--ignored --nocapture`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a measurement of quinn behaviour (about 25 s); run by hand"]
+    async fn quinn_rebind_without_keep_alive_trials() {
+        let trials = 12u64;
+        let handles: Vec<_> = (0..trials)
+            .map(|seed| {
+                tokio::spawn(async move {
+                    tokio::time::timeout(
+                        Duration::from_secs(60),
+                        quinn_fetch(seed, lossy_4g(), LEN, AtHalf::Rebind, None),
+                    )
+                    .await
+                })
+            })
+            .collect();
+        let mut lost = Vec::new();
+        for (seed, h) in handles.into_iter().enumerate() {
+            match h.await.unwrap() {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => lost.push(format!("seed {seed}: {e}")),
+                Err(_) => lost.push(format!("seed {seed}: stuck")),
+            }
+        }
+        println!(
+            "quinn, rebind at half, no keep-alive: {} of {trials} connections lost {lost:?}",
+            lost.len()
+        );
     }
 }
