@@ -204,10 +204,7 @@ fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
 type Refusal = (Response, &'static str, Option<ShiftClaims>);
 
 /// Check the token and the purpose headers. Errors carry the response and the audit reason.
-fn authenticate(
-    s: &AppState,
-    h: &HeaderMap,
-) -> Result<Caller, Box<Refusal>> {
+fn authenticate(s: &AppState, h: &HeaderMap) -> Result<Caller, Box<Refusal>> {
     let Some(auth) = header_str(h, "authorization") else {
         return Err(Box::new((
             error(

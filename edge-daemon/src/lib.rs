@@ -11,6 +11,8 @@
 
 pub mod access;
 pub mod cache;
+pub mod daemon;
+pub mod demo;
 pub mod journal;
 pub mod lan;
 pub mod seal;

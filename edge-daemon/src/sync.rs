@@ -78,6 +78,8 @@ pub struct SyncClient {
     endpoint: quinn::Endpoint,
     hub_addr: SocketAddr,
     fetch_rx: mpsc::Receiver<FetchRequest>,
+    /// The audit journal, uploaded on its own stream (issue 6).
+    journal: Option<crate::journal::Journal>,
 }
 
 impl std::fmt::Debug for SyncClient {
@@ -135,9 +137,16 @@ impl SyncClient {
                 endpoint,
                 hub_addr,
                 fetch_rx,
+                journal: None,
             },
             fetcher,
         ))
+    }
+
+    /// Upload this journal's events whenever the link is up.
+    pub fn with_journal(mut self, journal: crate::journal::Journal) -> Self {
+        self.journal = Some(journal);
+        self
     }
 
     /// Run forever: connect, sync, reconnect.

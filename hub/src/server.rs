@@ -168,9 +168,15 @@ pub async fn serve_sync(hub: Arc<Hub>, endpoint: quinn::Endpoint) {
 
 /// Build the QUIC endpoint for the sync server.
 pub fn sync_endpoint(hub: &mut Hub) -> anyhow::Result<quinn::Endpoint> {
-    let (tls_cfg, reloader) =
-        tls::hub_server_config(&hub.config).context("cannot build the hub's TLS config")?;
+    let (endpoint, reloader) = make_endpoint(&hub.config)?;
     hub.reloader = Some(reloader);
+    Ok(endpoint)
+}
+
+/// A QUIC endpoint for the sync server from the hub's config (mutual TLS, CRL).
+pub fn make_endpoint(config: &HubConfig) -> anyhow::Result<(quinn::Endpoint, CrlReloader)> {
+    let (tls_cfg, reloader) =
+        tls::hub_server_config(config).context("cannot build the hub's TLS config")?;
     let quic = QuicServerConfig::try_from(tls_cfg).context("QUIC server config")?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
     let mut transport = quinn::TransportConfig::default();
@@ -182,13 +188,13 @@ pub fn sync_endpoint(hub: &mut Hub) -> anyhow::Result<quinn::Endpoint> {
         .max_concurrent_bidi_streams(8u32.into())
         .max_concurrent_uni_streams(8u32.into());
     server.transport_config(Arc::new(transport));
-    let addr: SocketAddr = hub
-        .config
+    let addr: SocketAddr = config
         .listen
         .socket_addr()
         .context("the hub's listen address must be an IP:PORT")?;
-    quinn::Endpoint::server(server, addr)
-        .with_context(|| format!("cannot listen for units on {addr} (UDP)"))
+    let endpoint = quinn::Endpoint::server(server, addr)
+        .with_context(|| format!("cannot listen for units on {addr} (UDP)"))?;
+    Ok((endpoint, reloader))
 }
 
 enum Input {

@@ -1,0 +1,89 @@
+//! The unit daemon put together: cache, audit journal, sync client and LAN API, from a
+//! validated `edge.toml`. `edge-daemon run` and `edge-daemon demo` both use [`run`].
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use edge_provision::config::UnitConfig;
+
+use crate::access::Auditor;
+use crate::cache::Cache;
+use crate::journal::{Journal, JournalConfig};
+use crate::lan::{self, AppState};
+use crate::seal::{FileKeyStore, Sealer};
+use crate::status::Status;
+use crate::sync::SyncClient;
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn stop_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = async {
+            match term.as_mut() {
+                Some(t) => { t.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {},
+    }
+}
+
+/// Run the unit until `stop` resolves; everything is flushed before returning.
+pub async fn run(cfg: UnitConfig, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", cfg.data_dir.display()))?;
+    let keys_dir = cfg.data_dir.join("keys");
+    let keystore = FileKeyStore::new(keys_dir.join("kek"));
+    let (sealer, key_state) =
+        Sealer::open_or_create(&keys_dir, &keystore).context("cannot open the unit's data key")?;
+    let (cache, opened) = Cache::open(&cfg.data_dir, Arc::new(sealer), key_state)?;
+    let cache = Arc::new(cache);
+    let status = Arc::new(Status::new(cfg.device_id.clone(), cfg.role));
+    let jcfg = JournalConfig::for_unit(&cfg.data_dir, &cfg.audit);
+    let (journal, recovery) = Journal::open(jcfg).context("cannot open the audit journal")?;
+    if !recovery.is_clean() {
+        tracing::error!(
+            problems = recovery.problems.len(),
+            "the audit journal has problems (kept on disk, reported to the hub)"
+        );
+    }
+    status.update(|l| {
+        l.audit_pending = journal.pending();
+        l.audit_uploaded_seq = journal.uploaded_seq();
+    });
+    let token_key = edge_provision::keys::load_ed25519_public(&cfg.keys.token_verify)
+        .context("cannot load the shift-token verification key")?;
+    let state = cache.state()?;
+    status.update(|l| l.cursor = state.cursor);
+    tracing::info!(
+        device = %cfg.device_id,
+        records = cache.len(),
+        cursor = state.cursor,
+        opened = ?opened,
+        "edge-daemon starting"
+    );
+    let (client, fetcher) = SyncClient::new(cfg.clone(), cache.clone(), status.clone())?;
+    let client = client.with_journal(journal.clone());
+    let listener = lan::bind(&cfg).await?;
+    tracing::info!(lan = %listener.local_addr()?, tls = cfg.lan.tls, "LAN API listening");
+    let sync_task = tokio::spawn(client.run());
+    let app = lan::router(AppState {
+        cache: cache.clone(),
+        status: status.clone(),
+        fetcher,
+        config: Arc::new(cfg.clone()),
+        token_key: Arc::new(token_key),
+        audit: Auditor::new(Some(journal.clone()), cfg.device_id.clone(), status.clone()),
+    });
+    let serve = lan::serve(listener, app, &cfg);
+    tokio::select! {
+        r = serve => r?,
+        _ = stop => tracing::info!("edge-daemon stopping"),
+    }
+    sync_task.abort();
+    cache.flush()?;
+    journal.close().await;
+    Ok(())
+}
