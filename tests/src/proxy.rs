@@ -188,9 +188,22 @@ impl Impairment {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Blackout {
     /// When the link goes down.
+    #[serde(rename = "start_ms", serialize_with = "ser_ms")]
     pub start: Duration,
     /// How long it stays down.
+    #[serde(rename = "duration_ms", serialize_with = "ser_ms")]
     pub duration: Duration,
+}
+
+fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_millis() as u64)
+}
+
+fn ser_opt_ms<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&(d.as_millis() as u64)),
+        None => s.serialize_none(),
+    }
 }
 
 impl Blackout {
@@ -229,14 +242,18 @@ impl FromStr for Blackout {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Flap {
     /// Shortest phase.
+    #[serde(rename = "min_ms", serialize_with = "ser_ms")]
     pub min: Duration,
     /// Longest phase.
+    #[serde(rename = "max_ms", serialize_with = "ser_ms")]
     pub max: Duration,
     /// Seed of the phase lengths.
     pub seed: u64,
     /// Flapping starts this long after the proxy started (with an up phase).
+    #[serde(rename = "from_ms", serialize_with = "ser_ms")]
     pub from: Duration,
     /// Flapping stops this long after the proxy started (a blackout running then is cut short).
+    #[serde(rename = "until_ms", serialize_with = "ser_opt_ms")]
     pub until: Option<Duration>,
 }
 

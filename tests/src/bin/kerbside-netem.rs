@@ -135,6 +135,9 @@ impl Args {
     }
 }
 
+/// Flap windows listed on the ready line at most.
+const FLAP_WINDOWS_SHOWN_MAX: usize = 500;
+
 fn say(v: serde_json::Value) {
     println!("{v}");
 }
@@ -198,6 +201,20 @@ async fn main() -> anyhow::Result<()> {
     let p = Proxy::start(cfg.clone())
         .await
         .context("cannot start the proxy")?;
+    // Tell scripts when the flap will be down: up to --flap-until, --for or ten minutes.
+    let horizon = args
+        .flap_until
+        .or(args.run_for)
+        .unwrap_or(Duration::from_secs(600));
+    let flap_windows: Vec<Blackout> = cfg
+        .flap
+        .map(|f| {
+            f.windows(horizon)
+                .into_iter()
+                .take(FLAP_WINDOWS_SHOWN_MAX)
+                .collect()
+        })
+        .unwrap_or_default();
     say(json!({
         "event": "ready",
         "listen": p.listen_addr(),
@@ -208,6 +225,7 @@ async fn main() -> anyhow::Result<()> {
         "down": cfg.down,
         "blackouts": cfg.blackouts,
         "flap": cfg.flap,
+        "flap_windows": flap_windows,
     }));
     eprintln!(
         "kerbside-netem: {} -> {} (seed {}); commands: blackout on|off, rebind, stats, quit",
