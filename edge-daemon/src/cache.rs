@@ -55,6 +55,8 @@ pub enum CacheError {
     Decode { table: &'static str, why: String },
     #[error("cache: {0}")]
     Io(#[from] std::io::Error),
+    #[error("the cache's data key has been destroyed (tamper or wipe); re-provision the unit")]
+    Shredded,
 }
 
 /// A cached summary: the hub-signed bytes, their digest (checked before serving), and when
@@ -109,6 +111,8 @@ pub struct Cache {
     /// Demographic search over the cohort cache.
     search: RwLock<SearchIndex>,
     dir: PathBuf,
+    /// The data key was destroyed (tamper, wipe): nothing is served or written any more.
+    shredded: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Cache {
@@ -187,6 +191,7 @@ impl Cache {
             index: RwLock::new(BTreeMap::new()),
             search: RwLock::new(SearchIndex::new()),
             dir: path.to_path_buf(),
+            shredded: std::sync::atomic::AtomicBool::new(false),
         };
         // Read everything once: the state, and every record (which also checks the seals).
         let _ = cache.state()?;
@@ -334,8 +339,32 @@ impl Cache {
             .unwrap_or_default()
     }
 
+    /// The data key has been destroyed: forget everything in memory and serve nothing. The
+    /// files on disk are unreadable without the key and are discarded at the next start.
+    pub fn shredded(&self) {
+        self.shredded
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.index
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.search
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        tracing::warn!("cache shredded: the data key is destroyed; nothing is served until the unit is re-provisioned");
+    }
+
+    /// Whether the data key has been destroyed.
+    pub fn is_shredded(&self) -> bool {
+        self.shredded.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// A cohort record, checked (AEAD tag and digest) before it is returned.
     pub fn get(&self, nhs: &NhsNumber) -> Result<Option<CachedRecord>, CacheError> {
+        if self.is_shredded() {
+            return Ok(None);
+        }
         let k = self.key(T_RECORD, nhs);
         match self.tree.get(&k)? {
             None => Ok(None),
@@ -349,6 +378,9 @@ impl Cache {
         nhs: &NhsNumber,
         now: UnixMillis,
     ) -> Result<Option<CachedRecord>, CacheError> {
+        if self.is_shredded() {
+            return Ok(None);
+        }
         let k = self.key(T_FETCHED, nhs);
         let Some(v) = self.tree.get(&k)? else {
             return Ok(None);
@@ -413,6 +445,9 @@ impl Cache {
     /// batch, flushed to disk before returning (the caller then acknowledges it to the hub).
     /// Returns the report and the NHS numbers written and removed (for the search index).
     pub fn apply(&self, apply: &Apply, now: UnixMillis) -> Result<Applied, CacheError> {
+        if self.is_shredded() {
+            return Err(CacheError::Shredded);
+        }
         let mut txn = Txn {
             cache: self,
             overlay: HashMap::new(),

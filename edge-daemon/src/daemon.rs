@@ -13,7 +13,53 @@ use crate::journal::{Journal, JournalConfig};
 use crate::lan::{self, AppState};
 use crate::seal::{FileKeyStore, Sealer};
 use crate::status::Status;
+use crate::supervisor::{
+    self, Health, HostFaults, LinkState, SupervisorActions, SupervisorStatusCell,
+};
 use crate::sync::SyncClient;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// What the supervisor board may ask of the unit.
+struct UnitActions {
+    cache: Arc<Cache>,
+    status: Arc<Status>,
+    keys_dir: std::path::PathBuf,
+    writes_stopped: Arc<AtomicBool>,
+}
+
+impl SupervisorActions for UnitActions {
+    fn flush(&self) -> bool {
+        // Journal appends are fsync'd before each answer; the cache is flushed here.
+        self.cache.flush().is_ok()
+    }
+    fn stop_writes(&self) {
+        self.writes_stopped.store(true, Ordering::SeqCst);
+    }
+    fn resume_writes(&self) {
+        self.writes_stopped.store(false, Ordering::SeqCst);
+    }
+    fn shred(&self) -> bool {
+        let ok = crate::seal::shred(&self.keys_dir).is_ok();
+        self.cache.shredded();
+        ok
+    }
+    fn health(&self) -> Health {
+        if self.status.live().last_error.is_some() {
+            Health::Degraded
+        } else {
+            Health::Ok
+        }
+    }
+    fn led_state(&self) -> (LinkState, HostFaults) {
+        let l = self.status.live();
+        let link = match l.link {
+            crate::status::Link::Down => LinkState::None,
+            crate::status::Link::Up if l.rebaselining || !l.caught_up => LinkState::Syncing,
+            crate::status::Link::Up => LinkState::Cellular,
+        };
+        (link, HostFaults::empty())
+    }
+}
 
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn stop_signal() {
@@ -64,6 +110,7 @@ pub async fn run(cfg: UnitConfig, stop: impl Future<Output = ()>) -> anyhow::Res
         opened = ?opened,
         "edge-daemon starting"
     );
+    let writes_stopped = Arc::new(AtomicBool::new(false));
     let (client, fetcher) = SyncClient::new(cfg.clone(), cache.clone(), status.clone())?;
     let client = client.with_journal(journal.clone());
     let listener = lan::bind(&cfg).await?;
@@ -77,11 +124,30 @@ pub async fn run(cfg: UnitConfig, stop: impl Future<Output = ()>) -> anyhow::Res
         token_key: Arc::new(token_key),
         audit: Auditor::new(Some(journal.clone()), cfg.device_id.clone(), status.clone()),
     });
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let supervisor_status = SupervisorStatusCell::default();
+    let actions: Arc<dyn SupervisorActions> = Arc::new(UnitActions {
+        cache: cache.clone(),
+        status: status.clone(),
+        keys_dir: keys_dir.clone(),
+        writes_stopped: writes_stopped.clone(),
+    });
+    let supervisor_task = tokio::spawn({
+        let (sc, st, tx) = (
+            cfg.supervisor.clone(),
+            supervisor_status.clone(),
+            stop_tx.clone(),
+        );
+        async move { supervisor::run_supervisor(&sc, actions, st, tx).await }
+    });
     let serve = lan::serve(listener, app, &cfg);
     tokio::select! {
         r = serve => r?,
         _ = stop => tracing::info!("edge-daemon stopping"),
+        _ = stop_rx.wait_for(|s| *s) => tracing::info!("edge-daemon stopping: the supervisor asked for a shutdown"),
     }
+    stop_tx.send_replace(true);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), supervisor_task).await;
     sync_task.abort();
     cache.flush()?;
     journal.close().await;

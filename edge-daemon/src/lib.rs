@@ -18,4 +18,5 @@ pub mod lan;
 pub mod seal;
 pub mod search;
 pub mod status;
+pub mod supervisor;
 pub mod sync;
