@@ -214,6 +214,12 @@ impl SyncClient {
             l.connects += 1;
             l.link_bytes_received
         });
+        // Audit upload on its own stream, not waiting for the pull.
+        let uploader = self
+            .journal
+            .clone()
+            .map(|j| tokio::spawn(upload_audit(conn.clone(), j, self.status.clone())));
+        let _abort_uploader = AbortOnDrop(uploader);
         let mut pull_in = InflateDeframer::new();
         let mut fetch_stream: Option<quinn::SendStream> = None;
         let (fetch_bytes_tx, mut fetch_bytes_rx) =
@@ -307,7 +313,7 @@ impl SyncClient {
             while let Some(msg) = session.poll_transmit() {
                 let bytes = encode_frame(&msg)?;
                 match msg.stream() {
-                    StreamKind::Pull => pull_send.write_all(&bytes).await?,
+                    StreamKind::Pull | StreamKind::Audit => pull_send.write_all(&bytes).await?,
                     StreamKind::Fetch => {
                         if fetch_stream.is_none() {
                             let (send, mut recv) = conn.open_bi().await.map_err(explain)?;
@@ -425,6 +431,83 @@ impl SyncClient {
         self.status.update(|l| l.cursor = cursor);
         conn.close(0u32.into(), b"bye");
         result
+    }
+}
+
+/// Aborts a task when dropped (the uploader ends with its connection).
+struct AbortOnDrop(Option<tokio::task::JoinHandle<anyhow::Result<()>>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// Upload the journal in order, in batches, on its own stream; mark events uploaded only on
+/// the hub's acknowledgement that they are durably stored. Runs until the connection ends.
+async fn upload_audit(
+    conn: quinn::Connection,
+    journal: crate::journal::Journal,
+    status: Arc<Status>,
+) -> anyhow::Result<()> {
+    use edge_proto::sync::wire::MAX_AUDIT_BATCH;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(explain)?;
+    let mut dec = FrameDecoder::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let from = journal.uploaded_seq() + 1;
+        let j = journal.clone();
+        let events =
+            tokio::task::spawn_blocking(move || j.read_from(from, MAX_AUDIT_BATCH, 4 << 20))
+                .await
+                .context("audit read task")?
+                .context("cannot read the audit journal")?;
+        let Some(last) = events.last().map(|e| e.seq) else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let n = events.len();
+        send.write_all(&encode_frame(&edge_proto::sync::ToHub::Audit { events })?)
+            .await?;
+        // Wait for the acknowledgement.
+        let ack = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if let Some(m) = dec.next_message::<ToUnit>()? {
+                    return anyhow::Ok(m);
+                }
+                match recv.read(&mut buf).await? {
+                    Some(k) => dec.push(&buf[..k])?,
+                    None => anyhow::bail!("the hub closed the audit stream"),
+                }
+            }
+        })
+        .await
+        .context("no audit acknowledgement within 30 s")??;
+        let ToUnit::AuditAck { upto_seq, problems } = ack else {
+            anyhow::bail!("unexpected message on the audit stream");
+        };
+        if !problems.is_empty() {
+            warn!(
+                problems = problems.len(),
+                "the hub reported problems in this unit's audit trail"
+            );
+        }
+        let upto = upto_seq.min(last);
+        if upto >= from {
+            let j = journal.clone();
+            tokio::task::spawn_blocking(move || j.mark_uploaded(upto))
+                .await
+                .context("audit mark task")?
+                .context("cannot record the upload")?;
+        }
+        let (pending, uploaded) = (journal.pending(), journal.uploaded_seq());
+        status.update(|l| {
+            l.audit_pending = pending;
+            l.audit_uploaded_seq = uploaded;
+        });
+        debug!(n, upto, pending, "audit events uploaded");
     }
 }
 

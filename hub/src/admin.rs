@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -48,6 +48,9 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/admin/devices", get(devices))
         .route("/admin/objection", post(objection))
         .route("/admin/cohort", post(cohort))
+        .route("/admin/audit", get(audit_query))
+        .route("/admin/audit/verify", get(audit_verify))
+        .route("/admin/audit/export", get(audit_export))
         .route("/healthz", get(|| async { "ok" }))
         .layer(DefaultBodyLimit::max(MAX_INGEST_BYTES))
         .with_state(hub)
@@ -189,6 +192,111 @@ async fn cohort(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
     }
     match hub.set_cohort(&id, specs) {
         Ok(()) => Json(json!({"device_id": id.as_str(), "cohort": req.cohort})).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    patient: Option<String>,
+    staff: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn audit_query(State(hub): State<Arc<Hub>>, Query(q): Query<AuditQuery>) -> Response {
+    let limit = q.limit.unwrap_or(10_000).clamp(1, 100_000);
+    let (kind, who) = match (&q.patient, &q.staff) {
+        (Some(p), None) => match crate::audit::parse_patient(p) {
+            Some(n) => (b'p', n.as_digits()),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_nhs_number",
+                    "patient= must be a valid NHS number",
+                )
+            }
+        },
+        (None, Some(s)) if !s.is_empty() && s.len() <= 64 => (b's', s.clone()),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "give exactly one of patient=NHS or staff=SDSID",
+            )
+        }
+    };
+    // Every admin audit query is itself logged (the patient or staff id only at debug level).
+    info!(by = "admin (loopback)", kind = %(kind as char), "audit trail queried");
+    tracing::debug!(who = %who, "audit trail queried for");
+    let repo = hub.audit.clone();
+    match tokio::task::spawn_blocking(move || repo.query(kind, &who, limit)).await {
+        Ok(Ok(events)) => {
+            let events: Vec<serde_json::Value> =
+                events.iter().map(crate::audit::event_json).collect();
+            Json(json!({"events": events})).into_response()
+        }
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct VerifyQuery {
+    device: String,
+}
+
+async fn audit_verify(State(hub): State<Arc<Hub>>, Query(q): Query<VerifyQuery>) -> Response {
+    if DeviceId::parse(&q.device).is_err() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_device_id",
+            "device= must be a device id",
+        );
+    }
+    info!(device = %q.device, "audit chain verification requested");
+    let repo = hub.audit.clone();
+    match tokio::task::spawn_blocking(move || repo.verify(&q.device)).await {
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct ExportQuery {
+    since: Option<String>,
+}
+
+async fn audit_export(State(hub): State<Arc<Hub>>, Query(q): Query<ExportQuery>) -> Response {
+    let since = match q.since.as_deref() {
+        None => edge_proto::time::UnixMillis(0),
+        Some(s) => match edge_proto::time::UnixMillis::parse_rfc3339(s) {
+            Ok(t) => t,
+            Err(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_since",
+                    "since= must be an RFC 3339 time, e.g. 2026-11-27T00:00:00Z",
+                )
+            }
+        },
+    };
+    info!("audit export requested");
+    let repo = hub.audit.clone();
+    match tokio::task::spawn_blocking(move || repo.since(since, 1_000_000)).await {
+        Ok(Ok(events)) => {
+            let mut body = String::new();
+            for e in &events {
+                body.push_str(&crate::audit::event_fhir(e).to_string());
+                body.push('\n');
+            }
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/fhir+ndjson")],
+                body,
+            )
+                .into_response()
+        }
+        Ok(Err(e)) => internal(e),
         Err(e) => internal(e),
     }
 }

@@ -54,6 +54,7 @@ pub struct Connected {
 pub struct Hub {
     pub config: HubConfig,
     pub store: Arc<HubStore>,
+    pub audit: Arc<crate::audit::AuditRepo>,
     pub head_tx: watch::Sender<u64>,
     pub key: Arc<Ed25519KeyPair>,
     pub session_config: SessionConfig,
@@ -90,8 +91,10 @@ impl Hub {
                 .clamp(1, 4096),
             ..SessionConfig::default()
         };
+        let audit = crate::audit::AuditRepo::open(store.db())?;
         Ok(Hub {
             config,
+            audit: Arc::new(audit),
             store: Arc::new(store),
             head_tx,
             key: Arc::new(key),
@@ -235,13 +238,19 @@ async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Re
     })?;
 
     let (in_tx, mut in_rx) = mpsc::unbounded_channel::<Input>();
+    // Audit uploads go straight to the repository (never to a refused unit).
+    let audit_sink = if refusal.is_none() {
+        Some((hub.clone(), device.clone()))
+    } else {
+        None
+    };
     // Accept the unit's streams; each reader tags its messages with the stream's kind.
     {
         let conn = conn.clone();
         let in_tx = in_tx.clone();
         tokio::spawn(async move {
             while let Ok((send, recv)) = conn.accept_bi().await {
-                tokio::spawn(stream_reader(send, recv, in_tx.clone()));
+                tokio::spawn(stream_reader(send, recv, in_tx.clone(), audit_sink.clone()));
             }
         });
     }
@@ -296,6 +305,7 @@ async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Re
                     match kind {
                         StreamKind::Pull => pull = Some(out),
                         StreamKind::Fetch => fetch = Some(out),
+                        StreamKind::Audit => {}
                     }
                     let store = hub.store.clone();
                     session.handle_message(now(), msg, &*store)
@@ -318,6 +328,7 @@ async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Re
             let out = match msg.stream() {
                 StreamKind::Pull => pull.as_ref(),
                 StreamKind::Fetch => fetch.as_ref(),
+                StreamKind::Audit => None,
             };
             if let Some(out) = out {
                 let _ = out.send(msg);
@@ -370,6 +381,7 @@ async fn stream_reader(
     send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     in_tx: mpsc::UnboundedSender<Input>,
+    audit: Option<(Arc<Hub>, DeviceId)>,
 ) {
     let mut decoder = FrameDecoder::new();
     let mut send = Some(send);
@@ -391,6 +403,45 @@ async fn stream_reader(
         }
         loop {
             match decoder.next_message::<ToHub>() {
+                Ok(Some(ToHub::Audit { events })) => {
+                    let Some((hub, device)) = &audit else {
+                        return;
+                    };
+                    if out.is_none() {
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        if let Some(s) = send.take() {
+                            tokio::spawn(stream_writer(s, rx, false));
+                        }
+                        out = Some(tx);
+                    }
+                    let n = events.len();
+                    let repo = hub.audit.clone();
+                    let dev = device.clone();
+                    let stored =
+                        tokio::task::spawn_blocking(move || repo.store(&dev, &events)).await;
+                    match stored {
+                        Ok(Ok(st)) => {
+                            if !st.problems.is_empty() {
+                                warn!(device = %device, problems = st.problems.len(), "audit upload has problems (stored and reported)");
+                            }
+                            debug!(device = %device, n, upto = st.upto_seq, "audit events stored");
+                            let _ = hub.store.update_device(device, |d| {
+                                d.audit_received_seq = d.audit_received_seq.max(st.upto_seq);
+                            });
+                            if let Some(o) = &out {
+                                let _ = o.send(ToUnit::AuditAck {
+                                    upto_seq: st.upto_seq,
+                                    problems: st.problems,
+                                });
+                            }
+                        }
+                        _ => {
+                            warn!(device = %device, "cannot store audit events; the unit will retry");
+                            let _ = in_tx.send(Input::StreamError("audit store failed".into()));
+                            return;
+                        }
+                    }
+                }
                 Ok(Some(msg)) => {
                     let k = msg.stream();
                     if kind.is_some_and(|known| known != k) {

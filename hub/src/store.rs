@@ -189,6 +189,11 @@ impl HubStore {
         self.write.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The underlying database (other repositories keep their own trees in it).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
     /// Make everything written so far durable.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;

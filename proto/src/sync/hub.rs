@@ -223,6 +223,8 @@ impl HubSession {
             ToHub::Hello(h) => self.on_hello(now, h, feed),
             ToHub::Ack { upto_batch } => self.on_ack(upto_batch),
             ToHub::Fetch { request_id, nhs } => self.on_fetch(request_id, &nhs, feed),
+            // The driver hands audit uploads to its audit repository, never to the session.
+            ToHub::Audit { .. } => Err(HubError::BadRequest("audit upload on the sync session")),
         };
         let r = r.and_then(|()| self.pump(now, feed));
         r.map_err(|e| self.refuse(e))

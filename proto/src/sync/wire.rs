@@ -366,6 +366,11 @@ pub enum ToHub {
         request_id: u64,
         nhs: NhsNumber,
     },
+    /// Audit events from the unit's journal, in sequence order, on the audit stream. The hub
+    /// stores them durably (idempotent on device and seq) before acknowledging.
+    Audit {
+        events: Vec<crate::audit::AuditEvent>,
+    },
 }
 
 /// Hub → unit.
@@ -386,7 +391,17 @@ pub enum ToUnit {
         code: RefusalCode,
         message: String,
     },
+    /// Audit events up to and including `upto_seq` are stored durably at the hub; `problems`
+    /// names any chain break or gap the hub found (they are stored and reported, not dropped).
+    AuditAck {
+        upto_seq: u64,
+        #[serde(default)]
+        problems: Vec<String>,
+    },
 }
+
+/// The most audit events in one upload message.
+pub const MAX_AUDIT_BATCH: usize = 1_000;
 
 /// Which QUIC stream a message travels on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -395,12 +410,15 @@ pub enum StreamKind {
     Pull,
     /// On-demand fetch requests and answers.
     Fetch,
+    /// Audit upload and its acknowledgements.
+    Audit,
 }
 
 impl ToHub {
     pub fn stream(&self) -> StreamKind {
         match self {
             ToHub::Fetch { .. } => StreamKind::Fetch,
+            ToHub::Audit { .. } => StreamKind::Audit,
             _ => StreamKind::Pull,
         }
     }
@@ -410,6 +428,7 @@ impl ToUnit {
     pub fn stream(&self) -> StreamKind {
         match self {
             ToUnit::Fetched { .. } => StreamKind::Fetch,
+            ToUnit::AuditAck { .. } => StreamKind::Audit,
             _ => StreamKind::Pull,
         }
     }
