@@ -95,9 +95,11 @@ pub async fn run(cfg: UnitConfig, stop: impl Future<Output = ()>) -> anyhow::Res
             "the audit journal has problems (kept on disk, reported to the hub)"
         );
     }
+    let problems: Vec<String> = recovery.problems.iter().map(|p| p.to_string()).collect();
     status.update(|l| {
         l.audit_pending = journal.pending();
         l.audit_uploaded_seq = journal.uploaded_seq();
+        l.audit_problems = problems;
     });
     let token_key = edge_provision::keys::load_ed25519_public(&cfg.keys.token_verify)
         .context("cannot load the shift-token verification key")?;

@@ -35,6 +35,8 @@ pub struct Live {
     pub audit_uploaded_seq: u64,
     /// UDP bytes received from the hub over all connections (QUIC overhead included).
     pub link_bytes_received: u64,
+    /// Problems the audit journal found when it was opened (reported, never dropped).
+    pub audit_problems: Vec<String>,
 }
 
 impl Default for Live {
@@ -54,6 +56,7 @@ impl Default for Live {
             audit_pending: 0,
             audit_uploaded_seq: 0,
             link_bytes_received: 0,
+            audit_problems: Vec::new(),
         }
     }
 }
@@ -85,6 +88,7 @@ pub struct StatusView {
     pub connects: u64,
     pub records_received: u64,
     pub link_bytes_received: u64,
+    pub audit_problems: Vec<String>,
 }
 
 impl Status {
@@ -130,6 +134,7 @@ impl Status {
             connects: l.connects,
             records_received: l.records_received,
             link_bytes_received: l.link_bytes_received,
+            audit_problems: l.audit_problems,
         }
     }
 }
