@@ -113,6 +113,7 @@ pub async fn run(cfg: UnitConfig, stop: impl Future<Output = ()>) -> anyhow::Res
         "edge-daemon starting"
     );
     let writes_stopped = Arc::new(AtomicBool::new(false));
+    let supervisor_status = SupervisorStatusCell::default();
     let (client, fetcher) = SyncClient::new(cfg.clone(), cache.clone(), status.clone())?;
     let client = client.with_journal(journal.clone());
     let listener = lan::bind(&cfg).await?;
@@ -125,9 +126,9 @@ pub async fn run(cfg: UnitConfig, stop: impl Future<Output = ()>) -> anyhow::Res
         config: Arc::new(cfg.clone()),
         token_key: Arc::new(token_key),
         audit: Auditor::new(Some(journal.clone()), cfg.device_id.clone(), status.clone()),
+        supervisor: supervisor_status.clone(),
     });
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let supervisor_status = SupervisorStatusCell::default();
     let actions: Arc<dyn SupervisorActions> = Arc::new(UnitActions {
         cache: cache.clone(),
         status: status.clone(),

@@ -34,6 +34,8 @@ pub struct AppState {
     pub token_key: Arc<[u8; 32]>,
     /// Where every access is recorded before it is answered.
     pub audit: crate::access::Auditor,
+    /// What the supervisor board link reports.
+    pub supervisor: crate::supervisor::SupervisorStatusCell,
 }
 
 /// A JSON error body: `{"error": code, "message": text}`.
@@ -48,6 +50,9 @@ pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Resp
 /// The router.
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/", get(page_index))
+        .route("/app.js", get(page_js))
+        .route("/style.css", get(page_css))
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/status", get(status))
         .route("/metrics", get(metrics))
@@ -57,6 +62,45 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/search", get(crate::access::search))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .with_state(state)
+}
+
+/// The kiosk / tablet page: static files compiled into the binary (no CDN, no network).
+async fn page_index() -> Response {
+    static_file(
+        "text/html; charset=utf-8",
+        include_str!("../static/index.html"),
+    )
+}
+
+async fn page_js() -> Response {
+    static_file(
+        "text/javascript; charset=utf-8",
+        include_str!("../static/app.js"),
+    )
+}
+
+async fn page_css() -> Response {
+    static_file(
+        "text/css; charset=utf-8",
+        include_str!("../static/style.css"),
+    )
+}
+
+fn static_file(kind: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, kind),
+            (header::CACHE_CONTROL, "no-cache"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn status(State(s): State<AppState>) -> Response {
