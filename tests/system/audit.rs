@@ -272,3 +272,113 @@ fn find(root: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
     }
     None
 }
+
+fn event(dev: &str, seq: u64, prev: edge_proto::audit::Hash32, nhs: &str) -> edge_proto::audit::AuditEvent {
+    use edge_proto::audit::*;
+    let mut e = AuditEvent {
+        schema: AUDIT_SCHEMA,
+        event_id: uuid_from_bytes([seq as u8; 16]),
+        device_id: edge_proto::ids::DeviceId::parse(dev).unwrap(),
+        seq: 0,
+        prev_hash: Hash32::default(),
+        hash: Hash32::default(),
+        recorded: UnixMillis(kerbside_tests::fleet::now_ms()),
+        clock_offset_ms: 0,
+        action: AuditAction::Read,
+        outcome: AuditOutcome::Ok,
+        outcome_reason: None,
+        staff_id: Some("555000111222".into()),
+        staff_name: None,
+        role: Some(StaffRole::Clinical),
+        org_ods: None,
+        auth: None,
+        purpose: Purpose::Treat,
+        break_glass_reason: None,
+        patient: Some(edge_proto::nhs::NhsNumber::parse(nhs).unwrap()),
+        data: AccessData::default(),
+        client: ClientInfo::default(),
+        incident_ref: None,
+        offline: true,
+    };
+    e.seal(seq, prev).unwrap();
+    e
+}
+
+/// Upload raw audit batches as the unit whose bundle is in `dir`; return each ack.
+async fn upload(
+    f: &Fleet,
+    dir: &std::path::Path,
+    batches: Vec<Vec<edge_proto::audit::AuditEvent>>,
+) -> Vec<(u64, Vec<String>)> {
+    use edge_proto::sync::{encode_frame, frame::FrameDecoder, ToHub, ToUnit};
+    use quinn::crypto::rustls::QuicClientConfig;
+    edge_provision::tls::install_default_provider();
+    let cfg = edge_provision::config::UnitConfig::load(&dir.join("edge.toml")).unwrap();
+    let tls = edge_provision::tls::unit_client_config(&cfg).unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+        QuicClientConfig::try_from(tls).unwrap(),
+    )));
+    let conn = ep
+        .connect(f.hub_quic.parse().unwrap(), "127.0.0.1")
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let mut dec = FrameDecoder::new();
+    let mut buf = vec![0u8; 65536];
+    let mut acks = Vec::new();
+    for events in batches {
+        send.write_all(&encode_frame(&ToHub::Audit { events }).unwrap()).await.unwrap();
+        loop {
+            if let Some(ToUnit::AuditAck { upto_seq, problems }) = dec.next_message().unwrap() {
+                acks.push((upto_seq, problems));
+                break;
+            }
+            let n = recv.read(&mut buf).await.unwrap().unwrap();
+            dec.push(&buf[..n]).unwrap();
+        }
+    }
+    conn.close(0u32.into(), b"done");
+    acks
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_audit_uploads_replay_break_gap() {
+    let mut f = Fleet::new().unwrap();
+    let u = f.enrol("LAS-AMB-0033", &[]).unwrap();
+    let data = f.synth("a.ndjson", 10, 9).unwrap();
+    f.ingest_offline(&data).unwrap();
+    f.start_hub().unwrap();
+    let dir = f.units[u].dir.clone();
+    let dev = "LAS-AMB-0033";
+    let p = "9434765919";
+    let e1 = event(dev, 1, edge_proto::audit::GENESIS, p);
+    let e2 = event(dev, 2, e1.hash, p);
+    let e3 = event(dev, 3, e2.hash, p);
+    // A replayed batch is idempotent: acknowledged, stored once, no problem.
+    let acks = upload(&f, &dir, vec![vec![e1.clone(), e2.clone()], vec![e1.clone(), e2.clone()]]).await;
+    assert_eq!(acks[0], (2, vec![]));
+    assert_eq!(acks[1], (2, vec![]));
+    // A broken chain (seq 3 not linked to seq 2) is stored and reported.
+    let broken = event(dev, 3, edge_proto::audit::GENESIS, p);
+    let acks = upload(&f, &dir, vec![vec![broken]]).await;
+    assert_eq!(acks[0].0, 3);
+    assert!(acks[0].1.iter().any(|m| m.contains("chain broken")), "{acks:?}");
+    // A seq gap is stored and reported.
+    let e6 = event(dev, 6, e3.hash, p);
+    let acks = upload(&f, &dir, vec![vec![e6]]).await;
+    assert_eq!(acks[0].0, 6);
+    assert!(acks[0].1.iter().any(|m| m.contains("gap")), "{acks:?}");
+    // An event claiming another device is refused.
+    let other = event("LAS-AMB-0099", 7, e3.hash, p);
+    let acks = upload(&f, &dir, vec![vec![other]]).await;
+    assert!(acks[0].1.iter().any(|m| m.contains("another device")), "{acks:?}");
+    // Verification reports both; the patient's trail lists exactly the four stored events.
+    let v = tokio::task::block_in_place(|| verify(&f, dev));
+    assert_eq!(v["chain_ok"], false, "{v}");
+    assert_eq!(v["gaps"], serde_json::json!([{"from": 4, "to": 5}]), "{v}");
+    assert_eq!(v["events"], 4);
+    let trail = tokio::task::block_in_place(|| audit_for(&f, p));
+    assert_eq!(trail.len(), 4);
+}
