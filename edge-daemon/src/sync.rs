@@ -460,7 +460,7 @@ async fn upload_audit(
         let from = journal.uploaded_seq() + 1;
         let j = journal.clone();
         let events =
-            tokio::task::spawn_blocking(move || j.read_from(from, MAX_AUDIT_BATCH, 4 << 20))
+            tokio::task::spawn_blocking(move || j.read_from(from, MAX_AUDIT_BATCH, 6 << 20))
                 .await
                 .context("audit read task")?
                 .context("cannot read the audit journal")?;

@@ -401,7 +401,7 @@ pub enum ToUnit {
 }
 
 /// The most audit events in one upload message.
-pub const MAX_AUDIT_BATCH: usize = 1_000;
+pub const MAX_AUDIT_BATCH: usize = 4_000;
 
 /// Which QUIC stream a message travels on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
