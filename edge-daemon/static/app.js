@@ -109,6 +109,9 @@
     const y = new Date(now);
     y.setDate(now.getDate() - 1);
     if (d.toDateString() === y.toDateString()) return `${t} yesterday`;
+    const tm = new Date(now);
+    tm.setDate(now.getDate() + 1);
+    if (d.toDateString() === tm.toDateString()) return `${t} tomorrow`;
     return `${t} on ${fmtDay(d)}`;
   }
 
@@ -287,6 +290,7 @@
   function show(view) {
     for (const v of VIEWS) $(v).hidden = v !== view;
     document.body.dataset.view = view;
+    window.scrollTo(0, 0); // the banners and the top of the record first
   }
 
   function notice(text) {
@@ -300,7 +304,7 @@
     if (!el.hasAttribute('tabindex') && !/^(INPUT|BUTTON|TEXTAREA|SELECT|A)$/.test(el.tagName)) {
       el.setAttribute('tabindex', '-1');
     }
-    el.focus({ preventScroll: false });
+    el.focus({ preventScroll: true });
   }
 
   function fieldError(fieldId, inputId, errId, text) {
@@ -327,11 +331,10 @@
     claims = readClaims(t);
     sessionStorage.setItem(TOKEN_KEY, t);
     const who = $('who');
-    const parts = ['Signed in'];
-    if (claims && claims.name) parts[0] = `Signed in: ${claims.name}`;
-    if (claims && claims.role) parts.push(`(${claims.role})`);
-    if (claims && claims.expires) parts.push(`· until ${fmtWhen(new Date(claims.expires))}`);
-    $('who-text').textContent = parts.join(' ');
+    const parts = [claims && claims.name ? `Signed in: ${claims.name}` : 'Signed in'];
+    if (claims && claims.role) parts.push(claims.role);
+    if (claims && claims.expires) parts.push(`until ${fmtWhen(new Date(claims.expires))}`);
+    $('who-text').textContent = parts.join(' · ');
     who.hidden = false;
     clearTimeout(expiryTimer);
     if (claims && claims.expires) {
@@ -757,16 +760,27 @@
     if (!p) return h('p', { class: 'src', text: 'Source not recorded' });
     const org = p.source_name ? `${p.source_name} (${p.source_ods})` : (p.source_ods || 'unknown organisation');
     const upd = fmtMillis(p.last_updated);
-    return h('p', { class: 'src' }, h('span', { class: 'src-org' }, `Source: ${org}`), upd ? h('span', { class: 'src-upd' }, ` · updated ${upd}`) : null);
+    return joined('src', [`Source: ${org}`, upd && `updated ${upd}`]);
   }
 
   function badge(text, cls) {
     return h('span', { class: `badge ${cls || ''}`.trim(), text });
   }
 
-  function detail(parts) {
+  /** "a · b · c", each part kept on one line. */
+  function joined(cls, parts) {
     const kept = parts.filter(Boolean);
-    return kept.length ? h('p', { class: 'detail', text: kept.join(' · ') }) : null;
+    if (!kept.length) return null;
+    const p = h('p', { class: cls });
+    kept.forEach((t, i) => {
+      if (i) p.append(' · ');
+      p.append(h('span', { class: 'part', text: t }));
+    });
+    return p;
+  }
+
+  function detail(parts) {
+    return joined('detail', parts);
   }
 
   function statusBadge(s, okValues) {
