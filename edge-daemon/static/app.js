@@ -1030,7 +1030,7 @@
     const asOf = new Date(record.receivedAt - ageAtReceipt * 1000);
     const age = (Date.now() - asOf.getTime()) / 1000;
     const stale = d.stale === true;
-    const offline = d.link === 'down' || (lastStatus && lastStatus.link === 'down');
+    const offline = lastStatus ? lastStatus.link === 'down' : d.link === 'down';
     const b = $('fresh-banner');
     let text = `${stale ? 'OLD DATA — ' : ''}Record as of ${fmtWhen(asOf)} — ${fmtAgo(age)}.`;
     if (stale) text += ' It may not show recent changes: confirm with the patient or another source.';
@@ -1056,6 +1056,9 @@
       const lastText = last && !Number.isNaN(last.getTime()) ? `${fmtWhen(last)} (${fmtAgo((Date.now() - last.getTime()) / 1000)})` : 'never';
       if (s.shredded) {
         text = 'THIS UNIT’S RECORDS HAVE BEEN WIPED (tamper protection). It cannot show any patient record. Tell the fleet team.';
+        cls = 'offline';
+      } else if (s.supervisor && s.supervisor.power_fail) {
+        text = 'POWER FAILING — the unit is saving its data and may stop answering shortly.';
         cls = 'offline';
       } else if (s.link === 'down') {
         text = `OFFLINE — no link to the hub. Showing records held on this unit only; last synced ${lastText}. Records not held here cannot be fetched.`;

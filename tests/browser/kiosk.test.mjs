@@ -294,6 +294,9 @@ test('a richer summary (resuscitation decision, care plan, high-risk medicine) f
   for (const t of items) assert.match(t, /Source: .+ \(\w+\) · updated \d\d-\w{3}-\d{4}/);
   await shot('02-summary');
   await shot('02-summary-full', { fullPage: true });
+  await page.setViewportSize({ width: 1920, height: 1080 });
+  await shot('02-summary-kiosk-1080p');
+  await page.setViewportSize({ width: 1280, height: 800 });
 });
 
 test('"No known allergies recorded" and "No allergy information available" are told apart', async () => {
