@@ -53,7 +53,10 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
-    let n: u64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(100_000);
+    let n: u64 = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(100_000);
     let rt = tokio::runtime::Runtime::new()?;
     let dev = DeviceId::parse("LAS-AMB-BENCH")?;
 
@@ -129,7 +132,9 @@ fn main() -> anyhow::Result<()> {
     f.start_hub()?;
     let t = Instant::now();
     f.start_unit(u)?;
-    wait_for(Duration::from_secs(600), || Ok(f.status(u)?["audit_pending"] == 0))?;
+    wait_for(Duration::from_secs(600), || {
+        Ok(f.status(u)?["audit_pending"] == 0)
+    })?;
     let up_s = t.elapsed().as_secs_f64();
     let (code, body) = f.admin("GET", "/admin/audit/verify?device=LAS-AMB-BENCH", None)?;
     anyhow::ensure!(code == 200, "verify: {body}");
@@ -147,6 +152,9 @@ fn main() -> anyhow::Result<()> {
         "| upload of a {n}-event backlog to the hub (QUIC, loopback, durable at the hub) | {up_s:.1} s, {:.0} events/s (incl. daemon start) |",
         n as f64 / up_s
     );
-    println!("| hub verification of the uploaded chain | {} events, chain_ok {} , gaps {} |", v["events"], v["chain_ok"], v["gaps"]);
+    println!(
+        "| hub verification of the uploaded chain | {} events, chain_ok {} , gaps {} |",
+        v["events"], v["chain_ok"], v["gaps"]
+    );
     Ok(())
 }

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# LAN API benchmark, side by side with nginx serving the same JSON bytes from a static file.
+#
+#   tests/benches/lan.sh [PATIENTS]        (default 100000; needs root for apt-get the first time)
+#
+# Real processes: edge-provision bundles, edge-hub serve, edge-daemon run (plain HTTP on
+# loopback, as nginx is), PATIENTS cached. Load from wrk (64 connections, keep-alive):
+#   1. throughput: closed loop for 15 s, daemon vs nginx;
+#   2. latency at ~1,000 req/s: each of 64 connections paced at one request per 64 ms;
+#   3. demographic search over the cache at ~500 req/s;
+#   4. the daemon's peak RSS.
+# Every daemon lookup is a real, audited access: the audit event is fsync'd before the answer.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+N=${1:-100000}
+if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq wrk nginx >/dev/null; fi
+fi
+command -v wrk >/dev/null && command -v nginx >/dev/null || { echo "need wrk and nginx (apt-get install wrk nginx)"; exit 1; }
+cargo build --release --workspace --bins -q
+BIN=$PWD/target/release
+T=$(mktemp -d -t kerbside-lanbench.XXXXXX)
+PIDS=()
+cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$T"; }
+trap cleanup EXIT
+port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1]);s.close()'; }
+uport() { python3 -c 'import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(("127.0.0.1",0));print(s.getsockname()[1]);s.close()'; }
+HUB_Q=127.0.0.1:$(uport); ADMIN=127.0.0.1:$(port); LAN=127.0.0.1:$(port); NGX=127.0.0.1:$(port)
+"$BIN/edge-provision" ca init --fleet "$T/fleet" >/dev/null 2>&1
+"$BIN/edge-provision" hub --fleet "$T/fleet" --name 127.0.0.1 --listen "$HUB_Q" --admin "$ADMIN" --out "$T/hub" >/dev/null 2>&1
+"$BIN/edge-provision" enrol --fleet "$T/fleet" --device-id LAS-AMB-BENCH --role vehicle --hub "$HUB_Q" --hub-name 127.0.0.1 --lan "$LAN" --out "$T/unit" >/dev/null 2>&1
+sed -i 's/tls = true/tls = false/' "$T/unit/edge.toml"
+TOKEN=$("$BIN/edge-provision" token --fleet "$T/fleet" --staff-id 555000111222 --name "PARAMEDIC, Bench" --role clinical --hours 12 2>/dev/null | tail -1)
+echo "bench: synth + ingest $N patients..." >&2
+"$BIN/edge-hub" synth --patients "$N" --seed 7 --out "$T/synth.ndjson" >/dev/null 2>&1
+"$BIN/edge-hub" ingest --config "$T/hub/hub.toml" "$T/synth.ndjson" >/dev/null 2>&1
+"$BIN/edge-hub" serve --config "$T/hub/hub.toml" 2>"$T/hub.log" & PIDS+=($!)
+sleep 1
+"$BIN/edge-daemon" run --config "$T/unit/edge.toml" 2>"$T/unit.log" & UNIT=$!; PIDS+=($UNIT)
+for i in $(seq 1 600); do
+  r=$(curl -s "http://$LAN/v1/status" | python3 -c 'import sys,json;print(json.load(sys.stdin).get("records",0))' 2>/dev/null || echo 0)
+  [ "$r" = "$N" ] && break; sleep 1
+done
+[ "$r" = "$N" ] || { echo "unit did not sync ($r of $N)"; exit 1; }
+NHS=$(python3 -c '
+import sys,json
+for line in open(sys.argv[1]):
+    b=json.loads(line)
+    for e in b["entry"]:
+        r=e["resource"]
+        if r["resourceType"]=="Patient":
+            print(r["identifier"][0]["value"]); sys.exit(0)' "$T/synth.ndjson")
+mkdir -p "$T/www"
+curl -s -H "Authorization: Bearer $TOKEN" "http://$LAN/v1/patients/$NHS" > "$T/www/p.json"
+read -r FAMILY POSTCODE < <(python3 -c 'import sys,json;d=json.load(open(sys.argv[1]));print(d["patient"]["family"].replace(" ","%20"), d["patient"]["postcode"].split()[0])' "$T/www/p.json")
+cat > "$T/nginx.conf" <<EOF
+worker_processes 2;
+pid $T/nginx.pid;
+error_log $T/nginx.err;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen $NGX; root $T/www; location / { default_type application/json; } }
+}
+EOF
+nginx -c "$T/nginx.conf" -p "$T"
+PIDS+=("$(cat "$T/nginx.pid" 2>/dev/null || echo)")
+cat > "$T/pace.lua" <<'EOF'
+function delay() return 64 end
+EOF
+summ() { # wrk output -> "req/s p50 p99"
+  awk '/Requests\/sec/{r=$2} /^ +50%/{p50=$2} /^ +99%/{p99=$2} END{print r, p50, p99}'
+}
+AUTH="Authorization: Bearer $TOKEN"
+echo "bench: closed-loop throughput (64 connections, 15 s)..." >&2
+D=$(wrk -t2 -c64 -d15s --latency -H "$AUTH" "http://$LAN/v1/patients/$NHS" | summ)
+G=$(wrk -t2 -c64 -d15s --latency "http://$NGX/p.json" | summ)
+echo "bench: paced ~1,000 req/s..." >&2
+DP=$(wrk -t2 -c64 -d15s --latency -s "$T/pace.lua" -H "$AUTH" "http://$LAN/v1/patients/$NHS" | summ)
+GP=$(wrk -t2 -c64 -d15s --latency -s "$T/pace.lua" "http://$NGX/p.json" | summ)
+echo "bench: search..." >&2
+S=$(wrk -t2 -c32 -d10s --latency -s "$T/pace.lua" -H "$AUTH" "http://$LAN/v1/search?family=$FAMILY&postcode=$POSTCODE" | summ)
+RSS=$(awk '/VmHWM/{print int($2/1024)}' /proc/$UNIT/status)
+BYTES=$(wc -c < "$T/www/p.json")
+read -r dr d50 d99 <<<"$D"; read -r gr g50 g99 <<<"$G"
+read -r dpr dp50 dp99 <<<"$DP"; read -r gpr gp50 gp99 <<<"$GP"; read -r sr s50 s99 <<<"$S"
+ratio=$(python3 -c "print(f'{float(\"$dr\")/float(\"$gr\"):.2f}')")
+echo
+echo "LAN API benchmark: $N cached summaries, one summary of $BYTES bytes, loopback, wrk 64 connections"
+echo
+echo "| measure | edge-daemon | nginx (same JSON, static file) |"
+echo "| --- | --- | --- |"
+echo "| closed-loop throughput | $dr req/s (p50 $d50, p99 $d99) | $gr req/s (p50 $g50, p99 $g99) |"
+echo "| daemon ÷ nginx | $ratio × | |"
+echo "| paced ≈ 1,000 req/s: achieved, p50, p99 | $dpr req/s, $dp50, $dp99 | $gpr req/s, $gp50, $gp99 |"
+echo "| search (family + postcode district) paced ≈ 500 req/s: p50, p99 | $s50, $s99 | — |"
+echo "| daemon peak RSS under this load | $RSS MiB | |"
