@@ -273,7 +273,12 @@ fn find(root: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
     None
 }
 
-fn event(dev: &str, seq: u64, prev: edge_proto::audit::Hash32, nhs: &str) -> edge_proto::audit::AuditEvent {
+fn event(
+    dev: &str,
+    seq: u64,
+    prev: edge_proto::audit::Hash32,
+    nhs: &str,
+) -> edge_proto::audit::AuditEvent {
     use edge_proto::audit::*;
     let mut e = AuditEvent {
         schema: AUDIT_SCHEMA,
@@ -329,7 +334,9 @@ async fn upload(
     let mut buf = vec![0u8; 65536];
     let mut acks = Vec::new();
     for events in batches {
-        send.write_all(&encode_frame(&ToHub::Audit { events }).unwrap()).await.unwrap();
+        send.write_all(&encode_frame(&ToHub::Audit { events }).unwrap())
+            .await
+            .unwrap();
         loop {
             if let Some(ToUnit::AuditAck { upto_seq, problems }) = dec.next_message().unwrap() {
                 acks.push((upto_seq, problems));
@@ -357,14 +364,22 @@ async fn bad_audit_uploads_replay_break_gap() {
     let e2 = event(dev, 2, e1.hash, p);
     let e3 = event(dev, 3, e2.hash, p);
     // A replayed batch is idempotent: acknowledged, stored once, no problem.
-    let acks = upload(&f, &dir, vec![vec![e1.clone(), e2.clone()], vec![e1.clone(), e2.clone()]]).await;
+    let acks = upload(
+        &f,
+        &dir,
+        vec![vec![e1.clone(), e2.clone()], vec![e1.clone(), e2.clone()]],
+    )
+    .await;
     assert_eq!(acks[0], (2, vec![]));
     assert_eq!(acks[1], (2, vec![]));
     // A broken chain (seq 3 not linked to seq 2) is stored and reported.
     let broken = event(dev, 3, edge_proto::audit::GENESIS, p);
     let acks = upload(&f, &dir, vec![vec![broken]]).await;
     assert_eq!(acks[0].0, 3);
-    assert!(acks[0].1.iter().any(|m| m.contains("chain broken")), "{acks:?}");
+    assert!(
+        acks[0].1.iter().any(|m| m.contains("chain broken")),
+        "{acks:?}"
+    );
     // A seq gap is stored and reported.
     let e6 = event(dev, 6, e3.hash, p);
     let acks = upload(&f, &dir, vec![vec![e6]]).await;
@@ -373,7 +388,10 @@ async fn bad_audit_uploads_replay_break_gap() {
     // An event claiming another device is refused.
     let other = event("LAS-AMB-0099", 7, e3.hash, p);
     let acks = upload(&f, &dir, vec![vec![other]]).await;
-    assert!(acks[0].1.iter().any(|m| m.contains("another device")), "{acks:?}");
+    assert!(
+        acks[0].1.iter().any(|m| m.contains("another device")),
+        "{acks:?}"
+    );
     // Verification reports both; the patient's trail lists exactly the four stored events.
     let v = tokio::task::block_in_place(|| verify(&f, dev));
     assert_eq!(v["chain_ok"], false, "{v}");
