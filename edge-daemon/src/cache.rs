@@ -181,7 +181,7 @@ impl Cache {
     fn try_open(path: &Path, sealer: Arc<Sealer>) -> Result<Cache, CacheError> {
         let db = sled::Config::new()
             .path(path)
-            .cache_capacity(128 * 1024 * 1024)
+            .cache_capacity(32 * 1024 * 1024)
             .open()?;
         let tree = db.open_tree("cache")?;
         let cache = Cache {
