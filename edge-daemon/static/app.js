@@ -589,7 +589,7 @@
             type: 'button',
             class: 'btn primary select',
             'data-nhs': nhs,
-            'aria-label': `Select ${name}, born ${fmtBirth(c.birth_date)}, NHS number ${fmtNhs(nhs)}`,
+            'aria-label': `Select this patient: ${name}, born ${fmtBirth(c.birth_date)}, NHS number ${fmtNhs(nhs)}`,
           }, 'Select this patient'));
         list.append(li);
       });
