@@ -230,7 +230,7 @@ fn authenticate(s: &AppState, h: &HeaderMap) -> Result<Caller, Box<Refusal>> {
             None,
         )));
     };
-    let claims = match token::verify(tok, &s.token_key[..], now(), &s.config.device_id) {
+    let claims = match verify_cached(tok, s) {
         Ok(c) => c,
         Err(e) => {
             let (code, why) = match &e {
@@ -284,6 +284,35 @@ fn authenticate(s: &AppState, h: &HeaderMap) -> Result<Caller, Box<Refusal>> {
         reason,
         incident,
     })
+}
+
+/// Tokens already verified (by SHA-256 of the token), so a shift's many lookups pay for the
+/// Ed25519 verification once. Expiry is checked on every use; the cache is bounded.
+static VERIFIED: std::sync::LazyLock<Mutex<std::collections::HashMap<[u8; 32], ShiftClaims>>> =
+    std::sync::LazyLock::new(|| Mutex::new(std::collections::HashMap::new()));
+
+fn verify_cached(tok: &str, s: &AppState) -> Result<ShiftClaims, token::TokenError> {
+    let t = now();
+    let mut key = [0u8; 32];
+    key.copy_from_slice(
+        ring::digest::digest(&ring::digest::SHA256, tok.trim().as_bytes()).as_ref(),
+    );
+    if let Some(c) = VERIFIED.lock().ok().and_then(|m| m.get(&key).cloned()) {
+        if c.expires_at > t {
+            return Ok(c);
+        }
+        if let Ok(mut m) = VERIFIED.lock() {
+            m.remove(&key);
+        }
+    }
+    let c = token::verify(tok, &s.token_key[..], t, &s.config.device_id)?;
+    if let Ok(mut m) = VERIFIED.lock() {
+        if m.len() >= 4_096 {
+            m.clear();
+        }
+        m.insert(key, c.clone());
+    }
+    Ok(c)
 }
 
 /// What a lookup found.
