@@ -388,6 +388,17 @@ fn cache_error(e: crate::cache::CacheError) -> Response {
     )
 }
 
+/// Days since the unit last reached the hub, when that is longer than the offline limit.
+fn past_offline_limit(s: &AppState) -> Option<u64> {
+    let live = s.status.live();
+    if live.link == Link::Up {
+        return None;
+    }
+    let last = live.last_sync_at.or(s.cache.meta().last_sync_at)?;
+    let secs = now().seconds_since(last);
+    (secs > s.config.cache.offline_limit_s).then_some(secs / 86_400)
+}
+
 /// Freshness of a found record: (age in seconds, stale, synced_at).
 fn freshness(s: &AppState, f: &Found) -> (u64, bool) {
     let live = s.status.live();
@@ -488,6 +499,19 @@ async fn read_patient(s: AppState, h: HeaderMap, raw: Option<String>, format: Fo
             StatusCode::FORBIDDEN,
             "role",
             "your role may search and see demographics, not clinical content",
+        );
+        return s.audit.record(a).await.err().unwrap_or(resp);
+    }
+    if let Some(days) = past_offline_limit(&s) {
+        a.outcome = AuditOutcome::Denied;
+        a.reason = Some("offline_limit");
+        let resp = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "offline_too_long",
+            format!(
+                "this unit has not reached the hub for {days} days, longer than its limit of {} days: its records are too old to trust and are not shown until it syncs. Connect the unit (vehicle in range, or the depot network) and try again",
+                s.config.cache.offline_limit_s / 86_400
+            ),
         );
         return s.audit.record(a).await.err().unwrap_or(resp);
     }

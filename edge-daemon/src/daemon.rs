@@ -88,7 +88,14 @@ pub async fn run(cfg: UnitConfig, stop: impl Future<Output = ()>) -> anyhow::Res
     let cache = Arc::new(cache);
     let status = Arc::new(Status::new(cfg.device_id.clone(), cfg.role));
     let jcfg = JournalConfig::for_unit(&cfg.data_dir, &cfg.audit);
-    let (journal, recovery) = Journal::open(jcfg).context("cannot open the audit journal")?;
+    // The journal has its own data key, so shredding the cache's key keeps pending audit
+    // events readable for upload.
+    let jkeys = keys_dir.join("journal");
+    let (jsealer, _) = Sealer::open_or_create(&jkeys, &FileKeyStore::new(jkeys.join("kek")))
+        .context("cannot open the audit journal's key")?;
+    let (journal, recovery) =
+        Journal::open_with_cipher(jcfg, Arc::new(crate::seal::JournalSealer(jsealer)))
+            .context("cannot open the audit journal")?;
     if !recovery.is_clean() {
         tracing::error!(
             problems = recovery.problems.len(),
@@ -119,6 +126,29 @@ pub async fn run(cfg: UnitConfig, stop: impl Future<Output = ()>) -> anyhow::Res
     let listener = lan::bind(&cfg).await?;
     tracing::info!(lan = %listener.local_addr()?, tls = cfg.lan.tls, "LAN API listening");
     let sync_task = tokio::spawn(client.run());
+    // On-demand copies expire (edge.toml cache.on_demand_ttl_s): removed from disk hourly, and
+    // never served past their expiry in between.
+    {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+            loop {
+                tick.tick().await;
+                let c = cache.clone();
+                match tokio::task::spawn_blocking(move || c.expire_fetched(crate::sync::now()))
+                    .await
+                {
+                    Ok(Ok(n)) if n > 0 => {
+                        tracing::info!(removed = n, "expired on-demand records removed")
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "cannot remove expired on-demand records")
+                    }
+                    _ => {}
+                }
+            }
+        });
+    }
     let app = lan::router(AppState {
         cache: cache.clone(),
         status: status.clone(),

@@ -906,6 +906,32 @@ fn write_new_file(dir: &Path, name: &str, tmp: &str, bytes: &[u8]) -> io::Result
 
 // ---------------------------------------------------------------------------------------------
 
+/// Seals audit journal records with a data key of their own (`data_dir/keys/journal/`), kept
+/// apart from the cache's key so that shredding the cache (tamper, wipe) leaves pending audit
+/// events readable for upload. Associated data binds each record to its sequence number.
+pub struct JournalSealer(pub Sealer);
+
+impl fmt::Debug for JournalSealer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("JournalSealer").field(&self.0).finish()
+    }
+}
+
+impl crate::journal::RecordCipher for JournalSealer {
+    fn seal(&self, seq: u64, plain: &[u8]) -> Vec<u8> {
+        // Sealing fails only if the OS random source fails; an empty payload is then stored,
+        // which opening reports as an unreadable record (never silently dropped).
+        self.0
+            .seal("journal", &seq.to_be_bytes(), plain)
+            .unwrap_or_default()
+    }
+    fn open(&self, seq: u64, sealed: &[u8]) -> Result<Vec<u8>, crate::journal::CipherError> {
+        self.0
+            .open("journal", &seq.to_be_bytes(), sealed)
+            .map_err(|e| crate::journal::CipherError(e.to_string()))
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
