@@ -6,5 +6,6 @@
 mod audit;
 mod foundation;
 mod lan;
+mod supervisor;
 mod sync;
 mod sync_bad;
