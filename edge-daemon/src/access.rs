@@ -388,6 +388,25 @@ fn cache_error(e: crate::cache::CacheError) -> Response {
     )
 }
 
+/// The unit cannot answer at all: power is failing, or its cache has been shredded.
+fn unavailable(s: &AppState) -> Option<Response> {
+    if s.writes_stopped.load(std::sync::atomic::Ordering::SeqCst) {
+        return Some(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "power_failing",
+            "the unit is losing power and is saving its data; try again when it is back",
+        ));
+    }
+    if s.cache.is_shredded() {
+        return Some(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unit_wiped",
+            "this unit's records were destroyed (tamper or remote wipe) and it serves nothing until it is re-provisioned; use another unit",
+        ));
+    }
+    None
+}
+
 /// Days since the unit last reached the hub, when that is longer than the offline limit.
 fn past_offline_limit(s: &AppState) -> Option<u64> {
     let live = s.status.live();
@@ -456,6 +475,9 @@ enum Format {
 }
 
 async fn read_patient(s: AppState, h: HeaderMap, raw: Option<String>, format: Format) -> Response {
+    if let Some(resp) = unavailable(&s) {
+        return resp;
+    }
     let mut a = Access::new(AuditAction::Read, AuditOutcome::Denied);
     a.data.interface = Some(match format {
         Format::Json => "lan".into(),
@@ -684,6 +706,9 @@ pub fn query_pairs(q: &str) -> Vec<(String, String)> {
 
 /// `GET /v1/search?family=&given=&birth_date=&postcode=`
 pub async fn search(State(s): State<AppState>, RawQuery(q): RawQuery, h: HeaderMap) -> Response {
+    if let Some(resp) = unavailable(&s) {
+        return resp;
+    }
     let mut a = Access::new(AuditAction::Search, AuditOutcome::Denied);
     let caller = match authenticate(&s, &h) {
         Ok(c) => c,

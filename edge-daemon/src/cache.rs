@@ -81,6 +81,9 @@ pub struct CacheMeta {
     pub hub_offset_ms: i64,
 }
 
+/// Written beside the cache when its key is shredded; while it exists the unit serves nothing.
+pub const TAMPER_MARKER: &str = "SHREDDED";
+
 const T_RECORD: &str = "r";
 const T_FETCHED: &str = "o";
 const K_STATE: &[u8] = b"sstate";
@@ -344,6 +347,10 @@ impl Cache {
     pub fn shredded(&self) {
         self.shredded
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        // Remembered across restarts: a tampered unit stays dark until it is re-provisioned.
+        if let Some(data_dir) = self.dir.parent() {
+            let _ = std::fs::write(data_dir.join(TAMPER_MARKER), b"shredded\n");
+        }
         self.index
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -402,6 +409,9 @@ impl Cache {
         now: UnixMillis,
         expires: UnixMillis,
     ) -> Result<(), CacheError> {
+        if self.is_shredded() {
+            return Err(CacheError::Shredded);
+        }
         let k = self.key(T_FETCHED, nhs);
         let rec = CachedRecord {
             nhs: *nhs,

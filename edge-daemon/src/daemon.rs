@@ -86,6 +86,10 @@ pub async fn run(cfg: UnitConfig, stop: impl Future<Output = ()>) -> anyhow::Res
         Sealer::open_or_create(&keys_dir, &keystore).context("cannot open the unit's data key")?;
     let (cache, opened) = Cache::open(&cfg.data_dir, Arc::new(sealer), key_state)?;
     let cache = Arc::new(cache);
+    if cfg.data_dir.join(crate::cache::TAMPER_MARKER).exists() {
+        tracing::error!("this unit's cache was shredded (tamper or wipe): it serves no records until it is re-provisioned in the workshop");
+        cache.shredded();
+    }
     let status = Arc::new(Status::new(cfg.device_id.clone(), cfg.role));
     let jcfg = JournalConfig::for_unit(&cfg.data_dir, &cfg.audit);
     // The journal has its own data key, so shredding the cache's key keeps pending audit
@@ -157,6 +161,7 @@ pub async fn run(cfg: UnitConfig, stop: impl Future<Output = ()>) -> anyhow::Res
         token_key: Arc::new(token_key),
         audit: Auditor::new(Some(journal.clone()), cfg.device_id.clone(), status.clone()),
         supervisor: supervisor_status.clone(),
+        writes_stopped: writes_stopped.clone(),
     });
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let actions: Arc<dyn SupervisorActions> = Arc::new(UnitActions {

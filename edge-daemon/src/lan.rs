@@ -36,6 +36,8 @@ pub struct AppState {
     pub audit: crate::access::Auditor,
     /// What the supervisor board link reports.
     pub supervisor: crate::supervisor::SupervisorStatusCell,
+    /// Power is failing: no new accesses (each would need a journal write).
+    pub writes_stopped: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A JSON error body: `{"error": code, "message": text}`.

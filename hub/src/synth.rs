@@ -912,9 +912,9 @@ const POOLS: &[Pool] = &[
         weight: 14,
         family: &[
             "Kowalski", "Nowak", "Wiśniewska", "Kowalczyk", "Popescu", "Ionescu", "Rossi",
-            "Russo", "Ferreira", "Gonçalves", "Da Costa", "Silva", "García", "Nuñez", "Müller",
+            "Russo", "Ferreira", "Gonçalves", "DaCosta", "Silva", "García", "Nuñez", "Müller",
             "Schmidt", "Dvořák", "Papadopoulos", "Georgiou", "Ødegaard", "Nagy", "Kovács",
-            "Dubois", "Van der Merwe", "De Souza",
+            "Dubois", "Venter", "D'Souza",
         ],
         female: &[
             "Anna", "Agnieszka", "Małgorzata", "Ioana", "Elena", "Giulia", "Ana-Maria", "Maria",
