@@ -315,6 +315,83 @@ fn verify_cached(tok: &str, s: &AppState) -> Result<ShiftClaims, token::TokenErr
     Ok(c)
 }
 
+/// Bulk-browse defence: per shift token, requests per second and distinct patients opened in
+/// a sliding window. Past the request rate → 429; past the distinct-patient limit → each
+/// further lookup is slowed and an alert event is recorded.
+#[derive(Debug, Default)]
+struct Usage {
+    /// Token bucket: tokens left and when it was last refilled.
+    bucket: f64,
+    refilled: i64,
+    patients: std::collections::VecDeque<(i64, NhsNumber)>,
+    alerted_at: i64,
+}
+
+/// Request budget per token: a burst of this many, refilled at [`REQUESTS_PER_S`]; past it, 429.
+/// A person never comes near it; a script does, and the distinct-patient limit below slows
+/// a scripted browse to one patient per two seconds long before.
+pub const REQUEST_BURST: f64 = 2_000.0;
+/// Refill rate of the request budget.
+pub const REQUESTS_PER_S: f64 = 100.0;
+/// Distinct patients per token per window before lookups are slowed and alerted.
+pub const MAX_DISTINCT_PATIENTS: usize = 30;
+/// The window for distinct patients.
+pub const BROWSE_WINDOW_MS: i64 = 10 * 60 * 1000;
+/// The delay added to each lookup past the limit.
+pub const BROWSE_DELAY_MS: u64 = 2_000;
+
+static USAGE: std::sync::LazyLock<Mutex<std::collections::HashMap<String, Usage>>> =
+    std::sync::LazyLock::new(|| Mutex::new(std::collections::HashMap::new()));
+
+enum Pace {
+    Ok,
+    TooFast,
+    /// Slow down, and record an alert if true.
+    Browsing(bool),
+}
+
+fn pace(token_id: &str, patient: Option<NhsNumber>) -> Pace {
+    let t = now().0;
+    let Ok(mut all) = USAGE.lock() else {
+        return Pace::Ok;
+    };
+    if all.len() > 10_000 {
+        all.clear();
+    }
+    let u = all.entry(token_id.to_owned()).or_insert_with(|| Usage {
+        bucket: REQUEST_BURST,
+        refilled: t,
+        ..Usage::default()
+    });
+    u.bucket = (u.bucket + (t - u.refilled) as f64 / 1000.0 * REQUESTS_PER_S).min(REQUEST_BURST);
+    u.refilled = t;
+    if u.bucket < 1.0 {
+        return Pace::TooFast;
+    }
+    u.bucket -= 1.0;
+    let Some(p) = patient else {
+        return Pace::Ok;
+    };
+    while u
+        .patients
+        .front()
+        .is_some_and(|(x, _)| t - x > BROWSE_WINDOW_MS)
+    {
+        u.patients.pop_front();
+    }
+    if !u.patients.iter().any(|(_, q)| *q == p) {
+        u.patients.push_back((t, p));
+    }
+    if u.patients.len() > MAX_DISTINCT_PATIENTS {
+        let alert = t - u.alerted_at > 60_000;
+        if alert {
+            u.alerted_at = t;
+        }
+        return Pace::Browsing(alert);
+    }
+    Pace::Ok
+}
+
 /// What a lookup found.
 struct Found {
     summary: Summary,
@@ -329,14 +406,27 @@ enum Lookup {
 
 async fn lookup(s: &AppState, nhs: &NhsNumber) -> Result<Lookup, Response> {
     let t = now();
+    // A stored value that fails its AEAD tag or digest is never served: it is treated as a
+    // miss and fetched afresh from the hub (and repaired at the next sync).
+    let damaged = |e: &crate::cache::CacheError| {
+        matches!(
+            e,
+            crate::cache::CacheError::Seal { .. } | crate::cache::CacheError::Decode { .. }
+        )
+    };
     let rec = match s.cache.get(nhs) {
         Ok(Some(r)) => Some((r, false)),
+        Err(e) if damaged(&e) => {
+            warn!(error = %e, "a cached record failed its integrity check; fetching it again");
+            None
+        }
+        Err(e) => return Err(cache_error(e)),
         Ok(None) => match s.cache.get_fetched(nhs, t) {
             Ok(Some(r)) => Some((r, true)),
             Ok(None) => None,
+            Err(e) if damaged(&e) => None,
             Err(e) => return Err(cache_error(e)),
         },
-        Err(e) => return Err(cache_error(e)),
     };
     let (rec, on_demand) = match rec {
         Some(x) => x,
@@ -515,6 +605,32 @@ async fn read_patient(s: AppState, h: HeaderMap, raw: Option<String>, format: Fo
         }
     };
     a.patient = Some(nhs);
+    match pace(&caller.claims.token_id, Some(nhs)) {
+        Pace::Ok => {}
+        Pace::TooFast => {
+            a.reason = Some("rate_limited");
+            let resp = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many requests with this shift token; slow down",
+            );
+            return s.audit.record(a).await.err().unwrap_or(resp);
+        }
+        Pace::Browsing(alert) => {
+            if alert {
+                let mut al = a.clone();
+                al.action = AuditAction::Alert;
+                al.outcome = AuditOutcome::Ok;
+                al.reason = Some("bulk_browse");
+                al.patient = None;
+                warn!(staff_token = %caller.claims.token_id, "many distinct patients opened with one shift token: slowing down and alerting");
+                if let Err(resp) = s.audit.record(al).await {
+                    return resp;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(BROWSE_DELAY_MS)).await;
+        }
+    }
     if caller.claims.role != StaffRole::Clinical {
         a.reason = Some("role");
         let resp = error(
@@ -723,6 +839,15 @@ pub async fn search(State(s): State<AppState>, RawQuery(q): RawQuery, h: HeaderM
     a.purpose = caller.purpose;
     a.break_glass_reason = caller.reason.clone();
     a.incident_ref = caller.incident.clone();
+    if let Pace::TooFast = pace(&caller.claims.token_id, None) {
+        a.reason = Some("rate_limited");
+        let resp = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many requests with this shift token; slow down",
+        );
+        return s.audit.record(a).await.err().unwrap_or(resp);
+    }
     let pairs = query_pairs(q.as_deref().unwrap_or(""));
     let query = match SearchQuery::parse_params(&pairs) {
         Ok(q) => q,

@@ -51,6 +51,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/admin/audit", get(audit_query))
         .route("/admin/audit/verify", get(audit_verify))
         .route("/admin/audit/export", get(audit_export))
+        .route("/admin/alerts", get(alerts))
         .route("/healthz", get(|| async { "ok" }))
         .layer(DefaultBodyLimit::max(MAX_INGEST_BYTES))
         .with_state(hub)
@@ -295,6 +296,29 @@ async fn audit_export(State(hub): State<Arc<Hub>>, Query(q): Query<ExportQuery>)
                 body,
             )
                 .into_response()
+        }
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
+    }
+}
+
+/// `GET /admin/alerts`: break-glass accesses and security alerts (bulk browsing) from every
+/// unit, newest first, for the privacy officer's review.
+async fn alerts(State(hub): State<Arc<Hub>>) -> Response {
+    use edge_proto::audit::AuditAction;
+    info!("alert review list requested");
+    let repo = hub.audit.clone();
+    match tokio::task::spawn_blocking(move || {
+        repo.since(edge_proto::time::UnixMillis(0), usize::MAX)
+    })
+    .await
+    {
+        Ok(Ok(mut events)) => {
+            events.retain(|e| matches!(e.action, AuditAction::BreakGlass | AuditAction::Alert));
+            events.sort_by(|a, b| b.recorded.cmp(&a.recorded));
+            events.truncate(10_000);
+            let v: Vec<serde_json::Value> = events.iter().map(crate::audit::event_json).collect();
+            Json(json!({"alerts": v})).into_response()
         }
         Ok(Err(e)) => internal(e),
         Err(e) => internal(e),

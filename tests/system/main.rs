@@ -6,6 +6,7 @@
 mod audit;
 mod foundation;
 mod lan;
+mod security;
 mod supervisor;
 mod sync;
 mod sync_bad;

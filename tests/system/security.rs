@@ -1,0 +1,213 @@
+//! Security at rest and information governance with the real binaries: nothing identifying in
+//! plaintext under the unit's data directory; bulk browsing slowed and alerted; break-glass in
+//! the hub's review list; a unit past its offline limit refuses to serve.
+
+use std::time::{Duration, Instant};
+
+use edge_proto::ids::StaffRole;
+use edge_proto::time::UnixMillis;
+use edge_proto::token::{self, ShiftClaims};
+use kerbside_tests::fleet::{http_with, nhs_numbers, wait_for, Fleet};
+use serde_json::Value;
+
+fn clinician(f: &Fleet, id: u128) -> String {
+    let key =
+        edge_provision::keys::load_ed25519_signing(&f.fleet.join("token-signing.key")).unwrap();
+    let now = kerbside_tests::fleet::now_ms();
+    token::sign(
+        &ShiftClaims {
+            v: 1,
+            token_id: format!("{id:032x}"),
+            staff_id: "555000111333".into(),
+            staff_name: "CURIOUS, Test".into(),
+            role: StaffRole::Clinical,
+            org_ods: None,
+            device: None,
+            issued_at: UnixMillis(now - 60_000),
+            expires_at: UnixMillis(now + 3_600_000),
+        },
+        &key,
+    )
+}
+
+fn lookup(lan: &str, tok: &str, nhs: &str, extra: &[(&str, &str)]) -> (u16, String) {
+    let auth = format!("Bearer {tok}");
+    let mut h = vec![("Authorization", auth.as_str())];
+    h.extend_from_slice(extra);
+    http_with("GET", &format!("http://{lan}/v1/patients/{nhs}"), None, &h).unwrap()
+}
+
+fn all_bytes(dir: &std::path::Path, out: &mut Vec<u8>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            all_bytes(&p, out);
+        } else if let Ok(b) = std::fs::read(&p) {
+            out.extend(b);
+            out.push(0);
+        }
+    }
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[test]
+fn nothing_identifying_in_plaintext_and_bulk_browsing_is_slowed_and_alerted() {
+    let mut f = Fleet::new().unwrap();
+    let u = f.enrol("LAS-AMB-0040", &[]).unwrap();
+    let data = f.synth("a.ndjson", 600, 17).unwrap();
+    f.ingest_offline(&data).unwrap();
+    f.start_hub().unwrap();
+    f.start_unit(u).unwrap();
+    f.wait_records(u, 600, Duration::from_secs(30)).unwrap();
+    let nhs = nhs_numbers(&data).unwrap();
+    let lan = f.units[u].lan.clone();
+    let tok = clinician(&f, 0xabc);
+
+    // Bulk browsing: past 30 distinct patients, each lookup is slowed and an alert recorded.
+    for n in nhs.iter().take(30) {
+        assert_eq!(lookup(&lan, &tok, n, &[]).0, 200);
+    }
+    let t = Instant::now();
+    assert_eq!(lookup(&lan, &tok, &nhs[30], &[]).0, 200);
+    let slowed = t.elapsed();
+    assert!(
+        slowed >= Duration::from_millis(1_900),
+        "31st patient not slowed: {slowed:?}"
+    );
+    // Break-glass access.
+    let other = clinician(&f, 0xdef);
+    let (code, _) = lookup(
+        &lan,
+        &other,
+        &nhs[40],
+        &[
+            ("X-Purpose-Of-Use", "ETREAT"),
+            ("X-Break-Glass-Reason", "unconscious, no ID"),
+        ],
+    );
+    assert_eq!(code, 200);
+    wait_for(Duration::from_secs(30), || {
+        Ok(f.status(u)?["audit_pending"] == 0)
+    })
+    .unwrap();
+    let (code, body) = f.admin("GET", "/admin/alerts", None).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let alerts = v["alerts"].as_array().unwrap();
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a["outcome_reason"] == "bulk_browse" && a["staff_id"] == "555000111333"),
+        "{body}"
+    );
+    assert!(
+        alerts.iter().any(|a| a["action"] == "break_glass"),
+        "{body}"
+    );
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a["action"] == "alert" && a["break_glass_reason"] == "unconscious, no ID"),
+        "break-glass raises its own security alert: {body}"
+    );
+
+    // Nothing identifying in plaintext anywhere under the unit's data directory.
+    f.stop_unit(u, false).unwrap();
+    let mut bytes = Vec::new();
+    all_bytes(&f.units[u].dir.join("data"), &mut bytes);
+    let text = std::fs::read_to_string(&data).unwrap();
+    let mut families = Vec::new();
+    let mut codes = Vec::new();
+    for line in text.lines().take(200) {
+        let b: Value = serde_json::from_str(line).unwrap();
+        for e in b["entry"].as_array().unwrap() {
+            let r = &e["resource"];
+            if r["resourceType"] == "Patient" {
+                if let Some(fam) = r["name"][0]["family"].as_str() {
+                    if fam.len() >= 6 {
+                        families.push(fam.to_owned());
+                    }
+                }
+            }
+            if r["resourceType"] == "AllergyIntolerance" {
+                if let Some(c) = r["code"]["coding"][0]["code"].as_str() {
+                    if c.len() >= 8 {
+                        codes.push(c.to_owned());
+                    }
+                }
+            }
+        }
+    }
+    families.sort();
+    families.dedup();
+    codes.sort();
+    codes.dedup();
+    assert!(!families.is_empty() && !codes.is_empty());
+    for n in nhs.iter().take(200) {
+        assert!(
+            !contains(&bytes, n),
+            "an NHS number is in plaintext on the unit's disk"
+        );
+    }
+    for fam in &families {
+        assert!(
+            !contains(&bytes, fam),
+            "a family name is in plaintext on the unit's disk"
+        );
+    }
+    for c in &codes {
+        assert!(
+            !contains(&bytes, c),
+            "a SNOMED code is in plaintext on the unit's disk"
+        );
+    }
+    assert!(
+        !contains(&bytes, "555000111333"),
+        "a staff id is in plaintext on the unit's disk"
+    );
+}
+
+#[test]
+fn a_unit_past_its_offline_limit_refuses_to_serve() {
+    let mut f = Fleet::new().unwrap();
+    let u = f.enrol("LAS-AMB-0041", &[]).unwrap();
+    // A deployment with a 3-second offline limit, so the test need not wait 14 days.
+    let cfg = f.units[u].dir.join("edge.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text = text.replace("offline_limit_s = 1209600", "offline_limit_s = 3");
+    assert!(
+        text.contains("offline_limit_s = 3"),
+        "edge.toml has offline_limit_s"
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let data = f.synth("a.ndjson", 50, 17).unwrap();
+    f.ingest_offline(&data).unwrap();
+    f.start_hub().unwrap();
+    f.start_unit(u).unwrap();
+    f.wait_records(u, 50, Duration::from_secs(30)).unwrap();
+    let nhs = nhs_numbers(&data).unwrap();
+    let lan = f.units[u].lan.clone();
+    let tok = clinician(&f, 0x41);
+    assert_eq!(lookup(&lan, &tok, &nhs[0], &[]).0, 200);
+    f.stop_hub(false).unwrap();
+    wait_for(Duration::from_secs(25), || {
+        Ok(f.status(u)?["link"] == "down")
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let (code, body) = lookup(&lan, &tok, &nhs[0], &[]);
+    assert_eq!(code, 503, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"], "offline_too_long");
+    assert!(v["message"].as_str().unwrap().contains("too old to trust"));
+    // Once the hub is back and the unit has synced, it serves again.
+    f.start_hub().unwrap();
+    wait_for(Duration::from_secs(30), || {
+        Ok(f.status(u)?["caught_up"] == true)
+    })
+    .unwrap();
+    assert_eq!(lookup(&lan, &tok, &nhs[0], &[]).0, 200);
+}
