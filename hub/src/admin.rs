@@ -315,7 +315,7 @@ async fn alerts(State(hub): State<Arc<Hub>>) -> Response {
     {
         Ok(Ok(mut events)) => {
             events.retain(|e| matches!(e.action, AuditAction::BreakGlass | AuditAction::Alert));
-            events.sort_by(|a, b| b.recorded.cmp(&a.recorded));
+            events.sort_by_key(|e| std::cmp::Reverse(e.recorded));
             events.truncate(10_000);
             let v: Vec<serde_json::Value> = events.iter().map(crate::audit::event_json).collect();
             Json(json!({"alerts": v})).into_response()
