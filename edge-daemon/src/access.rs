@@ -884,3 +884,41 @@ pub async fn search(State(s): State<AppState>, RawQuery(q): RawQuery, h: HeaderM
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::query_pairs;
+    use proptest::prelude::*;
+
+    #[test]
+    fn query_pairs_decode_percent_and_plus() {
+        assert_eq!(
+            query_pairs("family=O%27Brien&given=Mary+Ann&x"),
+            vec![
+                ("family".to_owned(), "O'Brien".to_owned()),
+                ("given".to_owned(), "Mary Ann".to_owned()),
+                ("x".to_owned(), String::new()),
+            ]
+        );
+        assert_eq!(query_pairs("a=%"), vec![("a".to_owned(), "%".to_owned())]);
+        assert_eq!(query_pairs("a=%4"), vec![("a".to_owned(), "%4".to_owned())]);
+        assert_eq!(
+            query_pairs("a=%zz"),
+            vec![("a".to_owned(), "%zz".to_owned())]
+        );
+        assert_eq!(query_pairs(&"a=1&".repeat(100)).len(), 32, "bounded");
+    }
+
+    proptest! {
+        #[test]
+        fn query_parsing_never_panics(q in ".{0,300}") {
+            let pairs = query_pairs(&q);
+            let _ = crate::search::SearchQuery::parse_params(&pairs);
+        }
+
+        #[test]
+        fn query_parsing_never_panics_on_percent_soup(q in "[%a-f0-9=&+]{0,200}") {
+            let _ = query_pairs(&q);
+        }
+    }
+}
