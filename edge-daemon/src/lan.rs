@@ -113,7 +113,15 @@ async fn status(State(s): State<AppState>) -> Response {
     if v.cache_as_of.is_none() {
         v.cache_as_of = s.cache.meta().cache_as_of.map(|t| t.to_rfc3339());
     }
-    ([(header::CACHE_CONTROL, "no-store")], Json(v)).into_response()
+    let mut body = serde_json::to_value(&v).unwrap_or_default();
+    if let serde_json::Value::Object(m) = &mut body {
+        m.insert(
+            "supervisor".into(),
+            serde_json::to_value(s.supervisor.get()).unwrap_or_default(),
+        );
+        m.insert("shredded".into(), json!(s.cache.is_shredded()));
+    }
+    ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {

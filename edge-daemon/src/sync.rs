@@ -149,6 +149,19 @@ impl SyncClient {
         self
     }
 
+    /// The fleet ordered this unit wiped: destroy the cache's data key now (the journal keeps
+    /// its own key, so pending audit events still upload).
+    fn wipe(&self, reason: &str) {
+        tracing::error!(
+            reason,
+            "REMOTE WIPE ordered by the hub: destroying the cache's data key"
+        );
+        if let Err(e) = crate::seal::shred(&self.config.data_dir.join("keys")) {
+            warn!(error = %e, "cannot remove the wrapped data key file");
+        }
+        self.cache.shredded();
+    }
+
     /// Run forever: connect, sync, reconnect.
     pub async fn run(mut self) {
         let min = self.config.sync.reconnect_min_ms.max(50);
@@ -356,6 +369,13 @@ impl SyncClient {
                         pull_in.push(&buf[..n])?;
                         loop {
                             match pull_in.next_message::<ToUnit>() {
+                                Ok(Some(ToUnit::Wipe { reason })) => {
+                                    self.wipe(&reason);
+                                    // Stay connected while the audit journal drains.
+                                    let e = conn.closed().await;
+                                    result = Err(explain(e));
+                                    break 'conn;
+                                }
                                 Ok(Some(msg)) => {
                                     if let Err(e) = session.handle_message(now(), msg) {
                                         result = Err(anyhow::anyhow!(e).context("the hub's sync messages were refused"));

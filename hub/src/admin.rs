@@ -52,6 +52,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/admin/audit/verify", get(audit_verify))
         .route("/admin/audit/export", get(audit_export))
         .route("/admin/alerts", get(alerts))
+        .route("/admin/wipe", post(wipe))
         .route("/healthz", get(|| async { "ok" }))
         .layer(DefaultBodyLimit::max(MAX_INGEST_BYTES))
         .with_state(hub)
@@ -321,6 +322,39 @@ async fn alerts(State(hub): State<Arc<Hub>>) -> Response {
             Json(json!({"alerts": v})).into_response()
         }
         Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct WipeReq {
+    device_id: String,
+    #[serde(default)]
+    cancel: bool,
+}
+
+/// `POST /admin/wipe {"device_id", "cancel"?}`: order a unit to destroy its cache's data key at
+/// its next connection (stolen or decommissioned); its pending audit events still upload.
+async fn wipe(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
+    let req: WipeReq = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("expected {{\"device_id\": \"…\"}}: {e}"),
+            )
+        }
+    };
+    let id = match DeviceId::parse(&req.device_id) {
+        Ok(i) => i,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_device_id", e.to_string()),
+    };
+    warn!(device = %id, cancel = req.cancel, "remote wipe ordered");
+    match hub.order_wipe(&id, req.cancel) {
+        Ok(()) => {
+            Json(json!({"device_id": id.as_str(), "wipe_ordered": !req.cancel})).into_response()
+        }
         Err(e) => internal(e),
     }
 }

@@ -48,6 +48,7 @@ pub struct Connected {
     pub progress: SessionProgress,
     pub cohort_tx: mpsc::UnboundedSender<Vec<CohortSpec>>,
     pub connection: u64,
+    pub conn: quinn::Connection,
 }
 
 /// Everything the serving tasks share.
@@ -126,6 +127,20 @@ impl Hub {
                 None
             }
         }
+    }
+
+    /// Order a unit wiped (operator): recorded, and a connected unit is disconnected so that
+    /// its next hello is answered with the wipe order.
+    pub fn order_wipe(&self, id: &DeviceId, cancel: bool) -> anyhow::Result<()> {
+        self.store.update_device(id, |d| {
+            d.wipe_requested = if cancel { None } else { Some(now()) };
+        })?;
+        if !cancel {
+            if let Some(c) = self.connected().get(id) {
+                c.conn.close(3u32.into(), b"wipe ordered");
+            }
+        }
+        Ok(())
     }
 
     /// Change a unit's cohort at the hub (operator). A connected unit is re-baselined at once,
@@ -282,6 +297,7 @@ async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Re
             progress: SessionProgress::default(),
             cohort_tx,
             connection,
+            conn: conn.clone(),
         },
     );
     info!(device = %device, role = %ident.role, "unit connected");
@@ -293,6 +309,7 @@ async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Re
         hub.key.clone(),
         hub.session_config.clone(),
     );
+    let wipe_ordered = hub.store.device(&device)?.wipe_requested.is_some();
     let mut head_rx = hub.head_tx.subscribe();
     let mut pull: Option<mpsc::UnboundedSender<ToUnit>> = None;
     let mut fetch: Option<mpsc::UnboundedSender<ToUnit>> = None;
@@ -301,6 +318,13 @@ async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Re
     let result: anyhow::Result<()> = loop {
         let step = tokio::select! {
             input = in_rx.recv() => match input {
+                Some(Input::Msg(ToHub::Hello(_), StreamKind::Pull, out)) if wipe_ordered => {
+                    warn!(device = %device, "sending the unit its wipe order");
+                    let _ = out.send(ToUnit::Wipe { reason: "ordered by the fleet operator".into() });
+                    let _ = hub.store.update_device(&device, |d| d.wipe_sent = Some(now()));
+                    // Keep the connection: the unit's pending audit events still upload.
+                    continue;
+                }
                 Some(Input::Msg(msg, kind, out)) => {
                     match kind {
                         StreamKind::Pull => pull = Some(out),
@@ -528,6 +552,8 @@ pub fn device_rows(hub: &Hub) -> anyhow::Result<Vec<serde_json::Value>> {
                 "records_sent": d.records_sent,
                 "cohort_override": d.cohort_override,
                 "last_refusal": d.last_refusal,
+                "wipe_requested": d.wipe_requested.map(|t| t.to_rfc3339()),
+                "wipe_sent": d.wipe_sent.map(|t| t.to_rfc3339()),
             }),
         );
     };

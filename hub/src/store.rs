@@ -92,6 +92,12 @@ pub struct DeviceDisk {
     /// The last time its connection was refused, and why.
     #[serde(default)]
     pub last_refusal: Option<String>,
+    /// A remote wipe ordered by an operator (stolen or decommissioned unit).
+    #[serde(default)]
+    pub wipe_requested: Option<UnixMillis>,
+    /// When the unit was last sent the wipe order.
+    #[serde(default)]
+    pub wipe_sent: Option<UnixMillis>,
 }
 
 /// What an ingest did.

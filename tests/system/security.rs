@@ -211,3 +211,73 @@ fn a_unit_past_its_offline_limit_refuses_to_serve() {
     .unwrap();
     assert_eq!(lookup(&lan, &tok, &nhs[0], &[]).0, 200);
 }
+
+#[test]
+fn remote_wipe_destroys_the_cache_and_pending_audit_still_arrives() {
+    let mut f = Fleet::new().unwrap();
+    let u = f.enrol("LAS-AMB-0042", &[]).unwrap();
+    let data = f.synth("a.ndjson", 100, 17).unwrap();
+    f.ingest_offline(&data).unwrap();
+    f.start_hub().unwrap();
+    f.start_unit(u).unwrap();
+    f.wait_records(u, 100, Duration::from_secs(30)).unwrap();
+    let nhs = nhs_numbers(&data).unwrap();
+    let lan = f.units[u].lan.clone();
+    let tok = clinician(&f, 0x42);
+    // Accesses made offline: pending audit events on the unit.
+    f.stop_hub(false).unwrap();
+    wait_for(Duration::from_secs(25), || {
+        Ok(f.status(u)?["link"] == "down")
+    })
+    .unwrap();
+    for _ in 0..25 {
+        assert_eq!(lookup(&lan, &tok, &nhs[3], &[]).0, 200);
+    }
+    assert!(f.status(u).unwrap()["audit_pending"].as_u64().unwrap() >= 25);
+    // The unit is reported stolen: the operator orders a wipe; the hub comes back.
+    f.start_hub().unwrap();
+    let (code, body) = f
+        .admin(
+            "POST",
+            "/admin/wipe",
+            Some("{\"device_id\": \"LAS-AMB-0042\"}"),
+        )
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    wait_for(Duration::from_secs(30), || {
+        Ok(f.status(u)?["shredded"] == true)
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", f.unit_log(u)));
+    let s = f.status(u).unwrap();
+    assert_eq!(s["records"], 0);
+    let (code, body) = lookup(&lan, &tok, &nhs[3], &[]);
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("unit_wiped"));
+    assert!(
+        !f.units[u].dir.join("data/keys/dek.sealed").exists(),
+        "the cache's wrapped data key is gone"
+    );
+    // The pending audit events still reach the hub.
+    wait_for(Duration::from_secs(30), || {
+        Ok(f.status(u)?["audit_pending"] == 0)
+    })
+    .unwrap();
+    let (code, body) = f
+        .admin("GET", &format!("/admin/audit?patient={}", nhs[3]), None)
+        .unwrap();
+    assert_eq!(code, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let ok_reads = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["outcome"] == "ok")
+        .count();
+    assert_eq!(ok_reads, 25, "{body}");
+    let row = f.device_row("LAS-AMB-0042").unwrap();
+    assert!(row["wipe_sent"].is_string(), "{row}");
+    // It stays dark after a restart.
+    f.stop_unit(u, false).unwrap();
+    f.start_unit(u).unwrap();
+    assert_eq!(f.status(u).unwrap()["shredded"], true);
+}

@@ -445,6 +445,11 @@ impl UnitSession {
                 outcome,
             } => self.on_fetched(request_id, outcome),
             ToUnit::Refused { code, message } => Err(ProtocolError::Refused { code, message }),
+            // The driver acts on a wipe order itself.
+            ToUnit::Wipe { .. } => Err(ProtocolError::Unexpected {
+                got: "wipe",
+                when: "on the sync session",
+            }),
             // The driver handles audit acknowledgements on the audit stream.
             ToUnit::AuditAck { .. } => Err(ProtocolError::Unexpected {
                 got: "audit ack",

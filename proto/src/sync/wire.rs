@@ -391,6 +391,11 @@ pub enum ToUnit {
         code: RefusalCode,
         message: String,
     },
+    /// The fleet orders this unit wiped (stolen, decommissioned): destroy the cache's data key
+    /// now. Audit upload continues on its own stream so pending events still arrive.
+    Wipe {
+        reason: String,
+    },
     /// Audit events up to and including `upto_seq` are stored durably at the hub; `problems`
     /// names any chain break or gap the hub found (they are stored and reported, not dropped).
     AuditAck {
