@@ -10,3 +10,4 @@ mod security;
 mod supervisor;
 mod sync;
 mod sync_bad;
+mod torture;
