@@ -1,0 +1,249 @@
+//! Fleet simulation: one hub (the real sans-IO `HubSession`s over a `MemFeed`) and N units
+//! (real `UnitSession`s over `MemStore`s), in process, with cohorts, a cold sync, live changes
+//! pushed to connected units, and audit uploads whose chains the hub verifies. Reports hub CPU
+//! time and memory per unit, and checks every unit converged to its cohort.
+//!
+//! `cargo bench -p kerbside-tests --bench fleet_sim [-- UNITS]` (default 500 units, 20,000
+//! patients).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use edge_proto::assemble::from_contribution;
+use edge_proto::audit::*;
+use edge_proto::fhir::ingest::parse_bundle_json;
+use edge_proto::ids::{CohortSpec, DeviceId, PostcodeDistrict, StaffRole};
+use edge_proto::model::Summary;
+use edge_proto::sync::{
+    apply_to, in_cohort, HubConfig, HubSession, MemFeed, MemStore, SyncState, UnitConfig,
+    UnitEvent, UnitProfile, UnitSession,
+};
+use edge_proto::time::UnixMillis;
+use ring::signature::{Ed25519KeyPair, KeyPair};
+
+fn cpu_s() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (t(11) + t(12)) / 100.0
+}
+
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+        })
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+struct Unit {
+    hub: HubSession,
+    unit: UnitSession,
+    store: MemStore,
+    cohort: Vec<CohortSpec>,
+}
+
+/// Move messages both ways and apply batches until nothing moves. Returns hub CPU seconds
+/// spent inside hub calls (approximated by wall time inside them on this single thread).
+fn pump(u: &mut Unit, feed: &MemFeed, now: UnixMillis, hub_time: &mut f64) -> anyhow::Result<()> {
+    loop {
+        let mut moved = false;
+        while let Some(m) = u.unit.poll_transmit() {
+            moved = true;
+            let t = Instant::now();
+            u.hub.handle_message(now, m, feed)?;
+            *hub_time += t.elapsed().as_secs_f64();
+        }
+        while let Some(m) = u.hub.poll_transmit() {
+            moved = true;
+            u.unit.handle_message(now, m)?;
+        }
+        while let Some(ev) = u.unit.poll_event() {
+            moved = true;
+            if let UnitEvent::Apply(a) = ev {
+                let report = match apply_to(&mut u.store, &a) {
+                    Ok(r) => r,
+                    Err(e) => match e {},
+                };
+                u.unit.batch_applied(a.batch_no, &report)?;
+            }
+        }
+        if !moved {
+            return Ok(());
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let units_n: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(500);
+    let patients = 20_000u32;
+    let dir = tempfile::tempdir()?;
+    let path = kerbside_tests::synth(dir.path(), patients, 11, 2)?;
+    let text = std::fs::read_to_string(&path)?;
+    let mut feed = MemFeed::new();
+    let mut summaries: Vec<Summary> = Vec::new();
+    for line in text.lines() {
+        let s = from_contribution(&parse_bundle_json(line)?, UnixMillis(1));
+        feed.upsert_summary(&s)?;
+        summaries.push(s);
+    }
+    let districts: Vec<PostcodeDistrict> = summaries
+        .iter()
+        .filter_map(|s| {
+            s.patient
+                .postcode
+                .as_deref()
+                .and_then(PostcodeDistrict::of_postcode)
+        })
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| anyhow::anyhow!("keygen"))?;
+    let key =
+        Arc::new(Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| anyhow::anyhow!("key"))?);
+    let pk = key.public_key().as_ref().to_vec();
+    let now = UnixMillis(1_800_000_000_000);
+
+    let rss0 = rss_mib();
+    let cpu0 = cpu_s();
+    let mut units: Vec<Unit> = (0..units_n)
+        .map(|i| {
+            let cohort = if i % 10 == 0 {
+                vec![CohortSpec::Flagged]
+            } else {
+                let picks: Vec<PostcodeDistrict> = (0..3)
+                    .map(|k| districts[(i * 7 + k * 13) % districts.len()].clone())
+                    .collect();
+                vec![CohortSpec::Postcode(picks), CohortSpec::Flagged]
+            };
+            let id = DeviceId::parse(&format!("LAS-AMB-{i:04}")).unwrap_or_else(|_| unreachable!());
+            Unit {
+                hub: HubSession::new(
+                    UnitProfile {
+                        device_id: id.clone(),
+                        cohort: cohort.clone(),
+                    },
+                    key.clone(),
+                    HubConfig {
+                        window_batches: 8,
+                        ..HubConfig::default()
+                    },
+                ),
+                unit: UnitSession::new(id, SyncState::default(), &pk, UnitConfig::default()),
+                store: MemStore::default(),
+                cohort,
+            }
+        })
+        .collect();
+    // Cold sync of every unit.
+    let mut hub_time = 0.0;
+    let t = Instant::now();
+    for u in &mut units {
+        pump(u, &feed, now, &mut hub_time)?;
+    }
+    let cold_s = t.elapsed().as_secs_f64();
+    let cold_hub = hub_time;
+    // Live changes: 1,000 new versions pushed to every connected unit.
+    let t = Instant::now();
+    hub_time = 0.0;
+    let len = summaries.len();
+    for k in 0..1_000usize {
+        let s = &mut summaries[(k * 17) % len];
+        s.version += 1;
+        s.assembled_at = now;
+        feed.upsert_summary(s)?;
+    }
+    for u in &mut units {
+        let t0 = Instant::now();
+        u.hub.notify_new_changes(now, &feed)?;
+        hub_time += t0.elapsed().as_secs_f64();
+        pump(u, &feed, now, &mut hub_time)?;
+    }
+    let live_s = t.elapsed().as_secs_f64();
+    let live_hub = hub_time;
+    // Audit: 20 events per unit, chained on the unit, verified at the hub.
+    let t = Instant::now();
+    for (i, u) in units.iter().enumerate() {
+        let mut prev = GENESIS;
+        let mut evs = Vec::new();
+        for seq in 1..=20u64 {
+            let mut e = AuditEvent {
+                schema: AUDIT_SCHEMA,
+                event_id: uuid_from_bytes([seq as u8; 16]),
+                device_id: u.unit.device_id().clone(),
+                seq: 0,
+                prev_hash: Hash32::default(),
+                hash: Hash32::default(),
+                recorded: now,
+                clock_offset_ms: 0,
+                action: AuditAction::Read,
+                outcome: AuditOutcome::Ok,
+                outcome_reason: None,
+                staff_id: Some(format!("5550{i:08}")),
+                staff_name: None,
+                role: Some(StaffRole::Clinical),
+                org_ods: None,
+                auth: None,
+                purpose: Purpose::Treat,
+                break_glass_reason: None,
+                patient: Some(summaries[(i + seq as usize) % summaries.len()].nhs_number),
+                data: AccessData::default(),
+                client: ClientInfo::default(),
+                incident_ref: None,
+                offline: false,
+            };
+            e.seal(seq, prev)?;
+            prev = e.hash;
+            evs.push(e);
+        }
+        verify_chain(&evs, 1, GENESIS)?;
+    }
+    let audit_s = t.elapsed().as_secs_f64();
+    let cpu = cpu_s() - cpu0;
+    let rss = rss_mib() - rss0;
+    // Every unit equals the hub's current view of its cohort.
+    let mut records = 0usize;
+    for u in &units {
+        let want: BTreeSet<_> = feed
+            .current()
+            .filter(|c| in_cohort(&u.cohort, &c.meta))
+            .map(|c| (c.meta.nhs, c.version))
+            .collect();
+        let have: BTreeSet<_> = u
+            .store
+            .records
+            .iter()
+            .map(|(n, r)| (*n, r.version))
+            .collect();
+        anyhow::ensure!(want == have, "unit {} did not converge", u.unit.device_id());
+        records += have.len();
+    }
+    println!(
+        "Fleet simulation: {units_n} units, {patients} patients, in process (sans-IO sessions)\n"
+    );
+    println!("| measure | value |");
+    println!("| --- | --- |");
+    println!(
+        "| records held across the fleet after cold sync | {records} ({:.0} per unit) |",
+        records as f64 / units_n as f64
+    );
+    println!("| cold sync of every unit | {cold_s:.2} s wall, hub sessions {cold_hub:.2} s ({:.1} ms per unit) |", cold_hub * 1000.0 / units_n as f64);
+    println!("| 1,000 live changes pushed to every unit | {live_s:.2} s wall, hub {live_hub:.2} s ({:.2} ms per unit) |", live_hub * 1000.0 / units_n as f64);
+    println!("| audit: 20 events per unit chained and verified | {audit_s:.2} s |");
+    println!("| process CPU (hub + units, everything above) | {cpu:.1} s |");
+    println!("| memory growth (hub sessions + units' in-memory caches) | {rss:.0} MiB ({:.2} MiB per unit) |", rss / units_n as f64);
+    println!("| every unit equals the hub's view of its cohort | yes |");
+    Ok(())
+}
