@@ -6,6 +6,7 @@
 mod audit;
 mod foundation;
 mod lan;
+mod link;
 mod security;
 mod supervisor;
 mod sync;

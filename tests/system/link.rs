@@ -1,0 +1,903 @@
+//! Link scenarios: the real hub and daemon with the UDP impairment proxy
+//! (`kerbside_tests::proxy`) between them: 5% loss + 150 ms RTT, a 30 s blackout during
+//! catch-up and another during audit upload, flapping every 2–5 s, an address change
+//! mid-transfer and one while idle. `LINK_LONG=1` flaps for a minute instead of 30 s and
+//! enables the 120 s blackouts (ignored: run with `--include-ignored`).
+//!
+//! The bars: convergence (the unit holds every patient the hub has, at the hub's head, caught
+//! up), zero audit loss or duplication (the hub's chain for the unit verifies with no gap and
+//! holds exactly the events the unit recorded, once, nothing pending), reconnection within 2 s
+//! of the link returning, and no stall while the link is up. Each test prints one
+//! `link-scenario` JSON line with its figures (time to converge, reconnection times, longest
+//! stall, proxy counters). Tests that miss a bar because of the daemon or quinn, not the test,
+//! are `#[ignore]`d with the reason; see docs/link-impairment.md, "Link scenarios".
+//!
+//! Measurements come from a 50 ms sampling loop in the test thread: the unit's `/v1/status` and
+//! the proxy's counters. The scenarios run one at a time (they time things on 2 shared cores).
+//!
+//! Knobs: `LINK_TRACE=1` prints every change the loop saw and copies the hub's and unit's logs
+//! to the temporary folder; `LINK_BLACKOUT_S=N` changes the 30 s blackout; `LINK_TUNED=1` runs
+//! the unit with the most eager settings its config allows (1 s keep-alive, 100–1000 ms
+//! back-off), to see whether configuration alone meets the bars.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use edge_proto::ids::StaffRole;
+use edge_proto::time::UnixMillis;
+use edge_proto::token::{self, ShiftClaims};
+use kerbside_tests::fleet::{http_with, nhs_numbers, Fleet};
+use kerbside_tests::proxy::{Flap, Impairment, Proxy, ProxyConfig, RateLimit};
+use serde_json::Value;
+
+/// Sampling period.
+const TICK: Duration = Duration::from_millis(50);
+/// The unit must be exchanging with the hub again within this long of the link returning.
+const RECONNECT_BAR: Duration = Duration::from_secs(2);
+/// The longest spell without progress allowed while the link is up and work is pending.
+const STALL_BAR: Duration = Duration::from_secs(2);
+/// Bytes through the proxy (both ways) that count as progress on their own.
+const STALL_BYTES: u64 = 4_000;
+
+/// Distinct patients the lookups open (under the bulk-browse limit of 30 per token).
+const PATIENTS_LOOKED_UP: usize = 8;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// One scenario at a time: they measure time on shared cores.
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `LINK_LONG=1`: the 120 s blackouts and a minute of flapping.
+fn long() -> bool {
+    std::env::var("LINK_LONG").is_ok_and(|v| v == "1")
+}
+
+fn clinician(f: &Fleet) -> String {
+    let key =
+        edge_provision::keys::load_ed25519_signing(&f.fleet.join("token-signing.key")).unwrap();
+    let now = kerbside_tests::fleet::now_ms();
+    token::sign(
+        &ShiftClaims {
+            v: 1,
+            token_id: format!("{:032x}", now),
+            staff_id: "555000111222".into(),
+            staff_name: "PARAMEDIC, Test".into(),
+            role: StaffRole::Clinical,
+            org_ods: None,
+            device: None,
+            issued_at: UnixMillis(now - 60_000),
+            expires_at: UnixMillis(now + 3_600_000),
+        },
+        &key,
+    )
+}
+
+fn lookup(lan: &str, tok: &str, nhs: &str) -> Option<u16> {
+    let auth = format!("Bearer {tok}");
+    http_with(
+        "GET",
+        &format!("http://{lan}/v1/patients/{nhs}"),
+        None,
+        &[("Authorization", &auth), ("X-Incident-Ref", "CAD-1234")],
+    )
+    .ok()
+    .map(|(c, _)| c)
+}
+
+/// Audited lookups on the unit's LAN API from a background thread.
+struct Lookups {
+    answered: Arc<AtomicU64>,
+    done: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Lookups {
+    fn answered(&self) -> u64 {
+        self.answered.load(Ordering::SeqCst)
+    }
+
+    fn done(&self) -> bool {
+        self.done.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Lookups {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What the sampling loop saw at one instant.
+#[derive(Clone, Debug, Default)]
+struct Sample {
+    t: Duration,
+    /// The proxy had the link down.
+    down: bool,
+    link_up: bool,
+    records: u64,
+    cursor: u64,
+    caught_up: bool,
+    received: u64,
+    audit_pending: u64,
+    audit_uploaded: u64,
+    /// Datagrams the proxy forwarded unit → hub and hub → unit, and bytes both ways.
+    up_pkts: u64,
+    down_pkts: u64,
+    bytes: u64,
+    /// Datagrams that reached the proxy from the unit and from the hub.
+    up_in: u64,
+    down_in: u64,
+}
+
+/// What a scenario measured.
+#[derive(Debug, Default)]
+struct Report {
+    converged: Duration,
+    /// (link returned at, time until the unit and hub were exchanging again); `None` when the
+    /// link went down again first.
+    reconnects: Vec<(Duration, Option<Duration>)>,
+    /// (when the hub's datagrams reached the unit again after an address change, after).
+    rebinds: Vec<(Duration, Option<Duration>)>,
+    /// Longest spell without progress while the link was up and work was pending, and when
+    /// it ended.
+    stall: (Duration, Duration),
+}
+
+/// A fleet with one unit whose link to the hub goes through the impairment proxy.
+struct Rig {
+    // Field order is drop order: the proxy stops before its runtime, the fleet last.
+    proxy: Proxy,
+    _rt: tokio::runtime::Runtime,
+    f: Fleet,
+    u: usize,
+    name: String,
+    patients: u64,
+    nhs: Vec<String>,
+    token: Option<String>,
+    t0: Instant,
+    samples: Vec<Sample>,
+    /// Link-down windows (start, end) since `t0`.
+    windows: Vec<(Duration, Option<Duration>)>,
+    rebind_at: Vec<Duration>,
+    lookups: Vec<Lookups>,
+}
+
+impl Rig {
+    /// Provision a hub holding `patients` synthetic patients and one unit whose `hub.addr` is
+    /// the proxy's; `sync` overrides keys of the unit's `[sync]` (none by default). Starts the
+    /// hub and the unit (the cold sync begins at once).
+    fn start(
+        name: &str,
+        device: &str,
+        patients: u32,
+        up: Impairment,
+        down: Impairment,
+        sync: &[(&str, u64)],
+    ) -> Rig {
+        let mut f = Fleet::new().unwrap();
+        let u = f.enrol(device, &[]).unwrap();
+        let data = f.synth("a.ndjson", patients, 17).unwrap();
+        f.ingest_offline(&data).unwrap();
+        let nhs = nhs_numbers(&data).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut cfg = ProxyConfig::new("127.0.0.1:0".parse().unwrap(), f.hub_quic.parse().unwrap())
+            .seed(0x4b45_5242);
+        cfg.up = up;
+        cfg.down = down;
+        let proxy = rt.block_on(Proxy::start(cfg)).unwrap();
+        // The unit talks to the proxy; the hub's TLS name stays 127.0.0.1.
+        let path = f.units[u].dir.join("edge.toml");
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        let hub_line = format!("addr = \"{}\"", f.hub_quic);
+        assert!(text.contains(&hub_line), "{text}");
+        text = text.replacen(&hub_line, &format!("addr = \"{}\"", proxy.listen_addr()), 1);
+        // `LINK_TUNED=1`: the most eager settings the unit's config allows, to see whether
+        // configuration alone meets the bars.
+        let tuned: &[(&str, u64)] = &[
+            ("keepalive_interval_ms", 1000),
+            ("reconnect_min_ms", 100),
+            ("reconnect_max_ms", 1000),
+        ];
+        let sync = if std::env::var("LINK_TUNED").is_ok_and(|v| v == "1") {
+            tuned
+        } else {
+            sync
+        };
+        for (k, v) in sync {
+            let start = text.find(&format!("\n{k} = ")).unwrap() + 1;
+            let end = start + text[start..].find('\n').unwrap();
+            text.replace_range(start..end, &format!("{k} = {v}"));
+        }
+        std::fs::write(&path, text).unwrap();
+        f.start_hub().unwrap();
+        let t0 = Instant::now();
+        f.start_unit(u).unwrap();
+        Rig {
+            proxy,
+            _rt: rt,
+            f,
+            u,
+            name: name.to_owned(),
+            patients: u64::from(patients),
+            nhs,
+            token: None,
+            t0,
+            samples: Vec::new(),
+            windows: Vec::new(),
+            rebind_at: Vec::new(),
+            lookups: Vec::new(),
+        }
+    }
+
+    fn now(&self) -> Duration {
+        self.t0.elapsed()
+    }
+
+    /// Start `n` audited lookups, `gap` apart, of a few patients from the hub's data (cached or
+    /// not: a patient not yet synced is fetched on demand or answered without data; all are
+    /// audited). Few distinct patients, so the bulk-browse defence (slowing and an alert event
+    /// past 30 distinct patients per token) stays out of the count.
+    fn lookups(&mut self, n: usize, gap: Duration) {
+        let tok = self.token.get_or_insert_with(|| clinician(&self.f)).clone();
+        let lan = self.f.units[self.u].lan.clone();
+        let nhs = self.nhs.clone();
+        let answered = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(AtomicBool::new(false));
+        let offset = self.lookups.len();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, d, halt) = (answered.clone(), done.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for i in 0..n {
+                if halt.load(Ordering::SeqCst) {
+                    break;
+                }
+                let who = &nhs[((offset + i) % PATIENTS_LOOKED_UP) * 97 % nhs.len()];
+                if lookup(&lan, &tok, who).is_some() {
+                    a.fetch_add(1, Ordering::SeqCst);
+                }
+                std::thread::sleep(gap);
+            }
+            d.store(true, Ordering::SeqCst);
+        });
+        self.lookups.push(Lookups {
+            answered,
+            done,
+            stop,
+            thread: Some(thread),
+        });
+    }
+
+    fn lookups_done(&self) -> bool {
+        self.lookups.iter().all(Lookups::done)
+    }
+
+    /// Audit events the unit recorded: one per answered lookup and one login for the token.
+    fn events_expected(&self) -> u64 {
+        let n: u64 = self.lookups.iter().map(Lookups::answered).sum();
+        n + u64::from(n > 0)
+    }
+
+    fn sample(&mut self) -> Sample {
+        let st = self.f.status(self.u).ok();
+        let p = self.proxy.stats();
+        let prev = self.samples.last().cloned().unwrap_or_default();
+        let mut s = match st {
+            Some(v) => Sample {
+                link_up: v["link"] == "up",
+                records: v["records"].as_u64().unwrap_or(0),
+                cursor: v["cursor"].as_u64().unwrap_or(0),
+                caught_up: v["caught_up"] == true,
+                received: v["records_received"].as_u64().unwrap_or(0),
+                audit_pending: v["audit_pending"].as_u64().unwrap_or(0),
+                audit_uploaded: v["audit_uploaded_seq"].as_u64().unwrap_or(0),
+                ..Sample::default()
+            },
+            None => prev,
+        };
+        s.t = self.now();
+        s.down = p.blackout_active;
+        s.up_pkts = p.up.packets_forwarded;
+        s.down_pkts = p.down.packets_forwarded;
+        s.bytes = p.up.bytes_forwarded + p.down.bytes_forwarded;
+        s.up_in = p.up.packets_in;
+        s.down_in = p.down.packets_in;
+        self.samples.push(s.clone());
+        s
+    }
+
+    fn tick(&mut self) -> Sample {
+        std::thread::sleep(TICK);
+        self.sample()
+    }
+
+    /// Take the link down (both ways, in flight too) or bring it back.
+    fn set_down(&mut self, on: bool) {
+        let t = self.now();
+        self.proxy.set_blackout(on);
+        if on {
+            self.windows.push((t, None));
+        } else if let Some(w) = self.windows.last_mut() {
+            if w.1.is_none() {
+                w.1 = Some(t);
+            }
+        }
+    }
+
+    fn rebind(&mut self) {
+        // The counters just before: the base the recovery is measured from.
+        self.sample();
+        let t = self.now();
+        let addr = self.proxy.rebind_upstream_socket().unwrap();
+        eprintln!(
+            "[{}] {:.2}s: rebound, the hub now sees {addr}",
+            self.name,
+            t.as_secs_f64()
+        );
+        self.rebind_at.push(t);
+    }
+
+    /// Work outstanding: records to sync or audit events to upload.
+    fn working(&self, s: &Sample) -> bool {
+        s.records < self.patients || !s.caught_up || s.audit_pending > 0
+    }
+
+    fn converged(&self, s: &Sample) -> bool {
+        s.link_up
+            && s.records == self.patients
+            && s.caught_up
+            && self.lookups_done()
+            && s.audit_pending == 0
+            && s.audit_uploaded == self.events_expected()
+    }
+
+    /// Sample until `until` holds; fail with the logs after `within`.
+    fn wait(&mut self, what: &str, within: Duration, mut until: impl FnMut(&Sample) -> bool) {
+        let deadline = Instant::now() + within;
+        loop {
+            let s = self.tick();
+            if until(&s) {
+                return;
+            }
+            if Instant::now() > deadline {
+                self.fail(&format!("{what}: not within {within:?}"));
+            }
+        }
+    }
+
+    /// Sample for `d`.
+    fn hold(&mut self, d: Duration) {
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            self.tick();
+        }
+    }
+
+    /// Sample until converged; the time since the unit started.
+    fn wait_converged(&mut self, within: Duration) -> Duration {
+        let deadline = Instant::now() + within;
+        loop {
+            let s = self.tick();
+            if self.converged(&s) {
+                return s.t;
+            }
+            if Instant::now() > deadline {
+                let want = self.events_expected();
+                self.fail(&format!(
+                    "not converged within {within:?} (want {} records, {want} audit events)",
+                    self.patients
+                ));
+            }
+        }
+    }
+
+    fn fail(&self, why: &str) -> ! {
+        let tail = |s: String| {
+            let l: Vec<&str> = s.lines().collect();
+            l[l.len().saturating_sub(40)..].join("\n")
+        };
+        panic!(
+            "[{}] {why}\nlast sample {:?}\nwindows {:?}\nproxy {}\nstatus {:?}\n--- unit log\n{}\n--- hub log\n{}",
+            self.name,
+            self.samples.last(),
+            self.windows,
+            serde_json::to_string(&self.proxy.stats()).unwrap_or_default(),
+            self.f.status(self.u).ok(),
+            tail(self.f.unit_log(self.u)),
+            tail(self.f.hub_log()),
+        )
+    }
+
+    /// Reconnection after each link return, address-change recovery, and the longest stall.
+    fn analyse(&self, converged: Duration) -> Report {
+        let s = &self.samples;
+        let before = |t: Duration| {
+            s.iter()
+                .rev()
+                .find(|x| x.t < t)
+                .cloned()
+                .unwrap_or_default()
+        };
+        let mut reconnects = Vec::new();
+        // Each window's reconnection point: stall measurement restarts there.
+        let mut resumed_at = Vec::new();
+        for (i, &(_, end)) in self.windows.iter().enumerate() {
+            let Some(end) = end else { continue };
+            let next = self.windows.get(i + 1).map_or(Duration::MAX, |w| w.0);
+            let base = before(end);
+            if !self.working(&base) && base.link_up {
+                continue; // nothing to do when it returned: nothing to measure
+            }
+            let back = s
+                .iter()
+                .filter(|x| x.t >= end && x.t < next)
+                .find(|x| x.link_up && x.up_pkts > base.up_pkts && x.down_pkts > base.down_pkts)
+                .map(|x| x.t - end);
+            resumed_at.push((end, back.map_or(next, |b| end + b)));
+            reconnects.push((end, back));
+        }
+        let rebinds = self
+            .rebind_at
+            .iter()
+            .map(|&at| {
+                let base = before(at);
+                let back = s
+                    .iter()
+                    .filter(|x| x.t > at)
+                    .find(|x| x.down_pkts > base.down_pkts)
+                    .map(|x| x.t - at);
+                (at, back)
+            })
+            .collect();
+        // Stall: no app progress and fewer than STALL_BYTES through the proxy, with the link
+        // up, work pending, and not in a reconnection interval.
+        let mut stall = (Duration::ZERO, Duration::ZERO);
+        let mut since: Option<(Duration, Sample)> = None;
+        for x in s.iter().filter(|x| x.t <= converged) {
+            let reconnecting = resumed_at.iter().any(|&(e, r)| x.t >= e && x.t < r);
+            if x.down || reconnecting || !self.working(x) && x.link_up {
+                since = None;
+                continue;
+            }
+            match &since {
+                Some((t, b))
+                    if x.records == b.records
+                        && x.cursor == b.cursor
+                        && x.received == b.received
+                        && x.audit_uploaded == b.audit_uploaded
+                        && x.link_up == b.link_up
+                        && x.bytes < b.bytes + STALL_BYTES =>
+                {
+                    let d = x.t - *t;
+                    if d > stall.0 {
+                        stall = (d, x.t);
+                    }
+                }
+                _ => since = Some((x.t, x.clone())),
+            }
+        }
+        Report {
+            converged,
+            reconnects,
+            rebinds,
+            stall,
+        }
+    }
+
+    /// With `LINK_TRACE=1`, print the samples where something changed and copy the hub's and
+    /// the unit's logs to the temporary folder (`link-NAME-hub.log`, `link-NAME-unit.log`).
+    fn trace(&self) {
+        if !std::env::var("LINK_TRACE").is_ok_and(|v| v == "1") {
+            return;
+        }
+        let dir = std::env::temp_dir();
+        let _ = std::fs::write(
+            dir.join(format!("link-{}-hub.log", self.name)),
+            self.f.hub_log(),
+        );
+        let _ = std::fs::write(
+            dir.join(format!("link-{}-unit.log", self.name)),
+            self.f.unit_log(self.u),
+        );
+        let mut last: Option<&Sample> = None;
+        for x in &self.samples {
+            let changed = last.is_none_or(|l| {
+                (
+                    l.down,
+                    l.link_up,
+                    l.records,
+                    l.caught_up,
+                    l.audit_pending,
+                    l.audit_uploaded,
+                ) != (
+                    x.down,
+                    x.link_up,
+                    x.records,
+                    x.caught_up,
+                    x.audit_pending,
+                    x.audit_uploaded,
+                ) || (x.up_in, x.down_in) != (l.up_in, l.down_in)
+            });
+            if changed {
+                eprintln!(
+                    "[{}] {:>7.2}s {} link={} records={} caught_up={} audit {}/{} pending, datagrams up {}/{} down {}/{} (in/forwarded)",
+                    self.name,
+                    x.t.as_secs_f64(),
+                    if x.down { "DOWN" } else { "up  " },
+                    if x.link_up { "up" } else { "down" },
+                    x.records,
+                    x.caught_up,
+                    x.audit_uploaded,
+                    x.audit_pending,
+                    x.up_in,
+                    x.up_pkts,
+                    x.down_in,
+                    x.down_pkts,
+                );
+            }
+            last = Some(x);
+        }
+    }
+
+    /// Check convergence and the audit trail, measure (see [`Rig::analyse`]) and print the
+    /// scenario's `link-scenario` line. `converged`: when it converged, since the unit started.
+    /// The reconnection and stall bars are [`Rig::check_bars`].
+    fn finish(&mut self, converged: Duration) -> Report {
+        self.trace();
+        let r = self.analyse(converged);
+        // Convergence: the unit holds what the hub holds, at the hub's head.
+        let s = self.f.status(self.u).unwrap();
+        let row = self.f.device_row(&self.f.units[self.u].id).unwrap();
+        assert_eq!(s["records"].as_u64(), Some(self.patients), "{s}");
+        assert_eq!(s["caught_up"], true, "{s}");
+        assert_eq!(
+            s["cursor"], row["head"],
+            "unit at the hub's head: {s} {row}"
+        );
+        // Audit: every event once, chain verified, nothing pending.
+        let dev = self.f.units[self.u].id.clone();
+        let (code, body) = self
+            .f
+            .admin("GET", &format!("/admin/audit/verify?device={dev}"), None)
+            .unwrap();
+        assert_eq!(code, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let want = self.events_expected();
+        assert_eq!(v["chain_ok"], true, "{v}");
+        assert_eq!(v["gaps"].as_array().map(Vec::len), Some(0), "{v}");
+        assert_eq!(s["audit_pending"], 0, "{s}");
+        assert_eq!(s["audit_uploaded_seq"].as_u64(), Some(want), "{s}");
+        assert_eq!(v["last_seq"].as_u64().unwrap_or(0), want, "{v}");
+        assert_eq!(
+            v["events"].as_u64(),
+            Some(want),
+            "no loss, no duplicate: {v}"
+        );
+        let p = self.proxy.stats();
+        let last_return = self.windows.iter().filter_map(|w| w.1).next_back();
+        let ms = |d: Duration| d.as_millis();
+        let line = serde_json::json!({
+            "scenario": self.name,
+            "patients": self.patients,
+            "audit_events": want,
+            "converged_ms": ms(r.converged),
+            "converged_after_link_return_ms": last_return.map(|e| ms(r.converged.saturating_sub(e))),
+            "reconnect_ms": r.reconnects.iter().map(|(_, b)| b.map(ms)).collect::<Vec<_>>(),
+            "rebind_resume_ms": r.rebinds.iter().map(|(_, b)| b.map(ms)).collect::<Vec<_>>(),
+            "longest_stall_ms": ms(r.stall.0),
+            "longest_stall_ended_at_ms": ms(r.stall.1),
+            "connects": s["connects"],
+            "down_windows": self.windows.len(),
+            "proxy_up": {"in": p.up.packets_in, "lost": p.up.dropped_loss, "blackout": p.up.dropped_blackout, "rate": p.up.dropped_rate},
+            "proxy_down": {"in": p.down.packets_in, "lost": p.down.dropped_loss, "blackout": p.down.dropped_blackout, "rate": p.down.dropped_rate},
+        });
+        eprintln!("link-scenario {line}");
+        r
+    }
+
+    /// The reliability bars on a report (after [`Rig::finish`]'s own checks).
+    fn check_bars(&self, r: &Report) {
+        for (end, back) in &r.reconnects {
+            match back {
+                Some(b) => assert!(
+                    *b <= RECONNECT_BAR,
+                    "[{}] the link returned at {end:?}; the unit was exchanging with the hub again only {b:?} later (bar {RECONNECT_BAR:?})",
+                    self.name
+                ),
+                None => panic!(
+                    "[{}] the link returned at {end:?}; no exchange with the hub before it went down again",
+                    self.name
+                ),
+            }
+        }
+        for (at, back) in &r.rebinds {
+            let b = back.unwrap_or_else(|| {
+                panic!(
+                    "[{}] nothing from the hub after the address change at {at:?}",
+                    self.name
+                )
+            });
+            assert!(
+                b <= RECONNECT_BAR,
+                "[{}] after the address change at {at:?} the hub's datagrams reached the unit only {b:?} later",
+                self.name
+            );
+        }
+        assert!(
+            r.stall.0 <= STALL_BAR,
+            "[{}] stalled {:?} with the link up (ending at {:?})",
+            self.name,
+            r.stall.0,
+            r.stall.1
+        );
+    }
+}
+
+/// 75 ms each way (150 ms RTT) and 5% loss both ways, ±10 ms jitter.
+fn lossy_4g() -> Impairment {
+    Impairment {
+        jitter_ms: 10,
+        ..Impairment::lossy(5.0, 75)
+    }
+}
+
+/// A modest cell: 40 ms each way, 1% loss, the hub → unit direction limited to `kbps`.
+fn cell(kbps: Option<u64>) -> (Impairment, Impairment) {
+    let up = Impairment::lossy(1.0, 40);
+    let down = Impairment {
+        rate: kbps.map(RateLimit::kbps),
+        ..up.clone()
+    };
+    (up, down)
+}
+
+#[test]
+fn loss_5pct_rtt_150ms_cold_sync_with_audit() {
+    let _g = serial();
+    let mut rig = Rig::start(
+        "loss5_rtt150",
+        "LAS-AMB-0401",
+        3000,
+        lossy_4g(),
+        lossy_4g(),
+        &[],
+    );
+    rig.lookups(60, Duration::from_millis(150));
+    let t = rig.wait_converged(Duration::from_secs(120));
+    let r = rig.finish(t);
+    rig.check_bars(&r);
+}
+
+fn blackout_during_catch_up(secs: u64, device: &str) {
+    let _g = serial();
+    let (up, down) = cell(Some(2_000));
+    let name = format!("blackout{secs}s_catch_up");
+    let mut rig = Rig::start(&name, device, 3000, up, down, &[]);
+    let third = rig.patients / 3;
+    rig.wait("a third of the records", Duration::from_secs(60), |s| {
+        s.records >= third
+    });
+    let at = rig.samples.last().map_or(0, |s| s.records);
+    rig.set_down(true);
+    eprintln!(
+        "[{name}] link down at {:.2}s with {at} records",
+        rig.now().as_secs_f64()
+    );
+    rig.hold(Duration::from_secs(secs));
+    rig.set_down(false);
+    let t = rig.wait_converged(Duration::from_secs(90));
+    let r = rig.finish(t);
+    rig.check_bars(&r);
+}
+
+fn blackout_during_audit_upload(secs: u64, device: &str) {
+    let _g = serial();
+    let (up, down) = cell(None);
+    let name = format!("blackout{secs}s_audit_upload");
+    let mut rig = Rig::start(&name, device, 300, up, down, &[]);
+    rig.wait("the cold sync", Duration::from_secs(60), |s| {
+        s.records == 300 && s.caught_up
+    });
+    // A steady stream of accesses, so audit batches are in flight when the link goes: 100
+    // 10 ms apart (the link goes once 30 are at the hub), then 200 more with the link down.
+    rig.lookups(100, Duration::from_millis(10));
+    rig.wait("the first uploads", Duration::from_secs(30), |s| {
+        s.audit_uploaded >= 30
+    });
+    rig.set_down(true);
+    let s = rig.samples.last().cloned().unwrap_or_default();
+    eprintln!(
+        "[{name}] link down at {:.2}s: {} uploaded, {} pending",
+        s.t.as_secs_f64(),
+        s.audit_uploaded,
+        s.audit_pending
+    );
+    rig.lookups(200, Duration::from_millis(20));
+    rig.hold(Duration::from_secs(secs));
+    let s = rig.samples.last().cloned().unwrap_or_default();
+    assert!(
+        rig.lookups_done(),
+        "lookups answered while the link was down"
+    );
+    assert!(s.audit_pending >= 200, "{s:?}");
+    rig.set_down(false);
+    let t = rig.wait_converged(Duration::from_secs(60));
+    let r = rig.finish(t);
+    rig.check_bars(&r);
+}
+
+/// The short blackout: 30 s, or `LINK_BLACKOUT_S` seconds.
+fn short_blackout() -> u64 {
+    std::env::var("LINK_BLACKOUT_S")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30)
+}
+
+#[test]
+fn blackout_30s_during_catch_up() {
+    blackout_during_catch_up(short_blackout(), "LAS-AMB-0402");
+}
+
+#[test]
+fn blackout_30s_during_audit_upload() {
+    blackout_during_audit_upload(short_blackout(), "LAS-AMB-0403");
+}
+
+#[test]
+#[ignore = "fails the 2 s reconnection bar by chance of timing: after a long blackout the unit's next connection attempt depends on where the link returns in the daemon's back-off (up to 10 s between attempts) and in quinn's Initial retransmissions (1, 2, 4 s apart inside the 10 s connect timeout); measured 2.96 s (catch-up) and 1.99 s (audit upload); needs short connect attempts with a ~1 s cap (docs/link-impairment.md, Link scenarios)"]
+fn blackout_120s_during_catch_up() {
+    if !long() {
+        eprintln!("skipped: the 120 s blackouts run with LINK_LONG=1");
+        return;
+    }
+    blackout_during_catch_up(120, "LAS-AMB-0404");
+}
+
+#[test]
+#[ignore = "fails the 2 s reconnection bar by chance of timing: after a long blackout the unit's next connection attempt depends on where the link returns in the daemon's back-off (up to 10 s between attempts) and in quinn's Initial retransmissions (1, 2, 4 s apart inside the 10 s connect timeout); measured 2.96 s (catch-up) and 1.99 s (audit upload); needs short connect attempts with a ~1 s cap (docs/link-impairment.md, Link scenarios)"]
+fn blackout_120s_during_audit_upload() {
+    if !long() {
+        eprintln!("skipped: the 120 s blackouts run with LINK_LONG=1");
+        return;
+    }
+    blackout_during_audit_upload(120, "LAS-AMB-0405");
+}
+
+/// Flapping every 2–5 s (seeded) for 30 s, or a minute with `LINK_LONG=1`, during a cold sync
+/// on a 600 kbit/s cell with accesses throughout; then the link stays up until convergence.
+/// `bars`: also hold every link return to the 2 s reconnection bar and the stall bar.
+fn flapping(device: &str, bars: bool) {
+    let _g = serial();
+    let span = Duration::from_secs(if long() { 60 } else { 30 });
+    let (up, down) = cell(Some(600));
+    let name = if bars {
+        "flapping_2_5s_bars"
+    } else {
+        "flapping_2_5s"
+    };
+    let mut rig = Rig::start(name, device, 3000, up, down, &[]);
+    let flap = Flap::every(Duration::from_secs(2), Duration::from_secs(5), 3).until(span);
+    let windows = flap.windows(span);
+    eprintln!(
+        "[{name}] down windows {:?}",
+        windows
+            .iter()
+            .map(|w| (w.start.as_millis(), w.end().as_millis()))
+            .collect::<Vec<_>>()
+    );
+    // Accesses throughout, so audit uploads are in flight in every phase.
+    let gap = Duration::from_millis(200);
+    rig.lookups((span.as_millis() / gap.as_millis()) as usize, gap);
+    let start = Instant::now();
+    while start.elapsed() < span {
+        let e = start.elapsed();
+        let down = windows.iter().any(|w| w.contains(e));
+        if down != rig.proxy.blackout_active() {
+            rig.set_down(down);
+        }
+        rig.tick();
+    }
+    rig.set_down(false);
+    let t = rig.wait_converged(Duration::from_secs(90));
+    let r = rig.finish(t);
+    if bars {
+        rig.check_bars(&r);
+    }
+}
+
+/// Convergence and zero audit loss or duplication after flapping (the reconnection and stall
+/// figures are printed, not held to the bars: see the ignored test below).
+#[test]
+fn flapping_every_2_to_5s() {
+    flapping("LAS-AMB-0406", false);
+}
+
+#[test]
+#[ignore = "fails the 2 s reconnection bar: after a 2-5 s outage strands a full congestion window, quinn 0.11 neither acknowledges the peer's probes (ACKs are held back with pending stream data while congestion-blocked) nor probes before its backed-off PTO, so up phases pass with nothing exchanged until the 20 s idle timeout; needs a daemon stall watchdog that reconnects (docs/link-impairment.md, Link scenarios)"]
+fn flapping_every_2_to_5s_reconnects_within_2s() {
+    flapping("LAS-AMB-0409", true);
+}
+
+#[test]
+fn address_change_mid_transfer() {
+    let _g = serial();
+    let (up, down) = cell(Some(2_000));
+    let mut rig = Rig::start("address_change", "LAS-AMB-0407", 3000, up, down, &[]);
+    rig.lookups(40, Duration::from_millis(100));
+    let third = rig.patients / 3;
+    rig.wait("a third of the records", Duration::from_secs(60), |s| {
+        s.records >= third
+    });
+    rig.rebind();
+    rig.wait("two thirds of the records", Duration::from_secs(60), |s| {
+        s.records >= 2 * third
+    });
+    rig.rebind();
+    let t = rig.wait_converged(Duration::from_secs(60));
+    let r = rig.finish(t);
+    rig.check_bars(&r);
+}
+
+/// A unit idle after its sync (nothing in flight) changes address, then the hub has news for
+/// it: how long until the live push arrives. `keepalive_ms`: the unit's keep-alive.
+fn address_change_while_idle(device: &str, keepalive_ms: Option<u64>) {
+    let _g = serial();
+    let (up, down) = cell(None);
+    let name = match keepalive_ms {
+        Some(k) => format!("address_change_idle_keepalive{k}ms"),
+        None => "address_change_idle".to_owned(),
+    };
+    let sync: Vec<(&str, u64)> = keepalive_ms
+        .map(|k| ("keepalive_interval_ms", k))
+        .into_iter()
+        .collect();
+    let mut rig = Rig::start(&name, device, 300, up, down, &sync);
+    let t = rig.wait_converged(Duration::from_secs(60));
+    rig.finish(t);
+    rig.hold(Duration::from_secs(1));
+    // From here on, only the push is measured.
+    rig.samples.clear();
+    rig.rebind();
+    let more = rig.f.synth("b.ndjson", 310, 17).unwrap();
+    let text = std::fs::read_to_string(&more).unwrap();
+    let last10: String = text.lines().skip(300).map(|l| format!("{l}\n")).collect();
+    let pushed = rig.now();
+    let (code, body) = rig.f.admin("POST", "/admin/ingest", Some(&last10)).unwrap();
+    assert_eq!(code, 200, "{body}");
+    rig.patients = 310;
+    let t = rig.wait_converged(Duration::from_secs(60));
+    let r = rig.finish(t);
+    let push = t - pushed;
+    eprintln!(
+        "[{name}] live push after the address change: {} ms",
+        push.as_millis()
+    );
+    assert!(
+        push <= RECONNECT_BAR,
+        "[{name}] a live push after an idle address change took {push:?}"
+    );
+    rig.check_bars(&r);
+}
+
+/// With a 1 s keep-alive the unit's next PING, from the new address, moves the hub's path.
+#[test]
+fn address_change_while_idle_then_live_push() {
+    address_change_while_idle("LAS-AMB-0408", Some(1_000));
+}
+
+#[test]
+#[ignore = "fails the 2 s bar with the default 15 s keep-alive: the hub sends the push to the old address and learns the new one only from the unit's next keep-alive (14 s measured); passes with keepalive_interval_ms = 1000"]
+fn address_change_while_idle_default_keepalive() {
+    address_change_while_idle("LAS-AMB-0410", None);
+}
