@@ -745,11 +745,13 @@ fn short_blackout() -> u64 {
 }
 
 #[test]
+#[ignore = "passes only by timing: the 2 s reconnection bar is met because a 30 s blackout ends near where the first connection attempt gives up (20 s idle + 10 s connect timeout), a margin that CI load can erase; run with --include-ignored (docs/link-impairment.md, Link scenarios, finding 2)"]
 fn blackout_30s_during_catch_up() {
     blackout_during_catch_up(short_blackout(), "LAS-AMB-0402");
 }
 
 #[test]
+#[ignore = "passes only by timing: the 2 s reconnection bar is met because a 30 s blackout ends near where the first connection attempt gives up (20 s idle + 10 s connect timeout), a margin that CI load can erase; run with --include-ignored (docs/link-impairment.md, Link scenarios, finding 2)"]
 fn blackout_30s_during_audit_upload() {
     blackout_during_audit_upload(short_blackout(), "LAS-AMB-0403");
 }
