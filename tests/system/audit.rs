@@ -9,28 +9,13 @@ use std::time::Duration;
 
 use edge_proto::ids::StaffRole;
 use edge_proto::time::UnixMillis;
-use edge_proto::token::{self, ShiftClaims};
 use kerbside_tests::fleet::{http_with, nhs_numbers, wait_for, Fleet};
 use serde_json::Value;
 
 fn clinician(f: &Fleet) -> String {
-    let key =
-        edge_provision::keys::load_ed25519_signing(&f.fleet.join("token-signing.key")).unwrap();
-    let now = kerbside_tests::fleet::now_ms();
-    token::sign(
-        &ShiftClaims {
-            v: 1,
-            token_id: format!("{:032x}", now),
-            staff_id: "555000111222".into(),
-            staff_name: "PARAMEDIC, Test".into(),
-            role: StaffRole::Clinical,
-            org_ods: None,
-            device: None,
-            issued_at: UnixMillis(now - 60_000),
-            expires_at: UnixMillis(now + 3_600_000),
-        },
-        &key,
-    )
+    let id = u128::try_from(kerbside_tests::fleet::now_ms()).unwrap();
+    f.clinician_token(id, "555000111222", "PARAMEDIC, Test")
+        .unwrap()
 }
 
 fn lookup(lan: &str, tok: &str, nhs: &str) -> Option<u16> {

@@ -24,9 +24,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use edge_proto::ids::StaffRole;
-use edge_proto::time::UnixMillis;
-use edge_proto::token::{self, ShiftClaims};
 use kerbside_tests::fleet::{http_with, nhs_numbers, Fleet};
 use kerbside_tests::proxy::{Flap, Impairment, Proxy, ProxyConfig, RateLimit};
 use serde_json::Value;
@@ -56,23 +53,9 @@ fn long() -> bool {
 }
 
 fn clinician(f: &Fleet) -> String {
-    let key =
-        edge_provision::keys::load_ed25519_signing(&f.fleet.join("token-signing.key")).unwrap();
-    let now = kerbside_tests::fleet::now_ms();
-    token::sign(
-        &ShiftClaims {
-            v: 1,
-            token_id: format!("{:032x}", now),
-            staff_id: "555000111222".into(),
-            staff_name: "PARAMEDIC, Test".into(),
-            role: StaffRole::Clinical,
-            org_ods: None,
-            device: None,
-            issued_at: UnixMillis(now - 60_000),
-            expires_at: UnixMillis(now + 3_600_000),
-        },
-        &key,
-    )
+    let id = u128::try_from(kerbside_tests::fleet::now_ms()).unwrap();
+    f.clinician_token(id, "555000111222", "PARAMEDIC, Test")
+        .unwrap()
 }
 
 fn lookup(lan: &str, tok: &str, nhs: &str) -> Option<u16> {

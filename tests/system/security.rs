@@ -4,30 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use edge_proto::ids::StaffRole;
-use edge_proto::time::UnixMillis;
-use edge_proto::token::{self, ShiftClaims};
 use kerbside_tests::fleet::{http_with, nhs_numbers, wait_for, Fleet};
 use serde_json::Value;
 
 fn clinician(f: &Fleet, id: u128) -> String {
-    let key =
-        edge_provision::keys::load_ed25519_signing(&f.fleet.join("token-signing.key")).unwrap();
-    let now = kerbside_tests::fleet::now_ms();
-    token::sign(
-        &ShiftClaims {
-            v: 1,
-            token_id: format!("{id:032x}"),
-            staff_id: "555000111333".into(),
-            staff_name: "CURIOUS, Test".into(),
-            role: StaffRole::Clinical,
-            org_ods: None,
-            device: None,
-            issued_at: UnixMillis(now - 60_000),
-            expires_at: UnixMillis(now + 3_600_000),
-        },
-        &key,
-    )
+    f.clinician_token(id, "555000111333", "CURIOUS, Test")
+        .unwrap()
 }
 
 fn lookup(lan: &str, tok: &str, nhs: &str, extra: &[(&str, &str)]) -> (u16, String) {
