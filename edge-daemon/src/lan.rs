@@ -135,6 +135,8 @@ async fn metrics(State(s): State<AppState>) -> Response {
          # TYPE kerbside_sync_cursor gauge\nkerbside_sync_cursor {}\n\
          # HELP kerbside_sync_connects_total Connections made to the hub.\n\
          # TYPE kerbside_sync_connects_total counter\nkerbside_sync_connects_total {}\n\
+         # HELP kerbside_sync_stalls_total Connections closed by the stall watchdog.\n\
+         # TYPE kerbside_sync_stalls_total counter\nkerbside_sync_stalls_total {}\n\
          # HELP kerbside_sync_batches_total Sync batches applied.\n\
          # TYPE kerbside_sync_batches_total counter\nkerbside_sync_batches_total {}\n\
          # HELP kerbside_sync_records_total Records received from the hub.\n\
@@ -145,6 +147,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
         u8::from(l.link == crate::status::Link::Up),
         l.cursor,
         l.connects,
+        l.link_stalls,
         l.batches_applied,
         l.records_received,
         l.audit_pending,

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,8 +17,8 @@ use anyhow::Context;
 use edge_proto::nhs::NhsNumber;
 use edge_proto::sync::frame::FrameDecoder;
 use edge_proto::sync::{
-    encode_frame, FetchResult, InflateDeframer, StreamKind, ToUnit, UnitConfig as SessionConfig,
-    UnitEvent, UnitSession,
+    encode_frame, FetchResult, InflateDeframer, ProtocolError, StreamKind, ToUnit,
+    UnitConfig as SessionConfig, UnitEvent, UnitSession,
 };
 use edge_proto::time::UnixMillis;
 use edge_provision::config::UnitConfig;
@@ -163,28 +164,58 @@ impl SyncClient {
     }
 
     /// Run forever: connect, sync, reconnect.
+    ///
+    /// Delays between attempts: an attempt the hub did not answer (the link is presumed down)
+    /// is retried with exponential back-off and jitter capped at `reconnect_max_ms` (0.5 s by
+    /// default), each attempt lasting `connect_attempt_ms`, so a link that returns is used
+    /// within about two seconds; an attempt the hub answered with a refusal backs off up to
+    /// `reconnect_refused_max_ms` (60 s), since retrying fast would not change the answer.
     pub async fn run(mut self) {
-        let min = self.config.sync.reconnect_min_ms.max(50);
-        let max = self.config.sync.reconnect_max_ms.max(min);
+        let s = &self.config.sync;
+        let min = s.reconnect_min_ms.max(50);
+        let max = s.reconnect_max_ms.max(min);
+        let refused_max = s.reconnect_refused_max_ms.max(max);
+        let base_stall = Duration::from_millis(s.stall_timeout_ms.max(500));
         let mut backoff = min;
+        let mut stall_timeout = base_stall;
         loop {
-            let started = std::time::Instant::now();
-            let r = self.connect_and_sync().await;
+            let mut out = Outcome::default();
+            let r = self.connect_and_sync(&mut out, stall_timeout).await;
             self.status.update(|l| {
                 l.link = Link::Down;
                 l.caught_up = false;
+                if out.stalled {
+                    l.link_stalls += 1;
+                }
                 if let Err(e) = &r {
                     l.last_error = Some(format!("{e:#}"));
                 }
             });
             match &r {
                 Ok(()) => info!("link to the hub closed; reconnecting"),
-                Err(e) => warn!(error = %format!("{e:#}"), "link to the hub lost; reconnecting"),
+                Err(e) if out.established || out.stalled => {
+                    warn!(error = %format!("{e:#}"), "link to the hub lost; reconnecting");
+                }
+                // Unanswered attempts repeat every second or so while the link is down.
+                Err(e) if !out.refused => {
+                    debug!(error = %format!("{e:#}"), "no answer from the hub; trying again");
+                }
+                Err(e) => {
+                    warn!(error = %format!("{e:#}"), "the hub refused the unit; retrying later")
+                }
             }
-            // A connection that lasted resets the back-off: the link came back.
-            if started.elapsed() > Duration::from_secs(10) {
+            if out.established {
                 backoff = min;
             }
+            // A watchdog firing on a connection that never moved again may mean the hub is
+            // slow, not the link: wait longer next time rather than reconnect in a loop.
+            if out.progressed {
+                stall_timeout = base_stall;
+            } else if out.stalled {
+                stall_timeout = (stall_timeout * 2).min(MAX_STALL_TIMEOUT);
+            }
+            let cap = if out.refused { refused_max } else { max };
+            backoff = backoff.min(cap);
             let jitter = jitter_ms(backoff / 2);
             let wait = Duration::from_millis(backoff / 2 + jitter);
             // Answer fetches while waiting: the link is down.
@@ -198,19 +229,28 @@ impl SyncClient {
                     }
                 }
             }
-            backoff = (backoff * 2).min(max);
+            backoff = (backoff * 2).min(cap);
         }
     }
 
-    async fn connect_and_sync(&mut self) -> anyhow::Result<()> {
+    async fn connect_and_sync(
+        &mut self,
+        out: &mut Outcome,
+        stall_timeout: Duration,
+    ) -> anyhow::Result<()> {
         let connecting = self
             .endpoint
             .connect(self.hub_addr, &self.config.hub.name)
             .context("cannot start a connection")?;
-        let conn = tokio::time::timeout(Duration::from_secs(10), connecting)
-            .await
-            .context("the hub did not answer within 10 s")?
-            .map_err(explain)?;
+        let attempt = Duration::from_millis(self.config.sync.connect_attempt_ms.max(200));
+        let conn = match tokio::time::timeout(attempt, connecting).await {
+            Err(_) => anyhow::bail!("the hub did not answer within {attempt:?}"),
+            Ok(Err(e)) => {
+                out.refused = is_refusal(&e);
+                return Err(explain(e));
+            }
+            Ok(Ok(c)) => c,
+        };
         debug!(hub = %self.hub_addr, "connected to the hub");
         let (mut pull_send, mut pull_recv) = conn.open_bi().await.map_err(explain)?;
         let state = self.cache.state()?;
@@ -227,11 +267,16 @@ impl SyncClient {
             l.connects += 1;
             l.link_bytes_received
         });
+        let watch = Arc::new(Watch::new());
         // Audit upload on its own stream, not waiting for the pull.
-        let uploader = self
-            .journal
-            .clone()
-            .map(|j| tokio::spawn(upload_audit(conn.clone(), j, self.status.clone())));
+        let uploader = self.journal.clone().map(|j| {
+            tokio::spawn(upload_audit(
+                conn.clone(),
+                j,
+                self.status.clone(),
+                watch.clone(),
+            ))
+        });
         let _abort_uploader = AbortOnDrop(uploader);
         let mut pull_in = InflateDeframer::new();
         let mut fetch_stream: Option<quinn::SendStream> = None;
@@ -241,6 +286,9 @@ impl SyncClient {
         let mut waiting: HashMap<u64, oneshot::Sender<FetchResult>> = HashMap::new();
         let mut buf = vec![0u8; 256 * 1024];
         let mut result: anyhow::Result<()> = Ok(());
+        let mut watchdog = tokio::time::interval(WATCHDOG_TICK);
+        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut acks_seen = 0u64;
         'conn: loop {
             // Handle the session's events (applies in order, durable before the ack).
             while let Some(ev) = session.poll_event() {
@@ -256,6 +304,9 @@ impl SyncClient {
                         .context("apply task")?;
                         let (apply, r) = applied;
                         let applied = r.context("cannot write the batch to the cache")?;
+                        // Time spent applying is not time the hub was silent.
+                        watch.touch();
+                        out.progressed = true;
                         let n = applied.report.written;
                         session.batch_applied(apply.batch_no, &applied.report)?;
                         let cursor = session.durable_state().cursor;
@@ -282,6 +333,7 @@ impl SyncClient {
                         self.status.update(|l| l.rebaselining = true);
                     }
                     UnitEvent::HubTime { offset_ms, .. } => {
+                        out.established = true;
                         info!(offset_ms, "sync link up");
                         self.status.update(|l| {
                             l.link = Link::Up;
@@ -291,6 +343,7 @@ impl SyncClient {
                         let _ = self.cache.update_meta(|m| m.hub_offset_ms = offset_ms);
                     }
                     UnitEvent::CaughtUp { cursor } => {
+                        out.progressed = true;
                         let t = now();
                         let meta = self.cache.update_meta(|m| {
                             m.last_sync_at = Some(t);
@@ -364,8 +417,10 @@ impl SyncClient {
                 .map(|t| Duration::from_millis(u64::try_from(t.0 - now().0).unwrap_or(0)))
                 .unwrap_or(Duration::from_secs(3600));
             tokio::select! {
+                biased;
                 r = pull_recv.read(&mut buf) => match r {
                     Ok(Some(n)) => {
+                        watch.touch();
                         pull_in.push(&buf[..n])?;
                         loop {
                             match pull_in.next_message::<ToUnit>() {
@@ -378,6 +433,10 @@ impl SyncClient {
                                 }
                                 Ok(Some(msg)) => {
                                     if let Err(e) = session.handle_message(now(), msg) {
+                                        out.refused = matches!(
+                                            e,
+                                            ProtocolError::Refused { .. } | ProtocolError::VersionMismatch { .. }
+                                        );
                                         result = Err(anyhow::anyhow!(e).context("the hub's sync messages were refused"));
                                         break 'conn;
                                     }
@@ -395,6 +454,7 @@ impl SyncClient {
                 },
                 Some(chunk) = fetch_bytes_rx.recv() => {
                     let chunk = match chunk { Ok(c) => c, Err(e) => { result = Err(anyhow::anyhow!("fetch stream: {e}")); break 'conn; } };
+                    watch.touch();
                     fetch_in.push(&chunk)?;
                     while let Some(msg) = fetch_in.next_message::<ToUnit>()? {
                         if let Err(e) = session.handle_message(now(), msg) {
@@ -407,14 +467,38 @@ impl SyncClient {
                     let id = session.fetch(now(), req.nhs);
                     waiting.insert(id, req.reply);
                 }
-                _ = tokio::time::sleep(sleep_for) => {
-                    session.handle_timeout(now());
-                }
                 e = conn.closed() => {
+                    out.refused = !out.established && is_refusal(&e);
                     result = Err(explain(e));
                     break 'conn;
                 }
+                _ = tokio::time::sleep(sleep_for) => {
+                    session.handle_timeout(now());
+                }
+                _ = watchdog.tick() => {
+                    // The hub acknowledging anything (our pings included) shows the path
+                    // works and the hub is reading; only silence counts as a stall.
+                    let acks = conn.stats().frame_rx.acks;
+                    if acks != acks_seen {
+                        acks_seen = acks;
+                        watch.touch();
+                    }
+                    let outstanding = !session.is_caught_up()
+                        || !waiting.is_empty()
+                        || watch.audit_waiting.load(Ordering::Relaxed);
+                    if outstanding && watch.quiet_for() >= stall_timeout {
+                        out.stalled = true;
+                        result = Err(anyhow::anyhow!(
+                            "nothing from the hub for {} ms with work outstanding (stall watchdog)",
+                            watch.quiet_for().as_millis()
+                        ));
+                        break 'conn;
+                    }
+                }
             }
+        }
+        if watch.progressed.load(Ordering::Relaxed) {
+            out.progressed = true;
         }
         session.connection_lost();
         // Applies handed out before the loss were verified: apply them (saves re-sending).
@@ -454,6 +538,73 @@ impl SyncClient {
     }
 }
 
+/// How often the stall watchdog looks.
+const WATCHDOG_TICK: Duration = Duration::from_millis(250);
+/// The stall timeout grows (doubling) while stalls repeat without progress, up to this.
+const MAX_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How one connection ended, for choosing the next delay.
+#[derive(Debug, Default, Clone, Copy)]
+struct Outcome {
+    /// The hub welcomed the unit: the link was up.
+    established: bool,
+    /// The hub answered and refused (TLS failure, unknown or revoked unit, version).
+    refused: bool,
+    /// Closed by the stall watchdog.
+    stalled: bool,
+    /// Something moved: a batch applied, caught up, or an audit batch acknowledged.
+    progressed: bool,
+}
+
+/// What the stall watchdog reads, shared with the audit uploader: when the hub last sent
+/// anything, and whether an upload waits for the hub's acknowledgement.
+#[derive(Debug)]
+struct Watch {
+    start: tokio::time::Instant,
+    last_heard_ms: AtomicU64,
+    audit_waiting: AtomicBool,
+    progressed: AtomicBool,
+}
+
+impl Watch {
+    fn new() -> Self {
+        Watch {
+            start: tokio::time::Instant::now(),
+            last_heard_ms: AtomicU64::new(0),
+            audit_waiting: AtomicBool::new(false),
+            progressed: AtomicBool::new(false),
+        }
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Heard from the hub (or finished local work that kept the unit from listening).
+    fn touch(&self) {
+        self.last_heard_ms
+            .store(self.elapsed_ms(), Ordering::Relaxed);
+    }
+
+    fn quiet_for(&self) -> Duration {
+        Duration::from_millis(
+            self.elapsed_ms()
+                .saturating_sub(self.last_heard_ms.load(Ordering::Relaxed)),
+        )
+    }
+}
+
+/// True when the hub answered and refused, rather than not answering.
+fn is_refusal(e: &quinn::ConnectionError) -> bool {
+    matches!(
+        e,
+        quinn::ConnectionError::ConnectionClosed(_)
+            | quinn::ConnectionError::ApplicationClosed(_)
+            | quinn::ConnectionError::VersionMismatch
+            | quinn::ConnectionError::TransportError(_)
+    )
+}
+
 /// Aborts a task when dropped (the uploader ends with its connection).
 struct AbortOnDrop(Option<tokio::task::JoinHandle<anyhow::Result<()>>>);
 
@@ -471,6 +622,7 @@ async fn upload_audit(
     conn: quinn::Connection,
     journal: crate::journal::Journal,
     status: Arc<Status>,
+    watch: Arc<Watch>,
 ) -> anyhow::Result<()> {
     use edge_proto::sync::wire::MAX_AUDIT_BATCH;
     let (mut send, mut recv) = conn.open_bi().await.map_err(explain)?;
@@ -489,6 +641,8 @@ async fn upload_audit(
             continue;
         };
         let n = events.len();
+        watch.touch();
+        watch.audit_waiting.store(true, Ordering::Relaxed);
         send.write_all(&encode_frame(&edge_proto::sync::ToHub::Audit { events })?)
             .await?;
         // Wait for the acknowledgement.
@@ -498,7 +652,10 @@ async fn upload_audit(
                     return anyhow::Ok(m);
                 }
                 match recv.read(&mut buf).await? {
-                    Some(k) => dec.push(&buf[..k])?,
+                    Some(k) => {
+                        watch.touch();
+                        dec.push(&buf[..k])?;
+                    }
                     None => anyhow::bail!("the hub closed the audit stream"),
                 }
             }
@@ -508,6 +665,8 @@ async fn upload_audit(
         let ToUnit::AuditAck { upto_seq, problems } = ack else {
             anyhow::bail!("unexpected message on the audit stream");
         };
+        watch.audit_waiting.store(false, Ordering::Relaxed);
+        watch.progressed.store(true, Ordering::Relaxed);
         if !problems.is_empty() {
             warn!(
                 problems = problems.len(),

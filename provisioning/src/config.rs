@@ -340,12 +340,23 @@ impl Default for CacheConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SyncConfig {
-    /// QUIC keep-alive while connected.
+    /// QUIC keep-alive while connected (also how soon the hub learns a new address after the
+    /// unit's address changes while idle). The idle timeout is this plus 5 s.
     pub keepalive_interval_ms: u64,
     /// First reconnect delay after a drop.
     pub reconnect_min_ms: u64,
-    /// Longest reconnect delay (exponential back-off cap).
+    /// Longest delay between connection attempts the hub did not answer (exponential back-off
+    /// cap; the link is presumed down, so attempts stay frequent enough to use a returning
+    /// link within about two seconds).
     pub reconnect_max_ms: u64,
+    /// Longest delay between attempts the hub answered with a refusal (TLS failure, unknown or
+    /// revoked unit, protocol version): retrying fast would not help.
+    pub reconnect_refused_max_ms: u64,
+    /// How long one connection attempt waits for the hub's answer before a fresh attempt.
+    pub connect_attempt_ms: u64,
+    /// With work outstanding (catching up, audit upload awaiting its acknowledgement, a fetch
+    /// waiting), nothing from the hub for this long closes the connection and reconnects.
+    pub stall_timeout_ms: u64,
     /// How long a LAN lookup may wait for an on-demand fetch from the hub.
     pub fetch_budget_ms: u64,
 }
@@ -353,9 +364,12 @@ pub struct SyncConfig {
 impl Default for SyncConfig {
     fn default() -> Self {
         SyncConfig {
-            keepalive_interval_ms: 15_000,
+            keepalive_interval_ms: 1_000,
             reconnect_min_ms: 250,
-            reconnect_max_ms: 10_000,
+            reconnect_max_ms: 500,
+            reconnect_refused_max_ms: 60_000,
+            connect_attempt_ms: 1_200,
+            stall_timeout_ms: 2_000,
             fetch_budget_ms: 1_500,
         }
     }
@@ -504,6 +518,21 @@ impl UnitConfig {
             s.reconnect_min_ms,
             3_600_000,
         )?;
+        range(
+            f,
+            "sync.reconnect_refused_max_ms",
+            s.reconnect_refused_max_ms,
+            s.reconnect_min_ms,
+            3_600_000,
+        )?;
+        range(
+            f,
+            "sync.connect_attempt_ms",
+            s.connect_attempt_ms,
+            200,
+            120_000,
+        )?;
+        range(f, "sync.stall_timeout_ms", s.stall_timeout_ms, 500, 600_000)?;
         range(f, "sync.fetch_budget_ms", s.fetch_budget_ms, 1, 60_000)?;
         range(
             f,
@@ -719,7 +748,8 @@ reconnect_max_ms = 5000
         assert_eq!(c.lan.cert.as_deref(), Some(Path::new("/b/unit/lan.crt")));
         assert!(c.lan.tls);
         assert_eq!(c.sync.reconnect_max_ms, 5000);
-        assert_eq!(c.sync.keepalive_interval_ms, 15_000);
+        assert_eq!(c.sync.keepalive_interval_ms, 1_000);
+        assert_eq!(c.sync.stall_timeout_ms, 2_000);
         assert_eq!(c.cache, CacheConfig::default());
         assert_eq!(c.cohorts.len(), 2);
         assert_eq!(c.supervisor.mode, SupervisorMode::None);

@@ -291,6 +291,12 @@ impl UnitSession {
         self.phase == Phase::Ended
     }
 
+    /// True once every change the hub had when it said `Live` is applied (until a re-baseline
+    /// or the end of the session).
+    pub fn is_caught_up(&self) -> bool {
+        self.caught_up
+    }
+
     /// True while a baseline is under way (the cache is partial).
     pub fn in_baseline(&self) -> bool {
         self.projected.baseline.is_some()
