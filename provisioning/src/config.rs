@@ -365,10 +365,10 @@ impl Default for SyncConfig {
     fn default() -> Self {
         SyncConfig {
             keepalive_interval_ms: 1_000,
-            reconnect_min_ms: 250,
-            reconnect_max_ms: 500,
+            reconnect_min_ms: 100,
+            reconnect_max_ms: 300,
             reconnect_refused_max_ms: 60_000,
-            connect_attempt_ms: 1_200,
+            connect_attempt_ms: 900,
             stall_timeout_ms: 2_000,
             fetch_budget_ms: 1_500,
         }

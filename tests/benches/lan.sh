@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# LAN API benchmark, side by side with nginx serving the same JSON bytes from a static file.
+# LAN API benchmark, side by side with nginx serving the same JSON bytes from a static file and
+# pouchdb-server (in memory) serving the same JSON as a document (GET /db/doc).
 #
-#   tests/benches/lan.sh [PATIENTS]        (default 100000; needs root for apt-get the first time)
+#   tests/benches/lan.sh [PATIENTS]        (default 100000; needs root for apt-get the first time;
+#                                           the pouchdb column needs node/npm, else it is skipped)
+#   WRK_SECS=15                            seconds per wrk run (search runs for 2/3 of it)
 #
 # Real processes: edge-provision bundles, edge-hub serve, edge-daemon run (plain HTTP on
 # loopback, as nginx is), PATIENTS cached. Load from wrk (64 connections, keep-alive):
-#   1. throughput: closed loop for 15 s, daemon vs nginx;
+#   1. throughput: closed loop for 15 s, daemon vs nginx vs pouchdb-server;
 #   2. latency at ~1,000 req/s: each of 64 connections paced at one request per 64 ms;
 #   3. demographic search over the cache at ~500 req/s;
 #   4. the daemon's peak RSS.
@@ -16,7 +19,16 @@ N=${1:-100000}
 if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq wrk nginx >/dev/null; fi
 fi
-command -v wrk >/dev/null && command -v nginx >/dev/null || { echo "need wrk and nginx (apt-get install wrk nginx)"; exit 1; }
+if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then echo "need wrk and nginx (apt-get install wrk nginx)"; exit 1; fi
+WRK_SECS=${WRK_SECS:-15}
+SEARCH_SECS=$(( WRK_SECS * 2 / 3 > 0 ? WRK_SECS * 2 / 3 : 1 ))
+PSB=$PWD/tests/benches/couch/node_modules/.bin/pouchdb-server
+POUCH=0
+if command -v npm >/dev/null && (cd tests/benches/couch && { npm ci --no-audit --no-fund --ignore-scripts >/dev/null 2>&1 || npm install --no-audit --no-fund --ignore-scripts >/dev/null; }) && [ -x "$PSB" ]; then
+  POUCH=1
+else
+  echo "bench: npm or pouchdb-server unavailable: the pouchdb column is skipped" >&2
+fi
 cargo build --release --workspace --bins -q
 BIN=$PWD/target/release
 T=$(mktemp -d -t kerbside-lanbench.XXXXXX)
@@ -25,7 +37,7 @@ cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; sle
 trap cleanup EXIT
 port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1]);s.close()'; }
 uport() { python3 -c 'import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(("127.0.0.1",0));print(s.getsockname()[1]);s.close()'; }
-HUB_Q=127.0.0.1:$(uport); ADMIN=127.0.0.1:$(port); LAN=127.0.0.1:$(port); NGX=127.0.0.1:$(port)
+HUB_Q=127.0.0.1:$(uport); ADMIN=127.0.0.1:$(port); LAN=127.0.0.1:$(port); NGX=127.0.0.1:$(port); PDB=127.0.0.1:$(port)
 "$BIN/edge-provision" ca init --fleet "$T/fleet" >/dev/null 2>&1
 "$BIN/edge-provision" hub --fleet "$T/fleet" --name 127.0.0.1 --listen "$HUB_Q" --admin "$ADMIN" --out "$T/hub" >/dev/null 2>&1
 "$BIN/edge-provision" enrol --fleet "$T/fleet" --device-id LAS-AMB-BENCH --role vehicle --hub "$HUB_Q" --hub-name 127.0.0.1 --lan "$LAN" --out "$T/unit" >/dev/null 2>&1
@@ -36,8 +48,8 @@ echo "bench: synth + ingest $N patients..." >&2
 "$BIN/edge-hub" ingest --config "$T/hub/hub.toml" "$T/synth.ndjson" >/dev/null 2>&1
 "$BIN/edge-hub" serve --config "$T/hub/hub.toml" 2>"$T/hub.log" & PIDS+=($!)
 sleep 1
-"$BIN/edge-daemon" run --config "$T/unit/edge.toml" 2>"$T/unit.log" & UNIT=$!; PIDS+=($UNIT)
-for i in $(seq 1 600); do
+"$BIN/edge-daemon" run --config "$T/unit/edge.toml" 2>"$T/unit.log" & UNIT=$!; PIDS+=("$UNIT")
+for _ in $(seq 1 600); do
   r=$(curl -s "http://$LAN/v1/status" | python3 -c 'import sys,json;print(json.load(sys.stdin).get("records",0))' 2>/dev/null || echo 0)
   [ "$r" = "$N" ] && break; sleep 1
 done
@@ -66,6 +78,32 @@ http {
 EOF
 nginx -c "$T/nginx.conf" -p "$T"
 PIDS+=("$(cat "$T/nginx.pid" 2>/dev/null || echo)")
+PDOC="http://$PDB/summaries/$NHS"
+if [ "$POUCH" = 1 ]; then
+  echo "bench: pouchdb-server with the same summary as a document..." >&2
+  head -n 5000 "$T/synth.ndjson" > "$T/head.ndjson"
+  "$BIN/kerbside-summaries" "$T/head.ndjson" > "$T/docs.ndjson"
+  mkdir -p "$T/pouch"
+  (cd "$T/pouch" && exec "$PSB" -m -p "${PDB##*:}" >/dev/null 2>&1) & PID_POUCH=$!; PIDS+=("$PID_POUCH")
+  for _ in $(seq 1 100); do curl -s "http://$PDB/" >/dev/null && break; sleep 0.2; done
+  # A db of up to 5,000 summaries (kerbside-summaries, _id = NHS number), then the daemon's own
+  # JSON for the looked-up patient as the document wrk fetches.
+  python3 - "$PDB" "$NHS" "$T/docs.ndjson" "$T/www/p.json" <<'PY'
+import json, sys, urllib.request
+pdb, nhs, docs, pj = sys.argv[1:]
+def req(method, url, body):
+    r = urllib.request.Request(url, data=json.dumps(body).encode(), method=method, headers={"content-type": "application/json"})
+    with urllib.request.urlopen(r, timeout=600) as resp:
+        return json.loads(resp.read())
+base = f"http://{pdb}/summaries"
+req("PUT", base, {})
+batch = [d for d in map(json.loads, open(docs)) if d["_id"] != nhs]
+for i in range(0, len(batch), 1000):
+    req("POST", f"{base}/_bulk_docs", {"docs": batch[i:i + 1000]})
+req("PUT", f"{base}/{nhs}", json.load(open(pj)))
+PY
+  curl -sf "$PDOC" > "$T/pouch.json"
+fi
 cat > "$T/pace.lua" <<'EOF'
 function delay() return 64 end
 EOF
@@ -73,26 +111,42 @@ summ() { # wrk output -> "req/s p50 p99"
   awk '/Requests\/sec/{r=$2} /^ +50%/{p50=$2} /^ +99%/{p99=$2} END{print r, p50, p99}'
 }
 AUTH="Authorization: Bearer $TOKEN"
-echo "bench: closed-loop throughput (64 connections, 15 s)..." >&2
-D=$(wrk -t2 -c64 -d15s --latency -H "$AUTH" "http://$LAN/v1/patients/$NHS" | summ)
-G=$(wrk -t2 -c64 -d15s --latency "http://$NGX/p.json" | summ)
+echo "bench: closed-loop throughput (64 connections, $WRK_SECS s)..." >&2
+D=$(wrk -t2 -c64 -d"$WRK_SECS"s --latency -H "$AUTH" "http://$LAN/v1/patients/$NHS" | summ)
+G=$(wrk -t2 -c64 -d"$WRK_SECS"s --latency "http://$NGX/p.json" | summ)
+[ "$POUCH" = 1 ] && P=$(wrk -t2 -c64 -d"$WRK_SECS"s --latency "$PDOC" | summ)
 echo "bench: paced ~1,000 req/s..." >&2
-DP=$(wrk -t2 -c64 -d15s --latency -s "$T/pace.lua" -H "$AUTH" "http://$LAN/v1/patients/$NHS" | summ)
-GP=$(wrk -t2 -c64 -d15s --latency -s "$T/pace.lua" "http://$NGX/p.json" | summ)
+DP=$(wrk -t2 -c64 -d"$WRK_SECS"s --latency -s "$T/pace.lua" -H "$AUTH" "http://$LAN/v1/patients/$NHS" | summ)
+GP=$(wrk -t2 -c64 -d"$WRK_SECS"s --latency -s "$T/pace.lua" "http://$NGX/p.json" | summ)
+[ "$POUCH" = 1 ] && PP=$(wrk -t2 -c64 -d"$WRK_SECS"s --latency -s "$T/pace.lua" "$PDOC" | summ)
 echo "bench: search..." >&2
-S=$(wrk -t2 -c32 -d10s --latency -s "$T/pace.lua" -H "$AUTH" "http://$LAN/v1/search?family=$FAMILY&postcode=$POSTCODE" | summ)
-RSS=$(awk '/VmHWM/{print int($2/1024)}' /proc/$UNIT/status)
+S=$(wrk -t2 -c32 -d"$SEARCH_SECS"s --latency -s "$T/pace.lua" -H "$AUTH" "http://$LAN/v1/search?family=$FAMILY&postcode=$POSTCODE" | summ)
+RSS=$(awk '/VmHWM/{print int($2/1024)}' "/proc/$UNIT/status")
 BYTES=$(wc -c < "$T/www/p.json")
 read -r dr d50 d99 <<<"$D"; read -r gr g50 g99 <<<"$G"
-read -r dpr dp50 dp99 <<<"$DP"; read -r gpr gp50 gp99 <<<"$GP"; read -r sr s50 s99 <<<"$S"
+read -r dpr dp50 dp99 <<<"$DP"; read -r gpr gp50 gp99 <<<"$GP"; read -r _ s50 s99 <<<"$S"
 ratio=$(python3 -c "print(f'{float(\"$dr\")/float(\"$gr\"):.2f}')")
+if [ "$POUCH" = 1 ]; then
+  read -r pr p50 p99 <<<"$P"; read -r ppr pp50 pp99 <<<"$PP"
+  PBYTES=$(wc -c < "$T/pouch.json")
+  PRSS=$(awk '/VmHWM/{print int($2/1024)}' "/proc/$PID_POUCH/status" 2>/dev/null || echo "?")
+  pratio=$(python3 -c "print(f'{float(\"$dr\")/float(\"$pr\"):.2f}')")
+  pnratio=$(python3 -c "print(f'{float(\"$pr\")/float(\"$gr\"):.2f}')")
+  PHEAD="pouchdb-server GET /db/doc (in memory, $PBYTES-byte document)"
+  PCL="$pr req/s (p50 $p50, p99 $p99)"; PPACED="$ppr req/s, $pp50, $pp99"; PRSSC="$PRSS MiB"
+else
+  PHEAD="pouchdb-server GET /db/doc"; PCL="skipped (no npm)"; PPACED="skipped"; PRSSC="skipped"
+  pratio="—"; pnratio="—"
+fi
 echo
 echo "LAN API benchmark: $N cached summaries, one summary of $BYTES bytes, loopback, wrk 64 connections"
 echo
-echo "| measure | edge-daemon | nginx (same JSON, static file) |"
-echo "| --- | --- | --- |"
-echo "| closed-loop throughput | $dr req/s (p50 $d50, p99 $d99) | $gr req/s (p50 $g50, p99 $g99) |"
-echo "| daemon ÷ nginx | $ratio × | |"
-echo "| paced ≈ 1,000 req/s: achieved, p50, p99 | $dpr req/s, $dp50, $dp99 | $gpr req/s, $gp50, $gp99 |"
-echo "| search (family + postcode district) paced ≈ 500 req/s: p50, p99 | $s50, $s99 | — |"
-echo "| daemon peak RSS under this load | $RSS MiB | |"
+echo "| measure | edge-daemon | nginx (same JSON, static file) | $PHEAD |"
+echo "| --- | --- | --- | --- |"
+echo "| closed-loop throughput | $dr req/s (p50 $d50, p99 $d99) | $gr req/s (p50 $g50, p99 $g99) | $PCL |"
+echo "| daemon ÷ nginx | $ratio × | | |"
+echo "| daemon ÷ pouchdb | $pratio × | | |"
+echo "| pouchdb ÷ nginx | | | $pnratio × |"
+echo "| paced ≈ 1,000 req/s: achieved, p50, p99 | $dpr req/s, $dp50, $dp99 | $gpr req/s, $gp50, $gp99 | $PPACED |"
+echo "| search (family + postcode district) paced ≈ 500 req/s: p50, p99 | $s50, $s99 | — | — |"
+echo "| peak RSS under this load | $RSS MiB | | $PRSSC |"

@@ -453,6 +453,28 @@ pub fn nhs_numbers(file: &Path) -> anyhow::Result<Vec<String>> {
     Ok(out)
 }
 
+/// (NHS number, postcode district) of every patient in a synth file.
+pub fn districts(file: &Path) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(file)?;
+    let mut out = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let b: Value = serde_json::from_str(line)?;
+        for e in b["entry"].as_array().into_iter().flatten() {
+            let r = &e["resource"];
+            if r["resourceType"] == "Patient" {
+                let nhs = r["identifier"][0]["value"]
+                    .as_str()
+                    .context("a patient without an NHS number")?
+                    .to_owned();
+                let pc = r["address"][0]["postalCode"].as_str().unwrap_or("");
+                let d = pc.split_whitespace().next().unwrap_or("").to_owned();
+                out.insert(nhs, d);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The wall clock in Unix milliseconds.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

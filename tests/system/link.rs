@@ -117,6 +117,8 @@ struct Sample {
     /// Datagrams that reached the proxy from the unit and from the hub.
     up_in: u64,
     down_in: u64,
+    /// Bytes that reached the proxy from the unit (what the unit's radio would send).
+    up_bytes_in: u64,
 }
 
 /// What a scenario measured.
@@ -295,6 +297,7 @@ impl Rig {
         s.bytes = p.up.bytes_forwarded + p.down.bytes_forwarded;
         s.up_in = p.up.packets_in;
         s.down_in = p.down.packets_in;
+        s.up_bytes_in = p.up.bytes_in;
         self.samples.push(s.clone());
         s
     }
@@ -568,6 +571,23 @@ impl Rig {
         );
         let p = self.proxy.stats();
         let last_return = self.windows.iter().filter_map(|w| w.1).next_back();
+        // What the unit sends while the link is down (connection attempts, probes): bytes per
+        // second of outage, over the down windows longer than 10 s.
+        let at = |t: Duration| {
+            self.samples
+                .iter()
+                .rev()
+                .find(|x| x.t <= t)
+                .map_or(0, |x| x.up_bytes_in)
+        };
+        let (mut out_bytes, mut out_secs) = (0u64, 0f64);
+        for &(start, end) in &self.windows {
+            if let Some(end) = end.filter(|e| *e - start > Duration::from_secs(10)) {
+                out_bytes += at(end).saturating_sub(at(start));
+                out_secs += (end - start).as_secs_f64();
+            }
+        }
+        let outage_bps = (out_secs > 0.0).then(|| (out_bytes as f64 / out_secs).round());
         let ms = |d: Duration| d.as_millis();
         let line = serde_json::json!({
             "scenario": self.name,
@@ -581,6 +601,7 @@ impl Rig {
             "longest_stall_ended_at_ms": ms(r.stall.1),
             "connects": s["connects"],
             "down_windows": self.windows.len(),
+            "unit_bytes_per_s_while_down": outage_bps,
             "proxy_up": {"in": p.up.packets_in, "lost": p.up.dropped_loss, "blackout": p.up.dropped_blackout, "rate": p.up.dropped_rate},
             "proxy_down": {"in": p.down.packets_in, "lost": p.down.dropped_loss, "blackout": p.down.dropped_blackout, "rate": p.down.dropped_rate},
         });

@@ -5,27 +5,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kerbside_tests::fleet::{http, Fleet};
+use kerbside_tests::fleet::{districts, http, Fleet};
 use serde_json::Value;
-
-/// (NHS number, postcode district) of every patient in a synth file.
-fn districts(file: &Path) -> BTreeMap<String, String> {
-    let text = std::fs::read_to_string(file).unwrap();
-    let mut out = BTreeMap::new();
-    for line in text.lines() {
-        let b: Value = serde_json::from_str(line).unwrap();
-        for e in b["entry"].as_array().unwrap() {
-            let r = &e["resource"];
-            if r["resourceType"] == "Patient" {
-                let nhs = r["identifier"][0]["value"].as_str().unwrap().to_owned();
-                let pc = r["address"][0]["postalCode"].as_str().unwrap_or("");
-                let d = pc.split_whitespace().next().unwrap_or("").to_owned();
-                out.insert(nhs, d);
-            }
-        }
-    }
-    out
-}
 
 #[test]
 fn cold_sync_live_push_offline_catch_up_and_objection() {
@@ -178,7 +159,7 @@ fn kill_mid_catch_up_resumes_without_re_downloading() {
 fn cohort_change_moves_only_the_difference_and_revocation_and_rebuild() {
     let mut f = Fleet::new().unwrap();
     let data = f.synth("a.ndjson", 4000, 21).unwrap();
-    let by_district = districts(&data);
+    let by_district = districts(&data).unwrap();
     let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
     for d in by_district.values() {
         *counts.entry(d.as_str()).or_default() += 1;

@@ -1,6 +1,7 @@
 //! Kill-anywhere torture: SIGKILL the daemon or the hub at random points while the unit is
-//! catching up, answering lookups (audit appends) and uploading its journal, and new data
-//! keeps arriving at the hub. After every trial the killed process is restarted; at the end
+//! catching up, answering lookups (audit appends; some of patients outside its cohort, so
+//! on-demand fetches from the hub) and uploading its journal, and new data keeps arriving at
+//! the hub. After every trial the killed process is restarted; at the end
 //! the invariants must hold: the unit converges to the hub's cohort, its cursor reaches the
 //! head, every answered access is at the hub exactly once, the chain verifies with no gaps.
 //!
@@ -14,7 +15,7 @@ use std::time::Duration;
 use edge_proto::ids::StaffRole;
 use edge_proto::time::UnixMillis;
 use edge_proto::token::{self, ShiftClaims};
-use kerbside_tests::fleet::{http_with, nhs_numbers, wait_for, Fleet};
+use kerbside_tests::fleet::{districts, http_with, nhs_numbers, wait_for, Fleet};
 use serde_json::Value;
 
 struct Rng(u64);
@@ -41,11 +42,32 @@ fn kill_anywhere_daemon_and_hub() {
     eprintln!("torture: {trials} trials, seed {seed} (replay: TORTURE_SEED={seed})");
     let mut rng = Rng(seed);
     let mut f = Fleet::new().unwrap();
-    let u = f.enrol("LAS-AMB-0050", &[]).unwrap();
     let batches = 10u64;
     let base = 1500u64;
     let all = f
         .synth("all.ndjson", (base + batches * 40) as u32, 23)
+        .unwrap();
+    // The unit's cohort: every postcode district but the two smallest, so lookups of patients
+    // from those two go through on-demand fetch from the hub (the kills land there too).
+    let by_district = districts(&all).unwrap();
+    let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
+    for d in by_district.values().filter(|d| !d.is_empty()) {
+        *counts.entry(d.as_str()).or_default() += 1;
+    }
+    let mut by_size: Vec<(&str, u64)> = counts.iter().map(|(d, n)| (*d, *n)).collect();
+    by_size.sort_by_key(|(d, n)| (*n, *d));
+    let outside: HashSet<&str> = by_size.iter().take(2).map(|(d, _)| *d).collect();
+    let cohort: Vec<&str> = counts
+        .keys()
+        .copied()
+        .filter(|d| !outside.contains(d))
+        .collect();
+    let in_cohort = |n: &str| cohort.contains(&by_district[n].as_str());
+    let u = f
+        .enrol(
+            "LAS-AMB-0050",
+            &["--cohort", &format!("postcode:{}", cohort.join(","))],
+        )
         .unwrap();
     let text = std::fs::read_to_string(&all).unwrap();
     let lines: Vec<&str> = text.lines().collect();
@@ -75,8 +97,23 @@ fn kill_anywhere_daemon_and_hub() {
         },
         &key,
     );
-    // Lookups of a few patients, counting the answers the client received.
-    let watched: Vec<String> = nhs.iter().take(5).cloned().collect();
+    // Lookups of a few patients, counting the answers the client received: five in the cohort
+    // and two outside it (fetched on demand while the link is up; `not_cached` otherwise).
+    let first_patients = &nhs[..base as usize];
+    let fetched: Vec<String> = first_patients
+        .iter()
+        .filter(|n| !in_cohort(n))
+        .take(2)
+        .cloned()
+        .collect();
+    assert_eq!(fetched.len(), 2, "two patients outside the cohort");
+    let watched: Vec<String> = first_patients
+        .iter()
+        .filter(|n| in_cohort(n))
+        .take(5)
+        .chain(&fetched)
+        .cloned()
+        .collect();
     let answered: Arc<BTreeMap<String, AtomicU64>> = Arc::new(
         watched
             .iter()
@@ -149,7 +186,7 @@ fn kill_anywhere_daemon_and_hub() {
     }
     stop.store(true, Ordering::SeqCst);
     client.join().unwrap();
-    let total = base + batches * 40;
+    let total = nhs.iter().filter(|n| in_cohort(n)).count() as u64;
     f.wait_records(u, total, Duration::from_secs(120))
         .unwrap_or_else(|e| panic!("TORTURE_SEED={seed}: {e}"));
     wait_for(Duration::from_secs(60), || {
@@ -157,6 +194,14 @@ fn kill_anywhere_daemon_and_hub() {
         Ok(f.status(u)?["audit_pending"] == 0 && row["cursor"] == row["head"])
     })
     .unwrap_or_else(|e| panic!("TORTURE_SEED={seed}: did not settle: {e}"));
+    let on_demand: u64 = fetched
+        .iter()
+        .map(|n| answered[n].load(Ordering::SeqCst))
+        .sum();
+    assert!(
+        on_demand > 0,
+        "TORTURE_SEED={seed}: no lookup outside the cohort was answered by an on-demand fetch"
+    );
     let mut got_total = 0;
     for (n, c) in answered.iter() {
         let (code, body) = f
@@ -190,6 +235,6 @@ fn kill_anywhere_daemon_and_hub() {
     assert_eq!(v["chain_ok"], true, "TORTURE_SEED={seed}: {v}");
     assert_eq!(v["gaps"], serde_json::json!([]), "TORTURE_SEED={seed}: {v}");
     eprintln!(
-        "torture: {daemon_kills} daemon kills, {hub_kills} hub kills; {total} records converged; {got_total} answered accesses all at the hub once; chain verified"
+        "torture: {daemon_kills} daemon kills, {hub_kills} hub kills; {total} records converged; {got_total} answered accesses ({on_demand} by on-demand fetch) all at the hub once; chain verified"
     );
 }
