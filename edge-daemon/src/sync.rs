@@ -81,8 +81,8 @@ pub struct SyncClient {
     fetch_rx: mpsc::Receiver<FetchRequest>,
     /// The audit journal, uploaded on its own stream (issue 6).
     journal: Option<crate::journal::Journal>,
-    /// The last connection's round-trip time (sizes connection attempts).
-    last_rtt: Duration,
+    /// The last connection's path round-trip time (sizes connection attempts).
+    path_rtt: Duration,
 }
 
 impl std::fmt::Debug for SyncClient {
@@ -141,7 +141,7 @@ impl SyncClient {
                 hub_addr,
                 fetch_rx,
                 journal: None,
-                last_rtt: Duration::ZERO,
+                path_rtt: Duration::ZERO,
             },
             fetcher,
         ))
@@ -170,22 +170,22 @@ impl SyncClient {
     ///
     /// Delays between attempts: an attempt the hub did not answer (the link is presumed down)
     /// is retried with exponential back-off and jitter capped at `reconnect_max_ms` (0.3 s by
-    /// default), each attempt lasting `connect_attempt_ms` (0.9 s: one Initial, ended before
-    /// quinn's first probe at about 1 s) or four round trips of the last connection if longer,
+    /// default), each attempt waiting `connect_attempt_ms` for the hub's first answer (0.9 s:
+    /// one Initial, ended before quinn's first probe at about 1 s; three path round trips if
+    /// longer) and then up to 10 s for the rest of the handshake,
     /// so an Initial leaves about once a second and a link that returns is used within about
-    /// two seconds; an attempt the hub answered with a refusal backs off up to
-    /// `reconnect_refused_max_ms` (60 s), since retrying fast would not change the answer.
+    /// two seconds. After `reconnect_fast_s` (10 min) without the hub the cap becomes
+    /// `reconnect_slow_max_ms` (5 s), to spare the radio of a unit parked out of coverage. An
+    /// attempt the hub answered with a refusal backs off up to `reconnect_refused_max_ms`
+    /// (60 s), since retrying fast would not change the answer.
     pub async fn run(mut self) {
-        let s = &self.config.sync;
-        let min = s.reconnect_min_ms.max(50);
-        let max = s.reconnect_max_ms.max(min);
-        let refused_max = s.reconnect_refused_max_ms.max(max);
-        let base_stall = Duration::from_millis(s.stall_timeout_ms.max(500));
-        let mut backoff = min;
-        let mut stall_timeout = base_stall;
+        let mut policy = Reconnect::new(&self.config.sync);
+        let origin = tokio::time::Instant::now();
         loop {
             let mut out = Outcome::default();
-            let r = self.connect_and_sync(&mut out, stall_timeout).await;
+            let r = self
+                .connect_and_sync(&mut out, policy.stall_timeout())
+                .await;
             self.status.update(|l| {
                 l.link = Link::Down;
                 l.caught_up = false;
@@ -209,20 +209,8 @@ impl SyncClient {
                     warn!(error = %format!("{e:#}"), "the hub refused the unit; retrying later")
                 }
             }
-            if out.established {
-                backoff = min;
-            }
-            // A watchdog firing on a connection that never moved again may mean the hub is
-            // slow, not the link: wait longer next time rather than reconnect in a loop.
-            if out.progressed {
-                stall_timeout = base_stall;
-            } else if out.stalled {
-                stall_timeout = (stall_timeout * 2).min(MAX_STALL_TIMEOUT);
-            }
-            let cap = if out.refused { refused_max } else { max };
-            backoff = backoff.min(cap);
-            let jitter = jitter_ms(backoff / 2);
-            let wait = Duration::from_millis(backoff / 2 + jitter);
+            let (base, spread) = policy.after(out, origin.elapsed());
+            let wait = Duration::from_millis(base + jitter_ms(spread));
             // Answer fetches while waiting: the link is down.
             let sleep = tokio::time::sleep(wait);
             tokio::pin!(sleep);
@@ -234,7 +222,6 @@ impl SyncClient {
                     }
                 }
             }
-            backoff = (backoff * 2).min(cap);
         }
     }
 
@@ -243,22 +230,35 @@ impl SyncClient {
         out: &mut Outcome,
         stall_timeout: Duration,
     ) -> anyhow::Result<()> {
-        let connecting = self
+        let mut connecting = self
             .endpoint
             .connect(self.hub_addr, &self.config.hub.name)
             .context("cannot start a connection")?;
-        // A slow path (a congested cell, a satellite hop) gets attempts long enough for a
-        // handshake over it: four of the last connection's round trips, up to 10 s.
-        let attempt = Duration::from_millis(self.config.sync.connect_attempt_ms.max(200))
-            .max((self.last_rtt * 4).min(Duration::from_secs(10)));
-        let conn = match tokio::time::timeout(attempt, connecting).await {
-            Err(_) => anyhow::bail!("the hub did not answer within {attempt:?}"),
+        // Wait `connect_attempt_ms` for the hub's first answer (one Initial, given up before
+        // quinn's first probe): a link that is down costs one datagram per attempt. A path
+        // seen slow before gets three of its round trips. Once the hub has answered, the
+        // handshake is given time to finish: a slow handshake is never abandoned half-way.
+        let answer_within = Duration::from_millis(self.config.sync.connect_attempt_ms.max(200))
+            .max((self.path_rtt * 3).min(Duration::from_secs(10)));
+        match tokio::time::timeout(answer_within, connecting.handshake_data()).await {
+            Err(_) => anyhow::bail!("the hub did not answer within {answer_within:?}"),
+            Ok(Err(e)) => {
+                out.refused = is_refusal(&e);
+                return Err(explain(e));
+            }
+            Ok(Ok(_)) => {}
+        }
+        let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+            Err(_) => anyhow::bail!(
+                "the handshake with the hub did not finish within {HANDSHAKE_TIMEOUT:?}"
+            ),
             Ok(Err(e)) => {
                 out.refused = is_refusal(&e);
                 return Err(explain(e));
             }
             Ok(Ok(c)) => c,
         };
+        let mut min_rtt = conn.rtt();
         debug!(hub = %self.hub_addr, "connected to the hub");
         let (mut pull_send, mut pull_recv) = conn.open_bi().await.map_err(explain)?;
         let state = self.cache.state()?;
@@ -484,6 +484,7 @@ impl SyncClient {
                     session.handle_timeout(now());
                 }
                 _ = watchdog.tick() => {
+                    min_rtt = min_rtt.min(conn.rtt());
                     // The hub acknowledging anything (our pings included) shows the path
                     // works and the hub is reading; only silence counts as a stall.
                     let acks = conn.stats().frame_rx.acks;
@@ -542,29 +543,111 @@ impl SyncClient {
         let cursor = session.durable_state().cursor;
         self.status.update(|l| l.cursor = cursor);
         if out.established {
-            self.last_rtt = conn.rtt();
+            // The smallest smoothed RTT seen: the path's, without the queueing of a bulk
+            // transfer on a rate-limited cell.
+            self.path_rtt = min_rtt.min(conn.rtt());
         }
         conn.close(0u32.into(), b"bye");
         result
     }
 }
 
+/// Once the hub has answered, how long the rest of the handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the stall watchdog looks.
 const WATCHDOG_TICK: Duration = Duration::from_millis(250);
+/// Stalls in a row without progress before the stall timeout starts to double.
+const STALLS_BEFORE_BACKING_OFF: u32 = 3;
 /// The stall timeout grows (doubling) while stalls repeat without progress, up to this.
 const MAX_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The reconnection policy (see [`SyncClient::run`]): pure, so it is tested without a network.
+#[derive(Debug, Clone)]
+pub struct Reconnect {
+    min_ms: u64,
+    max_ms: u64,
+    refused_max_ms: u64,
+    slow_max_ms: u64,
+    fast_for: Duration,
+    base_stall: Duration,
+    backoff_ms: u64,
+    stall_timeout: Duration,
+    /// Stalls in a row without progress in between.
+    stalls_in_a_row: u32,
+    /// Since when (on the caller's clock) the hub has been out of reach.
+    unreachable_since: Option<Duration>,
+}
+
+impl Reconnect {
+    pub fn new(s: &edge_provision::config::SyncConfig) -> Self {
+        let min_ms = s.reconnect_min_ms.max(50);
+        let max_ms = s.reconnect_max_ms.max(min_ms);
+        let base_stall = Duration::from_millis(s.stall_timeout_ms.max(500));
+        Reconnect {
+            min_ms,
+            max_ms,
+            refused_max_ms: s.reconnect_refused_max_ms.max(max_ms),
+            slow_max_ms: s.reconnect_slow_max_ms.max(max_ms),
+            fast_for: Duration::from_secs(s.reconnect_fast_s),
+            base_stall,
+            backoff_ms: min_ms,
+            stall_timeout: base_stall,
+            stalls_in_a_row: 0,
+            unreachable_since: None,
+        }
+    }
+
+    /// The stall watchdog's timeout for the next connection.
+    pub fn stall_timeout(&self) -> Duration {
+        self.stall_timeout
+    }
+
+    /// A connection (or attempt) ended at `now` (any monotonic clock): the delay before the
+    /// next attempt as (base ms, jitter spread ms); wait base + a random 0..=spread.
+    pub fn after(&mut self, out: Outcome, now: Duration) -> (u64, u64) {
+        if out.established {
+            self.backoff_ms = self.min_ms;
+            self.unreachable_since = None;
+        }
+        let out_of_reach = now.saturating_sub(*self.unreachable_since.get_or_insert(now));
+        // Stalls that repeat with nothing moving in between may mean a hub too loaded to
+        // answer, not a bad link (a busy but working hub still ACKs): after the third in a
+        // row, wait longer each time rather than add a reconnection storm to its load.
+        if out.progressed {
+            self.stalls_in_a_row = 0;
+            self.stall_timeout = self.base_stall;
+        }
+        if out.stalled && !out.progressed {
+            self.stalls_in_a_row += 1;
+            if self.stalls_in_a_row >= STALLS_BEFORE_BACKING_OFF {
+                self.stall_timeout = (self.stall_timeout * 2).min(MAX_STALL_TIMEOUT);
+            }
+        }
+        // Out of coverage for long (parked in a basement): fewer attempts, less radio.
+        let cap = if out.refused {
+            self.refused_max_ms
+        } else if out_of_reach > self.fast_for {
+            self.slow_max_ms
+        } else {
+            self.max_ms
+        };
+        let b = self.backoff_ms.min(cap);
+        self.backoff_ms = (b * 2).min(cap);
+        (b / 2, b / 2)
+    }
+}
+
 /// How one connection ended, for choosing the next delay.
 #[derive(Debug, Default, Clone, Copy)]
-struct Outcome {
+pub struct Outcome {
     /// The hub welcomed the unit: the link was up.
-    established: bool,
+    pub established: bool,
     /// The hub answered and refused (TLS failure, unknown or revoked unit, version).
-    refused: bool,
+    pub refused: bool,
     /// Closed by the stall watchdog.
-    stalled: bool,
+    pub stalled: bool,
     /// Something moved: a batch applied, caught up, or an audit batch acknowledged.
-    progressed: bool,
+    pub progressed: bool,
 }
 
 /// What the stall watchdog reads, shared with the audit uploader: when the hub last sent

@@ -352,6 +352,11 @@ pub struct SyncConfig {
     /// Longest delay between attempts the hub answered with a refusal (TLS failure, unknown or
     /// revoked unit, protocol version): retrying fast would not help.
     pub reconnect_refused_max_ms: u64,
+    /// How long after losing the hub the unit keeps trying about once a second; after that
+    /// (a unit parked out of coverage) the back-off cap becomes `reconnect_slow_max_ms`.
+    pub reconnect_fast_s: u64,
+    /// Back-off cap for unanswered attempts after `reconnect_fast_s` without the hub.
+    pub reconnect_slow_max_ms: u64,
     /// How long one connection attempt waits for the hub's answer before a fresh attempt.
     pub connect_attempt_ms: u64,
     /// With work outstanding (catching up, audit upload awaiting its acknowledgement, a fetch
@@ -368,6 +373,8 @@ impl Default for SyncConfig {
             reconnect_min_ms: 100,
             reconnect_max_ms: 300,
             reconnect_refused_max_ms: 60_000,
+            reconnect_fast_s: 600,
+            reconnect_slow_max_ms: 5_000,
             connect_attempt_ms: 900,
             stall_timeout_ms: 2_000,
             fetch_budget_ms: 1_500,
@@ -523,6 +530,14 @@ impl UnitConfig {
             "sync.reconnect_refused_max_ms",
             s.reconnect_refused_max_ms,
             s.reconnect_min_ms,
+            3_600_000,
+        )?;
+        range(f, "sync.reconnect_fast_s", s.reconnect_fast_s, 0, 86_400)?;
+        range(
+            f,
+            "sync.reconnect_slow_max_ms",
+            s.reconnect_slow_max_ms,
+            s.reconnect_max_ms,
             3_600_000,
         )?;
         range(
