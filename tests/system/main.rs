@@ -6,7 +6,6 @@
 mod audit;
 mod foundation;
 mod lan;
-mod link;
 mod security;
 mod supervisor;
 mod sync;

@@ -15,10 +15,15 @@
 //! Measurements come from a 50 ms sampling loop in the test thread: the unit's `/v1/status` and
 //! the proxy's counters. The scenarios run one at a time (they time things on 2 shared cores).
 //!
+//! An integration-test binary of its own (`--test link`), so the scenarios do not share the
+//! cores with the other whole-system tests while they time reconnections.
+//!
 //! Knobs: `LINK_TRACE=1` prints every change the loop saw and copies the hub's and unit's logs
 //! to the temporary folder; `LINK_BLACKOUT_S=N` changes the 30 s blackout; `LINK_TUNED=1` runs
 //! the unit with fixed eager settings (1 s keep-alive, 100–1000 ms back-off) instead of the
 //! defaults.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
