@@ -147,7 +147,7 @@ read -r dr d50 d99 dbad <<<"$D"; read -r gr g50 g99 _ <<<"$G"
 read -r dpr dp50 dp99 dpbad <<<"$DP"; read -r gpr gp50 gp99 _ <<<"$GP"; read -r _ s50 s99 sbad <<<"$S"
 ratio=$(python3 -c "print(f'{float(\"$dr\")/float(\"$gr\"):.2f}')")
 if [ "$POUCH" = 1 ]; then
-  read -r pr p50 p99 <<<"$P"; read -r ppr pp50 pp99 <<<"$PP"
+  read -r pr p50 p99 _ <<<"$P"; read -r ppr pp50 pp99 _ <<<"$PP"
   PBYTES=$(wc -c < "$T/pouch.json")
   PRSS=$(awk '/VmHWM/{print int($2/1024)}' "/proc/$PID_POUCH/status" 2>/dev/null || echo "?")
   pratio=$(python3 -c "print(f'{float(\"$dr\")/float(\"$pr\"):.2f}')")
