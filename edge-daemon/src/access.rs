@@ -785,38 +785,12 @@ pub async fn fhir_summary(
     read_patient(s, h, nhs, Format::Fhir).await
 }
 
-/// Decode `a=b&c=d` (percent-decoding, `+` as space); bounded.
+/// Decode `a=b&c=d` (`application/x-www-form-urlencoded`: percent-decoding, `+` as space,
+/// malformed escapes kept as they are); at most 32 pairs.
 pub fn query_pairs(q: &str) -> Vec<(String, String)> {
-    fn dec(s: &str) -> String {
-        let b = s.as_bytes();
-        let mut out = Vec::with_capacity(b.len());
-        let mut i = 0;
-        while i < b.len() {
-            match b[i] {
-                b'+' => out.push(b' '),
-                b'%' if i + 2 < b.len() => {
-                    let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
-                    match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                        Some(v) => {
-                            out.push(v);
-                            i += 2;
-                        }
-                        None => out.push(b'%'),
-                    }
-                }
-                c => out.push(c),
-            }
-            i += 1;
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    }
-    q.split('&')
+    form_urlencoded::parse(q.as_bytes())
         .take(32)
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) => (dec(k), dec(v)),
-            None => (dec(p), String::new()),
-        })
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect()
 }
 
@@ -905,6 +879,11 @@ mod tests {
         assert_eq!(
             query_pairs("a=%zz"),
             vec![("a".to_owned(), "%zz".to_owned())]
+        );
+        // Only two hex digits make an escape (`%+1` is not byte 0x01; `+` is a space).
+        assert_eq!(
+            query_pairs("a=%+1"),
+            vec![("a".to_owned(), "% 1".to_owned())]
         );
         assert_eq!(query_pairs(&"a=1&".repeat(100)).len(), 32, "bounded");
     }

@@ -63,7 +63,9 @@ impl<'de> Deserialize<'de> for DemographicsOnly {
 }
 
 fn demographics(record: &[u8]) -> Option<edge_proto::model::Demographics> {
-    cbor::from_slice::<DemographicsOnly>(record).ok().map(|d| d.0)
+    cbor::from_slice::<DemographicsOnly>(record)
+        .ok()
+        .map(|d| d.0)
 }
 
 /// Why the cache failed.
