@@ -74,6 +74,8 @@ pub struct InflateDeframer {
     pending: Vec<u8>,
     /// The last step filled its output slice: the inflater may hold more output.
     more_out: bool,
+    /// Inflate output, reused from step to step (one allocation per stream, not per step).
+    scratch: Vec<u8>,
 }
 
 impl Default for InflateDeframer {
@@ -89,6 +91,7 @@ impl InflateDeframer {
             frames: FrameDecoder::new(),
             pending: Vec::new(),
             more_out: false,
+            scratch: Vec::with_capacity(INFLATE_SLICE),
         }
     }
 
@@ -107,10 +110,11 @@ impl InflateDeframer {
             if self.pending.is_empty() && !self.more_out {
                 return Ok(None);
             }
-            let mut out = Vec::with_capacity(INFLATE_SLICE);
+            let out = &mut self.scratch;
+            out.clear();
             let before_in = self.z.total_in();
             self.z
-                .decompress_vec(&self.pending, &mut out, FlushDecompress::Sync)
+                .decompress_vec(&self.pending, out, FlushDecompress::Sync)
                 .map_err(|e| FrameError::Malformed(format!("inflate: {e}")))?;
             let used = usize::try_from(self.z.total_in() - before_in).unwrap_or(0);
             self.pending.drain(..used.min(self.pending.len()));
@@ -119,7 +123,7 @@ impl InflateDeframer {
                 // Needs more input to make progress.
                 return Ok(None);
             }
-            self.frames.push(&out)?;
+            self.frames.push(out)?;
         }
     }
 }
