@@ -554,6 +554,8 @@ impl SyncClient {
 
 /// Once the hub has answered, how long the rest of the handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Audit batches in flight at once (the hub acknowledges them in order).
+const AUDIT_PIPELINE: usize = 2;
 /// How often the stall watchdog looks.
 const WATCHDOG_TICK: Duration = Duration::from_millis(250);
 /// Stalls in a row without progress before the stall timeout starts to double.
@@ -722,24 +724,36 @@ async fn upload_audit(
     let (mut send, mut recv) = conn.open_bi().await.map_err(explain)?;
     let mut dec = FrameDecoder::new();
     let mut buf = vec![0u8; 64 * 1024];
+    // Up to AUDIT_PIPELINE batches in flight: the next batch is read from the journal and sent
+    // while the hub stores (and fsyncs) the one before. Each entry: (first seq, last seq).
+    let mut in_flight: std::collections::VecDeque<(u64, u64)> = std::collections::VecDeque::new();
+    let mut next_from = journal.uploaded_seq() + 1;
     loop {
-        let from = journal.uploaded_seq() + 1;
-        let j = journal.clone();
-        let events =
-            tokio::task::spawn_blocking(move || j.read_from(from, MAX_AUDIT_BATCH, 6 << 20))
-                .await
-                .context("audit read task")?
-                .context("cannot read the audit journal")?;
-        let Some(last) = events.last().map(|e| e.seq) else {
+        while in_flight.len() < AUDIT_PIPELINE {
+            let from = next_from;
+            let j = journal.clone();
+            let events =
+                tokio::task::spawn_blocking(move || j.read_from(from, MAX_AUDIT_BATCH, 6 << 20))
+                    .await
+                    .context("audit read task")?
+                    .context("cannot read the audit journal")?;
+            let Some(last) = events.last().map(|e| e.seq) else {
+                break;
+            };
+            if in_flight.is_empty() {
+                watch.touch();
+            }
+            watch.audit_waiting.store(true, Ordering::Relaxed);
+            send.write_all(&encode_frame(&edge_proto::sync::ToHub::Audit { events })?)
+                .await?;
+            in_flight.push_back((from, last));
+            next_from = last + 1;
+        }
+        let Some((from, last)) = in_flight.pop_front() else {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
-        let n = events.len();
-        watch.touch();
-        watch.audit_waiting.store(true, Ordering::Relaxed);
-        send.write_all(&encode_frame(&edge_proto::sync::ToHub::Audit { events })?)
-            .await?;
-        // Wait for the acknowledgement.
+        // Wait for the acknowledgement of the oldest batch (the hub answers in order).
         let ack = tokio::time::timeout(Duration::from_secs(30), async {
             loop {
                 if let Some(m) = dec.next_message::<ToUnit>()? {
@@ -759,7 +773,9 @@ async fn upload_audit(
         let ToUnit::AuditAck { upto_seq, problems } = ack else {
             anyhow::bail!("unexpected message on the audit stream");
         };
-        watch.audit_waiting.store(false, Ordering::Relaxed);
+        if in_flight.is_empty() {
+            watch.audit_waiting.store(false, Ordering::Relaxed);
+        }
         watch.progressed.store(true, Ordering::Relaxed);
         if !problems.is_empty() {
             warn!(
@@ -780,7 +796,14 @@ async fn upload_audit(
             l.audit_pending = pending;
             l.audit_uploaded_seq = uploaded;
         });
-        debug!(n, upto, pending, "audit events uploaded");
+        debug!(n = last + 1 - from, upto, pending, "audit events uploaded");
+        if upto < last {
+            // The hub kept less than was sent: start again from what it has (its store is
+            // idempotent on device and sequence number, so nothing is counted twice).
+            anyhow::bail!(
+                "the hub acknowledged audit events up to {upto}, not {last}; resending from there"
+            );
+        }
     }
 }
 
