@@ -169,8 +169,8 @@ impl SyncClient {
     /// Run forever: connect, sync, reconnect.
     ///
     /// Delays between attempts: an attempt the hub did not answer (the link is presumed down)
-    /// is retried with exponential back-off and jitter capped at `reconnect_max_ms` (0.3 s by
-    /// default), each attempt waiting `connect_attempt_ms` for the hub's first answer (0.9 s:
+    /// is retried with exponential back-off and jitter capped at `reconnect_max_ms` (0.2 s by
+    /// default), each attempt waiting `connect_attempt_ms` for the hub's first answer (0.6 s:
     /// one Initial, ended before quinn's first probe at about 1 s; three path round trips if
     /// longer) and then up to 10 s for the rest of the handshake,
     /// so an Initial leaves about once a second and a link that returns is used within about

@@ -371,11 +371,11 @@ impl Default for SyncConfig {
         SyncConfig {
             keepalive_interval_ms: 1_000,
             reconnect_min_ms: 100,
-            reconnect_max_ms: 300,
+            reconnect_max_ms: 200,
             reconnect_refused_max_ms: 60_000,
             reconnect_fast_s: 600,
             reconnect_slow_max_ms: 5_000,
-            connect_attempt_ms: 900,
+            connect_attempt_ms: 600,
             stall_timeout_ms: 2_000,
             fetch_budget_ms: 1_500,
         }
