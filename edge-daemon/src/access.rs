@@ -77,6 +77,7 @@ impl Access {
             patient: None,
             data: AccessData {
                 interface: Some("lan".into()),
+                asked_nhs: None,
                 ..AccessData::default()
             },
         }
@@ -170,6 +171,7 @@ impl Auditor {
                 login.reason = None;
                 login.data = AccessData {
                     interface: Some("lan".into()),
+                    asked_nhs: None,
                     ..AccessData::default()
                 };
                 self.append(self.event(&login, AuditAction::Login, AuditOutcome::Ok))
@@ -653,7 +655,13 @@ async fn read_patient(s: AppState, h: HeaderMap, raw: Option<String>, format: Fo
         );
         return s.audit.record(a).await.err().unwrap_or(resp);
     }
-    let found = match lookup(&s, &nhs).await {
+    // A former (superseded or merged) number answers the current record, saying so.
+    let target = if s.cache.contains(&nhs) {
+        nhs
+    } else {
+        s.cache.alias(&nhs).unwrap_or(nhs)
+    };
+    let found = match lookup(&s, &target).await {
         Ok(Lookup::Found(f)) => f,
         Ok(Lookup::NotCached(why)) => {
             a.outcome = AuditOutcome::NotFound;
@@ -694,6 +702,11 @@ async fn read_patient(s: AppState, h: HeaderMap, raw: Option<String>, format: Fo
     if caller.purpose == Purpose::EmergencyTreat {
         a.action = AuditAction::BreakGlass;
     }
+    let redirected_from = (found.summary.nhs_number != nhs).then_some(nhs);
+    if redirected_from.is_some() {
+        a.patient = Some(found.summary.nhs_number);
+        a.data.asked_nhs = Some(nhs);
+    }
     let (age, stale) = freshness(&s, &found);
     a.outcome = AuditOutcome::Ok;
     a.data.version = Some(found.summary.version);
@@ -718,6 +731,10 @@ async fn read_patient(s: AppState, h: HeaderMap, raw: Option<String>, format: Fo
         Format::Json => {
             let mut v = serde_json::to_value(&found.summary).unwrap_or(Value::Null);
             if let Value::Object(m) = &mut v {
+                m.remove("ledger");
+                if let Some(old) = redirected_from {
+                    m.insert("redirected_from".into(), json!(old));
+                }
                 m.insert(
                     "as_of".into(),
                     json!(found.summary.assembled_at.to_rfc3339()),

@@ -341,6 +341,14 @@ impl Cache {
             .search(q)
     }
 
+    /// The current NHS number the cohort cache holds for a former (superseded or merged) one.
+    pub fn alias(&self, nhs: &NhsNumber) -> Option<NhsNumber> {
+        self.search
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .alias(nhs)
+    }
+
     /// Whether the cohort cache holds this patient.
     pub fn contains(&self, nhs: &NhsNumber) -> bool {
         self.index
@@ -543,7 +551,7 @@ pub struct Applied {
 }
 
 enum Op {
-    Put(NhsNumber, u64, Option<edge_proto::model::Demographics>),
+    Put(NhsNumber, u64, Option<Box<edge_proto::model::Demographics>>),
     Remove(NhsNumber),
 }
 
@@ -599,8 +607,11 @@ impl UnitStore for Txn<'_> {
         };
         let sealed = self.cache.seal_record(T_RECORD, &k, &rec)?;
         self.write(k, Some(header(version, epoch, sealed)));
-        self.ops
-            .push(Op::Put(*nhs, version, demographics(record.as_slice())));
+        self.ops.push(Op::Put(
+            *nhs,
+            version,
+            demographics(record.as_slice()).map(Box::new),
+        ));
         Ok(())
     }
 

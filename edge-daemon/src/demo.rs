@@ -142,7 +142,7 @@ pub fn run(patients: u32, seed: u64, lan: SocketAddr, dir: Option<PathBuf>) -> a
                 let lines = edge_hub::admin::bundles(&text);
                 let total = lines.len();
                 let mut last = Instant::now();
-                store.ingest(lines, now(), 2, &mut |seen, _| {
+                store.ingest(lines, now(), 2, &Default::default(), &mut |seen, _| {
                     if last.elapsed() > Duration::from_millis(500) {
                         last = Instant::now();
                         say(&format!("hub ingesting FHIR bundles: {seen} / {total}"));

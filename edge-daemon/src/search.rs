@@ -161,7 +161,13 @@ pub struct Candidate {
     pub given: Vec<String>,
     pub birth_date: Option<String>,
     pub gender: Gender,
+    /// Absent for a restricted (S-flag) patient, whose address is never held.
     pub postcode: Option<String>,
+    /// The name as text when the record gave no family or given parts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name_text: Option<String>,
+    /// The patient has died.
+    pub deceased: bool,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -579,6 +585,9 @@ struct Entry {
     dob: Option<String>,
     pc_full: Option<String>,
     pc_district: Option<String>,
+    name_text: Option<String>,
+    deceased: bool,
+    former: Vec<NhsNumber>,
 }
 
 /// The in-memory search index over the cached patients' demographics.
@@ -595,6 +604,8 @@ pub struct SearchIndex {
     family_phon: HashMap<String, Vec<u32>>,
     dob: HashMap<String, Vec<u32>>,
     district: HashMap<String, Vec<u32>>,
+    /// Former (superseded or merged) NHS numbers → the current one held.
+    aliases: HashMap<NhsNumber, NhsNumber>,
 }
 
 const BIT_FAMILY: u8 = 1;
@@ -643,7 +654,19 @@ impl SearchIndex {
     /// Returns whether one was replaced.
     pub fn insert(&mut self, nhs: NhsNumber, d: &Demographics) -> bool {
         let replaced = self.remove(&nhs);
-        let fam = NameKeys::new(&d.family);
+        // The current family name, and every other name the patient is or was known by
+        // (old, maiden, a name given only as text), so a search by any of them finds them.
+        let mut names = d.family.clone();
+        for extra in d
+            .other_names
+            .iter()
+            .flat_map(|n| n.family.iter().chain(n.text.iter()))
+            .chain(d.name_text.iter())
+        {
+            names.push(' ');
+            names.push_str(extra);
+        }
+        let fam = NameKeys::new(&names);
         let (pc_full, pc_district) = match d.postcode.as_deref().and_then(postcode_parts) {
             Some((full, district)) => (full, Some(district)),
             None => (None, None),
@@ -664,7 +687,15 @@ impl SearchIndex {
             pc_full,
             pc_district,
             fam,
+            name_text: d.name_text.clone(),
+            deceased: d.deceased,
+            former: d.former_nhs_numbers.clone(),
         };
+        for f in &entry.former {
+            if *f != nhs {
+                self.aliases.insert(*f, nhs);
+            }
+        }
         let id = match self.free.pop() {
             Some(id) => id,
             None => {
@@ -714,8 +745,18 @@ impl SearchIndex {
         if let Some(k) = &entry.pc_district {
             unpost(&mut self.district, k, id);
         }
+        for f in &entry.former {
+            if self.aliases.get(f) == Some(nhs) {
+                self.aliases.remove(f);
+            }
+        }
         self.free.push(id);
         true
+    }
+
+    /// The current NHS number held for a former one (a superseded or merged record).
+    pub fn alias(&self, nhs: &NhsNumber) -> Option<NhsNumber> {
+        self.aliases.get(nhs).copied()
     }
 
     /// Remove everything.
@@ -783,6 +824,8 @@ impl SearchIndex {
                     birth_date: e.birth_date.clone(),
                     gender: e.gender,
                     postcode: e.postcode.clone(),
+                    name_text: e.name_text.clone(),
+                    deceased: e.deceased,
                 })
             })
             .collect();

@@ -53,6 +53,7 @@ fn event(n: u64) -> AuditEvent {
             cache_age_s: Some(60),
             candidates: None,
             interface: Some("rest".into()),
+            asked_nhs: None,
         },
         client: ClientInfo {
             address: Some("10.0.0.5".into()),

@@ -74,7 +74,71 @@ pub fn bundles(text: &str) -> Vec<(u64, &str)> {
     }
 }
 
-async fn ingest(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
+/// `?feed=NAME&source=ODS&snapshot=true` of `POST /admin/ingest`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestQuery {
+    pub feed: Option<String>,
+    pub source: Option<String>,
+    pub snapshot: Option<bool>,
+}
+
+/// The ingest options of a feed: the named `[[feeds]]` entry of hub.toml, then `source` and
+/// `snapshot` given with the request (which win).
+pub fn feed_options(
+    cfg: &edge_provision::HubConfig,
+    q: &IngestQuery,
+) -> Result<edge_proto::fhir::ingest::IngestOptions, String> {
+    let mut opts = edge_proto::fhir::ingest::IngestOptions::default();
+    if let Some(name) = &q.feed {
+        let f = cfg.feeds.iter().find(|f| &f.name == name).ok_or_else(|| {
+            let known: Vec<&str> = cfg.feeds.iter().map(|f| f.name.as_str()).collect();
+            format!(
+                "no feed named {name:?} in {} (feeds: {})",
+                cfg.file.display(),
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            )
+        })?;
+        opts.snapshot = f.snapshot;
+        if let Some(s) = &f.source {
+            opts.default_source = Some(
+                edge_proto::ids::SourceId::parse(s).map_err(|e| format!("feed {name:?}: {e}"))?,
+            );
+        }
+    }
+    if let Some(s) = &q.source {
+        opts.default_source =
+            Some(edge_proto::ids::SourceId::parse(s).map_err(|e| format!("source: {e}"))?);
+    }
+    if let Some(b) = q.snapshot {
+        opts.snapshot = b;
+    }
+    Ok(opts)
+}
+
+async fn ingest(
+    State(hub): State<Arc<Hub>>,
+    q: Result<Query<IngestQuery>, axum::extract::rejection::QueryRejection>,
+    body: Bytes,
+) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("the query takes feed=NAME, source=ODS and snapshot=true|false: {e}"),
+            )
+        }
+    };
+    let opts = match feed_options(&hub.config, &q) {
+        Ok(o) => o,
+        Err(why) => return error(StatusCode::BAD_REQUEST, "bad_request", why),
+    };
     let text = match std::str::from_utf8(&body) {
         Ok(t) => t.to_owned(),
         Err(_) => {
@@ -88,7 +152,7 @@ async fn ingest(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
     let store = hub.store.clone();
     let r = tokio::task::spawn_blocking(move || {
         let lines = bundles(&text);
-        store.ingest(lines, now(), 2, &mut |_, _| {})
+        store.ingest(lines, now(), 2, &opts, &mut |_, _| {})
     })
     .await;
     match r {
@@ -96,12 +160,17 @@ async fn ingest(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
             info!(
                 accepted = report.accepted,
                 rejected = report.rejected.len(),
+                warnings = report.warnings_total,
                 changed = report.changed,
                 "ingest over the admin API"
             );
             hub.notify_head();
-            Json(json!({"accepted": report.accepted, "rejected": report.rejected, "changed": report.changed, "head": report.head}))
-                .into_response()
+            Json(
+                json!({"accepted": report.accepted, "rejected": report.rejected,
+                "warnings": report.warnings, "warnings_total": report.warnings_total,
+                "changed": report.changed, "head": report.head}),
+            )
+            .into_response()
         }
         Ok(Err(e)) => internal(e),
         Err(e) => internal(e),

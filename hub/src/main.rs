@@ -52,6 +52,18 @@ enum Command {
         /// Bundle or NDJSON files.
         #[arg(value_name = "FILE", required = true)]
         files: Vec<PathBuf>,
+        /// A feed named in hub.toml's `[[feeds]]` (its source and snapshot setting apply).
+        #[arg(long, value_name = "NAME")]
+        feed: Option<String>,
+        /// The feed's organisation (ODS code, or system|value): items whose bundle names no
+        /// organisation of its own (no Provenance, no recorder/author…, no document custodian)
+        /// are filed under it.
+        #[arg(long, value_name = "ODS")]
+        source: Option<String>,
+        /// Every bundle is the source's full record of the patient: items a later bundle no
+        /// longer holds are withdrawn from every unit.
+        #[arg(long)]
+        snapshot: bool,
     },
     /// Run the hub: QUIC sync server and admin API.
     Serve {
@@ -78,7 +90,21 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Ingest { config, files } => match run_ingest(&config, &files) {
+        Command::Ingest {
+            config,
+            files,
+            feed,
+            source,
+            snapshot,
+        } => match run_ingest(
+            &config,
+            &files,
+            &edge_hub::admin::IngestQuery {
+                feed,
+                source,
+                snapshot: snapshot.then_some(true),
+            },
+        ) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::from(3),
             Err(e) => {
@@ -115,8 +141,13 @@ fn load_config(path: &std::path::Path) -> anyhow::Result<edge_provision::HubConf
 }
 
 /// Offline ingest: returns Ok(false) when some bundles were rejected (exit 3).
-fn run_ingest(config: &std::path::Path, files: &[PathBuf]) -> anyhow::Result<bool> {
+fn run_ingest(
+    config: &std::path::Path,
+    files: &[PathBuf],
+    q: &edge_hub::admin::IngestQuery,
+) -> anyhow::Result<bool> {
     let cfg = load_config(config)?;
+    let opts = edge_hub::admin::feed_options(&cfg, q).map_err(anyhow::Error::msg)?;
     let store = edge_hub::store::HubStore::open(&cfg.data_dir).with_context(|| {
         format!(
             "cannot open the hub store in {} (a running hub holds it: use POST /admin/ingest instead)",
@@ -126,6 +157,7 @@ fn run_ingest(config: &std::path::Path, files: &[PathBuf]) -> anyhow::Result<boo
     let started = Instant::now();
     let mut accepted = 0;
     let mut rejected = 0;
+    let mut warnings = 0;
     for file in files {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("cannot read {}", file.display()))?;
@@ -133,7 +165,7 @@ fn run_ingest(config: &std::path::Path, files: &[PathBuf]) -> anyhow::Result<boo
         let total = lines.len() as u64;
         let name = file.display().to_string();
         let mut last = Instant::now();
-        let report = store.ingest(lines, edge_hub::server::now(), 2, &mut |seen, ok| {
+        let report = store.ingest(lines, edge_hub::server::now(), 2, &opts, &mut |seen, ok| {
             if last.elapsed().as_millis() >= 500 || seen == total {
                 last = Instant::now();
                 eprintln!(
@@ -143,16 +175,35 @@ fn run_ingest(config: &std::path::Path, files: &[PathBuf]) -> anyhow::Result<boo
             }
         })?;
         for r in &report.rejected {
+            match r.entry {
+                Some(e) => eprintln!(
+                    "edge-hub ingest: {name}: line {}: entry {e} rejected alone: {}",
+                    r.line, r.error
+                ),
+                None => eprintln!(
+                    "edge-hub ingest: {name}: line {}: rejected: {}",
+                    r.line, r.error
+                ),
+            }
+        }
+        for w in &report.warnings {
             eprintln!(
-                "edge-hub ingest: {name}: line {}: rejected: {}",
-                r.line, r.error
+                "edge-hub ingest: {name}: line {}: warning: {}",
+                w.line, w.warning
+            );
+        }
+        if report.warnings_total > report.warnings.len() as u64 {
+            eprintln!(
+                "edge-hub ingest: {name}: {} more warnings not listed",
+                report.warnings_total - report.warnings.len() as u64
             );
         }
         accepted += report.accepted;
         rejected += report.rejected.len() as u64;
+        warnings += report.warnings_total;
     }
     let secs = started.elapsed().as_secs_f64();
-    println!("{{\"accepted\": {accepted}, \"rejected\": {rejected}, \"seconds\": {secs:.2}}}");
+    println!("{{\"accepted\": {accepted}, \"rejected\": {rejected}, \"warnings\": {warnings}, \"seconds\": {secs:.2}}}");
     eprintln!(
         "edge-hub ingest: {accepted} bundles accepted, {rejected} rejected in {secs:.1} s ({:.0}/s); {} patients held",
         accepted as f64 / secs.max(1e-9),

@@ -8,6 +8,7 @@
 //! | `m` | NHS digits | [`CurDisk`]: the patient's current seq, version, routing facts, withdrawal |
 //! | `b` | NHS digits | the patient's current summary (CBOR) — also kept while withdrawn |
 //! | `d` | device id | [`DeviceDisk`]: last seen, cursor, cohort override, audit position |
+//! | `a` | NHS digits | a former NHS number's current one (10 digits): superseded and merged records |
 //! | `x` | `head` / `oldest` | feed positions (u64 BE) |
 //!
 //! The store implements [`HubFeed`] for the sans-IO sync sessions; [`MemFeed`] is the in-memory
@@ -19,9 +20,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use edge_proto::assemble;
 use edge_proto::cbor;
-use edge_proto::fhir::ingest::{parse_bundle_json, Contribution};
+use edge_proto::fhir::ingest::{ingest_bundle_json, IngestOptions, Ingested};
 use edge_proto::ids::{CohortSpec, DeviceId};
 use edge_proto::model::Summary;
 use edge_proto::nhs::NhsNumber;
@@ -105,6 +105,10 @@ pub struct DeviceDisk {
 pub struct IngestReport {
     pub accepted: u64,
     pub rejected: Vec<Rejected>,
+    /// What was skipped, unresolved, truncated or redirected, per line (at most
+    /// [`MAX_REPORTED_WARNINGS`]; the rest are counted in `warnings_total`).
+    pub warnings: Vec<Warning>,
+    pub warnings_total: u64,
     /// Patients whose summary changed (a new version each).
     #[serde(skip)]
     pub changed: u64,
@@ -113,12 +117,25 @@ pub struct IngestReport {
     pub head: u64,
 }
 
-/// A bundle that was not applied, with its line number (1-based) and the reason.
+/// A bundle that was not applied, with its line number (1-based) and the reason; or, with
+/// `entry`, one item of an applied bundle that was rejected alone (its subject was someone else).
 #[derive(Debug, Clone, Serialize)]
 pub struct Rejected {
     pub line: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entry: Option<usize>,
     pub error: String,
 }
+
+/// Something an applied bundle's line should be looked at for.
+#[derive(Debug, Clone, Serialize)]
+pub struct Warning {
+    pub line: u64,
+    pub warning: String,
+}
+
+/// The most warnings an ingest report lists.
+pub const MAX_REPORTED_WARNINGS: usize = 10_000;
 
 /// Bundles parsed and applied per atomic write.
 pub const INGEST_CHUNK: usize = 2_000;
@@ -141,6 +158,10 @@ fn dkey(id: &DeviceId) -> Vec<u8> {
     let mut k = vec![b'd'];
     k.extend_from_slice(id.as_str().as_bytes());
     k
+}
+
+fn akey(nhs: &NhsNumber) -> [u8; 11] {
+    pkey(b'a', nhs)
 }
 
 const HEAD: &[u8] = b"xhead";
@@ -247,14 +268,42 @@ impl HubStore {
         }
     }
 
+    /// The current NHS number a former one redirects to (following merges), if any.
+    pub fn alias(&self, nhs: &NhsNumber) -> Result<Option<NhsNumber>, StoreError> {
+        let mut at = *nhs;
+        let mut found = None;
+        for _ in 0..8 {
+            match self.tree.get(akey(&at))? {
+                Some(v) => {
+                    let next = std::str::from_utf8(&v)
+                        .ok()
+                        .and_then(|d| NhsNumber::parse(d).ok())
+                        .ok_or_else(|| StoreError::Corrupt {
+                            key: "a".into(),
+                            why: "alias is not an NHS number".into(),
+                        })?;
+                    if next == *nhs {
+                        break;
+                    }
+                    at = next;
+                    found = Some(next);
+                }
+                None => break,
+            }
+        }
+        Ok(found)
+    }
+
     /// Ingest FHIR R4 bundles: `lines` are (line number, JSON text). Each bundle applies whole
-    /// or not at all; rejected ones are reported by line. Parsing runs on `threads` threads;
-    /// writes are atomic per chunk of [`INGEST_CHUNK`] bundles and durable on return.
+    /// or not at all (except items about someone else, rejected alone); rejected ones are
+    /// reported by line, warnings likewise. Parsing runs on `threads` threads; writes are atomic
+    /// per chunk of [`INGEST_CHUNK`] bundles and durable on return.
     pub fn ingest<'a, I>(
         &self,
         lines: I,
         now: UnixMillis,
         threads: usize,
+        opts: &IngestOptions,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<IngestReport, StoreError>
     where
@@ -263,18 +312,22 @@ impl HubStore {
         let mut report = IngestReport::default();
         let mut chunk: Vec<(u64, &'a str)> = Vec::with_capacity(INGEST_CHUNK);
         let mut seen = 0u64;
+        let opts = IngestOptions {
+            now: Some(opts.now.unwrap_or(now)),
+            ..opts.clone()
+        };
         for item in lines {
             chunk.push(item);
             if chunk.len() == INGEST_CHUNK {
                 seen += chunk.len() as u64;
-                self.ingest_chunk(&chunk, now, threads, &mut report)?;
+                self.ingest_chunk(&chunk, now, threads, &opts, &mut report)?;
                 progress(seen, report.accepted);
                 chunk.clear();
             }
         }
         if !chunk.is_empty() {
             seen += chunk.len() as u64;
-            self.ingest_chunk(&chunk, now, threads, &mut report)?;
+            self.ingest_chunk(&chunk, now, threads, &opts, &mut report)?;
             progress(seen, report.accepted);
         }
         self.flush()?;
@@ -287,59 +340,107 @@ impl HubStore {
         chunk: &[(u64, &str)],
         now: UnixMillis,
         threads: usize,
+        opts: &IngestOptions,
         report: &mut IngestReport,
     ) -> Result<(), StoreError> {
-        let parsed = parse_parallel(chunk, threads.max(1));
+        let parsed = parse_parallel(chunk, threads.max(1), opts);
         let _w = self.lock();
-        // Working copies of every patient this chunk touches.
-        let mut work: BTreeMap<NhsNumber, (Option<CurDisk>, Option<Summary>, bool)> =
-            BTreeMap::new();
+        let mut w = Work {
+            store: self,
+            slots: BTreeMap::new(),
+            aliases: BTreeMap::new(),
+        };
+        let warn = |report: &mut IngestReport, line: u64, warning: String| {
+            report.warnings_total += 1;
+            if report.warnings.len() < MAX_REPORTED_WARNINGS {
+                report.warnings.push(Warning { line, warning });
+            }
+        };
         for (line, r) in parsed {
-            let c = match r {
+            let ing = match r {
                 Ok(c) => c,
                 Err(e) => {
-                    report.rejected.push(Rejected { line, error: e });
+                    report.rejected.push(Rejected {
+                        line,
+                        entry: None,
+                        error: e,
+                    });
                     continue;
                 }
             };
-            let slot = match work.entry(c.nhs_number) {
-                std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::btree_map::Entry::Vacant(v) => {
-                    let cur = self.cur(&c.nhs_number)?;
-                    let s = self.summary(&c.nhs_number)?;
-                    v.insert((cur, s, false))
+            // Every contribution of the bundle applies, or none does.
+            let saved = (w.slots.clone(), w.aliases.clone());
+            let mut notes = Vec::new();
+            let mut failed = None;
+            for c in ing.contributions {
+                if let Err(e) = w.apply(c, now, &mut notes) {
+                    failed = Some(e);
+                    break;
                 }
-            };
-            match &mut slot.1 {
-                None => {
-                    slot.1 = Some(assemble::from_contribution(&c, now));
-                    slot.2 = true;
-                    report.accepted += 1;
+            }
+            if let Some(e) = failed {
+                (w.slots, w.aliases) = saved;
+                match e {
+                    ApplyError::Store(e) => return Err(e),
+                    ApplyError::Refused(why) => report.rejected.push(Rejected {
+                        line,
+                        entry: None,
+                        error: why,
+                    }),
                 }
-                Some(s) => {
-                    let mut next = s.clone();
-                    match assemble::apply(&mut next, &c) {
-                        Ok(changed) => {
-                            if changed {
-                                *s = next;
-                                slot.2 = true;
-                            }
-                            report.accepted += 1;
-                        }
-                        Err(e) => report.rejected.push(Rejected {
-                            line,
-                            error: e.to_string(),
-                        }),
-                    }
-                }
+                continue;
+            }
+            report.accepted += 1;
+            for r in ing.rejected_items {
+                report.rejected.push(Rejected {
+                    line,
+                    entry: Some(r.entry),
+                    error: r.error,
+                });
+            }
+            for x in ing.warnings.into_iter().chain(notes) {
+                warn(report, line, x);
             }
         }
         let mut head = self.head()?;
         let mut batch = sled::Batch::default();
-        for (nhs, (cur, s, changed)) in work {
-            let (true, Some(mut s)) = (changed, s) else {
+        for (from, to) in &w.aliases {
+            batch.insert(&akey(from)[..], to.as_digits().as_bytes());
+        }
+        for (nhs, slot) in w.slots {
+            if slot.merged {
+                // Retired into another record: withdrawn from every unit, its number redirects.
+                let Some(c) = slot.cur else { continue };
+                if c.withdrawn.is_some() {
+                    continue;
+                }
+                head += 1;
+                let version = c.version + 1;
+                let meta = c.meta.clone().into_withdrawn();
+                let entry = FeedDisk {
+                    nhs,
+                    version,
+                    meta: meta.clone(),
+                    previous: Some(c.meta),
+                    record: None,
+                    withdrawn: Some(WithdrawReason::Merged),
+                    at: now,
+                };
+                batch.insert(&fkey(head)[..], encode(&entry)?);
+                let c = CurDisk {
+                    seq: head,
+                    version,
+                    meta,
+                    withdrawn: Some(WithdrawReason::Merged),
+                };
+                batch.insert(&pkey(b'm', &nhs)[..], encode(&c)?);
+                report.changed += 1;
+                continue;
+            }
+            let (true, Some(mut s)) = (slot.changed, slot.summary) else {
                 continue;
             };
+            let cur = slot.cur;
             let version = cur.as_ref().map_or(0, |c| c.version) + 1;
             s.version = version;
             s.assembled_at = now;
@@ -397,6 +498,11 @@ impl HubStore {
         now: UnixMillis,
     ) -> Result<Option<u64>, StoreError> {
         let _w = self.lock();
+        // A former (merged) number stands for its current record.
+        let nhs = &match self.cur(nhs)? {
+            Some(c) if c.withdrawn != Some(WithdrawReason::Merged) => *nhs,
+            _ => self.alias(nhs)?.unwrap_or(*nhs),
+        };
         let cur = self.cur(nhs)?.ok_or(StoreError::UnknownPatient)?;
         if cur.withdrawn.is_some() {
             return Ok(None);
@@ -504,13 +610,21 @@ impl HubStore {
     }
 }
 
+type Parsed = Result<Ingested, String>;
+
 fn parse_parallel(
     chunk: &[(u64, &str)],
     threads: usize,
-) -> Vec<(u64, Result<Contribution, String>)> {
-    let parse = |part: &[(u64, &str)]| -> Vec<(u64, Result<Contribution, String>)> {
+    opts: &IngestOptions,
+) -> Vec<(u64, Parsed)> {
+    let parse = |part: &[(u64, &str)]| -> Vec<(u64, Parsed)> {
         part.iter()
-            .map(|(line, text)| (*line, parse_bundle_json(text).map_err(|e| e.to_string())))
+            .map(|(line, text)| {
+                (
+                    *line,
+                    ingest_bundle_json(text, opts).map_err(|e| e.to_string()),
+                )
+            })
             .collect()
     };
     if threads <= 1 || chunk.len() < 64 {
@@ -535,6 +649,152 @@ fn parse_parallel(
         }
         out
     })
+}
+
+/// One patient's working copy during an ingest chunk.
+#[derive(Clone)]
+struct Slot {
+    cur: Option<CurDisk>,
+    summary: Option<Summary>,
+    changed: bool,
+    /// Retired into another record in this chunk: withdraw it.
+    merged: bool,
+}
+
+enum ApplyError {
+    Store(StoreError),
+    /// The bundle cannot be applied; the reason (no NHS numbers, no clinical text).
+    Refused(String),
+}
+
+impl From<StoreError> for ApplyError {
+    fn from(e: StoreError) -> Self {
+        ApplyError::Store(e)
+    }
+}
+
+/// The patients a chunk touches, and the aliases it adds, before they are written.
+struct Work<'s> {
+    store: &'s HubStore,
+    slots: BTreeMap<NhsNumber, Slot>,
+    aliases: BTreeMap<NhsNumber, NhsNumber>,
+}
+
+impl Work<'_> {
+    fn slot(&mut self, nhs: NhsNumber) -> Result<&mut Slot, StoreError> {
+        Ok(match self.slots.entry(nhs) {
+            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::btree_map::Entry::Vacant(v) => v.insert(Slot {
+                cur: self.store.cur(&nhs)?,
+                summary: self.store.summary(&nhs)?,
+                changed: false,
+                merged: false,
+            }),
+        })
+    }
+
+    /// The number a former one redirects to, counting this chunk's own aliases.
+    fn alias(&self, nhs: &NhsNumber) -> Result<Option<NhsNumber>, StoreError> {
+        let mut at = *nhs;
+        let mut found = None;
+        for _ in 0..8 {
+            let next = match self.aliases.get(&at) {
+                Some(n) => Some(*n),
+                None => self.store.alias(&at)?,
+            };
+            match next {
+                Some(n) if n != *nhs && Some(n) != found => {
+                    at = n;
+                    found = Some(n);
+                }
+                _ => break,
+            }
+        }
+        Ok(found)
+    }
+
+    /// Apply one contribution: redirect a former number, merge retired records, assemble.
+    fn apply(
+        &mut self,
+        mut c: edge_proto::fhir::ingest::Contribution,
+        now: UnixMillis,
+        notes: &mut Vec<String>,
+    ) -> Result<(), ApplyError> {
+        if let Some(current) = self.alias(&c.nhs_number)? {
+            // The source still uses a number that was merged: file under the current record,
+            // without letting its (older) demographics replace the current ones.
+            notes.push(
+                "the bundle's NHS number was superseded at the hub (a merged record): filed under the current number".into(),
+            );
+            c.patient.former_nhs_numbers.push(c.nhs_number);
+            c.nhs_number = current;
+            c.patient.last_updated = UnixMillis(i64::MIN);
+        }
+        let current = c.nhs_number;
+        for f in c.patient.former_nhs_numbers.clone() {
+            if f == current {
+                continue;
+            }
+            if self.alias(&f)? == Some(current) {
+                continue;
+            }
+            if self.alias(&current)? == Some(f) {
+                return Err(ApplyError::Refused(
+                    "identity conflict: the hub holds this record as merged into one of the numbers this bundle calls former; not filed (check the numbers with PDS)".into(),
+                ));
+            }
+            self.aliases.insert(f, current);
+            // A live record under the former number is merged into the current one.
+            let retired = {
+                let slot = self.slot(f)?;
+                let live = slot.cur.as_ref().is_some_and(|c| c.withdrawn.is_none());
+                if live && !slot.merged {
+                    slot.merged = true;
+                    slot.summary.clone()
+                } else {
+                    None
+                }
+            };
+            if let Some(r) = retired {
+                notes.push("a record under a former NHS number was merged into the current one and withdrawn from every unit".into());
+                let slot = self.slot(current)?;
+                let target = slot.summary.get_or_insert_with(|| {
+                    let mut s = Summary::new(current, r.patient.clone());
+                    s.patient.former_nhs_numbers.clear();
+                    s.patient.last_updated = UnixMillis(i64::MIN);
+                    s.assembled_at = now;
+                    s
+                });
+                if edge_proto::assemble::merge_retired(target, &r) {
+                    slot.changed = true;
+                }
+            }
+        }
+        let slot = self.slot(current)?;
+        if slot.merged {
+            return Err(ApplyError::Refused(
+                "identity conflict: this record was merged into another in the same ingest; not filed".into(),
+            ));
+        }
+        match &mut slot.summary {
+            None => {
+                slot.summary = Some(edge_proto::assemble::from_contribution(&c, now));
+                slot.changed = true;
+            }
+            Some(s) => {
+                let mut next = s.clone();
+                match edge_proto::assemble::apply(&mut next, &c) {
+                    Ok(true) => {
+                        *s = next;
+                        slot.changed = true;
+                    }
+                    Ok(false) => {}
+                    Err(e) => return Err(ApplyError::Refused(e.to_string())),
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl HubFeed for HubStore {
@@ -610,8 +870,20 @@ impl HubFeed for HubStore {
         Ok(out)
     }
 
+    /// A former (superseded or merged) NHS number answers its current record.
     fn get(&self, nhs: &NhsNumber) -> Result<Option<CurrentRecord>, FeedError> {
-        let Some(c) = self.cur(nhs)? else {
+        let mut c = self.cur(nhs)?;
+        let mut nhs = *nhs;
+        if c.as_ref()
+            .is_none_or(|c| c.withdrawn == Some(WithdrawReason::Merged))
+        {
+            if let Some(current) = self.alias(&nhs)? {
+                nhs = current;
+                c = self.cur(&nhs)?;
+            }
+        }
+        let nhs = &nhs;
+        let Some(c) = c else {
             return Ok(None);
         };
         let body = match c.withdrawn {

@@ -1,10 +1,13 @@
 //! Summary assembly: merging what many sources say about one patient into one summary.
 //!
-//! Rules (see `docs/fhir-mapping.md`): an item is identified by (source ODS, source record id);
-//! a newer version replaces the older one, an older or equal one is ignored (so re-ingesting
-//! the same bundle changes nothing), `entered-in-error` removes it. Section status is derived
-//! from entries and markers, never from an empty list alone. The caller (the hub) bumps the
-//! version when [`apply`] reports a change, so versions are monotonic and move only on change.
+//! Rules (see `docs/fhir-mapping.md`): an item is identified by (source, source record id);
+//! a newer version (by `meta.lastUpdated`) replaces the older one, an older or equal one is
+//! ignored (so re-ingesting the same bundle changes nothing), `entered-in-error` removes it.
+//! A `DELETE` withdraws an item and leaves a tombstone; a source's full snapshot withdraws its
+//! items that the snapshot no longer holds and leaves a mark: neither comes back through a late
+//! or out-of-order older message ([`Ledger`]). Section status is derived from entries and
+//! markers, never from an empty list alone. The caller (the hub) bumps the version when
+//! [`apply`] reports a change, so versions are monotonic and move only on change.
 
 use std::collections::BTreeMap;
 
@@ -24,20 +27,52 @@ fn same_item(a: &Provenance, b: &Provenance) -> bool {
     a.source_ods == b.source_ods && a.record_id == b.record_id
 }
 
-/// Is `new` a newer version than `old` of the same item?
+/// Is `new` a newer version than `old` of the same item? By `meta.lastUpdated` only: FHIR does
+/// not promise that `meta.versionId` values are ordered, so equal times never replace.
 fn newer(new: &Provenance, old: &Provenance) -> bool {
-    if new.last_updated != old.last_updated {
-        return new.last_updated > old.last_updated;
+    new.last_updated > old.last_updated
+}
+
+fn section_code(k: SectionKind) -> u8 {
+    match k {
+        SectionKind::Allergies => 0,
+        SectionKind::Medications => 1,
+        SectionKind::Conditions => 2,
+        SectionKind::Resuscitation => 3,
+        SectionKind::CarePlans => 4,
+        SectionKind::Alerts => 5,
     }
-    let num = |p: &Provenance| {
-        p.record_version
-            .as_deref()
-            .and_then(|v| v.parse::<u64>().ok())
-    };
-    match (num(new), num(old)) {
-        (Some(a), Some(b)) => a > b,
-        _ => new.record_version > old.record_version,
+}
+
+/// Does a `DELETE` id name this item (by record id or by `Type/id`)?
+fn names(p: &Provenance, source: &crate::ids::SourceId, id: &str) -> bool {
+    &p.source_ods == source && (p.record_id == id || p.resource_id.as_deref() == Some(id))
+}
+
+/// Was this version of an item withdrawn by its source (a tombstone or a later snapshot)?
+/// `fresh`: (source, section) pairs a snapshot in the same contribution covers, whose items
+/// are the source's word as of now.
+fn withdrawn(
+    ledger: &Ledger,
+    k: SectionKind,
+    p: &Provenance,
+    fresh: &[(crate::ids::SourceId, SectionKind)],
+) -> bool {
+    let code = section_code(k);
+    let tomb = ledger
+        .tombstones
+        .iter()
+        .any(|t| t.section == code && names(p, &t.source, &t.id) && p.last_updated <= t.at);
+    if tomb {
+        return true;
     }
+    if fresh.iter().any(|(s, sk)| s == &p.source_ods && *sk == k) {
+        return false;
+    }
+    ledger
+        .snapshots
+        .iter()
+        .any(|m| m.section == code && m.source == p.source_ods && p.last_updated <= m.as_of)
 }
 
 fn upsert<T: Item + PartialEq>(section: &mut Section<T>, item: T) {
@@ -99,6 +134,38 @@ fn mark<T: Item>(section: &mut Section<T>, marker: Marker) {
     }
 }
 
+fn delete<T: Item>(
+    section: &mut Section<T>,
+    source: &crate::ids::SourceId,
+    id: &str,
+    at: crate::time::UnixMillis,
+) {
+    section
+        .entries
+        .retain(|e| !(names(e.provenance(), source, id) && e.provenance().last_updated <= at));
+    section.basis.retain(|m| {
+        m.provenance
+            .as_ref()
+            .is_none_or(|p| !(names(p, source, id) && p.last_updated <= at))
+    });
+}
+
+/// Withdraw a source's items (and statements) dated at or before `as_of` that `keep` lacks.
+fn snapshot<T: Item>(
+    section: &mut Section<T>,
+    source: &crate::ids::SourceId,
+    as_of: crate::time::UnixMillis,
+    keep: &[String],
+) {
+    let gone = |p: &Provenance| {
+        &p.source_ods == source && p.last_updated <= as_of && !keep.contains(&p.record_id)
+    };
+    section.entries.retain(|e| !gone(e.provenance()));
+    section
+        .basis
+        .retain(|m| m.provenance.as_ref().is_none_or(|p| !gone(p)));
+}
+
 fn remove<T: Item>(section: &mut Section<T>, p: &Provenance) {
     section
         .entries
@@ -148,27 +215,109 @@ pub fn apply(summary: &mut Summary, c: &Contribution) -> Result<bool, AssembleEr
         return Err(AssembleError::WrongPatient);
     }
     let before = summary.clone();
+    let mut former = summary.patient.former_nhs_numbers.clone();
     if c.patient.last_updated >= summary.patient.last_updated {
         summary.patient = c.patient.clone();
     }
+    // Former numbers accumulate: a number that once named this patient always redirects here.
+    former.extend(c.patient.former_nhs_numbers.iter().copied());
+    former.retain(|n| *n != summary.nhs_number);
+    former.sort();
+    former.dedup();
+    summary.patient.former_nhs_numbers = former;
     if let Some(conf) = c.confidentiality {
         summary.confidentiality = conf;
     }
+    // Snapshots first: they say what the source holds now; an older snapshot than one already
+    // applied changes nothing.
+    let mut fresh: Vec<(crate::ids::SourceId, SectionKind)> = Vec::new();
+    for u in &c.updates {
+        let Update::Snapshot {
+            source,
+            sections,
+            as_of,
+            keep,
+        } = u
+        else {
+            continue;
+        };
+        for k in sections {
+            let code = section_code(*k);
+            let marks = &mut summary.ledger.snapshots;
+            let existing = marks
+                .iter()
+                .position(|m| m.section == code && &m.source == source);
+            match existing {
+                Some(i) if marks[i].as_of > *as_of => continue,
+                Some(i) => marks[i].as_of = *as_of,
+                None => marks.push(SnapshotMark {
+                    source: source.clone(),
+                    section: code,
+                    as_of: *as_of,
+                }),
+            }
+            fresh.push((source.clone(), *k));
+            each_section!(summary, *k, |s| snapshot(s, source, *as_of, keep));
+        }
+    }
     for u in &c.updates {
         match u {
-            Update::Item(item) => match item.clone() {
-                AnyItem::Allergy(x) => upsert(&mut summary.allergies, x),
-                AnyItem::Medication(x) => upsert(&mut summary.medications, x),
-                AnyItem::Condition(x) => upsert(&mut summary.conditions, x),
-                AnyItem::Resuscitation(x) => upsert(&mut summary.resuscitation, x),
-                AnyItem::CarePlan(x) => upsert(&mut summary.care_plans, x),
-                AnyItem::Alert(x) => upsert(&mut summary.alerts, x),
-            },
-            Update::Marker(k, m) => each_section!(summary, *k, |s| mark(s, m.clone())),
+            Update::Item(item) => {
+                if withdrawn(&summary.ledger, item.section(), item.provenance(), &fresh) {
+                    continue;
+                }
+                match item.clone() {
+                    AnyItem::Allergy(x) => upsert(&mut summary.allergies, x),
+                    AnyItem::Medication(x) => upsert(&mut summary.medications, x),
+                    AnyItem::Condition(x) => upsert(&mut summary.conditions, x),
+                    AnyItem::Resuscitation(x) => upsert(&mut summary.resuscitation, x),
+                    AnyItem::CarePlan(x) => upsert(&mut summary.care_plans, x),
+                    AnyItem::Alert(x) => upsert(&mut summary.alerts, x),
+                }
+            }
+            Update::Marker(k, m) => {
+                let gone = m
+                    .provenance
+                    .as_ref()
+                    .is_some_and(|p| withdrawn(&summary.ledger, *k, p, &fresh));
+                if !gone {
+                    each_section!(summary, *k, |s| mark(s, m.clone()))
+                }
+            }
             Update::Remove {
                 section,
                 provenance,
             } => each_section!(summary, *section, |s| remove(s, provenance)),
+            Update::Delete {
+                section,
+                source,
+                id,
+                at,
+            } => {
+                each_section!(summary, *section, |s| delete(s, source, id, *at));
+                let code = section_code(*section);
+                let tombs = &mut summary.ledger.tombstones;
+                match tombs
+                    .iter_mut()
+                    .find(|t| t.section == code && &t.source == source && &t.id == id)
+                {
+                    Some(t) => t.at = t.at.max(*at),
+                    None => {
+                        tombs.push(Tombstone {
+                            source: source.clone(),
+                            section: code,
+                            id: id.clone(),
+                            at: *at,
+                        });
+                        if tombs.len() > Ledger::MAX_TOMBSTONES {
+                            tombs.sort_by_key(|t| t.at);
+                            let excess = tombs.len() - Ledger::MAX_TOMBSTONES;
+                            tombs.drain(..excess);
+                        }
+                    }
+                }
+            }
+            Update::Snapshot { .. } => {}
         }
     }
     for k in SectionKind::ALL {
@@ -176,6 +325,81 @@ pub fn apply(summary: &mut Summary, c: &Contribution) -> Result<bool, AssembleEr
     }
     summary.sources = derive_sources(summary);
     Ok(!before.same_content(summary))
+}
+
+/// Merge a retired record's summary into its replacement's: every item and statement of the
+/// retired one (newer versions win as usual), its numbers as former numbers. Returns whether
+/// the replacement changed.
+pub fn merge_retired(into: &mut Summary, retired: &Summary) -> bool {
+    let mut updates = Vec::new();
+    fn push_all<T: Clone>(
+        out: &mut Vec<Update>,
+        sec: &Section<T>,
+        k: SectionKind,
+        wrap: fn(T) -> AnyItem,
+    ) {
+        out.extend(sec.entries.iter().cloned().map(|x| Update::Item(wrap(x))));
+        out.extend(sec.basis.iter().cloned().map(|m| Update::Marker(k, m)));
+    }
+    push_all(
+        &mut updates,
+        &retired.allergies,
+        SectionKind::Allergies,
+        AnyItem::Allergy,
+    );
+    push_all(
+        &mut updates,
+        &retired.medications,
+        SectionKind::Medications,
+        AnyItem::Medication,
+    );
+    push_all(
+        &mut updates,
+        &retired.conditions,
+        SectionKind::Conditions,
+        AnyItem::Condition,
+    );
+    push_all(
+        &mut updates,
+        &retired.resuscitation,
+        SectionKind::Resuscitation,
+        AnyItem::Resuscitation,
+    );
+    push_all(
+        &mut updates,
+        &retired.care_plans,
+        SectionKind::CarePlans,
+        AnyItem::CarePlan,
+    );
+    push_all(
+        &mut updates,
+        &retired.alerts,
+        SectionKind::Alerts,
+        AnyItem::Alert,
+    );
+    let mut patient = into.patient.clone();
+    patient.former_nhs_numbers.push(retired.nhs_number);
+    patient
+        .former_nhs_numbers
+        .extend(retired.patient.former_nhs_numbers.iter().copied());
+    if patient.other_names.len() < 10 && !retired.patient.family.is_empty() {
+        patient.other_names.push(PersonName {
+            family: Some(retired.patient.family.clone()),
+            given: retired.patient.given.clone(),
+            text: None,
+            name_use: Some("old".into()),
+        });
+    }
+    let c = Contribution {
+        nhs_number: into.nhs_number,
+        patient,
+        updates,
+        confidentiality: (retired.confidentiality == Confidentiality::Restricted)
+            .then_some(Confidentiality::Restricted),
+        document_version: None,
+        skipped: 0,
+    };
+    apply(into, &c).unwrap_or(false)
 }
 
 /// The contributing organisations, from every item's and marker's provenance.

@@ -156,6 +156,10 @@ pub struct AccessData {
     /// The interface used: `rest`, `fhir`, `search`, `page`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
+    /// The NHS number that was asked for, when it was a former (superseded or merged) number:
+    /// the event's `patient` is the current number whose record was returned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asked_nhs: Option<crate::nhs::NhsNumber>,
 }
 
 /// The tablet or kiosk that asked.
@@ -341,6 +345,7 @@ mod tests {
                 cache_age_s: Some(60),
                 candidates: None,
                 interface: Some("rest".into()),
+                asked_nhs: None,
             },
             client: ClientInfo {
                 address: Some("10.0.0.5".into()),

@@ -24,6 +24,8 @@ pub enum IdError {
     PostcodeDistrict(String),
     #[error("invalid cohort {spec:?}: {why}; expected all, flagged, postcode:SE1,SE5 or practice:F84001")]
     Cohort { spec: String, why: String },
+    #[error("invalid source organisation {0:?}: expected an ODS code (e.g. RJZ) or system|value of another identifier")]
+    Source(String),
 }
 
 /// An ODS organisation code (`https://fhir.nhs.uk/Id/ods-organization-code`), upper-case.
@@ -138,7 +140,61 @@ macro_rules! string_newtype {
     };
 }
 string_newtype!(OdsCode);
+string_newtype!(SourceId);
 string_newtype!(DeviceId);
+
+/// The organisation an item came from: its ODS code (upper-case, e.g. `RJZ`) or, for an
+/// organisation that exchanges know only by another identifier (a care home, a hospice, a
+/// service outside the NHS), that identifier as `system|value`.
+///
+/// Encoded as one string, so values written when this was an [`OdsCode`] decode unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SourceId(String);
+
+impl SourceId {
+    /// The longest `system|value` kept.
+    pub const MAX_LEN: usize = 256;
+
+    /// Parse an ODS code, or `system|value` (printable, no spaces in the system, at most
+    /// [`Self::MAX_LEN`] bytes).
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        if let Ok(o) = OdsCode::parse(s) {
+            return Ok(SourceId::ods(&o));
+        }
+        match s.split_once('|') {
+            Some((system, value))
+                if !system.is_empty()
+                    && !value.trim().is_empty()
+                    && s.len() <= Self::MAX_LEN
+                    && !system.contains(char::is_whitespace)
+                    && !s.chars().any(char::is_control) =>
+            {
+                Ok(SourceId(s.to_owned()))
+            }
+            _ => Err(IdError::Source(s.to_owned())),
+        }
+    }
+    /// An organisation known by its ODS code.
+    pub fn ods(code: &OdsCode) -> Self {
+        SourceId(code.as_str().to_owned())
+    }
+    /// An organisation known by another identifier.
+    pub fn other(system: &str, value: &str) -> Result<Self, IdError> {
+        SourceId::parse(&format!("{system}|{}", value.trim()))
+    }
+    /// The ODS code, when the organisation is known by one.
+    pub fn as_ods(&self) -> Option<OdsCode> {
+        if self.0.contains('|') {
+            None
+        } else {
+            OdsCode::parse(&self.0).ok()
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
 string_newtype!(PostcodeDistrict);
 
 /// A UK postcode district (the outward code), e.g. `SE1`, `E14`, `SW1A`, upper-case.
@@ -293,6 +349,16 @@ mod tests {
     #[test]
     fn ods_codes() {
         assert_eq!(OdsCode::parse("f84001").unwrap().as_str(), "F84001");
+        assert_eq!(SourceId::parse("rjz").unwrap().as_str(), "RJZ");
+        assert_eq!(
+            SourceId::parse("rjz").unwrap().as_ods().unwrap().as_str(),
+            "RJZ"
+        );
+        let other = SourceId::parse("https://example.org/care-home|CH-0042").unwrap();
+        assert!(other.as_ods().is_none());
+        for bad in ["", "|x", "sys|", "a b|c", "x"] {
+            assert!(SourceId::parse(bad).is_err(), "{bad}");
+        }
         assert!(OdsCode::parse("RRU").is_ok());
         for bad in ["", "AB", "F84 001", "F84001XYZ", "ÄBC"] {
             assert!(OdsCode::parse(bad).is_err(), "{bad}");

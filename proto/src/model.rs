@@ -12,7 +12,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::codes::HighRiskClass;
-use crate::ids::OdsCode;
+use crate::ids::{OdsCode, SourceId};
 use crate::nhs::NhsNumber;
 use crate::time::UnixMillis;
 
@@ -220,11 +220,36 @@ impl From<FhirDate> for String {
     }
 }
 
+/// Something a clinician should know about how an item was received: a reference that
+/// resolved nowhere (its display kept), or free text cut to [`MAX_ITEM_TEXT`] characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Caveat {
+    pub kind: CaveatKind,
+    /// The FHIR element concerned, e.g. `medicationReference` or `description`.
+    pub field: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaveatKind {
+    /// A reference that resolved nowhere in the bundle: only its display text was kept.
+    Unresolved,
+    /// Free text longer than [`MAX_ITEM_TEXT`] characters, cut; the full text is at the source.
+    Truncated,
+    /// A kind a newer hub knows.
+    #[serde(other)]
+    Other,
+}
+
+/// The most characters of free text kept per field of an item; longer text is cut and the
+/// item carries a [`CaveatKind::Truncated`] caveat naming the field.
+pub const MAX_ITEM_TEXT: usize = 2_000;
+
 /// Where an item came from: data control stays with the organisation that recorded it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Provenance {
-    /// ODS code of the source organisation.
-    pub source_ods: OdsCode,
+    /// The source organisation: its ODS code, or `system|value` of another identifier.
+    pub source_ods: SourceId,
     /// The source organisation's name, when the exchange sent it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_name: Option<String>,
@@ -233,11 +258,18 @@ pub struct Provenance {
     pub system: Option<String>,
     /// The item's id at its source (`identifier` system|value, or resource id).
     pub record_id: String,
+    /// The FHIR resource id at the source (`Type/id`), when it had one: a `DELETE` by id finds
+    /// the item by this even when `record_id` is a business identifier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_id: Option<String>,
     /// The item's version at its source (`meta.versionId`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record_version: Option<String>,
     /// When the item was last updated at its source.
     pub last_updated: UnixMillis,
+    /// How the item was received, when something about it is incomplete.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub caveats: Vec<Caveat>,
 }
 
 /// Every clinical item exposes its provenance, so merging is generic.
@@ -304,6 +336,9 @@ pub struct Allergy {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Medication {
     pub concept: Concept,
+    /// The dose form, from the referenced `Medication` resource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub form: Option<Concept>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -431,12 +466,38 @@ impl Gender {
     }
 }
 
+/// A name the patient is or was known by (kept for search and for the crew to recognise).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct PersonName {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub given: Vec<String>,
+    /// The name as text, when the source sent it that way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// FHIR `HumanName.use`: usual, official, old, maiden, nickname…
+    #[serde(default, rename = "use", skip_serializing_if = "Option::is_none")]
+    pub name_use: Option<String>,
+}
+
 /// Who the patient is: shown with every summary so the crew can confirm the right person.
+///
+/// Identity is the *current* record: the current NHS number (former ones listed in
+/// `former_nhs_numbers`, which redirect), the current name by use and period, deceased when
+/// recorded, and no address at all for a restricted (S-flag) patient.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Demographics {
+    /// The current name's family name (empty when the name came only as text: see `name_text`).
     pub family: String,
     #[serde(default)]
     pub given: Vec<String>,
+    /// The current name as text, when the source gave no family or given parts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name_text: Option<String>,
+    /// Other names, current or past (old, maiden, nickname), for search.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_names: Vec<PersonName>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub birth_date: Option<FhirDate>,
     #[serde(default)]
@@ -445,6 +506,23 @@ pub struct Demographics {
     pub postcode: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gp_practice: Option<OdsCode>,
+    /// The GP practice's name, when the exchange sent it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gp_name: Option<String>,
+    /// The patient has died (FHIR `deceasedBoolean` / `deceasedDateTime`).
+    #[serde(default)]
+    pub deceased: bool,
+    /// When, if recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deceased_at: Option<FhirDate>,
+    /// A restricted record (PDS "S-flag"): the address is withheld everywhere (never stored,
+    /// never shown, never searchable).
+    #[serde(default)]
+    pub restricted: bool,
+    /// NHS numbers this patient was known by (superseded or merged records). A lookup by one
+    /// answers this record, saying it was redirected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub former_nhs_numbers: Vec<NhsNumber>,
     /// NHS number verification status (UK Core England code, e.g. `01` verified).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nhs_verification: Option<String>,
@@ -456,7 +534,8 @@ pub struct Demographics {
 /// A source organisation contributing to a summary.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceRef {
-    pub ods: OdsCode,
+    /// The organisation: its ODS code, or `system|value` of another identifier.
+    pub ods: SourceId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -506,6 +585,45 @@ pub struct Summary {
     pub version: u64,
     /// When the hub assembled this version.
     pub assembled_at: UnixMillis,
+    /// What the hub remembers so that late or out-of-order messages cannot bring back what a
+    /// source withdrew (not clinical content; not shown on the LAN).
+    #[serde(default, skip_serializing_if = "Ledger::is_empty")]
+    pub ledger: Ledger,
+}
+
+/// A source's full snapshot of a section: its items older than `as_of` that the snapshot did
+/// not contain were withdrawn.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotMark {
+    pub source: SourceId,
+    pub section: u8,
+    pub as_of: UnixMillis,
+}
+
+/// An item a source withdrew (`DELETE`): a version no newer than `at` never comes back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    pub source: SourceId,
+    pub section: u8,
+    pub id: String,
+    pub at: UnixMillis,
+}
+
+/// Withdrawal memory of one summary (bounded: [`Ledger::MAX_TOMBSTONES`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Ledger {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<SnapshotMark>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tombstones: Vec<Tombstone>,
+}
+
+impl Ledger {
+    /// The most tombstones kept per summary (the oldest are forgotten first).
+    pub const MAX_TOMBSTONES: usize = 256;
+    pub fn is_empty(&self) -> bool {
+        self.snapshots.is_empty() && self.tombstones.is_empty()
+    }
 }
 
 impl Summary {
@@ -526,6 +644,7 @@ impl Summary {
             objection: false,
             version: 0,
             assembled_at: UnixMillis(0),
+            ledger: Ledger::default(),
         }
     }
 
@@ -548,6 +667,7 @@ impl Summary {
             && self.sources == other.sources
             && self.confidentiality == other.confidentiality
             && self.objection == other.objection
+            && self.ledger == other.ledger
     }
 }
 

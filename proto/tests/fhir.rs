@@ -581,11 +581,18 @@ fn bad_input_each_has_its_error() {
         }
     );
 
-    let e = parse_bundle(&bundle(vec![
+    // The same person twice is one patient; two people are two contributions, which the
+    // one-patient convenience refuses (feeds use `ingest_bundle`, which splits them).
+    let c = parse_bundle(&bundle(vec![
         patient(NHS, "2024-01-01T00:00:00Z"),
         patient(NHS, "2024-01-01T00:00:00Z"),
     ]))
-    .unwrap_err();
+    .unwrap();
+    assert_eq!(c.nhs_number.as_digits(), NHS);
+    let mut other = patient("9990000026", "2024-01-01T00:00:00Z");
+    other["fullUrl"] = json!("urn:uuid:p2");
+    other["resource"]["id"] = json!("p2");
+    let e = parse_bundle(&bundle(vec![patient(NHS, "2024-01-01T00:00:00Z"), other])).unwrap_err();
     assert!(matches!(e, IngestError::SecondPatient { .. }));
 
     let mut a = allergy(

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use edge_proto::cbor;
-use edge_proto::ids::{CohortSpec, DeviceId, OdsCode};
+use edge_proto::ids::{CohortSpec, DeviceId, OdsCode, SourceId};
 use edge_proto::model::{
     Allergy, Concept, Demographics, Provenance, Resuscitation, Section, Summary,
 };
@@ -90,12 +90,14 @@ const COHORTS: [&str; 7] = [
 
 fn provenance(ods: &str) -> Provenance {
     Provenance {
-        source_ods: OdsCode::parse(ods).expect("ods"),
+        source_ods: SourceId::parse(ods).expect("ods"),
         source_name: None,
         system: None,
         record_id: "sim-1".into(),
+        resource_id: None,
         record_version: None,
         last_updated: UnixMillis(T0),
+        caveats: Vec::new(),
     }
 }
 

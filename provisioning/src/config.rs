@@ -80,6 +80,26 @@ pub struct HubConfig {
     /// Sync tuning.
     #[serde(default)]
     pub sync: HubSync,
+    /// The feeds that send bundles (`[[feeds]]`): each names its organisation and whether its
+    /// bundles are full snapshots. `edge-hub ingest --feed NAME`, `POST /admin/ingest?feed=NAME`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub feeds: Vec<HubFeedConfig>,
+}
+
+/// One `[[feeds]]` entry of `hub.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubFeedConfig {
+    /// What operators call the feed (`--feed NAME`).
+    pub name: String,
+    /// The feed's organisation (ODS code, or `system|value`): items whose bundle names no
+    /// organisation of their own are filed under it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Every bundle is the source's full record of the patient: items a later bundle no
+    /// longer holds are withdrawn.
+    #[serde(default)]
+    pub snapshot: bool,
 }
 
 /// `[tls]` of `hub.toml`.
@@ -187,6 +207,23 @@ impl HubConfig {
             60,
             10 * 365 * 86_400,
         )?;
+        for (i, feed) in self.feeds.iter().enumerate() {
+            let key = format!("feeds[{i}]");
+            if feed.name.trim().is_empty() || feed.name.len() > 64 {
+                return Err(ConfigError::new(
+                    f,
+                    &key,
+                    "name: expected 1 to 64 characters",
+                ));
+            }
+            if self.feeds[..i].iter().any(|g| g.name == feed.name) {
+                return Err(ConfigError::new(f, &key, "two feeds with the same name"));
+            }
+            if let Some(src) = &feed.source {
+                edge_proto::ids::SourceId::parse(src)
+                    .map_err(|e| ConfigError::new(f, &format!("{key}.source"), e.to_string()))?;
+            }
+        }
         Ok(())
     }
 

@@ -881,6 +881,7 @@ impl Fleet {
                 token_verify: files::TOKEN_VERIFY.into(),
             },
             sync: HubSync::default(),
+            feeds: Vec::new(),
         };
         let toml = format!(
             "# Kerbside hub, written by edge-provision for fleet {}.\n# Paths are relative to this file. The CRL and inventory are the fleet's own files,\n# so revocations are seen without copying; copy them here if the hub runs elsewhere.\n\n{}",

@@ -39,6 +39,7 @@ fn event(dev: &DeviceId, i: u64) -> AuditEvent {
             version: Some(3),
             cache_age_s: Some(12),
             interface: Some("lan".into()),
+            asked_nhs: None,
             ..AccessData::default()
         },
         client: ClientInfo::default(),

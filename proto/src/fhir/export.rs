@@ -475,11 +475,37 @@ pub fn summary_document(s: &Summary) -> Value {
     if let Some(v) = &s.patient.nhs_verification {
         ident["extension"] = json!([{"url": fhir::EXT_NHS_VERIFICATION, "valueCodeableConcept": {"coding": [{"system": fhir::NHS_VERIFICATION_SYSTEM, "code": v}]}}]);
     }
-    pat.insert("identifier".into(), json!([ident]));
-    pat.insert(
-        "name".into(),
-        json!([{"use": "official", "family": s.patient.family, "given": s.patient.given}]),
-    );
+    let mut idents = vec![ident];
+    for old in &s.patient.former_nhs_numbers {
+        idents.push(json!({"use": "old", "system": fhir::NHS_NUMBER, "value": old.as_digits()}));
+    }
+    pat.insert("identifier".into(), Value::Array(idents));
+    let mut name = Map::new();
+    name.insert("use".into(), json!("usual"));
+    if !s.patient.family.is_empty() {
+        name.insert("family".into(), json!(s.patient.family));
+    }
+    if !s.patient.given.is_empty() {
+        name.insert("given".into(), json!(s.patient.given));
+    }
+    put(&mut name, "text", &s.patient.name_text);
+    if name.len() == 1 {
+        name.insert("text".into(), json!("(name not recorded)"));
+    }
+    pat.insert("name".into(), json!([Value::Object(name)]));
+    if s.patient.restricted {
+        pat.insert(
+            "meta".into(),
+            json!({"lastUpdated": s.patient.last_updated.to_rfc3339(),
+                   "security": [{"system": fhir::CONFIDENTIALITY, "code": "R", "display": "restricted"}]}),
+        );
+    }
+    if s.patient.deceased {
+        match &s.patient.deceased_at {
+            Some(d) => pat.insert("deceasedDateTime".into(), json!(d.as_str())),
+            None => pat.insert("deceasedBoolean".into(), json!(true)),
+        };
+    }
     pat.insert("gender".into(), json!(s.patient.gender.as_str()));
     put(&mut pat, "birthDate", &s.patient.birth_date);
     if let Some(pc) = &s.patient.postcode {
@@ -502,10 +528,14 @@ pub fn summary_document(s: &Summary) -> Value {
             continue;
         }
         let mut who = Map::new();
-        who.insert(
-            "identifier".into(),
-            json!({"system": fhir::ODS, "value": src.ods.as_str()}),
-        );
+        let ident = match src.ods.as_ods() {
+            Some(o) => json!({"system": fhir::ODS, "value": o.as_str()}),
+            None => {
+                let (system, value) = src.ods.as_str().split_once('|').unwrap_or(("", ""));
+                json!({"system": system, "value": value})
+            }
+        };
+        who.insert("identifier".into(), ident);
         put(&mut who, "display", &src.name);
         provenances.push(json!({
             "fullUrl": stable_urn(&format!("provenance|{}|{}|{}", s.nhs_number.as_digits(), s.version, src.ods)),

@@ -105,6 +105,9 @@ pub enum WithdrawReason {
     CohortExit,
     /// The hub deleted the record (e.g. entered in error): sent to every unit.
     Deleted,
+    /// The record was retired and merged into another patient's (a superseded NHS number): its
+    /// number now redirects to the replacement, which carries it in `former_nhs_numbers`.
+    Merged,
     /// A reason a newer hub knows; still a withdrawal. The code is kept so signatures verify.
     Other(u8),
 }
@@ -115,6 +118,7 @@ impl From<u8> for WithdrawReason {
             1 => WithdrawReason::Objection,
             2 => WithdrawReason::CohortExit,
             3 => WithdrawReason::Deleted,
+            4 => WithdrawReason::Merged,
             n => WithdrawReason::Other(n),
         }
     }
@@ -126,6 +130,7 @@ impl From<WithdrawReason> for u8 {
             WithdrawReason::Objection => 1,
             WithdrawReason::CohortExit => 2,
             WithdrawReason::Deleted => 3,
+            WithdrawReason::Merged => 4,
             WithdrawReason::Other(n) => n,
         }
     }
