@@ -441,9 +441,18 @@ pub fn derive_sources(s: &Summary) -> Vec<SourceRef> {
 
 /// Build a summary from one contribution (a fresh patient), version 1 at `now`.
 pub fn from_contribution(c: &Contribution, now: UnixMillis) -> Summary {
-    let mut s = Summary::new(c.nhs_number, Demographics::default());
+    let mut s = Summary::new(
+        c.nhs_number,
+        Demographics {
+            last_updated: UnixMillis(i64::MIN),
+            ..Demographics::default()
+        },
+    );
     // `apply` cannot fail: the NHS numbers match by construction.
     let _ = apply(&mut s, c);
+    if s.patient.last_updated == UnixMillis(i64::MIN) {
+        s.patient.last_updated = UnixMillis(0);
+    }
     s.version = 1;
     s.assembled_at = now;
     s

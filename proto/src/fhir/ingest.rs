@@ -880,10 +880,23 @@ pub fn ingest_bundle(bundle: &Value, opts: &IngestOptions) -> Result<Ingested> {
                         _ => None,
                     })
                     .collect();
+                // As of the bundle's timestamp; without one, as of its newest item from this
+                // source (an item dated after that, sent separately, is not contradicted).
+                let newest = g
+                    .updates
+                    .iter()
+                    .filter_map(|u| match u {
+                        Update::Item(x) if &x.provenance().source_ods == src => {
+                            Some(x.provenance().last_updated)
+                        }
+                        _ => None,
+                    })
+                    .max();
+                let as_of = bundle_time.or(newest).unwrap_or(stamp);
                 g.updates.push(Update::Snapshot {
                     source: src.clone(),
                     sections: covered.clone(),
-                    as_of: stamp,
+                    as_of,
                     keep,
                 });
             }
@@ -1400,7 +1413,9 @@ fn group_patients(
             None => {
                 let mut d = pats[h].demographics.clone();
                 if target_nhs != pats[h].nhs {
-                    // Retired into a record not in this bundle: its demographics stand in.
+                    // Retired into a record not in this bundle: its demographics stand in
+                    // only where the hub knows nothing of the replacement.
+                    d.last_updated = UnixMillis(i64::MIN);
                     warnings.borrow_mut().push(format!(
                         "{}: a retired record (active false, replaced-by): filed under its replacement",
                         ix.entry(p.entry).map_or("Bundle", |e| e.path.as_str())
