@@ -80,8 +80,24 @@ seeds={
  "condition.json": bundle([p,cond]),
  "consent-docref-flag.json": bundle([p,consent,docref,flag,provenance("RJ1","Guy's and St Thomas'",["urn:uuid:r1","urn:uuid:d1","urn:uuid:f1"])]),
 }
+# The fhir_ingest target reads its first byte as flags (1: a feed default source, 2: snapshot
+# feed, 4: an ingest time), the rest as the bundle.
+def fhir_seed(name, v, flags=5):
+    open(f"fhir_ingest/{name}","wb").write(bytes([flags]) + json.dumps(v,ensure_ascii=False,separators=(",",":")).encode())
 for k,v in seeds.items():
-    open(f"fhir_ingest/{k}","w",encoding="utf-8").write(json.dumps(v,ensure_ascii=False,separators=(",",":")))
+    fhir_seed(k, v)
+# Every bundle of the real-feed corpus (tests/corpus) under 64 KiB, with its step's feed flags.
+corpus = os.path.join("..", "..", "tests", "corpus")
+for f in sorted(os.listdir(corpus)):
+    if not f.endswith(".json"):
+        continue
+    case = json.load(open(os.path.join(corpus, f), encoding="utf-8"))
+    for i, step in enumerate(case["steps"]):
+        bundles = step["ingest"] if isinstance(step["ingest"], list) else [step["ingest"]]
+        flags = 4 | (1 if step.get("source") else 0) | (2 if step.get("snapshot") else 0)
+        for j, b in enumerate(bundles):
+            if len(json.dumps(b)) < 65536:
+                fhir_seed(f"corpus-{f[:-5]}-{i}-{j}.json", b, flags)
 lan={
  "family-dob": "family=Okafor&birth_date=1941-03-07",
  "all-four": "family=Okafor&given=Zo%C3%AB+Ada&birth_date=1941-03-07&postcode=SE5+8AF",

@@ -97,7 +97,7 @@ pub fn check(doc: &Value, c: &Value) -> Result<(), String> {
     let why = c["why"].as_str().unwrap_or("");
     let fail = |what: String| Err(format!("{path}: {what} {why}"));
     if let Some(want) = c.get("equals") {
-        if !got.iter().any(|g| *g == want) {
+        if !got.contains(&want) {
             return fail(format!("expected {want}, found {got:?}"));
         }
     }
