@@ -2,6 +2,8 @@
 //! a hub loaded with synthetic Londoners, one enrolled unit syncing from it over QUIC (mutual
 //! TLS, loopback), the LAN API and kiosk page, and a clinician's shift token. Typing `h` and
 //! Enter takes the demo hub offline (and back), to see how the unit behaves without a link.
+//! `--ingest FILE` adds hand-written FHIR bundles after the synthetic load (the browser tests'
+//! cases: DNACPR, conflicts, restricted items, deceased and redirected records…).
 
 use std::io::BufRead;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
@@ -31,13 +33,33 @@ fn say(s: &str) {
     eprintln!("demo: {s}");
 }
 
-/// Run the demo until Ctrl-C.
-pub fn run(patients: u32, seed: u64, lan: SocketAddr, dir: Option<PathBuf>) -> anyhow::Result<()> {
+/// The feed organisation of `--ingest` files: collection bundles that name no organisation are
+/// filed under it (as a hub feed with `source = "Y03124"` would).
+const INGEST_DEFAULT_SOURCE: &str = "Y03124";
+
+/// Run the demo until Ctrl-C. `ingest`: FHIR bundle files (one Bundle, or NDJSON) loaded into
+/// the hub after the synthetic Londoners.
+pub fn run(
+    patients: u32,
+    seed: u64,
+    lan: SocketAddr,
+    dir: Option<PathBuf>,
+    ingest: &[PathBuf],
+) -> anyhow::Result<()> {
     edge_provision::tls::install_default_provider();
     anyhow::ensure!(
         lan.ip().is_loopback(),
         "--lan must be a loopback address for the demo (it serves plain HTTP)"
     );
+    // Read the extra files first, so a wrong path fails before anything is provisioned.
+    let extra = ingest
+        .iter()
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .with_context(|| format!("--ingest: cannot read {}", p.display()))
+                .map(|text| (p.clone(), text))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     TcpListener::bind(lan).with_context(|| {
         format!("cannot listen on {lan}: is something else using it? choose another with --lan")
     })?;
@@ -151,6 +173,39 @@ pub fn run(patients: u32, seed: u64, lan: SocketAddr, dir: Option<PathBuf>) -> a
             })
             .await??;
             say(&format!("hub loaded {} patients", report.accepted));
+        }
+        for (path, text) in extra {
+            let store = hub.store.clone();
+            let report = tokio::task::spawn_blocking(move || {
+                let opts = edge_proto::fhir::ingest::IngestOptions {
+                    default_source: Some(edge_proto::ids::SourceId::parse(
+                        INGEST_DEFAULT_SOURCE,
+                    )?),
+                    ..Default::default()
+                };
+                let lines = edge_hub::admin::bundles(&text);
+                anyhow::Ok(store.ingest(lines, now(), 2, &opts, &mut |_, _| {})?)
+            })
+            .await??;
+            let name = path.display();
+            for r in &report.rejected {
+                let entry = r.entry.map(|e| format!(" entry {e}")).unwrap_or_default();
+                say(&format!("{name}: line {}{entry} rejected: {}", r.line, r.error));
+            }
+            for w in &report.warnings {
+                say(&format!("{name}: line {}: {}", w.line, w.warning));
+            }
+            if report.warnings_total > report.warnings.len() as u64 {
+                say(&format!(
+                    "{name}: {} more warnings",
+                    report.warnings_total - report.warnings.len() as u64
+                ));
+            }
+            say(&format!(
+                "hub ingested {name}: {} bundles accepted, {} rejected",
+                report.accepted,
+                report.rejected.iter().filter(|r| r.entry.is_none()).count()
+            ));
         }
         let samples = samples(&hub, 400)?;
         let (endpoint, _reloader) = make_endpoint(&hub.config)?;

@@ -41,6 +41,11 @@ enum Command {
         /// Folder for the demo fleet (default: a fresh temporary folder).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Also load these FHIR bundles (a JSON Bundle or NDJSON, one Bundle a line) into the
+        /// demo hub after the synthetic patients; repeatable. Bundles naming no organisation
+        /// are filed under Y03124.
+        #[arg(long, value_name = "FILE")]
+        ingest: Vec<PathBuf>,
     },
 }
 
@@ -60,9 +65,10 @@ fn main() -> anyhow::Result<()> {
             seed,
             lan,
             dir,
+            ingest,
         } => {
             init_logs_quiet();
-            if let Err(e) = edge_daemon::demo::run(patients, seed, lan, dir) {
+            if let Err(e) = edge_daemon::demo::run(patients, seed, lan, dir, &ingest) {
                 eprintln!("edge-daemon demo: error: {e:#}");
                 std::process::exit(1);
             }

@@ -587,6 +587,7 @@ fn candidates_carry_demographics_only() {
         keys,
         vec![
             "birth_date",
+            "deceased",
             "family",
             "gender",
             "given",
@@ -595,6 +596,7 @@ fn candidates_carry_demographics_only() {
             "score"
         ]
     );
+    assert_eq!(json["deceased"], false);
     assert_eq!(json["nhs"], nhs(7).as_digits());
     assert_eq!(json["gender"], "female");
 }
