@@ -18,7 +18,7 @@ use edge_proto::audit::{
 };
 use edge_proto::cbor;
 use edge_proto::ids::{DeviceId, StaffRole};
-use edge_proto::model::{Confidentiality, Summary};
+use edge_proto::model::Summary;
 use edge_proto::nhs::NhsNumber;
 use edge_proto::sync::FetchResult;
 use edge_proto::time::UnixMillis;
@@ -688,18 +688,11 @@ async fn read_patient(s: AppState, h: HeaderMap, raw: Option<String>, format: Fo
             return s.audit.record(a).await.err().unwrap_or(resp);
         }
     };
-    if found.summary.confidentiality == Confidentiality::Restricted
-        && caller.purpose != Purpose::EmergencyTreat
-    {
-        a.reason = Some("restricted");
-        let resp = error(
-            StatusCode::FORBIDDEN,
-            "restricted",
-            "this record is restricted: emergency access needs X-Purpose-Of-Use: ETREAT and a reason in X-Break-Glass-Reason",
-        );
-        return s.audit.record(a).await.err().unwrap_or(resp);
-    }
-    if caller.purpose == Purpose::EmergencyTreat {
+    // Restricted items are withheld from the answer unless the clinician broke the glass
+    // (`ETREAT` with a reason): the rest of the record is still shown, and every section says
+    // how many items it withheld.
+    let break_glass = caller.purpose == Purpose::EmergencyTreat;
+    if break_glass {
         a.action = AuditAction::BreakGlass;
     }
     let redirected_from = (found.summary.nhs_number != nhs).then_some(nhs);
@@ -710,7 +703,8 @@ async fn read_patient(s: AppState, h: HeaderMap, raw: Option<String>, format: Fo
     let (age, stale) = freshness(&s, &found);
     a.outcome = AuditOutcome::Ok;
     a.data.version = Some(found.summary.version);
-    a.data.sections = sections(&found.summary);
+    let view = edge_proto::view::clinical_view(&found.summary, now(), break_glass);
+    a.data.sections = sections(&edge_proto::view::redact(&found.summary, break_glass));
     a.data.cache_age_s = Some(age);
     if let Err(resp) = s.audit.record(a).await {
         return resp;
@@ -732,6 +726,12 @@ async fn read_patient(s: AppState, h: HeaderMap, raw: Option<String>, format: Fo
             let mut v = serde_json::to_value(&found.summary).unwrap_or(Value::Null);
             if let Value::Object(m) = &mut v {
                 m.remove("ledger");
+                // The sections as a clinician reads them (current and past, folded, withheld).
+                if let Ok(Value::Object(sections)) = serde_json::to_value(&view) {
+                    for (k, val) in sections {
+                        m.insert(k, val);
+                    }
+                }
                 if let Some(old) = redirected_from {
                     m.insert("redirected_from".into(), json!(old));
                 }
@@ -763,7 +763,10 @@ async fn read_patient(s: AppState, h: HeaderMap, raw: Option<String>, format: Fo
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/fhir+json"),
             );
-            edge_proto::fhir::export::summary_document(&found.summary)
+            edge_proto::fhir::export::summary_document(&edge_proto::view::redact(
+                &found.summary,
+                break_glass,
+            ))
         }
     };
     debug!(on_demand = found.on_demand, age, stale, "summary served");

@@ -437,6 +437,16 @@ impl HubStore {
                 report.changed += 1;
                 continue;
             }
+            if !slot.changed && slot.ledger {
+                if let Some(s) = &slot.summary {
+                    let bytes = cbor::encode_summary(s).map_err(|e| StoreError::Corrupt {
+                        key: "b".into(),
+                        why: e.to_string(),
+                    })?;
+                    batch.insert(&pkey(b'b', &nhs)[..], bytes);
+                }
+                continue;
+            }
             let (true, Some(mut s)) = (slot.changed, slot.summary) else {
                 continue;
             };
@@ -657,6 +667,9 @@ struct Slot {
     cur: Option<CurDisk>,
     summary: Option<Summary>,
     changed: bool,
+    /// Only the summary's ledger changed (a withdrawal of something it does not hold): stored
+    /// without a new version or feed entry.
+    ledger: bool,
     /// Retired into another record in this chunk: withdraw it.
     merged: bool,
 }
@@ -688,6 +701,7 @@ impl Work<'_> {
                 cur: self.store.cur(&nhs)?,
                 summary: self.store.summary(&nhs)?,
                 changed: false,
+                ledger: false,
                 merged: false,
             }),
         })
@@ -787,6 +801,10 @@ impl Work<'_> {
                     Ok(true) => {
                         *s = next;
                         slot.changed = true;
+                    }
+                    Ok(false) if next.ledger != s.ledger => {
+                        *s = next;
+                        slot.ledger = true;
                     }
                     Ok(false) => {}
                     Err(e) => return Err(ApplyError::Refused(e.to_string())),

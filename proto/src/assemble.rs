@@ -75,6 +75,36 @@ fn withdrawn(
         .any(|m| m.section == code && m.source == p.source_ods && p.last_updated <= m.as_of)
 }
 
+fn tombstone(
+    ledger: &mut Ledger,
+    section: SectionKind,
+    source: &crate::ids::SourceId,
+    id: &str,
+    at: crate::time::UnixMillis,
+) {
+    let code = section_code(section);
+    let tombs = &mut ledger.tombstones;
+    match tombs
+        .iter_mut()
+        .find(|t| t.section == code && &t.source == source && t.id == id)
+    {
+        Some(t) => t.at = t.at.max(at),
+        None => {
+            tombs.push(Tombstone {
+                source: source.clone(),
+                section: code,
+                id: id.to_owned(),
+                at,
+            });
+            if tombs.len() > Ledger::MAX_TOMBSTONES {
+                tombs.sort_by_key(|t| t.at);
+                let excess = tombs.len() - Ledger::MAX_TOMBSTONES;
+                tombs.drain(..excess);
+            }
+        }
+    }
+}
+
 fn upsert<T: Item + PartialEq>(section: &mut Section<T>, item: T) {
     if let Some(i) = section
         .entries
@@ -97,6 +127,19 @@ fn upsert<T: Item + PartialEq>(section: &mut Section<T>, item: T) {
 }
 
 fn mark<T: Item>(section: &mut Section<T>, marker: Marker) {
+    // "No information" ("unavailable", "not asked", IPS `no-…-info`) is not kept as a statement:
+    // it takes back what the same source said before about the section being empty.
+    if marker.status == SectionStatus::NoInformation {
+        match &marker.provenance {
+            Some(p) => section.basis.retain(|m| {
+                m.provenance
+                    .as_ref()
+                    .is_none_or(|q| q.source_ods != p.source_ods || q.last_updated > p.last_updated)
+            }),
+            None => section.basis.retain(|m| m.provenance.is_some()),
+        }
+        return;
+    }
     match &marker.provenance {
         Some(p) => {
             if let Some(i) = section
@@ -140,9 +183,15 @@ fn delete<T: Item>(
     id: &str,
     at: crate::time::UnixMillis,
 ) {
-    section
-        .entries
-        .retain(|e| !(names(e.provenance(), source, id) && e.provenance().last_updated <= at));
+    // A withdrawn item is removed, or kept as history marked withdrawn where the section keeps
+    // history (resuscitation decisions).
+    section.entries.retain_mut(|e| {
+        if names(e.provenance(), source, id) && e.provenance().last_updated <= at {
+            e.withdraw()
+        } else {
+            true
+        }
+    });
     section.basis.retain(|m| {
         m.provenance
             .as_ref()
@@ -160,7 +209,13 @@ fn snapshot<T: Item>(
     let gone = |p: &Provenance| {
         &p.source_ods == source && p.last_updated <= as_of && !keep.contains(&p.record_id)
     };
-    section.entries.retain(|e| !gone(e.provenance()));
+    section.entries.retain_mut(|e| {
+        if gone(e.provenance()) {
+            e.withdraw()
+        } else {
+            true
+        }
+    });
     section
         .basis
         .retain(|m| m.provenance.as_ref().is_none_or(|p| !gone(p)));
@@ -216,8 +271,15 @@ pub fn apply(summary: &mut Summary, c: &Contribution) -> Result<bool, AssembleEr
     }
     let before = summary.clone();
     let mut former = summary.patient.former_nhs_numbers.clone();
+    // A restriction (PDS S-flag) is sticky: a later Patient from a system that does not carry
+    // PDS's label (a GP or hospital feed) must not bring the address back.
+    let restricted = summary.patient.restricted || c.patient.restricted;
     if c.patient.last_updated >= summary.patient.last_updated {
         summary.patient = c.patient.clone();
+    }
+    if restricted {
+        summary.patient.restricted = true;
+        summary.patient.postcode = None;
     }
     // Former numbers accumulate: a number that once named this patient always redirects here.
     former.extend(c.patient.former_nhs_numbers.iter().copied());
@@ -225,9 +287,8 @@ pub fn apply(summary: &mut Summary, c: &Contribution) -> Result<bool, AssembleEr
     former.sort();
     former.dedup();
     summary.patient.former_nhs_numbers = former;
-    if let Some(conf) = c.confidentiality {
-        summary.confidentiality = conf;
-    }
+    // Confidentiality is per item (the bundle's label is on each of its items); the summary's
+    // is the most restrictive of its parts, never the last bundle's.
     // Snapshots first: they say what the source holds now; an older snapshot than one already
     // applied changes nothing.
     let mut fresh: Vec<(crate::ids::SourceId, SectionKind)> = Vec::new();
@@ -287,7 +348,17 @@ pub fn apply(summary: &mut Summary, c: &Contribution) -> Result<bool, AssembleEr
             Update::Remove {
                 section,
                 provenance,
-            } => each_section!(summary, *section, |s| remove(s, provenance)),
+            } => {
+                each_section!(summary, *section, |s| remove(s, provenance));
+                // entered-in-error: no version dated at or before it comes back.
+                tombstone(
+                    &mut summary.ledger,
+                    *section,
+                    &provenance.source_ods,
+                    &provenance.record_id,
+                    provenance.last_updated,
+                );
+            }
             Update::Delete {
                 section,
                 source,
@@ -295,27 +366,7 @@ pub fn apply(summary: &mut Summary, c: &Contribution) -> Result<bool, AssembleEr
                 at,
             } => {
                 each_section!(summary, *section, |s| delete(s, source, id, *at));
-                let code = section_code(*section);
-                let tombs = &mut summary.ledger.tombstones;
-                match tombs
-                    .iter_mut()
-                    .find(|t| t.section == code && &t.source == source && &t.id == id)
-                {
-                    Some(t) => t.at = t.at.max(*at),
-                    None => {
-                        tombs.push(Tombstone {
-                            source: source.clone(),
-                            section: code,
-                            id: id.clone(),
-                            at: *at,
-                        });
-                        if tombs.len() > Ledger::MAX_TOMBSTONES {
-                            tombs.sort_by_key(|t| t.at);
-                            let excess = tombs.len() - Ledger::MAX_TOMBSTONES;
-                            tombs.drain(..excess);
-                        }
-                    }
-                }
+                tombstone(&mut summary.ledger, *section, source, id, *at);
             }
             Update::Snapshot { .. } => {}
         }
@@ -324,6 +375,7 @@ pub fn apply(summary: &mut Summary, c: &Contribution) -> Result<bool, AssembleEr
         each_section!(summary, k, |s| s.derive_status());
     }
     summary.sources = derive_sources(summary);
+    summary.confidentiality = derive_confidentiality(summary);
     Ok(!before.same_content(summary))
 }
 
@@ -400,6 +452,24 @@ pub fn merge_retired(into: &mut Summary, retired: &Summary) -> bool {
         skipped: 0,
     };
     apply(into, &c).unwrap_or(false)
+}
+
+/// The most restrictive confidentiality of a summary's items.
+pub fn derive_confidentiality(s: &Summary) -> Confidentiality {
+    fn any<T: Item>(sec: &Section<T>) -> bool {
+        sec.entries.iter().any(|e| e.provenance().restricted)
+    }
+    if any(&s.allergies)
+        || any(&s.medications)
+        || any(&s.conditions)
+        || any(&s.resuscitation)
+        || any(&s.care_plans)
+        || any(&s.alerts)
+    {
+        Confidentiality::Restricted
+    } else {
+        Confidentiality::Normal
+    }
 }
 
 /// The contributing organisations, from every item's and marker's provenance.

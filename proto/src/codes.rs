@@ -1337,6 +1337,10 @@ pub const CARE_PLAN_CATEGORY: Coded = Coded {
     display: "Care plan",
 };
 
+/// The NRL record type of a ReSPECT form (also in [`CARE_PLAN_TYPES`]): a care plan *and* a
+/// resuscitation decision (`respect_plan`, with the form's own CPR recommendation when stated).
+pub const RESPECT_TYPE: &str = "1382601000000107";
+
 /// National Record Locator record types for care plans (`DocumentReference.type`).
 pub static CARE_PLAN_TYPES: &[Coded] = &[
     Coded {

@@ -16,5 +16,6 @@ pub mod nhs;
 pub mod sync;
 pub mod time;
 pub mod token;
+pub mod view;
 
 pub use nhs::NhsNumber;

@@ -93,14 +93,15 @@ impl<T> Section<T> {
         s
     }
 
-    /// Recompute the status: `entries` if any entry; else `none_known` if a marker says so; else
-    /// `withheld` if a marker says so; else `no_information`.
+    /// Recompute the status: `entries` if any entry; else `none_known` if a source's latest
+    /// statement about the section says so (a "none known" nobody vouches for is not shown, and
+    /// a later "unavailable" or "not asked" from the same source replaces it); else `withheld`
+    /// if a statement says so; else `no_information`.
     pub fn derive_status(&mut self) {
         self.status = if !self.entries.is_empty() {
             SectionStatus::Entries
         } else if self
-            .basis
-            .iter()
+            .latest_statements()
             .any(|m| m.status == SectionStatus::NoneKnown)
         {
             SectionStatus::NoneKnown
@@ -113,6 +114,21 @@ impl<T> Section<T> {
         } else {
             SectionStatus::NoInformation
         };
+    }
+
+    /// Each source's latest statement about the section (statements without a source are not
+    /// included).
+    pub fn latest_statements(&self) -> impl Iterator<Item = &Marker> {
+        self.basis.iter().filter(move |m| {
+            let Some(p) = &m.provenance else {
+                return false;
+            };
+            !self.basis.iter().any(|o| {
+                o.provenance.as_ref().is_some_and(|q| {
+                    q.source_ods == p.source_ods && q.last_updated > p.last_updated
+                })
+            })
+        })
     }
 }
 
@@ -270,11 +286,20 @@ pub struct Provenance {
     /// How the item was received, when something about it is incomplete.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub caveats: Vec<Caveat>,
+    /// A restricted confidentiality label on the item or its bundle (`meta.security` R or V):
+    /// withheld from every answer unless the clinician breaks the glass.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub restricted: bool,
 }
 
 /// Every clinical item exposes its provenance, so merging is generic.
 pub trait Item {
     fn provenance(&self) -> &Provenance;
+    /// Mark the item withdrawn by its source, keeping it as history; false (the default): the
+    /// item is removed instead.
+    fn withdraw(&mut self) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -332,6 +357,19 @@ pub struct Allergy {
     pub provenance: Provenance,
 }
 
+/// What kind of record a medicine line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MedicationRecordKind {
+    /// A MedicationStatement: what the patient takes.
+    #[default]
+    Statement,
+    /// A MedicationRequest that is a plan or proposal (a repeat template).
+    Request,
+    /// A MedicationRequest with intent `order` (an issue).
+    Order,
+}
+
 /// A medicine (from a MedicationStatement or MedicationRequest).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Medication {
@@ -357,7 +395,32 @@ pub struct Medication {
     /// True when ingested from a MedicationRequest rather than a MedicationStatement.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub from_request: bool,
+    /// Statement, request (plan) or order.
+    #[serde(default)]
+    pub kind: MedicationRecordKind,
+    /// When it was stopped or ended (`effectivePeriod.end`, a request's validity end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<FhirDate>,
     pub provenance: Provenance,
+}
+
+impl Medication {
+    /// Current (taken now) rather than stopped, completed, not taken, on hold or cancelled.
+    pub fn is_current(&self) -> bool {
+        !matches!(
+            self.status.as_deref(),
+            Some(
+                "stopped"
+                    | "completed"
+                    | "not-taken"
+                    | "on-hold"
+                    | "cancelled"
+                    | "entered-in-error"
+                    | "revoked"
+                    | "draft"
+            )
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -384,10 +447,78 @@ pub struct Condition {
     pub provenance: Provenance,
 }
 
-/// A resuscitation decision (DNACPR, for CPR…), from a FHIR `Consent` with scope `adr`.
+/// What a resuscitation decision says about CPR. Never inferred as `for_cpr` from silence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Cpr {
+    /// Do not attempt CPR (DNACPR).
+    NotForCpr,
+    /// Attempt CPR.
+    ForCpr,
+    /// A ReSPECT plan: read the form (its own CPR recommendation in `form_cpr` when stated).
+    RespectPlan,
+    /// A decision is recorded but what it says about CPR could not be read: read the record.
+    #[default]
+    #[serde(other)]
+    Unknown,
+}
+
+/// Where a recorded decision stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionState {
+    /// In force at its source.
+    #[default]
+    Current,
+    /// Replaced by a later decision or document.
+    Superseded,
+    /// Revoked at its source (Consent `inactive`/`rejected`, a care plan `revoked`).
+    Rescinded,
+    /// Withdrawn by its source (a `DELETE`, or a later snapshot that no longer holds it).
+    Withdrawn,
+    #[serde(other)]
+    Other,
+}
+
+/// What kind of record a resuscitation decision came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionRecord {
+    /// A FHIR `Consent` (scope adr or treatment).
+    #[default]
+    Consent,
+    /// A DNACPR form (`DocumentReference`).
+    DnacprForm,
+    /// A ReSPECT form (`DocumentReference`).
+    RespectForm,
+    /// A care plan (`CarePlan` or a care-plan document).
+    CarePlan,
+    #[serde(other)]
+    Other,
+}
+
+/// A resuscitation decision (DNACPR, for CPR, a ReSPECT plan), from a `Consent`, a DNACPR or
+/// ReSPECT document, or a care plan.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Resuscitation {
+    /// What was recorded, as recorded (e.g. "Cardiopulmonary resuscitation" with a deny).
     pub decision: Concept,
+    /// What it means for CPR.
+    #[serde(default)]
+    pub cpr: Cpr,
+    /// A ReSPECT form's own CPR recommendation, when it states one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub form_cpr: Option<Cpr>,
+    /// Where it stands at its source.
+    #[serde(default)]
+    pub state: DecisionState,
+    /// The kind of record it came from.
+    #[serde(default)]
+    pub record: DecisionRecord,
+    /// Documents or records this one replaces (record ids or `Type/id`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaces: Vec<String>,
+    /// The FHIR status as sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -414,6 +545,9 @@ pub struct CarePlan {
     pub extract: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// Documents this one replaces (`relatesTo` replaces: record ids or `Type/id`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaces: Vec<String>,
     pub provenance: Provenance,
 }
 
@@ -435,14 +569,19 @@ pub struct Alert {
 macro_rules! impl_item {
     ($($t:ty),*) => { $(impl Item for $t { fn provenance(&self) -> &Provenance { &self.provenance } })* };
 }
-impl_item!(
-    Allergy,
-    Medication,
-    Condition,
-    Resuscitation,
-    CarePlan,
-    Alert
-);
+impl_item!(Allergy, Medication, Condition, CarePlan, Alert);
+
+impl Item for Resuscitation {
+    fn provenance(&self) -> &Provenance {
+        &self.provenance
+    }
+    /// A withdrawn resuscitation decision stays as history, marked withdrawn: a crew must be
+    /// able to see that a DNACPR existed and was withdrawn.
+    fn withdraw(&mut self) -> bool {
+        self.state = DecisionState::Withdrawn;
+        true
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -653,8 +792,8 @@ impl Summary {
         !self.care_plans.entries.is_empty() || !self.resuscitation.entries.is_empty()
     }
 
-    /// Content equality ignoring version and assembly time: used to decide whether a merge
-    /// produced a new version.
+    /// Content equality ignoring version, assembly time and the ledger: used to decide whether a
+    /// merge produced a new version (a ledger-only change is stored without one).
     pub fn same_content(&self, other: &Summary) -> bool {
         self.nhs_number == other.nhs_number
             && self.patient == other.patient
@@ -667,7 +806,6 @@ impl Summary {
             && self.sources == other.sources
             && self.confidentiality == other.confidentiality
             && self.objection == other.objection
-            && self.ledger == other.ledger
     }
 }
 

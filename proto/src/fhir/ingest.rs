@@ -673,6 +673,7 @@ pub fn ingest_bundle(bundle: &Value, opts: &IngestOptions) -> Result<Ingested> {
         default_source: default_source.as_ref(),
         bundle_time,
         now,
+        bundle_restricted: bundle_confidentiality(bundle) == Some(Confidentiality::Restricted),
         warnings: &warnings,
     };
     for (i, e) in ix.entries.iter().enumerate() {
@@ -682,13 +683,13 @@ pub fn ingest_bundle(bundle: &Value, opts: &IngestOptions) -> Result<Ingested> {
             "MedicationStatement" | "MedicationRequest" => Some(SectionKind::Medications),
             "Condition" => Some(SectionKind::Conditions),
             "Consent" => {
-                if is_adr_consent(e.r) {
+                if is_resuscitation_consent(e.r) {
                     Some(SectionKind::Resuscitation)
                 } else {
                     None
                 }
             }
-            "DocumentReference" => Some(SectionKind::CarePlans),
+            "DocumentReference" | "CarePlan" => Some(SectionKind::CarePlans),
             "Flag" => Some(SectionKind::Alerts),
             "Patient" | "Composition" | "Provenance" | "Organization" | "Practitioner"
             | "PractitionerRole" | "Medication" | "Location" => continue,
@@ -737,32 +738,42 @@ pub fn ingest_bundle(bundle: &Value, opts: &IngestOptions) -> Result<Ingested> {
             path: &e.path,
             caveats: RefCell::new(Vec::new()),
         };
-        let mut u = match kind {
-            SectionKind::Allergies => map_allergy(&ctx)?,
-            SectionKind::Medications => map_medication(&ctx, e.rt)?,
-            SectionKind::Conditions => map_condition(&ctx)?,
-            SectionKind::Resuscitation => map_consent(&ctx)?,
-            SectionKind::CarePlans => map_docref(&ctx)?,
-            SectionKind::Alerts => map_flag(&ctx)?,
+        let us: Vec<Update> = match (kind, e.rt) {
+            (SectionKind::Allergies, _) => vec![map_allergy(&ctx)?],
+            (SectionKind::Medications, rt) => vec![map_medication(&ctx, rt)?],
+            (SectionKind::Conditions, _) => vec![map_condition(&ctx)?],
+            (SectionKind::Resuscitation, _) => map_consent(&ctx)?.into_iter().collect(),
+            (SectionKind::CarePlans, "CarePlan") => map_careplan(&ctx)?,
+            (SectionKind::CarePlans, _) => map_docref(&ctx)?,
+            (SectionKind::Alerts, _) => vec![map_flag(&ctx)?],
         };
-        if let Update::Item(item) = &mut u {
-            let mut caveats = ctx.caveats.take();
-            for (field, text) in item.texts_mut() {
-                if cap_text(text) {
-                    warnings.borrow_mut().push(format!(
-                        "{}: {field} truncated to {MAX_ITEM_TEXT} characters (the full text is at the source)",
-                        e.path
-                    ));
-                    caveats.push(Caveat {
-                        kind: CaveatKind::Truncated,
-                        field: field.to_owned(),
-                    });
-                }
-            }
-            caveats.dedup();
-            item.provenance_mut().caveats = caveats;
+        if us.is_empty() {
+            skipped += 1;
         }
-        groups[g].updates.push(u);
+        let restricted = ctx_base.bundle_restricted || item_restricted(e.r);
+        let base_caveats = ctx.caveats.take();
+        for mut u in us {
+            if let Update::Item(item) = &mut u {
+                let mut caveats = base_caveats.clone();
+                for (field, text) in item.texts_mut() {
+                    if cap_text(text) {
+                        warnings.borrow_mut().push(format!(
+                            "{}: {field} truncated to {MAX_ITEM_TEXT} characters (the full text is at the source)",
+                            e.path
+                        ));
+                        caveats.push(Caveat {
+                            kind: CaveatKind::Truncated,
+                            field: field.to_owned(),
+                        });
+                    }
+                }
+                caveats.dedup();
+                let p = item.provenance_mut();
+                p.caveats = caveats;
+                p.restricted = restricted;
+            }
+            groups[g].updates.push(u);
+        }
     }
     if !skipped_types.is_empty() {
         let list: Vec<String> = skipped_types
@@ -1517,6 +1528,8 @@ struct Base<'b, 'i, 'a> {
     default_source: Option<&'b Org>,
     bundle_time: Option<UnixMillis>,
     now: Option<UnixMillis>,
+    /// The bundle carries a restricted confidentiality label: every item is restricted.
+    bundle_restricted: bool,
     warnings: &'b RefCell<Warnings>,
 }
 
@@ -1615,6 +1628,7 @@ impl<'a> ItemCtx<'_, '_, '_, 'a> {
             record_version,
             last_updated,
             caveats: Vec::new(),
+            restricted: false,
         })
     }
 
@@ -1779,6 +1793,32 @@ fn marker_or_item(
             section,
             provenance: prov,
         });
+    }
+    if let Some(c) = code
+        .coding
+        .as_ref()
+        .filter(|c| c.system == fhir::IPS_ABSENT_UNKNOWN)
+    {
+        // IPS absent/unknown codes are statements about the section, never entries.
+        let (status, about) = match c.code.as_str() {
+            "no-allergy-info" => (SectionStatus::NoInformation, SectionKind::Allergies),
+            "no-medication-info" => (SectionStatus::NoInformation, SectionKind::Medications),
+            "no-problem-info" => (SectionStatus::NoInformation, SectionKind::Conditions),
+            "no-known-allergies" => (SectionStatus::NoneKnown, SectionKind::Allergies),
+            "no-known-medications" => (SectionStatus::NoneKnown, SectionKind::Medications),
+            "no-known-problems" => (SectionStatus::NoneKnown, SectionKind::Conditions),
+            _ => (SectionStatus::NoInformation, section),
+        };
+        if about == section {
+            return Ok(Update::Marker(
+                section,
+                Marker {
+                    status,
+                    concept: Some(code),
+                    provenance: Some(prov),
+                },
+            ));
+        }
     }
     if let Some(marked) = code.snomed().and_then(codes::no_known_section) {
         if marked == section {
@@ -1998,6 +2038,30 @@ fn map_medication(ctx: &ItemCtx<'_, '_, '_, '_>, rt: &str) -> Result<Update> {
                 .flatten();
             let prescriber_ods = ctx.base.res.org_field(r, own).and_then(|o| o.id.as_ods());
             let high_risk = codes::high_risk_class(code.snomed(), code.label());
+            let kind = match (rt, str_at(r, "intent")) {
+                ("MedicationStatement", _) => MedicationRecordKind::Statement,
+                (
+                    _,
+                    Some(
+                        "order" | "original-order" | "reflex-order" | "filler-order"
+                        | "instance-order",
+                    ),
+                ) => MedicationRecordKind::Order,
+                _ => MedicationRecordKind::Request,
+            };
+            let ended = match r.get("effectivePeriod") {
+                Some(p) => opt_date(p, "end", &ctx.at("effectivePeriod"))?,
+                None => None,
+            }
+            .or(
+                match r
+                    .get("dispenseRequest")
+                    .and_then(|d| d.get("validityPeriod"))
+                {
+                    Some(p) => opt_date(p, "end", &ctx.at("dispenseRequest.validityPeriod"))?,
+                    None => None,
+                },
+            );
             Ok(AnyItem::Medication(Medication {
                 concept: code,
                 form,
@@ -2009,6 +2073,8 @@ fn map_medication(ctx: &ItemCtx<'_, '_, '_, '_>, rt: &str) -> Result<Update> {
                 prescriber_ods,
                 high_risk,
                 from_request: rt == "MedicationRequest",
+                kind,
+                ended,
                 provenance,
             }))
         },
@@ -2055,35 +2121,147 @@ fn map_condition(ctx: &ItemCtx<'_, '_, '_, '_>) -> Result<Update> {
     )
 }
 
-fn is_adr_consent(r: &Value) -> bool {
-    r.get("scope")
-        .and_then(|s| s.get("coding"))
-        .and_then(Value::as_array)
-        .is_some_and(|a| {
-            a.iter()
-                .any(|c| c.get("code").and_then(Value::as_str) == Some("adr"))
-        })
+/// SNOMED CT codes that name cardiopulmonary resuscitation as a procedure: with a Consent's
+/// `deny` they mean "do not attempt", with `permit` "attempt".
+const CPR_PROCEDURE_CODES: [&str; 3] = [
+    "89666000",  // Cardiopulmonary resuscitation
+    "439569004", // Resuscitation
+    "410415008", // Resuscitation - action (care plan activity)
+];
+
+/// What a code alone says about CPR: the DNACPR / for-resuscitation situations.
+fn cpr_of_situation(code: &str) -> Option<Cpr> {
+    codes::resuscitation_by_code(code).map(|r| {
+        if r.attempt_cpr {
+            Cpr::ForCpr
+        } else {
+            Cpr::NotForCpr
+        }
+    })
 }
 
-fn map_consent(ctx: &ItemCtx<'_, '_, '_, '_>) -> Result<Update> {
+/// Every code of a CodeableConcept (any system).
+fn codes_of(v: Option<&Value>) -> Vec<&str> {
+    v.and_then(|c| c.get("coding"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| str_at(c, "code"))
+        .collect()
+}
+
+/// A Consent that records a resuscitation decision: scope `adr` (advance directive), or scope
+/// `treatment` whose provisions name CPR or a resuscitation situation.
+fn is_resuscitation_consent(r: &Value) -> bool {
+    let scope = codes_of(r.get("scope"));
+    if scope.contains(&"adr") {
+        return true;
+    }
+    scope.contains(&"treatment") && provision_cpr(r.get("provision"), None, 0).is_some()
+}
+
+/// What a Consent's provision tree says about CPR: `provision.type` × `provision.code`, nested
+/// provisions inheriting their parent's type. The most specific (deepest) statement wins; a
+/// situation code ("not for attempted CPR") means what it says whatever the type.
+fn provision_cpr(p: Option<&Value>, inherited: Option<&str>, depth: u8) -> Option<(Cpr, Concept)> {
+    let p = p?;
+    if depth > 8 {
+        return None;
+    }
+    let ty = str_at(p, "type").or(inherited);
+    // Nested provisions are more specific than their parent.
+    for (i, child) in p
+        .get("provision")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        if let Some(found) = provision_cpr(Some(child), ty, depth + 1) {
+            let _ = i;
+            return Some(found);
+        }
+    }
+    for c in p
+        .get("code")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let Ok(concept) = concept(c, "provision.code") else {
+            continue;
+        };
+        for code in codes_of(Some(c)) {
+            if let Some(cpr) = cpr_of_situation(code) {
+                return Some((cpr, concept));
+            }
+            if CPR_PROCEDURE_CODES.contains(&code) {
+                let cpr = match ty {
+                    Some("deny") => Cpr::NotForCpr,
+                    Some("permit") => Cpr::ForCpr,
+                    _ => Cpr::Unknown,
+                };
+                return Some((cpr, concept));
+            }
+        }
+    }
+    None
+}
+
+/// The state of a decision from its record's FHIR status.
+fn decision_state(status: Option<&str>) -> Option<DecisionState> {
+    match status {
+        None | Some("active" | "current" | "final" | "amended" | "corrected" | "unknown") => {
+            Some(DecisionState::Current)
+        }
+        Some("inactive" | "rejected" | "revoked" | "completed") => Some(DecisionState::Rescinded),
+        Some("superseded") => Some(DecisionState::Superseded),
+        // draft, proposed, on-hold, preliminary: not in force, not a decision.
+        _ => None,
+    }
+}
+
+fn map_consent(ctx: &ItemCtx<'_, '_, '_, '_>) -> Result<Option<Update>> {
     let r = ctx.r;
     let prov = ctx.provenance()?;
-    if opt_str(r, "status", ctx.path)? == Some("entered-in-error") {
-        return Ok(Update::Remove {
+    let status = opt_str(r, "status", ctx.path)?;
+    if status == Some("entered-in-error") {
+        return Ok(Some(Update::Remove {
             section: SectionKind::Resuscitation,
             provenance: prov,
-        });
+        }));
     }
+    let Some(state) = decision_state(status) else {
+        ctx.base.warnings.borrow_mut().push(format!(
+            "{}: a resuscitation Consent with status {:?} is not in force: skipped",
+            ctx.path,
+            status.unwrap_or("")
+        ));
+        return Ok(None);
+    };
     let provision = r.get("provision");
-    let decision = provision
-        .and_then(|p| p.get("code"))
-        .and_then(|c| c.get(0))
-        .map(|c| concept(c, &ctx.at("provision.code[0]")))
-        .transpose()?
-        .ok_or(IngestError::Missing {
-            path: ctx.at("provision.code"),
-            what: "the resuscitation decision",
-        })?;
+    let (cpr, decision) = match provision_cpr(provision, None, 0) {
+        Some(x) => x,
+        None => {
+            // An advance-directive Consent whose provisions name no CPR code: kept as recorded,
+            // `unknown` (never read as for-CPR).
+            let decision = provision
+                .and_then(|p| p.get("code"))
+                .and_then(|c| c.get(0))
+                .map(|c| concept(c, &ctx.at("provision.code[0]")))
+                .transpose()?
+                .or_else(|| {
+                    r.get("category")
+                        .and_then(|c| c.get(0))
+                        .and_then(|c| concept(c, "category").ok())
+                })
+                .ok_or(IngestError::Missing {
+                    path: ctx.at("provision.code"),
+                    what: "the resuscitation decision",
+                })?;
+            (Cpr::Unknown, decision)
+        }
+    };
     let review = match provision.and_then(|p| p.get("period")) {
         Some(p) => opt_date(p, "end", &ctx.at("provision.period"))?,
         None => None,
@@ -2094,50 +2272,307 @@ fn map_consent(ctx: &ItemCtx<'_, '_, '_, '_>) -> Result<Update> {
         .and_then(|p| p.get("display"))
         .and_then(Value::as_str)
         .map(str::to_owned);
-    Ok(Update::Item(AnyItem::Resuscitation(Resuscitation {
+    Ok(Some(Update::Item(AnyItem::Resuscitation(Resuscitation {
         decision,
-        status: opt_str(r, "status", ctx.path)?.map(str::to_owned),
+        cpr,
+        form_cpr: None,
+        state,
+        record: DecisionRecord::Consent,
+        replaces: Vec::new(),
+        status: status.map(str::to_owned),
         decided: opt_date(r, "dateTime", ctx.path)?,
         review,
         decision_maker,
         provenance: prov,
-    })))
+    }))))
 }
 
-fn map_docref(ctx: &ItemCtx<'_, '_, '_, '_>) -> Result<Update> {
-    let r = ctx.r;
-    let prov = ctx.provenance()?;
-    if opt_str(r, "status", ctx.path)? == Some("entered-in-error") {
-        return Ok(Update::Remove {
-            section: SectionKind::CarePlans,
-            provenance: prov,
-        });
+/// A DNACPR form by its document type: the UK DNACPR situation codes, or a type whose text
+/// names DNACPR.
+fn is_dnacpr_type(t: &Concept, codes_: &[&str]) -> bool {
+    codes_
+        .iter()
+        .any(|c| cpr_of_situation(c) == Some(Cpr::NotForCpr))
+        || t.label().to_ascii_uppercase().contains("DNACPR")
+        || t.label()
+            .to_ascii_lowercase()
+            .contains("do not attempt cardiopulmonary resuscitation")
+}
+
+/// The documents a DocumentReference replaces (`relatesTo` code `replaces`), by the ids the
+/// replaced items carry: record id when the target is in the bundle, else the reference.
+fn replaced_ids(ctx: &ItemCtx<'_, '_, '_, '_>) -> Vec<String> {
+    let res = ctx.base.res;
+    let mut out = Vec::new();
+    for rel in ctx
+        .r
+        .get("relatesTo")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if str_at(rel, "code") != Some("replaces") {
+            continue;
+        }
+        let Some(t) = rel.get("target") else { continue };
+        if let Some(v) = res.ix.resolve(t, Some(ctx.r)).and_then(|t| res.ix.value(t)) {
+            if let Ok(id) = record_id(v, "relatesTo") {
+                out.push(id);
+            }
+            if let (Some(rt), Some(id)) = (str_at(v, "resourceType"), str_at(v, "id")) {
+                out.push(format!("{rt}/{id}"));
+            }
+        } else if let Some(reference) = str_at(t, "reference") {
+            out.extend(ref_forms(reference));
+        }
+        if let Some(id) = t.get("identifier") {
+            if let Some(v) = str_at(id, "value") {
+                out.push(match str_at(id, "system") {
+                    Some(sys) => format!("{sys}|{v}"),
+                    None => v.to_owned(),
+                });
+            }
+        }
     }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// A ReSPECT form's own CPR recommendation, from the codes of `context.event`.
+fn form_cpr(r: &Value) -> Option<Cpr> {
+    r.get("context")
+        .and_then(|c| c.get("event"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .flat_map(|e| codes_of(Some(e)))
+        .find_map(cpr_of_situation)
+}
+
+fn map_docref(ctx: &ItemCtx<'_, '_, '_, '_>) -> Result<Vec<Update>> {
+    let r = ctx.r;
     let plan_type = opt_concept(r, "type", ctx.path)?.ok_or(IngestError::Missing {
         path: ctx.at("type"),
         what: "type",
     })?;
-    let custodian = ctx
-        .base
-        .res
-        .org_field(r, "custodian")
-        .and_then(|o| o.id.as_ods());
-    let url = r
-        .get("content")
-        .and_then(|c| c.get(0))
-        .and_then(|c| c.get("attachment"))
-        .and_then(|a| a.get("url"))
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    Ok(Update::Item(AnyItem::CarePlan(CarePlan {
-        plan_type,
-        status: opt_str(r, "status", ctx.path)?.map(str::to_owned),
-        custodian,
-        date: opt_date(r, "date", ctx.path)?,
-        extract: opt_str(r, "description", ctx.path)?.map(str::to_owned),
-        url,
-        provenance: prov,
-    })))
+    let type_codes = codes_of(r.get("type"));
+    let respect = type_codes.contains(&codes::RESPECT_TYPE);
+    let dnacpr = !respect && is_dnacpr_type(&plan_type, &type_codes);
+    let care_plan = respect
+        || type_codes
+            .iter()
+            .any(|c| codes::care_plan_type(c).is_some());
+    if !care_plan && !dnacpr {
+        ctx.base.warnings.borrow_mut().push(format!(
+            "{}: a DocumentReference whose type is not a care plan, ReSPECT or DNACPR form: skipped",
+            ctx.path
+        ));
+        return Ok(Vec::new());
+    }
+    let prov = ctx.provenance()?;
+    let status = opt_str(r, "status", ctx.path)?;
+    if status == Some("entered-in-error") {
+        let mut out = vec![Update::Remove {
+            section: SectionKind::CarePlans,
+            provenance: prov.clone(),
+        }];
+        out.push(Update::Remove {
+            section: SectionKind::Resuscitation,
+            provenance: prov,
+        });
+        return Ok(out);
+    }
+    let replaces = replaced_ids(ctx);
+    let date = opt_date(r, "date", ctx.path)?;
+    let mut out = Vec::new();
+    // A document that states a CPR decision is also a resuscitation decision.
+    let event_cpr = form_cpr(r);
+    let decision = if respect {
+        Some((Cpr::RespectPlan, event_cpr, DecisionRecord::RespectForm))
+    } else if dnacpr {
+        Some((Cpr::NotForCpr, None, DecisionRecord::DnacprForm))
+    } else {
+        event_cpr.map(|c| (c, None, DecisionRecord::CarePlan))
+    };
+    if let Some((cpr, form, record)) = decision {
+        if let Some(state) = decision_state(status) {
+            out.push(Update::Item(AnyItem::Resuscitation(Resuscitation {
+                decision: plan_type.clone(),
+                cpr,
+                form_cpr: form,
+                state,
+                record,
+                replaces: replaces.clone(),
+                status: status.map(str::to_owned),
+                decided: date.clone(),
+                review: None,
+                decision_maker: r.get("author").and_then(|a| a.get(0)).and_then(display_of),
+                provenance: prov.clone(),
+            })));
+        }
+    }
+    if care_plan {
+        let custodian = ctx
+            .base
+            .res
+            .org_field(r, "custodian")
+            .and_then(|o| o.id.as_ods());
+        let url = r
+            .get("content")
+            .and_then(|c| c.get(0))
+            .and_then(|c| c.get("attachment"))
+            .and_then(|a| a.get("url"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        out.push(Update::Item(AnyItem::CarePlan(CarePlan {
+            plan_type,
+            status: status.map(str::to_owned),
+            custodian,
+            date,
+            extract: opt_str(r, "description", ctx.path)?.map(str::to_owned),
+            url,
+            replaces,
+            provenance: prov,
+        })));
+    }
+    Ok(out)
+}
+
+/// A FHIR `CarePlan`: a care plan when its category is one of the care-plan types, and a
+/// resuscitation decision when an activity names one.
+fn map_careplan(ctx: &ItemCtx<'_, '_, '_, '_>) -> Result<Vec<Update>> {
+    let r = ctx.r;
+    let prov = ctx.provenance()?;
+    let status = opt_str(r, "status", ctx.path)?;
+    if status == Some("entered-in-error") {
+        return Ok(vec![
+            Update::Remove {
+                section: SectionKind::CarePlans,
+                provenance: prov.clone(),
+            },
+            Update::Remove {
+                section: SectionKind::Resuscitation,
+                provenance: prov,
+            },
+        ]);
+    }
+    let categories: Vec<&Value> = r
+        .get("category")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    let plan_cat = categories.iter().find(|c| {
+        codes_of(Some(c))
+            .iter()
+            .any(|code| codes::care_plan_type(code).is_some() || *code == codes::RESPECT_TYPE)
+    });
+    let mut out = Vec::new();
+    let date = match r.get("period") {
+        Some(p) => opt_date(p, "start", &ctx.at("period"))?,
+        None => None,
+    }
+    .or(opt_date(r, "created", ctx.path)?);
+    // Activities that state a CPR decision (a care plan's "do not attempt CPR").
+    let mut cpr = None;
+    for (i, a) in r
+        .get("activity")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let Some(code) = a.get("detail").and_then(|d| d.get("code")) else {
+            continue;
+        };
+        let prohibited = a
+            .get("detail")
+            .and_then(|d| d.get("doNotPerform"))
+            .and_then(Value::as_bool)
+            == Some(true);
+        for c in codes_of(Some(code)) {
+            let found = cpr_of_situation(c).or_else(|| {
+                CPR_PROCEDURE_CODES.contains(&c).then_some(if prohibited {
+                    Cpr::NotForCpr
+                } else {
+                    Cpr::ForCpr
+                })
+            });
+            if let Some(found) = found {
+                cpr = Some((
+                    found,
+                    concept(code, &ctx.at(&format!("activity[{i}].detail.code")))?,
+                ));
+                break;
+            }
+        }
+        if cpr.is_some() {
+            break;
+        }
+    }
+    if let Some((cpr, decision)) = cpr {
+        if let Some(state) = decision_state(status) {
+            out.push(Update::Item(AnyItem::Resuscitation(Resuscitation {
+                decision,
+                cpr,
+                form_cpr: None,
+                state,
+                record: DecisionRecord::CarePlan,
+                replaces: Vec::new(),
+                status: status.map(str::to_owned),
+                decided: date.clone(),
+                review: match r.get("period") {
+                    Some(p) => opt_date(p, "end", &ctx.at("period"))?,
+                    None => None,
+                },
+                decision_maker: r.get("author").and_then(display_of).or_else(|| {
+                    r.get("contributor")
+                        .and_then(|c| c.get(0))
+                        .and_then(display_of)
+                }),
+                provenance: prov.clone(),
+            })));
+        }
+    }
+    if let Some(cat) = plan_cat {
+        let plan_type = concept(cat, &ctx.at("category"))?;
+        out.push(Update::Item(AnyItem::CarePlan(CarePlan {
+            plan_type,
+            status: status.map(str::to_owned),
+            custodian: ctx
+                .base
+                .res
+                .org_field(r, "author")
+                .and_then(|o| o.id.as_ods()),
+            date,
+            extract: opt_str(r, "description", ctx.path)?
+                .or(opt_str(r, "title", ctx.path)?)
+                .map(str::to_owned),
+            url: None,
+            replaces: Vec::new(),
+            provenance: prov,
+        })));
+    }
+    if out.is_empty() {
+        ctx.base.warnings.borrow_mut().push(format!(
+            "{}: a CarePlan that is neither a care-plan type nor a resuscitation decision: skipped",
+            ctx.path
+        ));
+    }
+    Ok(out)
+}
+
+/// A restricted confidentiality label on the resource itself (`meta.security` R or V).
+fn item_restricted(r: &Value) -> bool {
+    r.get("meta")
+        .and_then(|m| m.get("security"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|s| {
+            str_at(s, "system") == Some(fhir::CONFIDENTIALITY)
+                && matches!(str_at(s, "code"), Some("R" | "V"))
+        })
 }
 
 fn map_flag(ctx: &ItemCtx<'_, '_, '_, '_>) -> Result<Update> {
@@ -2215,7 +2650,11 @@ fn map_composition(
             None => None,
             Some("nilknown") => Some(SectionStatus::NoneKnown),
             Some("withheld") => Some(SectionStatus::Withheld),
-            Some("notasked" | "unavailable" | "notstarted" | "closed") => None,
+            // "Not asked" / "unavailable" are statements too: from the same source they replace
+            // an earlier "nil known" (the section is then unknown, not empty).
+            Some("notasked" | "unavailable" | "notstarted" | "closed") => {
+                Some(SectionStatus::NoInformation)
+            }
             Some(_) => {
                 return Err(invalid(
                     &format!("{path}.section[{i}].emptyReason"),
@@ -2235,6 +2674,7 @@ fn map_composition(
                 record_version: None,
                 last_updated: at,
                 caveats: Vec::new(),
+                restricted: false,
             }),
         });
         out.push((kind, marker));
@@ -2248,7 +2688,7 @@ fn bundle_confidentiality(bundle: &Value) -> Option<Confidentiality> {
     for s in sec {
         if s.get("system").and_then(Value::as_str) == Some(fhir::CONFIDENTIALITY) {
             out = match s.get("code").and_then(Value::as_str) {
-                Some("N") | Some("L") | Some("M") => Some(Confidentiality::Normal),
+                Some("U") | Some("N") | Some("L") | Some("M") => Some(Confidentiality::Normal),
                 Some(_) => Some(Confidentiality::Restricted),
                 None => out,
             };

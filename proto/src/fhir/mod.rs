@@ -30,6 +30,8 @@ pub const EXT_SIGNIFICANCE: &str =
     "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-ProblemSignificance";
 /// Consent scope code system.
 pub const CONSENT_SCOPE: &str = "http://terminology.hl7.org/CodeSystem/consentscope";
+/// IPS absent and unknown data codes (`no-allergy-info`, `no-known-allergies`…).
+pub const IPS_ABSENT_UNKNOWN: &str = "http://hl7.org/fhir/uv/ips/CodeSystem/absent-unknown-uv-ips";
 /// v3 confidentiality.
 pub const CONFIDENTIALITY: &str = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality";
 
