@@ -726,6 +726,14 @@ async fn read_patient(s: AppState, h: HeaderMap, raw: Option<String>, format: Fo
             let mut v = serde_json::to_value(&found.summary).unwrap_or(Value::Null);
             if let Value::Object(m) = &mut v {
                 m.remove("ledger");
+                // Only the sources of what is shown: a restricted item's organisation is not
+                // named unless the glass is broken.
+                let shown = edge_proto::view::redact(&found.summary, break_glass);
+                m.insert(
+                    "sources".into(),
+                    serde_json::to_value(edge_proto::assemble::derive_sources(&shown))
+                        .unwrap_or(Value::Null),
+                );
                 // The sections as a clinician reads them (current and past, folded, withheld).
                 if let Ok(Value::Object(sections)) = serde_json::to_value(&view) {
                     for (k, val) in sections {

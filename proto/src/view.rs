@@ -54,6 +54,8 @@ pub struct MedicineLine {
     /// `active` for a current line; the stopping status (stopped, completed…) otherwise.
     pub status: String,
     pub current: bool,
+    /// The lead record is a MedicationRequest (a plan or order), not a statement.
+    pub from_request: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub started: Option<FhirDate>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -490,8 +492,10 @@ fn care_plans(s: &Summary, break_glass: bool) -> CarePlansView {
         .collect();
     let (mut entries, mut superseded) = (Vec::new(), Vec::new());
     for c in shown {
-        let gone = c.status.as_deref() == Some("superseded")
-            || ids_of(&c.provenance).any(|id| replaced.iter().any(|r| r == id));
+        let gone = matches!(
+            c.status.as_deref(),
+            Some("superseded" | "revoked" | "completed" | "entered-in-error")
+        ) || ids_of(&c.provenance).any(|id| replaced.iter().any(|r| r == id));
         if gone {
             superseded.push(c);
         } else {
@@ -602,6 +606,7 @@ fn medications(s: &Summary, today: &str, break_glass: bool) -> MedicationsView {
             route: g.iter().find_map(|m| m.route.clone()),
             status,
             current,
+            from_request: lead.from_request,
             started,
             last_issued,
             ended: ended.clone(),

@@ -244,7 +244,7 @@ fn refuted_allergies_and_stopped_medicines_are_history() {
     };
     let warfarin = |status: &str, rt: &str, intent: Option<&str>| {
         let mut m = json!({"resourceType": rt, "status": status,
-            "medicationCodeableConcept": {"coding": [{"system": SCT, "code": "319740004", "display": "Warfarin 1mg tablets"}]},
+            "medicationCodeableConcept": {"coding": [{"system": SCT, "code": "42217511000001103", "display": "Warfarin 1mg tablets"}]},
             "dosage": [{"text": "As directed"}]});
         if let Some(i) = intent {
             m["intent"] = json!(i);
