@@ -9,6 +9,8 @@
 // - Everything from the API is put on the page with textContent (never innerHTML).
 // - A section's empty state is always said in words from its status; an empty list is never
 //   read as "none".
+// - What is current, past, stopped, superseded or withheld, and what the resuscitation decision
+//   is, come from the unit's answer: nothing is worked out here from codes or free text.
 'use strict';
 
 (function () {
@@ -366,7 +368,7 @@
   function forgetPatient() {
     record = null;
     problemNhs = null;
-    for (const id of ['pt-name', 'pt-facts', 'sections', 'prov-facts', 'prov-sources', 'cand-list', 'cand-note', 'problem-body', 'fresh-banner', 'bg-banner']) {
+    for (const id of ['pt-name', 'pt-facts', 'pt-notices', 'decision', 'sections', 'prov-facts', 'prov-sources', 'cand-list', 'cand-note', 'problem-body', 'fresh-banner', 'bg-banner']) {
       clear($(id));
     }
     $('bg-banner').hidden = true;
@@ -670,7 +672,8 @@
     showProblem(nhs, 'No record shown', [b.message || `The unit answered ${r.status}.`]);
   }
 
-  function showProblem(nhs, title, lines, breakGlass, link) {
+  /** A page in place of the summary; `backToRecord`: offer the same record again without break glass. */
+  function showProblem(nhs, title, lines, breakGlass, link, backToRecord) {
     problemNhs = nhs;
     record = null;
     const body = $('problem-body');
@@ -684,6 +687,7 @@
     form.reset();
     fieldError('bg-field', 'bg-reason', 'bg-error', null);
     form.hidden = !breakGlass;
+    $('problem-record').hidden = !backToRecord;
     show('problem');
     focusEl($('problem-h'));
   }
@@ -701,66 +705,104 @@
   }
 
   // ---------------------------------------------------------------- the summary
+  //
+  // The unit's answer already says what is current, past, stopped, superseded, withheld and
+  // what the resuscitation decision is (`resuscitation.decision`). The page shows those words
+  // and groups as they are: it never works a decision out from codes or free text itself.
 
+  /** What a section says when it has no current entries: from its `status`, never its list. */
   const EMPTY = {
     allergies: {
-      none_known: 'No known allergies recorded',
-      no_information: 'No allergy information available',
       withheld: 'Allergies withheld',
       no_information_note: 'This does not mean the patient has no allergies. Ask the patient or their carers.',
       withheld_note: 'A source holds allergy information but withheld it. Ask the patient or their carers.',
     },
     resuscitation: {
-      none_known: 'No resuscitation decision recorded',
-      no_information: 'No resuscitation decision information available',
       withheld: 'Resuscitation decision withheld',
       no_information_note: 'This does not mean there is no decision: look for a paper ReSPECT or DNACPR form.',
       withheld_note: 'A source holds a resuscitation decision but withheld it.',
     },
     care_plans: {
-      none_known: 'No care plans recorded',
-      no_information: 'No care plan information available',
       withheld: 'Care plans withheld',
       no_information_note: 'This does not mean there is no plan: ask the patient or their carers.',
       withheld_note: 'A source holds a care plan but withheld it.',
     },
     medications: {
-      none_known: 'No current medicines recorded',
-      no_information: 'No medicines information available',
       withheld: 'Medicines withheld',
       no_information_note: 'This does not mean the patient takes no medicines.',
       withheld_note: 'A source holds medicines information but withheld it.',
     },
     conditions: {
-      none_known: 'No known conditions recorded',
-      no_information: 'No conditions information available',
       withheld: 'Conditions withheld',
       no_information_note: 'This does not mean the patient has no conditions.',
       withheld_note: 'A source holds conditions but withheld them.',
     },
     alerts: {
-      none_known: 'No alerts recorded',
-      no_information: 'No alert information available',
       withheld: 'Alerts withheld',
       no_information_note: 'This does not mean there are no alerts (safeguarding, communication needs, risk to crew).',
       withheld_note: 'A source holds alerts but withheld them.',
     },
   };
 
+  /**
+   * The sections in order. `groups`: the lists the unit keeps apart from the current entries
+   * (past, stopped, superseded, history), each under its own heading; `fold` ones start closed.
+   */
   const SECTIONS = [
-    { key: 'allergies', title: 'Allergies and adverse reactions', item: allergyItem, sort: sortAllergies },
-    { key: 'resuscitation', title: 'Resuscitation decision', item: resusItem },
-    { key: 'care_plans', title: 'Care plans (ReSPECT, end of life, crisis)', item: carePlanItem },
-    { key: 'medications', title: 'Current medicines', item: medicationItem, sort: sortMedications },
-    { key: 'conditions', title: 'Conditions', item: conditionItem, sort: sortConditions },
-    { key: 'alerts', title: 'Alerts', item: alertItem },
+    {
+      key: 'allergies', title: 'Allergies and adverse reactions', item: allergyItem, sort: sortAllergies,
+      groups: [{ key: 'past', title: 'Past (resolved / inactive)', item: pastAllergyItem }],
+      hideRefuted: true, // a refuted allergy is not an allergy: never shown, not even as past
+    },
+    {
+      key: 'resuscitation', title: 'Resuscitation decision', item: resusItem,
+      groups: [{ key: 'history', title: 'History: decisions no longer current (superseded, rescinded or withdrawn)', item: resusItem, fold: true }],
+    },
+    {
+      key: 'care_plans', title: 'Care plans (ReSPECT, end of life, crisis)', item: carePlanItem,
+      groups: [{ key: 'superseded', title: 'replaced by a newer plan', item: carePlanItem, fold: true }],
+    },
+    {
+      key: 'medications', title: 'Current medicines', item: medicationItem, sort: sortMedications,
+      groups: [{ key: 'stopped', title: 'Recently stopped', item: stoppedMedicationItem }],
+    },
+    {
+      key: 'conditions', title: 'Conditions', item: conditionItem, sort: sortConditions,
+      groups: [{ key: 'past', title: 'Not current (resolved, inactive or refuted)', item: conditionItem, fold: true }],
+    },
+    {
+      key: 'alerts', title: 'Alerts', item: alertItem,
+      groups: [{ key: 'past', title: 'Past alerts', item: pastAlertItem }],
+    },
   ];
+
+  function sourceName(p) {
+    if (!p) return 'an unknown source';
+    return p.source_name ? `${p.source_name} (${p.source_ods})` : (p.source_ods || 'an unknown source');
+  }
 
   function sourceLine(p) {
     if (!p) return h('p', { class: 'src', text: 'Source not recorded' });
-    const org = p.source_name ? `${p.source_name} (${p.source_ods})` : (p.source_ods || 'unknown organisation');
     const upd = fmtMillis(p.last_updated);
-    return joined('src', [`Source: ${org}`, upd && `updated ${upd}`]);
+    return joined('src', [`Source: ${sourceName(p)}`, upd && `updated ${upd}`]);
+  }
+
+  /** How the item was received, when something about it is incomplete, then its source. */
+  function itemTail(p) {
+    const out = [];
+    for (const c of (p && Array.isArray(p.caveats) ? p.caveats : [])) {
+      const text = c.kind === 'truncated' ? `Text truncated — full record at ${sourceName(p)}`
+        : c.kind === 'unresolved' ? 'Reference could not be resolved: only the name as sent was kept'
+          : `Received incomplete — check with ${sourceName(p)}`;
+      out.push(h('p', { class: `caveat caveat-${c.kind}`, text }));
+    }
+    out.push(sourceLine(p));
+    return out;
+  }
+
+  /** A "Restricted" badge on an item shown only because the glass was broken. */
+  function restrictedBadge(p) {
+    return p && p.restricted ? badge('Restricted', 'restricted-badge') : null;
   }
 
   function badge(text, cls) {
@@ -788,6 +830,12 @@
     return badge(capital(s), 'muted-badge');
   }
 
+  function plural(n, one, many) {
+    return `${n} ${n === 1 ? one : many}`;
+  }
+
+  // ----- allergies
+
   const CRIT_ORDER = { high: 0, 'unable-to-assess': 1, low: 2 };
 
   function sortAllergies(a, b) {
@@ -796,62 +844,155 @@
     return act(a) - act(b) || cr(a) - cr(b);
   }
 
+  function reactionsText(a) {
+    return Array.isArray(a.reactions) && a.reactions.length
+      ? a.reactions.map((r) => `${conceptText(r.manifestation) || 'unnamed reaction'}${r.severity ? ` (${r.severity})` : ' (severity not recorded)'}`).join('; ')
+      : 'not recorded';
+  }
+
   function allergyItem(a) {
     const crit = a.criticality;
     const critBadge = crit === 'high' ? badge('HIGH criticality', 'crit-high')
       : crit === 'low' ? badge('Low criticality', 'crit-low')
         : crit === 'unable-to-assess' ? badge('Criticality: unable to assess', 'crit-unknown')
           : badge('Criticality not recorded', 'crit-unknown');
-    const reactions = Array.isArray(a.reactions) && a.reactions.length
-      ? a.reactions.map((r) => `${conceptText(r.manifestation) || 'unnamed reaction'}${r.severity ? ` (${r.severity})` : ' (severity not recorded)'}`).join('; ')
-      : 'not recorded';
-    const li = h('li', { class: `item allergy${crit === 'high' ? ' is-high' : ''}` },
+    return h('li', { class: `item allergy${crit === 'high' ? ' is-high' : ''}` },
       h('div', { class: 'item-head' },
         h('span', { class: 'item-name', text: conceptText(a.concept) || 'Unnamed allergy' }),
         critBadge,
+        restrictedBadge(a.provenance),
         statusBadge(a.clinical_status, ['active']),
         a.verification_status && a.verification_status !== 'confirmed' ? badge(capital(a.verification_status), 'muted-badge') : null),
-      h('p', { class: 'reaction' }, h('strong', { text: 'Reaction: ' }), reactions),
+      h('p', { class: 'reaction' }, h('strong', { text: 'Reaction: ' }), reactionsText(a)),
       detail([
         a.category && `Type: ${a.category}`,
         a.onset && `onset ${fmtFhirDate(a.onset)}`,
         a.recorded && `recorded ${fmtFhirDate(a.recorded)}`,
       ]),
-      sourceLine(a.provenance));
-    return li;
+      ...itemTail(a.provenance));
   }
 
-  function resusItem(r) {
-    const text = conceptText(r.decision) || 'Decision not named';
-    const code = r.decision && r.decision.coding && r.decision.coding.code;
-    const dnacpr = code === '450476008' || /not for|dnacpr|dnar|do not attempt/i.test(text);
-    const reviewPassed = r.review && /^\d{4}-\d{2}-\d{2}/.test(r.review) && new Date(r.review.slice(0, 10)).getTime() < Date.now();
-    return h('li', { class: `item resus${dnacpr ? ' is-dnacpr' : ''}` },
+  /** A resolved or inactive allergy: no criticality badge or red styling (it is not current). */
+  function pastAllergyItem(a) {
+    return h('li', { class: 'item allergy-past' },
       h('div', { class: 'item-head' },
-        h('span', { class: 'item-name', text }),
-        statusBadge(r.status, ['active'])),
+        h('span', { class: 'item-name', text: conceptText(a.concept) || 'Unnamed allergy' }),
+        badge(capital(a.clinical_status || 'not current'), 'muted-badge'),
+        restrictedBadge(a.provenance)),
+      detail([
+        `reaction: ${reactionsText(a)}`,
+        a.recorded && `recorded ${fmtFhirDate(a.recorded)}`,
+      ]),
+      ...itemTail(a.provenance));
+  }
+
+  // ----- resuscitation
+
+  /** The unit's `cpr` value in words (what the decision means for CPR; never worked out here). */
+  const CPR_WORDS = { not_for_cpr: 'NOT for CPR', for_cpr: 'For CPR', respect_plan: 'ReSPECT plan' };
+  const FORM_CPR = { not_for_cpr: 'not for CPR', for_cpr: 'for CPR' };
+
+  function resusItem(r) {
+    const current = !r.state || r.state === 'current';
+    const name = CPR_WORDS[r.cpr] || conceptText(r.decision) || 'Decision not named';
+    const reviewPassed = current && r.review && /^\d{4}-\d{2}-\d{2}/.test(r.review) && new Date(r.review.slice(0, 10)).getTime() < Date.now();
+    return h('li', { class: `item resus cpr-${r.cpr || 'unknown'}${current ? '' : ' not-current'}`, 'data-cpr': r.cpr || 'unknown' },
+      h('div', { class: 'item-head' },
+        h('span', { class: 'item-name', text: name }),
+        current ? null : badge(capital(r.state), 'state-badge'),
+        restrictedBadge(r.provenance)),
+      // The recorded concept is shown only where it is the plan's name or all there is: for a
+      // Consent it may just say "Cardiopulmonary resuscitation", whatever the decision was.
+      (r.cpr === 'respect_plan' || !CPR_WORDS[r.cpr]) && CPR_WORDS[r.cpr] ? h('p', { class: 'detail', text: conceptText(r.decision) }) : null,
+      r.form_cpr ? h('p', { class: 'form-cpr', text: `The form records: ${FORM_CPR[r.form_cpr] || r.form_cpr}` }) : null,
       detail([
         r.decided ? `Decided ${fmtFhirDate(r.decided)}` : 'Decision date not recorded',
         r.review ? `review by ${fmtFhirDate(r.review)}` : 'no review date recorded',
         r.decision_maker && `by ${r.decision_maker}`,
       ]),
       reviewPassed ? h('p', { class: 'warn-line', text: 'The review date has passed: confirm the decision is still current.' }) : null,
-      sourceLine(r.provenance));
+      ...itemTail(r.provenance));
   }
+
+  /** The decision banner: the unit's `decision.headline`, word for word, coloured by its state. */
+  function renderDecision(res) {
+    const el = $('decision');
+    clear(el);
+    const dec = res && res.decision && typeof res.decision === 'object' ? res.decision : null;
+    const state = dec && dec.state ? dec.state : 'unknown';
+    el.className = `decision decision-${state}`;
+    el.dataset.state = state;
+    // Only if the unit sent no headline (it always does): the state's own name, nothing inferred.
+    const fallback = {
+      not_for_cpr: 'NOT FOR CPR',
+      for_cpr: 'FOR CPR',
+      respect_plan: 'ReSPECT PLAN — read the form',
+      conflict: 'CONFLICTING RESUSCITATION DECISIONS',
+      unclear: 'RESUSCITATION DECISION RECORDED — read it',
+      no_decision: 'No resuscitation decision recorded',
+      withheld: 'Resuscitation decision withheld — restricted record: break-glass to see',
+    }[state] || 'Resuscitation decision: read the resuscitation section';
+    el.append(state === 'conflict'
+      ? h('p', { class: 'decision-label' }, h('span', { class: 'conflict-tag', text: 'CONFLICT' }), ' Resuscitation decisions disagree')
+      : h('p', { class: 'decision-label', text: 'Resuscitation decision' }));
+    el.append(h('h2', { class: 'decision-headline', id: 'decision-h', text: (dec && dec.headline) || fallback }));
+    const entries = res && Array.isArray(res.entries) ? res.entries : [];
+    if (state === 'conflict') {
+      const ul = h('ul', { class: 'conflict-list' });
+      for (const e of entries.filter((x) => !x.state || x.state === 'current')) {
+        const when = e.decided ? `decided ${fmtFhirDate(e.decided)}` : 'date not recorded';
+        ul.append(h('li', null,
+          h('strong', { text: CPR_WORDS[e.cpr] || conceptText(e.decision) || 'Decision not named' }),
+          ` — ${sourceName(e.provenance)}, ${when}${e.decision_maker ? `, ${e.decision_maker}` : ''}`));
+      }
+      el.append(ul, h('p', { class: 'decision-note', text: 'These current decisions disagree. Confirm which one applies (paper form, the patient’s own documents, a senior clinician) before acting on either.' }));
+    }
+    if (state === 'no_decision') {
+      el.append(h('p', { class: 'decision-note', text: 'No current decision is held on this record. Look for a paper ReSPECT or DNACPR form.' }));
+      const past = res && Array.isArray(res.history) ? res.history.length : 0;
+      if (past) el.append(h('p', { class: 'decision-note', text: `${plural(past, 'earlier decision is', 'earlier decisions are')} no longer current: see History in the resuscitation section.` }));
+    }
+    if (state === 'withheld') {
+      el.append(h('p', { class: 'decision-action' }, h('button', { type: 'button', class: 'btn bg-open' }, 'Break glass to see the decision…')));
+    } else if (res && Number(res.withheld) > 0) {
+      el.append(breakGlassLine(Number(res.withheld)));
+    }
+  }
+
+  // ----- care plans
 
   function carePlanItem(c) {
     return h('li', { class: 'item careplan' },
       h('div', { class: 'item-head' },
         h('span', { class: 'item-name', text: conceptText(c.plan_type) || 'Care plan' }),
-        statusBadge(c.status, ['current', 'active'])),
-      c.extract ? h('p', { class: 'extract', text: c.extract }) : null,
+        statusBadge(c.status, ['current', 'active']),
+        restrictedBadge(c.provenance)),
+      ...extractOf(c.extract),
       detail([
         c.date && `Dated ${fmtFhirDate(c.date)}`,
         c.custodian && `held by ${c.custodian}`,
       ]),
       c.url ? h('p', { class: 'detail url' }, 'Full plan: ', h('span', { class: 'mono', text: c.url })) : null,
-      sourceLine(c.provenance));
+      ...itemTail(c.provenance));
   }
+
+  const EXTRACT_SHOWN = 400;
+
+  /** A care plan's extract; a long one opens to its start, the rest one tap away. */
+  function extractOf(text) {
+    if (!text) return [];
+    if (text.length <= EXTRACT_SHOWN + 100) return [h('p', { class: 'extract', text })];
+    const cut = text.lastIndexOf(' ', EXTRACT_SHOWN);
+    const head = text.slice(0, cut > EXTRACT_SHOWN / 2 ? cut : EXTRACT_SHOWN);
+    return [
+      h('p', { class: 'extract', text: `${head} …` }),
+      h('details', { class: 'extract-more' },
+        h('summary', { text: `Show all the text received (${text.length.toLocaleString('en-GB')} characters)` }),
+        h('p', { class: 'extract-full', text })),
+    ];
+  }
+
+  // ----- medicines
 
   const HIGH_RISK = {
     anticoagulant: 'anticoagulant',
@@ -874,22 +1015,68 @@
     return act(a) - act(b) || hr(a) - hr(b);
   }
 
+  const RECORD_KINDS = [['statement', 'statements'], ['request', 'requests'], ['order', 'orders']];
+
+  /** "statement + 2 orders, Barts Health NHS Trust; statement, Bow Common Practice". */
+  function recordsText(records) {
+    if (!Array.isArray(records) || records.length < 2) return null;
+    const bySource = new Map();
+    for (const r of records) {
+      const who = r.source_name || r.source_ods || 'unknown source';
+      if (!bySource.has(who)) bySource.set(who, new Map());
+      const kinds = bySource.get(who);
+      kinds.set(r.kind, (kinds.get(r.kind) || 0) + 1);
+    }
+    const rank = (k) => { const i = RECORD_KINDS.findIndex(([one]) => one === k); return i < 0 ? 9 : i; };
+    const parts = [];
+    for (const [who, kinds] of bySource) {
+      const words = [...kinds].sort((x, y) => rank(x[0]) - rank(y[0])).map(([k, n]) => {
+        const w = RECORD_KINDS.find(([one]) => one === k) || [String(k || 'record'), `${k || 'record'}s`];
+        return n === 1 ? w[0] : `${n} ${w[1]}`;
+      });
+      parts.push(`${words.join(' + ')}, ${who}`);
+    }
+    return parts.join('; ');
+  }
+
   function medicationItem(m) {
     const hr = m.high_risk ? HIGH_RISK[m.high_risk] || String(m.high_risk).replace(/_/g, ' ') : null;
+    const recs = recordsText(m.records);
     return h('li', { class: `item med${hr ? ' is-high-risk' : ''}` },
       h('div', { class: 'item-head' },
         h('span', { class: 'item-name', text: conceptText(m.concept) || 'Unnamed medicine' }),
         hr ? badge(`HIGH-RISK: ${hr}`, 'high-risk') : null,
-        statusBadge(m.status, ['active'])),
+        statusBadge(m.status, ['active']),
+        restrictedBadge(m.provenance)),
       m.dosage ? h('p', { class: 'dose', text: m.dosage }) : null,
       detail([
+        m.form && conceptText(m.form),
         m.route && conceptText(m.route),
         m.last_issued && `last issued ${fmtFhirDate(m.last_issued)}`,
         m.started && `started ${fmtFhirDate(m.started)}`,
-        m.prescriber_ods && `prescriber ${m.prescriber_ods}`,
       ]),
-      sourceLine(m.provenance));
+      recs ? h('p', { class: 'records', text: `Recorded as: ${recs}` }) : null,
+      ...itemTail(m.provenance));
   }
+
+  /** A medicine stopped recently: its status and end date, and no high-risk badge (not taken now). */
+  function stoppedMedicationItem(m) {
+    const recs = recordsText(m.records);
+    return h('li', { class: 'item med-stopped' },
+      h('div', { class: 'item-head' },
+        h('span', { class: 'item-name', text: conceptText(m.concept) || 'Unnamed medicine' }),
+        badge(capital(m.status || 'stopped'), 'muted-badge'),
+        restrictedBadge(m.provenance)),
+      h('p', { class: 'ended', text: m.ended ? `Ended ${fmtFhirDate(m.ended)}` : 'End date not recorded' }),
+      detail([
+        m.dosage && `was: ${m.dosage}`,
+        m.started && `started ${fmtFhirDate(m.started)}`,
+      ]),
+      recs ? h('p', { class: 'records', text: `Recorded as: ${recs}` }) : null,
+      ...itemTail(m.provenance));
+  }
+
+  // ----- conditions
 
   function sortConditions(a, b) {
     const act = (x) => (x.clinical_status && x.clinical_status !== 'active' ? 1 : 0);
@@ -903,13 +1090,16 @@
         h('span', { class: 'item-name', text: conceptText(c.concept) || 'Unnamed condition' }),
         c.significance === 'major' ? badge('Major', 'major') : null,
         statusBadge(c.clinical_status, ['active']),
-        c.verification_status && c.verification_status !== 'confirmed' ? badge(capital(c.verification_status), 'muted-badge') : null),
+        c.verification_status && c.verification_status !== 'confirmed' ? badge(capital(c.verification_status), 'muted-badge') : null,
+        restrictedBadge(c.provenance)),
       detail([
         c.onset && `onset ${fmtFhirDate(c.onset)}`,
         c.recorded && `recorded ${fmtFhirDate(c.recorded)}`,
       ]),
-      sourceLine(c.provenance));
+      ...itemTail(c.provenance));
   }
+
+  // ----- alerts
 
   function alertItem(a) {
     const period = a.start || a.end
@@ -919,31 +1109,53 @@
       h('div', { class: 'item-head' },
         h('span', { class: 'item-name', text: conceptText(a.flag) || 'Alert' }),
         a.category ? badge(conceptText(a.category), 'muted-badge') : null,
-        statusBadge(a.status, ['active'])),
+        statusBadge(a.status, ['active']),
+        restrictedBadge(a.provenance)),
       detail([period]),
-      sourceLine(a.provenance));
+      ...itemTail(a.provenance));
   }
 
-  function basisLines(section, key) {
-    const out = [];
-    for (const m of section.basis || []) {
-      const what = conceptText(m.concept);
-      const p = m.provenance;
-      const who = p ? (p.source_name ? `${p.source_name} (${p.source_ods})` : p.source_ods) : null;
-      const when = p ? fmtMillis(p.last_updated) : null;
-      const status = m.status === 'withheld' ? 'Withheld' : m.status === 'none_known' ? (what ? `“${what}”` : EMPTY[key].none_known) : null;
-      if (!status) continue;
-      out.push(`${status}${who ? ` — recorded by ${who}` : ''}${when ? `, updated ${when}` : ''}`);
-    }
-    return out;
+  /** An alert that is inactive or whose period has ended. */
+  function pastAlertItem(a) {
+    return h('li', { class: 'item alert-past' },
+      h('div', { class: 'item-head' },
+        h('span', { class: 'item-name', text: conceptText(a.flag) || 'Alert' }),
+        badge(a.end ? 'Ended' : capital(a.status && a.status !== 'active' ? a.status : 'not current'), 'muted-badge'),
+        restrictedBadge(a.provenance)),
+      detail([
+        a.category && conceptText(a.category),
+        a.start && `from ${fmtFhirDate(a.start)}`,
+        a.end && `ended ${fmtFhirDate(a.end)}`,
+      ]),
+      ...itemTail(a.provenance));
+  }
+
+  // ----- sections
+
+  /** "N restricted items withheld — break-glass to see", with the button that starts it. */
+  function breakGlassLine(n) {
+    return h('div', { class: 'withheld-line' },
+      h('p', { class: 'withheld-text', text: `${plural(n, 'restricted item', 'restricted items')} withheld — break-glass to see` }),
+      h('button', { type: 'button', class: 'btn bg-open' }, 'Break glass…'));
+  }
+
+  /** "None known — Barts Health NHS Trust, 01-Nov-2026", from the first marker's provenance. */
+  function noneKnownText(section) {
+    const m = (section.basis || []).find((x) => x.status === 'none_known') || (section.basis || [])[0];
+    const p = m && m.provenance;
+    if (!p) return 'None known — source not recorded';
+    const when = fmtMillis(p.last_updated);
+    return `None known — ${p.source_name || p.source_ods || 'source not recorded'}${when ? `, ${when}` : ''}`;
   }
 
   function renderSection(def, section) {
     const s = section && typeof section === 'object' ? section : { status: 'no_information', entries: [] };
-    const entries = Array.isArray(s.entries) ? s.entries.slice() : [];
+    const shown = (e) => !(def.hideRefuted && e.verification_status === 'refuted');
+    const entries = (Array.isArray(s.entries) ? s.entries : []).filter(shown);
     let status = s.status;
     if (entries.length && status !== 'entries') status = 'entries';
     if (!entries.length && !['none_known', 'withheld'].includes(status)) status = 'no_information';
+    const withheld = Number(s.withheld) || 0;
     const words = EMPTY[def.key];
     const hid = `sec-${def.key}-h`;
     const sec = h('section', { class: `sec sec-${def.key} status-${status}`, 'aria-labelledby': hid, 'data-status': status });
@@ -954,23 +1166,63 @@
       const ul = h('ul', { class: 'items' });
       for (const e of entries) ul.append(def.item(e));
       sec.append(ul);
-      const withheld = (s.basis || []).filter((m) => m.status === 'withheld');
-      if (withheld.length) sec.append(h('p', { class: 'empty-note', text: 'Some items from other sources were withheld.' }));
     } else {
-      const box = h('div', { class: `empty empty-${status}` }, h('p', { class: 'empty-main', text: words[status] }));
-      const note = words[`${status}_note`];
+      const main = status === 'none_known' ? noneKnownText(s)
+        : status === 'withheld' ? words.withheld
+          : 'No information';
+      const box = h('div', { class: `empty empty-${status}` }, h('p', { class: 'empty-main', text: main }));
+      const note = status === 'withheld' && withheld > 0 ? null : words[`${status}_note`];
       if (note) box.append(h('p', { class: 'empty-note', text: note }));
-      for (const l of basisLines(s, def.key)) box.append(h('p', { class: 'src', text: l }));
+      const marker = (s.basis || []).find((m) => m.status === status && conceptText(m.concept));
+      if (marker) box.append(h('p', { class: 'src', text: `Recorded as “${conceptText(marker.concept)}”` }));
+      // A section withheld because of restricted items: the way to see them goes in its box.
+      if (status === 'withheld' && withheld > 0) box.append(breakGlassLine(withheld));
       sec.append(box);
     }
+    if (withheld > 0 && status !== 'withheld') sec.append(breakGlassLine(withheld));
+    for (const g of def.groups || []) {
+      const list = (Array.isArray(s[g.key]) ? s[g.key] : []).filter(shown);
+      if (!list.length) continue;
+      const ul = h('ul', { class: 'items' });
+      for (const e of list) ul.append(g.item(e));
+      if (g.fold) {
+        const label = g.key === 'superseded'
+          ? `${plural(list.length, 'earlier plan', 'earlier plans')} ${g.title} (show)`
+          : `${g.title} (${list.length})`;
+        sec.append(h('details', { class: `past past-${g.key}` }, h('summary', { text: label }), ul));
+      } else {
+        sec.append(h('div', { class: `past past-${g.key}` }, h('h3', { text: `${g.title} (${list.length})` }), ul));
+      }
+    }
+    const earlier = Number(s.stopped_earlier) || 0;
+    if (earlier > 0) {
+      sec.append(h('p', { class: 'empty-note', text: `${plural(earlier, 'medicine', 'medicines')} stopped more than a year ago ${earlier === 1 ? 'is' : 'are'} not listed.` }));
+    }
     return sec;
+  }
+
+  /** Deceased, redirected from a former number, restricted demographics: before anything else. */
+  function renderNotices(d, p, nhs) {
+    const box = $('pt-notices');
+    clear(box);
+    if (p.deceased) {
+      box.append(h('p', { class: 'pt-notice deceased', text: `Recorded as deceased — ${p.deceased_at ? fmtFhirDate(p.deceased_at) : 'date not recorded'}` }));
+    }
+    if (d.redirected_from) {
+      box.append(h('p', { class: 'pt-notice redirected', text: `You asked for ${fmtNhs(String(d.redirected_from))} — this record now lives under ${fmtNhs(nhs)}: the old number was superseded or merged. Check it is the right person.` }));
+    }
+    if (p.restricted) {
+      box.append(h('p', { class: 'pt-notice restricted', text: 'Address withheld (restricted record)' }));
+    }
+    box.hidden = !box.firstChild;
   }
 
   function renderSummary() {
     const d = record.data;
     const p = d.patient || {};
     const nhs = String(d.nhs_number || record.nhs);
-    $('pt-name').textContent = fmtName(p.family, p.given);
+    const noNameParts = !p.family && !(Array.isArray(p.given) && p.given.length);
+    $('pt-name').textContent = noNameParts && p.name_text ? p.name_text : fmtName(p.family, p.given);
     const facts = $('pt-facts');
     clear(facts);
     const verified = p.nhs_verification === '01' ? ' (verified)' : p.nhs_verification ? ' (not verified)' : '';
@@ -978,8 +1230,12 @@
       fact('Born', fmtBirth(p.birth_date)),
       fact('Gender', fmtGender(p.gender)),
       fact('NHS number', `${fmtNhs(nhs)}${verified}`, 'nhs-fact'),
-      fact('Postcode', p.postcode || 'Not recorded'),
-      fact('GP practice', p.gp_practice || 'Not recorded'));
+      fact('Postcode', p.restricted ? 'Withheld (restricted record)' : p.postcode || 'Not recorded'),
+      fact('GP practice', p.gp_practice ? (p.gp_name ? `${p.gp_name} (${p.gp_practice})` : p.gp_practice) : 'Not recorded'));
+    if (Array.isArray(p.former_nhs_numbers) && p.former_nhs_numbers.length) {
+      facts.append(fact('Former NHS numbers', p.former_nhs_numbers.map((x) => fmtNhs(String(x))).join(', ')));
+    }
+    renderNotices(d, p, nhs);
 
     const secs = $('sections');
     clear(secs);
@@ -988,11 +1244,12 @@
         h('p', { class: 'empty-main', text: 'The patient has objected to sharing their record' }),
         h('p', { class: 'empty-note', text: 'No clinical content is available here. Ask the patient or their carers.' })));
     }
+    renderDecision(d.resuscitation);
     for (const def of SECTIONS) secs.append(renderSection(def, d[def.key]));
 
     const bg = $('bg-banner');
     if (record.breakGlass || d.confidentiality === 'restricted') {
-      bg.textContent = 'RESTRICTED RECORD opened for emergency treatment. Your reason was recorded and an alert was raised for review.';
+      bg.textContent = 'RESTRICTED information opened for emergency treatment. Your reason was recorded and an alert was raised for review.';
       bg.hidden = false;
     } else {
       bg.textContent = '';
@@ -1020,6 +1277,15 @@
     renderFreshness();
     show('summary');
     focusEl($('pt-name'));
+  }
+
+  /** From the summary: ask for a reason and fetch the same record again with ETREAT. */
+  function openBreakGlass() {
+    if (!record) return;
+    const nhs = String(record.data.nhs_number || record.nhs);
+    showProblem(nhs, 'Restricted items in this record', [
+      'Some items in this patient’s record are restricted by their source. They can be shown only for emergency treatment, with a reason.',
+    ], true, null, true);
   }
 
   /** "Record as of 14:02 — 12 minutes ago", amber when the unit says the record is stale. */
@@ -1127,6 +1393,12 @@
       if (btn && btn.dataset.nhs) loadRecord(btn.dataset.nhs, null);
     });
     $('problem-back').addEventListener('click', () => goFind(null));
+    $('problem-record').addEventListener('click', () => {
+      if (problemNhs) loadRecord(problemNhs, null);
+    });
+    $('summary').addEventListener('click', (ev) => {
+      if (ev.target.closest('button.bg-open')) openBreakGlass();
+    });
     $('bg-form').addEventListener('submit', onBreakGlass);
     $('close-record').addEventListener('click', () => goFind(null));
     $('refresh-record').addEventListener('click', () => {

@@ -8,6 +8,8 @@
 //   KIOSK_STATIC_DIR  for page development only: serve index.html, app.js and style.css from this
 //                     folder (e.g. edge-daemon/static) instead of the ones compiled into the
 //                     daemon, so a page change can be tried without rebuilding it
+//   KIOSK_CASES       hand-written FHIR bundles loaded into the demo hub with `--ingest`
+//                     (default: cases.ndjson here; see docs/kiosk.md for what each patient shows)
 //
 // Run with `.ci/browser-tests` (installs what is missing), or `node --test kiosk.test.mjs` here.
 
@@ -27,6 +29,23 @@ const BIN = process.env.EDGE_DAEMON_BIN || path.join(root, 'target', 'release', 
 const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 const SHOTS = process.env.SCREENSHOT_DIR || path.join(root, 'target', 'screenshots');
 const STATIC = process.env.KIOSK_STATIC_DIR ? path.resolve(process.env.KIOSK_STATIC_DIR) : null;
+const CASES = process.env.KIOSK_CASES ? path.resolve(process.env.KIOSK_CASES) : path.join(here, 'cases.ndjson');
+
+// The patients of cases.ndjson (NHS numbers in the 999 test range, none used by tests/corpus).
+const CASE = {
+  dnacpr: '9998100003', // DNACPR as a Consent denying CPR (SNOMED 89666000), King's
+  rescinded: '9998100011', // a DNACPR rescinded at its source (Consent inactive): no current decision
+  medicines: '9998100038', // warfarin recorded four times, a stopped apixaban, an unresolved reference
+  allergies: '9998100046', // current, resolved and refuted allergies; active and expired flags
+  noAllergyInfo: '9998100054', // IPS "no-allergy-info" on an AllergyIntolerance
+  respect: '9998100062', // ReSPECT form (not for CPR) replacing an older one; a discharge summary
+  conflict: '9998100070', // King's DNACPR and a later GP "for resuscitation"
+  restricted: '9998100089', // restricted (meta.security R) DNACPR, allergy and condition
+  deceased: '9998100097',
+  oldNumber: '9998100100', // superseded by 9998100119
+  newNumber: '9998100119',
+  sFlag: '9998100127', // PDS S-flag: address withheld
+};
 
 let demo; // the child process
 let demoOut = '';
@@ -78,6 +97,12 @@ async function shot(name, opts = {}) {
   await page.screenshot({ path: path.join(SHOTS, `${name}.png`), ...opts });
 }
 
+/** A screenshot of one element (a section), whatever the scroll position. */
+async function shotOf(selector, name) {
+  fs.mkdirSync(SHOTS, { recursive: true });
+  await page.locator(selector).screenshot({ path: path.join(SHOTS, `${name}.png`) });
+}
+
 function fmtNhs(d) {
   return `${d.slice(0, 3)} ${d.slice(3, 6)} ${d.slice(6)}`;
 }
@@ -106,10 +131,44 @@ async function openByNhs(nhs) {
   await page.press('#nhs', 'Enter');
 }
 
-async function openSummary(nhs) {
+async function openSummary(nhs, shown = nhs) {
   await openByNhs(nhs);
   await page.waitForSelector('#summary:not([hidden])');
-  await page.waitForFunction((d) => document.getElementById('pt-facts').textContent.includes(d), fmtNhs(nhs));
+  await page.waitForFunction((d) => document.getElementById('pt-facts').textContent.includes(d), fmtNhs(shown));
+}
+
+/** 27-Mar-1957, as the page writes a FHIR date. */
+function pageDate(s) {
+  const m = /^(\d{4})-(\d{2})-(\d{2})/.exec(s);
+  const mon = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'][Number(m[2]) - 1];
+  return `${m[3]}-${mon}-${m[1]}`;
+}
+
+/** The page's background colour of an element, as the browser computes it. */
+function bgOf(sel) {
+  return page.$eval(sel, (el) => getComputedStyle(el).backgroundColor);
+}
+
+/**
+ * cases.ndjson with its stopped medicines' end dates moved to 45 days ago: "recently stopped"
+ * is within a year of the unit's today, and the file's own dates would age out of that.
+ */
+function casesForToday() {
+  const ended = new Date(Date.now() - 45 * 86_400_000).toISOString().slice(0, 10);
+  const lines = fs.readFileSync(CASES, 'utf8').split('\n').filter((l) => l.trim());
+  const out = lines.map((l) => {
+    const b = JSON.parse(l);
+    for (const e of b.entry || []) {
+      const r = e.resource;
+      if (r.resourceType === 'MedicationStatement' && r.status === 'stopped' && r.effectivePeriod && r.effectivePeriod.end) {
+        r.effectivePeriod.end = ended;
+      }
+    }
+    return JSON.stringify(b);
+  });
+  const file = path.join(dir, 'cases.ndjson');
+  fs.writeFileSync(file, `${out.join('\n')}\n`);
+  return file;
 }
 
 async function storageDump() {
@@ -130,7 +189,7 @@ before(async () => {
   const port = await freePort();
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kerbside-browser-'));
   base = `http://127.0.0.1:${port}`;
-  demo = spawn(BIN, ['demo', '--patients', '2000', '--lan', `127.0.0.1:${port}`, '--dir', dir], {
+  demo = spawn(BIN, ['demo', '--patients', '2000', '--lan', `127.0.0.1:${port}`, '--dir', dir, '--ingest', casesForToday()], {
     stdio: ['pipe', 'pipe', 'pipe'],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn' },
   });
@@ -139,6 +198,7 @@ before(async () => {
   demo.on('exit', (code, sig) => { demoOut += `\n[demo exited: ${code ?? sig}]\n`; });
   await waitFor(() => /Ctrl-C stops the demo/.test(demoOut) || /demo exited/.test(demoOut), 'the demo to start', 90_000);
   assert.match(demoOut, /Ctrl-C stops the demo/, `the demo did not start:\n${demoOut}`);
+  assert.match(demoOut, /cases\.ndjson: \d+ bundles accepted, 0 rejected/, `every case bundle was accepted:\n${demoOut}`);
   token = /export TOKEN=(\S+)/.exec(demoOut)[1];
   const list = demoOut.split('Patients to try:')[1].split('Ready to paste:')[0];
   for (const line of list.split('\n')) {
@@ -245,8 +305,8 @@ test('search by NHS number: allergies come first, each with its criticality, rea
   // The allergies section is the first section of the summary.
   const order = await page.$$eval('#sections > section', (els) => els.map((e) => e.dataset.status && e.className.match(/sec-(\w+)/)[1]));
   assert.deepEqual(order, ['allergies', 'resuscitation', 'care_plans', 'medications', 'conditions', 'alerts']);
-  const items = await page.$$('.sec-allergies li.item');
-  assert.equal(items.length, json.allergies.entries.length);
+  const items = await page.$$('.sec-allergies > ul.items > li.item');
+  assert.equal(items.length, json.allergies.entries.length, 'the current allergies (past ones are grouped below)');
   const text = await page.textContent('.sec-allergies');
   for (const a of json.allergies.entries) {
     const name = a.concept.text || a.concept.coding.display;
@@ -256,7 +316,7 @@ test('search by NHS number: allergies come first, each with its criticality, rea
     for (const r of a.reactions || []) assert.ok(text.includes(r.manifestation.text || r.manifestation.coding.display), 'reaction shown');
     assert.ok(text.includes(a.provenance.source_name || a.provenance.source_ods), 'source organisation shown');
   }
-  assert.equal(await page.$$eval('.sec-allergies li.item', (els) => els.filter((e) => /Source: .+ · updated \d\d-\w{3}-\d{4}/.test(e.textContent)).length), items.length, 'every item says its source and when it was last updated');
+  assert.equal(await page.$$eval('.sec-allergies > ul.items > li.item', (els) => els.filter((e) => /Source: .+ · updated \d\d-\w{3}-\d{4}/.test(e.textContent)).length), items.length, 'every item says its source and when it was last updated');
   // Identity with the summary, and the freshness banner.
   const facts = await page.textContent('#pt-facts');
   assert.ok(facts.includes(fmtNhs(nhs)));
@@ -269,7 +329,7 @@ test('search by NHS number: allergies come first, each with its criticality, rea
   for (const sec of ['resuscitation', 'care_plans', 'medications', 'conditions', 'alerts']) {
     if (json[sec].status === 'entries') continue;
     const t = await page.textContent(`.sec-${sec} .empty-main`);
-    assert.match(t, /^No .+ (recorded|available)$|withheld$/, `${sec}: ${t}`);
+    assert.match(t, /^No information$|^None known — .+|withheld$/, `${sec}: ${t}`);
   }
 });
 
@@ -285,11 +345,13 @@ test('a richer summary (resuscitation decision, care plan, high-risk medicine) f
     assert.match(await li.textContent(), /HIGH-RISK/);
   }
   for (const sec of ['resuscitation', 'care_plans']) {
-    assert.equal(await page.locator(`.sec-${sec} li.item`).count(), json[sec].entries.length);
+    assert.equal(await page.locator(`.sec-${sec} > ul.items > li.item`).count(), json[sec].entries.length);
   }
-  // Every item of every section names its source organisation and when it was last updated.
+  // Every item of every section (current and past) names its source and when it was updated.
   const items = await page.$$eval('#sections li.item', (els) => els.map((e) => e.textContent));
-  const total = ['allergies', 'resuscitation', 'care_plans', 'medications', 'conditions', 'alerts'].reduce((n, k) => n + json[k].entries.length, 0);
+  const lists = ['entries', 'past', 'stopped', 'superseded', 'history'];
+  const total = ['allergies', 'resuscitation', 'care_plans', 'medications', 'conditions', 'alerts']
+    .reduce((n, k) => n + lists.reduce((m, l) => m + (json[k][l] || []).filter((x) => !(k === 'allergies' && x.verification_status === 'refuted')).length, 0), 0);
   assert.equal(items.length, total);
   for (const t of items) assert.match(t, /Source: .+ \(\w+\) · updated \d\d-\w{3}-\d{4}/);
   await shot('02-summary');
@@ -299,23 +361,267 @@ test('a richer summary (resuscitation decision, care plan, high-risk medicine) f
   await page.setViewportSize({ width: 1280, height: 800 });
 });
 
-test('"No known allergies recorded" and "No allergy information available" are told apart', async () => {
+test('"None known — who, when" and "No information" are told apart', async () => {
   const nka = sample(/no known allergies/);
   const { body: a } = await api(`/v1/patients/${nka}`);
   assert.equal(a.allergies.status, 'none_known');
   await openSummary(nka);
-  assert.equal(await page.textContent('.sec-allergies .empty-main'), 'No known allergies recorded');
+  const p = a.allergies.basis[0].provenance;
+  const main = await page.textContent('.sec-allergies .empty-main');
+  assert.match(main, /^None known — .+, \d\d-\w{3}-\d{4}$/);
+  assert.ok(main.includes(p.source_name || p.source_ods), `who said so: ${main}`);
   assert.equal(await page.getAttribute('.sec-allergies', 'data-status'), 'none_known');
-  assert.ok(!(await page.textContent('.sec-allergies')).includes('No allergy information available'));
+  assert.ok(!(await page.textContent('.sec-allergies')).includes('No information'));
 
   const noinfo = sample(/no allergy information/);
   const { body: b } = await api(`/v1/patients/${noinfo}`);
   assert.equal(b.allergies.status, 'no_information');
   await openSummary(noinfo);
-  assert.equal(await page.textContent('.sec-allergies .empty-main'), 'No allergy information available');
+  assert.equal(await page.textContent('.sec-allergies .empty-main'), 'No information');
   assert.match(await page.textContent('.sec-allergies'), /does not mean the patient has no allergies/);
-  assert.ok(!(await page.textContent('.sec-allergies')).includes('No known allergies recorded'));
+  assert.doesNotMatch(await page.textContent('.sec-allergies'), /none/i, 'no information is never "none"');
   await shot('03-no-allergy-information');
+});
+
+// ------------------------------------------------------------------ the clinical view (cases.ndjson)
+
+test('DNACPR sent as a Consent denying CPR: a red "NOT FOR CPR" banner in the unit\'s words, first', async () => {
+  const { body: json } = await api(`/v1/patients/${CASE.dnacpr}`);
+  const dec = json.resuscitation.decision;
+  assert.equal(dec.state, 'not_for_cpr');
+  await page.setViewportSize({ width: 1366, height: 768 });
+  await openSummary(CASE.dnacpr);
+  const banner = page.locator('#decision');
+  assert.equal(await banner.getAttribute('data-state'), 'not_for_cpr');
+  assert.equal(await page.textContent('#decision-h'), dec.headline, 'the headline word for word');
+  assert.match(dec.headline, /^NOT FOR CPR — DNACPR, 1 March 2025, King's College Hospital/);
+  assert.equal(await bgOf('#decision'), 'rgb(164, 0, 15)', 'red');
+  // Before every section, and on the first screen of a 1366 × 768 kiosk.
+  assert.ok(await page.$eval('#decision', (d) => !!(d.compareDocumentPosition(document.getElementById('sections')) & Node.DOCUMENT_POSITION_FOLLOWING)));
+  const box = await banner.boundingBox();
+  assert.ok(box.y + box.height <= 768, `the banner is on the first screen (${JSON.stringify(box)})`);
+  assert.ok(parseFloat(await page.$eval('#decision-h', (e) => getComputedStyle(e).fontSize)) >= 30, 'large');
+  // The item says what the decision means, never the bare recorded concept ("Cardiopulmonary resuscitation").
+  const item = page.locator('.sec-resuscitation > ul.items > li.item').first();
+  assert.equal(await item.locator('.item-name').textContent(), 'NOT for CPR');
+  assert.doesNotMatch(await page.textContent('.sec-resuscitation'), /Cardiopulmonary resuscitation/);
+  await shot('10-dnacpr');
+  // On a phone too, the decision is on the first screen.
+  await page.setViewportSize({ width: 390, height: 844 });
+  const phone = await banner.boundingBox();
+  assert.ok(phone.y < 844 - 120, `the banner's headline is on a phone's first screen (${JSON.stringify(phone)})`);
+  await shot('10-dnacpr-phone');
+  await page.setViewportSize({ width: 1366, height: 768 });
+});
+
+test('conflicting current decisions: a CONFLICT banner lists each decision with its source and date', async () => {
+  const { body: json } = await api(`/v1/patients/${CASE.conflict}`);
+  const res = json.resuscitation;
+  assert.equal(res.decision.state, 'conflict');
+  assert.equal(res.entries.length, 2);
+  await openSummary(CASE.conflict);
+  assert.equal(await page.getAttribute('#decision', 'data-state'), 'conflict');
+  const text = await page.textContent('#decision');
+  assert.ok(text.includes(res.decision.headline), 'the headline word for word');
+  assert.match(text, /CONFLICT/);
+  const listed = await page.$$eval('#decision .conflict-list li', (els) => els.map((e) => e.textContent));
+  assert.equal(listed.length, 2);
+  for (const e of res.entries) {
+    const line = listed.find((l) => l.includes(e.provenance.source_name));
+    assert.ok(line, `${e.provenance.source_name} listed: ${listed}`);
+    assert.ok(line.includes(pageDate(e.decided)), `with its date: ${line}`);
+    assert.ok(line.startsWith({ not_for_cpr: 'NOT for CPR', for_cpr: 'For CPR' }[e.cpr]), line);
+  }
+  assert.notEqual(await bgOf('#decision'), 'rgb(164, 0, 15)', 'not the plain DNACPR banner');
+  await shot('11-conflict');
+});
+
+test('no current decision (the only DNACPR was rescinded): "No resuscitation decision recorded", never for CPR', async () => {
+  const { body: json } = await api(`/v1/patients/${CASE.rescinded}`);
+  const res = json.resuscitation;
+  assert.equal(res.decision.state, 'no_decision');
+  assert.equal(res.entries.length, 0);
+  assert.equal(res.history[0].state, 'rescinded');
+  await openSummary(CASE.rescinded);
+  assert.equal(await page.getAttribute('#decision', 'data-state'), 'no_decision');
+  assert.equal(await page.textContent('#decision-h'), 'No resuscitation decision recorded');
+  const text = await page.textContent('#decision');
+  assert.doesNotMatch(text, /\bfor CPR\b/i, 'nothing reads as "for CPR"');
+  assert.doesNotMatch(text, /NOT FOR CPR/, 'the rescinded DNACPR is not the decision');
+  assert.ok(!['rgb(0, 112, 60)', 'rgb(230, 244, 236)'].includes(await bgOf('#decision')), 'not green');
+  // The rescinded DNACPR is history: folded away below, marked as such.
+  assert.equal(await page.locator('.sec-resuscitation > ul.items').count(), 0);
+  const hist = page.locator('.sec-resuscitation details.past-history');
+  assert.equal(await hist.getAttribute('open'), null, 'history starts folded');
+  assert.match(await hist.locator('summary').textContent(), /History.*\(1\)/);
+  assert.match(await hist.textContent(), /Rescinded/);
+  await shot('12-no-decision');
+});
+
+test('restricted items: the decision and a section withheld in words; break glass shows them, marked restricted', async () => {
+  const { body: json } = await api(`/v1/patients/${CASE.restricted}`);
+  assert.equal(json.resuscitation.decision.state, 'withheld');
+  assert.equal(json.resuscitation.withheld, 1);
+  assert.equal(json.allergies.withheld, 1);
+  assert.equal(json.conditions.status, 'withheld');
+  await openSummary(CASE.restricted);
+  assert.equal(await page.getAttribute('#decision', 'data-state'), 'withheld');
+  assert.equal(await page.textContent('#decision-h'), json.resuscitation.decision.headline);
+  assert.match(json.resuscitation.decision.headline, /withheld.*restricted.*break-glass/i);
+  assert.match(await page.textContent('.sec-allergies .withheld-line'), /^1 restricted item withheld — break-glass to see/);
+  assert.equal(await page.textContent('.sec-conditions .empty-main'), 'Conditions withheld');
+  assert.match(await page.textContent('.sec-conditions'), /1 restricted item withheld — break-glass to see/);
+  assert.doesNotMatch(await page.textContent('#sections'), /Sulfonamide|immunodeficiency/i, 'nothing restricted on the page');
+  await shot('13-withheld');
+  // Break glass from the banner: the same form and headers as a restricted record.
+  const sent = [];
+  const onReq = (r) => { if (r.url().includes(`/v1/patients/${CASE.restricted}`)) sent.push(r.headers()); };
+  page.on('request', onReq);
+  await page.click('#decision button.bg-open');
+  await page.waitForSelector('#bg-form:not([hidden])');
+  assert.equal(await page.isVisible('#problem-record'), true, 'a way back to the record without breaking the glass');
+  await page.fill('#bg-reason', 'Cardiac arrest, need the resuscitation decision now');
+  await page.click('#bg-form button[type=submit]');
+  await page.waitForSelector('#summary:not([hidden])');
+  await page.waitForFunction(() => document.getElementById('decision').dataset.state !== 'withheld');
+  page.off('request', onReq);
+  assert.equal(sent.at(-1)['x-purpose-of-use'], 'ETREAT');
+  assert.equal(sent.at(-1)['x-break-glass-reason'], 'Cardiac arrest, need the resuscitation decision now');
+  const { body: open } = await api(`/v1/patients/${CASE.restricted}`, { 'X-Purpose-Of-Use': 'ETREAT', 'X-Break-Glass-Reason': 'browser test: compare' });
+  assert.equal(open.resuscitation.withheld, 0);
+  assert.equal(await page.getAttribute('#decision', 'data-state'), open.resuscitation.decision.state);
+  assert.equal(await page.textContent('#decision-h'), open.resuscitation.decision.headline);
+  assert.match(await page.textContent('#bg-banner'), /opened for emergency treatment/);
+  const sulfa = page.locator('.sec-allergies li.item', { hasText: 'Sulfonamide' });
+  assert.equal(await sulfa.locator('.badge.restricted-badge').textContent(), 'Restricted');
+  assert.equal(await page.locator('.withheld-line').count(), 0, 'nothing left withheld');
+  await shot('13-withheld-break-glass');
+});
+
+test('allergies: a refuted allergy is not shown; a resolved one is under "Past" without criticality styling', async () => {
+  const { body: json } = await api(`/v1/patients/${CASE.allergies}`);
+  const all = [...json.allergies.entries, ...json.allergies.past];
+  assert.ok(all.some((a) => a.verification_status === 'refuted') || !JSON.stringify(json.allergies).includes('91936005'), 'the refuted penicillin allergy is at most past');
+  assert.ok(!json.allergies.entries.some((a) => a.verification_status === 'refuted' || a.clinical_status === 'resolved'), 'neither is current');
+  await openSummary(CASE.allergies);
+  const sec = await page.textContent('.sec-allergies');
+  assert.doesNotMatch(sec, /penicillin/i, 'refuted: never shown');
+  const current = page.locator('.sec-allergies > ul.items > li.item');
+  assert.equal(await current.count(), 2);
+  assert.equal(await current.filter({ hasText: 'Latex allergy' }).locator('.badge.crit-high').count(), 1);
+  const past = page.locator('.sec-allergies .past-past');
+  assert.equal(await past.locator('h3').textContent(), 'Past (resolved / inactive) (1)');
+  const egg = past.locator('li.item', { hasText: 'Egg allergy' });
+  assert.equal(await egg.count(), 1);
+  assert.match(await egg.textContent(), /Resolved/);
+  assert.equal(await egg.locator('.badge.crit-high, .badge.crit-low, .badge.crit-unknown').count(), 0, 'no criticality badge');
+  assert.doesNotMatch(await egg.getAttribute('class'), /is-high/);
+  assert.equal(await egg.evaluate((e) => getComputedStyle(e).backgroundColor), 'rgba(0, 0, 0, 0)', 'no red background');
+  await shot('14-allergies-past');
+  await shotOf('.sec-allergies', '14-allergies-section');
+});
+
+test('IPS "no information about allergies" is not an allergy: "No information", never "none" or a count', async () => {
+  const { body: json } = await api(`/v1/patients/${CASE.noAllergyInfo}`);
+  assert.equal(json.allergies.status, 'no_information');
+  assert.equal(json.allergies.entries.length, 0);
+  await openSummary(CASE.noAllergyInfo);
+  assert.equal(await page.textContent('.sec-allergies h2'), 'Allergies and adverse reactions');
+  assert.equal(await page.textContent('.sec-allergies .empty-main'), 'No information');
+  assert.equal(await page.locator('.sec-allergies li.item').count(), 0);
+  assert.doesNotMatch(await page.textContent('.sec-allergies'), /none/i);
+});
+
+test('medicines: warfarin recorded four times is one line naming its records; a stopped anticoagulant is "Recently stopped", no high-risk badge', async () => {
+  const { body: json } = await api(`/v1/patients/${CASE.medicines}`);
+  const meds = json.medications;
+  const warf = meds.entries.filter((m) => /warfarin/i.test(m.concept.text || m.concept.coding.display));
+  assert.equal(warf.length, 1, 'one warfarin line');
+  assert.equal(warf[0].records.length, 4);
+  assert.equal(meds.stopped.length, 1);
+  assert.equal(meds.stopped[0].high_risk, undefined);
+  await openSummary(CASE.medicines);
+  const lines = page.locator('.sec-medications > ul.items > li.item', { hasText: /Warfarin/ });
+  assert.equal(await lines.count(), 1, 'warfarin shown once');
+  const w = await lines.textContent();
+  assert.match(w, /HIGH-RISK: anticoagulant/);
+  assert.match(w, /Recorded as: statement \+ request \+ 2 orders, Barts Health NHS Trust/);
+  const stopped = page.locator('.sec-medications .past-stopped');
+  assert.equal(await stopped.locator('h3').textContent(), 'Recently stopped (1)');
+  const apix = stopped.locator('li.item', { hasText: 'Apixaban' });
+  const t = await apix.textContent();
+  assert.match(t, /Stopped/);
+  assert.ok(t.includes(`Ended ${pageDate(meds.stopped[0].ended)}`), t);
+  assert.equal(await apix.locator('.badge.high-risk').count(), 0, 'no high-risk badge on a stopped medicine');
+  assert.doesNotMatch(t, /HIGH-RISK/);
+  // A medicine whose Medication reference resolved nowhere says so; no allergies recorded says who and when.
+  assert.match(await page.locator('.sec-medications li.item', { hasText: 'Ramipril' }).textContent(), /Reference could not be resolved/);
+  const nka = json.allergies.basis[0].provenance;
+  assert.equal(await page.textContent('.sec-allergies .empty-main'), `None known — Barts Health NHS Trust, ${pageDate(new Date(nka.last_updated).toISOString())}`);
+  await shot('15-medicines');
+  await shotOf('.sec-medications', '15-medicines-section');
+});
+
+test('alerts: an expired flag is under "Past alerts"; the active one is current', async () => {
+  const { body: json } = await api(`/v1/patients/${CASE.allergies}`);
+  assert.equal(json.alerts.entries.length, 1);
+  assert.equal(json.alerts.past.length, 1);
+  await openSummary(CASE.allergies);
+  const current = page.locator('.sec-alerts > ul.items > li.item');
+  assert.equal(await current.count(), 1);
+  assert.match(await current.textContent(), /British Sign Language/);
+  const past = page.locator('.sec-alerts .past-past');
+  assert.equal(await past.locator('h3').textContent(), 'Past alerts (1)');
+  assert.match(await past.textContent(), /MARAC.*ended 31-May-2026/s);
+  assert.equal(await page.textContent('.sec-alerts h2 .count'), ' (1)');
+  await shotOf('.sec-alerts', '14-alerts-section');
+});
+
+test('ReSPECT form: an amber banner; the replaced form folded away; a discharge summary is no care plan; cut text says so', async () => {
+  const { body: json } = await api(`/v1/patients/${CASE.respect}`);
+  assert.equal(json.resuscitation.decision.state, 'respect_plan');
+  assert.equal(json.care_plans.entries.length, 1);
+  assert.equal(json.care_plans.superseded.length, 1);
+  await openSummary(CASE.respect);
+  assert.equal(await page.textContent('#decision-h'), json.resuscitation.decision.headline);
+  assert.equal(await bgOf('#decision'), 'rgb(255, 244, 214)', 'amber');
+  const cp = page.locator('.sec-care_plans > ul.items > li.item');
+  assert.equal(await cp.count(), 1);
+  assert.match(await cp.textContent(), /Text truncated — full record at Guy's and St Thomas' NHS Foundation Trust \(RJ1\)/);
+  const replaced = page.locator('.sec-care_plans details.past-superseded');
+  assert.equal(await replaced.getAttribute('open'), null, 'the replaced plan is behind a note');
+  assert.match(await replaced.locator('summary').textContent(), /1 earlier plan replaced/);
+  assert.doesNotMatch(await page.textContent('#sections'), /Discharge summary/);
+  await shot('16-respect');
+});
+
+test('notices first: recorded as deceased; a former NHS number redirected to the current record', async () => {
+  const { body: dead } = await api(`/v1/patients/${CASE.deceased}`);
+  assert.equal(dead.patient.deceased, true);
+  await openSummary(CASE.deceased);
+  assert.equal(await page.textContent('#pt-notices .deceased'), `Recorded as deceased — ${pageDate(dead.patient.deceased_at)}`);
+  assert.ok(await page.$eval('#pt-notices', (n) => !!(n.compareDocumentPosition(document.getElementById('pt-name')) & Node.DOCUMENT_POSITION_FOLLOWING)), 'above the name');
+  await shot('17-deceased');
+
+  const { body: moved } = await api(`/v1/patients/${CASE.oldNumber}`);
+  assert.equal(moved.redirected_from, CASE.oldNumber);
+  assert.equal(moved.nhs_number, CASE.newNumber);
+  await openSummary(CASE.oldNumber, CASE.newNumber);
+  assert.match(await page.textContent('#pt-notices .redirected'),
+    new RegExp(`^You asked for ${fmtNhs(CASE.oldNumber)} — this record now lives under ${fmtNhs(CASE.newNumber)}: the old number was superseded or merged`));
+  assert.match(await page.textContent('#pt-facts'), new RegExp(`NHS number:?${fmtNhs(CASE.newNumber)}.*Former NHS numbers:?${fmtNhs(CASE.oldNumber)}`, 's'));
+  await shot('18-redirected');
+});
+
+test('S-flag: the address is withheld, and the page says so', async () => {
+  const { body: json } = await api(`/v1/patients/${CASE.sFlag}`);
+  assert.equal(json.patient.restricted, true);
+  assert.equal(json.patient.postcode, undefined);
+  await openSummary(CASE.sFlag);
+  assert.equal(await page.textContent('#pt-notices .restricted'), 'Address withheld (restricted record)');
+  assert.match(await page.textContent('#pt-facts'), /Postcode:?Withheld \(restricted record\)/);
+  assert.doesNotMatch(await page.textContent('#summary'), /NW1 0PE|Plender/);
+  await page.setViewportSize({ width: 1280, height: 800 });
 });
 
 test('search by family name + birth date + postcode lists candidates and never auto-selects', async () => {
