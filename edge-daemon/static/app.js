@@ -879,10 +879,8 @@
         h('span', { class: 'item-name', text: conceptText(a.concept) || 'Unnamed allergy' }),
         badge(capital(a.clinical_status || 'not current'), 'muted-badge'),
         restrictedBadge(a.provenance)),
-      detail([
-        `reaction: ${reactionsText(a)}`,
-        a.recorded && `recorded ${fmtFhirDate(a.recorded)}`,
-      ]),
+      h('p', { class: 'detail', text: `Reaction: ${reactionsText(a)}` }),
+      detail([a.recorded && `recorded ${fmtFhirDate(a.recorded)}`]),
       ...itemTail(a.provenance));
   }
 
@@ -901,9 +899,10 @@
         h('span', { class: 'item-name', text: name }),
         current ? null : badge(capital(r.state), 'state-badge'),
         restrictedBadge(r.provenance)),
-      // The recorded concept is shown only where it is the plan's name or all there is: for a
-      // Consent it may just say "Cardiopulmonary resuscitation", whatever the decision was.
-      (r.cpr === 'respect_plan' || !CPR_WORDS[r.cpr]) && CPR_WORDS[r.cpr] ? h('p', { class: 'detail', text: conceptText(r.decision) }) : null,
+      // The recorded concept is shown only as a plan's name (or as the name when `cpr` is
+      // unknown): for a Consent it may just say "Cardiopulmonary resuscitation", whatever the
+      // decision was.
+      r.cpr === 'respect_plan' ? h('p', { class: 'detail', text: conceptText(r.decision) }) : null,
       r.form_cpr ? h('p', { class: 'form-cpr', text: `The form records: ${FORM_CPR[r.form_cpr] || r.form_cpr}` }) : null,
       detail([
         r.decided ? `Decided ${fmtFhirDate(r.decided)}` : 'Decision date not recorded',
@@ -1248,7 +1247,9 @@
     for (const def of SECTIONS) secs.append(renderSection(def, d[def.key]));
 
     const bg = $('bg-banner');
-    if (record.breakGlass || d.confidentiality === 'restricted') {
+    // Only when the glass was broken: a record with restricted items answered without it has
+    // them withheld (each section says so), and must not claim they were opened.
+    if (record.breakGlass) {
       bg.textContent = 'RESTRICTED information opened for emergency treatment. Your reason was recorded and an alert was raised for review.';
       bg.hidden = false;
     } else {

@@ -313,7 +313,7 @@ fn resuscitation(s: &Summary, break_glass: bool) -> ResuscitationView {
         }
     }
     // Within one source, the newest decision stands; older ones are superseded by it.
-    current.sort_by(|a, b| decision_key(b).cmp(&decision_key(a)));
+    current.sort_by_key(|r| std::cmp::Reverse(decision_key(r)));
     let mut kept: Vec<Resuscitation> = Vec::new();
     for r in current {
         if kept
@@ -327,7 +327,7 @@ fn resuscitation(s: &Summary, break_glass: bool) -> ResuscitationView {
             kept.push(r);
         }
     }
-    history.sort_by(|a, b| decision_key(b).cmp(&decision_key(a)));
+    history.sort_by_key(|r| std::cmp::Reverse(decision_key(r)));
     let mut meanings: Vec<Cpr> = kept.iter().map(effective).collect();
     meanings.dedup();
     let distinct = {

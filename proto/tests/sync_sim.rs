@@ -29,7 +29,8 @@ use std::time::Instant;
 use edge_proto::cbor;
 use edge_proto::ids::{CohortSpec, DeviceId, OdsCode, SourceId};
 use edge_proto::model::{
-    Allergy, Concept, Demographics, Provenance, Resuscitation, Section, Summary,
+    Allergy, Concept, Cpr, DecisionRecord, DecisionState, Demographics, Provenance, Resuscitation,
+    Section, Summary,
 };
 use edge_proto::nhs::NhsNumber;
 use edge_proto::sync::cohort::{in_cohort, same_cohort, RecordMeta};
@@ -98,6 +99,7 @@ fn provenance(ods: &str) -> Provenance {
         record_version: None,
         last_updated: UnixMillis(T0),
         caveats: Vec::new(),
+        restricted: false,
     }
 }
 
@@ -160,6 +162,11 @@ impl Patient {
                     coding: None,
                     text: Some("DNACPR".into()),
                 },
+                cpr: Cpr::NotForCpr,
+                form_cpr: None,
+                state: DecisionState::Current,
+                record: DecisionRecord::Consent,
+                replaces: Vec::new(),
                 status: None,
                 decided: None,
                 review: None,

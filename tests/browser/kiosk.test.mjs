@@ -472,6 +472,7 @@ test('restricted items: the decision and a section withheld in words; break glas
   assert.equal(await page.textContent('.sec-conditions .empty-main'), 'Conditions withheld');
   assert.match(await page.textContent('.sec-conditions'), /1 restricted item withheld — break-glass to see/);
   assert.doesNotMatch(await page.textContent('#sections'), /Sulfonamide|immunodeficiency/i, 'nothing restricted on the page');
+  assert.equal(await page.isVisible('#bg-banner'), false, 'nothing was opened: no break-glass banner');
   await shot('13-withheld');
   // Break glass from the banner: the same form and headers as a restricted record.
   const sent = [];

@@ -308,3 +308,104 @@ fn paths_select_and_checks_fail_when_they_should() {
     )
     .is_ok());
 }
+
+/// `edge-hub ingest --source`, `--feed` (hub.toml `[[feeds]]`) and `--snapshot` with the real
+/// binary: a bundle naming no organisation is refused without a source (exit 3, the error
+/// says how to fix it), filed under the source given on the command line or by the feed, and
+/// a snapshot feed withdraws what its next bundle no longer holds.
+#[test]
+fn offline_ingest_takes_the_feed_source_and_snapshot() {
+    use kerbside_tests::bin;
+    use std::process::Command;
+    let mut f = Fleet::new().unwrap();
+    let cfg = f.hub_dir.join("hub.toml");
+    let mut toml = std::fs::read_to_string(&cfg).unwrap();
+    toml.push_str("\n[[feeds]]\nname = \"cnwl-nightly\"\nsource = \"RV3\"\nsnapshot = true\n");
+    std::fs::write(&cfg, toml).unwrap();
+    let bundle = |conditions: &[(&str, &str)], ts: &str| {
+        let mut entries = vec![serde_json::json!({"fullUrl": "urn:uuid:p", "resource": {
+            "resourceType": "Patient", "id": "p",
+            "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9990000018"}],
+            "name": [{"family": "Okafor", "given": ["Ada"]}]}})];
+        for (id, text) in conditions {
+            entries.push(
+                serde_json::json!({"fullUrl": format!("urn:uuid:{id}"), "resource": {
+                "resourceType": "Condition", "id": id, "subject": {"reference": "urn:uuid:p"},
+                "code": {"text": text}}}),
+            );
+        }
+        serde_json::json!({"resourceType": "Bundle", "type": "collection", "timestamp": ts,
+            "entry": entries})
+        .to_string()
+    };
+    let ingest = |file: &str, text: &str, extra: &[&str]| {
+        let path = f.path(file);
+        std::fs::write(&path, text).unwrap();
+        Command::new(bin("edge-hub").unwrap())
+            .args(["ingest", "--config"])
+            .arg(&cfg)
+            .args(extra)
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let one = bundle(&[("c1", "Asthma")], "2025-01-01T00:00:00Z");
+    let out = ingest("a.json", &one, &[]);
+    assert_eq!(out.status.code(), Some(3), "refused without a source");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--source"),
+        "the error says how to fix it: {err}"
+    );
+    let out = ingest("a.json", &one, &["--source", "Y03124"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = ingest("b.json", &one, &["--source", "not a code"]);
+    assert!(!out.status.success(), "a malformed source is refused");
+    let out = ingest("c.json", &one, &["--feed", "no-such-feed"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cnwl-nightly"));
+    // The snapshot feed: two conditions, then a later snapshot with one.
+    let two = bundle(
+        &[("m1", "Bipolar disorder"), ("m2", "Hypothyroidism")],
+        "2025-02-01T00:00:00Z",
+    );
+    assert!(ingest("d.json", &two, &["--feed", "cnwl-nightly"])
+        .status
+        .success());
+    let later = bundle(&[("m1", "Bipolar disorder")], "2025-03-01T00:00:00Z");
+    assert!(ingest("e.json", &later, &["--feed", "cnwl-nightly"])
+        .status
+        .success());
+    let u = f.enrol("CORPUS-CLI", &[]).unwrap();
+    f.start_hub().unwrap();
+    f.start_unit(u).unwrap();
+    f.wait_records(u, 1, Duration::from_secs(60)).unwrap();
+    let tok = f
+        .clinician_token(0xC1_0000, "555000111222", "PARAMEDIC, Corpus")
+        .unwrap();
+    let (code, body) = http_with(
+        "GET",
+        &format!("http://{}/v1/patients/9990000018", f.units[u].lan),
+        None,
+        &[("Authorization", &format!("Bearer {tok}"))],
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let sources: Vec<&str> = v["conditions"]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["provenance"]["source_ods"].as_str().unwrap())
+        .collect();
+    assert_eq!(sources.iter().filter(|s| **s == "Y03124").count(), 1);
+    assert_eq!(sources.iter().filter(|s| **s == "RV3").count(), 1, "{body}");
+    assert!(
+        !body.contains("Hypothyroidism"),
+        "withdrawn by the later snapshot"
+    );
+}

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use edge_proto::assemble::from_contribution;
 use edge_proto::fhir::ingest::parse_bundle_json;
 use edge_proto::ids::{DeviceId, StaffRole};
-use edge_proto::model::Summary;
 use edge_proto::time::UnixMillis;
 use edge_proto::token::{self, ShiftClaims};
 use kerbside_tests::fleet::{http_with, nhs_numbers, wait_for, Fleet};

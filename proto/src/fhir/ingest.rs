@@ -2170,15 +2170,13 @@ fn provision_cpr(p: Option<&Value>, inherited: Option<&str>, depth: u8) -> Optio
     }
     let ty = str_at(p, "type").or(inherited);
     // Nested provisions are more specific than their parent.
-    for (i, child) in p
+    for child in p
         .get("provision")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .enumerate()
     {
         if let Some(found) = provision_cpr(Some(child), ty, depth + 1) {
-            let _ = i;
             return Some(found);
         }
     }
