@@ -273,6 +273,7 @@ fn record_words(r: &Resuscitation) -> &'static str {
         (_, Cpr::NotForCpr) => "DNACPR",
         (DecisionRecord::CarePlan, _) => "care plan",
         (DecisionRecord::DnacprForm, _) => "DNACPR form",
+        (_, Cpr::ForCpr) => "CPR decision",
         _ => "recorded decision",
     }
 }
