@@ -117,8 +117,11 @@ impl fmt::Display for NhsNumber {
 }
 
 impl fmt::Debug for NhsNumber {
+    /// Redacted to the last three digits (`NhsNumber(*******919)`), so a `{:?}` in a log line,
+    /// an error or a panic message never carries a whole NHS number.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "NhsNumber({})", self.as_digits())
+        let s = self.as_digits();
+        write!(f, "NhsNumber(*******{})", &s[7..10])
     }
 }
 
@@ -260,5 +263,12 @@ mod tests {
         fn parse_never_panics(s in "\\PC{0,40}") {
             let _ = NhsNumber::parse(&s);
         }
+    }
+
+    #[test]
+    fn debug_never_prints_the_whole_number() {
+        let n = NhsNumber::parse("9434765919").unwrap();
+        assert_eq!(format!("{n:?}"), "NhsNumber(*******919)");
+        assert!(!format!("{:?}", Some(n)).contains("9434765"));
     }
 }
