@@ -202,6 +202,50 @@ fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter(|s| !s.is_empty())
 }
 
+/// The most characters of a break-glass reason kept (the audit stores it as given, cut here).
+pub const MAX_REASON_CHARS: usize = 500;
+
+/// `X-Break-Glass-Reason` in any language: percent-encoded UTF-8 (what the page sends, since
+/// browsers refuse non-ASCII header values) or raw UTF-8 bytes (what curl sends); control
+/// characters dropped, at most [`MAX_REASON_CHARS`] characters. `None` when empty or not UTF-8.
+pub fn break_glass_reason(h: &HeaderMap) -> Option<String> {
+    let raw = h.get("x-break-glass-reason")?.as_bytes();
+    let text = std::str::from_utf8(raw).ok()?;
+    let decoded: String = if text.contains('%') {
+        percent_decode(text).unwrap_or_else(|| text.to_owned())
+    } else {
+        text.to_owned()
+    };
+    let clean: String = decoded
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_REASON_CHARS)
+        .collect();
+    let clean = clean.trim().to_owned();
+    (!clean.is_empty()).then_some(clean)
+}
+
+/// `%XX` decoding to UTF-8 (no `+` → space: this is a header, not a form); `None` when the
+/// escapes do not make UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = |c: u8| (c as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
 /// A refused request: the answer, the audit reason, and the caller when the token was good.
 type Refusal = (Response, &'static str, Option<ShiftClaims>);
 
@@ -267,7 +311,7 @@ fn authenticate(s: &AppState, h: &HeaderMap) -> Result<Caller, Box<Refusal>> {
             )))
         }
     };
-    let reason = header_str(h, "x-break-glass-reason").map(|r| r.chars().take(500).collect());
+    let reason = break_glass_reason(h);
     if purpose == Purpose::EmergencyTreat && reason.is_none() {
         return Err(Box::new((
             error(
@@ -889,8 +933,38 @@ pub async fn search(State(s): State<AppState>, RawQuery(q): RawQuery, h: HeaderM
 
 #[cfg(test)]
 mod tests {
-    use super::query_pairs;
+    use super::{break_glass_reason, query_pairs, MAX_REASON_CHARS};
+    use axum::http::{HeaderMap, HeaderValue};
     use proptest::prelude::*;
+
+    #[test]
+    fn break_glass_reasons_in_any_language() {
+        let reason = |v: &[u8]| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                "x-break-glass-reason",
+                HeaderValue::from_bytes(v).expect("a header value"),
+            );
+            break_glass_reason(&h)
+        };
+        // A smart apostrophe, raw UTF-8 (curl) and percent-encoded (the page).
+        assert_eq!(
+            reason("patient’s unconscious".as_bytes()).as_deref(),
+            Some("patient’s unconscious")
+        );
+        assert_eq!(
+            reason(b"patient%E2%80%99s%20unconscious").as_deref(),
+            Some("patient’s unconscious")
+        );
+        assert_eq!(reason(b"100% sure").as_deref(), Some("100% sure"));
+        assert_eq!(reason(b"   ").as_deref(), None);
+        assert_eq!(reason(b"\xff\xfe").as_deref(), None);
+        let long = "é".repeat(MAX_REASON_CHARS + 10);
+        assert_eq!(
+            reason(long.as_bytes()).map(|r| r.chars().count()),
+            Some(MAX_REASON_CHARS)
+        );
+    }
 
     #[test]
     fn query_pairs_decode_percent_and_plus() {

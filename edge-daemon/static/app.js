@@ -613,7 +613,7 @@
     const headers = {};
     if (breakGlassReason) {
       headers['X-Purpose-Of-Use'] = 'ETREAT';
-      headers['X-Break-Glass-Reason'] = breakGlassReason;
+      headers['X-Break-Glass-Reason'] = encodeURIComponent(breakGlassReason); // any language: browsers refuse non-ASCII header values
     }
     let r;
     try {

@@ -481,13 +481,16 @@ test('restricted items: the decision and a section withheld in words; break glas
   await page.click('#decision button.bg-open');
   await page.waitForSelector('#bg-form:not([hidden])');
   assert.equal(await page.isVisible('#problem-record'), true, 'a way back to the record without breaking the glass');
-  await page.fill('#bg-reason', 'Cardiac arrest, need the resuscitation decision now');
+  // A reason in any language: a smart apostrophe and an accent (the page percent-encodes it,
+  // since browsers refuse non-ASCII header values; the unit decodes it).
+  const reason = 'Cardiac arrest, patient’s café collapse — need the decision now';
+  await page.fill('#bg-reason', reason);
   await page.click('#bg-form button[type=submit]');
   await page.waitForSelector('#summary:not([hidden])');
   await page.waitForFunction(() => document.getElementById('decision').dataset.state !== 'withheld');
   page.off('request', onReq);
   assert.equal(sent.at(-1)['x-purpose-of-use'], 'ETREAT');
-  assert.equal(sent.at(-1)['x-break-glass-reason'], 'Cardiac arrest, need the resuscitation decision now');
+  assert.equal(decodeURIComponent(sent.at(-1)['x-break-glass-reason']), reason);
   const { body: open } = await api(`/v1/patients/${CASE.restricted}`, { 'X-Purpose-Of-Use': 'ETREAT', 'X-Break-Glass-Reason': 'browser test: compare' });
   assert.equal(open.resuscitation.withheld, 0);
   assert.equal(await page.getAttribute('#decision', 'data-state'), open.resuscitation.decision.state);
@@ -709,7 +712,7 @@ test('restricted record: break glass asks for a reason and sends ETREAT with it'
   await page.waitForSelector('#summary:not([hidden])');
   assert.equal(await page.isVisible('#bg-banner'), true);
   assert.match(await page.textContent('#bg-banner'), /opened for emergency treatment/);
-  assert.deepEqual(sent.at(-1), { purpose: 'ETREAT', reason: 'Unconscious patient, treating now, no other source' });
+  assert.deepEqual({ ...sent.at(-1), reason: decodeURIComponent(sent.at(-1).reason) }, { purpose: 'ETREAT', reason: 'Unconscious patient, treating now, no other source' });
   await page.unroute(`**/v1/patients/${nhs}`);
 });
 
