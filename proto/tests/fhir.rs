@@ -421,7 +421,10 @@ fn round_trip(s: &Summary) -> Summary {
 fn summary_fhir_summary_is_identity() {
     let mut s = assemble_one(&rich());
     s.version = 42;
-    s.confidentiality = Confidentiality::Restricted;
+    // A restricted item keeps its label, and the summary is restricted because of it.
+    s.alerts.entries[0].provenance.restricted = true;
+    s.confidentiality = assemble::derive_confidentiality(&s);
+    assert_eq!(s.confidentiality, Confidentiality::Restricted);
     assert_eq!(round_trip(&s), s);
     // none_known with a source, and document-level empty reasons, survive too.
     let mut s = assemble_one(&bundle(vec![
@@ -444,18 +447,163 @@ fn summary_fhir_summary_is_identity() {
     assert_eq!(round_trip(&s), s);
 }
 
+/// Shapes the export once broke or lost, each sent by a source and mapped back unchanged: the
+/// fixture the corpus export test also validates (`tests/fhir-validate/shapes.json`).
+fn shapes() -> Value {
+    let case: Value =
+        serde_json::from_str(include_str!("../../tests/fhir-validate/shapes.json")).unwrap();
+    case["steps"][0]["ingest"].clone()
+}
+
+#[test]
+fn every_shape_survives_the_round_trip() {
+    std::fs::write(
+        "/tmp/shapes.json",
+        serde_json::to_string_pretty(&shapes()).unwrap(),
+    )
+    .unwrap();
+    let mut s = assemble_one(&shapes());
+    s.version = 7;
+    // What the bundle holds, as the model holds it.
+    assert_eq!(s.patient.name_text.as_deref(), Some("Zoë Okafor-Adeyemi"));
+    assert_eq!(s.patient.other_names.len(), 1);
+    assert_eq!(s.patient.gp_name.as_deref(), Some("The Surgery"));
+    assert_eq!(s.allergies.entries[0].clinical_status, None);
+    let kinds: Vec<(bool, MedicationRecordKind)> = s
+        .medications
+        .entries
+        .iter()
+        .map(|m| (m.from_request, m.kind))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (false, MedicationRecordKind::Statement),
+            (false, MedicationRecordKind::Statement),
+            (true, MedicationRecordKind::Request),
+            (true, MedicationRecordKind::Order),
+        ]
+    );
+    assert!(s.medications.entries[1].form.is_some());
+    assert_eq!(s.medications.entries[3].provenance.caveats.len(), 1);
+    let resus: Vec<(Cpr, DecisionState, DecisionRecord)> = s
+        .resuscitation
+        .entries
+        .iter()
+        .map(|r| (r.cpr, r.state, r.record))
+        .collect();
+    assert_eq!(
+        resus,
+        vec![
+            (
+                Cpr::Unknown,
+                DecisionState::Current,
+                DecisionRecord::Consent
+            ),
+            (Cpr::ForCpr, DecisionState::Current, DecisionRecord::Consent),
+            (
+                Cpr::NotForCpr,
+                DecisionState::Rescinded,
+                DecisionRecord::Consent
+            ),
+            (
+                Cpr::RespectPlan,
+                DecisionState::Current,
+                DecisionRecord::RespectForm
+            ),
+            (
+                Cpr::NotForCpr,
+                DecisionState::Current,
+                DecisionRecord::DnacprForm
+            ),
+            (
+                Cpr::NotForCpr,
+                DecisionState::Current,
+                DecisionRecord::CarePlan
+            ),
+        ]
+    );
+    assert_eq!(s.resuscitation.entries[3].form_cpr, Some(Cpr::NotForCpr));
+    assert_eq!(s.care_plans.entries.len(), 2);
+    assert_eq!(round_trip(&s), s);
+
+    // The R4 and IPS rules the export once broke.
+    let d = summary_document(&s);
+    let res = |rt: &str| -> Vec<Value> {
+        d["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["resource"].clone())
+            .filter(|r| r["resourceType"] == rt)
+            .collect()
+    };
+    let intents: Vec<Value> = res("MedicationRequest")
+        .iter()
+        .map(|r| r["intent"].clone())
+        .collect();
+    assert_eq!(intents, vec![json!("plan"), json!("order")]);
+    for m in res("MedicationStatement") {
+        assert!(
+            m.get("effectivePeriod").is_some() || m.get("_effectiveDateTime").is_some(),
+            "{m}"
+        );
+    }
+    assert_eq!(
+        res("AllergyIntolerance")[0]["clinicalStatus"]["extension"][0]["valueCode"],
+        "unknown"
+    );
+    let consents = res("Consent");
+    assert_eq!(consents.len(), 3);
+    for c in &consents {
+        assert!(
+            c.get("policyRule").is_some() || c.get("policy").is_some(),
+            "{c}"
+        );
+    }
+    assert!(consents[0]["provision"].get("type").is_none());
+    assert_eq!(
+        consents[0]["provision"]["_type"]["extension"][0]["valueCode"],
+        "unknown"
+    );
+    assert_eq!(consents[1]["provision"]["type"], "permit");
+    assert_eq!(consents[1]["policyRule"]["coding"][0]["code"], "OPTIN");
+    assert_eq!(consents[2]["provision"]["type"], "deny");
+    assert_eq!(consents[2]["status"], "rejected");
+    // The ReSPECT form is one DocumentReference in both sections.
+    assert_eq!(res("DocumentReference").len(), 2);
+    assert_eq!(res("CarePlan").len(), 1);
+    assert_eq!(res("Medication").len(), 1);
+    let names = res("Patient")[0]["name"].clone();
+    assert_eq!(names[0]["text"], "Zoë Okafor-Adeyemi");
+    assert_eq!(names[1]["use"], "maiden");
+}
+
+#[test]
+fn a_patient_without_a_name_or_birth_date_still_has_the_ips_elements() {
+    let mut b = bundle(vec![patient(NHS, "2024-01-01T00:00:00Z")]);
+    let p = &mut b["entry"][0]["resource"];
+    p.as_object_mut().unwrap().remove("name");
+    p.as_object_mut().unwrap().remove("birthDate");
+    let s = assemble_one(&b);
+    assert!(s.patient.family.is_empty() && s.patient.name_text.is_none());
+    let d = summary_document(&s);
+    let pat = &d["entry"][1]["resource"];
+    assert_eq!(pat["name"], json!([{"text": "Name not recorded"}]));
+    assert_eq!(pat["_birthDate"]["extension"][0]["valueCode"], "unknown");
+}
+
 #[test]
 fn document_shape() {
     let s = assemble_one(&rich());
     let d = summary_document(&s);
     assert_eq!(d["type"], "document");
-    assert_eq!(d["entry"][0]["resource"]["resourceType"], "Composition");
-    assert_eq!(
-        d["entry"][0]["resource"]["type"]["coding"][0]["code"],
-        "60591-5"
-    );
-    assert_eq!(d["entry"][1]["resource"]["resourceType"], "Patient");
-    let sections = d["entry"][0]["resource"]["section"].as_array().unwrap();
+    let entries = d["entry"].as_array().unwrap();
+    let comp = &entries[0]["resource"];
+    assert_eq!(comp["resourceType"], "Composition");
+    assert_eq!(comp["type"]["coding"][0]["code"], "60591-5");
+    assert_eq!(entries[1]["resource"]["resourceType"], "Patient");
+    let sections = comp["section"].as_array().unwrap();
     let codes: Vec<&str> = sections
         .iter()
         .map(|s| s["code"]["coding"][0]["code"].as_str().unwrap())
@@ -464,27 +612,79 @@ fn document_shape() {
         codes,
         vec!["48765-2", "10160-0", "11450-4", "42348-3", "18776-5", "104605-1"]
     );
-    // An empty section carries an empty reason.
+    // Author and custodian: the hub's Organization, an entry of the bundle.
+    let by_url = |u: &Value| {
+        entries
+            .iter()
+            .find(|e| &e["fullUrl"] == u)
+            .map(|e| e["resource"].clone())
+            .unwrap_or_else(|| panic!("{u} is not an entry"))
+    };
+    let hub = by_url(&comp["custodian"]["reference"]);
+    assert_eq!(hub["resourceType"], "Organization");
+    assert_eq!(hub["name"], "Kerbside hub");
+    assert_eq!(
+        comp["author"][0]["reference"],
+        comp["custodian"]["reference"]
+    );
+    // One Organization per source, with its ODS code and name, named by its Provenance.
+    let orgs: Vec<(String, String)> = entries
+        .iter()
+        .map(|e| &e["resource"])
+        .filter(|r| r["resourceType"] == "Organization" && r.get("identifier").is_some())
+        .map(|r| {
+            (
+                r["identifier"][0]["value"].as_str().unwrap().to_owned(),
+                r["name"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        orgs,
+        vec![
+            ("G85001".to_owned(), "The Surgery".to_owned()),
+            ("RJ1".to_owned(), "Guy's and St Thomas'".to_owned())
+        ]
+    );
+    let provs: Vec<&Value> = entries
+        .iter()
+        .map(|e| &e["resource"])
+        .filter(|r| r["resourceType"] == "Provenance")
+        .collect();
+    assert_eq!(provs.len(), 2);
+    for p in &provs {
+        assert_eq!(
+            by_url(&p["agent"][0]["who"]["reference"])["resourceType"],
+            "Organization"
+        );
+    }
+    // Every reference resolves, and every fullUrl is used once.
+    let mut urls: Vec<&str> = entries
+        .iter()
+        .map(|e| e["fullUrl"].as_str().unwrap())
+        .collect();
+    urls.sort_unstable();
+    let n = urls.len();
+    urls.dedup();
+    assert_eq!(urls.len(), n, "fullUrls are unique");
+    let text = d.to_string();
+    for r in text.split("\"reference\":\"").skip(1) {
+        let r = &r[..r.find('"').unwrap()];
+        assert!(urls.contains(&r), "{r} resolves to no entry");
+    }
+    // An empty section carries an empty reason, and a document of no items names no source.
     let e = assemble_one(&bundle(vec![patient(NHS, "2024-01-01T00:00:00Z")]));
     let d = summary_document(&e);
     let sec = &d["entry"][0]["resource"]["section"][0];
     assert_eq!(sec["emptyReason"]["coding"][0]["code"], "unavailable");
     assert!(sec.get("entry").is_none());
-    let provs = d["entry"]
+    let kinds: Vec<&str> = d["entry"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|e| e["resource"]["resourceType"] == "Provenance")
-        .count();
-    assert_eq!(provs, 0);
-    let d = summary_document(&s);
-    let provs = d["entry"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["resource"]["resourceType"] == "Provenance")
-        .count();
-    assert_eq!(provs, 2);
+        .map(|e| e["resource"]["resourceType"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, vec!["Composition", "Patient", "Organization"]);
 }
 
 #[test]
