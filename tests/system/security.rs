@@ -239,11 +239,13 @@ fn remote_wipe_destroys_the_cache_and_pending_audit_still_arrives() {
         !f.units[u].dir.join("data/keys/dek.sealed").exists(),
         "the cache's wrapped data key is gone"
     );
-    // The pending audit events still reach the hub.
-    wait_for(Duration::from_secs(30), || {
+    // The pending audit events still reach the hub. (60 s: once, under the whole suite's load
+    // on 2 cores, 30 s was not enough; alone it takes well under a second. Cause not yet found:
+    // see the 2026-12-04 closing note.)
+    wait_for(Duration::from_secs(60), || {
         Ok(f.status(u)?["audit_pending"] == 0)
     })
-    .unwrap();
+    .unwrap_or_else(|e| panic!("{e}: {}", f.unit_log(u)));
     let (code, body) = f
         .admin("GET", &format!("/admin/audit?patient={}", nhs[3]), None)
         .unwrap();
