@@ -419,6 +419,22 @@ async fn wipe(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
         Ok(i) => i,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_device_id", e.to_string()),
     };
+    // A mistyped id must not order a wipe of nothing, or create a phantom device: the unit
+    // must be in the fleet inventory or already known to this hub.
+    let in_inventory = hub
+        .inventory()
+        .is_some_and(|inv| inv.units.iter().any(|u| u.device_id == id));
+    let seen = match hub.store.devices() {
+        Ok(d) => d.iter().any(|(k, _)| k == id.as_str()),
+        Err(e) => return internal(e),
+    };
+    if !in_inventory && !seen {
+        return error(
+            StatusCode::NOT_FOUND,
+            "unknown_device",
+            "no unit with that device id is enrolled in this fleet or known to this hub; check the id (GET /admin/devices lists them)",
+        );
+    }
     warn!(device = %id, cancel = req.cancel, "remote wipe ordered");
     match hub.order_wipe(&id, req.cancel) {
         Ok(()) => {

@@ -218,6 +218,21 @@ fn remote_wipe_destroys_the_cache_and_pending_audit_still_arrives() {
     assert!(f.status(u).unwrap()["audit_pending"].as_u64().unwrap() >= 25);
     // The unit is reported stolen: the operator orders a wipe; the hub comes back.
     f.start_hub().unwrap();
+    // A mistyped id orders nothing and creates no phantom device.
+    let (code, body) = f
+        .admin(
+            "POST",
+            "/admin/wipe",
+            Some("{\"device_id\": \"LAS-AMB-0043\"}"),
+        )
+        .unwrap();
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("unknown_device"), "{body}");
+    let (_, devices) = f.admin("GET", "/admin/devices", None).unwrap();
+    assert!(
+        !devices.contains("LAS-AMB-0043"),
+        "no phantom device: {devices}"
+    );
     let (code, body) = f
         .admin(
             "POST",
