@@ -211,11 +211,11 @@ pub const MAX_REASON_CHARS: usize = 500;
 pub fn break_glass_reason(h: &HeaderMap) -> Option<String> {
     let raw = h.get("x-break-glass-reason")?.as_bytes();
     let text = std::str::from_utf8(raw).ok()?;
-    let decoded: String = if text.contains('%') {
-        percent_decode(text).unwrap_or_else(|| text.to_owned())
-    } else {
-        text.to_owned()
-    };
+    // `%XX` decoding (no `+` → space: this is a header, not a form); escapes that do not make
+    // UTF-8 leave the text as it came.
+    let decoded = percent_encoding::percent_decode_str(text)
+        .decode_utf8()
+        .map_or_else(|_| text.to_owned(), |d| d.into_owned());
     let clean: String = decoded
         .chars()
         .filter(|c| !c.is_control())
@@ -223,27 +223,6 @@ pub fn break_glass_reason(h: &HeaderMap) -> Option<String> {
         .collect();
     let clean = clean.trim().to_owned();
     (!clean.is_empty()).then_some(clean)
-}
-
-/// `%XX` decoding to UTF-8 (no `+` → space: this is a header, not a form); `None` when the
-/// escapes do not make UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let hex = |c: u8| (c as char).to_digit(16);
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8(out).ok()
 }
 
 /// A refused request: the answer, the audit reason, and the caller when the token was good.
@@ -747,8 +726,9 @@ async fn read_patient(s: AppState, h: HeaderMap, raw: Option<String>, format: Fo
     let (age, stale) = freshness(&s, &found);
     a.outcome = AuditOutcome::Ok;
     a.data.version = Some(found.summary.version);
-    let view = edge_proto::view::clinical_view(&found.summary, now(), break_glass);
-    a.data.sections = sections(&edge_proto::view::redact(&found.summary, break_glass));
+    // What this caller may see: restricted items removed unless the glass was broken.
+    let shown = edge_proto::view::redact(&found.summary, break_glass);
+    a.data.sections = sections(&shown);
     a.data.cache_age_s = Some(age);
     if let Err(resp) = s.audit.record(a).await {
         return resp;
@@ -772,13 +752,13 @@ async fn read_patient(s: AppState, h: HeaderMap, raw: Option<String>, format: Fo
                 m.remove("ledger");
                 // Only the sources of what is shown: a restricted item's organisation is not
                 // named unless the glass is broken.
-                let shown = edge_proto::view::redact(&found.summary, break_glass);
                 m.insert(
                     "sources".into(),
                     serde_json::to_value(edge_proto::assemble::derive_sources(&shown))
                         .unwrap_or(Value::Null),
                 );
                 // The sections as a clinician reads them (current and past, folded, withheld).
+                let view = edge_proto::view::clinical_view(&found.summary, now(), break_glass);
                 if let Ok(Value::Object(sections)) = serde_json::to_value(&view) {
                     for (k, val) in sections {
                         m.insert(k, val);
@@ -815,10 +795,7 @@ async fn read_patient(s: AppState, h: HeaderMap, raw: Option<String>, format: Fo
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/fhir+json"),
             );
-            edge_proto::fhir::export::summary_document(&edge_proto::view::redact(
-                &found.summary,
-                break_glass,
-            ))
+            edge_proto::fhir::export::summary_document(&shown)
         }
     };
     debug!(on_demand = found.on_demand, age, stale, "summary served");

@@ -270,28 +270,23 @@ impl HubStore {
 
     /// The current NHS number a former one redirects to (following merges), if any.
     pub fn alias(&self, nhs: &NhsNumber) -> Result<Option<NhsNumber>, StoreError> {
-        let mut at = *nhs;
-        let mut found = None;
-        for _ in 0..8 {
-            match self.tree.get(akey(&at))? {
-                Some(v) => {
-                    let next = std::str::from_utf8(&v)
-                        .ok()
-                        .and_then(|d| NhsNumber::parse(d).ok())
-                        .ok_or_else(|| StoreError::Corrupt {
-                            key: "a".into(),
-                            why: "alias is not an NHS number".into(),
-                        })?;
-                    if next == *nhs {
-                        break;
-                    }
-                    at = next;
-                    found = Some(next);
-                }
-                None => break,
-            }
-        }
-        Ok(found)
+        follow_aliases(nhs, |at| self.alias_step(at))
+    }
+
+    /// One step of the alias table: the number `nhs` redirects to, as stored.
+    fn alias_step(&self, nhs: &NhsNumber) -> Result<Option<NhsNumber>, StoreError> {
+        self.tree
+            .get(akey(nhs))?
+            .map(|v| {
+                std::str::from_utf8(&v)
+                    .ok()
+                    .and_then(|d| NhsNumber::parse(d).ok())
+                    .ok_or_else(|| StoreError::Corrupt {
+                        key: "a".into(),
+                        why: "alias is not an NHS number".into(),
+                    })
+            })
+            .transpose()
     }
 
     /// Ingest FHIR R4 bundles: `lines` are (line number, JSON text). Each bundle applies whole
@@ -415,25 +410,7 @@ impl HubStore {
                     continue;
                 }
                 head += 1;
-                let version = c.version + 1;
-                let meta = c.meta.clone().into_withdrawn();
-                let entry = FeedDisk {
-                    nhs,
-                    version,
-                    meta: meta.clone(),
-                    previous: Some(c.meta),
-                    record: None,
-                    withdrawn: Some(WithdrawReason::Merged),
-                    at: now,
-                };
-                batch.insert(&fkey(head)[..], encode(&entry)?);
-                let c = CurDisk {
-                    seq: head,
-                    version,
-                    meta,
-                    withdrawn: Some(WithdrawReason::Merged),
-                };
-                batch.insert(&pkey(b'm', &nhs)[..], encode(&c)?);
+                put_withdrawal(&mut batch, head, &nhs, c, WithdrawReason::Merged, now)?;
                 report.changed += 1;
                 continue;
             }
@@ -518,26 +495,8 @@ impl HubStore {
             return Ok(None);
         }
         let head = self.head()? + 1;
-        let version = cur.version + 1;
-        let meta = cur.meta.clone().into_withdrawn();
-        let entry = FeedDisk {
-            nhs: *nhs,
-            version,
-            meta: meta.clone(),
-            previous: Some(cur.meta),
-            record: None,
-            withdrawn: Some(reason),
-            at: now,
-        };
-        let c = CurDisk {
-            seq: head,
-            version,
-            meta,
-            withdrawn: Some(reason),
-        };
         let mut batch = sled::Batch::default();
-        batch.insert(&fkey(head)[..], encode(&entry)?);
-        batch.insert(&pkey(b'm', nhs)[..], encode(&c)?);
+        put_withdrawal(&mut batch, head, nhs, cur, reason, now)?;
         batch.insert(HEAD, &head.to_be_bytes()[..]);
         self.tree.apply_batch(batch)?;
         self.flush()?;
@@ -618,6 +577,54 @@ impl HubStore {
                 .collect()
         }))
     }
+}
+
+/// Write a patient's withdrawal at feed position `seq`: the feed entry and the new current
+/// state (the next version, no record, the routing facts marked withdrawn).
+fn put_withdrawal(
+    batch: &mut sled::Batch,
+    seq: u64,
+    nhs: &NhsNumber,
+    cur: CurDisk,
+    reason: WithdrawReason,
+    now: UnixMillis,
+) -> Result<(), StoreError> {
+    let version = cur.version + 1;
+    let meta = cur.meta.clone().into_withdrawn();
+    let entry = FeedDisk {
+        nhs: *nhs,
+        version,
+        meta: meta.clone(),
+        previous: Some(cur.meta),
+        record: None,
+        withdrawn: Some(reason),
+        at: now,
+    };
+    batch.insert(&fkey(seq)[..], encode(&entry)?);
+    let c = CurDisk {
+        seq,
+        version,
+        meta,
+        withdrawn: Some(reason),
+    };
+    batch.insert(&pkey(b'm', nhs)[..], encode(&c)?);
+    Ok(())
+}
+
+/// Follow a chain of aliases from `start` (at most 8 steps, stopping at a loop): the number it
+/// ends at, or `None` when `start` is not an alias.
+fn follow_aliases(
+    start: &NhsNumber,
+    mut step: impl FnMut(&NhsNumber) -> Result<Option<NhsNumber>, StoreError>,
+) -> Result<Option<NhsNumber>, StoreError> {
+    let mut found: Option<NhsNumber> = None;
+    for _ in 0..8 {
+        match step(found.as_ref().unwrap_or(start))? {
+            Some(n) if n != *start && Some(n) != found => found = Some(n),
+            _ => break,
+        }
+    }
+    Ok(found)
 }
 
 type Parsed = Result<Ingested, String>;
@@ -709,22 +716,10 @@ impl Work<'_> {
 
     /// The number a former one redirects to, counting this chunk's own aliases.
     fn alias(&self, nhs: &NhsNumber) -> Result<Option<NhsNumber>, StoreError> {
-        let mut at = *nhs;
-        let mut found = None;
-        for _ in 0..8 {
-            let next = match self.aliases.get(&at) {
-                Some(n) => Some(*n),
-                None => self.store.alias(&at)?,
-            };
-            match next {
-                Some(n) if n != *nhs && Some(n) != found => {
-                    at = n;
-                    found = Some(n);
-                }
-                _ => break,
-            }
-        }
-        Ok(found)
+        follow_aliases(nhs, |at| match self.aliases.get(at) {
+            Some(n) => Ok(Some(*n)),
+            None => self.store.alias_step(at),
+        })
     }
 
     /// Apply one contribution: redirect a former number, merge retired records, assemble.

@@ -218,6 +218,20 @@ impl FhirDate {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+    /// Is this date (any precision) wholly before the instant `now`? A date-time compares as an
+    /// instant; a partial date ends when the whole period it names is before `now`'s calendar
+    /// date (both are ISO 8601 and sort as text).
+    pub fn is_before(&self, now: UnixMillis) -> bool {
+        let s = self.as_str();
+        if let Ok(t) = UnixMillis::parse_rfc3339(s) {
+            return t < now;
+        }
+        let today = now.to_rfc3339();
+        let today = &today[..today.len().min(10)];
+        let n = s.len().min(today.len());
+        s[..n] < today[..n]
+    }
+
     /// The calendar date part (`YYYY-MM-DD`), if the value is at least day-precise.
     pub fn day(&self) -> Option<&str> {
         self.0.get(0..10).filter(|_| self.0.len() >= 10)

@@ -181,8 +181,8 @@ fn status_of<T>(s: &Section<T>, shown: usize, withheld: usize) -> SectionStatus 
     } else if withheld > 0 {
         SectionStatus::Withheld
     } else if s.status == SectionStatus::Entries {
-        // Every entry is history that the view does not list (cannot happen today); say
-        // nothing stronger than "no information".
+        // Every entry is one the view never lists (entered in error); say nothing stronger
+        // than "no information".
         SectionStatus::NoInformation
     } else {
         s.status
@@ -195,15 +195,12 @@ fn day_of(t: UnixMillis) -> String {
     s.get(..10).unwrap_or(&s).to_owned()
 }
 
-/// Is a date (any precision) wholly before `today` (`YYYY-MM-DD`)?
-fn before(d: &FhirDate, today: &str) -> bool {
-    let s = d.as_str();
-    let n = s.len().min(10).min(today.len());
-    s[..n] < today[..n]
-}
-
 /// `2025-03-01` → "1 March 2025"; `2025-03` → "March 2025"; `2025` → "2025".
 pub fn long_date(d: &FhirDate) -> String {
+    long_date_str(d.as_str())
+}
+
+fn long_date_str(s: &str) -> String {
     const MONTHS: [&str; 12] = [
         "January",
         "February",
@@ -218,7 +215,6 @@ pub fn long_date(d: &FhirDate) -> String {
         "November",
         "December",
     ];
-    let s = d.as_str();
     let year = s.get(..4).unwrap_or(s);
     let month = s
         .get(5..7)
@@ -242,10 +238,7 @@ fn source_words(p: &Provenance) -> String {
 fn decision_day(r: &Resuscitation) -> String {
     match &r.decided {
         Some(d) => long_date(d),
-        None => long_date(
-            &FhirDate::parse(&day_of(r.provenance.last_updated))
-                .unwrap_or_else(|_| FhirDate::parse("1970").expect("a valid year")),
-        ),
+        None => long_date_str(&day_of(r.provenance.last_updated)),
     }
 }
 
@@ -329,14 +322,9 @@ fn resuscitation(s: &Summary, break_glass: bool) -> ResuscitationView {
         }
     }
     history.sort_by_key(|r| std::cmp::Reverse(decision_key(r)));
-    let mut meanings: Vec<Cpr> = kept.iter().map(effective).collect();
-    meanings.dedup();
-    let distinct = {
-        let mut m = meanings.clone();
-        m.sort_by_key(|c| *c as u8);
-        m.dedup();
-        m
-    };
+    let mut distinct: Vec<Cpr> = kept.iter().map(effective).collect();
+    distinct.sort_by_key(|c| *c as u8);
+    distinct.dedup();
     let decision = if kept.is_empty() {
         if withheld > 0 {
             Decision {
@@ -463,12 +451,12 @@ fn conditions(s: &Summary, break_glass: bool) -> SectionView<Condition> {
     }
 }
 
-fn alerts(s: &Summary, today: &str, break_glass: bool) -> SectionView<Alert> {
+fn alerts(s: &Summary, now: UnixMillis, break_glass: bool) -> SectionView<Alert> {
     let (shown, withheld) = visible(&s.alerts, break_glass);
     let (mut entries, mut past) = (Vec::new(), Vec::new());
     for a in shown {
         let inactive = matches!(a.status.as_deref(), Some("inactive" | "entered-in-error"));
-        let expired = a.end.as_ref().is_some_and(|e| before(e, today));
+        let expired = a.end.as_ref().is_some_and(|e| e.is_before(now));
         if inactive || expired {
             past.push(a);
         } else {
@@ -530,7 +518,7 @@ fn norm(s: &Option<String>) -> Option<String> {
     })
 }
 
-fn medications(s: &Summary, today: &str, break_glass: bool) -> MedicationsView {
+fn medications(s: &Summary, now: UnixMillis, break_glass: bool) -> MedicationsView {
     let (mut shown, withheld) = visible(&s.medications, break_glass);
     // Statements first (they say what is taken), then plans, then orders; newest first.
     shown.sort_by(|a, b| {
@@ -555,12 +543,7 @@ fn medications(s: &Summary, today: &str, break_glass: bool) -> MedicationsView {
             None => groups.push(vec![m]),
         }
     }
-    let cutoff = {
-        // `today` minus RECENTLY_STOPPED_DAYS, as a date string (approximate by whole years).
-        let years = RECENTLY_STOPPED_DAYS / 365;
-        let y: i64 = today.get(..4).and_then(|y| y.parse().ok()).unwrap_or(1970);
-        format!("{:04}{}", y - years, today.get(4..).unwrap_or(""))
-    };
+    let cutoff = day_of(now.plus_ms(-RECENTLY_STOPPED_DAYS * 86_400_000));
     let mut entries = Vec::new();
     let mut stopped = Vec::new();
     let mut stopped_earlier = 0;
@@ -660,13 +643,12 @@ fn medications(s: &Summary, today: &str, break_glass: bool) -> MedicationsView {
 /// The clinical view of a summary at `now` (the unit's clock); `break_glass` shows restricted
 /// items (the access is audited as such by the caller).
 pub fn clinical_view(s: &Summary, now: UnixMillis, break_glass: bool) -> View {
-    let today = day_of(now);
     let resuscitation = resuscitation(s, break_glass);
     let allergies = allergies(s, break_glass);
-    let medications = medications(s, &today, break_glass);
+    let medications = medications(s, now, break_glass);
     let conditions = conditions(s, break_glass);
     let care_plans = care_plans(s, break_glass);
-    let alerts = alerts(s, &today, break_glass);
+    let alerts = alerts(s, now, break_glass);
     let withheld = resuscitation.withheld
         + allergies.withheld
         + medications.withheld
