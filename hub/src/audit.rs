@@ -20,6 +20,8 @@ use edge_proto::nhs::NhsNumber;
 use edge_proto::time::UnixMillis;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
 
 use crate::store::StoreError;
 
@@ -69,6 +71,15 @@ fn ikey(kind: u8, who: &str, device: &str, seq: u64) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(&ekey(device, seq));
     k
+}
+
+fn index_event(batch: &mut sled::Batch, dev: &str, e: &AuditEvent) {
+    if let Some(p) = &e.patient {
+        batch.insert(ikey(b'p', &p.as_digits(), dev, e.seq), &[][..]);
+    }
+    if let Some(s) = &e.staff_id {
+        batch.insert(ikey(b's', s, dev, e.seq), &[][..]);
+    }
 }
 
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
@@ -130,6 +141,11 @@ impl AuditRepo {
                 let old: AuditEvent = cbor::from_slice(&old).map_err(corrupt)?;
                 if old.hash == e.hash {
                     out.duplicates += 1;
+                    // Re-index a replayed event: a database written before the three trees
+                    // were committed in one transaction may hold the event without its index
+                    // entries (killed between two trees' writes), and a replay is the moment
+                    // to make "who accessed patient X" whole again. Idempotent.
+                    index_event(&mut ix_batch, dev, e);
                 } else {
                     problem(
                         &mut d,
@@ -164,12 +180,7 @@ impl AuditRepo {
             }
             let bytes = cbor::to_vec(e).map_err(corrupt)?;
             ev_batch.insert(k, bytes);
-            if let Some(p) = &e.patient {
-                ix_batch.insert(ikey(b'p', &p.as_digits(), dev, e.seq), &[][..]);
-            }
-            if let Some(s) = &e.staff_id {
-                ix_batch.insert(ikey(b's', s, dev, e.seq), &[][..]);
-            }
+            index_event(&mut ix_batch, dev, e);
             if e.seq > d.last_seq {
                 d.last_seq = e.seq;
                 d.last_hash = Some(e.hash);
@@ -178,10 +189,21 @@ impl AuditRepo {
             out.new += 1;
             out.upto_seq = out.upto_seq.max(e.seq);
         }
-        self.events.apply_batch(ev_batch)?;
-        self.index.apply_batch(ix_batch)?;
-        self.devices
-            .insert(dev.as_bytes(), cbor::to_vec(&d).map_err(corrupt)?)?;
+        // The events, their index entries and the device summary commit together: a hub killed
+        // mid-write must never keep an event that "who accessed patient X" cannot find (a replay
+        // would then count it a duplicate and never index it).
+        let summary = cbor::to_vec(&d).map_err(corrupt)?;
+        (&self.events, &self.index, &self.devices)
+            .transaction(|(ev, ix, dv)| {
+                ev.apply_batch(&ev_batch)?;
+                ix.apply_batch(&ix_batch)?;
+                dv.insert(dev.as_bytes(), summary.as_slice())?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(e) => StoreError::from(e),
+                TransactionError::Abort(()) => corrupt("audit transaction aborted"),
+            })?;
         self.db.flush()?;
         Ok(out)
     }
@@ -339,4 +361,79 @@ pub fn event_fhir(e: &AuditEvent) -> Value {
 /// Parse an NHS number for a query (400 on failure).
 pub fn parse_patient(s: &str) -> Option<NhsNumber> {
     NhsNumber::parse(s).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edge_proto::audit::{
+        AccessData, AuditAction, AuditOutcome, ClientInfo, Purpose, AUDIT_SCHEMA,
+    };
+    use edge_proto::ids::StaffRole;
+
+    fn chain(n: u64) -> Vec<AuditEvent> {
+        let mut prev = GENESIS;
+        (1..=n)
+            .map(|seq| {
+                let mut e = AuditEvent {
+                    schema: AUDIT_SCHEMA,
+                    event_id: edge_proto::audit::uuid_from_bytes([seq as u8; 16]),
+                    device_id: DeviceId::parse("LAS-AMB-0001").unwrap(),
+                    seq: 0,
+                    prev_hash: GENESIS,
+                    hash: Hash32::default(),
+                    recorded: UnixMillis(1_700_000_000_000 + seq as i64),
+                    clock_offset_ms: 0,
+                    action: AuditAction::Read,
+                    outcome: AuditOutcome::Ok,
+                    outcome_reason: None,
+                    staff_id: Some("555000111222".into()),
+                    staff_name: None,
+                    role: Some(StaffRole::Clinical),
+                    org_ods: None,
+                    auth: None,
+                    purpose: Purpose::Treat,
+                    break_glass_reason: None,
+                    patient: Some(NhsNumber::parse("9990000018").unwrap()),
+                    data: AccessData::default(),
+                    client: ClientInfo::default(),
+                    incident_ref: None,
+                    offline: false,
+                };
+                e.seal(seq, prev).unwrap();
+                prev = e.hash;
+                e
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_replay_re_indexes_an_event_stored_without_its_index_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let repo = AuditRepo::open(&db).unwrap();
+        let dev = DeviceId::parse("LAS-AMB-0001").unwrap();
+        let events = chain(4);
+        let out = repo.store(&dev, &events).unwrap();
+        assert_eq!((out.new, out.upto_seq), (4, 4));
+        assert_eq!(repo.query(b'p', "9990000018", 100).unwrap().len(), 4);
+        // What a hub killed between two trees' writes (before they shared one transaction) left
+        // behind: events 3 and 4 stored, their index entries not.
+        for seq in [3u64, 4] {
+            repo.index
+                .remove(ikey(b'p', "9990000018", "LAS-AMB-0001", seq))
+                .unwrap();
+            repo.index
+                .remove(ikey(b's', "555000111222", "LAS-AMB-0001", seq))
+                .unwrap();
+        }
+        assert_eq!(repo.query(b'p', "9990000018", 100).unwrap().len(), 2);
+        // The unit, never acknowledged, uploads them again.
+        let out = repo.store(&dev, &events[2..]).unwrap();
+        assert_eq!((out.new, out.duplicates, out.upto_seq), (0, 2, 4));
+        assert!(out.problems.is_empty(), "{:?}", out.problems);
+        assert_eq!(repo.query(b'p', "9990000018", 100).unwrap().len(), 4);
+        assert_eq!(repo.query(b's', "555000111222", 100).unwrap().len(), 4);
+        assert_eq!(repo.verify("LAS-AMB-0001").unwrap()["chain_ok"], true);
+    }
 }
