@@ -678,8 +678,8 @@ mod tests {
 
     #[test]
     fn demographics_stop_early_and_match_the_whole_decode() {
-        let cfg = edge_hub::synth::Config::new(200, 5, 1, None).unwrap();
-        let gen = edge_hub::synth::Generator::new(&cfg);
+        let cfg = kerbside_synth::Config::new(200, 5, 1, None).unwrap();
+        let gen = kerbside_synth::Generator::new(&cfg);
         for i in 0..200 {
             let mut line = String::new();
             gen.patient(i, &mut line);

@@ -1,11 +1,11 @@
 //! The unit daemon put together: cache, audit journal, sync client and LAN API, from a
-//! validated `edge.toml`. `edge-daemon run` and `edge-daemon demo` both use [`run`].
+//! validated `edge.toml`. `edge-daemon run` and `kerbside demo` both use [`run`].
 
 use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context;
-use edge_provision::config::UnitConfig;
+use edge_runtime::config::UnitConfig;
 
 use crate::access::Auditor;
 use crate::cache::Cache;
@@ -112,7 +112,7 @@ pub async fn run(cfg: UnitConfig, stop: impl Future<Output = ()>) -> anyhow::Res
         l.audit_uploaded_seq = journal.uploaded_seq();
         l.audit_problems = problems;
     });
-    let token_key = edge_provision::keys::load_ed25519_public(&cfg.keys.token_verify)
+    let token_key = edge_runtime::keys::load_ed25519_public(&cfg.keys.token_verify)
         .context("cannot load the shift-token verification key")?;
     let state = cache.state()?;
     status.update(|l| l.cursor = state.cursor);

@@ -204,7 +204,7 @@ impl JournalConfig {
     }
 
     /// The journal of a unit: `data_dir/journal` with the limits of `edge.toml`'s `[audit]`.
-    pub fn for_unit(data_dir: &Path, audit: &edge_provision::config::AuditConfig) -> Self {
+    pub fn for_unit(data_dir: &Path, audit: &edge_runtime::config::AuditConfig) -> Self {
         JournalConfig {
             dir: data_dir.join("journal"),
             segment_bytes: Self::DEFAULT_SEGMENT_BYTES,
@@ -841,10 +841,10 @@ impl Journal {
             .find(|e| e.seq == upto_seq)
             .map(|e| e.hash);
         let bytes = encode_uploaded(upto_seq, hash);
-        edge_provision::fsutil::write_atomic(
+        edge_runtime::fsutil::write_atomic(
             &self.shared.config.dir.join(UPLOADED_FILE),
             &bytes,
-            edge_provision::fsutil::MODE_PRIVATE,
+            edge_runtime::fsutil::MODE_PRIVATE,
         )
         .map_err(|e| JournalError::io("writing the upload marker", e))?;
         self.shared
@@ -1820,7 +1820,7 @@ mod tests {
         assert!(matches!(c.validate(), Err(JournalError::Config(_))));
         let unit = JournalConfig::for_unit(
             Path::new("/data"),
-            &edge_provision::config::AuditConfig::default(),
+            &edge_runtime::config::AuditConfig::default(),
         );
         assert_eq!(unit.dir, Path::new("/data/journal"));
         assert_eq!(

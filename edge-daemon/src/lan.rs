@@ -11,7 +11,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use edge_provision::config::UnitConfig;
+use edge_runtime::config::UnitConfig;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -178,7 +178,7 @@ pub async fn serve(listener: TcpListener, app: Router, config: &UnitConfig) -> a
         axum::serve(listener, app).await.context("LAN API")?;
         return Ok(());
     }
-    let tls = edge_provision::tls::lan_server_config(config)
+    let tls = edge_runtime::tls::lan_server_config(config)
         .context("cannot build the LAN TLS config from the unit's bundle")?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {

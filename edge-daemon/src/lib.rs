@@ -12,7 +12,7 @@
 pub mod access;
 pub mod cache;
 pub mod daemon;
-pub mod demo;
+
 pub mod journal;
 pub mod lan;
 pub mod seal;

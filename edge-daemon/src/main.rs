@@ -5,7 +5,6 @@
 //! in a tamper-evident audit journal, and obeys the supervisor board. Subcommands that later
 //! issues fill in say so and exit non-zero.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -26,26 +25,12 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Bring up a whole small fleet on this machine: fleet CA, a hub loaded with synthetic
-    /// Londoners, one unit syncing over QUIC on loopback, and the LAN API and kiosk page.
+    /// The demo moved to its own binary: `cargo run --release -p kerbside -- demo`. This one
+    /// says so and exits (the unit daemon no longer links the hub).
+    #[command(hide = true, disable_help_flag = true)]
     Demo {
-        /// Number of synthetic patients the demo hub is loaded with.
-        #[arg(long, default_value_t = 10_000)]
-        patients: u32,
-        /// Seed for the synthetic data (same seed, same Londoners).
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Address the LAN API and kiosk page listen on.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        lan: SocketAddr,
-        /// Folder for the demo fleet (default: a fresh temporary folder).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Also load these FHIR bundles (a JSON Bundle or NDJSON, one Bundle a line) into the
-        /// demo hub after the synthetic patients; repeatable. Bundles naming no organisation
-        /// are filed under Y03124.
-        #[arg(long, value_name = "FILE")]
-        ingest: Vec<PathBuf>,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        _args: Vec<String>,
     },
 }
 
@@ -60,30 +45,13 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Demo {
-            patients,
-            seed,
-            lan,
-            dir,
-            ingest,
-        } => {
-            init_logs_quiet();
-            if let Err(e) = edge_daemon::demo::run(patients, seed, lan, dir, &ingest) {
-                eprintln!("edge-daemon demo: error: {e:#}");
-                std::process::exit(1);
-            }
-            Ok(())
+        Command::Demo { .. } => {
+            eprintln!(
+                "edge-daemon demo: the demo moved to its own binary, which runs a hub and a unit in one process: cargo run --release -p kerbside -- demo (or target/release/kerbside demo)"
+            );
+            std::process::exit(2);
         }
     }
-}
-
-fn init_logs_quiet() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 fn init_logs() {
@@ -97,8 +65,8 @@ fn init_logs() {
 
 fn run(config: &std::path::Path) -> anyhow::Result<()> {
     use anyhow::Context;
-    edge_provision::tls::install_default_provider();
-    let cfg = edge_provision::UnitConfig::load(config)?;
+    edge_runtime::tls::install_default_provider();
+    let cfg = edge_runtime::UnitConfig::load(config)?;
     cfg.check_files()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

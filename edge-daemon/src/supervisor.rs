@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use edge_proto::time::UnixMillis;
-use edge_provision::config::{SupervisorConfig, SupervisorMode};
+use edge_runtime::config::{SupervisorConfig, SupervisorMode};
 pub use firmware::proto::{Health, HostFaults, LinkState, ShutdownReason};
 use firmware::proto::{HostToMcu, McuToHost};
 use hw::sim::runner::{RunOptions, SimHandle};

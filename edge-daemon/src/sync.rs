@@ -21,7 +21,7 @@ use edge_proto::sync::{
     UnitConfig as SessionConfig, UnitEvent, UnitSession,
 };
 use edge_proto::time::UnixMillis;
-use edge_provision::config::UnitConfig;
+use edge_runtime::config::UnitConfig;
 use quinn::crypto::rustls::QuicClientConfig;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -100,7 +100,7 @@ impl SyncClient {
         cache: Arc<Cache>,
         status: Arc<Status>,
     ) -> anyhow::Result<(SyncClient, Fetcher)> {
-        let tls = edge_provision::tls::unit_client_config(&config)
+        let tls = edge_runtime::tls::unit_client_config(&config)
             .context("cannot build the unit's TLS config from its bundle")?;
         let quic = QuicClientConfig::try_from(tls).context("QUIC client config")?;
         let mut client = quinn::ClientConfig::new(Arc::new(quic));
@@ -122,7 +122,7 @@ impl SyncClient {
         let mut endpoint = quinn::Endpoint::client(bind).context("cannot open a UDP socket")?;
         endpoint.set_default_client_config(client);
         let hub_addr = resolve(&config)?;
-        let hub_key = edge_provision::keys::load_ed25519_public(&config.keys.record_verify)
+        let hub_key = edge_runtime::keys::load_ed25519_public(&config.keys.record_verify)
             .context("cannot load the hub's record-verification key")?;
         let (tx, fetch_rx) = mpsc::channel(64);
         let budget = Duration::from_millis(config.sync.fetch_budget_ms.clamp(100, 10_000));
@@ -581,7 +581,7 @@ pub struct Reconnect {
 }
 
 impl Reconnect {
-    pub fn new(s: &edge_provision::config::SyncConfig) -> Self {
+    pub fn new(s: &edge_runtime::config::SyncConfig) -> Self {
         let min_ms = s.reconnect_min_ms.max(50);
         let max_ms = s.reconnect_max_ms.max(min_ms);
         let base_stall = Duration::from_millis(s.stall_timeout_ms.max(500));
@@ -824,7 +824,7 @@ fn explain(e: quinn::ConnectionError) -> anyhow::Error {
     match &e {
         quinn::ConnectionError::ConnectionClosed(c) => {
             let code = u64::from(c.error_code);
-            match edge_provision::tls::explain_quic_close(code) {
+            match edge_runtime::tls::explain_quic_close(code) {
                 Some(why) => anyhow::anyhow!("{e}: {why}"),
                 None => anyhow::anyhow!("{e}"),
             }

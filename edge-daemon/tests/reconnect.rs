@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use edge_daemon::sync::{Outcome, Reconnect};
-use edge_provision::config::SyncConfig;
+use edge_runtime::config::SyncConfig;
 
 const UNANSWERED: Outcome = Outcome {
     established: false,

@@ -19,7 +19,7 @@ use edge_daemon::supervisor::{
     SimOptions, Supervisor, SupervisorActions, SupervisorExit, SupervisorOptions, SupervisorStatus,
     SupervisorStatusCell,
 };
-use edge_provision::config::{SupervisorConfig, SupervisorMode};
+use edge_runtime::config::{SupervisorConfig, SupervisorMode};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 

@@ -86,7 +86,7 @@ pub struct IngestQuery {
 /// The ingest options of a feed: the named `[[feeds]]` entry of hub.toml, then `source` and
 /// `snapshot` given with the request (which win).
 pub fn feed_options(
-    cfg: &edge_provision::HubConfig,
+    cfg: &edge_runtime::HubConfig,
     q: &IngestQuery,
 ) -> Result<edge_proto::fhir::ingest::IngestOptions, String> {
     let mut opts = edge_proto::fhir::ingest::IngestOptions::default();

@@ -10,10 +10,10 @@
 //! * [`server`] — the QUIC sync server: one `HubSession` per unit connection, live push.
 //! * [`admin`] — the admin HTTP API.
 //! * [`audit`] — the audit repository: uploads from units, chain checks, queries, export.
-//! * [`synth`] — deterministic synthetic Londoners as FHIR R4 NDJSON (`edge-hub synth`).
+//!
+//! Synthetic data (`edge-hub synth`) is the `kerbside-synth` crate.
 
 pub mod admin;
 pub mod audit;
 pub mod server;
 pub mod store;
-pub mod synth;

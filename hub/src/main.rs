@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use edge_hub::synth;
+use kerbside_synth as synth;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -134,8 +134,8 @@ fn init_logs() {
         .init();
 }
 
-fn load_config(path: &std::path::Path) -> anyhow::Result<edge_provision::HubConfig> {
-    let cfg = edge_provision::HubConfig::load(path)?;
+fn load_config(path: &std::path::Path) -> anyhow::Result<edge_runtime::HubConfig> {
+    let cfg = edge_runtime::HubConfig::load(path)?;
     cfg.check_files()?;
     Ok(cfg)
 }
@@ -213,7 +213,7 @@ fn run_ingest(
 }
 
 fn run_serve(config: &std::path::Path) -> anyhow::Result<()> {
-    edge_provision::tls::install_default_provider();
+    edge_runtime::tls::install_default_provider();
     let cfg = load_config(config)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -22,9 +22,9 @@ use edge_proto::sync::{
     SessionProgress, StreamKind, ToHub, ToUnit, UnitProfile,
 };
 use edge_proto::time::UnixMillis;
-use edge_provision::config::HubConfig;
-use edge_provision::inventory::Inventory;
-use edge_provision::tls::{self, CrlReloader};
+use edge_runtime::config::HubConfig;
+use edge_runtime::inventory::Inventory;
+use edge_runtime::tls::{self, CrlReloader};
 use quinn::crypto::rustls::QuicServerConfig;
 use ring::signature::Ed25519KeyPair;
 use rustls_pki_types::CertificateDer;
@@ -81,7 +81,7 @@ impl Hub {
                 config.data_dir.display()
             )
         })?;
-        let key = edge_provision::keys::load_ed25519_signing(&config.keys.record_signing)
+        let key = edge_runtime::keys::load_ed25519_signing(&config.keys.record_signing)
             .with_context(|| "cannot load the record-signing key".to_string())?;
         let head = store.head()?;
         let (head_tx, _) = watch::channel(head);

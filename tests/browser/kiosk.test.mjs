@@ -1,8 +1,8 @@
 // End-to-end tests of the kiosk / tablet page in headless Chromium (Debian's package, driven by
-// playwright-core; no browser download), against the real stack: `edge-daemon demo` brings up a
+// playwright-core; no browser download), against the real stack: `kerbside demo` brings up a
 // hub, a unit syncing from it over QUIC, and the LAN API serving the page.
 //
-//   EDGE_DAEMON_BIN   the edge-daemon binary (default: target/release/edge-daemon from the repo root)
+//   KERBSIDE_BIN      the kerbside demo binary (default: target/release/kerbside from the repo root)
 //   CHROMIUM_BIN      the browser (default: /usr/bin/chromium)
 //   SCREENSHOT_DIR    where the run saves screenshots (default: target/screenshots)
 //   KIOSK_STATIC_DIR  for page development only: serve index.html, app.js and style.css from this
@@ -25,7 +25,7 @@ import { chromium } from 'playwright-core';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '..', '..');
-const BIN = process.env.EDGE_DAEMON_BIN || path.join(root, 'target', 'release', 'edge-daemon');
+const BIN = process.env.KERBSIDE_BIN || path.join(root, 'target', 'release', 'kerbside');
 const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 const SHOTS = process.env.SCREENSHOT_DIR || path.join(root, 'target', 'screenshots');
 const STATIC = process.env.KIOSK_STATIC_DIR ? path.resolve(process.env.KIOSK_STATIC_DIR) : null;
@@ -185,7 +185,7 @@ async function storageDump() {
 // ------------------------------------------------------------------ the stack
 
 before(async () => {
-  assert.ok(fs.existsSync(BIN), `no edge-daemon binary at ${BIN}: build it with cargo build --release -p edge-daemon`);
+  assert.ok(fs.existsSync(BIN), `no kerbside binary at ${BIN}: build it with cargo build --release -p kerbside`);
   const port = await freePort();
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kerbside-browser-'));
   base = `http://127.0.0.1:${port}`;

@@ -78,7 +78,8 @@ fn synth_is_deterministic_and_every_bundle_ingests() {
 #[test]
 fn every_binary_explains_itself() {
     for (bin, words) in [
-        ("edge-daemon", "demo"),
+        ("edge-daemon", "run"),
+        ("kerbside", "demo"),
         ("edge-hub", "synth"),
         ("edge-provision", "enrol"),
     ] {

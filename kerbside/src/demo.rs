@@ -1,4 +1,4 @@
-//! `edge-daemon demo`: a whole small fleet on this machine, in one process — a fresh fleet CA,
+//! `kerbside demo`: a whole small fleet on this machine, in one process — a fresh fleet CA,
 //! a hub loaded with synthetic Londoners, one enrolled unit syncing from it over QUIC (mutual
 //! TLS, loopback), the LAN API and kiosk page, and a clinician's shift token. Typing `h` and
 //! Enter takes the demo hub offline (and back), to see how the unit behaves without a link.
@@ -17,9 +17,9 @@ use edge_proto::ids::{CohortSpec, DeviceId, StaffRole, UnitRole};
 use edge_proto::model::SectionStatus;
 use edge_proto::nhs::NhsNumber;
 use edge_provision::fleet::{EnrolPlan, Fleet, HubPlan, InitOptions, TokenRequest};
-use edge_provision::HostPort;
+use edge_runtime::HostPort;
 
-use crate::sync::now;
+use edge_daemon::sync::now;
 
 fn free_udp() -> anyhow::Result<u16> {
     Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -46,7 +46,7 @@ pub fn run(
     dir: Option<PathBuf>,
     ingest: &[PathBuf],
 ) -> anyhow::Result<()> {
-    edge_provision::tls::install_default_provider();
+    edge_runtime::tls::install_default_provider();
     anyhow::ensure!(
         lan.ip().is_loopback(),
         "--lan must be a loopback address for the demo (it serves plain HTTP)"
@@ -134,7 +134,7 @@ pub fn run(
     let edge_toml = unit_dir.join("edge.toml");
     let text = std::fs::read_to_string(&edge_toml)?;
     std::fs::write(&edge_toml, text.replacen("tls = true", "tls = false", 1))?;
-    let unit_cfg = edge_provision::UnitConfig::load(&edge_toml)?;
+    let unit_cfg = edge_runtime::UnitConfig::load(&edge_toml)?;
     say(&format!(
         "fleet CA, hub and unit provisioned in {}",
         dir.display()
@@ -149,10 +149,10 @@ pub fn run(
         // The hub, loaded with synthetic Londoners.
         let hub = Arc::new(Hub::open(hub_cfg.clone())?);
         if hub.store.patient_count()? < u64::from(patients) {
-            let cfg = edge_hub::synth::Config::new(u64::from(patients), seed, 3, None)?;
+            let cfg = kerbside_synth::Config::new(u64::from(patients), seed, 3, None)?;
             let mut buf = Vec::new();
             let mut last = Instant::now();
-            edge_hub::synth::write_ndjson(&cfg, &mut buf, 2, &mut |n| {
+            kerbside_synth::write_ndjson(&cfg, &mut buf, 2, &mut |n| {
                 if last.elapsed() > Duration::from_millis(500) {
                     last = Instant::now();
                     say(&format!("synthesising Londoners: {n} / {patients}"));
@@ -220,7 +220,7 @@ pub fn run(
 
         // The unit.
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let unit = tokio::spawn(crate::daemon::run(unit_cfg, async move {
+        let unit = tokio::spawn(edge_daemon::daemon::run(unit_cfg, async move {
             let _ = stop_rx.await;
         }));
         let want = u64::from(patients);
@@ -259,7 +259,7 @@ pub fn run(
                 }
             }
         });
-        let ctrl_c = crate::daemon::stop_signal();
+        let ctrl_c = edge_daemon::daemon::stop_signal();
         tokio::pin!(ctrl_c);
         loop {
             tokio::select! {
