@@ -20,7 +20,6 @@ use edge_proto::sync::{
     encode_frame, FetchResult, InflateDeframer, ProtocolError, StreamKind, ToUnit,
     UnitConfig as SessionConfig, UnitEvent, UnitSession,
 };
-use edge_proto::time::UnixMillis;
 use edge_runtime::config::UnitConfig;
 use quinn::crypto::rustls::QuicClientConfig;
 use tokio::sync::{mpsc, oneshot};
@@ -30,12 +29,7 @@ use crate::cache::Cache;
 use crate::status::{Link, Status};
 
 /// The wall clock, as the protocol's time type.
-pub fn now() -> UnixMillis {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    UnixMillis(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
+pub use edge_runtime::clock::wall_now as now;
 
 /// A tablet's request for a patient outside the cache.
 #[derive(Debug)]

@@ -34,12 +34,7 @@ use tracing::{debug, info, warn};
 use crate::store::HubStore;
 
 /// The wall clock, as the protocol's time type.
-pub fn now() -> UnixMillis {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    UnixMillis(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
+pub use edge_runtime::clock::wall_now as now;
 
 /// A connected unit, as the admin API sees it.
 #[derive(Debug)]

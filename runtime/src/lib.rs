@@ -2,6 +2,7 @@
 //! engineers' `edge-provision` writes. No certificate authority lives here: issuing, renewing
 //! and revoking are `edge-provision`'s, and neither daemon links it.
 //!
+//! - [`clock`]: the one clock abstraction (system, and manual for virtual-time tests).
 //! - [`config`]: `hub.toml` and `edge.toml`, parsed once into validated structs.
 //! - [`tls`]: rustls configurations built from a bundle (mutual TLS over QUIC with the fleet CA
 //!   and its CRL, reloadable without a restart), and the unit identity carried in a certificate.
@@ -14,6 +15,7 @@
 //! What is deliberately absent: no network I/O (the daemon and hub own sockets), and nothing
 //! here panics on a file's contents.
 
+pub mod clock;
 pub mod config;
 pub mod fsutil;
 pub mod hostport;
