@@ -7,10 +7,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use edge_runtime::config::UnitConfig;
 
-use crate::access::Auditor;
 use crate::cache::Cache;
 use crate::journal::{Journal, JournalConfig};
-use crate::lan::{self, AppState};
+use crate::lan::{self, AccessPolicy, AppState, Auditor, Metrics};
 use crate::seal::{FileKeyStore, Sealer};
 use crate::status::Status;
 use crate::supervisor::{
@@ -153,13 +152,31 @@ pub async fn run(cfg: UnitConfig, stop: impl Future<Output = ()>) -> anyhow::Res
             }
         });
     }
+    let clock = edge_runtime::clock::SystemClock::shared();
+    let metrics = Arc::new(Metrics::new(
+        status.clone(),
+        Some(cache.clone()),
+        Some(journal.clone()),
+    ));
     let app = lan::router(AppState {
         cache: cache.clone(),
         status: status.clone(),
         fetcher,
         config: Arc::new(cfg.clone()),
-        token_key: Arc::new(token_key),
-        audit: Auditor::new(Some(journal.clone()), cfg.device_id.clone(), status.clone()),
+        clock: clock.clone(),
+        policy: Arc::new(AccessPolicy::new(
+            clock.clone(),
+            token_key,
+            cfg.device_id.clone(),
+        )),
+        audit: Auditor::new(
+            Some(journal.clone()),
+            cfg.device_id.clone(),
+            status.clone(),
+            clock,
+            metrics.clone(),
+        ),
+        metrics,
         supervisor: supervisor_status.clone(),
         writes_stopped: writes_stopped.clone(),
     });

@@ -9,7 +9,7 @@
 //! * [`status`] — what the unit knows about itself (`/v1/status`).
 //! * [`lan`] — the LAN HTTP API.
 
-pub mod access;
+
 pub mod cache;
 pub mod daemon;
 

@@ -4,7 +4,7 @@
 //! `cd fuzz && cargo +nightly fuzz run lan_query -- -max_total_time=60`
 #![no_main]
 
-use edge_daemon::access::query_pairs;
+use edge_daemon::lan::query_pairs;
 use edge_daemon::search::SearchQuery;
 use edge_proto::nhs::NhsNumber;
 use libfuzzer_sys::fuzz_target;
