@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edge_daemon::journal::format::{self, ScanItem, HEADER_BYTES};
+use edge_daemon::journal::format::{self, HEADER_BYTES};
+use edge_daemon::journal::scan::{scan_bytes, ScanItem};
 use edge_daemon::journal::{
     CipherError, Journal, JournalConfig, JournalError, ProblemKind, RecordCipher, Recovery,
 };
@@ -95,7 +96,7 @@ fn segment_files(cfg: &JournalConfig) -> Vec<PathBuf> {
 
 /// The records of a segment file: (offset, seq, payload).
 fn records(path: &Path) -> Vec<(u64, u64, Vec<u8>)> {
-    format::scan_bytes(&fs::read(path).unwrap())
+    scan_bytes(&fs::read(path).unwrap())
         .into_iter()
         .filter_map(|it| match it {
             ScanItem::Record {
