@@ -29,9 +29,10 @@ pub use feed::{CurrentMeta, CurrentRecord, FeedBody, FeedEntry, FeedError, HubFe
 pub use frame::{encode_frame, FrameDecoder, FrameError, MAX_FRAME_BYTES};
 pub use hub::{HubConfig, HubError, HubSession, SessionProgress, UnitProfile};
 pub use memfeed::MemFeed;
-pub use store::{apply_to, ApplyReport, MemStore, UnitStore};
+pub use store::{apply_to, MemStore, UnitStore};
 pub use unit::{
-    Apply, ApplyKind, FetchResult, ProtocolError, SyncState, UnitConfig, UnitEvent, UnitSession,
+    Apply, ApplyKind, ApplyReport, FetchResult, ProtocolError, SyncState, UnitConfig, UnitEvent,
+    UnitSession,
 };
 pub use wire::{
     Batch, BatchKind, Bytes, Change, FetchOutcome, Hello, RebaselineReason, RefusalCode,

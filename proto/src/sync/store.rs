@@ -21,7 +21,7 @@
 
 use std::collections::BTreeMap;
 
-use super::unit::{Apply, ApplyKind};
+use super::unit::{Apply, ApplyKind, ApplyReport};
 use super::wire::{Bytes, Change};
 use super::SyncState;
 use crate::nhs::NhsNumber;
@@ -49,19 +49,6 @@ pub trait UnitStore {
     /// Remove every record whose epoch is not `epoch`; returns how many.
     fn evict_other_epochs(&mut self, epoch: u64) -> Result<u64, Self::Error>;
     fn save_state(&mut self, state: &SyncState) -> Result<(), Self::Error>;
-}
-
-/// What one apply did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ApplyReport {
-    pub written: u64,
-    pub kept: u64,
-    pub removed: u64,
-    /// Feed entries older than the cached version, skipped.
-    pub stale_skipped: u64,
-    pub evicted: u64,
-    /// Keeps naming a version the cache does not hold (should never happen; reported).
-    pub keep_mismatches: u64,
 }
 
 /// Apply one step to the cache and store the new sync state (inside the caller's transaction).

@@ -25,7 +25,6 @@ use serde::{Deserialize, Serialize};
 
 use super::cohort::{cohort_entries, normalize_cohort, same_cohort, MAX_COHORT_ENTRIES};
 use super::sign::{verify_batch, verify_fetched};
-use super::store::ApplyReport;
 use super::wire::{
     BaselineProgress, Batch, BatchKind, Bytes, Change, FetchOutcome, Held, Hello, RebaselineReason,
     RefusalCode, SyncMode, ToHub, ToUnit, Welcome, MAX_HELD,
@@ -78,6 +77,20 @@ impl SyncState {
             b.cohort.clear();
         }
     }
+}
+
+/// What one apply did (the report `store::apply_to` returns and [`UnitSession::batch_applied`]
+/// takes; it lives here so `store` depends on `unit` and not the other way round).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub written: u64,
+    pub kept: u64,
+    pub removed: u64,
+    /// Feed entries older than the cached version, skipped.
+    pub stale_skipped: u64,
+    pub evicted: u64,
+    /// Keeps naming a version the cache does not hold (should never happen; reported).
+    pub keep_mismatches: u64,
 }
 
 /// What an [`Apply`] is, for the driver's bookkeeping and logs.
