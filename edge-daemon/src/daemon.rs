@@ -158,7 +158,7 @@ pub async fn run(cfg: UnitConfig, stop: impl Future<Output = ()>) -> anyhow::Res
         Some(cache.clone()),
         Some(journal.clone()),
     ));
-    let app = lan::router(AppState {
+    let state = AppState {
         cache: cache.clone(),
         status: status.clone(),
         fetcher,
@@ -168,6 +168,7 @@ pub async fn run(cfg: UnitConfig, stop: impl Future<Output = ()>) -> anyhow::Res
             clock.clone(),
             token_key,
             cfg.device_id.clone(),
+            lan::policy::Limits::from(&cfg.lan),
         )),
         audit: Auditor::new(
             Some(journal.clone()),
@@ -179,7 +180,9 @@ pub async fn run(cfg: UnitConfig, stop: impl Future<Output = ()>) -> anyhow::Res
         metrics,
         supervisor: supervisor_status.clone(),
         writes_stopped: writes_stopped.clone(),
-    });
+    };
+    tokio::spawn(lan::flush_preauth(state.clone()));
+    let app = lan::router(state);
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let actions: Arc<dyn SupervisorActions> = Arc::new(UnitActions {
         cache: cache.clone(),

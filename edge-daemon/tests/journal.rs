@@ -55,6 +55,7 @@ fn event(n: u64) -> AuditEvent {
             candidates: None,
             interface: Some("rest".into()),
             asked_nhs: None,
+            refusals: None,
         },
         client: ClientInfo {
             address: Some("10.0.0.5".into()),

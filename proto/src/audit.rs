@@ -160,6 +160,10 @@ pub struct AccessData {
     /// the event's `patient` is the current number whose record was returned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub asked_nhs: Option<crate::nhs::NhsNumber>,
+    /// For refusals without a valid shift token, which are recorded in aggregate (one event per
+    /// client address per minute): how many refusals this event stands for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusals: Option<u32>,
 }
 
 /// The tablet or kiosk that asked.
@@ -346,6 +350,7 @@ mod tests {
                 candidates: None,
                 interface: Some("rest".into()),
                 asked_nhs: None,
+                refusals: None,
             },
             client: ClientInfo {
                 address: Some("10.0.0.5".into()),

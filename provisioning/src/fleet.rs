@@ -1006,12 +1006,12 @@ impl Fleet {
                 addr: plan.hub.clone(),
                 name: plan.hub_name.clone(),
             },
-            lan: LanConfig {
-                listen: plan.lan.clone(),
-                tls: true,
-                cert: Some(files::LAN_CERT.into()),
-                key: Some(files::LAN_KEY.into()),
-            },
+            lan: LanConfig::new(
+                plan.lan.clone(),
+                true,
+                Some(files::LAN_CERT.into()),
+                Some(files::LAN_KEY.into()),
+            ),
             tls: UnitTls {
                 ca: files::CA_BUNDLE.into(),
                 cert: files::UNIT_CERT.into(),

@@ -323,6 +323,55 @@ pub struct LanConfig {
     /// The LAN server private key (required when `tls = true`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<PathBuf>,
+    /// A client must send a request's headers within this many seconds (slow-loris defence).
+    #[serde(default = "lan_header_read_timeout_s")]
+    pub header_read_timeout_s: u64,
+    /// A connection with no bytes either way for this many seconds is closed.
+    #[serde(default = "lan_idle_timeout_s")]
+    pub idle_timeout_s: u64,
+    /// Open LAN connections at most; past it new connections wait to be accepted.
+    #[serde(default = "lan_max_connections")]
+    pub max_connections: u32,
+    /// Requests in flight at most per client address; past it, 429.
+    #[serde(default = "lan_max_requests_per_client")]
+    pub max_requests_per_client: u32,
+    /// Requests without a valid shift token per client address per second (burst 5×); past
+    /// it, 429 without a journal write.
+    #[serde(default = "lan_unauthenticated_per_s")]
+    pub unauthenticated_per_s: u32,
+}
+
+impl LanConfig {
+    /// A `[lan]` table with the default limits.
+    pub fn new(listen: HostPort, tls: bool, cert: Option<PathBuf>, key: Option<PathBuf>) -> Self {
+        LanConfig {
+            listen,
+            tls,
+            cert,
+            key,
+            header_read_timeout_s: lan_header_read_timeout_s(),
+            idle_timeout_s: lan_idle_timeout_s(),
+            max_connections: lan_max_connections(),
+            max_requests_per_client: lan_max_requests_per_client(),
+            unauthenticated_per_s: lan_unauthenticated_per_s(),
+        }
+    }
+}
+
+fn lan_header_read_timeout_s() -> u64 {
+    10
+}
+fn lan_idle_timeout_s() -> u64 {
+    120
+}
+fn lan_max_connections() -> u32 {
+    256
+}
+fn lan_max_requests_per_client() -> u32 {
+    16
+}
+fn lan_unauthenticated_per_s() -> u32 {
+    5
 }
 
 fn yes() -> bool {
@@ -530,6 +579,36 @@ impl UnitConfig {
                 ),
             ));
         }
+        let l = &self.lan;
+        range(
+            f,
+            "lan.header_read_timeout_s",
+            l.header_read_timeout_s,
+            1,
+            300,
+        )?;
+        range(f, "lan.idle_timeout_s", l.idle_timeout_s, 1, 86_400)?;
+        range(
+            f,
+            "lan.max_connections",
+            u64::from(l.max_connections),
+            1,
+            65_536,
+        )?;
+        range(
+            f,
+            "lan.max_requests_per_client",
+            u64::from(l.max_requests_per_client),
+            1,
+            10_000,
+        )?;
+        range(
+            f,
+            "lan.unauthenticated_per_s",
+            u64::from(l.unauthenticated_per_s),
+            1,
+            10_000,
+        )?;
         let c = &self.cache;
         range(f, "cache.stale_after_s", c.stale_after_s, 1, 365 * 86_400)?;
         range(

@@ -36,6 +36,8 @@ pub struct Access {
     pub incident_ref: Option<String>,
     pub patient: Option<NhsNumber>,
     pub data: AccessData,
+    /// The client's address (the tablet or kiosk).
+    pub client: Option<String>,
 }
 
 impl Access {
@@ -55,6 +57,7 @@ impl Access {
                 asked_nhs: None,
                 ..AccessData::default()
             },
+            client: None,
         }
     }
 }
@@ -123,6 +126,16 @@ impl Auditor {
         self.journal.as_ref()
     }
 
+    /// The journal is into the reserve kept for authenticated accesses (the last tenth of its
+    /// disk budget): refusals without a token are no longer recorded, and `/healthz` says
+    /// `degraded`.
+    pub fn in_reserve(&self) -> bool {
+        self.journal.as_ref().is_some_and(|j| {
+            let st = j.status();
+            st.bytes.saturating_add(st.disk_budget_bytes / 10) >= st.disk_budget_bytes
+        })
+    }
+
     fn event(
         &self,
         a: &Access,
@@ -151,7 +164,10 @@ impl Auditor {
             break_glass_reason: a.break_glass_reason.clone(),
             patient: a.patient,
             data: a.data.clone(),
-            client: ClientInfo::default(),
+            client: ClientInfo {
+                address: a.client.clone(),
+                identity: None,
+            },
             incident_ref: a.incident_ref.clone(),
             offline: live.link == Link::Down,
         })

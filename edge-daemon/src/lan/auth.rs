@@ -2,12 +2,17 @@
 //! (`X-Purpose-Of-Use: TREAT | ETREAT`), a break-glass reason in any language, and the CAD
 //! incident reference.
 
+use std::net::SocketAddr;
+
 use axum::http::HeaderMap;
+use axum::response::Response;
 use edge_proto::audit::Purpose;
 use edge_proto::token::{ShiftClaims, TokenError};
 
-use super::policy::AccessPolicy;
+use super::audit::Access;
+use super::policy::{AccessPolicy, PreAuth};
 use super::refusal::Refusal;
+use super::AppState;
 
 /// An authenticated caller.
 #[derive(Debug, Clone)]
@@ -93,6 +98,34 @@ pub fn authenticate(policy: &AccessPolicy, h: &HeaderMap) -> Result<Caller, Box<
         reason,
         incident,
     })
+}
+
+/// Refuse a request. A refusal for want of a valid token is limited and recorded in aggregate
+/// per client address (one event per minute with a count; 429 past the client's rate), and is
+/// not recorded at all once the journal is into the reserve kept for authenticated accesses;
+/// every other refusal is recorded like any access.
+pub async fn refuse(
+    s: &AppState,
+    mut a: Access,
+    r: Refusal,
+    client: Option<SocketAddr>,
+) -> Response {
+    let (Some(client), true) = (client, r.is_unauthenticated()) else {
+        return s.audit.refuse(a, r).await;
+    };
+    a.client = Some(client.ip().to_string());
+    match s.policy.refused_without_token(client.ip()) {
+        PreAuth::TooFast => Refusal::UnauthenticatedRateLimited.response(s.status.link()),
+        PreAuth::Counted => r.response(s.status.link()),
+        PreAuth::Record { count } => {
+            if s.audit.in_reserve() {
+                s.metrics.unrecorded_refusals(count);
+                return r.response(s.status.link());
+            }
+            a.data.refusals = Some(count);
+            s.audit.refuse(a, r).await
+        }
+    }
 }
 
 #[cfg(test)]

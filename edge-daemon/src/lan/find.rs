@@ -9,8 +9,11 @@ use edge_proto::audit::{AuditAction, AuditOutcome};
 use serde_json::json;
 
 use super::audit::Access;
-use super::auth::authenticate;
-use super::lookup::unavailable;
+use axum::extract::ConnectInfo;
+use axum::Extension;
+
+use super::auth::{authenticate, refuse};
+use super::lookup::{unavailable, Client};
 use super::policy::Pace;
 use super::refusal::Refusal;
 use super::AppState;
@@ -26,16 +29,23 @@ pub fn query_pairs(q: &str) -> Vec<(String, String)> {
 }
 
 /// `GET /v1/search`
-pub async fn search(State(s): State<AppState>, RawQuery(q): RawQuery, h: HeaderMap) -> Response {
+pub async fn search(
+    State(s): State<AppState>,
+    client: Client,
+    RawQuery(q): RawQuery,
+    h: HeaderMap,
+) -> Response {
     if let Some(r) = unavailable(&s) {
         return r.response(s.status.link());
     }
+    let client = client.map(|Extension(ConnectInfo(a))| a);
     let mut a = Access::new(AuditAction::Search, "lan");
+    a.client = client.map(|c| c.ip().to_string());
     let caller = match authenticate(&s.policy, &h) {
         Ok(c) => c,
         Err(b) => {
             a.caller = b.claims;
-            return s.audit.refuse(a, b.refusal).await;
+            return refuse(&s, a, b.refusal, client).await;
         }
     };
     a.caller = Some(caller.claims.clone());

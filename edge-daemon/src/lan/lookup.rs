@@ -3,9 +3,12 @@
 //! function: authenticate, pace, role, offline limit, find (cache, on-demand copy, or a fetch
 //! from the hub), withhold restricted items unless the glass is broken, record, reply.
 
-use axum::extract::{Path, RawQuery, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use edge_proto::audit::{AuditAction, AuditOutcome, Purpose};
 use edge_proto::cbor;
 use edge_proto::ids::StaffRole;
@@ -17,9 +20,9 @@ use serde_json::{json, Value};
 use tracing::{debug, warn};
 
 use super::audit::Access;
-use super::auth::{authenticate, Caller};
+use super::auth::{authenticate, refuse, Caller};
 use super::find::query_pairs;
-use super::policy::{Pace, BROWSE_DELAY_MS};
+use super::policy::Pace;
 use super::refusal::{NotCached, Refusal};
 use super::{error, AppState};
 use crate::cache::{CacheError, CachedRecord};
@@ -38,9 +41,18 @@ enum Format {
     Fhir,
 }
 
+/// The client's address, when the listener gave it (always, except in-process tests).
+pub(super) type Client = Option<Extension<ConnectInfo<SocketAddr>>>;
+
 /// `GET /v1/patients/{nhs}`
-pub async fn patient(State(s): State<AppState>, Path(nhs): Path<String>, h: HeaderMap) -> Response {
-    read_patient(s, h, Some(nhs), Format::Json).await
+pub async fn patient(
+    State(s): State<AppState>,
+    client: Client,
+    Path(nhs): Path<String>,
+    h: HeaderMap,
+) -> Response {
+    let client = client.map(|Extension(ConnectInfo(a))| a);
+    read_patient(s, h, client, Some(nhs), Format::Json).await
 }
 
 /// `GET /v1/patients/` (no number): 404, as for any unknown path.
@@ -55,9 +67,11 @@ pub async fn patient_empty() -> Response {
 /// `GET /fhir/Patient/$summary?identifier=https://fhir.nhs.uk/Id/nhs-number|{nhs}`
 pub async fn fhir_summary(
     State(s): State<AppState>,
+    client: Client,
     RawQuery(q): RawQuery,
     h: HeaderMap,
 ) -> Response {
+    let client = client.map(|Extension(ConnectInfo(a))| a);
     let nhs = q.as_deref().and_then(|q| {
         query_pairs(q)
             .into_iter()
@@ -67,7 +81,7 @@ pub async fn fhir_summary(
                     .map(str::to_owned)
             })
     });
-    read_patient(s, h, nhs, Format::Fhir).await
+    read_patient(s, h, client, nhs, Format::Fhir).await
 }
 
 /// The unit cannot answer at all: power is failing, or its cache has been shredded. (Not
@@ -82,7 +96,13 @@ pub(super) fn unavailable(s: &AppState) -> Option<Refusal> {
     None
 }
 
-async fn read_patient(s: AppState, h: HeaderMap, raw: Option<String>, format: Format) -> Response {
+async fn read_patient(
+    s: AppState,
+    h: HeaderMap,
+    client: Option<SocketAddr>,
+    raw: Option<String>,
+    format: Format,
+) -> Response {
     if let Some(r) = unavailable(&s) {
         return r.response(s.status.link());
     }
@@ -93,12 +113,13 @@ async fn read_patient(s: AppState, h: HeaderMap, raw: Option<String>, format: Fo
             Format::Fhir => "fhir",
         },
     );
+    a.client = client.map(|c| c.ip().to_string());
     let caller = match authenticate(&s.policy, &h) {
         Ok(c) => c,
         Err(b) => {
             a.caller = b.claims;
             a.patient = raw.as_deref().and_then(|r| NhsNumber::parse(r).ok());
-            return s.audit.refuse(a, b.refusal).await;
+            return refuse(&s, a, b.refusal, client).await;
         }
     };
     set_caller(&mut a, &caller);
@@ -112,7 +133,9 @@ async fn read_patient(s: AppState, h: HeaderMap, raw: Option<String>, format: Fo
         }
         None => {
             let r = Refusal::InvalidNhsNumber {
-                detail: "give the NHS number as identifier=https://fhir.nhs.uk/Id/nhs-number|NNNNNNNNNN".into(),
+                detail:
+                    "give the NHS number as identifier=https://fhir.nhs.uk/Id/nhs-number|NNNNNNNNNN"
+                        .into(),
             };
             return s.audit.refuse(a, r).await;
         }
@@ -121,7 +144,7 @@ async fn read_patient(s: AppState, h: HeaderMap, raw: Option<String>, format: Fo
     match s.policy.pace(&caller.claims.token_id, Some(nhs)) {
         Pace::Ok => {}
         Pace::TooFast => return s.audit.refuse(a, Refusal::RateLimited).await,
-        Pace::Browsing { alert } => {
+        Pace::Browsing { alert, delay_ms } => {
             if alert {
                 let mut al = a.clone();
                 al.action = AuditAction::Alert;
@@ -134,7 +157,7 @@ async fn read_patient(s: AppState, h: HeaderMap, raw: Option<String>, format: Fo
                     return Refusal::AuditUnavailable.response(s.status.link());
                 }
             }
-            tokio::time::sleep(std::time::Duration::from_millis(BROWSE_DELAY_MS)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
         }
     }
     if caller.claims.role != StaffRole::Clinical {

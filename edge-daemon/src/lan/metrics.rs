@@ -54,6 +54,7 @@ pub struct Metrics {
     audit_append: Histogram,
     audit_failures: Counter,
     fetches: Family<FetchLabels, Counter>,
+    unrecorded: Counter,
 }
 
 /// Values read at scrape time.
@@ -192,6 +193,12 @@ impl Metrics {
             "On-demand fetches from the hub for patients outside the cohort, by result.",
             fetches.clone(),
         );
+        let unrecorded = Counter::default();
+        registry.register(
+            "kerbside_unrecorded_refusals",
+            "Refusals without a valid token not journalled because the journal is into the reserve kept for authenticated accesses.",
+            unrecorded.clone(),
+        );
         registry.register_collector(Box::new(Live {
             cache,
             status,
@@ -204,7 +211,13 @@ impl Metrics {
             audit_append,
             audit_failures,
             fetches,
+            unrecorded,
         }
+    }
+
+    /// Refusals without a token left out of the journal (it is into its reserve).
+    pub fn unrecorded_refusals(&self, n: u32) {
+        self.unrecorded.inc_by(u64::from(n));
     }
 
     /// One request answered.

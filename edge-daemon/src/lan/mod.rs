@@ -86,16 +86,78 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(page_index))
         .route("/app.js", get(page_js))
         .route("/style.css", get(page_css))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/v1/status", get(status))
         .route("/metrics", get(metrics::metrics))
         .route("/v1/patients/{nhs}", get(lookup::patient))
         .route("/v1/patients/", get(lookup::patient_empty))
         .route("/fhir/Patient/$summary", get(lookup::fhir_summary))
         .route("/v1/search", get(find::search))
-        .route_layer(axum::middleware::from_fn_with_state(tracked, metrics::track))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            per_client_slot,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            tracked,
+            metrics::track,
+        ))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .with_state(state)
+}
+
+/// `GET /healthz`: `ok`, or `degraded: …` (still 200: the unit answers) when the audit
+/// journal is into the reserve kept for authenticated accesses.
+async fn healthz(State(s): State<AppState>) -> &'static str {
+    if s.audit.in_reserve() {
+        "degraded: the audit journal is near its disk budget (uploads are behind); accesses are still answered"
+    } else {
+        "ok"
+    }
+}
+
+/// At most `[lan] max_requests_per_client` requests in flight per client address (429 past
+/// it); requests without a known client (in-process tests) are not limited here.
+async fn per_client_slot(
+    State(s): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let client = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let _slot = match client {
+        None => None,
+        Some(ip) => match s.policy.slot(ip) {
+            Some(slot) => Some(slot),
+            None => return Refusal::TooManyInFlight.response(s.status.link()),
+        },
+    };
+    next.run(req).await
+}
+
+/// Record the refusals without a token counted since each client's last aggregate event (a
+/// burst that stopped is still recorded), once a minute, until the process ends.
+pub async fn flush_preauth(s: AppState) {
+    let mut tick =
+        tokio::time::interval(std::time::Duration::from_millis(policy::PREAUTH_WINDOW_MS));
+    loop {
+        tick.tick().await;
+        for (ip, count) in s.policy.drain_preauth() {
+            if s.audit.in_reserve() {
+                s.metrics.unrecorded_refusals(count);
+                continue;
+            }
+            let mut a = Access::new(edge_proto::audit::AuditAction::Read, "lan");
+            a.client = Some(ip.to_string());
+            a.data.refusals = Some(count);
+            a.outcome = edge_proto::audit::AuditOutcome::Denied;
+            a.reason = Some("no_valid_token");
+            if let Err(e) = s.audit.record(&a).await {
+                tracing::warn!(error = %e, "cannot record refusals without a token");
+            }
+        }
+    }
 }
 
 /// The kiosk / tablet page: static files compiled into the binary (no CDN, no network).

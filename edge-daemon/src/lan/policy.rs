@@ -7,12 +7,21 @@
 //!   [`REQUESTS_PER_S`] (GCRA by `governor`); past it, 429.
 //! - **Bulk-browse window** per token (this product's own rule): more than
 //!   [`MAX_DISTINCT_PATIENTS`] distinct patients within [`BROWSE_WINDOW_MS`] → each further
-//!   lookup is slowed by [`BROWSE_DELAY_MS`] and an alert is recorded (at most once a minute).
+//!   lookup waits its turn, [`BROWSE_DELAY_MS`] after the previous one of that token (so
+//!   parallel requests queue rather than share one delay), and an alert is recorded (at most
+//!   once a minute). A queue longer than [`MAX_BROWSE_QUEUE_MS`] is refused (429).
+//! - **Before authentication**, per client address: requests without a valid token are
+//!   limited to `[lan] unauthenticated_per_s` (burst 5×; past it 429) and recorded in
+//!   aggregate — one audit event per client per [`PREAUTH_WINDOW_MS`] carrying the count —
+//!   so noise cannot fill the journal or bury real accesses.
+//! - **Requests in flight per client address**: at most `[lan] max_requests_per_client`.
 //!
 //! The driver (the LAN handlers) owns one policy per unit: nothing here is process-global.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -39,6 +48,13 @@ pub const BROWSE_WINDOW_MS: u64 = 10 * 60 * 1000;
 pub const BROWSE_DELAY_MS: u64 = 2_000;
 /// At most one bulk-browse alert per token in this long.
 pub const ALERT_EVERY_MS: u64 = 60_000;
+/// The longest a browsing token's queue may get before further lookups are refused.
+pub const MAX_BROWSE_QUEUE_MS: u64 = 60_000;
+/// Refusals without a valid token are recorded once per client per this window, with a count.
+pub const PREAUTH_WINDOW_MS: u64 = 60_000;
+/// Client addresses remembered for the pre-authentication limits.
+pub const MAX_CLIENTS: usize = 4_096;
+
 /// Tokens remembered (verified claims, budgets, browse windows); past it the oldest state is
 /// dropped (a shift's tokens are a few dozen; this bounds a flood of forged ones).
 pub const MAX_TOKENS: usize = 4_096;
@@ -50,9 +66,70 @@ pub enum Pace {
     Ok,
     /// Over the request budget: refuse (429).
     TooFast,
-    /// Past the distinct-patient limit: answer after [`BROWSE_DELAY_MS`], and record an alert
-    /// when `alert` is true.
-    Browsing { alert: bool },
+    /// Past the distinct-patient limit: answer after `delay_ms` (this token's turn in the
+    /// queue), and record an alert when `alert` is true.
+    Browsing { alert: bool, delay_ms: u64 },
+}
+
+/// What to do with a refusal that had no valid token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreAuth {
+    /// Record one event standing for `count` refusals from this client.
+    Record { count: u32 },
+    /// Counted; recorded with the client's next aggregate event.
+    Counted,
+    /// Over the client's pre-authentication rate: 429, counted, not recorded now.
+    TooFast,
+}
+
+/// The per-client limits from `[lan]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_requests_per_client: u32,
+    pub unauthenticated_per_s: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_requests_per_client: 16,
+            unauthenticated_per_s: 5,
+        }
+    }
+}
+
+impl From<&edge_runtime::config::LanConfig> for Limits {
+    fn from(l: &edge_runtime::config::LanConfig) -> Self {
+        Limits {
+            max_requests_per_client: l.max_requests_per_client,
+            unauthenticated_per_s: l.unauthenticated_per_s,
+        }
+    }
+}
+
+/// A request slot held for a client while its request is in flight.
+#[derive(Debug)]
+pub struct Slot {
+    client: IpAddr,
+    slots: Arc<Mutex<HashMap<IpAddr, u32>>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut m = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.client) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.client);
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct PreAuthWindow {
+    started: Option<u64>,
+    pending: u32,
 }
 
 /// `governor`'s view of our clock: monotonic time as a `Duration` since the clock's origin.
@@ -72,6 +149,8 @@ struct Browse {
     /// (first seen, patient) within the window, oldest first.
     patients: VecDeque<(u64, NhsNumber)>,
     alerted_at: Option<u64>,
+    /// When this token's next slowed lookup may be answered.
+    next_turn: u64,
 }
 
 /// The unit's access policy.
@@ -83,22 +162,109 @@ pub struct AccessPolicy {
     verified: Mutex<HashMap<[u8; 32], ShiftClaims>>,
     budget: RateLimiter<String, HashMapStateStore<String>, Mono, NoOpMiddleware<Duration>>,
     browse: Mutex<HashMap<String, Browse>>,
+    limits: Limits,
+    preauth_rate: RateLimiter<IpAddr, HashMapStateStore<IpAddr>, Mono, NoOpMiddleware<Duration>>,
+    preauth: Mutex<HashMap<IpAddr, PreAuthWindow>>,
+    in_flight: Arc<Mutex<HashMap<IpAddr, u32>>>,
 }
 
 impl AccessPolicy {
     /// A policy for `device`, verifying shift tokens with the hub's `key`.
-    pub fn new(clock: SharedClock, key: [u8; 32], device: DeviceId) -> AccessPolicy {
+    pub fn new(
+        clock: SharedClock,
+        key: [u8; 32],
+        device: DeviceId,
+        limits: Limits,
+    ) -> AccessPolicy {
         let burst = NonZeroU32::new(REQUEST_BURST).unwrap_or(NonZeroU32::MIN);
         let rate = NonZeroU32::new(REQUESTS_PER_S).unwrap_or(NonZeroU32::MIN);
         let quota = Quota::per_second(rate).allow_burst(burst);
+        let pre = NonZeroU32::new(limits.unauthenticated_per_s).unwrap_or(NonZeroU32::MIN);
+        let pre_burst = pre.saturating_mul(NonZeroU32::new(5).unwrap_or(NonZeroU32::MIN));
+        let pre_quota = Quota::per_second(pre).allow_burst(pre_burst);
         AccessPolicy {
             budget: RateLimiter::hashmap_with_clock(quota, Mono(clock.clone())),
+            preauth_rate: RateLimiter::hashmap_with_clock(pre_quota, Mono(clock.clone())),
             clock,
             key,
             device,
             verified: Mutex::new(HashMap::new()),
             browse: Mutex::new(HashMap::new()),
+            limits,
+            preauth: Mutex::new(HashMap::new()),
+            in_flight: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// Take a request slot for `client`, or `None` when it already has
+    /// `max_requests_per_client` in flight.
+    pub fn slot(&self, client: IpAddr) -> Option<Slot> {
+        let mut m = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= MAX_CLIENTS && !m.contains_key(&client) {
+            return None;
+        }
+        let n = m.entry(client).or_insert(0);
+        if *n >= self.limits.max_requests_per_client {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            client,
+            slots: self.in_flight.clone(),
+        })
+    }
+
+    /// A request from `client` was refused for want of a valid token.
+    pub fn refused_without_token(&self, client: IpAddr) -> PreAuth {
+        if self.preauth_rate.len() > MAX_CLIENTS {
+            self.preauth_rate.retain_recent();
+        }
+        let over = self.preauth_rate.check_key(&client).is_err();
+        let t = self.clock.mono_ms();
+        let mut m = self.preauth.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= MAX_CLIENTS && !m.contains_key(&client) {
+            // Remembering every address of a flood is the flood's goal: forget windows whose
+            // count has been recorded.
+            m.retain(|_, w| w.pending > 0);
+        }
+        let w = m.entry(client).or_default();
+        w.pending = w.pending.saturating_add(1);
+        let due = w
+            .started
+            .is_none_or(|s| t.saturating_sub(s) >= PREAUTH_WINDOW_MS);
+        if over {
+            return PreAuth::TooFast;
+        }
+        if due {
+            w.started = Some(t);
+            let count = std::mem::take(&mut w.pending);
+            return PreAuth::Record { count };
+        }
+        PreAuth::Counted
+    }
+
+    /// Counts of refusals without a token not yet recorded, for clients whose window has
+    /// ended: the driver records one event for each (a periodic flush, so a burst that stops
+    /// is still recorded).
+    pub fn drain_preauth(&self) -> Vec<(IpAddr, u32)> {
+        let t = self.clock.mono_ms();
+        let mut m = self.preauth.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        for (ip, w) in m.iter_mut() {
+            let ended = w
+                .started
+                .is_none_or(|s| t.saturating_sub(s) >= PREAUTH_WINDOW_MS);
+            if ended && w.pending > 0 {
+                out.push((*ip, std::mem::take(&mut w.pending)));
+                w.started = Some(t);
+            }
+        }
+        m.retain(|_, w| {
+            w.pending > 0
+                || w.started
+                    .is_some_and(|s| t.saturating_sub(s) < PREAUTH_WINDOW_MS)
+        });
+        out
     }
 
     /// The clock the policy decides by.
@@ -162,13 +328,21 @@ impl AccessPolicy {
             b.patients.push_back((t, p));
         }
         if b.patients.len() > MAX_DISTINCT_PATIENTS {
+            // This token's turn: BROWSE_DELAY_MS after the previous slowed lookup's, so
+            // concurrent requests are spaced out rather than all waiting the same delay.
+            let turn = b.next_turn.max(t).saturating_add(BROWSE_DELAY_MS);
+            let delay_ms = turn - t;
+            if delay_ms > MAX_BROWSE_QUEUE_MS {
+                return Pace::TooFast;
+            }
+            b.next_turn = turn;
             let alert = b
                 .alerted_at
                 .is_none_or(|a| t.saturating_sub(a) > ALERT_EVERY_MS);
             if alert {
                 b.alerted_at = Some(t);
             }
-            return Pace::Browsing { alert };
+            return Pace::Browsing { alert, delay_ms };
         }
         Pace::Ok
     }
@@ -201,6 +375,7 @@ mod tests {
             clock.clone(),
             [0u8; 32],
             DeviceId::parse("LAS-AMB-0001").unwrap(),
+            Limits::default(),
         );
         (clock, p)
     }
@@ -237,15 +412,28 @@ mod tests {
         assert_eq!(p.pace("tok", Some(people[0])), Pace::Ok);
         // One more distinct patient: slowed, with an alert.
         let extra = people[MAX_DISTINCT_PATIENTS];
-        assert_eq!(p.pace("tok", Some(extra)), Pace::Browsing { alert: true });
+        assert_eq!(
+            p.pace("tok", Some(extra)),
+            Pace::Browsing {
+                alert: true,
+                delay_ms: BROWSE_DELAY_MS
+            }
+        );
+        // Asked at the same moment: queued behind the first.
         assert_eq!(
             p.pace("tok", Some(people[MAX_DISTINCT_PATIENTS + 1])),
-            Pace::Browsing { alert: false }
+            Pace::Browsing {
+                alert: false,
+                delay_ms: 2 * BROWSE_DELAY_MS
+            }
         );
         clock.advance(Duration::from_millis(ALERT_EVERY_MS + 1));
         assert_eq!(
             p.pace("tok", Some(people[MAX_DISTINCT_PATIENTS + 2])),
-            Pace::Browsing { alert: true }
+            Pace::Browsing {
+                alert: true,
+                delay_ms: BROWSE_DELAY_MS
+            }
         );
         // Another token is not slowed.
         assert_eq!(p.pace("other", Some(extra)), Pace::Ok);
@@ -255,16 +443,70 @@ mod tests {
     }
 
     #[test]
-    fn parallel_requests_cannot_beat_the_browse_window() {
-        // The window is counted when the request is admitted, not when it is answered: 60
-        // distinct patients asked "at once" are slowed from the 31st.
+    fn parallel_requests_past_the_limit_queue_one_delay_apart_and_a_long_queue_is_refused() {
+        // 60 distinct patients asked "at once": the 31st onwards are answered one
+        // BROWSE_DELAY_MS apart (not all after the same delay), and once the queue would pass
+        // MAX_BROWSE_QUEUE_MS further lookups are refused.
         let (_clock, p) = policy();
-        let people = distinct(60);
-        let slowed = people
+        let people = distinct(MAX_DISTINCT_PATIENTS + 40);
+        let paces: Vec<Pace> = people.iter().map(|n| p.pace("tok", Some(*n))).collect();
+        let delays: Vec<u64> = paces
             .iter()
-            .filter(|n| matches!(p.pace("tok", Some(**n)), Pace::Browsing { .. }))
-            .count();
-        assert_eq!(slowed, 60 - MAX_DISTINCT_PATIENTS);
+            .filter_map(|x| match x {
+                Pace::Browsing { delay_ms, .. } => Some(*delay_ms),
+                _ => None,
+            })
+            .collect();
+        let queued = usize::try_from(MAX_BROWSE_QUEUE_MS / BROWSE_DELAY_MS).unwrap();
+        assert_eq!(delays.len(), queued);
+        for (i, d) in delays.iter().enumerate() {
+            assert_eq!(*d, (i as u64 + 1) * BROWSE_DELAY_MS);
+        }
+        assert_eq!(
+            paces.iter().filter(|x| **x == Pace::TooFast).count(),
+            40 - queued
+        );
+        assert!(paces[..MAX_DISTINCT_PATIENTS]
+            .iter()
+            .all(|x| *x == Pace::Ok));
+    }
+
+    #[test]
+    fn refusals_without_a_token_are_recorded_once_per_client_per_minute_with_a_count() {
+        let (clock, p) = policy();
+        let a: IpAddr = "10.0.0.5".parse().unwrap();
+        let b: IpAddr = "10.0.0.6".parse().unwrap();
+        assert_eq!(p.refused_without_token(a), PreAuth::Record { count: 1 });
+        assert_eq!(p.refused_without_token(b), PreAuth::Record { count: 1 });
+        // The burst (5 × 5/s) then the rate.
+        let mut too_fast = 0;
+        for _ in 0..100 {
+            match p.refused_without_token(a) {
+                PreAuth::Counted => {}
+                PreAuth::TooFast => too_fast += 1,
+                PreAuth::Record { .. } => panic!("a second record within the minute"),
+            }
+        }
+        assert_eq!(too_fast, 100 - 24, "burst of 25, one used by the first");
+        // Nothing due yet; after the window the 100 are drained for the flush.
+        assert!(p.drain_preauth().is_empty());
+        clock.advance(Duration::from_millis(PREAUTH_WINDOW_MS));
+        assert_eq!(p.drain_preauth(), vec![(a, 100)]);
+        assert!(p.drain_preauth().is_empty());
+        // The next refusal after a drain starts a new window.
+        clock.advance(Duration::from_millis(PREAUTH_WINDOW_MS));
+        assert_eq!(p.refused_without_token(a), PreAuth::Record { count: 1 });
+    }
+
+    #[test]
+    fn requests_in_flight_per_client_are_capped_and_released() {
+        let (_clock, p) = policy();
+        let a: IpAddr = "10.0.0.5".parse().unwrap();
+        let held: Vec<Slot> = (0..16).map(|_| p.slot(a).unwrap()).collect();
+        assert!(p.slot(a).is_none());
+        assert!(p.slot("10.0.0.7".parse().unwrap()).is_some());
+        drop(held);
+        assert!(p.slot(a).is_some());
     }
 
     #[test]
@@ -277,7 +519,7 @@ mod tests {
             .as_ref()
             .try_into()
             .unwrap();
-        let p = AccessPolicy::new(clock.clone(), public, device);
+        let p = AccessPolicy::new(clock.clone(), public, device, Limits::default());
         let claims = ShiftClaims {
             v: 1,
             token_id: format!("{:032x}", 1),
@@ -291,7 +533,11 @@ mod tests {
         };
         let tok = token::sign(&claims, &kp);
         assert_eq!(p.verify(&tok).unwrap().token_id, claims.token_id);
-        assert_eq!(p.verify(&tok).unwrap().token_id, claims.token_id, "from the cache");
+        assert_eq!(
+            p.verify(&tok).unwrap().token_id,
+            claims.token_id,
+            "from the cache"
+        );
         clock.advance(Duration::from_secs(61));
         assert!(matches!(p.verify(&tok), Err(TokenError::Expired { .. })));
         assert!(p.verify("not-a-token").is_err());

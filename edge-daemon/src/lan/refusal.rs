@@ -59,6 +59,10 @@ pub enum Refusal {
     InvalidNhsNumber { detail: String },
     /// Over the token's request budget.
     RateLimited,
+    /// Too many requests without a valid token from this client address.
+    UnauthenticatedRateLimited,
+    /// Too many requests in flight from this client address.
+    TooManyInFlight,
     /// The caller's role may not see clinical content.
     Role,
     /// The unit has been offline longer than its limit.
@@ -80,6 +84,18 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// A refusal for want of a valid shift token (recorded in aggregate per client).
+    pub fn is_unauthenticated(&self) -> bool {
+        matches!(
+            self,
+            Refusal::NoToken
+                | Refusal::NotBearer
+                | Refusal::BadToken { .. }
+                | Refusal::ExpiredToken { .. }
+                | Refusal::WrongUnit { .. }
+        )
+    }
+
     /// The `outcome_reason` recorded in the audit event.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -91,6 +107,8 @@ impl Refusal {
             Refusal::BreakGlassReasonRequired => "break_glass_reason_required",
             Refusal::InvalidNhsNumber { .. } => "invalid_nhs_number",
             Refusal::RateLimited => "rate_limited",
+            Refusal::UnauthenticatedRateLimited => "rate_limited_unauthenticated",
+            Refusal::TooManyInFlight => "too_many_requests",
             Refusal::Role => "role",
             Refusal::OfflineTooLong { .. } => "offline_limit",
             Refusal::NotCached(why) => why.as_str(),
@@ -125,7 +143,9 @@ impl Refusal {
             | Refusal::BreakGlassReasonRequired
             | Refusal::InvalidNhsNumber { .. }
             | Refusal::BadSearch { .. } => StatusCode::BAD_REQUEST,
-            Refusal::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::RateLimited
+            | Refusal::UnauthenticatedRateLimited
+            | Refusal::TooManyInFlight => StatusCode::TOO_MANY_REQUESTS,
             Refusal::Role => StatusCode::FORBIDDEN,
             Refusal::NotCached(_) => StatusCode::NOT_FOUND,
             Refusal::CacheUnavailable | Refusal::CacheDamaged => StatusCode::INTERNAL_SERVER_ERROR,
@@ -141,6 +161,7 @@ impl Refusal {
         match self {
             Refusal::OfflineTooLong { .. } => "offline_too_long",
             Refusal::NotBearer => "bad_token",
+            Refusal::UnauthenticatedRateLimited => "rate_limited",
             Refusal::NotCached(_) => "not_cached",
             Refusal::CacheUnavailable => "cache_unavailable",
             Refusal::CacheDamaged => "cache_damaged",
@@ -162,6 +183,12 @@ impl Refusal {
             }
             Refusal::InvalidNhsNumber { detail } | Refusal::BadSearch { detail } => detail.clone(),
             Refusal::RateLimited => "too many requests with this shift token; slow down".into(),
+            Refusal::UnauthenticatedRateLimited => {
+                "too many requests without a valid shift token from this device; sign in with your shift token".into()
+            }
+            Refusal::TooManyInFlight => {
+                "too many requests at once from this device; wait for the answers already asked for".into()
+            }
             Refusal::Role => {
                 "your role may search and see demographics, not clinical content".into()
             }
