@@ -125,7 +125,13 @@ pub async fn run(cfg: UnitConfig, stop: impl Future<Output = ()>) -> anyhow::Res
     let writes_stopped = Arc::new(AtomicBool::new(false));
     let supervisor_status = SupervisorStatusCell::default();
     let (client, fetcher) = SyncClient::new(cfg.clone(), cache.clone(), status.clone())?;
-    let client = client.with_journal(journal.clone());
+    // An access appended to the journal wakes the uploader at once (no polling).
+    let audit_wake = Arc::new(tokio::sync::Notify::new());
+    let clock = edge_runtime::clock::SystemClock::shared();
+    let client = client
+        .with_journal(journal.clone())
+        .with_audit_wake(audit_wake.clone())
+        .with_clock(clock.clone());
     let listener = lan::bind(&cfg).await?;
     tracing::info!(lan = %listener.local_addr()?, tls = cfg.lan.tls, "LAN API listening");
     let sync_task = tokio::spawn(client.run());
@@ -152,7 +158,6 @@ pub async fn run(cfg: UnitConfig, stop: impl Future<Output = ()>) -> anyhow::Res
             }
         });
     }
-    let clock = edge_runtime::clock::SystemClock::shared();
     let metrics = Arc::new(Metrics::new(
         status.clone(),
         Some(cache.clone()),
@@ -176,7 +181,8 @@ pub async fn run(cfg: UnitConfig, stop: impl Future<Output = ()>) -> anyhow::Res
             status.clone(),
             clock,
             metrics.clone(),
-        ),
+        )
+        .with_wake(audit_wake),
         metrics,
         supervisor: supervisor_status.clone(),
         writes_stopped: writes_stopped.clone(),

@@ -1,5 +1,7 @@
 //! The reconnection policy (`edge_daemon::sync::Reconnect`): how soon a unit tries again after
-//! an unanswered attempt, a refusal, a lost connection or a stall.
+//! an unanswered attempt, a refusal, a lost connection or a stall; and, in virtual time, the
+//! link scenarios' "reconnects within 2 s" bar (`tests/link/main.rs` only measures it unless
+//! `LINK_BARS=1`; docs/reliability.md).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
@@ -125,4 +127,57 @@ fn repeated_stalls_without_progress_lengthen_the_watchdog_and_progress_resets_it
     assert_eq!(p.stall_timeout(), base);
     // A stalled connection re-tries at the minimum delay (it was established).
     assert_eq!(longest(p.after(stalled, secs(41.0))), cfg.reconnect_min_ms);
+}
+
+/// A small deterministic random source for the jitter (xorshift).
+fn rng(seed: u64) -> impl FnMut() -> u64 {
+    let mut x = seed | 1;
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+}
+
+/// The virtual-time form of the link scenarios' "reconnects within 2 s" bar: the link is down
+/// from 0 to `back` (ms); attempts each take `connect_attempt_ms` unanswered, then the jittered
+/// wait. The first attempt that starts once the link is back is answered; how long after the
+/// link returned did it start?
+fn first_attempt_after(cfg: &SyncConfig, back: u64, random: &mut impl FnMut() -> u64) -> u64 {
+    let mut p = Reconnect::new(cfg);
+    // The connection was established, then lost at 0.
+    let lost = Outcome {
+        established: true,
+        ..UNANSWERED
+    };
+    let mut t = Reconnect::delay_ms(p.after(lost, Duration::ZERO), random());
+    while t < back {
+        t += cfg.connect_attempt_ms;
+        t += Reconnect::delay_ms(p.after(UNANSWERED, Duration::from_millis(t)), random());
+    }
+    t - back
+}
+
+#[test]
+fn a_returning_link_is_tried_within_the_reconnect_bar_whatever_the_jitter() {
+    let cfg = SyncConfig::default();
+    let mut random = rng(0x4b45_5242);
+    let mut worst = 0;
+    // Outages from 0.1 s to 9 min (inside the fast window), the 30 s and 120 s ones included.
+    for back in (100..540_000).step_by(997).chain([30_000, 120_000]) {
+        worst = worst.max(first_attempt_after(&cfg, back, &mut random));
+    }
+    // An attempt is never more than one unanswered attempt plus the longest wait away.
+    let bound = cfg.connect_attempt_ms + cfg.reconnect_max_ms;
+    assert!(worst <= bound, "{worst} ms > {bound} ms");
+    // So with a handshake of a couple of round trips on a 150 ms path, well inside 2 s.
+    assert!(bound + 2 * 150 <= 2_000);
+    // Each wait lies within base..=base + spread, whatever the random source gives.
+    let mut p = Reconnect::new(&cfg);
+    for i in 0..1_000u64 {
+        let w = p.after(UNANSWERED, Duration::from_millis(i * 800));
+        let d = Reconnect::delay_ms(w, random());
+        assert!(d >= w.0 && d <= w.0 + w.1, "{w:?} {d}");
+    }
 }

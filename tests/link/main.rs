@@ -4,13 +4,20 @@
 //! mid-transfer and one while idle, and 120 s blackouts during catch-up and audit upload.
 //! `LINK_LONG=1` flaps for a minute instead of 30 s.
 //!
-//! The bars: convergence (the unit holds every patient the hub has, at the hub's head, caught
-//! up), zero audit loss or duplication (the hub's chain for the unit verifies with no gap and
-//! holds exactly the events the unit recorded, once, nothing pending), reconnection within 2 s
-//! of the link returning, and no stall while the link is up. Each test prints one
-//! `link-scenario` JSON line with its figures (time to converge, reconnection times, longest
-//! stall, proxy counters, the unit's bytes per second while the link is down); see
-//! docs/link-impairment.md, "Link scenarios".
+//! Asserted in every run: convergence (the unit holds every patient the hub has, at the hub's
+//! head, caught up) and zero audit loss or duplication (the hub's chain for the unit verifies
+//! with no gap and holds exactly the events the unit recorded, once, nothing pending).
+//!
+//! Measured in every run, asserted only with `LINK_BARS=1`: the wall-clock bars, reconnection
+//! within 2 s of the link returning (and of an address change), no stall longer than 2 s while
+//! the link is up, a live push within 2 s of an idle address change. Timed with `Instant` on
+//! shared CI cores they measure the machine as much as the daemon, so the default run reports
+//! them and the properties behind them are asserted in virtual time by the policy tests
+//! (`edge-daemon/src/sync/policy.rs`, `edge-daemon/tests/reconnect.rs`); see
+//! docs/reliability.md. Each test prints one `link-scenario` JSON line with its figures (time to
+//! converge, reconnection times, longest stall, proxy counters, the unit's bytes per second
+//! while the link is down) and one `wall-clock bars` line; see docs/link-impairment.md, "Link
+//! scenarios".
 //!
 //! Measurements come from a 50 ms sampling loop in the test thread: the unit's `/v1/status` and
 //! the proxy's counters. The scenarios run one at a time (they time things on 2 shared cores).
@@ -18,10 +25,11 @@
 //! An integration-test binary of its own (`--test link`), so the scenarios do not share the
 //! cores with the other whole-system tests while they time reconnections.
 //!
-//! Knobs: `LINK_TRACE=1` prints every change the loop saw and copies the hub's and unit's logs
-//! to the temporary folder; `LINK_BLACKOUT_S=N` changes the 30 s blackout; `LINK_TUNED=1` runs
-//! the unit with fixed eager settings (1 s keep-alive, 100–1000 ms back-off) instead of the
-//! defaults.
+//! Knobs: `LINK_BARS=1` enforces the wall-clock bars (in release, on a quiet machine:
+//! `LINK_BARS=1 cargo test --release -p kerbside-tests --test link`); `LINK_TRACE=1` prints
+//! every change the loop saw and copies the hub's and unit's logs to the temporary folder;
+//! `LINK_BLACKOUT_S=N` changes the 30 s blackout; `LINK_TUNED=1` runs the unit with fixed eager
+//! settings (1 s keep-alive, 100–1000 ms back-off) instead of the defaults.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -35,9 +43,13 @@ use serde_json::Value;
 
 /// Sampling period.
 const TICK: Duration = Duration::from_millis(50);
-/// The unit must be exchanging with the hub again within this long of the link returning.
+/// The unit should be exchanging with the hub again within this long of the link returning
+/// (a wall-clock bar: reported always, asserted with `LINK_BARS=1`; asserted in virtual time by
+/// `edge-daemon/tests/reconnect.rs`).
 const RECONNECT_BAR: Duration = Duration::from_secs(2);
-/// The longest spell without progress allowed while the link is up and work is pending.
+/// The longest spell without progress allowed while the link is up and work is pending (a
+/// wall-clock bar; the stall watchdog's exact timing is asserted in virtual time by
+/// `edge-daemon/src/sync/policy.rs`).
 const STALL_BAR: Duration = Duration::from_secs(2);
 /// Bytes through the proxy (both ways) that count as progress on their own.
 const STALL_BYTES: u64 = 4_000;
@@ -55,6 +67,11 @@ fn serial() -> MutexGuard<'static, ()> {
 /// `LINK_LONG=1`: the 120 s blackouts and a minute of flapping.
 fn long() -> bool {
     std::env::var("LINK_LONG").is_ok_and(|v| v == "1")
+}
+
+/// `LINK_BARS=1`: assert the wall-clock bars, not only report them.
+fn bars_enforced() -> bool {
+    std::env::var("LINK_BARS").is_ok_and(|v| v == "1")
 }
 
 fn clinician(f: &Fleet) -> String {
@@ -605,6 +622,7 @@ impl Rig {
             "longest_stall_ms": ms(r.stall.0),
             "longest_stall_ended_at_ms": ms(r.stall.1),
             "connects": s["connects"],
+            "bars_enforced": bars_enforced(),
             "down_windows": self.windows.len(),
             "unit_bytes_per_s_while_down": outage_bps,
             "proxy_up": {"in": p.up.packets_in, "lost": p.up.dropped_loss, "blackout": p.up.dropped_blackout, "rate": p.up.dropped_rate},
@@ -614,19 +632,19 @@ impl Rig {
         r
     }
 
-    /// The reliability bars on a report (after [`Rig::finish`]'s own checks).
-    fn check_bars(&self, r: &Report) {
+    /// The wall-clock bars a report missed (after [`Rig::finish`]'s own checks). An address
+    /// change the hub's datagrams never followed is a failure whatever the timing.
+    fn missed_bars(&self, r: &Report) -> Vec<String> {
+        let mut missed = Vec::new();
         for (end, back) in &r.reconnects {
             match back {
-                Some(b) => assert!(
-                    *b <= RECONNECT_BAR,
-                    "[{}] the link returned at {end:?}; the unit was exchanging with the hub again only {b:?} later (bar {RECONNECT_BAR:?})",
-                    self.name
-                ),
-                None => panic!(
-                    "[{}] the link returned at {end:?}; no exchange with the hub before it went down again",
-                    self.name
-                ),
+                Some(b) if *b <= RECONNECT_BAR => {}
+                Some(b) => missed.push(format!(
+                    "the link returned at {end:?}; the unit was exchanging with the hub again only {b:?} later (bar {RECONNECT_BAR:?})"
+                )),
+                None => missed.push(format!(
+                    "the link returned at {end:?}; no exchange with the hub before it went down again"
+                )),
             }
         }
         for (at, back) in &r.rebinds {
@@ -636,19 +654,51 @@ impl Rig {
                     self.name
                 )
             });
-            assert!(
-                b <= RECONNECT_BAR,
-                "[{}] after the address change at {at:?} the hub's datagrams reached the unit only {b:?} later",
-                self.name
+            if b > RECONNECT_BAR {
+                missed.push(format!(
+                    "after the address change at {at:?} the hub's datagrams reached the unit only {b:?} later (bar {RECONNECT_BAR:?})"
+                ));
+            }
+        }
+        if r.stall.0 > STALL_BAR {
+            missed.push(format!(
+                "stalled {:?} with the link up (ending at {:?}; bar {STALL_BAR:?})",
+                r.stall.0, r.stall.1
+            ));
+        }
+        missed
+    }
+
+    /// Print the wall-clock bars' verdict always; fail on a missed bar only with `LINK_BARS=1`
+    /// (the figures themselves are in the `link-scenario` line).
+    fn verdict(&self, missed: &[String]) {
+        let enforced = bars_enforced();
+        let mode = if enforced {
+            "enforced"
+        } else {
+            "measured only; LINK_BARS=1 enforces them"
+        };
+        if missed.is_empty() {
+            eprintln!("[{}] wall-clock bars: all met ({mode})", self.name);
+        } else {
+            eprintln!(
+                "[{}] wall-clock bars: {} missed ({mode}): {}",
+                self.name,
+                missed.len(),
+                missed.join("; ")
             );
         }
         assert!(
-            r.stall.0 <= STALL_BAR,
-            "[{}] stalled {:?} with the link up (ending at {:?})",
+            !enforced || missed.is_empty(),
+            "[{}] {}",
             self.name,
-            r.stall.0,
-            r.stall.1
+            missed.join("; ")
         );
+    }
+
+    /// The reconnection and stall bars on a report: measured, enforced with `LINK_BARS=1`.
+    fn check_bars(&self, r: &Report) {
+        self.verdict(&self.missed_bars(r));
     }
 }
 
@@ -808,8 +858,8 @@ fn flapping(device: &str) {
     rig.check_bars(&r);
 }
 
-/// Convergence, zero audit loss or duplication, every link return used within 2 s and no
-/// stall while the link is up, through flapping.
+/// Convergence and zero audit loss or duplication through flapping; measured (enforced with
+/// `LINK_BARS=1`): every link return used within 2 s and no stall while the link is up.
 #[test]
 fn flapping_every_2_to_5s() {
     flapping("LAS-AMB-0406");
@@ -862,11 +912,13 @@ fn address_change_while_idle(device: &str) {
         "[{name}] live push after the address change: {} ms",
         push.as_millis()
     );
-    assert!(
-        push <= RECONNECT_BAR,
-        "[{name}] a live push after an idle address change took {push:?}"
-    );
-    rig.check_bars(&r);
+    let mut missed = rig.missed_bars(&r);
+    if push > RECONNECT_BAR {
+        missed.push(format!(
+            "a live push after an idle address change took {push:?} (bar {RECONNECT_BAR:?})"
+        ));
+    }
+    rig.verdict(&missed);
 }
 
 /// With the default 1 s keep-alive the unit's next PING, from the new address, moves the

@@ -80,6 +80,7 @@ pub struct Auditor {
     clock: SharedClock,
     metrics: Arc<Metrics>,
     seen_tokens: Arc<Mutex<HashSet<String>>>,
+    wake: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl std::fmt::Debug for Auditor {
@@ -119,7 +120,14 @@ impl Auditor {
             clock,
             metrics,
             seen_tokens: Arc::new(Mutex::new(HashSet::new())),
+            wake: None,
         }
+    }
+
+    /// Wake the audit uploader after every append (it then uploads at once, not on a timer).
+    pub fn with_wake(mut self, wake: Arc<tokio::sync::Notify>) -> Self {
+        self.wake = Some(wake);
+        self
     }
 
     pub fn journal(&self) -> Option<&Journal> {
@@ -181,6 +189,9 @@ impl Auditor {
         let r = j.append(ev).await;
         self.metrics.audit_append(t0.elapsed(), r.is_ok());
         r?;
+        if let Some(w) = &self.wake {
+            w.notify_one();
+        }
         let pending = j.pending();
         self.status.update(|l| l.audit_pending = pending);
         Ok(())

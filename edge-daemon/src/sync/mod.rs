@@ -1,0 +1,683 @@
+//! The QUIC sync client: connects to the hub with the unit's fleet certificate, drives one
+//! sans-IO [`UnitSession`] per connection, applies batches to the [`Cache`] (atomically with
+//! the cursor, durable before the acknowledgement), answers on-demand fetches, and reconnects
+//! with capped exponential back-off and jitter whenever the link drops.
+//!
+//! Streams: the unit opens the **pull** stream at once (hello, acks; the hub's side is
+//! deflate-compressed) and a **fetch** stream the first time a tablet asks for a patient
+//! outside the cache, so a bulk catch-up never delays a fetch.
+//!
+//! Layout: this file is the driver (I/O only); the decisions are pure and clock-passed-in:
+//! [`policy`] (reconnection back-off, the stall watchdog, keep-alive and attempt budgets) and
+//! [`upload`] (the audit-upload pipeline). `audit` is the uploader's I/O half, `quic` the
+//! connection plumbing both share.
+
+mod audit;
+pub mod policy;
+mod quic;
+pub mod upload;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use edge_proto::nhs::NhsNumber;
+use edge_proto::sync::frame::FrameDecoder;
+use edge_proto::sync::{
+    encode_frame, Apply, FetchResult, InflateDeframer, ProtocolError, StreamKind, ToUnit,
+    UnitConfig as SessionConfig, UnitEvent, UnitSession,
+};
+use edge_runtime::clock::{SharedClock, SystemClock};
+use edge_runtime::config::UnitConfig;
+use quinn::crypto::rustls::QuicClientConfig;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tracing::{debug, info, warn};
+
+use self::policy::{HANDSHAKE_TIMEOUT, WATCHDOG_TICK};
+use self::quic::{explain, is_refusal, random_u64, resolve};
+use crate::cache::Cache;
+use crate::status::{Link, Status};
+
+pub use self::policy::{LinkDecision, LinkEvent, LinkWatch, Outcome, Reconnect, Transport};
+pub use self::upload::{AuditUpload, UploadAction, UploadConfig, UploadEvent};
+
+/// The wall clock, as the protocol's time type.
+pub use edge_runtime::clock::wall_now as now;
+
+/// A tablet's request for a patient outside the cache.
+#[derive(Debug)]
+pub struct FetchRequest {
+    pub nhs: NhsNumber,
+    pub reply: oneshot::Sender<FetchResult>,
+}
+
+/// How the LAN API asks the sync task for on-demand fetches.
+#[derive(Debug, Clone)]
+pub struct Fetcher {
+    tx: mpsc::Sender<FetchRequest>,
+    status: Arc<Status>,
+    budget: Duration,
+}
+
+impl Fetcher {
+    /// Fetch one summary within the budget. With the link down the answer is immediate.
+    pub async fn fetch(&self, nhs: NhsNumber) -> FetchResult {
+        if self.status.link() == Link::Down {
+            return FetchResult::NotConnected;
+        }
+        let (reply, rx) = oneshot::channel();
+        if self.tx.try_send(FetchRequest { nhs, reply }).is_err() {
+            return FetchResult::Busy;
+        }
+        match tokio::time::timeout(self.budget + Duration::from_millis(200), rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => FetchResult::NotConnected,
+            Err(_) => FetchResult::TimedOut,
+        }
+    }
+}
+
+/// Everything the sync task needs.
+pub struct SyncClient {
+    pub config: UnitConfig,
+    pub cache: Arc<Cache>,
+    pub status: Arc<Status>,
+    hub_key: [u8; 32],
+    endpoint: quinn::Endpoint,
+    hub_addr: SocketAddr,
+    fetch_rx: mpsc::Receiver<FetchRequest>,
+    /// The audit journal, uploaded on its own stream (issue 6).
+    journal: Option<crate::journal::Journal>,
+    /// Signalled by the journal's owner after each append: the uploader wakes at once instead
+    /// of polling (see [`SyncClient::with_audit_wake`]).
+    audit_wake: Option<Arc<Notify>>,
+    /// The last connection's path round-trip time (sizes connection attempts).
+    path_rtt: Duration,
+    transport: Transport,
+    clock: SharedClock,
+}
+
+impl std::fmt::Debug for SyncClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncClient")
+            .field("hub", &self.hub_addr)
+            .finish()
+    }
+}
+
+/// Where the connection loop goes next.
+enum Flow {
+    Go,
+    End(anyhow::Result<()>),
+}
+
+/// One connection's state, beside the client's.
+struct Conn {
+    conn: quinn::Connection,
+    session: UnitSession,
+    watch: LinkWatch,
+    /// What the audit uploader tells the watchdog.
+    signals: mpsc::UnboundedReceiver<(u64, LinkEvent)>,
+    /// Fetches awaiting the hub's answer, by request id.
+    waiting: HashMap<u64, oneshot::Sender<FetchResult>>,
+    /// UDP bytes received over the earlier connections.
+    base_rx: u64,
+    /// The smallest smoothed RTT seen.
+    min_rtt: Duration,
+}
+
+impl Conn {
+    /// Hand the uploader's news to the watchdog.
+    fn drain_signals(&mut self) {
+        while let Ok((t, ev)) = self.signals.try_recv() {
+            self.watch.on_event(t, ev);
+        }
+    }
+}
+
+impl SyncClient {
+    /// Build the client from the unit's config (TLS from its bundle).
+    pub fn new(
+        config: UnitConfig,
+        cache: Arc<Cache>,
+        status: Arc<Status>,
+    ) -> anyhow::Result<(SyncClient, Fetcher)> {
+        let tls = edge_runtime::tls::unit_client_config(&config)
+            .context("cannot build the unit's TLS config from its bundle")?;
+        let quic = QuicClientConfig::try_from(tls).context("QUIC client config")?;
+        let mut client = quinn::ClientConfig::new(Arc::new(quic));
+        let policy = Transport::new(&config.sync);
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .keep_alive_interval(Some(policy.keepalive))
+            .max_idle_timeout(Some(
+                quinn::IdleTimeout::try_from(policy.idle_timeout).context("idle timeout")?,
+            ));
+        client.transport_config(Arc::new(transport));
+        let bind: SocketAddr = if config.hub.addr.ip().is_some_and(|ip| ip.is_ipv6()) {
+            "[::]:0".parse()?
+        } else {
+            "0.0.0.0:0".parse()?
+        };
+        let mut endpoint = quinn::Endpoint::client(bind).context("cannot open a UDP socket")?;
+        endpoint.set_default_client_config(client);
+        let hub_addr = resolve(&config)?;
+        let hub_key = edge_runtime::keys::load_ed25519_public(&config.keys.record_verify)
+            .context("cannot load the hub's record-verification key")?;
+        let (tx, fetch_rx) = mpsc::channel(64);
+        let budget = Duration::from_millis(config.sync.fetch_budget_ms.clamp(100, 10_000));
+        let fetcher = Fetcher {
+            tx,
+            status: status.clone(),
+            budget,
+        };
+        Ok((
+            SyncClient {
+                config,
+                cache,
+                status,
+                hub_key,
+                endpoint,
+                hub_addr,
+                fetch_rx,
+                journal: None,
+                audit_wake: None,
+                path_rtt: Duration::ZERO,
+                transport: policy,
+                clock: SystemClock::shared(),
+            },
+            fetcher,
+        ))
+    }
+
+    /// Upload this journal's events whenever the link is up.
+    pub fn with_journal(mut self, journal: crate::journal::Journal) -> Self {
+        self.journal = Some(journal);
+        self
+    }
+
+    /// Wake the audit uploader on this [`Notify`]: the journal's owner calls `notify_one()`
+    /// after each append, and the upload starts at once. Without it the uploader looks at the
+    /// journal every 200 ms; with it, every 5 s as a safety net.
+    pub fn with_audit_wake(mut self, wake: Arc<Notify>) -> Self {
+        self.audit_wake = Some(wake);
+        self
+    }
+
+    /// Read time from this clock (the system clock by default).
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The fleet ordered this unit wiped: destroy the cache's data key now (the journal keeps
+    /// its own key, so pending audit events still upload).
+    fn wipe(&self, reason: &str) {
+        tracing::error!(
+            reason,
+            "REMOTE WIPE ordered by the hub: destroying the cache's data key"
+        );
+        if let Err(e) = crate::seal::shred(&self.config.data_dir.join("keys")) {
+            warn!(error = %e, "cannot remove the wrapped data key file");
+        }
+        self.cache.shredded();
+    }
+
+    /// Run forever: connect, sync, reconnect.
+    ///
+    /// Delays between attempts: an attempt the hub did not answer (the link is presumed down)
+    /// is retried with exponential back-off and jitter capped at `reconnect_max_ms` (0.2 s by
+    /// default), each attempt waiting `connect_attempt_ms` for the hub's first answer (0.6 s:
+    /// one Initial, ended before quinn's first probe at about 1 s; three path round trips if
+    /// longer) and then up to 10 s for the rest of the handshake,
+    /// so an Initial leaves about once a second and a link that returns is used within about
+    /// two seconds. After `reconnect_fast_s` (10 min) without the hub the cap becomes
+    /// `reconnect_slow_max_ms` (5 s), to spare the radio of a unit parked out of coverage. An
+    /// attempt the hub answered with a refusal backs off up to `reconnect_refused_max_ms`
+    /// (60 s), since retrying fast would not change the answer. The decisions are
+    /// [`Reconnect`]'s; this loop only sleeps.
+    pub async fn run(mut self) {
+        let mut policy = Reconnect::new(&self.config.sync);
+        loop {
+            let mut out = Outcome::default();
+            let r = self
+                .connect_and_sync(&mut out, policy.stall_timeout())
+                .await;
+            self.status.update(|l| {
+                l.link = Link::Down;
+                l.caught_up = false;
+                if out.stalled {
+                    l.link_stalls += 1;
+                }
+                if let Err(e) = &r {
+                    l.last_error = Some(format!("{e:#}"));
+                }
+            });
+            match &r {
+                Ok(()) => info!("link to the hub closed; reconnecting"),
+                Err(e) if out.established || out.stalled => {
+                    warn!(error = %format!("{e:#}"), "link to the hub lost; reconnecting");
+                }
+                // Unanswered attempts repeat every second or so while the link is down.
+                Err(e) if !out.refused => {
+                    debug!(error = %format!("{e:#}"), "no answer from the hub; trying again");
+                }
+                Err(e) => {
+                    warn!(error = %format!("{e:#}"), "the hub refused the unit; retrying later")
+                }
+            }
+            let at = Duration::from_millis(self.clock.mono_ms());
+            let wait =
+                Duration::from_millis(Reconnect::delay_ms(policy.after(out, at), random_u64()));
+            // Answer fetches while waiting: the link is down.
+            let sleep = tokio::time::sleep(wait);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = &mut sleep => break,
+                    Some(req) = self.fetch_rx.recv() => {
+                        let _ = req.reply.send(FetchResult::NotConnected);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One connection attempt: the hub's first answer within the attempt budget, then the
+    /// rest of the handshake within [`HANDSHAKE_TIMEOUT`].
+    async fn connect(&mut self, out: &mut Outcome) -> anyhow::Result<quinn::Connection> {
+        let mut connecting = self
+            .endpoint
+            .connect(self.hub_addr, &self.config.hub.name)
+            .context("cannot start a connection")?;
+        // A link that is down costs one datagram per attempt. Once the hub has answered, the
+        // handshake is given time to finish: a slow handshake is never abandoned half-way.
+        let answer_within = self.transport.answer_within(self.path_rtt);
+        match tokio::time::timeout(answer_within, connecting.handshake_data()).await {
+            Err(_) => anyhow::bail!("the hub did not answer within {answer_within:?}"),
+            Ok(Err(e)) => {
+                out.refused = is_refusal(&e);
+                return Err(explain(e));
+            }
+            Ok(Ok(_)) => {}
+        }
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+            Err(_) => anyhow::bail!(
+                "the handshake with the hub did not finish within {HANDSHAKE_TIMEOUT:?}"
+            ),
+            Ok(Err(e)) => {
+                out.refused = is_refusal(&e);
+                Err(explain(e))
+            }
+            Ok(Ok(c)) => Ok(c),
+        }
+    }
+
+    async fn connect_and_sync(
+        &mut self,
+        out: &mut Outcome,
+        stall_timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let conn = self.connect(out).await?;
+        debug!(hub = %self.hub_addr, "connected to the hub");
+        let (mut pull_send, mut pull_recv) = conn.open_bi().await.map_err(explain)?;
+        let state = self.cache.state()?;
+        let session = UnitSession::new(
+            self.config.device_id.clone(),
+            state,
+            &self.hub_key,
+            SessionConfig {
+                fetch_budget_ms: i64::try_from(self.config.sync.fetch_budget_ms).unwrap_or(1_500),
+                ..SessionConfig::default()
+            },
+        );
+        let base_rx = self.status.update(|l| {
+            l.connects += 1;
+            l.link_bytes_received
+        });
+        let (signal_tx, signals) = mpsc::unbounded_channel();
+        let mut c = Conn {
+            min_rtt: conn.rtt(),
+            conn,
+            session,
+            watch: LinkWatch::new(self.clock.mono_ms(), stall_timeout),
+            signals,
+            waiting: HashMap::new(),
+            base_rx,
+        };
+        // Audit upload on its own stream, not waiting for the pull.
+        let uploader = self.journal.clone().map(|journal| {
+            tokio::spawn(
+                audit::Uploader {
+                    conn: c.conn.clone(),
+                    journal,
+                    status: self.status.clone(),
+                    clock: self.clock.clone(),
+                    wake: self.audit_wake.clone(),
+                    link: signal_tx,
+                }
+                .run(),
+            )
+        });
+        let _abort_uploader = AbortOnDrop(uploader);
+        let mut pull_in = InflateDeframer::new();
+        let mut fetch_stream: Option<quinn::SendStream> = None;
+        let (fetch_bytes_tx, mut fetch_bytes_rx) =
+            mpsc::unbounded_channel::<Result<Vec<u8>, String>>();
+        let mut fetch_in = FrameDecoder::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut watchdog = tokio::time::interval(WATCHDOG_TICK);
+        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let result: anyhow::Result<()> = 'conn: loop {
+            // Handle the session's events (applies in order, durable before the ack).
+            while let Some(ev) = c.session.poll_event() {
+                self.on_session_event(&mut c, ev, out).await?;
+            }
+            // Send what the session has queued.
+            while let Some(msg) = c.session.poll_transmit() {
+                let bytes = encode_frame(&msg)?;
+                match msg.stream() {
+                    StreamKind::Pull | StreamKind::Audit => pull_send.write_all(&bytes).await?,
+                    StreamKind::Fetch => {
+                        if fetch_stream.is_none() {
+                            let (send, recv) = c.conn.open_bi().await.map_err(explain)?;
+                            tokio::spawn(forward_fetch_answers(recv, fetch_bytes_tx.clone()));
+                            fetch_stream = Some(send);
+                        }
+                        if let Some(send) = fetch_stream.as_mut() {
+                            send.write_all(&bytes).await?;
+                        }
+                    }
+                }
+            }
+            if c.session.is_ended() {
+                break 'conn Ok(());
+            }
+            let sleep_for = c
+                .session
+                .poll_timeout()
+                .map(|t| {
+                    Duration::from_millis(u64::try_from(t.0 - self.clock.wall().0).unwrap_or(0))
+                })
+                .unwrap_or(Duration::from_secs(3600));
+            let flow = tokio::select! {
+                biased;
+                r = pull_recv.read(&mut buf) => match r {
+                    Ok(Some(n)) => {
+                        c.watch.on_event(self.clock.mono_ms(), LinkEvent::Heard);
+                        pull_in.push(&buf[..n])?;
+                        self.on_pull(&mut c, &mut pull_in, out).await
+                    }
+                    Ok(None) => Flow::End(Err(anyhow::anyhow!("the hub closed the sync stream"))),
+                    Err(e) => Flow::End(Err(anyhow::anyhow!("sync stream: {e}"))),
+                },
+                Some(chunk) = fetch_bytes_rx.recv() => match chunk {
+                    Ok(chunk) => {
+                        c.watch.on_event(self.clock.mono_ms(), LinkEvent::Heard);
+                        fetch_in.push(&chunk)?;
+                        self.on_fetch_answers(&mut c, &mut fetch_in)?
+                    }
+                    Err(e) => Flow::End(Err(anyhow::anyhow!("fetch stream: {e}"))),
+                },
+                Some(req) = self.fetch_rx.recv() => {
+                    let id = c.session.fetch(self.clock.wall(), req.nhs);
+                    c.waiting.insert(id, req.reply);
+                    Flow::Go
+                }
+                e = c.conn.closed() => {
+                    out.refused = !out.established && is_refusal(&e);
+                    Flow::End(Err(explain(e)))
+                }
+                _ = tokio::time::sleep(sleep_for) => {
+                    c.session.handle_timeout(self.clock.wall());
+                    Flow::Go
+                }
+                _ = watchdog.tick() => self.on_watchdog(&mut c, out),
+            };
+            if let Flow::End(r) = flow {
+                break 'conn r;
+            }
+        };
+        c.drain_signals();
+        if c.watch.progressed() {
+            out.progressed = true;
+        }
+        c.session.connection_lost();
+        // Applies handed out before the loss were verified: apply them (saves re-sending).
+        while let Some(ev) = c.session.poll_event() {
+            match ev {
+                UnitEvent::Apply(apply) => {
+                    let applied = self.apply_batch(&mut c, apply).await;
+                    if applied.is_err() {
+                        break;
+                    }
+                }
+                UnitEvent::Fetched {
+                    request_id, result, ..
+                } => {
+                    if let Some(w) = c.waiting.remove(&request_id) {
+                        let _ = w.send(result);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (_, w) in c.waiting.drain() {
+            let _ = w.send(FetchResult::NotConnected);
+        }
+        let cursor = c.session.durable_state().cursor;
+        self.status.update(|l| l.cursor = cursor);
+        if out.established {
+            // The smallest smoothed RTT seen: the path's, without the queueing of a bulk
+            // transfer on a rate-limited cell.
+            self.path_rtt = c.min_rtt.min(c.conn.rtt());
+        }
+        c.conn.close(0u32.into(), b"bye");
+        result
+    }
+
+    /// The watchdog's turn: sample the transport, hand the watchdog what it needs, and close
+    /// the connection if it declares a stall.
+    fn on_watchdog(&self, c: &mut Conn, out: &mut Outcome) -> Flow {
+        c.min_rtt = c.min_rtt.min(c.conn.rtt());
+        c.drain_signals();
+        let now = self.clock.mono_ms();
+        c.watch
+            .on_event(now, LinkEvent::Acks(c.conn.stats().frame_rx.acks));
+        c.watch.on_event(
+            now,
+            LinkEvent::Session {
+                catching_up: !c.session.is_caught_up(),
+                fetches: !c.waiting.is_empty(),
+            },
+        );
+        match c.watch.on_event(now, LinkEvent::Tick) {
+            LinkDecision::Continue => Flow::Go,
+            LinkDecision::Stalled { quiet_ms } => {
+                out.stalled = true;
+                Flow::End(Err(anyhow::anyhow!(
+                    "nothing from the hub for {quiet_ms} ms with work outstanding (stall watchdog)"
+                )))
+            }
+        }
+    }
+
+    /// Messages decoded from the pull stream, into the session (a wipe order is carried out
+    /// here: the connection stays up while the audit journal drains).
+    async fn on_pull(
+        &self,
+        c: &mut Conn,
+        pull_in: &mut InflateDeframer,
+        out: &mut Outcome,
+    ) -> Flow {
+        loop {
+            match pull_in.next_message::<ToUnit>() {
+                Ok(Some(ToUnit::Wipe { reason })) => {
+                    self.wipe(&reason);
+                    let e = c.conn.closed().await;
+                    return Flow::End(Err(explain(e)));
+                }
+                Ok(Some(msg)) => {
+                    if let Err(e) = c.session.handle_message(self.clock.wall(), msg) {
+                        out.refused = matches!(
+                            e,
+                            ProtocolError::Refused { .. } | ProtocolError::VersionMismatch { .. }
+                        );
+                        return Flow::End(Err(
+                            anyhow::anyhow!(e).context("the hub's sync messages were refused")
+                        ));
+                    }
+                }
+                Ok(None) => return Flow::Go,
+                Err(e) => {
+                    return Flow::End(Err(anyhow::anyhow!(e).context("bad frame from the hub")))
+                }
+            }
+        }
+    }
+
+    /// Messages decoded from the fetch stream, into the session.
+    fn on_fetch_answers(&self, c: &mut Conn, fetch_in: &mut FrameDecoder) -> anyhow::Result<Flow> {
+        while let Some(msg) = fetch_in.next_message::<ToUnit>()? {
+            if let Err(e) = c.session.handle_message(self.clock.wall(), msg) {
+                return Ok(Flow::End(Err(
+                    anyhow::anyhow!(e).context("the hub's fetch answer was refused")
+                )));
+            }
+        }
+        Ok(Flow::Go)
+    }
+
+    /// One event from the session while connected.
+    async fn on_session_event(
+        &self,
+        c: &mut Conn,
+        ev: UnitEvent,
+        out: &mut Outcome,
+    ) -> anyhow::Result<()> {
+        match ev {
+            UnitEvent::Apply(apply) => {
+                self.apply_batch(c, apply).await?;
+                // Time spent applying is not time the hub was silent.
+                c.watch.on_event(self.clock.mono_ms(), LinkEvent::Heard);
+                out.progressed = true;
+            }
+            UnitEvent::BeginRebaseline { epoch, reason } => {
+                info!(epoch, reason = ?reason, "the hub is re-baselining this unit's cache");
+                self.status.update(|l| l.rebaselining = true);
+            }
+            UnitEvent::HubTime { offset_ms, .. } => {
+                out.established = true;
+                info!(offset_ms, "sync link up");
+                self.status.update(|l| {
+                    l.link = Link::Up;
+                    l.hub_offset_ms = offset_ms;
+                    l.last_error = None;
+                });
+                let _ = self.cache.update_meta(|m| m.hub_offset_ms = offset_ms);
+            }
+            UnitEvent::CaughtUp { cursor } => {
+                out.progressed = true;
+                let t = self.clock.wall();
+                let meta = self.cache.update_meta(|m| {
+                    m.last_sync_at = Some(t);
+                    m.cache_as_of = Some(t.plus_ms(m.hub_offset_ms));
+                });
+                let _ = self.cache.flush();
+                info!(cursor, records = self.cache.len(), "caught up with the hub");
+                self.status.update(|l| {
+                    l.caught_up = true;
+                    l.rebaselining = false;
+                    l.cursor = cursor;
+                    l.last_sync_at = Some(t);
+                    if let Ok(m) = &meta {
+                        l.cache_as_of = m.cache_as_of;
+                    }
+                });
+            }
+            UnitEvent::Fetched {
+                request_id,
+                result,
+                nhs,
+            } => {
+                if let FetchResult::Withdrawn = &result {
+                    let _ = self.cache.remove_fetched(&nhs);
+                }
+                if let Some(w) = c.waiting.remove(&request_id) {
+                    let _ = w.send(result);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Apply one verified batch to the cache (off the async threads; the batch and the cursor
+    /// are one durable write), report it to the session (which then acknowledges it to the
+    /// hub), update the status, and drop any on-demand copy of a patient the batch withdrew or
+    /// evicted. The one place a batch is applied, connected or just after the link was lost.
+    async fn apply_batch(&self, c: &mut Conn, apply: Apply) -> anyhow::Result<()> {
+        let cache = self.cache.clone();
+        let t = self.clock.wall();
+        let batch_no = apply.batch_no;
+        let applied = tokio::task::spawn_blocking(move || cache.apply(&apply, t))
+            .await
+            .context("apply task")?
+            .context("cannot write the batch to the cache")?;
+        let n = applied.report.written;
+        c.session.batch_applied(batch_no, &applied.report)?;
+        let cursor = c.session.durable_state().cursor;
+        let rebaselining = c.session.in_baseline();
+        let rx = c.conn.stats().udp_rx.bytes;
+        let (base_rx, now) = (c.base_rx, self.clock.wall());
+        self.status.update(|l| {
+            l.link_bytes_received = base_rx + rx;
+            l.cursor = cursor;
+            l.rebaselining = rebaselining;
+            l.last_sync_at = Some(now);
+            l.batches_applied += 1;
+            l.records_received += n;
+            if l.caught_up {
+                l.cache_as_of = Some(now.plus_ms(l.hub_offset_ms));
+            }
+        });
+        for nhs in &applied.removed {
+            let _ = self.cache.remove_fetched(nhs);
+        }
+        Ok(())
+    }
+}
+
+/// Forward the hub's answers on the fetch stream to the connection loop.
+async fn forward_fetch_answers(
+    mut recv: quinn::RecvStream,
+    tx: mpsc::UnboundedSender<Result<Vec<u8>, String>>,
+) {
+    let mut b = vec![0u8; 64 * 1024];
+    loop {
+        match recv.read(&mut b).await {
+            Ok(Some(n)) => {
+                if tx.send(Ok(b[..n].to_vec())).is_err() {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                let _ = tx.send(Err(e.to_string()));
+                return;
+            }
+        }
+    }
+}
+
+/// Aborts a task when dropped (the uploader ends with its connection).
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            t.abort();
+        }
+    }
+}
