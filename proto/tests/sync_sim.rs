@@ -19,6 +19,7 @@
 //!
 //! Default: 5,000 seeds per scenario (10,000 per run, ≈ 1 min in release). `SIM_SEEDS=<n>` runs more or fewer seeds; `SIM_SEED=<n>` replays one (add `SIM_TRACE=1` for a trace).
 //! A failing seed is printed with the command that replays it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test harness helpers outside #[test] fns
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};

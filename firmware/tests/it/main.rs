@@ -1,5 +1,6 @@
 //! The firmware's one integration-test binary: scenarios for every row of the behaviour table,
 //! golden wire bytes, decoder robustness, link reliability, board adapters and property tests.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test harness helpers outside #[test] fns
 
 mod board;
 mod config;

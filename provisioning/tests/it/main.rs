@@ -6,7 +6,7 @@
 //! - [`tokens`]: shift tokens minted by the fleet and verified as a unit would.
 
 // Test code: a failed unwrap is a failed test.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cli;
 mod common;
