@@ -6,6 +6,7 @@
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -348,7 +349,31 @@ pub fn wait_for(
     }
 }
 
-/// A minimal HTTP/1.1 client for plain-HTTP loopback APIs: (status, body).
+/// How long one read or write of an HTTP exchange may wait (also the connect bound).
+pub const HTTP_IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The HTTP client of the tests: one request per connection (no pool, so a restarted process
+/// on the same port never meets a stale connection), no redirects followed, no proxy from the
+/// environment, and every status returned as a value.
+fn http_agent() -> &'static ureq::Agent {
+    static AGENT: OnceLock<ureq::Agent> = OnceLock::new();
+    AGENT.get_or_init(|| {
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .proxy(None)
+            .max_idle_connections(0)
+            .max_idle_connections_per_host(0)
+            .timeout_connect(Some(HTTP_IO_TIMEOUT))
+            .timeout_per_read(Some(HTTP_IO_TIMEOUT))
+            .timeout_per_write(Some(HTTP_IO_TIMEOUT))
+            .build()
+            .into()
+    })
+}
+
+/// An HTTP request to a plain-HTTP loopback API: (status, body). Non-2xx statuses are values,
+/// not errors; a body, if any, is sent as `application/json`.
 pub fn http(method: &str, url: &str, body: Option<&str>) -> anyhow::Result<(u16, String)> {
     http_with(method, url, body, &[])
 }
@@ -360,60 +385,26 @@ pub fn http_with(
     body: Option<&str>,
     headers: &[(&str, &str)],
 ) -> anyhow::Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://").context("http:// only")?;
-    let (host, path) = rest
-        .split_once('/')
-        .map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
-    let mut s = std::net::TcpStream::connect(host)?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let body = body.unwrap_or("");
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if !body.is_empty() {
-        req.push_str("Content-Type: application/json\r\n");
-    }
+    anyhow::ensure!(url.starts_with("http://"), "http:// only: {url}");
+    let mut req = ureq::http::Request::builder().method(method).uri(url);
     for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
+        req = req.header(*k, *v);
     }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes())?;
-    s.write_all(body.as_bytes())?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out)?;
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let (head, rest) = text.split_once("\r\n\r\n").context("no HTTP header")?;
-    let code: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .context("no status")?
-        .parse()?;
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    let body = if chunked {
-        dechunk(rest)
-    } else {
-        rest.to_owned()
-    };
-    Ok((code, body))
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((len, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(len.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
+    // Like a plain client: a Content-Length always (0 without a body), JSON when there is one.
+    let body = body.unwrap_or("");
+    if !body.is_empty() {
+        req = req.header("Content-Type", "application/json");
     }
-    out
+    let sent = http_agent().run(req.body(body.as_bytes())?);
+    let mut resp = sent.with_context(|| format!("{method} {url}"))?;
+    let code = resp.status().as_u16();
+    let bytes = resp
+        .body_mut()
+        .with_config()
+        .limit(u64::MAX)
+        .read_to_vec()
+        .with_context(|| format!("{method} {url}: reading the body"))?;
+    Ok((code, String::from_utf8_lossy(&bytes).into_owned()))
 }
 
 /// Peak resident memory (VmHWM) of a process, in KiB.
@@ -511,5 +502,89 @@ impl Fleet {
             },
             &key,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Read, Write};
+
+    /// A one-shot HTTP server on loopback: hands back the request head and body it read and
+    /// answers with `reply`. Returns its URL base.
+    fn one_shot(reply: &'static str) -> (String, std::thread::JoinHandle<(String, String)>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        let h = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut r = BufReader::new(s);
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap();
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+                head.push_str(&line.to_ascii_lowercase());
+            }
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            let mut body = vec![0u8; len];
+            r.read_exact(&mut body).unwrap();
+            r.get_mut().write_all(reply.as_bytes()).unwrap();
+            (head, String::from_utf8(body).unwrap())
+        });
+        (base, h)
+    }
+
+    #[test]
+    fn http_returns_error_statuses_as_values_and_reads_chunked_bodies() {
+        let (base, h) = one_shot(
+            "HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+             5\r\n{\"a\":\r\n4\r\n404}\r\n0\r\n\r\n",
+        );
+        let (code, body) = http_with(
+            "GET",
+            &format!("{base}/v1/patients/1?x=y"),
+            None,
+            &[("X-Incident-Ref", "CAD-1")],
+        )
+        .unwrap();
+        assert_eq!((code, body.as_str()), (404, "{\"a\":404}"));
+        let (head, sent) = h.join().unwrap();
+        assert!(
+            head.starts_with("get /v1/patients/1?x=y http/1.1\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("x-incident-ref: cad-1\r\n"), "{head}");
+        assert_eq!(sent, "");
+    }
+
+    #[test]
+    fn http_posts_json_and_reads_a_sized_body() {
+        let (base, h) =
+            one_shot("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        let (code, body) =
+            http("POST", &format!("{base}/admin/ingest"), Some("{\"n\":1}")).unwrap();
+        assert_eq!((code, body.as_str()), (200, "ok"));
+        let (head, sent) = h.join().unwrap();
+        assert!(
+            head.starts_with("post /admin/ingest http/1.1\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains("content-type: application/json\r\n"),
+            "{head}"
+        );
+        assert_eq!(sent, "{\"n\":1}");
+    }
+
+    #[test]
+    fn http_fails_when_nothing_listens_and_refuses_other_schemes() {
+        let port = tcp_port().unwrap();
+        assert!(http("GET", &format!("http://127.0.0.1:{port}/healthz"), None).is_err());
+        assert!(http("GET", "https://127.0.0.1:1/healthz", None).is_err());
     }
 }

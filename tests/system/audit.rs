@@ -10,6 +10,7 @@ use std::time::Duration;
 use edge_proto::ids::StaffRole;
 use edge_proto::time::UnixMillis;
 use kerbside_tests::fleet::{http_with, nhs_numbers, wait_for, Fleet};
+use rand::RngExt;
 use serde_json::Value;
 
 fn clinician(f: &Fleet) -> String {
@@ -130,7 +131,8 @@ fn kill_minus_nine_during_append_and_upload_loses_nothing_answered() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(50u64);
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rng = kerbside_tests::rng(seed);
     for trial in 0..trials {
         let stop = Arc::new(AtomicBool::new(false));
         let clients: Vec<_> = (0..3)
@@ -150,10 +152,7 @@ fn kill_minus_nine_during_append_and_upload_loses_nothing_answered() {
                 })
             })
             .collect();
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        std::thread::sleep(Duration::from_millis(20 + seed % 250));
+        std::thread::sleep(Duration::from_millis(20 + rng.random_range(0..250)));
         f.stop_unit(u, true).unwrap();
         stop.store(true, Ordering::SeqCst);
         for c in clients {

@@ -7,6 +7,7 @@ mod audit;
 mod corpus;
 mod foundation;
 mod lan;
+mod lan_limits;
 mod security;
 mod supervisor;
 mod sync;

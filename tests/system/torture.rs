@@ -16,18 +16,8 @@ use edge_proto::ids::StaffRole;
 use edge_proto::time::UnixMillis;
 use edge_proto::token::{self, ShiftClaims};
 use kerbside_tests::fleet::{districts, http_with, nhs_numbers, wait_for, Fleet};
+use rand::RngExt;
 use serde_json::Value;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
 
 #[test]
 fn kill_anywhere_daemon_and_hub() {
@@ -38,9 +28,9 @@ fn kill_anywhere_daemon_and_hub() {
     let seed: u64 = std::env::var("TORTURE_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| kerbside_tests::fleet::now_ms() as u64 | 1);
+        .unwrap_or_else(|| kerbside_tests::fleet::now_ms() as u64);
     eprintln!("torture: {trials} trials, seed {seed} (replay: TORTURE_SEED={seed})");
-    let mut rng = Rng(seed);
+    let mut rng = kerbside_tests::rng(seed);
     let mut f = Fleet::new().unwrap();
     let batches = 10u64;
     let base = 1500u64;
@@ -162,8 +152,8 @@ fn kill_anywhere_daemon_and_hub() {
                 posted += 1;
             }
         }
-        std::thread::sleep(Duration::from_millis(20 + rng.next() % 200));
-        let hub = rng.next() % 10 < 3;
+        std::thread::sleep(Duration::from_millis(20 + rng.random_range(0..200)));
+        let hub = rng.random_range(0..10) < 3;
         let r = if hub {
             hub_kills += 1;
             f.stop_hub(true).and_then(|()| f.start_hub())
