@@ -2,8 +2,15 @@
 //! in-process simulated board), with a fake daemon recording what it was asked to do.
 //!
 //! `hw-sim` is found next to this test's target directory (`target/<profile>/hw-sim`), built
-//! with cargo first if needed; `HW_SIM=/path/to/hw-sim` overrides. Timings are real time
-//! (`--speed 1`) unless a test says otherwise, so budgets are measured as the daemon meets them.
+//! with cargo first if needed; `HW_SIM=/path/to/hw-sim` overrides. The board runs in real time
+//! (`--speed 1`) unless a test says otherwise.
+//!
+//! These tests check *what* the daemon does against the real firmware. *When* it does it — the
+//! heartbeat cadence, the power-fail acknowledgement against its budget, the shutdown
+//! acknowledgement after the flush — is checked exactly, in virtual time, against the pure
+//! policy (`virtual_time` below, and the policy's own unit tests). The same figures measured on
+//! the real clock depend on the machine's load, so they are only asserted with
+//! `SUPERVISOR_TIMING=1` (and printed then).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Write};
@@ -22,6 +29,11 @@ use edge_daemon::supervisor::{
 use edge_runtime::config::{SupervisorConfig, SupervisorMode};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+/// Real-clock timing bars are asserted only when `SUPERVISOR_TIMING=1`.
+fn timing() -> bool {
+    std::env::var_os("SUPERVISOR_TIMING").is_some_and(|v| v == "1")
+}
 
 // --- the fake daemon -------------------------------------------------------------------------
 
@@ -354,14 +366,18 @@ async fn ignition_off_shutdown_flushes_before_the_ack_and_stops_the_daemon() {
     let (_, cut) = sim
         .wait_for("host-power off", Duration::from_secs(5))
         .expect("power cut");
-    // The ack came after the whole flush (300 ms of virtual = real time)...
-    // (The board stamps lines at its 5 ms polling rounds: allow that much jitter.)
-    assert!(t_of(&ack) - t_of(&req) >= 290, "{req} / {ack}");
+    // The ack came after the whole flush...
     let flushed_at = fake.when(Call::FlushEnd(true)).expect("flushed");
     assert!(flushed_at <= ack_seen);
-    // ...and power went at the ack plus the halt grace.
+    // ...and power went after it (at the ack plus the halt grace).
+    assert!(t_of(&cut) >= t_of(&ack), "{ack} / {cut}");
     let grace = t_of(&cut) - t_of(&ack);
-    assert!((500..=520).contains(&grace), "{ack} / {cut}");
+    if timing() {
+        // Board clock = real time: the flush took 300 ms (the board stamps lines at its 5 ms
+        // polling rounds: allow that much jitter), the halt grace 500 ms.
+        assert!(t_of(&ack) - t_of(&req) >= 290, "{req} / {ack}");
+        assert!((500..=520).contains(&grace), "{ack} / {cut}");
+    }
     assert_eq!(
         fake.calls(),
         [
@@ -392,7 +408,7 @@ async fn ignition_off_shutdown_flushes_before_the_ack_and_stops_the_daemon() {
     assert_eq!(s.shutdown_requested.as_deref(), Some("IgnitionOff"));
     assert_eq!(s.shutdown_acked, Some(true));
     eprintln!(
-        "shutdown: request t={} ack t={} cut t={}",
+        "shutdown: request t={} ack t={} cut t={} (flush 300 ms, halt grace {grace} ms)",
         t_of(&req),
         t_of(&ack),
         t_of(&cut)
@@ -452,9 +468,6 @@ async fn power_fail_stops_writes_and_flushes_within_the_budget() {
     assert_eq!(t_of(&cut), t_of(&ack), "cut at the ack");
     let virtual_ms = t_of(&ack) - t_of(&pf);
     let real_ms = u64::try_from((ack_seen - asked).as_millis()).unwrap();
-    // Well within the budget: the daemon aims for half.
-    assert!(virtual_ms * 2 < budget, "{virtual_ms} ms of {budget}");
-    assert!(real_ms * 2 < budget, "{real_ms} ms of {budget}");
     let calls = fake.calls();
     assert_eq!(
         calls[..3],
@@ -463,7 +476,13 @@ async fn power_fail_stops_writes_and_flushes_within_the_budget() {
     let s = r.status.get();
     assert_eq!(s.power_fails, 1);
     let ack_ms = s.last_power_fail_ack_ms.expect("ack latency");
-    assert!(ack_ms >= 200 && ack_ms * 2 < budget, "{ack_ms}");
+    // Well within the budget (the daemon aims for half): exact in `virtual_time`; here only
+    // on request, since a loaded machine stretches every real-clock figure.
+    if timing() {
+        assert!(virtual_ms * 2 < budget, "{virtual_ms} ms of {budget}");
+        assert!(real_ms * 2 < budget, "{real_ms} ms of {budget}");
+        assert!(ack_ms >= 200 && ack_ms * 2 < budget, "{ack_ms}");
+    }
     eprintln!(
         "power-fail: budget {budget} ms; PowerFail→ack {virtual_ms} ms (board clock), \
          stdin→ack line {real_ms} ms (wall), daemon receipt→ack {ack_ms} ms (flush 200 ms)"
@@ -529,9 +548,13 @@ async fn a_flush_slower_than_the_budget_is_acknowledged_unflushed_in_time() {
         .wait_for("rx ShutdownAck", Duration::from_secs(5))
         .expect("ack");
     assert!(ack.contains("flushed: false"), "{ack}");
-    let took = t_of(&ack) - t_of(&pf);
-    assert!((1_400..2_000).contains(&took), "acked after {took} ms");
     assert!(!fake.calls().contains(&Call::FlushEnd(true)));
+    // Acked at ¾ of the 2 s budget: exact in `virtual_time`; on the board's clock on request.
+    let took = t_of(&ack) - t_of(&pf);
+    if timing() {
+        assert!((1_400..2_000).contains(&took), "acked after {took} ms");
+    }
+    eprintln!("slow flush: acked unflushed {took} ms after PowerFail (budget 2000 ms)");
     r.task.abort();
 }
 
@@ -601,14 +624,18 @@ async fn heartbeats_keep_the_watchdog_quiet_and_silence_trips_it() {
         .collect();
     assert!(trouble.is_empty(), "{trouble:#?}");
     let beats = lines.iter().filter(|l| l.contains("rx Heartbeat")).count();
-    assert!(beats >= 9, "{beats} heartbeats in 10 s");
+    assert!(beats >= 1, "no heartbeats in 10 s");
     // A wedged daemon stops heartbeating: the watchdog resets the host ~3 s later.
     r.task.abort();
     let quiet_from = Instant::now();
     sim.wait_for("host-reset on", Duration::from_secs(6))
         .expect("watchdog reset");
     let after = quiet_from.elapsed();
-    assert!(after >= Duration::from_secs(2), "{after:?}");
+    // One heartbeat a second (exact in `virtual_time`); the real-clock count on request.
+    if timing() {
+        assert!(beats >= 9, "{beats} heartbeats in 10 s");
+        assert!(after >= Duration::from_secs(2), "{after:?}");
+    }
     eprintln!("watchdog: {beats} heartbeats in 10 s, no reset; reset {after:?} after silence");
 }
 
@@ -747,10 +774,12 @@ async fn the_in_process_simulated_board_works_too() {
     let s = wait_status(&r.status, Duration::from_secs(10), |s| {
         s.last_power_fail_ack_ms.is_some()
     });
-    assert!(
-        s.power_fails == 1 && s.last_power_fail_ack_ms.unwrap() < 1_000,
-        "{s:?}"
-    );
+    assert_eq!(s.power_fails, 1, "{s:?}");
+    let ack_ms = s.last_power_fail_ack_ms.unwrap();
+    if timing() {
+        assert!(ack_ms < 1_000, "{s:?}");
+    }
+    eprintln!("in-process board: power-fail acked {ack_ms} ms after receipt (flush 100 ms)");
     assert_eq!(
         fake.calls()[..3],
         [Call::StopWrites, Call::FlushStart, Call::FlushEnd(true)]
@@ -806,4 +835,239 @@ async fn run_supervisor_follows_the_config() {
         .expect("stops promptly")
         .unwrap();
     assert_eq!(exit, SupervisorExit::Stopped);
+}
+
+// --- the same timings in virtual time, against the policy ----------------------------------------
+
+/// The figures the hw-sim tests above measure on the real clock (only with
+/// `SUPERVISOR_TIMING=1`), checked exactly: the pure policy, fed the events those tests produce,
+/// with time from a `ManualClock` that moves only when the test says so.
+mod virtual_time {
+    use super::test_options;
+    use edge_daemon::supervisor::policy::{
+        Action, Event, Inputs, Job, JobDone, Policy, SendOutcome,
+    };
+    use edge_daemon::supervisor::{
+        Health, HostFaults, LinkState, ShutdownReason, SupervisorExit, SupervisorOptions,
+        SupervisorStatus,
+    };
+    use edge_proto::time::UnixMillis;
+    use edge_runtime::clock::{Clock, ManualClock};
+    use firmware::proto::{FwVersion, HostToMcu, McuToHost, PROTOCOL_VERSION};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// The driver's loop in miniature: sends and opens succeed at once, jobs are recorded and
+    /// finish when the test says, and ticks come when the policy asked for them.
+    struct Unit {
+        policy: Policy,
+        clock: Arc<ManualClock>,
+        wake: u64,
+        sent: Vec<(u64, HostToMcu)>,
+        jobs: Vec<(u64, Job)>,
+        stopped: bool,
+    }
+
+    impl Unit {
+        /// Connected to a board that has answered the hello.
+        fn connected(options: SupervisorOptions) -> Unit {
+            let mut u = Unit {
+                policy: Policy::new(&options, SupervisorStatus::default()),
+                clock: ManualClock::new(UnixMillis(1_750_000_000_000)),
+                wake: 0,
+                sent: Vec::new(),
+                jobs: Vec::new(),
+                stopped: false,
+            };
+            u.tick_until(0);
+            u.board(McuToHost::Hello {
+                version: PROTOCOL_VERSION,
+                board_rev: 1,
+                fw_version: FwVersion {
+                    major: 1,
+                    minor: 0,
+                    patch: 0,
+                },
+            });
+            assert!(u.policy.status().connected);
+            u
+        }
+
+        fn now(&self) -> u64 {
+            self.clock.mono_ms()
+        }
+
+        fn feed(&mut self, event: Event) {
+            let mut next = Some(event);
+            while let Some(event) = next.take() {
+                let inputs = Inputs {
+                    health: Health::Ok,
+                    leds: (LinkState::Cellular, HostFaults::empty()),
+                    event,
+                };
+                for action in self.policy.step(self.now(), inputs) {
+                    match action {
+                        Action::Open => next = Some(Event::Opened),
+                        Action::Send(m) => {
+                            self.sent.push((self.now(), m));
+                            next = Some(Event::Sent(SendOutcome::Sent));
+                        }
+                        Action::Run(job) => self.jobs.push((self.now(), job)),
+                        Action::StopDaemon => self.stopped = true,
+                        Action::CloseLink | Action::Report | Action::Log(_) => {}
+                    }
+                }
+            }
+            self.wake = self.policy.next_wake(self.now());
+        }
+
+        /// Move the clock to `t`, ticking whenever the policy asked to be woken.
+        fn tick_until(&mut self, t: u64) {
+            while self.wake <= t {
+                let to = self.wake.max(self.now());
+                self.clock.advance(Duration::from_millis(to - self.now()));
+                self.feed(Event::Tick);
+            }
+            self.clock
+                .advance(Duration::from_millis(t.saturating_sub(self.now())));
+        }
+
+        fn board(&mut self, msg: McuToHost) {
+            let at = self.clock.wall();
+            self.feed(Event::Received { msg, at });
+        }
+
+        fn acks(&self) -> Vec<(u64, bool)> {
+            self.sent
+                .iter()
+                .filter_map(|(t, m)| match m {
+                    HostToMcu::ShutdownAck { flushed } => Some((*t, *flushed)),
+                    _ => None,
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn heartbeats_every_second_with_the_test_timings() {
+        // `heartbeats_keep_the_watchdog_quiet_and_silence_trips_it`: ≥ 9 in 10 s, none late.
+        let mut u = Unit::connected(test_options());
+        u.tick_until(10_000);
+        let beats: Vec<u64> = u
+            .sent
+            .iter()
+            .filter(|(_, m)| matches!(m, HostToMcu::Heartbeat { .. }))
+            .map(|(t, _)| *t)
+            .collect();
+        assert_eq!(beats, (0..=10).map(|i| i * 1_000).collect::<Vec<_>>());
+        assert!(beats.windows(2).all(|w| w[1] - w[0] <= 1_000));
+    }
+
+    #[test]
+    fn default_heartbeats_stay_well_inside_the_default_watchdog() {
+        // `default_heartbeat_satisfies_the_default_watchdog_at_4x_speed`: 40 s of board time.
+        let mut u = Unit::connected(SupervisorOptions::default());
+        u.tick_until(40_000);
+        let beats: Vec<u64> = u
+            .sent
+            .iter()
+            .filter(|(_, m)| matches!(m, HostToMcu::Heartbeat { .. }))
+            .map(|(t, _)| *t)
+            .collect();
+        assert_eq!(beats, (0..=8).map(|i| i * 5_000).collect::<Vec<_>>());
+        let watchdog = u64::from(firmware::Settings::DEFAULT_12V.watchdog_timeout_ms);
+        assert!(beats.windows(2).all(|w| (w[1] - w[0]) * 2 <= watchdog));
+    }
+
+    #[test]
+    fn power_fail_is_acked_when_the_flush_ends_well_within_the_budget() {
+        // `power_fail_stops_writes_and_flushes_within_the_budget`: an 8 s budget, a 200 ms flush.
+        let mut u = Unit::connected(test_options());
+        u.tick_until(1_000);
+        u.board(McuToHost::PowerFail { budget_ms: 8_000 });
+        assert_eq!(u.jobs, [(1_000, Job::PowerFail { id: 1 })]);
+        u.tick_until(1_200);
+        assert!(u.acks().is_empty(), "not before the flush ends");
+        u.feed(Event::JobDone(JobDone::PowerFail {
+            id: 1,
+            flushed: true,
+        }));
+        assert_eq!(u.acks(), [(1_200, true)]);
+        let ack_ms = u.policy.status().last_power_fail_ack_ms;
+        assert_eq!(ack_ms, Some(200));
+        assert!(ack_ms.unwrap() * 2 < 8_000);
+        // Not cut: resumed after the 2 s grace.
+        u.tick_until(3_200);
+        assert_eq!(u.jobs.last(), Some(&(3_200, Job::Resume)));
+    }
+
+    #[test]
+    fn a_slow_flush_is_acked_unflushed_at_three_quarters_of_the_budget() {
+        // `a_flush_slower_than_the_budget_is_acknowledged_unflushed_in_time`: 2 s budget, 2.5 s
+        // flush: acked at 1.5 s, before the cut at 2 s.
+        let mut u = Unit::connected(test_options());
+        u.tick_until(1_000);
+        u.board(McuToHost::PowerFail { budget_ms: 2_000 });
+        u.tick_until(3_499);
+        assert_eq!(u.acks(), [(2_500, false)]);
+        u.tick_until(3_500);
+        u.feed(Event::JobDone(JobDone::PowerFail {
+            id: 1,
+            flushed: true,
+        }));
+        assert_eq!(u.acks(), [(2_500, false)]);
+    }
+
+    #[test]
+    fn the_shutdown_ack_follows_the_whole_flush_then_the_task_lingers() {
+        // `ignition_off_shutdown_flushes_before_the_ack_and_stops_the_daemon`: a 300 ms flush.
+        let mut u = Unit::connected(test_options());
+        u.tick_until(500);
+        u.board(McuToHost::IgnitionChanged { on: false });
+        u.tick_until(800);
+        u.board(McuToHost::ShutdownRequest {
+            reason: ShutdownReason::IgnitionOff,
+            deadline_ms: 10_000,
+        });
+        assert!(matches!(u.jobs[..], [(800, Job::Shutdown { id: 1, .. })]));
+        u.tick_until(1_100);
+        assert!(u.acks().is_empty());
+        u.feed(Event::JobDone(JobDone::Shutdown {
+            id: 1,
+            flushed: true,
+        }));
+        assert_eq!(u.acks(), [(1_100, true)]);
+        assert!(u.stopped);
+        assert_eq!(
+            u.policy.exit(),
+            Some(SupervisorExit::ShutdownRequested {
+                reason: ShutdownReason::IgnitionOff,
+                flushed: true
+            })
+        );
+        // The link stays open for `ack_linger` (300 ms in the test timings).
+        u.tick_until(1_399);
+        assert!(u.policy.lingering());
+        u.tick_until(1_400);
+        assert!(!u.policy.lingering());
+        assert_eq!(u.policy.status().ignition_on, Some(false));
+    }
+
+    #[test]
+    fn a_failed_shred_is_retried_after_the_test_retry_delay() {
+        // `a_failed_shred_is_retried_and_zeroized_only_after_success`: 300 ms retries.
+        let mut u = Unit::connected(test_options());
+        u.tick_until(1_000);
+        u.board(McuToHost::Tamper);
+        for at in [1_000, 1_300] {
+            assert_eq!(u.jobs.last(), Some(&(at, Job::Shred)));
+            u.feed(Event::JobDone(JobDone::Shred { ok: false }));
+            u.tick_until(at + 300);
+        }
+        assert_eq!(u.jobs.len(), 3);
+        assert!(!u.sent.iter().any(|(_, m)| *m == HostToMcu::Zeroized));
+        u.feed(Event::JobDone(JobDone::Shred { ok: true }));
+        assert_eq!(u.sent.last(), Some(&(1_600, HostToMcu::Zeroized)));
+        assert_eq!(u.policy.status().shred_failures, 2);
+    }
 }
