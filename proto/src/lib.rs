@@ -9,6 +9,7 @@ pub mod assemble;
 pub mod audit;
 pub mod cbor;
 pub mod codes;
+pub mod denylist;
 pub mod fhir;
 pub mod ids;
 pub mod model;

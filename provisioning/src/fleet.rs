@@ -2,18 +2,25 @@
 //! revocation, revocation list, shift tokens.
 //!
 //! ```text
-//! FLEET/
+//! FLEET/                 (0700; every file in it 0600)
 //!   root-ca.crt          root certificate (20 years); the trust anchor in every bundle
-//!   root-ca.key          root key (0600); only `ca init` uses it: move it offline afterwards
+//!   root-ca.key          root key; only `ca init` uses it: move it offline afterwards
 //!   issuing-ca.crt       issuing CA (5 years), signs every hub/unit certificate and the CRL
-//!   issuing-ca.key       (0600)
+//!   issuing-ca.key
 //!   crl.pem              X.509 CRL signed by the issuing CA, regenerated from the inventory
-//!   token-signing.key    Ed25519, staff shift tokens (0600); copied into the hub bundle
+//!   token-signing.key    Ed25519, staff shift tokens and the token deny list; stays here
 //!   token-verify.pub     its public key; copied into every bundle
-//!   record-signing.key   Ed25519, the hub signs records with it (0600); hub bundle only
+//!   operator-signing.key Ed25519, operator tokens for the hub's admin API; stays here
+//!   operator-verify.pub  its public key; hub bundle
+//!   token-denylist.cbor  signed deny list of revoked shift and operator tokens (the hub reads it)
+//!   record-signing.key   Ed25519, the hub signs records with it; hub bundle only
 //!   record-verify.pub    its public key; unit bundles
+//!   fleet.json           fleet settings (the LAN domain)
 //!   inventory.json       hubs, units, certificates, revocations
 //! ```
+//!
+//! Every file the CA writes is 0600 and every folder 0700, public halves included: a bundle is
+//! read by one service account and nothing in it needs to be readable by anyone else.
 //!
 //! Every operation takes `now` explicitly (the CLI reads the clock once), writes each file
 //! atomically, builds whole bundles before they appear, and holds [`DirLock`] on the fleet
@@ -27,9 +34,10 @@ use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
+use edge_proto::denylist::{self, DenyEntry, DenyList, DenySubject};
 use edge_proto::ids::{CohortSpec, DeviceId, OdsCode, StaffRole, UnitRole};
 use edge_proto::time::UnixMillis;
-use edge_proto::token::{self, ShiftClaims, TOKEN_VERSION};
+use edge_proto::token::{self, OperatorClaims, OperatorRole, ShiftClaims, TOKEN_VERSION};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, PublicKeyData,
@@ -44,10 +52,12 @@ use crate::config::{
     SupervisorConfig, SyncConfig, UnitConfig, UnitKeys, UnitTls,
 };
 use crate::fsutil::{
-    read_limited, write_atomic, write_bundle, BundleFile, DirLock, MAX_FILE_BYTES, MODE_PUBLIC,
+    read_limited, write_atomic, write_bundle, BundleFile, DirLock, MAX_FILE_BYTES, MODE_PRIVATE,
 };
 use crate::hostport::{is_dns_name, HostPort};
-use crate::identity::{cohort_uri, identity_uri};
+use crate::identity::{
+    check_lan_domain, cohort_uri, hub_uri, identity_uri, lan_dns_name, lan_uri, DEFAULT_LAN_DOMAIN,
+};
 use crate::inventory::{
     CertRecord, HubRecord, Inventory, RevokeReason, RevokedCert, UnitRecord, INVENTORY_FORMAT,
 };
@@ -72,8 +82,12 @@ pub const HUB_CERT_LIFETIME_MS: i64 = 365 * UnixMillis::DAY;
 pub const BACKDATE_MS: i64 = 5 * 60 * 1000;
 /// The CRL's `nextUpdate` (verifiers do not enforce it; `edge-provision crl` refreshes it).
 pub const CRL_NEXT_UPDATE_MS: i64 = 30 * UnixMillis::DAY;
-/// The longest shift token `token` mints.
-pub const MAX_TOKEN_HOURS: u32 = 24;
+/// The longest shift token `token` mints (hours).
+pub const MAX_TOKEN_HOURS: u32 = 12;
+/// The longest operator token `operator` mints (hours).
+pub const MAX_OPERATOR_HOURS: u32 = 12;
+/// The fleet settings format this build writes.
+pub const SETTINGS_FORMAT: u32 = 1;
 
 /// File names inside the fleet directory.
 pub mod files {
@@ -86,6 +100,10 @@ pub mod files {
     pub const TOKEN_VERIFY: &str = "token-verify.pub";
     pub const RECORD_SIGNING: &str = "record-signing.key";
     pub const RECORD_VERIFY: &str = "record-verify.pub";
+    pub const OPERATOR_SIGNING: &str = "operator-signing.key";
+    pub const OPERATOR_VERIFY: &str = "operator-verify.pub";
+    pub const TOKEN_DENYLIST: &str = "token-denylist.cbor";
+    pub const SETTINGS: &str = "fleet.json";
     pub const INVENTORY: &str = "inventory.json";
     /// Bundle files.
     pub const CA_BUNDLE: &str = "fleet-ca.crt";
@@ -98,7 +116,7 @@ pub mod files {
     pub const LAN_CERT: &str = "lan.crt";
     pub const LAN_KEY: &str = "lan.key";
     /// Every file `ca init` writes.
-    pub const FLEET: [&str; 10] = [
+    pub const FLEET: [&str; 14] = [
         ROOT_CERT,
         ROOT_KEY,
         ISSUING_CERT,
@@ -106,8 +124,12 @@ pub mod files {
         CRL,
         TOKEN_SIGNING,
         TOKEN_VERIFY,
+        OPERATOR_SIGNING,
+        OPERATOR_VERIFY,
+        TOKEN_DENYLIST,
         RECORD_SIGNING,
         RECORD_VERIFY,
+        SETTINGS,
         INVENTORY,
     ];
 }
@@ -312,6 +334,54 @@ pub struct UnitSummary {
     pub bundle_dir: PathBuf,
 }
 
+/// `fleet.json`: settings chosen at `ca init`. A fleet made before it existed reads as the
+/// defaults.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSettings {
+    /// [`SETTINGS_FORMAT`].
+    pub format: u32,
+    /// The DNS domain unit LAN names live under (`ca init --lan-domain`).
+    pub lan_domain: String,
+}
+
+impl Default for FleetSettings {
+    fn default() -> Self {
+        FleetSettings {
+            format: SETTINGS_FORMAT,
+            lan_domain: DEFAULT_LAN_DOMAIN.to_owned(),
+        }
+    }
+}
+
+/// An operator token request.
+#[derive(Debug, Clone)]
+pub struct OperatorRequest {
+    /// The operator's id, e.g. `OPS-0001`.
+    pub operator_id: String,
+    /// Display name.
+    pub name: String,
+    /// `fleet` or `privacy`.
+    pub role: OperatorRole,
+    /// Lifetime in hours (1..=[`MAX_OPERATOR_HOURS`]).
+    pub hours: u32,
+}
+
+/// What `token-revoke` did.
+#[derive(Debug, Clone)]
+pub struct DenyReport {
+    /// The new list's version.
+    pub version: u64,
+    /// The entry added.
+    pub entry: DenyEntry,
+    /// Live entries in the list now (after pruning expired ones).
+    pub entries: usize,
+    /// Entries pruned because everything they covered has expired.
+    pub pruned: usize,
+    /// The file written.
+    pub path: PathBuf,
+}
+
 /// A shift token request.
 #[derive(Debug, Clone)]
 pub struct TokenRequest {
@@ -321,7 +391,8 @@ pub struct TokenRequest {
     pub staff_name: String,
     /// Clinical or admin.
     pub role: StaffRole,
-    /// Bind to one unit.
+    /// Bind to one unit; `None` is a token for any unit (the CLI only mints one when told
+    /// `--any-unit`).
     pub device: Option<DeviceId>,
     /// Lifetime in hours (1..=[`MAX_TOKEN_HOURS`]).
     pub hours: u32,
@@ -337,6 +408,7 @@ pub struct Fleet {
     issuer: rcgen::Certificate,
     issuing_key: KeyPair,
     inventory: Inventory,
+    settings: FleetSettings,
     _lock: DirLock,
 }
 
@@ -465,7 +537,20 @@ impl Fleet {
     /// existing fleet unless `opts.force`, in which case the old one is moved aside to
     /// `DIR.replaced-<time>` (never deleted).
     pub fn init(dir: &Path, opts: &InitOptions, now: UnixMillis) -> Result<InitReport, FleetError> {
+        Self::init_with_lan_domain(dir, opts, DEFAULT_LAN_DOMAIN, now)
+    }
+
+    /// [`Fleet::init`] with the DNS domain unit LAN names live under (`ca init --lan-domain`),
+    /// recorded in `fleet.json`.
+    pub fn init_with_lan_domain(
+        dir: &Path,
+        opts: &InitOptions,
+        lan_domain: &str,
+        now: UnixMillis,
+    ) -> Result<InitReport, FleetError> {
         let now = whole_seconds(now);
+        let lan_domain = check_lan_domain(lan_domain)
+            .map_err(|e| FleetError::Invalid(format!("--lan-domain: {e}")))?;
         let found = present(dir, &files::FLEET);
         if dir.exists() && !dir.is_dir() {
             return Err(FleetError::BadDir {
@@ -536,21 +621,35 @@ impl Fleet {
         };
         let crl = make_crl(&inventory, &issuing_cert, &issuing_key, now)?;
         let token = generate_ed25519().map_err(FleetError::Invalid)?;
+        let operator = generate_ed25519().map_err(FleetError::Invalid)?;
         let record = generate_ed25519().map_err(FleetError::Invalid)?;
         let inventory_json = serde_json::to_vec_pretty(&inventory)
             .map_err(|e| FleetError::Invalid(format!("inventory: {e}")))?;
+        let token_pair = keys::parse_ed25519_signing(token.private_pem.as_bytes())
+            .map_err(FleetError::Invalid)?;
+        let denylist = denylist::sign_denylist(&DenyList::empty(1, now), &token_pair);
+        let settings = serde_json::to_vec_pretty(&FleetSettings {
+            format: SETTINGS_FORMAT,
+            lan_domain,
+        })
+        .map_err(|e| FleetError::Invalid(format!("fleet settings: {e}")))?;
 
+        // Every file 0600, the directory 0700 (see the module docs).
         let bundle = [
-            BundleFile::public(files::ROOT_CERT, root_cert.pem()),
+            BundleFile::private(files::ROOT_CERT, root_cert.pem()),
             BundleFile::private(files::ROOT_KEY, root_key.serialize_pem()),
-            BundleFile::public(files::ISSUING_CERT, issuing_cert.pem()),
+            BundleFile::private(files::ISSUING_CERT, issuing_cert.pem()),
             BundleFile::private(files::ISSUING_KEY, issuing_key.serialize_pem()),
-            BundleFile::public(files::CRL, crl),
+            BundleFile::private(files::CRL, crl),
             BundleFile::private(files::TOKEN_SIGNING, token.private_pem),
-            BundleFile::public(files::TOKEN_VERIFY, ed25519_public_pem(&token.public)),
+            BundleFile::private(files::TOKEN_VERIFY, ed25519_public_pem(&token.public)),
+            BundleFile::private(files::OPERATOR_SIGNING, operator.private_pem),
+            BundleFile::private(files::OPERATOR_VERIFY, ed25519_public_pem(&operator.public)),
+            BundleFile::private(files::TOKEN_DENYLIST, denylist),
             BundleFile::private(files::RECORD_SIGNING, record.private_pem),
-            BundleFile::public(files::RECORD_VERIFY, ed25519_public_pem(&record.public)),
-            BundleFile::public(files::INVENTORY, inventory_json),
+            BundleFile::private(files::RECORD_VERIFY, ed25519_public_pem(&record.public)),
+            BundleFile::private(files::SETTINGS, settings),
+            BundleFile::private(files::INVENTORY, inventory_json),
         ];
 
         let mut replaced_to = None;
@@ -647,6 +746,33 @@ impl Fleet {
                 ),
             });
         }
+        let settings_path = dir.join(files::SETTINGS);
+        let settings = if settings_path.exists() {
+            let s: FleetSettings =
+                serde_json::from_str(&read_text(&settings_path)?).map_err(|e| {
+                    FleetError::Corrupt {
+                        path: settings_path.clone(),
+                        problem: format!("not fleet settings: {e}"),
+                    }
+                })?;
+            if s.format != SETTINGS_FORMAT {
+                return Err(FleetError::Corrupt {
+                    path: settings_path,
+                    problem: format!(
+                        "settings format {} is not supported (expected {SETTINGS_FORMAT})",
+                        s.format
+                    ),
+                });
+            }
+            check_lan_domain(&s.lan_domain).map_err(|problem| FleetError::Corrupt {
+                path: settings_path.clone(),
+                problem,
+            })?;
+            s
+        } else {
+            // A fleet made before fleet.json existed.
+            FleetSettings::default()
+        };
         Ok(Fleet {
             dir: dir.to_owned(),
             root_pem: pem_encode("CERTIFICATE", root_der.as_ref()),
@@ -654,6 +780,7 @@ impl Fleet {
             issuer,
             issuing_key,
             inventory,
+            settings,
             _lock: lock,
         })
     }
@@ -666,6 +793,16 @@ impl Fleet {
     /// The inventory as loaded (and updated by this process).
     pub fn inventory(&self) -> &Inventory {
         &self.inventory
+    }
+
+    /// The fleet's settings (`fleet.json`, or the defaults for an older fleet).
+    pub fn settings(&self) -> &FleetSettings {
+        &self.settings
+    }
+
+    /// A unit's LAN DNS name in this fleet, e.g. `las-amb-0192.units.kerbside.invalid`.
+    pub fn lan_dns_name(&self, device_id: &DeviceId) -> Result<String, FleetError> {
+        lan_dns_name(device_id, &self.settings.lan_domain).map_err(FleetError::Invalid)
     }
 
     /// The CA bundle every hub and unit trusts: root, then issuing CA (PEM).
@@ -756,12 +893,51 @@ impl Fleet {
         self.sign_leaf(p, public_key)
     }
 
-    /// Issue a TLS server certificate (hub, or a unit's LAN server) for `names` (DNS or IP
-    /// SANs), EKU serverAuth only.
-    pub fn issue_server_cert(
+    /// Issue the hub's TLS server certificate for `name` (a DNS or IP SAN) with the hub marker
+    /// `kerbside://hub/NAME` (units require it), EKU serverAuth only.
+    pub fn issue_hub_cert(
+        &self,
+        public_key: &impl PublicKeyData,
+        name: &str,
+        not_before: UnixMillis,
+        not_after: UnixMillis,
+    ) -> Result<IssuedCert, FleetError> {
+        self.issue_server_cert(
+            public_key,
+            &[name.to_owned()],
+            &hub_uri(name),
+            not_before,
+            not_after,
+        )
+    }
+
+    /// Issue a unit's LAN server certificate: its LAN DNS name in this fleet
+    /// ([`Fleet::lan_dns_name`]) first, then `names` (its LAN address and any `--lan-name`), and
+    /// the LAN marker `kerbside://lan/DEVICE-ID`; EKU serverAuth only.
+    pub fn issue_lan_cert(
+        &self,
+        public_key: &impl PublicKeyData,
+        device_id: &DeviceId,
+        names: &[String],
+        not_before: UnixMillis,
+        not_after: UnixMillis,
+    ) -> Result<IssuedCert, FleetError> {
+        let mut all = vec![self.lan_dns_name(device_id)?];
+        for n in names {
+            if !all.iter().any(|a| a.eq_ignore_ascii_case(n)) {
+                all.push(n.clone());
+            }
+        }
+        self.issue_server_cert(public_key, &all, &lan_uri(device_id), not_before, not_after)
+    }
+
+    /// A TLS server certificate for `names` (DNS or IP SANs) and one marker URI, EKU serverAuth
+    /// only.
+    fn issue_server_cert(
         &self,
         public_key: &impl PublicKeyData,
         names: &[String],
+        marker: &str,
         not_before: UnixMillis,
         not_after: UnixMillis,
     ) -> Result<IssuedCert, FleetError> {
@@ -783,6 +959,8 @@ impl Fleet {
         for n in names {
             p.subject_alt_names.push(san_for(n)?);
         }
+        p.subject_alt_names
+            .push(SanType::URI(marker.to_owned().try_into()?));
         self.sign_leaf(p, public_key)
     }
 
@@ -795,7 +973,7 @@ impl Fleet {
             whole_seconds(now),
         )?;
         let path = self.crl_path();
-        write_atomic(&path, pem.as_bytes(), MODE_PUBLIC).map_err(io_err("cannot write", &path))?;
+        write_atomic(&path, pem.as_bytes(), MODE_PRIVATE).map_err(io_err("cannot write", &path))?;
         Ok(self.inventory.crl_number)
     }
 
@@ -803,7 +981,7 @@ impl Fleet {
         let json = serde_json::to_vec_pretty(&self.inventory)
             .map_err(|e| FleetError::Invalid(format!("inventory: {e}")))?;
         let path = self.dir.join(files::INVENTORY);
-        write_atomic(&path, &json, MODE_PUBLIC).map_err(io_err("cannot write", &path))
+        write_atomic(&path, &json, MODE_PRIVATE).map_err(io_err("cannot write", &path))
     }
 
     fn read_fleet_file(&self, name: &str) -> Result<String, FleetError> {
@@ -829,35 +1007,35 @@ impl Fleet {
             files::HUB_TOML,
             files::HUB_CERT,
             files::HUB_KEY,
-            files::TOKEN_SIGNING,
             files::RECORD_SIGNING,
         ];
         check_out_dir(&plan.out, &self.dir, &names, plan.force)?;
         san_for(&plan.name)?;
-        // Check the fleet keys before copying them.
-        let token_pem = self.read_fleet_file(files::TOKEN_SIGNING)?;
+        // Check the fleet keys before copying them. The hub gets the record-signing key and
+        // only the public halves of the token keys.
         let record_pem = self.read_fleet_file(files::RECORD_SIGNING)?;
-        let token_verify = self.read_fleet_file(files::TOKEN_VERIFY)?;
-        for (name, pem) in [
-            (files::TOKEN_SIGNING, &token_pem),
-            (files::RECORD_SIGNING, &record_pem),
-        ] {
-            keys::parse_ed25519_signing(pem.as_bytes()).map_err(|problem| FleetError::Corrupt {
-                path: self.dir.join(name),
+        keys::parse_ed25519_signing(record_pem.as_bytes()).map_err(|problem| {
+            FleetError::Corrupt {
+                path: self.dir.join(files::RECORD_SIGNING),
                 problem,
-            })?;
-        }
+            }
+        })?;
+        let token_verify = self.read_fleet_file(files::TOKEN_VERIFY)?;
         keys::parse_ed25519_public(token_verify.as_bytes()).map_err(|problem| {
             FleetError::Corrupt {
                 path: self.dir.join(files::TOKEN_VERIFY),
                 problem,
             }
         })?;
+        // Fleets made before operator tokens and the deny list get them now.
+        let (_, operator_public) = self.operator_key()?;
+        let operator_verify = ed25519_public_pem(&operator_public);
+        self.deny_list(now)?;
 
         let key = new_key()?;
-        let cert = self.issue_server_cert(
+        let cert = self.issue_hub_cert(
             &key,
-            std::slice::from_ref(&plan.name),
+            &plan.name,
             now.plus_ms(-BACKDATE_MS),
             now.plus_ms(HUB_CERT_LIFETIME_MS),
         )?;
@@ -877,28 +1055,38 @@ impl Fleet {
             },
             keys: HubKeys {
                 record_signing: files::RECORD_SIGNING.into(),
-                token_signing: files::TOKEN_SIGNING.into(),
+                token_signing: None,
                 token_verify: files::TOKEN_VERIFY.into(),
+                operator_verify: Some(files::OPERATOR_VERIFY.into()),
+                token_denylist: Some(absolute(&self.dir.join(files::TOKEN_DENYLIST))?),
             },
             sync: HubSync::default(),
             feeds: Vec::new(),
         };
         let toml = format!(
-            "# Kerbside hub, written by edge-provision for fleet {}.\n# Paths are relative to this file. The CRL and inventory are the fleet's own files,\n# so revocations are seen without copying; copy them here if the hub runs elsewhere.\n\n{}",
+            "# Kerbside hub, written by edge-provision for fleet {}.\n# Paths are relative to this file. The CRL, inventory and token deny list are the fleet's\n# own files, so revocations are seen without copying; copy them here if the hub runs elsewhere.\n\n{}",
             self.inventory.fleet_id,
             cfg.to_toml()?
         );
+        // Validate the config exactly as the hub will read it, before anything is written.
+        HubConfig::parse(&toml, &plan.out.join(files::HUB_TOML))?;
         let bundle = [
-            BundleFile::public(files::HUB_TOML, toml),
-            BundleFile::public(files::HUB_CERT, self.chain_pem(&cert)),
+            BundleFile::private(files::HUB_TOML, toml),
+            BundleFile::private(files::HUB_CERT, self.chain_pem(&cert)),
             BundleFile::private(files::HUB_KEY, key.serialize_pem()),
-            BundleFile::public(files::CA_BUNDLE, self.ca_bundle_pem()),
+            BundleFile::private(files::CA_BUNDLE, self.ca_bundle_pem()),
             BundleFile::private(files::RECORD_SIGNING, record_pem),
-            BundleFile::private(files::TOKEN_SIGNING, token_pem),
-            BundleFile::public(files::TOKEN_VERIFY, token_verify),
+            BundleFile::private(files::TOKEN_VERIFY, token_verify),
+            BundleFile::private(files::OPERATOR_VERIFY, operator_verify),
         ];
         write_bundle(&plan.out, &bundle)
             .map_err(io_err("cannot write the hub bundle into", &plan.out))?;
+        // A bundle written by an older `hub` held the staff-token private key: take it out.
+        let stale = plan.out.join(files::TOKEN_SIGNING);
+        if stale.is_file() {
+            fs::remove_file(&stale).map_err(io_err("cannot remove the obsolete", &stale))?;
+            tracing::info!(file = %stale.display(), "removed the staff-token private key from the hub bundle");
+        }
         let bundle_dir = absolute(&plan.out)?;
         self.inventory.hubs.retain(|h| h.bundle_dir != bundle_dir);
         self.inventory.hubs.push(HubRecord {
@@ -954,10 +1142,18 @@ impl Fleet {
                 lan_names.push(n.clone());
             }
         }
-        if lan_names.is_empty() {
+        // The unit's own LAN DNS name; it must not collide with another unit's.
+        let lan_dns = self.lan_dns_name(&plan.device_id)?;
+        if let Some(other) = self.inventory.units.iter().find(|u| {
+            u.device_id != plan.device_id
+                && lan_dns_name(&u.device_id, &self.settings.lan_domain)
+                    .ok()
+                    .as_ref()
+                    == Some(&lan_dns)
+        }) {
             return Err(FleetError::Invalid(format!(
-                "--lan {} names no host for the LAN certificate; add --lan-name NAME",
-                plan.lan
+                "device id {} would have the LAN name {lan_dns}, which unit {} already has; choose another device id",
+                plan.device_id, other.device_id
             )));
         }
         let cohorts = if plan.cohorts.is_empty() {
@@ -987,12 +1183,20 @@ impl Fleet {
             now.plus_ms(-BACKDATE_MS),
             now.plus_ms(UNIT_CERT_LIFETIME_MS),
         )?;
-        let lan_cert = self.issue_server_cert(
+        let lan_cert = self.issue_lan_cert(
             &lan_key,
+            &plan.device_id,
             &lan_names,
             now.plus_ms(-BACKDATE_MS),
             now.plus_ms(LAN_CERT_LIFETIME_MS),
         )?;
+        let mut lan = LanConfig::new(
+            plan.lan.clone(),
+            true,
+            Some(files::LAN_CERT.into()),
+            Some(files::LAN_KEY.into()),
+        );
+        lan.name = Some(lan_dns.clone());
 
         let cfg = UnitConfig {
             file: PathBuf::new(),
@@ -1006,12 +1210,7 @@ impl Fleet {
                 addr: plan.hub.clone(),
                 name: plan.hub_name.clone(),
             },
-            lan: LanConfig::new(
-                plan.lan.clone(),
-                true,
-                Some(files::LAN_CERT.into()),
-                Some(files::LAN_KEY.into()),
-            ),
+            lan,
             tls: UnitTls {
                 ca: files::CA_BUNDLE.into(),
                 cert: files::UNIT_CERT.into(),
@@ -1036,14 +1235,14 @@ impl Fleet {
         // Validate the config exactly as the daemon will read it, before anything is written.
         UnitConfig::parse(&toml, &plan.out.join(files::EDGE_TOML))?;
         let bundle = [
-            BundleFile::public(files::EDGE_TOML, toml),
-            BundleFile::public(files::UNIT_CERT, self.chain_pem(&cert)),
+            BundleFile::private(files::EDGE_TOML, toml),
+            BundleFile::private(files::UNIT_CERT, self.chain_pem(&cert)),
             BundleFile::private(files::UNIT_KEY, unit_key.serialize_pem()),
-            BundleFile::public(files::LAN_CERT, self.chain_pem(&lan_cert)),
+            BundleFile::private(files::LAN_CERT, self.chain_pem(&lan_cert)),
             BundleFile::private(files::LAN_KEY, lan_key.serialize_pem()),
-            BundleFile::public(files::CA_BUNDLE, self.ca_bundle_pem()),
-            BundleFile::public(files::RECORD_VERIFY, record_verify),
-            BundleFile::public(files::TOKEN_VERIFY, token_verify),
+            BundleFile::private(files::CA_BUNDLE, self.ca_bundle_pem()),
+            BundleFile::private(files::RECORD_VERIFY, record_verify),
+            BundleFile::private(files::TOKEN_VERIFY, token_verify),
         ];
         write_bundle(&plan.out, &bundle)
             .map_err(io_err("cannot write the unit bundle into", &plan.out))?;
@@ -1194,15 +1393,18 @@ impl Fleet {
             now.plus_ms(-BACKDATE_MS),
             now.plus_ms(UNIT_CERT_LIFETIME_MS),
         )?;
-        let lan_cert = self.issue_server_cert(
+        // The recorded names (address, --lan-name); issue_lan_cert adds the LAN DNS name and
+        // marker, so a unit enrolled before they existed gets them at its next renewal.
+        let lan_cert = self.issue_lan_cert(
             &lan_spki,
+            device_id,
             &unit.lan_names,
             now.plus_ms(-BACKDATE_MS),
             now.plus_ms(LAN_CERT_LIFETIME_MS),
         )?;
         let bundle = [
-            BundleFile::public(files::UNIT_CERT, self.chain_pem(&cert)),
-            BundleFile::public(files::LAN_CERT, self.chain_pem(&lan_cert)),
+            BundleFile::private(files::UNIT_CERT, self.chain_pem(&cert)),
+            BundleFile::private(files::LAN_CERT, self.chain_pem(&lan_cert)),
         ];
         write_bundle(&dir, &bundle)
             .map_err(io_err("cannot write the renewed certificates into", &dir))?;
@@ -1251,7 +1453,7 @@ impl Fleet {
     ) -> Result<(String, ShiftClaims), FleetError> {
         if !(1..=MAX_TOKEN_HOURS).contains(&req.hours) {
             return Err(FleetError::Invalid(format!(
-                "--hours must be 1 to {MAX_TOKEN_HOURS}"
+                "--hours must be 1 to {MAX_TOKEN_HOURS} (a shift token lasts one shift at most)"
             )));
         }
         if let Some(d) = &req.device {
@@ -1282,6 +1484,147 @@ impl Fleet {
             .check()
             .map_err(|e| FleetError::Invalid(e.to_string()))?;
         Ok((token::sign(&claims, &key), claims))
+    }
+
+    /// The fleet's operator key pair, created (both files 0600) on first use in a fleet made
+    /// before operator tokens. A public key without its private key is refused rather than
+    /// replaced, since hubs may already trust it.
+    pub fn operator_key(&self) -> Result<(ring::signature::Ed25519KeyPair, [u8; 32]), FleetError> {
+        use ring::signature::KeyPair as _;
+        let sk_path = self.dir.join(files::OPERATOR_SIGNING);
+        let pk_path = self.dir.join(files::OPERATOR_VERIFY);
+        if !sk_path.exists() {
+            if pk_path.exists() {
+                return Err(FleetError::Corrupt {
+                    path: sk_path,
+                    problem: format!(
+                        "is missing but {} exists; restore the operator key from the fleet's backup (hubs trust its public half)",
+                        files::OPERATOR_VERIFY
+                    ),
+                });
+            }
+            let new = generate_ed25519().map_err(FleetError::Invalid)?;
+            write_atomic(&sk_path, new.private_pem.as_bytes(), MODE_PRIVATE)
+                .map_err(io_err("cannot write", &sk_path))?;
+            tracing::info!(key = %sk_path.display(), "operator key created");
+        }
+        let pair = keys::load_ed25519_signing(&sk_path)?;
+        let mut public = [0u8; 32];
+        public.copy_from_slice(pair.public_key().as_ref());
+        match keys::load_ed25519_public(&pk_path) {
+            Ok(p) if p == public => {}
+            Ok(_) => {
+                return Err(FleetError::Corrupt {
+                    path: pk_path,
+                    problem: format!("is not the public half of {}", files::OPERATOR_SIGNING),
+                })
+            }
+            Err(_) if !pk_path.exists() => {
+                write_atomic(
+                    &pk_path,
+                    ed25519_public_pem(&public).as_bytes(),
+                    MODE_PRIVATE,
+                )
+                .map_err(io_err("cannot write", &pk_path))?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok((pair, public))
+    }
+
+    /// `operator`: mint an operator token for the hub's admin API, signed with the fleet's
+    /// operator key (created on first use).
+    pub fn mint_operator_token(
+        &self,
+        req: &OperatorRequest,
+        now: UnixMillis,
+    ) -> Result<(String, OperatorClaims), FleetError> {
+        if !(1..=MAX_OPERATOR_HOURS).contains(&req.hours) {
+            return Err(FleetError::Invalid(format!(
+                "--hours must be 1 to {MAX_OPERATOR_HOURS}"
+            )));
+        }
+        let (key, _) = self.operator_key()?;
+        let claims = OperatorClaims {
+            v: TOKEN_VERSION,
+            token_id: hex::encode(random_bytes::<16>()?),
+            operator_id: req.operator_id.trim().to_owned(),
+            operator_name: req.name.trim().to_owned(),
+            role: req.role,
+            issued_at: now,
+            expires_at: now.plus_ms(i64::from(req.hours) * UnixMillis::HOUR),
+        };
+        claims
+            .check()
+            .map_err(|e| FleetError::Invalid(e.to_string()))?;
+        Ok((token::sign_operator(&claims, &key), claims))
+    }
+
+    /// Path of the fleet's signed token deny list.
+    pub fn denylist_path(&self) -> PathBuf {
+        self.dir.join(files::TOKEN_DENYLIST)
+    }
+
+    /// The fleet's current token deny list, verified with its token-verify key; an empty list
+    /// (version 1) is written first in a fleet made before deny lists. A corrupt or foreign
+    /// list is an error, never silently replaced (versions must only grow).
+    pub fn deny_list(&self, now: UnixMillis) -> Result<DenyList, FleetError> {
+        let path = self.denylist_path();
+        if !path.exists() {
+            let list = DenyList::empty(1, now);
+            let key = keys::load_ed25519_signing(&self.dir.join(files::TOKEN_SIGNING))?;
+            write_atomic(&path, &denylist::sign_denylist(&list, &key), MODE_PRIVATE)
+                .map_err(io_err("cannot write", &path))?;
+            return Ok(list);
+        }
+        let public = keys::load_ed25519_public(&self.dir.join(files::TOKEN_VERIFY))?;
+        Ok(keys::load_denylist(&path, &public)?)
+    }
+
+    /// `token-revoke`: add `subject` to the fleet's deny list (replacing an earlier entry for
+    /// it), drop entries whose tokens have all expired, bump the version, re-sign with the
+    /// staff-token key and write it atomically (0600). Hubs pick it up and pass it to units.
+    pub fn revoke_tokens(
+        &self,
+        subject: DenySubject,
+        reason: Option<String>,
+        now: UnixMillis,
+    ) -> Result<DenyReport, FleetError> {
+        // `now` to the millisecond (not whole seconds): a staff entry covers tokens issued up
+        // to this instant, including one minted a moment ago.
+        let subject = match subject {
+            DenySubject::Token(t) => DenySubject::Token(t.trim().to_ascii_lowercase()),
+            DenySubject::Staff(s) => DenySubject::Staff(s.trim().to_owned()),
+            DenySubject::Operator(o) => DenySubject::Operator(o.trim().to_owned()),
+        };
+        subject
+            .check()
+            .map_err(|e| FleetError::Invalid(e.to_string()))?;
+        let reason = reason
+            .map(|r| r.trim().to_owned())
+            .filter(|r| !r.is_empty());
+        let mut list = self.deny_list(now)?;
+        let before = list.entries.len();
+        list.prune(now);
+        let pruned = before - list.entries.len();
+        let entry = DenyEntry::new(subject, now, reason);
+        list.add(entry.clone());
+        list.version = list.version.saturating_add(1);
+        list.issued_at = now;
+        list.check()
+            .map_err(|e| FleetError::Invalid(format!("--reason: {e}")))?;
+        let key = keys::load_ed25519_signing(&self.dir.join(files::TOKEN_SIGNING))?;
+        let path = self.denylist_path();
+        write_atomic(&path, &denylist::sign_denylist(&list, &key), MODE_PRIVATE)
+            .map_err(io_err("cannot write", &path))?;
+        tracing::info!(subject = %entry.subject, version = list.version, "token deny list written");
+        Ok(DenyReport {
+            version: list.version,
+            entry,
+            entries: list.entries.len(),
+            pruned,
+            path,
+        })
     }
 }
 

@@ -9,18 +9,20 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
+use edge_proto::denylist::DenySubject;
 use edge_proto::ids::{CohortSpec, DeviceId, OdsCode, StaffRole, UnitRole};
 use edge_proto::time::UnixMillis;
+use edge_proto::token::OperatorRole;
 use edge_provision::config::{SupervisorConfig, SupervisorMode};
 use edge_provision::fleet::{
-    EnrolPlan, Fleet, HubPlan, InitOptions, TokenRequest, RENEWAL_AFTER_EXPIRY_MS,
+    EnrolPlan, Fleet, HubPlan, InitOptions, OperatorRequest, TokenRequest, RENEWAL_AFTER_EXPIRY_MS,
 };
 use edge_provision::hostport::HostPort;
 use edge_provision::inventory::RevokeReason;
 
 const FLOW: &str = "\
 Workshop flow:
-  1. once per fleet:   edge-provision ca init --fleet FLEET
+  1. once per fleet:   edge-provision ca init --fleet FLEET [--lan-domain units.las.example]
                        (then move FLEET/root-ca.key to offline storage)
   2. once per hub:     edge-provision hub --fleet FLEET --name hub.example --listen 0.0.0.0:4433 \\
                            --admin 127.0.0.1:9443 --out HUBDIR
@@ -32,7 +34,10 @@ Workshop flow:
   5. stolen or lost:   edge-provision revoke --fleet FLEET --device-id ID --reason stolen
   6. broken unit:      edge-provision enrol ... --replace --out NEWDIR      (old certificates revoked)
   anytime:             edge-provision list --fleet FLEET [--json]
-                       edge-provision token --fleet FLEET --staff-id ID --name \"SURNAME, Given\" --role clinical
+                       edge-provision token --fleet FLEET --staff-id ID --name \"SURNAME, Given\" --role clinical \\
+                           (--device-id ID | --any-unit)
+                       edge-provision token-revoke --fleet FLEET (--token-id ID | --staff-id ID) [--reason TEXT]
+                       edge-provision operator --fleet FLEET --operator-id ID --name \"SURNAME, Given\" --role fleet
 
 See docs/provisioning.md for lifetimes, bundle layouts and what to do when a unit has been
 offline past its certificate's expiry.";
@@ -53,11 +58,14 @@ enum Cmd {
     /// Write a hub bundle: server certificate, keys, CA bundle and hub.toml.
     #[command(after_long_help = FLOW, long_about = "\
 Write a hub bundle into --out: the hub's TLS server certificate (SAN = --name, an IP SAN when
---name is an IP address) and key, the fleet CA bundle, the hub's record-signing key, the
-staff-token signing and verification keys, and a complete hub.toml (paths relative to it).
-hub.toml points at the fleet's crl.pem and inventory.json by absolute path, so the hub sees
-revocations as they happen; if the hub runs on another machine, copy crl.pem there after every
-revocation and edit [tls] crl.
+--name is an IP address, and the hub marker kerbside://hub/NAME that units require) and key,
+the fleet CA bundle, the hub's record-signing key, the *public* shift-token and operator-token
+keys (never their private halves), and a complete hub.toml (paths relative to it). Every file is
+0600 and the folder 0700. hub.toml points at the fleet's crl.pem, inventory.json and
+token-denylist.cbor by absolute path, so the hub sees revocations as they happen; if the hub
+runs on another machine, copy them there after every revocation and edit [tls] crl,
+inventory and [keys] token_denylist. --force over a bundle written by an older edge-provision
+also removes its token-signing.key.
 
 Then start the hub with: edge-hub serve --config HUBDIR/hub.toml")]
     Hub(HubArgs),
@@ -65,9 +73,12 @@ Then start the hub with: edge-hub serve --config HUBDIR/hub.toml")]
     #[command(after_long_help = FLOW, long_about = "\
 Enrol a unit (vehicle or ED kiosk) and write its bundle into --out: a fresh key pair and a
 7-day operational client certificate naming the unit (kerbside://fleet/ROLE/DEVICE-ID) and its
-cohorts, a LAN HTTPS certificate for --lan (and --lan-name), the fleet CA bundle, the hub's
-record-verification and the fleet's token-verification public keys, and a complete edge.toml.
-The unit is recorded in the fleet inventory.
+cohorts, a LAN HTTPS certificate naming the unit (the DNS name DEVICE-ID under the fleet's LAN
+domain, e.g. las-amb-0192.units.kerbside.invalid, and kerbside://lan/DEVICE-ID) beside --lan
+(and --lan-name), the fleet CA bundle, the hub's record-verification and the fleet's
+token-verification public keys, and a complete edge.toml ([lan] name is the unit's LAN DNS
+name: tablets must connect with, and verify, that name). Every file is 0600. The unit is
+recorded in the fleet inventory.
 
 Copy the bundle onto the unit (it holds the unit's private keys: use the workshop's encrypted
 transfer) and run: edge-daemon run --config UNITDIR/edge.toml
@@ -110,8 +121,34 @@ corrupt or missing file. Revocations are never lost: the inventory is their sour
 Mint a staff shift token signed with the fleet's staff-token key and print it on the last line
 of stdout. In production the hub issues these at shift start; this is the operator's and the
 tests' way to mint one. Tablets send it as `Authorization: Bearer TOKEN`; units verify it
-offline. --device-id binds the token to one unit; --hours is its lifetime (1-24, default 12).")]
+offline. A token is bound to one unit with --device-id (the unit the crew works on); a token
+valid on every unit needs an explicit --any-unit. One of the two is required. --hours is its
+lifetime (1-12, default 12). Revoke it before its expiry with `edge-provision token-revoke`.")]
     Token(TokenArgs),
+    /// Revoke shift or operator tokens: add a signed entry to the fleet's token deny list.
+    #[command(name = "token-revoke", after_long_help = FLOW, long_about = "\
+Revoke tokens before their expiry: --token-id revokes one token (shift or operator; the id is
+printed when it is minted and named in audit events), --staff-id every shift token of that
+member of staff issued until now, --operator-id every operator token of that operator issued
+until now. Tokens minted afterwards are not affected (stop issuing them instead).
+
+The entry goes into FLEET/token-denylist.cbor: a list signed with the fleet's staff-token key,
+whose version only grows. Each entry lasts until every token it covers has expired anyway
+(12 hours and 5 minutes); expired entries are dropped whenever the list is rewritten. The hub
+reads the file (hub.toml [keys] token_denylist) and passes it to every unit over the sync; a
+unit refuses the revoked tokens from its next sync on.")]
+    TokenRevoke(TokenRevokeArgs),
+    /// Mint an operator token for the hub's admin API (printed on the last line of stdout).
+    #[command(after_long_help = FLOW, long_about = "\
+Mint an operator token for the hub's admin API, signed with the fleet's operator key (a key of
+its own, not the staff-token key: a shift token is never accepted as an operator token, nor the
+reverse), and print it on the last line of stdout. Send it as `Authorization: Bearer TOKEN` on
+every admin call. --role fleet may ingest, list devices, set cohorts and order wipes; --role
+privacy may query and export the audit trail, see alerts, record objections and read the
+operator log. --hours is its lifetime (1-12, default 8). A fleet made before operator tokens gets
+its operator key (FLEET/operator-signing.key, 0600) on first use; re-run `hub --force` so the
+hub bundle carries its public half. Revoke with `token-revoke --token-id` or `--operator-id`.")]
+    Operator(OperatorArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -121,8 +158,9 @@ enum CaCmd {
 Create a fleet directory: an offline-style root CA (ECDSA P-256, 20 years) and an issuing CA
 under it (5 years) that signs every hub and unit certificate and the revocation list; the
 staff-token signing key and the hub's record-signing key (Ed25519); an empty revocation list;
-and the fleet inventory. Private keys are written 0600 and the directory appears whole or not
-at all. An existing fleet is never overwritten unless --force (it is then moved aside to
+an operator-token key (Ed25519, for the hub's admin API); an empty signed token deny list; the
+fleet settings (fleet.json: --lan-domain); and the fleet inventory. Every file is written 0600,
+the directory 0700, and it appears whole or not at all. An existing fleet is never overwritten unless --force (it is then moved aside to
 DIR.replaced-TIME, not deleted).
 
 After init, move FLEET/root-ca.key to offline storage: nothing else needs it.")]
@@ -147,6 +185,10 @@ struct InitArgs {
     /// Replace an existing fleet (moved aside, not deleted). Every unit must be re-enrolled.
     #[arg(long)]
     force: bool,
+    /// DNS domain for unit LAN names: a unit's LAN certificate names DEVICE-ID (lower-case)
+    /// under it, e.g. las-amb-0192.units.kerbside.invalid. Tablets must verify that name.
+    #[arg(long, value_name = "DOMAIN", default_value = edge_provision::identity::DEFAULT_LAN_DOMAIN)]
+    lan_domain: String,
 }
 
 #[derive(Debug, Args)]
@@ -281,15 +323,57 @@ struct TokenArgs {
     /// clinical or admin.
     #[arg(long)]
     role: StaffRole,
-    /// Bind the token to one unit.
-    #[arg(long)]
+    /// Bind the token to one unit (this or --any-unit is required).
+    #[arg(long, conflicts_with = "any_unit")]
     device_id: Option<DeviceId>,
-    /// Lifetime in hours (1-24).
+    /// Make the token valid on every unit of the fleet (this or --device-id is required).
+    #[arg(long)]
+    any_unit: bool,
+    /// Lifetime in hours (1-12).
     #[arg(long, default_value_t = 12)]
     hours: u32,
     /// ODS code of the employing organisation.
     #[arg(long, value_name = "ODS")]
     org: Option<OdsCode>,
+}
+
+#[derive(Debug, Args)]
+struct TokenRevokeArgs {
+    /// The fleet directory.
+    #[arg(long, value_name = "DIR")]
+    fleet: PathBuf,
+    /// Revoke one token by its id (32 hex digits; shift or operator token).
+    #[arg(long, value_name = "ID", group = "subject")]
+    token_id: Option<String>,
+    /// Revoke every shift token of this member of staff issued until now.
+    #[arg(long, value_name = "SDSID", group = "subject")]
+    staff_id: Option<String>,
+    /// Revoke every operator token of this operator issued until now.
+    #[arg(long, value_name = "ID", group = "subject")]
+    operator_id: Option<String>,
+    /// Why, for the record (up to 200 bytes).
+    #[arg(long, value_name = "TEXT")]
+    reason: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct OperatorArgs {
+    /// The fleet directory.
+    #[arg(long, value_name = "DIR")]
+    fleet: PathBuf,
+    /// The operator's id, e.g. OPS-0001 (A-Z a-z 0-9 . _ - @, up to 64).
+    #[arg(long, value_name = "ID")]
+    operator_id: String,
+    /// Display name, e.g. "ENGINEER, Fleet".
+    #[arg(long, value_name = "NAME")]
+    name: String,
+    /// fleet (ingest, devices, cohort, wipe) or privacy (audit, verify, export, alerts,
+    /// objections, operator log).
+    #[arg(long)]
+    role: OperatorRole,
+    /// Lifetime in hours (1-12).
+    #[arg(long, default_value_t = 8)]
+    hours: u32,
 }
 
 fn now() -> UnixMillis {
@@ -308,12 +392,13 @@ fn run(cli: Cli) -> Result<()> {
     let now = now();
     match cli.cmd {
         Cmd::Ca(CaCmd::Init(a)) => {
-            let r = Fleet::init(
+            let r = Fleet::init_with_lan_domain(
                 &a.fleet,
                 &InitOptions {
                     org: a.org,
                     force: a.force,
                 },
+                &a.lan_domain,
                 now,
             )?;
             if let Some(old) = r.replaced_to {
@@ -448,6 +533,11 @@ fn run(cli: Cli) -> Result<()> {
             println!("CRL #{n} written to {}", f.crl_path().display());
         }
         Cmd::Token(a) => {
+            if a.device_id.is_none() && !a.any_unit {
+                anyhow::bail!(
+                    "a shift token must say where it may be used: pass --device-id ID to bind it to the unit the crew will work on, or --any-unit for a token every unit of the fleet accepts"
+                );
+            }
             let f = open(&a.fleet)?;
             let req = TokenRequest {
                 staff_id: a.staff_id,
@@ -459,8 +549,63 @@ fn run(cli: Cli) -> Result<()> {
             };
             let (token, claims) = f.mint_token(&req, now)?;
             eprintln!(
-                "shift token {} for {} ({}), {}, expires {}",
-                claims.token_id, claims.staff_name, claims.staff_id, claims.role, claims.expires_at
+                "shift token {} for {} ({}), {}, {}, expires {}",
+                claims.token_id,
+                claims.staff_name,
+                claims.staff_id,
+                claims.role,
+                claims
+                    .device
+                    .as_ref()
+                    .map_or_else(|| "any unit".to_owned(), |d| format!("unit {d} only")),
+                claims.expires_at
+            );
+            println!("{token}");
+        }
+        Cmd::TokenRevoke(a) => {
+            let subject = match (a.token_id, a.staff_id, a.operator_id) {
+                (Some(t), None, None) => DenySubject::Token(t),
+                (None, Some(s), None) => DenySubject::Staff(s),
+                (None, None, Some(o)) => DenySubject::Operator(o),
+                _ => anyhow::bail!(
+                    "say what to revoke: exactly one of --token-id ID, --staff-id SDSID or --operator-id ID"
+                ),
+            };
+            let f = open(&a.fleet)?;
+            let r = f.revoke_tokens(subject, a.reason, now)?;
+            println!(
+                "revoked {} (until {}); token deny list version {} with {} entr{} written to {}",
+                r.entry.subject,
+                r.entry.until,
+                r.version,
+                r.entries,
+                if r.entries == 1 { "y" } else { "ies" },
+                r.path.display()
+            );
+            if r.pruned > 0 {
+                println!(
+                    "{} expired entr{} dropped",
+                    r.pruned,
+                    if r.pruned == 1 { "y" } else { "ies" }
+                );
+            }
+        }
+        Cmd::Operator(a) => {
+            let f = open(&a.fleet)?;
+            let req = OperatorRequest {
+                operator_id: a.operator_id,
+                name: a.name,
+                role: a.role,
+                hours: a.hours,
+            };
+            let (token, claims) = f.mint_operator_token(&req, now)?;
+            eprintln!(
+                "operator token {} for {} ({}), role {}, expires {}",
+                claims.token_id,
+                claims.operator_name,
+                claims.operator_id,
+                claims.role,
+                claims.expires_at
             );
             println!("{token}");
         }

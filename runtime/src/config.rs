@@ -125,15 +125,35 @@ fn default_crl_reload_s() -> u64 {
 }
 
 /// `[keys]` of `hub.toml`.
+///
+/// The hub holds only the *public* halves of the token keys it verifies with: shift tokens
+/// (`token_verify`), operator tokens on the admin API (`operator_verify`) and the signed token
+/// deny list (`token_denylist`, verified with `token_verify`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HubKeys {
     /// Ed25519 key the hub signs records with (PKCS#8 PEM).
     pub record_signing: PathBuf,
-    /// Ed25519 key the hub signs shift tokens with (PKCS#8 PEM).
-    pub token_signing: PathBuf,
-    /// The matching public key (SPKI PEM).
+    /// Obsolete: hub bundles written before operator tokens carried the fleet's staff-token
+    /// *private* key here, which the hub never used. Still accepted so an old `hub.toml` loads,
+    /// and ignored (never checked, never loaded); `edge-provision hub` no longer writes it.
+    /// Delete the file it names from old hub bundles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_signing: Option<PathBuf>,
+    /// The fleet's shift-token public key (Ed25519, SPKI PEM): verifies shift tokens and the
+    /// token deny list.
     pub token_verify: PathBuf,
+    /// The fleet's operator-token public key (Ed25519, SPKI PEM): verifies operator tokens on
+    /// the admin API. Optional only so hub bundles written before operator tokens still load;
+    /// every bundle `edge-provision hub` writes has it, and without it no operator token can be
+    /// verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator_verify: Option<PathBuf>,
+    /// The fleet's signed token deny list (`token-denylist.cbor`, usually the fleet directory's
+    /// own file by absolute path, like `tls.crl`), verified with `token_verify`. Optional for
+    /// the same reason as `operator_verify`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_denylist: Option<PathBuf>,
 }
 
 /// `[sync]` of `hub.toml`.
@@ -177,12 +197,19 @@ impl HubConfig {
             &mut cfg.tls.key,
             &mut cfg.tls.crl,
             &mut cfg.keys.record_signing,
-            &mut cfg.keys.token_signing,
             &mut cfg.keys.token_verify,
         ] {
             *p = base.join(&*p);
         }
-        if let Some(p) = cfg.inventory.as_mut() {
+        for p in [
+            cfg.inventory.as_mut(),
+            cfg.keys.token_signing.as_mut(),
+            cfg.keys.operator_verify.as_mut(),
+            cfg.keys.token_denylist.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
             *p = base.join(&*p);
         }
         cfg.validate()?;
@@ -193,6 +220,27 @@ impl HubConfig {
         let f = &self.file;
         check_server_name(f, "name", &self.name)?;
         range(f, "tls.crl_reload_s", self.tls.crl_reload_s, 1, 86_400)?;
+        if self.keys.operator_verify.as_ref() == Some(&self.keys.token_verify) {
+            return Err(ConfigError::new(
+                f,
+                "keys.operator_verify",
+                "must be the fleet's operator key, not the shift-token key (token_verify)",
+            ));
+        }
+        for (key, p) in [
+            ("keys.token_verify", Some(&self.keys.token_verify)),
+            ("keys.operator_verify", self.keys.operator_verify.as_ref()),
+        ] {
+            if let Some(p) = p {
+                if Some(p) == self.keys.token_signing.as_ref() || *p == self.keys.record_signing {
+                    return Err(ConfigError::new(
+                        f,
+                        key,
+                        "must name a public key (.pub), not a private signing key",
+                    ));
+                }
+            }
+        }
         range(
             f,
             "sync.batch_records_max",
@@ -235,8 +283,13 @@ impl HubConfig {
         exists(f, "tls.key", &self.tls.key)?;
         exists(f, "tls.crl", &self.tls.crl)?;
         exists(f, "keys.record_signing", &self.keys.record_signing)?;
-        exists(f, "keys.token_signing", &self.keys.token_signing)?;
         exists(f, "keys.token_verify", &self.keys.token_verify)?;
+        if let Some(p) = &self.keys.operator_verify {
+            exists(f, "keys.operator_verify", p)?;
+        }
+        if let Some(p) = &self.keys.token_denylist {
+            exists(f, "keys.token_denylist", p)?;
+        }
         Ok(())
     }
 
@@ -323,6 +376,12 @@ pub struct LanConfig {
     /// The LAN server private key (required when `tls = true`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<PathBuf>,
+    /// The unit's LAN DNS name, as its LAN certificate carries it (the device id under the
+    /// fleet's LAN domain, e.g. `las-amb-0192.units.kerbside.invalid`): the name tablets must
+    /// verify. Informational for the daemon (shown to crews and on `/healthz`); the certificate
+    /// is what tablets check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// A client must send a request's headers within this many seconds (slow-loris defence).
     #[serde(default = "lan_header_read_timeout_s")]
     pub header_read_timeout_s: u64,
@@ -349,6 +408,7 @@ impl LanConfig {
             tls,
             cert,
             key,
+            name: None,
             header_read_timeout_s: lan_header_read_timeout_s(),
             idle_timeout_s: lan_idle_timeout_s(),
             max_connections: lan_max_connections(),
@@ -580,6 +640,15 @@ impl UnitConfig {
             ));
         }
         let l = &self.lan;
+        if let Some(n) = &l.name {
+            if !is_dns_name(n) {
+                return Err(ConfigError::new(
+                    f,
+                    "lan.name",
+                    format!("{n:?} is not a DNS name"),
+                ));
+            }
+        }
         range(
             f,
             "lan.header_read_timeout_s",
@@ -943,6 +1012,16 @@ reconnect_max_ms = 5000
             assert_eq!(e.key, key, "{e}");
             assert!(e.to_string().contains(problem), "{e}");
         }
+        let named = EDGE.replace(
+            "key = \"lan.key\"",
+            "key = \"lan.key\"\nname = \"las-amb-0192.units.kerbside.invalid\"",
+        );
+        assert_eq!(
+            parse(&named).unwrap().lan.name.as_deref(),
+            Some("las-amb-0192.units.kerbside.invalid")
+        );
+        let e = parse(&named.replace("las-amb-0192.units", "bad name")).unwrap_err();
+        assert_eq!(e.key, "lan.name");
         // Plain HTTP on loopback is allowed.
         let plain = EDGE.replace("cert = \"lan.crt\"\nkey = \"lan.key\"", "tls = false");
         assert!(!parse(&plain).unwrap().lan.tls);
@@ -981,6 +1060,40 @@ token_signing = "token-signing.key"
 token_verify = "token-verify.pub"
 "#;
         let c = HubConfig::parse(text, Path::new("/h/hub.toml")).unwrap();
+        // An old hub.toml: the staff-token private key is accepted and ignored.
+        assert_eq!(
+            c.keys.token_signing.as_deref(),
+            Some(Path::new("/h/token-signing.key"))
+        );
+        assert_eq!(c.keys.operator_verify, None);
+        // A new one: public halves only.
+        let new = text.replace(
+            "token_signing = \"token-signing.key\"",
+            "operator_verify = \"operator-verify.pub\"\ntoken_denylist = \"/fleet/token-denylist.cbor\"",
+        );
+        let n = HubConfig::parse(&new, Path::new("/h/hub.toml")).unwrap();
+        assert_eq!(n.keys.token_signing, None);
+        assert_eq!(
+            n.keys.operator_verify.as_deref(),
+            Some(Path::new("/h/operator-verify.pub"))
+        );
+        assert_eq!(
+            n.keys.token_denylist.as_deref(),
+            Some(Path::new("/fleet/token-denylist.cbor"))
+        );
+        assert!(!n.to_toml().unwrap().contains("token_signing"));
+        let e = HubConfig::parse(
+            &new.replace("operator-verify.pub", "token-verify.pub"),
+            Path::new("/h/hub.toml"),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "keys.operator_verify");
+        let e = HubConfig::parse(
+            &new.replace("operator-verify.pub", "record-signing.key"),
+            Path::new("/h/hub.toml"),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "keys.operator_verify");
         assert_eq!(c.tls.crl, Path::new("/fleet/crl.pem"));
         assert_eq!(c.tls.cert, Path::new("/h/hub.crt"));
         assert_eq!(c.sync, HubSync::default());

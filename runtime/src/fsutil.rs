@@ -17,7 +17,9 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 /// Mode for private keys.
 pub const MODE_PRIVATE: u32 = 0o600;
-/// Mode for certificates, public keys and configs.
+/// Mode for files meant to be world-readable. `edge-provision` no longer uses it: every file it
+/// writes into a fleet or bundle directory is [`MODE_PRIVATE`] (a bundle is read by one service
+/// account; nothing in it needs to be readable by others).
 pub const MODE_PUBLIC: u32 = 0o644;
 /// Mode for bundle and fleet directories (they hold private keys).
 pub const MODE_DIR: u32 = 0o700;
@@ -114,7 +116,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
 ///
 /// When `dir` does not exist (or is empty) the bundle is built in a hidden staging directory
 /// beside it and renamed into place. When it exists and has contents, each file is replaced
-/// atomically (callers check for files they must not overwrite before calling).
+/// atomically (callers check for files they must not overwrite before calling), and the
+/// directory's mode is narrowed to [`MODE_DIR`]: a bundle folder is never left group- or
+/// world-readable.
 pub fn write_bundle(dir: &Path, files: &[BundleFile]) -> io::Result<()> {
     for f in files {
         if f.name.is_empty() || f.name.contains('/') || f.name.starts_with('.') {
@@ -126,6 +130,7 @@ pub fn write_bundle(dir: &Path, files: &[BundleFile]) -> io::Result<()> {
     }
     let is_empty_dir = dir.is_dir() && fs::read_dir(dir)?.next().is_none();
     if dir.exists() && !is_empty_dir {
+        fs::set_permissions(dir, fs::Permissions::from_mode(MODE_DIR))?;
         for f in files {
             write_atomic(&dir.join(&f.name), &f.bytes, f.mode)?;
         }
@@ -268,6 +273,17 @@ mod tests {
         ];
         write_bundle(&out, &files).unwrap();
         assert_eq!(fs::read_dir(&out).unwrap().count(), 2);
+        assert_eq!(
+            fs::metadata(&out).unwrap().permissions().mode() & 0o777,
+            MODE_DIR
+        );
+        // Writing into an existing, open directory narrows it to 0700.
+        fs::set_permissions(&out, fs::Permissions::from_mode(0o755)).unwrap();
+        write_bundle(&out, &[BundleFile::private("y.crt", "c")]).unwrap();
+        assert_eq!(
+            fs::metadata(&out).unwrap().permissions().mode() & 0o777,
+            MODE_DIR
+        );
         assert_eq!(
             fs::read_dir(d.path().join("a/b")).unwrap().count(),
             1,

@@ -10,6 +10,17 @@
 //! Because the CA signs these names, the hub can trust the cohort without asking the unit: a
 //! unit that edits its own `edge.toml` cannot widen what it receives. A certificate with no
 //! cohort names leaves the cohort to the hub's operator.
+//!
+//! Server certificates carry a marker URI saying what kind of server they are, so one kind can
+//! never stand in for the other ([`server_role`]):
+//!
+//! - the hub's: `kerbside://hub/{name}` (the hub's `--name`, percent-encoded);
+//! - a unit's LAN certificate: `kerbside://lan/{device_id}`, beside a DNS name derived from the
+//!   device id under the fleet's LAN domain ([`lan_dns_name`]:
+//!   `LAS-AMB-0192` → `las-amb-0192.units.kerbside.invalid`) and its LAN address.
+//!
+//! The unit's hub verifier requires the hub marker; a tablet (or [`crate::tls::lan_client_config`])
+//! verifies the unit's DNS name and LAN marker, so another unit's LAN key does not pass.
 
 use edge_proto::ids::{CohortSpec, DeviceId, UnitRole};
 use edge_proto::time::UnixMillis;
@@ -17,6 +28,13 @@ use x509_parser::extensions::GeneralName;
 
 /// The URI prefix of every Kerbside fleet name.
 pub const URI_PREFIX: &str = "kerbside://fleet/";
+/// The URI prefix marking the hub's server certificate.
+pub const HUB_URI_PREFIX: &str = "kerbside://hub/";
+/// The URI prefix marking a unit's LAN server certificate.
+pub const LAN_URI_PREFIX: &str = "kerbside://lan/";
+/// The LAN domain a fleet uses when `ca init` is given none (`.invalid` never resolves on the
+/// internet, so the names only mean something to the fleet's own tablets).
+pub const DEFAULT_LAN_DOMAIN: &str = "units.kerbside.invalid";
 /// The path segment that marks a cohort name.
 const COHORT_SEGMENT: &str = "cohort";
 /// The most cohort names a certificate may carry (a limit on outside input).
@@ -49,6 +67,9 @@ pub enum IdentityError {
     /// More than one identity name.
     #[error("the certificate carries more than one Kerbside unit identity")]
     AmbiguousIdentity,
+    /// A server certificate without a `kerbside://hub/` or `kerbside://lan/` marker.
+    #[error("the certificate carries no Kerbside server marker (kerbside://hub/NAME or kerbside://lan/DEVICE-ID)")]
+    NoServerRole,
     /// A Kerbside name that does not parse.
     #[error("the certificate carries an invalid Kerbside name {uri:?}: {why}")]
     BadName { uri: String, why: String },
@@ -65,6 +86,117 @@ pub fn cohort_uri(spec: &CohortSpec) -> String {
         "{URI_PREFIX}{COHORT_SEGMENT}/{}",
         percent_encode(&spec.to_string())
     )
+}
+
+/// The URI marking the hub's server certificate for `name`.
+pub fn hub_uri(name: &str) -> String {
+    format!("{HUB_URI_PREFIX}{}", percent_encode(name))
+}
+
+/// The URI marking a unit's LAN server certificate.
+pub fn lan_uri(device_id: &DeviceId) -> String {
+    format!("{LAN_URI_PREFIX}{device_id}")
+}
+
+/// Check and normalise a fleet's LAN domain: a DNS name of at least two labels, each 1–63 of
+/// `a-z 0-9 -` not starting or ending with `-`, at most 180 bytes (room for a device label),
+/// returned lower-case without a trailing dot.
+pub fn check_lan_domain(domain: &str) -> Result<String, String> {
+    let d = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+    if d.is_empty() || d.len() > 180 {
+        return Err(format!(
+            "LAN domain {domain:?}: expected 1 to 180 characters"
+        ));
+    }
+    let labels: Vec<&str> = d.split('.').collect();
+    if labels.len() < 2 {
+        return Err(format!(
+            "LAN domain {domain:?}: expected at least two labels, e.g. units.kerbside.invalid"
+        ));
+    }
+    if let Some(bad) = labels.iter().find(|l| !valid_label(l)) {
+        return Err(format!(
+            "LAN domain {domain:?}: label {bad:?} is not 1-63 of a-z 0-9 - (not starting or ending with -)"
+        ));
+    }
+    Ok(d)
+}
+
+fn valid_label(l: &str) -> bool {
+    !l.is_empty()
+        && l.len() <= 63
+        && !l.starts_with('-')
+        && !l.ends_with('-')
+        && l.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// The DNS label for a device id: lower-case, `.` and `_` become `-`
+/// (`LAS-AMB-0192` → `las-amb-0192`). Fails when the result is not a valid DNS label (longer
+/// than 63, or starting or ending with `-`).
+pub fn lan_label(device_id: &DeviceId) -> Result<String, String> {
+    let label: String = device_id
+        .as_str()
+        .chars()
+        .map(|c| match c {
+            '.' | '_' => '-',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect();
+    if valid_label(&label) {
+        Ok(label)
+    } else {
+        Err(format!(
+            "device id {device_id} does not make a DNS label ({label:?}: 1-63 of a-z 0-9 -, not starting or ending with -)"
+        ))
+    }
+}
+
+/// The unit's LAN DNS name: its [`lan_label`] under the fleet's LAN domain, e.g.
+/// `las-amb-0192.units.kerbside.invalid`.
+pub fn lan_dns_name(device_id: &DeviceId, lan_domain: &str) -> Result<String, String> {
+    let domain = check_lan_domain(lan_domain)?;
+    Ok(format!("{}.{domain}", lan_label(device_id)?))
+}
+
+/// What kind of server a certificate was issued to, by its marker URI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerRole {
+    /// The hub (`kerbside://hub/{name}`), with the name decoded.
+    Hub(String),
+    /// A unit's LAN API (`kerbside://lan/{device_id}`).
+    Lan(DeviceId),
+}
+
+/// Read the server marker from a DER certificate: exactly one `kerbside://hub/` or
+/// `kerbside://lan/` name. Checks names, not signatures (call it on a verified certificate).
+pub fn server_role(cert_der: &[u8]) -> Result<ServerRole, IdentityError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
+        .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
+    let mut found: Option<ServerRole> = None;
+    for name in san.iter().flat_map(|s| s.value.general_names.iter()) {
+        let GeneralName::URI(uri) = name else {
+            continue;
+        };
+        let bad = |why: &str| IdentityError::BadName {
+            uri: (*uri).to_owned(),
+            why: why.to_owned(),
+        };
+        let role = if let Some(rest) = uri.strip_prefix(HUB_URI_PREFIX) {
+            ServerRole::Hub(percent_decode(rest).ok_or_else(|| bad("bad percent-encoding"))?)
+        } else if let Some(rest) = uri.strip_prefix(LAN_URI_PREFIX) {
+            ServerRole::Lan(DeviceId::parse(rest).map_err(|e| bad(&e.to_string()))?)
+        } else {
+            continue;
+        };
+        if found.replace(role).is_some() {
+            return Err(IdentityError::AmbiguousIdentity);
+        }
+    }
+    found.ok_or(IdentityError::NoServerRole)
 }
 
 /// Read the unit identity from a DER certificate. Call it on a certificate the TLS stack has
@@ -172,6 +304,27 @@ mod tests {
             "kerbside://fleet/vehicle/LAS-AMB-0192"
         );
         assert_eq!(cohort_uri(&CohortSpec::All), "kerbside://fleet/cohort/all");
+    }
+
+    #[test]
+    fn lan_names_and_markers() {
+        let id = DeviceId::parse("LAS-AMB-0192").unwrap();
+        assert_eq!(
+            lan_dns_name(&id, DEFAULT_LAN_DOMAIN).unwrap(),
+            "las-amb-0192.units.kerbside.invalid"
+        );
+        assert_eq!(
+            lan_dns_name(&DeviceId::parse("Kiosk_1.A").unwrap(), "LAS.Example.").unwrap(),
+            "kiosk-1-a.las.example"
+        );
+        assert!(lan_label(&DeviceId::parse("-X").unwrap()).is_err());
+        assert!(lan_label(&DeviceId::parse(&"A".repeat(64)).unwrap()).is_err());
+        for bad in ["", "invalid", "a..b", "-a.b", "a_b.c", "a b.c"] {
+            assert!(check_lan_domain(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(lan_uri(&id), "kerbside://lan/LAS-AMB-0192");
+        assert_eq!(hub_uri("::1"), "kerbside://hub/%3A%3A1");
+        assert!(server_role(b"nope").is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! | TLS private keys (`unit.key`, `lan.key`, `hub.key`) | PKCS#8 PEM (ECDSA P-256) |
 //! | certificates (`*.crt`) | one or more `-----BEGIN CERTIFICATE-----` blocks, end entity first |
 //! | revocation list (`crl.pem`) | `-----BEGIN X509 CRL-----` (DER also accepted) |
+//! | token deny list (`token-denylist.cbor`) | binary, signed CBOR (see `edge_proto::denylist`); [`load_denylist`] |
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -139,6 +140,18 @@ pub fn load_ed25519_signing(path: &Path) -> Result<Ed25519KeyPair, LoadError> {
 /// PEM file (`-----BEGIN PUBLIC KEY-----`) or a file of exactly 64 hex digits.
 pub fn load_ed25519_public(path: &Path) -> Result<[u8; 32], LoadError> {
     parse_ed25519_public(&read(path)?).map_err(|p| LoadError::invalid(path, p))
+}
+
+/// Load and verify the fleet's signed token deny list (`token-denylist.cbor`) with the
+/// shift-token public key (`token_verify`). A file that is corrupt, too large or not signed by
+/// this fleet is an error naming the file; keep the list you had in that case.
+pub fn load_denylist(
+    path: &Path,
+    token_verify: &[u8; 32],
+) -> Result<edge_proto::denylist::DenyList, LoadError> {
+    let bytes = read(path)?;
+    edge_proto::denylist::verify_denylist(&bytes, token_verify)
+        .map_err(|e| LoadError::invalid(path, e.to_string()))
 }
 
 /// Load every certificate from a PEM file, in file order (end entity first for a chain).

@@ -6,9 +6,14 @@
 //!   [`CrlReloader`] re-reads the CA bundle, the CRL and the hub's own certificate and swaps them
 //!   in place: the next handshake uses them, established connections are untouched and the
 //!   endpoint is never restarted.
-//! - [`unit_client_config`]: the unit's side: verifies the hub against the fleet CA and presents
-//!   the unit's certificate. Build a new one after a renewal (quinn takes a client config per
-//!   connection).
+//! - [`unit_client_config`]: the unit's side: verifies the hub against the fleet CA, its server
+//!   name *and* its hub marker (`kerbside://hub/…`, so a unit's LAN certificate never passes as
+//!   the hub), and presents the unit's certificate. Build a new one after a renewal (quinn takes
+//!   a client config per connection).
+//! - [`lan_client_config`]: what a tablet does towards one unit's LAN API: the fleet CA, the
+//!   unit's LAN DNS name as server name, and the LAN marker for that very device
+//!   (`kerbside://lan/DEVICE-ID`), so neither the hub's certificate nor another unit's LAN
+//!   certificate passes.
 //! - [`lan_server_config`]: the unit's LAN HTTPS server for tablets (no client certificates;
 //!   staff authenticate with shift tokens). ALPN `h2`, `http/1.1`.
 //! - [`peer_identity`]: who a verified client certificate belongs to.
@@ -24,18 +29,21 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use rustls::client::danger::HandshakeSignatureValid;
+use edge_proto::ids::DeviceId;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore,
-    ServerConfig, SignatureScheme,
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
+    RootCertStore, ServerConfig, SignatureScheme,
 };
 
 use crate::config::{HubConfig, UnitConfig};
+use crate::identity::{server_role, ServerRole};
 use crate::keys::{load_certs, load_crls, load_private_key, LoadError};
 
 pub use crate::identity::{peer_identity, IdentityError, UnitIdentity};
@@ -390,24 +398,147 @@ impl ResolvesServerCert for ReloadableServerCert {
 
 /// The unit's client config for the hub link: trusts the fleet root, presents the unit's
 /// certificate chain, TLS 1.3, ALPN [`ALPN_SYNC`]. Connect with server name `cfg.hub.name`.
+/// The hub's certificate must also carry the hub marker (`kerbside://hub/NAME`): a unit's LAN
+/// certificate, though from the same CA and perhaps for the same address, is refused.
 /// Wrap it for quinn with `quinn::crypto::rustls::QuicClientConfig::try_from(config)`.
 pub fn unit_client_config(cfg: &UnitConfig) -> Result<Arc<ClientConfig>, TlsError> {
-    let ca_certs = load_certs(&cfg.tls.ca)?;
-    let roots = root_store(&cfg.tls.ca, &ca_certs)?;
     let chain = load_certs(&cfg.tls.cert)?;
     let key = load_private_key(&cfg.tls.key)?;
     let what = format!("{} with {}", cfg.tls.cert.display(), cfg.tls.key.display());
+    let verifier = marked_verifier(&cfg.tls.ca, Want::Hub)?;
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|source| TlsError::Rustls {
             what: "TLS 1.3 with ring".into(),
             source,
         })?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(chain, key)
         .map_err(|source| TlsError::Rustls { what, source })?;
     config.alpn_protocols = vec![ALPN_SYNC.to_vec()];
     Ok(Arc::new(config))
+}
+
+/// A client config for one unit's LAN API, as a fleet tablet should build it: trusts the fleet
+/// root (`ca`, the bundle's `fleet-ca.crt`), requires the unit's LAN marker for `device`
+/// (`kerbside://lan/DEVICE-ID`), no client certificate, TLS 1.2 and 1.3, ALPN `h2`,
+/// `http/1.1`. Connect with the unit's LAN DNS name (`identity::lan_dns_name`, also `[lan]
+/// name` in its `edge.toml`) as the server name. The hub's certificate and every other unit's
+/// LAN certificate are refused.
+pub fn lan_client_config(ca: &Path, device: &DeviceId) -> Result<Arc<ClientConfig>, TlsError> {
+    let verifier = marked_verifier(ca, Want::Lan(device.clone()))?;
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|source| TlsError::Rustls {
+            what: "TLS with ring".into(),
+            source,
+        })?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Which server marker a [`MarkedServerVerifier`] requires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Want {
+    Hub,
+    Lan(DeviceId),
+}
+
+fn marked_verifier(ca: &Path, want: Want) -> Result<Arc<MarkedServerVerifier>, TlsError> {
+    let ca_certs = load_certs(ca)?;
+    let roots = root_store(ca, &ca_certs)?;
+    let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|source| TlsError::Verifier {
+            ca: ca.to_owned(),
+            source,
+        })?;
+    Ok(Arc::new(MarkedServerVerifier { inner, want }))
+}
+
+/// The certificate is from the fleet and names the server, but is the wrong kind of server.
+#[derive(Debug)]
+struct WrongServer(String);
+
+impl std::fmt::Display for WrongServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for WrongServer {}
+
+/// WebPKI server verification (chain to the fleet root, validity, server name, serverAuth)
+/// plus the Kerbside server marker.
+#[derive(Debug)]
+struct MarkedServerVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    want: Want,
+}
+
+impl ServerCertVerifier for MarkedServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ok = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        let refuse = |why: String| {
+            tracing::warn!(error = %why, "server certificate refused");
+            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
+                WrongServer(why),
+            ))))
+        };
+        let role = server_role(end_entity.as_ref()).map_err(|e| refuse(e.to_string()))?;
+        match (&self.want, role) {
+            (Want::Hub, ServerRole::Hub(_)) => Ok(ok),
+            (Want::Lan(d), ServerRole::Lan(got)) if *d == got => Ok(ok),
+            (Want::Hub, ServerRole::Lan(got)) => Err(refuse(format!(
+                "not the hub: this is unit {got}'s LAN certificate"
+            ))),
+            (Want::Lan(d), ServerRole::Lan(got)) => Err(refuse(format!(
+                "not unit {d}: this is unit {got}'s LAN certificate"
+            ))),
+            (Want::Lan(d), ServerRole::Hub(name)) => Err(refuse(format!(
+                "not unit {d}: this is the hub's certificate ({name})"
+            ))),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// The unit's LAN HTTPS server config (no client certificates; ALPN `h2`, `http/1.1`; TLS 1.2

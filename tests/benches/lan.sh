@@ -45,7 +45,7 @@ HUB_Q=127.0.0.1:$(uport); ADMIN=127.0.0.1:$(port); LAN=127.0.0.1:$(port); NGX=12
 "$BIN/edge-provision" hub --fleet "$T/fleet" --name 127.0.0.1 --listen "$HUB_Q" --admin "$ADMIN" --out "$T/hub" >/dev/null 2>&1
 "$BIN/edge-provision" enrol --fleet "$T/fleet" --device-id LAS-AMB-BENCH --role vehicle --hub "$HUB_Q" --hub-name 127.0.0.1 --lan "$LAN" --out "$T/unit" >/dev/null 2>&1
 sed -i 's/tls = true/tls = false/' "$T/unit/edge.toml"
-TOKEN=$("$BIN/edge-provision" token --fleet "$T/fleet" --staff-id 555000111222 --name "PARAMEDIC, Bench" --role clinical --hours 12 2>/dev/null | tail -1)
+TOKEN=$("$BIN/edge-provision" token --fleet "$T/fleet" --staff-id 555000111222 --name "PARAMEDIC, Bench" --role clinical --device-id LAS-AMB-BENCH --hours 12 2>/dev/null | tail -1)
 echo "bench: synth + ingest $N patients..." >&2
 "$BIN/edge-hub" synth --patients "$N" --seed 7 --out "$T/synth.ndjson" >/dev/null 2>&1
 "$BIN/edge-hub" ingest --config "$T/hub/hub.toml" "$T/synth.ndjson" >/dev/null 2>&1
@@ -112,7 +112,7 @@ function delay() return 64 end
 EOF
 echo "bench: minting ${TOKENS:-1000} shift tokens..." >&2
 for _ in $(seq 1 "${TOKENS:-1000}"); do
-  "$BIN/edge-provision" token --fleet "$T/fleet" --staff-id 555000111222 --name "PARAMEDIC, Bench" --role clinical --hours 12 2>/dev/null | tail -1
+  "$BIN/edge-provision" token --fleet "$T/fleet" --staff-id 555000111222 --name "PARAMEDIC, Bench" --role clinical --device-id LAS-AMB-BENCH --hours 12 2>/dev/null | tail -1
 done > "$T/tokens.txt"
 # wrk scripts for the daemon: a random token per request (+ pacing for the paced runs).
 cat > "$T/tokens.lua" <<EOF

@@ -80,18 +80,42 @@ fn workshop_flow_and_file_modes() {
             "practice:F84001",
         ],
     );
-    for dir in [&w.fleet, &w.hub, &unit] {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let e = e.unwrap();
-            let name = e.file_name().to_string_lossy().into_owned();
-            let mode = e.metadata().unwrap().permissions().mode() & 0o777;
-            if name.ends_with(".key") {
-                assert_eq!(mode, 0o600, "{}", e.path().display());
-            } else {
-                assert_eq!(mode & 0o077, 0o044, "{} is {mode:o}", e.path().display());
-            }
-        }
+    // Every file the CA writes is 0600 and every folder 0700, public halves included.
+    cli_ok(&["crl", "--fleet", s(&w.fleet)]);
+    cli_ok(&[
+        "token-revoke",
+        "--fleet",
+        s(&w.fleet),
+        "--staff-id",
+        "555000111222",
+    ]);
+    assert_modes(&[&w.fleet, &w.hub, &unit]);
+    for name in [
+        "fleet.json",
+        "operator-signing.key",
+        "operator-verify.pub",
+        "token-denylist.cbor",
+    ] {
+        assert!(w.fleet.join(name).is_file(), "ca init wrote no {name}");
     }
+    // The hub bundle holds only the public halves of the token keys.
+    let mut hub_files: Vec<String> = std::fs::read_dir(&w.hub)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    hub_files.sort();
+    assert_eq!(
+        hub_files,
+        [
+            "fleet-ca.crt",
+            "hub.crt",
+            "hub.key",
+            "hub.toml",
+            "operator-verify.pub",
+            "record-signing.key",
+            "token-verify.pub"
+        ]
+    );
     // The configs load as the hub and daemon will load them.
     let hub = HubConfig::load(&w.hub.join("hub.toml")).unwrap();
     assert_eq!(
@@ -106,10 +130,40 @@ fn workshop_flow_and_file_modes() {
     assert_eq!(u.tls.cert, unit.join("unit.crt"));
     // Keys load with the documented loaders.
     edge_provision::load_ed25519_signing(&hub.keys.record_signing).unwrap();
-    edge_provision::load_ed25519_signing(&hub.keys.token_signing).unwrap();
+    assert_eq!(hub.keys.token_signing, None);
     assert_eq!(
         edge_provision::load_ed25519_public(&u.keys.token_verify).unwrap(),
         edge_provision::load_ed25519_public(&hub.keys.token_verify).unwrap()
+    );
+    let op =
+        edge_provision::load_ed25519_public(hub.keys.operator_verify.as_ref().unwrap()).unwrap();
+    assert_eq!(
+        op,
+        edge_provision::load_ed25519_public(&w.fleet.join("operator-verify.pub")).unwrap()
+    );
+    assert_ne!(
+        op,
+        edge_provision::load_ed25519_public(&hub.keys.token_verify).unwrap(),
+        "operator tokens have a key of their own"
+    );
+    assert_eq!(
+        hub.keys.token_denylist.as_deref(),
+        Some(
+            std::fs::canonicalize(w.fleet.join("token-denylist.cbor"))
+                .unwrap()
+                .as_path()
+        )
+    );
+    let list = edge_provision::keys::load_denylist(
+        hub.keys.token_denylist.as_ref().unwrap(),
+        &edge_provision::load_ed25519_public(&hub.keys.token_verify).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(list.entries.len(), 1);
+    // The unit's LAN DNS name is in edge.toml.
+    assert_eq!(
+        u.lan.name.as_deref(),
+        Some("las-amb-0192.units.kerbside.invalid")
     );
     edge_provision::load_ed25519_public(&u.keys.record_verify).unwrap();
 
@@ -167,6 +221,186 @@ fn workshop_flow_and_file_modes() {
     assert!(rec.revoked() && inv.revoked.len() == 1 && inv.revoked[0].serial == rec.cert.serial);
     let crl = std::fs::read_to_string(w.fleet.join("crl.pem")).unwrap();
     assert!(crl.starts_with("-----BEGIN X509 CRL-----"));
+}
+
+/// Every file 0600 and every folder 0700 in `dirs`, recursively.
+fn assert_modes(dirs: &[&Path]) {
+    for dir in dirs {
+        let mode = std::fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{} is {mode:o}", dir.display());
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let mode = e.metadata().unwrap().permissions().mode() & 0o777;
+            if e.file_type().unwrap().is_dir() {
+                assert_modes(&[&e.path()]);
+            } else {
+                assert_eq!(mode, 0o600, "{} is {mode:o}", e.path().display());
+            }
+        }
+    }
+}
+
+#[test]
+fn an_older_fleet_and_hub_bundle_are_brought_up_to_date() {
+    // A fleet and hub bundle as an older edge-provision wrote them: no operator key, no deny
+    // list, no fleet.json, files 0644, and the staff-token private key in the hub bundle.
+    let w = Workshop::new();
+    for name in [
+        "operator-signing.key",
+        "operator-verify.pub",
+        "token-denylist.cbor",
+        "fleet.json",
+    ] {
+        std::fs::remove_file(w.fleet.join(name)).unwrap();
+    }
+    std::fs::copy(
+        w.fleet.join("token-signing.key"),
+        w.hub.join("token-signing.key"),
+    )
+    .unwrap();
+    std::fs::remove_file(w.hub.join("operator-verify.pub")).unwrap();
+    let old_toml = std::fs::read_to_string(w.hub.join("hub.toml"))
+        .unwrap()
+        .replace(
+            "operator_verify = \"operator-verify.pub\"",
+            "token_signing = \"token-signing.key\"",
+        )
+        .lines()
+        .filter(|l| !l.starts_with("token_denylist"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(w.hub.join("hub.toml"), &old_toml).unwrap();
+    std::fs::set_permissions(&w.hub, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // The old hub.toml still loads; the private key it names is ignored.
+    let old = HubConfig::load(&w.hub.join("hub.toml")).unwrap();
+    assert!(old.keys.token_signing.is_some() && old.keys.operator_verify.is_none());
+
+    // The operator key appears on first use, 0600; the same key signs the next token.
+    let t1 = cli_ok(&[
+        "operator",
+        "--fleet",
+        s(&w.fleet),
+        "--operator-id",
+        "OPS-0001",
+        "--name",
+        "ENGINEER, Fleet",
+        "--role",
+        "fleet",
+    ]);
+    let pk = edge_provision::load_ed25519_public(&w.fleet.join("operator-verify.pub")).unwrap();
+    let now = crate::common::now();
+    edge_proto::token::verify_operator(t1.lines().last().unwrap(), &pk, now).unwrap();
+    // `hub --force` rewrites the bundle: public halves only, the old private key removed.
+    cli_ok(&[
+        "hub",
+        "--fleet",
+        s(&w.fleet),
+        "--name",
+        "127.0.0.1",
+        "--listen",
+        "127.0.0.1:4433",
+        "--admin",
+        "127.0.0.1:9443",
+        "--out",
+        s(&w.hub),
+        "--force",
+    ]);
+    assert!(!w.hub.join("token-signing.key").exists());
+    let new = HubConfig::load(&w.hub.join("hub.toml")).unwrap();
+    assert_eq!(
+        edge_provision::load_ed25519_public(new.keys.operator_verify.as_ref().unwrap()).unwrap(),
+        pk
+    );
+    assert!(new.keys.token_denylist.as_ref().unwrap().is_file());
+    assert_modes(&[&w.fleet, &w.hub]);
+    // A missing private half with its public half present is refused, not silently replaced.
+    std::fs::remove_file(w.fleet.join("operator-signing.key")).unwrap();
+    let e = cli_err(&[
+        "operator",
+        "--fleet",
+        s(&w.fleet),
+        "--operator-id",
+        "OPS-0001",
+        "--name",
+        "E",
+        "--role",
+        "privacy",
+    ]);
+    assert!(
+        e.contains("operator-signing.key") && e.contains("backup"),
+        "{e}"
+    );
+}
+
+#[test]
+fn lan_domain_is_a_fleet_setting() {
+    let w = Workshop::new();
+    let f2 = w.path("fleet2");
+    cli_ok(&[
+        "ca",
+        "init",
+        "--fleet",
+        s(&f2),
+        "--lan-domain",
+        "Units.LAS.Example.",
+    ]);
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(f2.join("fleet.json")).unwrap()).unwrap();
+    assert_eq!(v["lan_domain"], "units.las.example");
+    let out = w.path("k1");
+    cli_ok(&[
+        "enrol",
+        "--fleet",
+        s(&f2),
+        "--device-id",
+        "LAS_KSK.01",
+        "--role",
+        "kiosk",
+        "--hub",
+        "127.0.0.1:4433",
+        "--hub-name",
+        "127.0.0.1",
+        "--lan",
+        "0.0.0.0:8443",
+        "--out",
+        s(&out),
+    ]);
+    let u = UnitConfig::load(&out.join("edge.toml")).unwrap();
+    assert_eq!(u.lan.name.as_deref(), Some("las-ksk-01.units.las.example"));
+    // Another device id with the same LAN name is refused.
+    let e = cli_err(&[
+        "enrol",
+        "--fleet",
+        s(&f2),
+        "--device-id",
+        "LAS-KSK-01",
+        "--role",
+        "kiosk",
+        "--hub",
+        "127.0.0.1:4433",
+        "--hub-name",
+        "127.0.0.1",
+        "--lan",
+        "0.0.0.0:8443",
+        "--out",
+        s(&w.path("k2")),
+    ]);
+    assert!(
+        e.contains("las-ksk-01.units.las.example") && e.contains("LAS_KSK.01"),
+        "{e}"
+    );
+    for bad in ["invalid", "a_b.example", "x-.example"] {
+        let e = cli_err(&[
+            "ca",
+            "init",
+            "--fleet",
+            s(&w.path("f3")),
+            "--lan-domain",
+            bad,
+        ]);
+        assert!(e.contains("LAN domain"), "{bad}: {e}");
+        assert!(!w.path("f3").exists());
+    }
 }
 
 #[test]
@@ -318,6 +552,7 @@ fn bad_input_is_a_clear_error_and_writes_nothing() {
         "A",
         "--role",
         "clinical",
+        "--any-unit",
     ]);
     assert!(e.contains("token-signing.key"), "{e}");
     std::fs::write(&tk, &good_tk).unwrap();
@@ -389,6 +624,7 @@ fn renew_writes_into_the_recorded_bundle_or_out() {
     ]);
     assert!(out.join("unit.crt").is_file() && out.join("lan.crt").is_file());
     assert!(!out.join("unit.key").exists());
+    assert_modes(&[&out, &shipped]);
     // Renewing into a bundle that holds another key is refused.
     let other = w.enrol("LAS-AMB-0008", &[]);
     let e = cli_err(&[
@@ -418,6 +654,8 @@ fn help_explains_the_workshop_flow() {
         vec!["renew"],
         vec!["list"],
         vec!["token"],
+        vec!["token-revoke"],
+        vec!["operator"],
         vec!["crl"],
     ] {
         let mut args = sub.clone();
@@ -427,5 +665,8 @@ fn help_explains_the_workshop_flow() {
     }
     assert!(cli_ok(&["enrol", "--help"]).contains("--replace"));
     assert!(cli_ok(&["renew", "--help"]).contains("30 days"));
+    assert!(cli_ok(&["token", "--help"]).contains("--any-unit"));
+    assert!(cli_ok(&["ca", "init", "--help"]).contains("--lan-domain"));
+    assert!(cli_ok(&["operator", "--help"]).contains("privacy"));
     assert!(!cli(&["frobnicate"]).status.success());
 }

@@ -461,3 +461,145 @@ fn lan_server_config_from_a_bundle() {
     let unit_cfg = tls::unit_client_config(&cfg).unwrap();
     assert_eq!(unit_cfg.alpn_protocols, vec![tls::ALPN_SYNC.to_vec()]);
 }
+
+/// A whole TLS handshake in memory between `client` (for server name `name`) and `server`.
+/// Returns the first side's error, prefixed `client:` or `server:`.
+fn handshake_in_memory(
+    client: Arc<rustls::ClientConfig>,
+    server: Arc<rustls::ServerConfig>,
+    name: &str,
+) -> Result<(), String> {
+    let name = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
+    let mut c = rustls::ClientConnection::new(client, name).unwrap();
+    let mut s = rustls::ServerConnection::new(server).unwrap();
+    for _ in 0..20 {
+        let mut buf = Vec::new();
+        while c.wants_write() {
+            c.write_tls(&mut buf).unwrap();
+        }
+        let mut rd = &buf[..];
+        while !rd.is_empty() {
+            s.read_tls(&mut rd).unwrap();
+            s.process_new_packets()
+                .map_err(|e| format!("server: {e}"))?;
+        }
+        let mut buf = Vec::new();
+        while s.wants_write() {
+            s.write_tls(&mut buf).unwrap();
+        }
+        let mut rd = &buf[..];
+        while !rd.is_empty() {
+            c.read_tls(&mut rd).unwrap();
+            c.process_new_packets()
+                .map_err(|e| format!("client: {e}"))?;
+        }
+        if !c.is_handshaking() && !s.is_handshaking() {
+            return Ok(());
+        }
+    }
+    Err("the handshake made no progress".into())
+}
+
+/// The same server config with the hub link's ALPN, so a refusal is about the certificate and
+/// not the application protocol (a thief with a unit's `lan.key` would set it too).
+fn speaking_sync(server: Arc<rustls::ServerConfig>) -> Arc<rustls::ServerConfig> {
+    let mut s = (*server).clone();
+    s.alpn_protocols = vec![tls::ALPN_SYNC.to_vec()];
+    Arc::new(s)
+}
+
+#[test]
+fn hub_and_lan_certificates_cannot_stand_in_for_each_other() {
+    tls::install_default_provider();
+    let w = Workshop::new();
+    let hub_cfg = HubConfig::load(&w.hub.join("hub.toml")).unwrap();
+    // Two vehicles on the same LAN address (every ambulance uses 192.168.50.1 in the field;
+    // here both use 127.0.0.1, also the hub's name).
+    let a_dir = w.enrol("LAS-AMB-0192", &[]);
+    let b_dir = w.enrol("LAS-AMB-0001", &[]);
+    let a = UnitConfig::load(&a_dir.join("edge.toml")).unwrap();
+    let b = UnitConfig::load(&b_dir.join("edge.toml")).unwrap();
+    let a_name = a.lan.name.clone().unwrap();
+    assert_eq!(a_name, "las-amb-0192.units.kerbside.invalid");
+    let a_id = DeviceId::parse("LAS-AMB-0192").unwrap();
+    let (hub_sync, _reloader) = tls::hub_server_config(&hub_cfg).unwrap();
+    let hub_admin = tls::hub_admin_server_config(&hub_cfg).unwrap();
+    let lan_a = tls::lan_server_config(&a).unwrap();
+    let lan_b = tls::lan_server_config(&b).unwrap();
+
+    // The markers are in the certificates.
+    let role = |p: &std::path::Path| {
+        edge_provision::identity::server_role(
+            edge_provision::keys::load_certs(p).unwrap()[0].as_ref(),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        role(&hub_cfg.tls.cert),
+        edge_provision::identity::ServerRole::Hub("127.0.0.1".into())
+    );
+    assert_eq!(
+        role(a.lan.cert.as_ref().unwrap()),
+        edge_provision::identity::ServerRole::Lan(a_id.clone())
+    );
+
+    // The unit's hub link: the real hub passes (name and marker) ...
+    let to_hub = tls::unit_client_config(&a).unwrap();
+    handshake_in_memory(to_hub.clone(), hub_sync.clone(), "127.0.0.1").unwrap();
+    // ... a unit's LAN certificate does not, though it is from the fleet CA, serverAuth, and
+    // names the same address.
+    let e =
+        handshake_in_memory(to_hub.clone(), speaking_sync(lan_b.clone()), "127.0.0.1").unwrap_err();
+    assert!(
+        e.starts_with("client:") && e.contains("not the hub") && e.contains("LAS-AMB-0001"),
+        "{e}"
+    );
+    // The existing server-name check still applies.
+    let e = handshake_in_memory(to_hub, hub_sync, "hub.elsewhere.example").unwrap_err();
+    assert!(
+        e.starts_with("client:") && e.contains("not valid for name"),
+        "{e}"
+    );
+
+    // A tablet talking to unit A: A's LAN certificate passes by its DNS name (and by its
+    // address, the marker still naming A) ...
+    let to_a = tls::lan_client_config(&a.tls.ca, &a_id).unwrap();
+    handshake_in_memory(to_a.clone(), lan_a.clone(), &a_name).unwrap();
+    handshake_in_memory(to_a.clone(), lan_a, "127.0.0.1").unwrap();
+    // ... unit B's does not, by name or by address ...
+    let e = handshake_in_memory(to_a.clone(), lan_b.clone(), &a_name).unwrap_err();
+    assert!(
+        e.starts_with("client:") && e.contains("not valid for name"),
+        "{e}"
+    );
+    let e = handshake_in_memory(to_a.clone(), lan_b, "127.0.0.1").unwrap_err();
+    assert!(
+        e.starts_with("client:")
+            && e.contains("not unit LAS-AMB-0192")
+            && e.contains("LAS-AMB-0001"),
+        "{e}"
+    );
+    // ... nor does the hub's certificate, even for the address it names.
+    let e = handshake_in_memory(to_a.clone(), hub_admin.clone(), "127.0.0.1").unwrap_err();
+    assert!(
+        e.starts_with("client:") && e.contains("hub's certificate"),
+        "{e}"
+    );
+    let e = handshake_in_memory(to_a, hub_admin, &a_name).unwrap_err();
+    assert!(
+        e.starts_with("client:") && e.contains("not valid for name"),
+        "{e}"
+    );
+
+    // A LAN certificate renewed from an inventory record keeps its name and marker.
+    cli_ok(&[
+        "renew",
+        "--fleet",
+        s(&w.fleet),
+        "--device-id",
+        "LAS-AMB-0192",
+    ]);
+    let a = UnitConfig::load(&a_dir.join("edge.toml")).unwrap();
+    let to_a = tls::lan_client_config(&a.tls.ca, &a_id).unwrap();
+    handshake_in_memory(to_a, tls::lan_server_config(&a).unwrap(), &a_name).unwrap();
+}
