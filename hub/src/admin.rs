@@ -2,6 +2,9 @@
 //!
 //! Plain HTTP is served only on a loopback address; elsewhere the hub refuses to start the
 //! admin API until HTTPS with operator certificates is configured (see docs/hub.md).
+//!
+//! `GET /metrics` on the same listener is the hub's Prometheus / OpenMetrics exposition
+//! ([`crate::metrics`]); every routed request is counted there by route and status.
 
 use std::sync::Arc;
 
@@ -43,6 +46,7 @@ fn internal(e: impl std::fmt::Display) -> Response {
 
 /// The admin router.
 pub fn router(hub: Arc<Hub>) -> Router {
+    let tracked = axum::middleware::from_fn_with_state(hub.clone(), crate::metrics::track);
     Router::new()
         .route("/admin/ingest", post(ingest))
         .route("/admin/devices", get(devices))
@@ -54,6 +58,8 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/admin/alerts", get(alerts))
         .route("/admin/wipe", post(wipe))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(crate::metrics::scrape))
+        .route_layer(tracked)
         .layer(DefaultBodyLimit::max(MAX_INGEST_BYTES))
         .with_state(hub)
 }
@@ -164,6 +170,7 @@ async fn ingest(
                 changed = report.changed,
                 "ingest over the admin API"
             );
+            hub.metrics.ingest(&report);
             hub.notify_head();
             Json(
                 json!({"accepted": report.accepted, "rejected": report.rejected,

@@ -10,10 +10,14 @@
 //! * [`server`] — the QUIC sync server: one `HubSession` per unit connection, live push.
 //! * [`admin`] — the admin HTTP API.
 //! * [`audit`] — the audit repository: uploads from units, chain checks, queries, export.
+//! * [`inventory`] — the fleet inventory, cached and re-read only when the file changes.
+//! * [`metrics`] — `/metrics` on the admin listener (Prometheus / OpenMetrics text).
 //!
 //! Synthetic data (`edge-hub synth`) is the `kerbside-synth` crate.
 
 pub mod admin;
 pub mod audit;
+pub mod inventory;
+pub mod metrics;
 pub mod server;
 pub mod store;

@@ -7,6 +7,14 @@
 //! ([`DeflateFramer`]), fetch answers are plain. Each stream has its own writer task, so a bulk
 //! catch-up never delays a fetch answer. When the feed grows (ingest, objection) a `watch`
 //! channel wakes every session, which pushes what concerns its unit (live push).
+//!
+//! Every queue between these tasks is bounded, so a slow unit slows only itself and the hub
+//! never buffers for it without limit: a writer whose unit reads slowly waits on QUIC flow
+//! control; its queue ([`OUTPUT_QUEUE`]) fills; the session task waits to hand it the next
+//! message and stops taking the unit's input; the input queue ([`INPUT_QUEUE`]) fills; the
+//! stream readers wait and stop reading, and QUIC flow control stops the unit sending. What
+//! one connection holds is therefore at most these queues, the session's own window
+//! (`window_batches` batches, `fetch_queue_max` fetch answers) and the QUIC stream windows.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -31,7 +39,23 @@ use rustls_pki_types::CertificateDer;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+use crate::inventory::InventoryCache;
+use crate::metrics::Metrics;
 use crate::store::HubStore;
+
+/// Messages read from one unit's streams and not yet taken by its session task, at most.
+/// At the bound the stream readers wait (and stop reading the unit's streams), so QUIC flow
+/// control pushes back on the unit instead of the hub queueing what it sends. Generous for a
+/// well-behaved unit, whose acknowledgements and fetches are few in flight (the session keeps
+/// at most `window_batches` batches unacknowledged and `fetch_queue_max` fetch answers).
+pub const INPUT_QUEUE: usize = 32;
+
+/// Messages waiting for one stream's writer task, at most (per stream, per connection). At
+/// the bound the session task waits until the writer has handed a message to QUIC, which
+/// itself waits while the unit reads slowly (flow control); meanwhile the session takes no
+/// more input from that unit. Twice the hub's batch window, so a unit that keeps up is never
+/// made to wait by the queue itself.
+pub const OUTPUT_QUEUE: usize = 16;
 
 /// The wall clock, as the protocol's time type.
 pub use edge_runtime::clock::wall_now as now;
@@ -41,7 +65,9 @@ pub use edge_runtime::clock::wall_now as now;
 pub struct Connected {
     pub since: UnixMillis,
     pub progress: SessionProgress,
-    pub cohort_tx: mpsc::UnboundedSender<Vec<CohortSpec>>,
+    /// The operator's latest cohort for the unit (a `watch`: one slot, the newest wins, so an
+    /// operator's repeated changes can never queue up behind a busy session).
+    pub cohort_tx: watch::Sender<Option<Vec<CohortSpec>>>,
     pub connection: u64,
     pub conn: quinn::Connection,
 }
@@ -56,6 +82,10 @@ pub struct Hub {
     pub session_config: SessionConfig,
     pub connected: Mutex<HashMap<DeviceId, Connected>>,
     pub reloader: Option<CrlReloader>,
+    /// The fleet inventory, re-read only when the file changes (see [`Hub::inventory`]).
+    pub inventory_cache: InventoryCache,
+    /// What `/metrics` exposes.
+    pub metrics: Metrics,
     next_connection: std::sync::atomic::AtomicU64,
 }
 
@@ -88,8 +118,11 @@ impl Hub {
             ..SessionConfig::default()
         };
         let audit = crate::audit::AuditRepo::open(store.db())?;
+        let inventory_cache = InventoryCache::new(config.inventory.clone());
         Ok(Hub {
             config,
+            inventory_cache,
+            metrics: Metrics::new(),
             audit: Arc::new(audit),
             store: Arc::new(store),
             head_tx,
@@ -112,16 +145,16 @@ impl Hub {
         }
     }
 
-    /// The fleet inventory (enrolled units), when the hub has one.
-    pub fn inventory(&self) -> Option<Inventory> {
-        let path = self.config.inventory.as_ref()?;
-        match Inventory::load(path) {
-            Ok(i) => Some(i),
-            Err(e) => {
-                warn!(error = %e, "cannot read the fleet inventory");
-                None
-            }
-        }
+    /// The fleet inventory (enrolled units), when the hub has one: the cached copy, re-read
+    /// only when the file's modification time or length changed; a file that cannot be read
+    /// leaves the last good copy in use (and logs a warning).
+    pub fn inventory(&self) -> Option<Arc<Inventory>> {
+        self.inventory_cache.get()
+    }
+
+    /// Units with a live sync session.
+    pub fn units_connected(&self) -> usize {
+        self.connected().len()
     }
 
     /// Order a unit wiped (operator): recorded, and a connected unit is disconnected so that
@@ -145,7 +178,7 @@ impl Hub {
         self.store
             .update_device(id, |d| d.cohort_override = Some(text))?;
         if let Some(c) = self.connected().get(id) {
-            let _ = c.cohort_tx.send(cohort);
+            c.cohort_tx.send_replace(Some(cohort));
         }
         Ok(())
     }
@@ -211,7 +244,7 @@ pub fn make_endpoint(config: &HubConfig) -> anyhow::Result<(quinn::Endpoint, Crl
 }
 
 enum Input {
-    Msg(ToHub, StreamKind, mpsc::UnboundedSender<ToUnit>),
+    Msg(ToHub, StreamKind, mpsc::Sender<ToUnit>),
     StreamError(String),
 }
 
@@ -247,7 +280,7 @@ async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Re
         }
     })?;
 
-    let (in_tx, mut in_rx) = mpsc::unbounded_channel::<Input>();
+    let (in_tx, mut in_rx) = mpsc::channel::<Input>(INPUT_QUEUE);
     // Audit uploads go straight to the repository (never to a refused unit).
     let audit_sink = if refusal.is_none() {
         Some((hub.clone(), device.clone()))
@@ -267,6 +300,7 @@ async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Re
 
     if let Some((code, why)) = refusal {
         warn!(device = %device, why, "refused a unit");
+        hub.metrics.refused();
         // Answer its hello with the refusal, then close.
         if let Some(Input::Msg(_, _, out)) =
             tokio::time::timeout(Duration::from_secs(5), in_rx.recv())
@@ -274,7 +308,7 @@ async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Re
                 .ok()
                 .flatten()
         {
-            let _ = out.send(ToUnit::refused(code, why));
+            let _ = out.send(ToUnit::refused(code, why)).await;
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         conn.close(2u32.into(), why.as_bytes());
@@ -284,7 +318,7 @@ async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Re
     let connection = hub
         .next_connection
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let (cohort_tx, mut cohort_rx) = mpsc::unbounded_channel();
+    let (cohort_tx, mut cohort_rx) = watch::channel(None);
     hub.connected().insert(
         device.clone(),
         Connected {
@@ -306,8 +340,8 @@ async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Re
     );
     let wipe_ordered = hub.store.device(&device)?.wipe_requested.is_some();
     let mut head_rx = hub.head_tx.subscribe();
-    let mut pull: Option<mpsc::UnboundedSender<ToUnit>> = None;
-    let mut fetch: Option<mpsc::UnboundedSender<ToUnit>> = None;
+    let mut pull: Option<mpsc::Sender<ToUnit>> = None;
+    let mut fetch: Option<mpsc::Sender<ToUnit>> = None;
     let mut saved_cursor = None;
     let mut reported_sent = 0u64;
     let result: anyhow::Result<()> = loop {
@@ -315,7 +349,7 @@ async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Re
             input = in_rx.recv() => match input {
                 Some(Input::Msg(ToHub::Hello(_), StreamKind::Pull, out)) if wipe_ordered => {
                     warn!(device = %device, "sending the unit its wipe order");
-                    let _ = out.send(ToUnit::Wipe { reason: "ordered by the fleet operator".into() });
+                    let _ = out.send(ToUnit::Wipe { reason: "ordered by the fleet operator".into() }).await;
                     let _ = hub.store.update_device(&device, |d| d.wipe_sent = Some(now()));
                     // Keep the connection: the unit's pending audit events still upload.
                     continue;
@@ -336,21 +370,30 @@ async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Re
                 if changed.is_err() { break Ok(()); }
                 session.notify_new_changes(now(), &*hub.store)
             }
-            Some(c) = cohort_rx.recv() => {
+            Ok(()) = cohort_rx.changed() => {
+                let Some(c) = cohort_rx.borrow_and_update().clone() else { continue };
                 info!(device = %device, "cohort changed by the operator: re-baselining the unit");
                 session.set_cohort(now(), &c, &*hub.store)
             }
             _ = conn.closed() => break Ok(()),
         };
-        // Send whatever the session produced, each on its stream.
+        // Send whatever the session produced, each on its stream. A full writer queue makes
+        // this wait (back-pressure from a slow unit) until the writer catches up or the
+        // connection goes.
         while let Some(msg) = session.poll_transmit() {
+            if let ToUnit::Fetched { outcome, .. } = &msg {
+                hub.metrics.fetch(outcome);
+            }
             let out = match msg.stream() {
                 StreamKind::Pull => pull.as_ref(),
                 StreamKind::Fetch => fetch.as_ref(),
                 StreamKind::Audit => None,
             };
             if let Some(out) = out {
-                let _ = out.send(msg);
+                tokio::select! {
+                    sent = out.send(msg) => { let _ = sent; }
+                    _ = conn.closed() => break,
+                }
             }
         }
         let progress = session.progress().clone();
@@ -399,12 +442,12 @@ async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Re
 async fn stream_reader(
     send: quinn::SendStream,
     mut recv: quinn::RecvStream,
-    in_tx: mpsc::UnboundedSender<Input>,
+    in_tx: mpsc::Sender<Input>,
     audit: Option<(Arc<Hub>, DeviceId)>,
 ) {
     let mut decoder = FrameDecoder::new();
     let mut send = Some(send);
-    let mut out: Option<mpsc::UnboundedSender<ToUnit>> = None;
+    let mut out: Option<mpsc::Sender<ToUnit>> = None;
     let mut kind = None;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -412,12 +455,12 @@ async fn stream_reader(
             Ok(Some(n)) => n,
             Ok(None) => return,
             Err(e) => {
-                let _ = in_tx.send(Input::StreamError(e.to_string()));
+                let _ = in_tx.send(Input::StreamError(e.to_string())).await;
                 return;
             }
         };
         if let Err(e) = decoder.push(&buf[..n]) {
-            let _ = in_tx.send(Input::StreamError(e.to_string()));
+            let _ = in_tx.send(Input::StreamError(e.to_string())).await;
             return;
         }
         loop {
@@ -427,7 +470,7 @@ async fn stream_reader(
                         return;
                     };
                     if out.is_none() {
-                        let (tx, rx) = mpsc::unbounded_channel();
+                        let (tx, rx) = mpsc::channel(OUTPUT_QUEUE);
                         if let Some(s) = send.take() {
                             tokio::spawn(stream_writer(s, rx, false));
                         }
@@ -440,6 +483,7 @@ async fn stream_reader(
                         tokio::task::spawn_blocking(move || repo.store(&dev, &events)).await;
                     match stored {
                         Ok(Ok(st)) => {
+                            hub.metrics.audit(st.new, st.duplicates, st.problems.len());
                             if !st.problems.is_empty() {
                                 warn!(device = %device, problems = st.problems.len(), "audit upload has problems (stored and reported)");
                             }
@@ -448,15 +492,20 @@ async fn stream_reader(
                                 d.audit_received_seq = d.audit_received_seq.max(st.upto_seq);
                             });
                             if let Some(o) = &out {
-                                let _ = o.send(ToUnit::AuditAck {
-                                    upto_seq: st.upto_seq,
-                                    problems: st.problems,
-                                });
+                                // Bounded: a unit not reading its acks stops being read.
+                                let _ = o
+                                    .send(ToUnit::AuditAck {
+                                        upto_seq: st.upto_seq,
+                                        problems: st.problems,
+                                    })
+                                    .await;
                             }
                         }
                         _ => {
                             warn!(device = %device, "cannot store audit events; the unit will retry");
-                            let _ = in_tx.send(Input::StreamError("audit store failed".into()));
+                            let _ = in_tx
+                                .send(Input::StreamError("audit store failed".into()))
+                                .await;
                             return;
                         }
                     }
@@ -464,28 +513,31 @@ async fn stream_reader(
                 Ok(Some(msg)) => {
                     let k = msg.stream();
                     if kind.is_some_and(|known| known != k) {
-                        let _ = in_tx.send(Input::StreamError(
-                            "a message on the wrong stream".to_owned(),
-                        ));
+                        let _ = in_tx
+                            .send(Input::StreamError(
+                                "a message on the wrong stream".to_owned(),
+                            ))
+                            .await;
                         return;
                     }
                     kind = Some(k);
                     if out.is_none() {
-                        let (tx, rx) = mpsc::unbounded_channel();
+                        let (tx, rx) = mpsc::channel(OUTPUT_QUEUE);
                         if let Some(s) = send.take() {
                             tokio::spawn(stream_writer(s, rx, k == StreamKind::Pull));
                         }
                         out = Some(tx);
                     }
                     if let Some(o) = &out {
-                        if in_tx.send(Input::Msg(msg, k, o.clone())).is_err() {
+                        // Bounded: waits while the session is behind (see INPUT_QUEUE).
+                        if in_tx.send(Input::Msg(msg, k, o.clone())).await.is_err() {
                             return;
                         }
                     }
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    let _ = in_tx.send(Input::StreamError(e.to_string()));
+                    let _ = in_tx.send(Input::StreamError(e.to_string())).await;
                     return;
                 }
             }
@@ -495,7 +547,7 @@ async fn stream_reader(
 
 async fn stream_writer(
     mut send: quinn::SendStream,
-    mut rx: mpsc::UnboundedReceiver<ToUnit>,
+    mut rx: mpsc::Receiver<ToUnit>,
     compressed: bool,
 ) {
     let mut framer = DeflateFramer::new();
@@ -525,6 +577,7 @@ pub fn device_rows(hub: &Hub) -> anyhow::Result<Vec<serde_json::Value>> {
     let mut rows: HashMap<String, serde_json::Value> = HashMap::new();
     let known: HashMap<String, crate::store::DeviceDisk> =
         hub.store.devices()?.into_iter().collect();
+    let inventory = hub.inventory();
     let connected = hub.connected();
     let mut push = |id: &str, role: Option<UnitRole>, revoked: bool| {
         let d = known.get(id).cloned().unwrap_or_default();
@@ -552,13 +605,13 @@ pub fn device_rows(hub: &Hub) -> anyhow::Result<Vec<serde_json::Value>> {
             }),
         );
     };
-    if let Some(inv) = hub.inventory() {
+    if let Some(inv) = &inventory {
         for u in &inv.units {
             push(u.device_id.as_str(), Some(u.role), u.revoked());
         }
     }
-    let listed: std::collections::HashSet<String> = hub
-        .inventory()
+    let listed: std::collections::HashSet<String> = inventory
+        .as_ref()
         .map(|inv| {
             inv.units
                 .iter()

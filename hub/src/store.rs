@@ -109,6 +109,9 @@ pub struct IngestReport {
     /// [`MAX_REPORTED_WARNINGS`]; the rest are counted in `warnings_total`).
     pub warnings: Vec<Warning>,
     pub warnings_total: u64,
+    /// Clinical items (allergies, medications, conditions…) carried by the accepted bundles.
+    #[serde(skip)]
+    pub items_accepted: u64,
     /// Patients whose summary changed (a new version each).
     #[serde(skip)]
     pub changed: u64,
@@ -363,6 +366,12 @@ impl HubStore {
                     continue;
                 }
             };
+            let items = ing
+                .contributions
+                .iter()
+                .flat_map(|c| &c.updates)
+                .filter(|u| matches!(u, edge_proto::fhir::ingest::Update::Item(_)))
+                .count() as u64;
             // Every contribution of the bundle applies, or none does.
             let saved = (w.slots.clone(), w.aliases.clone());
             let mut notes = Vec::new();
@@ -386,6 +395,7 @@ impl HubStore {
                 continue;
             }
             report.accepted += 1;
+            report.items_accepted += items;
             for r in ing.rejected_items {
                 report.rejected.push(Rejected {
                     line,
