@@ -361,7 +361,8 @@ impl SyncClient {
                 .run(),
             )
         });
-        let _abort_uploader = AbortOnDrop(uploader);
+        // The uploader ends with its connection.
+        let _abort_uploader = uploader.map(tokio_util::task::AbortOnDropHandle::new);
         let mut pull_in = InflateDeframer::new();
         let mut fetch_stream: Option<quinn::SendStream> = None;
         let (fetch_bytes_tx, mut fetch_bytes_rx) =
@@ -671,13 +672,3 @@ async fn forward_fetch_answers(
     }
 }
 
-/// Aborts a task when dropped (the uploader ends with its connection).
-struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(t) = &self.0 {
-            t.abort();
-        }
-    }
-}
