@@ -113,6 +113,9 @@ pub enum TokenError {
     /// A genuine token of another kind (an operator token presented as a shift token).
     #[error("this is an operator token, not a shift token")]
     WrongKind,
+    /// On the fleet's deny list (`edge-provision token-revoke`).
+    #[error("shift token has been revoked")]
+    Revoked,
 }
 
 /// The signed message: a domain tag, then the payload.

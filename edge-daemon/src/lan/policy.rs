@@ -25,8 +25,10 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use edge_proto::denylist::DenyList;
 use edge_proto::ids::DeviceId;
 use edge_proto::nhs::NhsNumber;
+use edge_proto::time::UnixMillis;
 use edge_proto::token::{self, ShiftClaims, TokenError};
 use edge_runtime::clock::SharedClock;
 use governor::clock::Clock as GovernorClock;
@@ -166,6 +168,7 @@ pub struct AccessPolicy {
     preauth_rate: RateLimiter<IpAddr, HashMapStateStore<IpAddr>, Mono, NoOpMiddleware<Duration>>,
     preauth: Mutex<HashMap<IpAddr, PreAuthWindow>>,
     in_flight: Arc<Mutex<HashMap<IpAddr, u32>>>,
+    denied: Mutex<Option<DenyList>>,
 }
 
 impl AccessPolicy {
@@ -193,7 +196,34 @@ impl AccessPolicy {
             limits,
             preauth: Mutex::new(HashMap::new()),
             in_flight: Arc::new(Mutex::new(HashMap::new())),
+            denied: Mutex::new(None),
         }
+    }
+
+    /// Take the fleet's shift-token deny list (already verified against the token key), if it
+    /// is newer than the one held; every verified token it denies is purged at once. Returns
+    /// whether it was taken.
+    pub fn set_denylist(&self, list: DenyList) -> bool {
+        let mut held = self.denied.lock().unwrap_or_else(|p| p.into_inner());
+        if held.as_ref().is_some_and(|h| !list.supersedes(h)) {
+            return false;
+        }
+        let now = self.clock.wall();
+        self.verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, c| !list.denies(c, now));
+        *held = Some(list);
+        true
+    }
+
+    /// The version of the deny list held (0: none).
+    pub fn denylist_version(&self) -> u64 {
+        self.denied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(0, |d| d.version)
     }
 
     /// Take a request slot for `client`, or `None` when it already has
@@ -275,6 +305,20 @@ impl AccessPolicy {
     /// Verify a shift token (signature once per token, expiry and unit every time).
     pub fn verify(&self, tok: &str) -> Result<ShiftClaims, TokenError> {
         let t = self.clock.wall();
+        let c = self.verify_signature(tok, t)?;
+        let denied = self
+            .denied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|d| d.denies(&c, t));
+        if denied {
+            return Err(TokenError::Revoked);
+        }
+        Ok(c)
+    }
+
+    fn verify_signature(&self, tok: &str, t: UnixMillis) -> Result<ShiftClaims, TokenError> {
         let mut key = [0u8; 32];
         key.copy_from_slice(
             ring::digest::digest(&ring::digest::SHA256, tok.trim().as_bytes()).as_ref(),
@@ -538,6 +582,22 @@ mod tests {
             claims.token_id,
             "from the cache"
         );
+        // A deny list naming the token purges it from the cache at once; an older list is
+        // not taken.
+        use edge_proto::denylist::{DenyEntry, DenySubject};
+        let mut list = DenyList::empty(2, UnixMillis(T0));
+        list.add(DenyEntry::new(
+            DenySubject::Token(claims.token_id.clone()),
+            UnixMillis(T0),
+            None,
+        ));
+        assert!(p.set_denylist(list));
+        assert!(matches!(p.verify(&tok), Err(TokenError::Revoked)));
+        assert!(!p.set_denylist(DenyList::empty(1, UnixMillis(T0))));
+        assert!(matches!(p.verify(&tok), Err(TokenError::Revoked)));
+        assert!(p.set_denylist(DenyList::empty(3, UnixMillis(T0))));
+        assert_eq!(p.denylist_version(), 3);
+        assert!(p.verify(&tok).is_ok(), "a newer list without the entry");
         clock.advance(Duration::from_secs(61));
         assert!(matches!(p.verify(&tok), Err(TokenError::Expired { .. })));
         assert!(p.verify("not-a-token").is_err());
