@@ -620,13 +620,13 @@ impl Fleet {
             revoked: Vec::new(),
         };
         let crl = make_crl(&inventory, &issuing_cert, &issuing_key, now)?;
-        let token = generate_ed25519().map_err(FleetError::Invalid)?;
-        let operator = generate_ed25519().map_err(FleetError::Invalid)?;
-        let record = generate_ed25519().map_err(FleetError::Invalid)?;
+        let token = generate_ed25519().map_err(|e| FleetError::Invalid(e.to_string()))?;
+        let operator = generate_ed25519().map_err(|e| FleetError::Invalid(e.to_string()))?;
+        let record = generate_ed25519().map_err(|e| FleetError::Invalid(e.to_string()))?;
         let inventory_json = serde_json::to_vec_pretty(&inventory)
             .map_err(|e| FleetError::Invalid(format!("inventory: {e}")))?;
         let token_pair = keys::parse_ed25519_signing(token.private_pem.as_bytes())
-            .map_err(FleetError::Invalid)?;
+            .map_err(|e| FleetError::Invalid(e.to_string()))?;
         let denylist = denylist::sign_denylist(&DenyList::empty(1, now), &token_pair);
         let settings = serde_json::to_vec_pretty(&FleetSettings {
             format: SETTINGS_FORMAT,
@@ -766,7 +766,7 @@ impl Fleet {
             }
             check_lan_domain(&s.lan_domain).map_err(|problem| FleetError::Corrupt {
                 path: settings_path.clone(),
-                problem,
+                problem: problem.to_string(),
             })?;
             s
         } else {
@@ -802,7 +802,8 @@ impl Fleet {
 
     /// A unit's LAN DNS name in this fleet, e.g. `las-amb-0192.units.kerbside.invalid`.
     pub fn lan_dns_name(&self, device_id: &DeviceId) -> Result<String, FleetError> {
-        lan_dns_name(device_id, &self.settings.lan_domain).map_err(FleetError::Invalid)
+        lan_dns_name(device_id, &self.settings.lan_domain)
+            .map_err(|e| FleetError::Invalid(e.to_string()))
     }
 
     /// The CA bundle every hub and unit trusts: root, then issuing CA (PEM).
@@ -1017,14 +1018,14 @@ impl Fleet {
         keys::parse_ed25519_signing(record_pem.as_bytes()).map_err(|problem| {
             FleetError::Corrupt {
                 path: self.dir.join(files::RECORD_SIGNING),
-                problem,
+                problem: problem.to_string(),
             }
         })?;
         let token_verify = self.read_fleet_file(files::TOKEN_VERIFY)?;
         keys::parse_ed25519_public(token_verify.as_bytes()).map_err(|problem| {
             FleetError::Corrupt {
                 path: self.dir.join(files::TOKEN_VERIFY),
-                problem,
+                problem: problem.to_string(),
             }
         })?;
         // Fleets made before operator tokens and the deny list get them now.
@@ -1169,7 +1170,7 @@ impl Fleet {
         ] {
             keys::parse_ed25519_public(text.as_bytes()).map_err(|problem| FleetError::Corrupt {
                 path: self.dir.join(name),
-                problem,
+                problem: problem.to_string(),
             })?;
         }
 
@@ -1503,7 +1504,7 @@ impl Fleet {
                     ),
                 });
             }
-            let new = generate_ed25519().map_err(FleetError::Invalid)?;
+            let new = generate_ed25519().map_err(|e| FleetError::Invalid(e.to_string()))?;
             write_atomic(&sk_path, new.private_pem.as_bytes(), MODE_PRIVATE)
                 .map_err(io_err("cannot write", &sk_path))?;
             tracing::info!(key = %sk_path.display(), "operator key created");

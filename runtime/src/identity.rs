@@ -98,26 +98,36 @@ pub fn lan_uri(device_id: &DeviceId) -> String {
     format!("{LAN_URI_PREFIX}{device_id}")
 }
 
+/// Why a LAN domain or a device id does not make a DNS name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("LAN domain {0:?}: expected 1 to 180 characters")]
+    DomainLength(String),
+    #[error("LAN domain {0:?}: expected at least two labels, e.g. units.kerbside.invalid")]
+    DomainLabels(String),
+    #[error("LAN domain {domain:?}: label {label:?} is not 1-63 of a-z 0-9 - (not starting or ending with -)")]
+    DomainLabel { domain: String, label: String },
+    #[error("device id {device} does not make a DNS label ({label:?}: 1-63 of a-z 0-9 -, not starting or ending with -)")]
+    DeviceLabel { device: String, label: String },
+}
+
 /// Check and normalise a fleet's LAN domain: a DNS name of at least two labels, each 1–63 of
 /// `a-z 0-9 -` not starting or ending with `-`, at most 180 bytes (room for a device label),
 /// returned lower-case without a trailing dot.
-pub fn check_lan_domain(domain: &str) -> Result<String, String> {
+pub fn check_lan_domain(domain: &str) -> Result<String, NameError> {
     let d = domain.trim().trim_end_matches('.').to_ascii_lowercase();
     if d.is_empty() || d.len() > 180 {
-        return Err(format!(
-            "LAN domain {domain:?}: expected 1 to 180 characters"
-        ));
+        return Err(NameError::DomainLength(domain.to_owned()));
     }
     let labels: Vec<&str> = d.split('.').collect();
     if labels.len() < 2 {
-        return Err(format!(
-            "LAN domain {domain:?}: expected at least two labels, e.g. units.kerbside.invalid"
-        ));
+        return Err(NameError::DomainLabels(domain.to_owned()));
     }
     if let Some(bad) = labels.iter().find(|l| !valid_label(l)) {
-        return Err(format!(
-            "LAN domain {domain:?}: label {bad:?} is not 1-63 of a-z 0-9 - (not starting or ending with -)"
-        ));
+        return Err(NameError::DomainLabel {
+            domain: domain.to_owned(),
+            label: (*bad).to_owned(),
+        });
     }
     Ok(d)
 }
@@ -134,7 +144,7 @@ fn valid_label(l: &str) -> bool {
 /// The DNS label for a device id: lower-case, `.` and `_` become `-`
 /// (`LAS-AMB-0192` → `las-amb-0192`). Fails when the result is not a valid DNS label (longer
 /// than 63, or starting or ending with `-`).
-pub fn lan_label(device_id: &DeviceId) -> Result<String, String> {
+pub fn lan_label(device_id: &DeviceId) -> Result<String, NameError> {
     let label: String = device_id
         .as_str()
         .chars()
@@ -146,15 +156,16 @@ pub fn lan_label(device_id: &DeviceId) -> Result<String, String> {
     if valid_label(&label) {
         Ok(label)
     } else {
-        Err(format!(
-            "device id {device_id} does not make a DNS label ({label:?}: 1-63 of a-z 0-9 -, not starting or ending with -)"
-        ))
+        Err(NameError::DeviceLabel {
+            device: device_id.to_string(),
+            label,
+        })
     }
 }
 
 /// The unit's LAN DNS name: its [`lan_label`] under the fleet's LAN domain, e.g.
 /// `las-amb-0192.units.kerbside.invalid`.
-pub fn lan_dns_name(device_id: &DeviceId, lan_domain: &str) -> Result<String, String> {
+pub fn lan_dns_name(device_id: &DeviceId, lan_domain: &str) -> Result<String, NameError> {
     let domain = check_lan_domain(lan_domain)?;
     Ok(format!("{}.{domain}", lan_label(device_id)?))
 }

@@ -79,12 +79,31 @@ pub struct NewEd25519 {
     pub public: [u8; 32],
 }
 
+/// Why key bytes are not a usable Ed25519 key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyFormatError {
+    #[error("the system random number generator failed")]
+    Random,
+    #[error("generated Ed25519 key is unusable: {0}")]
+    Unusable(String),
+    #[error("not a PKCS#8 PEM private key (BEGIN PRIVATE KEY): {0}")]
+    NotPrivatePem(String),
+    #[error("not an Ed25519 PKCS#8 private key: {0}")]
+    NotEd25519Private(String),
+    #[error("bad hex: {0}")]
+    Hex(String),
+    #[error("not a PEM public key (BEGIN PUBLIC KEY) nor 64 hex digits: {0}")]
+    NotPublicPem(String),
+    #[error("the public key is not an Ed25519 key")]
+    NotEd25519Public,
+}
+
 /// Generate an Ed25519 key pair from the OS RNG.
-pub fn generate_ed25519() -> Result<NewEd25519, String> {
-    let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
-        .map_err(|_| "the system random number generator failed".to_owned())?;
+pub fn generate_ed25519() -> Result<NewEd25519, KeyFormatError> {
+    let doc =
+        Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| KeyFormatError::Random)?;
     let pair = Ed25519KeyPair::from_pkcs8(doc.as_ref())
-        .map_err(|e| format!("generated Ed25519 key is unusable: {e}"))?;
+        .map_err(|e| KeyFormatError::Unusable(e.to_string()))?;
     let mut public = [0u8; 32];
     public.copy_from_slice(pair.public_key().as_ref());
     Ok(NewEd25519 {
@@ -101,24 +120,24 @@ pub fn ed25519_public_pem(public: &[u8; 32]) -> String {
 }
 
 /// Parse an Ed25519 private key from PKCS#8 PEM bytes.
-pub fn parse_ed25519_signing(pem: &[u8]) -> Result<Ed25519KeyPair, String> {
+pub fn parse_ed25519_signing(pem: &[u8]) -> Result<Ed25519KeyPair, KeyFormatError> {
     let der = PrivatePkcs8KeyDer::from_pem_slice(pem)
-        .map_err(|e| format!("not a PKCS#8 PEM private key (BEGIN PRIVATE KEY): {e}"))?;
+        .map_err(|e| KeyFormatError::NotPrivatePem(e.to_string()))?;
     Ed25519KeyPair::from_pkcs8_maybe_unchecked(der.secret_pkcs8_der())
-        .map_err(|e| format!("not an Ed25519 PKCS#8 private key: {e}"))
+        .map_err(|e| KeyFormatError::NotEd25519Private(e.to_string()))
 }
 
 /// Parse a raw 32-byte Ed25519 public key from SubjectPublicKeyInfo PEM or 64 hex digits.
-pub fn parse_ed25519_public(text: &[u8]) -> Result<[u8; 32], String> {
+pub fn parse_ed25519_public(text: &[u8]) -> Result<[u8; 32], KeyFormatError> {
     let trimmed = String::from_utf8_lossy(text);
     let trimmed = trimmed.trim();
     if trimmed.len() == 64 && trimmed.bytes().all(|b| b.is_ascii_hexdigit()) {
         let mut out = [0u8; 32];
-        hex::decode_to_slice(trimmed, &mut out).map_err(|e| format!("bad hex: {e}"))?;
+        hex::decode_to_slice(trimmed, &mut out).map_err(|e| KeyFormatError::Hex(e.to_string()))?;
         return Ok(out);
     }
     let spki = SubjectPublicKeyInfoDer::from_pem_slice(text)
-        .map_err(|e| format!("not a PEM public key (BEGIN PUBLIC KEY) nor 64 hex digits: {e}"))?;
+        .map_err(|e| KeyFormatError::NotPublicPem(e.to_string()))?;
     let der: &[u8] = spki.as_ref();
     match der.strip_prefix(&ED25519_SPKI_PREFIX[..]) {
         Some(key) if key.len() == 32 => {
@@ -126,20 +145,20 @@ pub fn parse_ed25519_public(text: &[u8]) -> Result<[u8; 32], String> {
             out.copy_from_slice(key);
             Ok(out)
         }
-        _ => Err("the public key is not an Ed25519 key".to_owned()),
+        _ => Err(KeyFormatError::NotEd25519Public),
     }
 }
 
 /// Load an Ed25519 signing key (the hub's record-signing key, the staff-token key) from a
 /// PKCS#8 PEM file (`-----BEGIN PRIVATE KEY-----`).
 pub fn load_ed25519_signing(path: &Path) -> Result<Ed25519KeyPair, LoadError> {
-    parse_ed25519_signing(&read(path)?).map_err(|p| LoadError::invalid(path, p))
+    parse_ed25519_signing(&read(path)?).map_err(|p| LoadError::invalid(path, p.to_string()))
 }
 
 /// Load a 32-byte Ed25519 public key (record-verify, token-verify) from a SubjectPublicKeyInfo
 /// PEM file (`-----BEGIN PUBLIC KEY-----`) or a file of exactly 64 hex digits.
 pub fn load_ed25519_public(path: &Path) -> Result<[u8; 32], LoadError> {
-    parse_ed25519_public(&read(path)?).map_err(|p| LoadError::invalid(path, p))
+    parse_ed25519_public(&read(path)?).map_err(|p| LoadError::invalid(path, p.to_string()))
 }
 
 /// Load and verify the fleet's signed token deny list (`token-denylist.cbor`) with the
