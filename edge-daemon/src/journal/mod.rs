@@ -36,7 +36,6 @@
 //! `writer` the group-commit thread; `scan` the record scanner and the upload read; `recover`
 //! what opening does (scan, verify the chain, truncate a torn tail, report).
 
-use std::collections::BTreeSet;
 use std::fmt;
 use std::fs::{self, DirBuilder, File};
 use std::io;
@@ -190,8 +189,8 @@ pub enum JournalError {
     /// The journal was closed.
     #[error("audit journal is closed")]
     Closed,
-    /// This process already has the journal in this directory open.
-    #[error("audit journal {0} is already open in this process")]
+    /// The journal in this directory is already open (in this process or another).
+    #[error("audit journal {0} is already open (by this or another process)")]
     AlreadyOpen(PathBuf),
     /// A configuration value is out of range.
     #[error("audit journal configuration: {0}")]
@@ -407,25 +406,32 @@ impl Shared {
     }
 }
 
-/// Directories this process has a journal open in (one writer per journal).
-static OPEN_DIRS: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+/// The lock file that makes one writer per journal directory: an exclusive OS lock
+/// (`flock`), held for as long as the journal is open and released by the kernel when the
+/// process ends, however it ends. A second open — in this process or another — is refused.
+const LOCK_FILE: &str = ".lock";
 
-struct OpenGuard(PathBuf);
+struct OpenGuard {
+    _file: File,
+}
 
 impl OpenGuard {
     fn acquire(dir: &Path) -> Result<Self, JournalError> {
-        let mut open = OPEN_DIRS.lock().unwrap_or_else(|e| e.into_inner());
-        if !open.insert(dir.to_path_buf()) {
-            return Err(JournalError::AlreadyOpen(dir.to_path_buf()));
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(dir.join(LOCK_FILE))
+            .map_err(|e| JournalError::io("opening the journal's lock file", e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(OpenGuard { _file: file }),
+            Err(fs::TryLockError::WouldBlock) => Err(JournalError::AlreadyOpen(dir.to_path_buf())),
+            Err(fs::TryLockError::Error(e)) => {
+                Err(JournalError::io("locking the journal directory", e))
+            }
         }
-        Ok(OpenGuard(dir.to_path_buf()))
-    }
-}
-
-impl Drop for OpenGuard {
-    fn drop(&mut self) {
-        let mut open = OPEN_DIRS.lock().unwrap_or_else(|e| e.into_inner());
-        open.remove(&self.0);
     }
 }
 
