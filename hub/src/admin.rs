@@ -3,29 +3,50 @@
 //! Plain HTTP is served only on a loopback address; elsewhere the hub refuses to start the
 //! admin API until HTTPS with operator certificates is configured (see docs/hub.md).
 //!
+//! Every admin call (all routes but `/healthz` and `/metrics`) carries
+//! `Authorization: Bearer <operator token>` and passes the checks of [`crate::operator`]
+//! (Host and Origin, token, deny list, role, body type), and is recorded with the operator's
+//! identity in the operator log ([`crate::oplog`], `GET /admin/operator-log`), refusals included.
+//!
 //! `GET /metrics` on the same listener is the hub's Prometheus / OpenMetrics exposition
-//! ([`crate::metrics`]); every routed request is counted there by route and status.
+//! ([`crate::metrics`], and `kerbside_hub_crl_expired` from [`crate::operator`]); every routed
+//! request is counted there by route and status.
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Query, State};
-use axum::http::StatusCode;
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRef, MatchedPath, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use edge_proto::ids::{CohortSpec, DeviceId};
 use edge_proto::nhs::NhsNumber;
 use edge_proto::sync::WithdrawReason;
+use edge_proto::token::OperatorClaims;
 use serde::Deserialize;
 use serde_json::json;
 use tracing::{info, warn};
 
+use crate::operator::{AdminAuth, Refusal};
+use crate::oplog::{OperatorLog, OperatorLogEntry};
 use crate::server::{device_rows, now, Hub};
 use crate::store::StoreError;
 
-/// The most an ingest request may carry.
-pub const MAX_INGEST_BYTES: usize = 512 * 1024 * 1024;
+/// The most one `POST /admin/ingest` may carry (64 MiB). The body is read as it arrives and
+/// refused with 413 `too_large` as soon as it passes this (or at once when its
+/// `Content-Length` says so); bigger loads go through `edge-hub ingest` with the hub stopped,
+/// or in several requests.
+pub const MAX_INGEST_BYTES: usize = 64 * 1024 * 1024;
+
+/// The most other POST bodies (objection, cohort, wipe) may carry (413 past it).
+pub const MAX_JSON_BYTES: usize = 1024 * 1024;
+
+/// Default and largest page of `GET /admin/alerts`, `/admin/audit` and `/admin/operator-log`.
+pub const PAGE_DEFAULT: usize = 1_000;
+/// See [`PAGE_DEFAULT`].
+pub const PAGE_MAX: usize = 10_000;
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
     (
@@ -44,10 +65,68 @@ fn internal(e: impl std::fmt::Display) -> Response {
     )
 }
 
-/// The admin router.
+fn refusal(r: &Refusal) -> Response {
+    error(
+        StatusCode::from_u16(r.status).unwrap_or(StatusCode::FORBIDDEN),
+        r.code,
+        r.message.clone(),
+    )
+}
+
+/// What the admin handlers share: the hub, the operator checks and the operator log.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    pub hub: Arc<Hub>,
+    pub auth: Arc<AdminAuth>,
+    pub log: Arc<OperatorLog>,
+}
+
+impl FromRef<AdminState> for Arc<Hub> {
+    fn from_ref(s: &AdminState) -> Arc<Hub> {
+        s.hub.clone()
+    }
+}
+
+impl AdminState {
+    /// The admin state of `hub` with `auth` (see [`AdminAuth::load`]); opens the operator log.
+    pub fn open(hub: Arc<Hub>, auth: Arc<AdminAuth>) -> Result<AdminState, StoreError> {
+        let log = Arc::new(OperatorLog::open(hub.store.db())?);
+        Ok(AdminState { hub, auth, log })
+    }
+}
+
+/// The admin router of `hub`, with the operator key and deny list its config names. Without
+/// `[keys] operator_verify` (or when it cannot be read) every admin call is refused with 401;
+/// `edge-hub serve` refuses to start in that case and builds its router with
+/// [`admin_router`] and [`AdminAuth::load`] instead.
 pub fn router(hub: Arc<Hub>) -> Router {
-    let tracked = axum::middleware::from_fn_with_state(hub.clone(), crate::metrics::track);
-    Router::new()
+    let auth = match AdminAuth::load(&hub.config) {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "the admin API can identify no operator: every admin call is refused");
+            AdminAuth::unconfigured(&hub.config)
+        }
+    };
+    match AdminState::open(hub, Arc::new(auth)) {
+        Ok(state) => admin_router(state),
+        Err(e) => {
+            warn!(error = %e, "cannot open the operator log: the admin API refuses every call");
+            Router::new().fallback(|| async {
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "operator_log_unavailable",
+                    "the hub cannot record admin calls; see its log",
+                )
+            })
+        }
+    }
+}
+
+/// The admin router over `state`.
+pub fn admin_router(state: AdminState) -> Router {
+    let tracked = axum::middleware::from_fn_with_state(state.hub.clone(), crate::metrics::track);
+    let guarded = axum::middleware::from_fn_with_state(state.clone(), guard);
+    let admin = Router::new()
         .route("/admin/ingest", post(ingest))
         .route("/admin/devices", get(devices))
         .route("/admin/objection", post(objection))
@@ -57,11 +136,129 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/admin/audit/export", get(audit_export))
         .route("/admin/alerts", get(alerts))
         .route("/admin/wipe", post(wipe))
+        .route("/admin/operator-log", get(operator_log))
+        .route_layer(guarded);
+    Router::new()
+        .merge(admin)
         .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(crate::metrics::scrape))
+        .route("/metrics", get(scrape))
         .route_layer(tracked)
-        .layer(DefaultBodyLimit::max(MAX_INGEST_BYTES))
-        .with_state(hub)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BYTES))
+        .with_state(state)
+}
+
+/// `GET /metrics`: the hub's metrics and this API's own (`kerbside_hub_crl_expired`).
+async fn scrape(State(st): State<AdminState>) -> Response {
+    let head = st.hub.store.head().unwrap_or(0);
+    let units = st.hub.units_connected();
+    let text = st.hub.metrics.encode(units, head);
+    let body = match text.rfind("# EOF") {
+        Some(i) => format!("{}{}# EOF\n", &text[..i], st.auth.encode_metrics()),
+        None => format!("{text}{}", st.auth.encode_metrics()),
+    };
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
+}
+
+/// The verified operator of a request (set by [`guard`] for the handlers).
+#[derive(Debug, Clone)]
+pub struct Operator(pub OperatorClaims);
+
+/// Host/Origin, operator token, deny list, role and body type; then the handler; then the
+/// operator log entry, written before the answer leaves.
+async fn guard(State(st): State<AdminState>, mut req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().as_str().to_owned();
+    let query = req.uri().query().map(str::to_owned);
+    let checked = check(&st, &method, &route, req.headers());
+    let (resp, who, refused) = match checked {
+        Ok(claims) => {
+            req.extensions_mut().insert(Operator(claims.clone()));
+            (next.run(req).await, Some(claims), None)
+        }
+        Err(refused) => {
+            let (r, who) = *refused;
+            warn!(route = %route, code = r.code, operator = who.as_ref().map(|c| c.operator_id.as_str()), "admin call refused");
+            (refusal(&r), who, Some(r.code.to_owned()))
+        }
+    };
+    let entry = OperatorLogEntry {
+        at: now().to_rfc3339(),
+        operator_id: who.as_ref().map(|c| c.operator_id.clone()),
+        operator_name: who.as_ref().map(|c| c.operator_name.clone()),
+        role: who.as_ref().map(|c| c.role.as_str().to_owned()),
+        token_id: who.as_ref().map(|c| c.token_id.clone()),
+        method,
+        route,
+        query,
+        status: resp.status().as_u16(),
+        refused,
+    };
+    let log = st.log.clone();
+    match tokio::task::spawn_blocking(move || log.append(entry)).await {
+        Ok(Ok(())) => resp,
+        Ok(Err(e)) => {
+            warn!(error = %e, "cannot record an admin call in the operator log");
+            resp
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot record an admin call in the operator log");
+            resp
+        }
+    }
+}
+
+type Checked = Result<OperatorClaims, Box<(Refusal, Option<OperatorClaims>)>>;
+
+fn check(st: &AdminState, method: &str, route: &str, headers: &HeaderMap) -> Checked {
+    let pairs: Vec<(&str, &[u8])> = headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_bytes()))
+        .collect();
+    let head = crate::operator::precheck(method, &pairs, st.auth.hosts())
+        .map_err(|r| Box::new((r, None)))?;
+    let claims = st
+        .auth
+        .authenticate(head.bearer, now())
+        .map_err(|r| Box::new((r, None)))?;
+    match crate::operator::required_role(route) {
+        Some(role) if role == claims.role => Ok(claims),
+        need => Err(Box::new((
+            Refusal {
+                status: 403,
+                code: "role",
+                message: format!(
+                    "{} needs the {} operator role; this token is {}",
+                    route,
+                    need.map_or("(no such)", |r| r.as_str()),
+                    claims.role
+                ),
+            },
+            Some(claims),
+        ))),
+    }
+}
+
+/// `limit` and `cursor` of a paginated list.
+#[derive(Debug, Default, Deserialize)]
+pub struct PageQuery {
+    pub limit: Option<usize>,
+    pub cursor: Option<String>,
+}
+
+/// The page size asked for: [`PAGE_DEFAULT`] unless given, at most [`PAGE_MAX`].
+pub fn page_limit(limit: Option<usize>) -> usize {
+    limit.unwrap_or(PAGE_DEFAULT).clamp(1, PAGE_MAX)
+}
+
+fn bad_cursor() -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "bad_cursor",
+        "cursor= must be the next_cursor of the previous page of this same list",
+    )
 }
 
 /// Split a request body or file into bundles: NDJSON (one bundle per line) or one JSON bundle
@@ -129,7 +326,8 @@ pub fn feed_options(
 async fn ingest(
     State(hub): State<Arc<Hub>>,
     q: Result<Query<IngestQuery>, axum::extract::rejection::QueryRejection>,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> Response {
     let q = match q {
         Ok(Query(q)) => q,
@@ -145,8 +343,43 @@ async fn ingest(
         Ok(o) => o,
         Err(why) => return error(StatusCode::BAD_REQUEST, "bad_request", why),
     };
-    let text = match std::str::from_utf8(&body) {
-        Ok(t) => t.to_owned(),
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "an ingest request carries at most {} MiB: split the feed, or use `edge-hub ingest` with the hub stopped",
+                MAX_INGEST_BYTES / (1024 * 1024)
+            ),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_INGEST_BYTES as u64) {
+        return too_large();
+    }
+    // Read as it arrives, never past the limit.
+    let body = match axum::body::to_bytes(body, MAX_INGEST_BYTES).await {
+        Ok(b) => b,
+        Err(e) => {
+            let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(s) = src {
+                if s.is::<http_body_util::LengthLimitError>() {
+                    return too_large();
+                }
+                src = s.source();
+            }
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!("the request body could not be read: {e}"),
+            );
+        }
+    };
+    let text = match String::from_utf8(Vec::from(body)) {
+        Ok(t) => t,
         Err(_) => {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -268,6 +501,11 @@ async fn cohort(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
             "a cohort needs at least one spec (all, postcode:…, practice:…, flagged)",
         );
     }
+    match known_device(&hub, &id) {
+        Ok(true) => {}
+        Ok(false) => return unknown_device(),
+        Err(e) => return internal(e),
+    }
     match hub.set_cohort(&id, specs) {
         Ok(()) => Json(json!({"device_id": id.as_str(), "cohort": req.cohort})).into_response(),
         Err(e) => internal(e),
@@ -279,10 +517,16 @@ struct AuditQuery {
     patient: Option<String>,
     staff: Option<String>,
     limit: Option<usize>,
+    cursor: Option<String>,
 }
 
-async fn audit_query(State(hub): State<Arc<Hub>>, Query(q): Query<AuditQuery>) -> Response {
-    let limit = q.limit.unwrap_or(10_000).clamp(1, 100_000);
+/// `GET /admin/audit?patient=NHS|staff=SDSID[&limit=N][&cursor=…]`: one page, newest first.
+async fn audit_query(
+    State(hub): State<Arc<Hub>>,
+    op: Option<axum::Extension<Operator>>,
+    Query(q): Query<AuditQuery>,
+) -> Response {
+    let limit = page_limit(q.limit);
     let (kind, who) = match (&q.patient, &q.staff) {
         (Some(p), None) => match crate::audit::parse_patient(p) {
             Some(n) => (b'p', n.as_digits()),
@@ -303,16 +547,20 @@ async fn audit_query(State(hub): State<Arc<Hub>>, Query(q): Query<AuditQuery>) -
             )
         }
     };
-    // Every admin audit query is itself logged (the patient or staff id only at debug level).
-    info!(by = "admin (loopback)", kind = %(kind as char), "audit trail queried");
-    tracing::debug!(who = %who, "audit trail queried for");
+    // Every admin audit query is itself logged; who it was about is in the operator log
+    // (privacy role) only.
+    info!(operator = op.as_ref().map_or("?", |o| o.0 .0.operator_id.as_str()), kind = %(kind as char), "audit trail queried");
     let repo = hub.audit.clone();
-    match tokio::task::spawn_blocking(move || repo.query(kind, &who, limit)).await {
-        Ok(Ok(events)) => {
+    let cursor = q.cursor;
+    match tokio::task::spawn_blocking(move || repo.query_page(kind, &who, cursor.as_deref(), limit))
+        .await
+    {
+        Ok(Ok(Ok(page))) => {
             let events: Vec<serde_json::Value> =
-                events.iter().map(crate::audit::event_json).collect();
-            Json(json!({"events": events})).into_response()
+                page.events.iter().map(crate::audit::event_json).collect();
+            Json(json!({"events": events, "next_cursor": page.next_cursor})).into_response()
         }
+        Ok(Ok(Err(_))) => bad_cursor(),
         Ok(Err(e)) => internal(e),
         Err(e) => internal(e),
     }
@@ -379,24 +627,40 @@ async fn audit_export(State(hub): State<Arc<Hub>>, Query(q): Query<ExportQuery>)
     }
 }
 
-/// `GET /admin/alerts`: break-glass accesses and security alerts (bulk browsing) from every
-/// unit, newest first, for the privacy officer's review.
-async fn alerts(State(hub): State<Arc<Hub>>) -> Response {
-    use edge_proto::audit::AuditAction;
+/// `GET /admin/alerts[?limit=N][&cursor=…]`: break-glass accesses and security alerts (bulk
+/// browsing) from every unit, newest first, one page at a time, for the privacy officer's
+/// review; and the hub's own alerts (`hub_alerts`: a CRL past its `nextUpdate`).
+async fn alerts(
+    State(st): State<AdminState>,
+    q: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = q else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the query takes limit=N and cursor=…",
+        );
+    };
+    let limit = page_limit(q.limit);
     info!("alert review list requested");
-    let repo = hub.audit.clone();
-    match tokio::task::spawn_blocking(move || {
-        repo.since(edge_proto::time::UnixMillis(0), usize::MAX)
-    })
-    .await
-    {
-        Ok(Ok(mut events)) => {
-            events.retain(|e| matches!(e.action, AuditAction::BreakGlass | AuditAction::Alert));
-            events.sort_by_key(|e| std::cmp::Reverse(e.recorded));
-            events.truncate(10_000);
-            let v: Vec<serde_json::Value> = events.iter().map(crate::audit::event_json).collect();
-            Json(json!({"alerts": v})).into_response()
+    let mut hub_alerts = Vec::new();
+    let crl = st.auth.crl_status();
+    if crl.expired {
+        hub_alerts.push(json!({
+            "kind": "crl_expired",
+            "next_update": crl.next_update.map(|t| t.to_rfc3339()),
+            "message": "the fleet CRL is past its nextUpdate: re-sign it with `edge-provision crl` so revocations stay current",
+        }));
+    }
+    let repo = st.hub.audit.clone();
+    match tokio::task::spawn_blocking(move || repo.alerts_page(q.cursor.as_deref(), limit)).await {
+        Ok(Ok(Ok(page))) => {
+            let v: Vec<serde_json::Value> =
+                page.events.iter().map(crate::audit::event_json).collect();
+            Json(json!({"alerts": v, "next_cursor": page.next_cursor, "hub_alerts": hub_alerts}))
+                .into_response()
         }
+        Ok(Ok(Err(_))) => bad_cursor(),
         Ok(Err(e)) => internal(e),
         Err(e) => internal(e),
     }
@@ -428,25 +692,57 @@ async fn wipe(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
     };
     // A mistyped id must not order a wipe of nothing, or create a phantom device: the unit
     // must be in the fleet inventory or already known to this hub.
-    let in_inventory = hub
-        .inventory()
-        .is_some_and(|inv| inv.units.iter().any(|u| u.device_id == id));
-    let seen = match hub.store.devices() {
-        Ok(d) => d.iter().any(|(k, _)| k == id.as_str()),
+    match known_device(&hub, &id) {
+        Ok(true) => {}
+        Ok(false) => return unknown_device(),
         Err(e) => return internal(e),
-    };
-    if !in_inventory && !seen {
-        return error(
-            StatusCode::NOT_FOUND,
-            "unknown_device",
-            "no unit with that device id is enrolled in this fleet or known to this hub; check the id (GET /admin/devices lists them)",
-        );
     }
     warn!(device = %id, cancel = req.cancel, "remote wipe ordered");
     match hub.order_wipe(&id, req.cancel) {
         Ok(()) => {
             Json(json!({"device_id": id.as_str(), "wipe_ordered": !req.cancel})).into_response()
         }
+        Err(e) => internal(e),
+    }
+}
+
+/// Whether `id` is a unit of the fleet inventory or one this hub has already seen.
+fn known_device(hub: &Hub, id: &DeviceId) -> Result<bool, StoreError> {
+    let in_inventory = hub
+        .inventory()
+        .is_some_and(|inv| inv.units.iter().any(|u| u.device_id == *id));
+    if in_inventory {
+        return Ok(true);
+    }
+    Ok(hub.store.devices()?.iter().any(|(k, _)| k == id.as_str()))
+}
+
+fn unknown_device() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "unknown_device",
+        "no unit with that device id is enrolled in this fleet or known to this hub; check the id (GET /admin/devices lists them)",
+    )
+}
+
+/// `GET /admin/operator-log?limit=&cursor=`: every admin call, newest first (privacy role).
+async fn operator_log(
+    State(st): State<AdminState>,
+    q: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = q else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the query takes limit=N and cursor=…",
+        );
+    };
+    let limit = page_limit(q.limit);
+    let log = st.log.clone();
+    match tokio::task::spawn_blocking(move || log.page(q.cursor.as_deref(), limit)).await {
+        Ok(Ok(Some(page))) => Json(page).into_response(),
+        Ok(Ok(None)) => bad_cursor(),
+        Ok(Err(e)) => internal(e),
         Err(e) => internal(e),
     }
 }

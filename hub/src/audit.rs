@@ -8,8 +8,15 @@
 //! | tree | key | value |
 //! | --- | --- | --- |
 //! | `audit_events` | device id ‖ 0 ‖ seq (u64 BE) | the event (CBOR) |
-//! | `audit_index` | `p` NHS ‖ 0 ‖ device ‖ 0 ‖ seq, or `s` staff id ‖ 0 ‖ device ‖ 0 ‖ seq | empty |
+//! | `audit_index` | `P` NHS ‖ 0 ‖ time ‖ device ‖ 0 ‖ seq, `S` staff id ‖ 0 ‖ time ‖ device ‖ 0 ‖ seq, `a` time ‖ device ‖ 0 ‖ seq (break-glass and alerts) | empty |
 //! | `audit_devices` | device id | [`DeviceAudit`] |
+//!
+//! `time` is the event's `recorded` (8 bytes, order-preserving), so "who accessed patient X",
+//! "what did staff member Y do" and the alert review list are read newest first straight off the
+//! index, one page at a time from an opaque cursor ([`AuditRepo::query_page`],
+//! [`AuditRepo::alerts_page`]), never loading the whole repository. Databases written before
+//! these time-ordered entries (with `p` / `s` entries in device order) are indexed again once,
+//! when the repository is opened.
 
 use std::sync::Mutex;
 
@@ -65,21 +72,89 @@ fn ekey(device: &str, seq: u64) -> Vec<u8> {
     k
 }
 
-fn ikey(kind: u8, who: &str, device: &str, seq: u64) -> Vec<u8> {
-    let mut k = vec![kind];
+/// An order-preserving encoding of a time (the sign bit flipped, big-endian).
+fn tbytes(t: UnixMillis) -> [u8; 8] {
+    ((t.0 as u64) ^ (1u64 << 63)).to_be_bytes()
+}
+
+/// The prefix of a patient's (`kind = b'p'`) or staff member's (`b's'`) time-ordered entries.
+fn who_prefix(kind: u8, who: &str) -> Vec<u8> {
+    let mut k = vec![kind.to_ascii_uppercase()];
     k.extend_from_slice(who.as_bytes());
     k.push(0);
+    k
+}
+
+/// The prefix of the alert review list's entries.
+const ALERT_PREFIX: &[u8] = b"a";
+
+/// Marks a database whose time-ordered index entries are complete.
+const INDEX_V2_DONE: &[u8] = b"~index-v2";
+
+fn ikey(prefix: &[u8], recorded: UnixMillis, device: &str, seq: u64) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    k.extend_from_slice(&tbytes(recorded));
     k.extend_from_slice(&ekey(device, seq));
     k
 }
 
+fn is_alert(e: &AuditEvent) -> bool {
+    use edge_proto::audit::AuditAction;
+    matches!(e.action, AuditAction::BreakGlass | AuditAction::Alert)
+}
+
 fn index_event(batch: &mut sled::Batch, dev: &str, e: &AuditEvent) {
     if let Some(p) = &e.patient {
-        batch.insert(ikey(b'p', &p.as_digits(), dev, e.seq), &[][..]);
+        let k = ikey(&who_prefix(b'p', &p.as_digits()), e.recorded, dev, e.seq);
+        batch.insert(k, &[][..]);
     }
     if let Some(s) = &e.staff_id {
-        batch.insert(ikey(b's', s, dev, e.seq), &[][..]);
+        batch.insert(ikey(&who_prefix(b's', s), e.recorded, dev, e.seq), &[][..]);
     }
+    if is_alert(e) {
+        batch.insert(ikey(ALERT_PREFIX, e.recorded, dev, e.seq), &[][..]);
+    }
+}
+
+/// One page of events, newest first, and the cursor of the next page (none when this was the
+/// last).
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub events: Vec<AuditEvent>,
+    pub next_cursor: Option<String>,
+}
+
+/// A cursor that is not one this repository handed out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the cursor is not one a previous page of this list returned")]
+pub struct BadCursor;
+
+/// Decode an opaque page cursor (hex of the position after a list's prefix).
+fn decode_cursor(c: &str) -> Result<Vec<u8>, BadCursor> {
+    if c.len() > 512 || !c.len().is_multiple_of(2) {
+        return Err(BadCursor);
+    }
+    let bytes = c.as_bytes();
+    let nibble = |b: u8| -> Result<u8, BadCursor> {
+        match b {
+            b'0'..=b'9' => Ok(b - b'0'),
+            b'a'..=b'f' => Ok(b - b'a' + 10),
+            _ => Err(BadCursor),
+        }
+    };
+    let mut out = Vec::with_capacity(bytes.len() / 2);
+    for pair in bytes.chunks(2) {
+        out.push(nibble(pair[0])? << 4 | nibble(pair[1])?);
+    }
+    // time (8) ‖ device ‖ 0 ‖ seq (8): at least 18 bytes.
+    if out.len() < 18 {
+        return Err(BadCursor);
+    }
+    Ok(out)
+}
+
+fn encode_cursor(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
@@ -92,13 +167,40 @@ fn corrupt(e: impl std::fmt::Display) -> StoreError {
 impl AuditRepo {
     /// Open the repository in the hub's database.
     pub fn open(db: &sled::Db) -> Result<AuditRepo, StoreError> {
-        Ok(AuditRepo {
+        let repo = AuditRepo {
             db: db.clone(),
             events: db.open_tree("audit_events")?,
             index: db.open_tree("audit_index")?,
             devices: db.open_tree("audit_devices")?,
             write: Mutex::new(()),
-        })
+        };
+        repo.reindex_if_needed()?;
+        Ok(repo)
+    }
+
+    /// Build the time-ordered index entries of a database written before them (once).
+    fn reindex_if_needed(&self) -> Result<(), StoreError> {
+        if self.index.get(INDEX_V2_DONE)?.is_some() {
+            return Ok(());
+        }
+        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batch = sled::Batch::default();
+        let mut n = 0usize;
+        for kv in self.events.iter() {
+            let (k, v) = kv?;
+            let e: AuditEvent = cbor::from_slice(&v).map_err(corrupt)?;
+            let dev_len = k.iter().position(|b| *b == 0).unwrap_or(k.len());
+            let dev = String::from_utf8_lossy(&k[..dev_len]).into_owned();
+            index_event(&mut batch, &dev, &e);
+            n += 1;
+            if n.is_multiple_of(10_000) {
+                self.index.apply_batch(std::mem::take(&mut batch))?;
+            }
+        }
+        batch.insert(INDEX_V2_DONE, &[][..]);
+        self.index.apply_batch(batch)?;
+        self.db.flush()?;
+        Ok(())
     }
 
     /// A device's audit summary.
@@ -218,18 +320,84 @@ impl AuditRepo {
     /// Events about a patient (`kind = b'p'`, NHS digits) or by a staff member (`b's'`),
     /// newest first, at most `limit`.
     pub fn query(&self, kind: u8, who: &str, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
-        let mut prefix = vec![kind];
-        prefix.extend_from_slice(who.as_bytes());
-        prefix.push(0);
-        let mut out = Vec::new();
-        for kv in self.index.scan_prefix(&prefix) {
-            let (k, _) = kv?;
-            if let Some(e) = self.load(&k[prefix.len()..])? {
-                out.push(e);
-            }
+        Ok(self
+            .page(&who_prefix(kind, who), None, limit)
+            .map_err(|_| corrupt("cursor"))??
+            .events)
+    }
+
+    /// One page of [`AuditRepo::query`]: at most `limit` events, newest first, after `cursor`
+    /// (the previous page's `next_cursor`). Reads only the index entries of this page.
+    pub fn query_page(
+        &self,
+        kind: u8,
+        who: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Result<Page, BadCursor>, StoreError> {
+        match self.page(&who_prefix(kind, who), cursor, limit) {
+            Ok(r) => r.map(Ok),
+            Err(b) => Ok(Err(b)),
         }
-        out.sort_by(|a, b| b.recorded.cmp(&a.recorded).then(b.seq.cmp(&a.seq)));
-        out.truncate(limit);
+    }
+
+    /// One page of the alert review list (break-glass accesses and security alerts from every
+    /// unit), newest first, after `cursor`.
+    pub fn alerts_page(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Result<Page, BadCursor>, StoreError> {
+        match self.page(ALERT_PREFIX, cursor, limit) {
+            Ok(r) => r.map(Ok),
+            Err(b) => Ok(Err(b)),
+        }
+    }
+
+    fn page(
+        &self,
+        prefix: &[u8],
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Result<Page, StoreError>, BadCursor> {
+        let end = match cursor {
+            Some(c) => {
+                let mut k = prefix.to_vec();
+                k.extend_from_slice(&decode_cursor(c)?);
+                Some(k)
+            }
+            None => None,
+        };
+        Ok(self.page_from(prefix, end, limit.max(1)))
+    }
+
+    fn page_from(
+        &self,
+        prefix: &[u8],
+        end: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        let iter = match end {
+            Some(end) => self.index.range(prefix.to_vec()..end),
+            None => self.index.scan_prefix(prefix),
+        };
+        let mut out = Page::default();
+        let mut last: Option<sled::IVec> = None;
+        for kv in iter.rev() {
+            let (k, _) = kv?;
+            if !k.starts_with(prefix) || k.len() < prefix.len() + 8 {
+                continue;
+            }
+            if out.events.len() >= limit {
+                // There is more: the next page starts after the last entry returned.
+                out.next_cursor = last.map(|l| encode_cursor(&l[prefix.len()..]));
+                break;
+            }
+            if let Some(e) = self.load(&k[prefix.len() + 8..])? {
+                out.events.push(e);
+            }
+            last = Some(k);
+        }
         Ok(out)
     }
 
@@ -419,12 +587,23 @@ mod tests {
         assert_eq!(repo.query(b'p', "9990000018", 100).unwrap().len(), 4);
         // What a hub killed between two trees' writes (before they shared one transaction) left
         // behind: events 3 and 4 stored, their index entries not.
-        for seq in [3u64, 4] {
+        for e in &events[2..] {
+            let t = e.recorded;
             repo.index
-                .remove(ikey(b'p', "9990000018", "LAS-AMB-0001", seq))
+                .remove(ikey(
+                    &who_prefix(b'p', "9990000018"),
+                    t,
+                    "LAS-AMB-0001",
+                    e.seq,
+                ))
                 .unwrap();
             repo.index
-                .remove(ikey(b's', "555000111222", "LAS-AMB-0001", seq))
+                .remove(ikey(
+                    &who_prefix(b's', "555000111222"),
+                    t,
+                    "LAS-AMB-0001",
+                    e.seq,
+                ))
                 .unwrap();
         }
         assert_eq!(repo.query(b'p', "9990000018", 100).unwrap().len(), 2);

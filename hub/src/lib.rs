@@ -9,7 +9,10 @@
 //! * [`store`] — sled storage: summaries, change feed, devices; implements `HubFeed`.
 //! * [`server`] — the QUIC sync server: one `HubSession` per unit connection, live push.
 //! * [`admin`] — the admin HTTP API.
+//! * [`operator`] — operator tokens, roles, Host/Origin and body-type checks of the admin API.
+//! * [`oplog`] — the operator log: every admin call with the operator's identity.
 //! * [`audit`] — the audit repository: uploads from units, chain checks, queries, export.
+//! * [`perms`] — the hub's data folder kept private (0700 folders, 0600 files).
 //! * [`inventory`] — the fleet inventory, cached and re-read only when the file changes.
 //! * [`metrics`] — `/metrics` on the admin listener (Prometheus / OpenMetrics text).
 //!
@@ -19,5 +22,8 @@ pub mod admin;
 pub mod audit;
 pub mod inventory;
 pub mod metrics;
+pub mod operator;
+pub mod oplog;
+pub mod perms;
 pub mod server;
 pub mod store;

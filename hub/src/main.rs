@@ -148,6 +148,7 @@ fn run_ingest(
 ) -> anyhow::Result<bool> {
     let cfg = load_config(config)?;
     let opts = edge_hub::admin::feed_options(&cfg, q).map_err(anyhow::Error::msg)?;
+    private_data_dir(&cfg.data_dir)?;
     let store = edge_hub::store::HubStore::open(&cfg.data_dir).with_context(|| {
         format!(
             "cannot open the hub store in {} (a running hub holds it: use POST /admin/ingest instead)",
@@ -209,12 +210,35 @@ fn run_ingest(
         accepted as f64 / secs.max(1e-9),
         store.patient_count()?
     );
+    drop(store);
+    if let Err(e) = edge_hub::perms::secure_data_dir(&cfg.data_dir) {
+        eprintln!(
+            "edge-hub ingest: warning: cannot narrow the permissions under {}: {e}",
+            cfg.data_dir.display()
+        );
+    }
     Ok(rejected == 0)
+}
+
+/// Create the data folder 0700 and narrow what is under it (folders 0700, files 0600).
+fn private_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    edge_hub::perms::create_private_dir(dir)
+        .with_context(|| format!("cannot create the hub's data folder {}", dir.display()))?;
+    edge_hub::perms::secure_data_dir(dir).with_context(|| {
+        format!(
+            "cannot make the hub's data folder {} private (0700 folders, 0600 files)",
+            dir.display()
+        )
+    })?;
+    Ok(())
 }
 
 fn run_serve(config: &std::path::Path) -> anyhow::Result<()> {
     edge_runtime::tls::install_default_provider();
     let cfg = load_config(config)?;
+    // The admin API identifies every caller: no operator key, no hub.
+    let auth = std::sync::Arc::new(edge_hub::operator::AdminAuth::load(&cfg)?);
+    private_data_dir(&cfg.data_dir)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -235,6 +259,10 @@ fn run_serve(config: &std::path::Path) -> anyhow::Result<()> {
             .unwrap_or(i64::MAX / 2000)
             .saturating_mul(1000);
         let hub = std::sync::Arc::new(hub);
+        if let Err(e) = edge_hub::perms::secure_data_dir(&hub.config.data_dir) {
+            tracing::warn!(error = %e, "cannot narrow the permissions of the hub's data folder");
+        }
+        check_crl(&hub, &auth);
         let listener = tokio::net::TcpListener::bind(admin_addr)
             .await
             .with_context(|| format!("cannot listen for the admin API on {admin_addr}"))?;
@@ -245,9 +273,11 @@ fn run_serve(config: &std::path::Path) -> anyhow::Result<()> {
             head = hub.store.head()?,
             "edge-hub serving"
         );
-        // CRL reload and feed compaction, periodically.
+        // CRL and deny-list reload, CRL freshness, data-folder modes and feed compaction,
+        // periodically.
         {
             let hub = hub.clone();
+            let auth = auth.clone();
             tokio::spawn(async move {
                 let every = hub.config.tls.crl_reload_s.clamp(1, 3600);
                 let mut tick = tokio::time::interval(std::time::Duration::from_secs(every));
@@ -259,6 +289,14 @@ fn run_serve(config: &std::path::Path) -> anyhow::Result<()> {
                             Err(e) => tracing::warn!(error = %e, "cannot reload the CRL; keeping the previous one"),
                         }
                     }
+                    check_crl(&hub, &auth);
+                    match auth.reload_denylist() {
+                        Ok(v) => tracing::debug!(version = v, "token deny list reloaded"),
+                        Err(e) => tracing::warn!(error = %e, "cannot take the token deny list; keeping the previous one"),
+                    }
+                    if let Err(e) = edge_hub::perms::secure_data_dir(&hub.config.data_dir) {
+                        tracing::warn!(error = %e, "cannot narrow the permissions of the hub's data folder");
+                    }
                     let store = hub.store.clone();
                     let _ = tokio::task::spawn_blocking(move || {
                         store.compact(edge_hub::server::now(), retention_ms)
@@ -268,7 +306,9 @@ fn run_serve(config: &std::path::Path) -> anyhow::Result<()> {
             });
         }
         tokio::spawn(edge_hub::server::serve_sync(hub.clone(), endpoint.clone()));
-        let app = edge_hub::admin::router(hub.clone());
+        let state = edge_hub::admin::AdminState::open(hub.clone(), auth.clone())
+            .context("cannot open the operator log")?;
+        let app = edge_hub::admin::admin_router(state);
         let shutdown = async {
             let ctrl_c = tokio::signal::ctrl_c();
             #[cfg(unix)]
@@ -296,6 +336,20 @@ fn run_serve(config: &std::path::Path) -> anyhow::Result<()> {
         hub.store.flush()?;
         Ok(())
     })
+}
+
+/// Read the CRL's `nextUpdate`; warn (once per reload) when it has passed.
+fn check_crl(hub: &edge_hub::server::Hub, auth: &edge_hub::operator::AdminAuth) {
+    let st = auth.check_crl(&hub.config.tls.crl, edge_hub::server::now());
+    if st.expired {
+        tracing::warn!(
+            crl = %hub.config.tls.crl.display(),
+            next_update = %st.next_update.map(|t| t.to_rfc3339()).unwrap_or_default(),
+            "the fleet CRL is past its nextUpdate: re-sign it with `edge-provision crl` (GET /admin/alerts lists this; kerbside_hub_crl_expired = 1)"
+        );
+    } else if let Some(e) = st.error {
+        tracing::warn!(error = %e, "cannot read the CRL's nextUpdate");
+    }
 }
 
 fn run_synth(

@@ -59,6 +59,50 @@ pub struct Fleet {
     pub admin: String,
     pub hub: Option<Child>,
     pub units: Vec<Unit>,
+    /// An operator token of the `fleet` role (`OPS-0001`), minted by `edge-provision operator`.
+    pub fleet_token: String,
+    /// An operator token of the `privacy` role (`IG-0001`), minted by `edge-provision operator`.
+    pub privacy_token: String,
+}
+
+/// The operator role an admin route needs: `privacy` for audit queries, verify, export,
+/// alerts, objections and the operator log; `fleet` for everything else.
+pub fn admin_role(path: &str) -> &'static str {
+    let route = path.split('?').next().unwrap_or(path);
+    match route {
+        "/admin/audit"
+        | "/admin/audit/verify"
+        | "/admin/audit/export"
+        | "/admin/alerts"
+        | "/admin/objection"
+        | "/admin/operator-log" => "privacy",
+        _ => "fleet",
+    }
+}
+
+/// Mint an operator token with the real `edge-provision operator`.
+pub fn mint_operator(fleet: &Path, id: &str, name: &str, role: &str) -> anyhow::Result<String> {
+    let out = run_ok(
+        Command::new(bin("edge-provision")?)
+            .args(["operator", "--fleet"])
+            .arg(fleet)
+            .args([
+                "--operator-id",
+                id,
+                "--name",
+                name,
+                "--role",
+                role,
+                "--hours",
+                "12",
+            ]),
+    )?;
+    let text = String::from_utf8(out.stdout)?;
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| l.trim().to_owned())
+        .context("edge-provision operator printed no token")
 }
 
 impl Fleet {
@@ -90,6 +134,8 @@ impl Fleet {
                 .arg("--out")
                 .arg(&hub_dir),
         )?;
+        let fleet_token = mint_operator(&fleet, "OPS-0001", "ENGINEER, Fleet", "fleet")?;
+        let privacy_token = mint_operator(&fleet, "IG-0001", "OFFICER, Privacy", "privacy")?;
         Ok(Fleet {
             tmp,
             fleet,
@@ -98,6 +144,8 @@ impl Fleet {
             admin,
             hub: None,
             units: Vec::new(),
+            fleet_token,
+            privacy_token,
         })
     }
 
@@ -272,14 +320,100 @@ impl Fleet {
         Ok(t.elapsed())
     }
 
-    /// A request to the hub's admin API: (status code, body).
+    /// A request to the hub's admin API as an operator of the role the route needs (see
+    /// [`admin_role`]): (status code, body). A paged list (`GET /admin/audit`, `/admin/alerts`,
+    /// `/admin/operator-log`) asked for without `limit=` or `cursor=` is followed page by page
+    /// and answered whole (`next_cursor` null), as before the hub paged them; give `limit=` to
+    /// see one page.
     pub fn admin(
         &self,
         method: &str,
         path: &str,
         body: Option<&str>,
     ) -> anyhow::Result<(u16, String)> {
-        http(method, &format!("http://{}{path}", self.admin), body)
+        let role = admin_role(path);
+        let (route, query) = path.split_once('?').unwrap_or((path, ""));
+        let list = match route {
+            "/admin/audit" => Some("events"),
+            "/admin/alerts" => Some("alerts"),
+            "/admin/operator-log" => Some("entries"),
+            _ => None,
+        };
+        let paged_by_caller = query
+            .split('&')
+            .any(|p| p.starts_with("limit=") || p.starts_with("cursor="));
+        match list {
+            Some(list) if method == "GET" && !paged_by_caller => self.admin_all(role, path, list),
+            _ => self.admin_as(role, method, path, body),
+        }
+    }
+
+    /// Every page of a paged admin list, merged into the first page's answer.
+    fn admin_all(&self, role: &str, path: &str, list: &str) -> anyhow::Result<(u16, String)> {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let mut merged: Option<Value> = None;
+        let mut cursor: Option<String> = None;
+        for _ in 0..10_000 {
+            let page_path = match &cursor {
+                Some(c) => format!("{path}{sep}limit=10000&cursor={c}"),
+                None => format!("{path}{sep}limit=10000"),
+            };
+            let (code, body) = self.admin_as(role, "GET", &page_path, None)?;
+            if code != 200 {
+                return Ok((code, body));
+            }
+            let page: Value = serde_json::from_str(&body)
+                .with_context(|| format!("{page_path}: not JSON: {body}"))?;
+            cursor = page["next_cursor"].as_str().map(str::to_owned);
+            match &mut merged {
+                None => merged = Some(page),
+                Some(m) => {
+                    let more = page[list].as_array().cloned().unwrap_or_default();
+                    if let Some(items) = m[list].as_array_mut() {
+                        items.extend(more);
+                    }
+                }
+            }
+            if cursor.is_none() {
+                break;
+            }
+        }
+        let mut m = merged.context("no page")?;
+        m["next_cursor"] = Value::Null;
+        Ok((200, m.to_string()))
+    }
+
+    /// A request to the hub's admin API as the fleet's `fleet` or `privacy` operator.
+    pub fn admin_as(
+        &self,
+        role: &str,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> anyhow::Result<(u16, String)> {
+        let token = if role == "privacy" {
+            &self.privacy_token
+        } else {
+            &self.fleet_token
+        };
+        let auth = format!("Bearer {token}");
+        self.admin_with(method, path, body, &[("Authorization", &auth)])
+    }
+
+    /// A request to the hub's admin API with exactly these extra headers (no token unless
+    /// given): (status code, body). A POST without a body is still sent as JSON.
+    pub fn admin_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<(u16, String)> {
+        let mut h = headers.to_vec();
+        if method == "POST" && body.unwrap_or("").is_empty() {
+            h.push(("Content-Type", "application/json"));
+        }
+        http_with(method, &format!("http://{}{path}", self.admin), body, &h)
     }
 
     /// The hub's row for a device from `GET /admin/devices`.

@@ -148,7 +148,16 @@ async fn objections_withdraw_and_are_idempotent() {
 
 #[tokio::test]
 async fn a_cohort_set_at_the_hub_is_stored_and_listed() {
-    let t = hub(None);
+    let t = hub(Some(&[("LAS-AMB-0007", false)]));
+    // A unit neither the fleet nor the hub knows gets no cohort, and no phantom row.
+    let got = call(
+        &t.app,
+        "POST",
+        "/admin/cohort",
+        &json!({"device_id": "LAS-AMB-0070", "cohort": ["all"]}).to_string(),
+    )
+    .await;
+    assert_error(&got, StatusCode::NOT_FOUND, "unknown_device");
     let body = json!({"device_id": "LAS-AMB-0007", "cohort": ["postcode:SE1,SE15", "flagged"]})
         .to_string();
     let (s, v) = call(&t.app, "POST", "/admin/cohort", &body).await;
@@ -169,7 +178,7 @@ async fn a_cohort_set_at_the_hub_is_stored_and_listed() {
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["device_id"], "LAS-AMB-0007");
     assert_eq!(rows[0]["connected"], false);
-    assert_eq!(rows[0]["role"], Value::Null, "not in any inventory");
+    assert_eq!(rows[0]["role"], "vehicle");
     assert_eq!(rows[0]["cohort_override"].as_array().unwrap().len(), 2);
 
     let got = call(

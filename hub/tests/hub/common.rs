@@ -1,8 +1,9 @@
 //! Shared helpers: a hub on a temporary directory, FHIR bundles of made-up patients, audit
-//! chains, a fleet inventory file, and one-request calls into the admin router.
+//! chains, a fleet inventory file, and one-request calls into the admin router (as an operator
+//! of the route's role, with the admin listener's Host, unless told otherwise).
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -16,11 +17,51 @@ use edge_proto::audit::{
 use edge_proto::ids::{CohortSpec, DeviceId, StaffRole, UnitRole};
 use edge_proto::nhs::NhsNumber;
 use edge_proto::time::UnixMillis;
+use edge_proto::token::{sign_operator, OperatorClaims, OperatorRole};
 use edge_runtime::hostport::HostPort;
 use edge_runtime::inventory::{CertRecord, Inventory, UnitRecord, INVENTORY_FORMAT};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 use tower::ServiceExt as _;
+
+/// The admin listener of every test hub (`admin` in its hub.toml).
+pub const ADMIN_HOST: &str = "127.0.0.1:8443";
+
+/// The test fleet's operator-token key pair (one per test process): (private PEM, public).
+fn operator_key() -> &'static (String, [u8; 32]) {
+    static KEY: OnceLock<(String, [u8; 32])> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let k = edge_runtime::keys::generate_ed25519().unwrap();
+        (k.private_pem, k.public)
+    })
+}
+
+/// An operator token of `role` for `operator_id`, valid for an hour from now.
+pub fn operator_token(role: OperatorRole, operator_id: &str) -> String {
+    let key = edge_runtime::keys::parse_ed25519_signing(operator_key().0.as_bytes()).unwrap();
+    let now = edge_hub::server::now();
+    sign_operator(
+        &OperatorClaims {
+            v: 1,
+            token_id: format!(
+                "{:032x}",
+                u128::from(now.0 as u64) << 16 | u128::from(role == OperatorRole::Privacy)
+            ),
+            operator_id: operator_id.into(),
+            operator_name: format!("TEST, {operator_id}"),
+            role,
+            issued_at: UnixMillis(now.0 - 60_000),
+            expires_at: UnixMillis(now.0 + 3_600_000),
+        },
+        &key,
+    )
+}
+
+/// The role a route needs (fleet for anything unknown).
+pub fn role_for(uri: &str) -> OperatorRole {
+    let path = uri.split('?').next().unwrap_or(uri);
+    edge_hub::operator::required_role(path).unwrap_or(OperatorRole::Fleet)
+}
 
 /// A fixed "now" for store tests (2026-11-27T00:00:00Z).
 pub const T0: UnixMillis = UnixMillis(1_795_737_600_000);
@@ -165,6 +206,11 @@ pub fn hub(units: Option<&[(&str, bool)]>) -> TestHub {
     let dir = tempfile::tempdir().unwrap();
     let key = edge_runtime::keys::generate_ed25519().unwrap();
     std::fs::write(dir.path().join("record.key"), &key.private_pem).unwrap();
+    std::fs::write(
+        dir.path().join("operator.pub"),
+        edge_runtime::keys::ed25519_public_pem(&operator_key().1),
+    )
+    .unwrap();
     let inventory = match units {
         Some(units) => {
             write_inventory(&dir.path().join("inventory.json"), units);
@@ -188,6 +234,7 @@ crl = "crl.pem"
 record_signing = "record.key"
 token_signing = "token.key"
 token_verify = "token.pub"
+operator_verify = "operator.pub"
 
 [[feeds]]
 name = "community"
@@ -251,18 +298,36 @@ pub async fn call(app: &Router, method: &str, uri: &str, body: &str) -> (StatusC
     (status, v)
 }
 
-/// Send one request: (status, content type, body text).
+/// Send one request as an operator of the route's role (Host the admin listener, POST bodies
+/// as JSON): (status, content type, body text).
 pub async fn call_raw(
     app: &Router,
     method: &str,
     uri: &str,
     body: Vec<u8>,
 ) -> (StatusCode, String, String) {
-    let req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .body(Body::from(body))
-        .unwrap();
+    let token = operator_token(role_for(uri), "OPS-TEST");
+    let auth = format!("Bearer {token}");
+    let mut headers = vec![("host", ADMIN_HOST), ("authorization", auth.as_str())];
+    if method == "POST" {
+        headers.push(("content-type", "application/json"));
+    }
+    call_with(app, method, uri, body, &headers).await
+}
+
+/// Send one request with exactly these headers: (status, content type, body text).
+pub async fn call_with(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    body: Vec<u8>,
+    headers: &[(&str, &str)],
+) -> (StatusCode, String, String) {
+    let mut req = Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Body::from(body)).unwrap();
     let resp = app.clone().oneshot(req).await.unwrap();
     let status = resp.status();
     let ctype = resp
