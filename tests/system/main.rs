@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admin_auth;
 mod audit;
 mod corpus;
 mod foundation;
