@@ -128,10 +128,20 @@ pub async fn run(cfg: UnitConfig, stop: impl Future<Output = ()>) -> anyhow::Res
     // An access appended to the journal wakes the uploader at once (no polling).
     let audit_wake = Arc::new(tokio::sync::Notify::new());
     let clock = edge_runtime::clock::SystemClock::shared();
+    let policy = Arc::new(AccessPolicy::new(
+        clock.clone(),
+        token_key,
+        cfg.device_id.clone(),
+        lan::policy::Limits::from(&cfg.lan),
+    ));
     let client = client
         .with_journal(journal.clone())
         .with_audit_wake(audit_wake.clone())
-        .with_clock(clock.clone());
+        .with_clock(clock.clone())
+        .with_denylist(crate::sync::DenyListSink {
+            token_key,
+            policy: policy.clone(),
+        });
     let listener = lan::bind(&cfg).await?;
     tracing::info!(lan = %listener.local_addr()?, tls = cfg.lan.tls, "LAN API listening");
     let sync_task = tokio::spawn(client.run());
@@ -169,12 +179,7 @@ pub async fn run(cfg: UnitConfig, stop: impl Future<Output = ()>) -> anyhow::Res
         fetcher,
         config: Arc::new(cfg.clone()),
         clock: clock.clone(),
-        policy: Arc::new(AccessPolicy::new(
-            clock.clone(),
-            token_key,
-            cfg.device_id.clone(),
-            lan::policy::Limits::from(&cfg.lan),
-        )),
+        policy,
         audit: Auditor::new(
             Some(journal.clone()),
             cfg.device_id.clone(),

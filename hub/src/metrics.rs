@@ -13,6 +13,14 @@
 //! * `kerbside_hub_fetches_total{outcome="found"|"not_found"|"withdrawn"}` — on-demand fetches
 //!   answered.
 //! * `kerbside_hub_units_refused_total` — unit connections refused (unknown or revoked unit).
+//! * `kerbside_hub_fetches_refused_total{reason}` — on-demand fetches the hub refused, reading
+//!   nothing (`no_token`, `bad_token`, `wrong_unit`, `denied_token`, `role`, `fetch_ceiling`,
+//!   `audit_unavailable`).
+//! * `kerbside_hub_fetch_alerts_total{kind="fetch_over_budget"|"fetch_ceiling"}` — fetch-budget
+//!   alerts raised.
+//! * `kerbside_hub_sessions_closed_total{reason="revoked"|"wiped"|"superseded"}` — live sync
+//!   connections the hub closed itself (a revoked or wiped unit, or the older of two sessions
+//!   on one unit certificate).
 //! * `kerbside_hub_admin_requests_total{route,status}` — admin API requests by matched route
 //!   template and HTTP status.
 //!
@@ -67,6 +75,19 @@ pub struct Metrics {
     fetches: Family<OutcomeLabel, Counter>,
     refused: Counter,
     admin_requests: Family<RouteStatus, Counter>,
+    fetches_refused: Family<ReasonLabel, Counter>,
+    fetch_alerts: Family<KindLabel, Counter>,
+    sessions_closed: Family<ReasonLabel, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
 }
 
 impl Default for Metrics {
@@ -89,6 +110,24 @@ impl Metrics {
         let fetches = Family::<OutcomeLabel, Counter>::default();
         let refused = Counter::default();
         let admin_requests = Family::<RouteStatus, Counter>::default();
+        let fetches_refused = Family::<ReasonLabel, Counter>::default();
+        let fetch_alerts = Family::<KindLabel, Counter>::default();
+        let sessions_closed = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "kerbside_hub_fetches_refused",
+            "On-demand fetches the hub refused, reading nothing, by reason.",
+            fetches_refused.clone(),
+        );
+        registry.register(
+            "kerbside_hub_fetch_alerts",
+            "Fetch-budget alerts raised, by kind.",
+            fetch_alerts.clone(),
+        );
+        registry.register(
+            "kerbside_hub_sessions_closed",
+            "Live sync connections the hub closed itself (revoked, wiped, superseded).",
+            sessions_closed.clone(),
+        );
         registry.register(
             "kerbside_hub_units_connected",
             "Units with a live sync session.",
@@ -159,6 +198,9 @@ impl Metrics {
             fetches,
             refused,
             admin_requests,
+            fetches_refused,
+            fetch_alerts,
+            sessions_closed,
         }
     }
 
@@ -189,8 +231,28 @@ impl Metrics {
             FetchOutcome::Found { .. } => "found",
             FetchOutcome::NotFound => "not_found",
             FetchOutcome::Withdrawn => "withdrawn",
+            FetchOutcome::Refused { reason } => {
+                self.fetches_refused
+                    .get_or_create(&ReasonLabel {
+                        reason: reason.as_str(),
+                    })
+                    .inc();
+                "refused"
+            }
         };
         self.fetches.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    /// One fetch-budget alert raised.
+    pub fn fetch_alert(&self, kind: &'static str) {
+        self.fetch_alerts.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// One live sync connection closed by the hub (`revoked`, `wiped`, `superseded`).
+    pub fn session_closed(&self, reason: &'static str) {
+        self.sessions_closed
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// One unit connection refused.

@@ -23,11 +23,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use edge_proto::audit::{AuditAction, AuditOutcome, Purpose};
 use edge_proto::ids::{CohortSpec, DeviceId, UnitRole};
 use edge_proto::sync::frame::FrameDecoder;
 use edge_proto::sync::{
-    encode_frame, DeflateFramer, HubConfig as SessionConfig, HubSession, RefusalCode,
-    SessionProgress, StreamKind, ToHub, ToUnit, UnitProfile,
+    encode_frame, Bytes, DeflateFramer, FetchOutcome, FetchRefusal, HubConfig as SessionConfig,
+    HubSession, RefusalCode, SessionProgress, StreamKind, ToHub, ToUnit, UnitProfile,
 };
 use edge_proto::time::UnixMillis;
 use edge_runtime::config::HubConfig;
@@ -39,6 +40,7 @@ use rustls_pki_types::CertificateDer;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+use self::fetch_gate::{FetchGate, Granted, HubEvent};
 use crate::inventory::InventoryCache;
 use crate::metrics::Metrics;
 use crate::store::HubStore;
@@ -57,6 +59,31 @@ pub const INPUT_QUEUE: usize = 32;
 /// made to wait by the queue itself.
 pub const OUTPUT_QUEUE: usize = 16;
 
+#[path = "fetch_budget.rs"]
+pub mod fetch_budget;
+#[path = "fetch_gate.rs"]
+pub mod fetch_gate;
+
+/// QUIC application close codes the hub uses (the reason text says the same in words).
+pub mod close_code {
+    /// A normal end.
+    pub const BYE: u32 = 0;
+    /// The unit was refused at connect (unknown, revoked).
+    pub const REFUSED: u32 = 2;
+    /// The fleet ordered the unit wiped: reconnect to receive the order.
+    pub const WIPE_ORDERED: u32 = 3;
+    /// The unit was revoked (CRL or inventory) while connected.
+    pub const REVOKED: u32 = 4;
+    /// Another connection with this unit's certificate replaced this one.
+    pub const SUPERSEDED: u32 = 5;
+}
+
+/// How often the hub looks for a changed CRL, inventory or deny list (one `stat` each).
+pub const REVALIDATE_POLL: Duration = Duration::from_secs(1);
+
+/// Every live connection is re-checked at least this often, changed files or not.
+pub const REVALIDATE_EVERY: Duration = Duration::from_secs(60);
+
 /// The wall clock, as the protocol's time type.
 pub use edge_runtime::clock::wall_now as now;
 
@@ -70,6 +97,12 @@ pub struct Connected {
     pub cohort_tx: watch::Sender<Option<Vec<CohortSpec>>>,
     pub connection: u64,
     pub conn: quinn::Connection,
+    /// The unit's certificate chain as presented (end entity first): re-verified against the
+    /// CRL when it changes.
+    pub certs: Vec<CertificateDer<'static>>,
+    /// The connection is there to deliver a wipe order (and take the unit's last audit
+    /// events): not closed again for the wipe.
+    pub wiping: bool,
 }
 
 /// Everything the serving tasks share.
@@ -86,6 +119,10 @@ pub struct Hub {
     pub inventory_cache: InventoryCache,
     /// What `/metrics` exposes.
     pub metrics: Metrics,
+    /// Shift-token checks, fetch budget and the hub's own audit events for fetches.
+    pub gate: FetchGate,
+    /// The signed token deny list in force (raw bytes), for every session to pass on.
+    pub denylist_tx: watch::Sender<Option<Bytes>>,
     next_connection: std::sync::atomic::AtomicU64,
 }
 
@@ -117,13 +154,17 @@ impl Hub {
                 .clamp(1, 4096),
             ..SessionConfig::default()
         };
-        let audit = crate::audit::AuditRepo::open(store.db())?;
+        let audit = Arc::new(crate::audit::AuditRepo::open(store.db())?);
         let inventory_cache = InventoryCache::new(config.inventory.clone());
+        let gate = FetchGate::new(&config, audit.clone());
+        let (denylist_tx, _) = watch::channel(gate.denylist_bytes());
         Ok(Hub {
             config,
             inventory_cache,
             metrics: Metrics::new(),
-            audit: Arc::new(audit),
+            gate,
+            denylist_tx,
+            audit,
             store: Arc::new(store),
             head_tx,
             key: Arc::new(key),
@@ -164,11 +205,112 @@ impl Hub {
             d.wipe_requested = if cancel { None } else { Some(now()) };
         })?;
         if !cancel {
-            if let Some(c) = self.connected().get(id) {
-                c.conn.close(3u32.into(), b"wipe ordered");
+            if let Some(c) = self.connected().remove(id) {
+                c.conn
+                    .close(close_code::WIPE_ORDERED.into(), b"wipe ordered");
+                self.metrics.session_closed("wiped");
             }
         }
         Ok(())
+    }
+
+    /// Why a live connection may no longer be served, if so: (metric reason, close code,
+    /// close reason text).
+    fn unservable(
+        &self,
+        inv: Option<&Inventory>,
+        verifier: Option<&Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+        id: &DeviceId,
+        c: &ConnSnapshot,
+    ) -> Option<(&'static str, u32, &'static str)> {
+        if let Some(inv) = inv {
+            match inv.unit(id) {
+                None => {
+                    return Some((
+                        "revoked",
+                        close_code::REVOKED,
+                        "revoked: the unit is no longer in the fleet inventory",
+                    ))
+                }
+                Some(u) if u.revoked() => {
+                    return Some((
+                        "revoked",
+                        close_code::REVOKED,
+                        "revoked: the fleet revoked this unit",
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        if let (Some(v), Some((ee, rest))) = (verifier, c.certs.split_first()) {
+            let now = rustls_pki_types::UnixTime::now();
+            if let Err(e) = v.verify_client_cert(ee, rest, now) {
+                debug!(device = %id, error = %e, "a live unit's certificate no longer verifies");
+                return Some((
+                    "revoked",
+                    close_code::REVOKED,
+                    "revoked: the unit's certificate is revoked (CRL) or no longer valid",
+                ));
+            }
+        }
+        if !c.wiping
+            && self
+                .store
+                .device(id)
+                .is_ok_and(|d| d.wipe_requested.is_some())
+        {
+            return Some(("wiped", close_code::WIPE_ORDERED, "wipe ordered"));
+        }
+        None
+    }
+
+    /// Re-check every live connection against the inventory, the CRL (as last reloaded) and
+    /// wipe orders, and close those that may no longer be served, each with an application
+    /// close code and reason. They leave `/admin/devices`' `connected` at once. Returns the
+    /// devices closed.
+    pub fn revalidate(&self) -> Vec<DeviceId> {
+        let inv = self.inventory();
+        let verifier = self.reloader.as_ref().map(|r| r.client_verifier());
+        let live: Vec<(DeviceId, ConnSnapshot)> = self
+            .connected()
+            .iter()
+            .map(|(id, c)| {
+                (
+                    id.clone(),
+                    ConnSnapshot {
+                        connection: c.connection,
+                        certs: c.certs.clone(),
+                        wiping: c.wiping,
+                    },
+                )
+            })
+            .collect();
+        let mut closed = Vec::new();
+        for (id, snap) in live {
+            let Some((metric, code, why)) =
+                self.unservable(inv.as_deref(), verifier.as_ref(), &id, &snap)
+            else {
+                continue;
+            };
+            let gone = {
+                let mut map = self.connected();
+                match map.get(&id) {
+                    Some(c) if c.connection == snap.connection => map.remove(&id),
+                    _ => None,
+                }
+            };
+            if let Some(c) = gone {
+                warn!(device = %id, why, "closing a live unit connection");
+                c.conn.close(code.into(), why.as_bytes());
+                self.metrics.session_closed(metric);
+                let t = now();
+                let _ = self.store.update_device(&id, |d| {
+                    d.last_refusal = Some(format!("{t}: {why}"));
+                });
+                closed.push(id);
+            }
+        }
+        closed
     }
 
     /// Change a unit's cohort at the hub (operator). A connected unit is re-baselined at once,
@@ -184,8 +326,10 @@ impl Hub {
     }
 }
 
-/// Run the sync server until the endpoint is closed.
+/// Run the sync server until the endpoint is closed (and, beside it, the watch that closes
+/// revoked or wiped units' live connections: [`watch_revocations`]).
 pub async fn serve_sync(hub: Arc<Hub>, endpoint: quinn::Endpoint) {
+    tokio::spawn(watch_revocations(hub.clone()));
     while let Some(incoming) = endpoint.accept().await {
         let hub = hub.clone();
         tokio::spawn(async move {
@@ -209,6 +353,93 @@ pub async fn serve_sync(hub: Arc<Hub>, endpoint: quinn::Endpoint) {
                 }
             }
         });
+    }
+}
+
+/// What [`Hub::revalidate`] checks of one connection.
+struct ConnSnapshot {
+    connection: u64,
+    certs: Vec<CertificateDer<'static>>,
+    wiping: bool,
+}
+
+/// A file's identity for change detection: modification time and length.
+fn stamp(path: &std::path::Path) -> Option<(Option<std::time::SystemTime>, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok(), m.len()))
+}
+
+/// Close revoked or wiped units' live connections: every [`REVALIDATE_POLL`] look for a
+/// changed CRL (then reload it), inventory or token deny list; when one changed, and at least
+/// every [`REVALIDATE_EVERY`], re-check every connection ([`Hub::revalidate`]). A newer deny
+/// list is also re-read on the CRL reload cadence and passed to every session.
+pub async fn watch_revocations(hub: Arc<Hub>) {
+    let mut tick = tokio::time::interval(REVALIDATE_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let reread = Duration::from_secs(hub.config.tls.crl_reload_s.clamp(1, 3600));
+    let crl_path = hub.config.tls.crl.clone();
+    let dl_path = hub.config.keys.token_denylist.clone();
+    let mut crl_stamp = stamp(&crl_path);
+    let mut dl_stamp = dl_path.as_deref().and_then(stamp);
+    let mut inv = hub.inventory();
+    let mut last_full = std::time::Instant::now();
+    let mut last_dl = std::time::Instant::now();
+    loop {
+        tick.tick().await;
+        let h = hub.clone();
+        let state = (crl_stamp, dl_stamp, inv.clone(), last_full, last_dl);
+        let crl_path = crl_path.clone();
+        let dl_path = dl_path.clone();
+        let step = tokio::task::spawn_blocking(move || {
+            let (mut crl_s, mut dl_s, mut inv, mut full, mut dl_at) = state;
+            let mut changed = false;
+            let s = stamp(&crl_path);
+            if s != crl_s {
+                crl_s = s;
+                changed = true;
+                if let Some(r) = &h.reloader {
+                    match r.reload() {
+                        Ok(x) => info!(revoked = x.revoked_serials, "CRL changed: reloaded"),
+                        Err(e) => warn!(error = %e, "the CRL changed but cannot be reloaded; keeping the previous one"),
+                    }
+                }
+            }
+            let i = h.inventory();
+            let same = match (&i, &inv) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            if !same {
+                inv = i;
+                changed = true;
+            }
+            let s = dl_path.as_deref().and_then(stamp);
+            if s != dl_s || dl_at.elapsed() >= reread {
+                dl_s = s;
+                dl_at = std::time::Instant::now();
+                match h.gate.reload_denylist() {
+                    Ok(true) => {
+                        info!("token deny list changed: passing it to every unit");
+                        h.denylist_tx.send_replace(h.gate.denylist_bytes());
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        warn!(error = %e, "cannot take the token deny list; keeping the previous one")
+                    }
+                }
+            }
+            if changed || full.elapsed() >= REVALIDATE_EVERY {
+                full = std::time::Instant::now();
+                h.revalidate();
+            }
+            (crl_s, dl_s, inv, full, dl_at)
+        })
+        .await;
+        match step {
+            Ok(next) => (crl_stamp, dl_stamp, inv, last_full, last_dl) = next,
+            Err(e) => warn!(error = %e, "the revocation watch failed a step"),
+        }
     }
 }
 
@@ -319,7 +550,9 @@ async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Re
         .next_connection
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (cohort_tx, mut cohort_rx) = watch::channel(None);
-    hub.connected().insert(
+    let wipe_ordered = hub.store.device(&device)?.wipe_requested.is_some();
+    let remote = conn.remote_address();
+    let older = hub.connected().insert(
         device.clone(),
         Connected {
             since: t,
@@ -327,8 +560,13 @@ async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Re
             cohort_tx,
             connection,
             conn: conn.clone(),
+            certs: certs.iter().map(|c| c.clone().into_owned()).collect(),
+            wiping: wipe_ordered,
         },
     );
+    if let Some(old) = older {
+        superseded(&hub, &device, old, remote).await;
+    }
     info!(device = %device, role = %ident.role, "unit connected");
     let mut session = HubSession::new(
         UnitProfile {
@@ -338,8 +576,16 @@ async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Re
         hub.key.clone(),
         hub.session_config.clone(),
     );
-    let wipe_ordered = hub.store.device(&device)?.wipe_requested.is_some();
     let mut head_rx = hub.head_tx.subscribe();
+    let mut denylist_rx = hub.denylist_tx.subscribe();
+    if let Some(list) = denylist_rx.borrow_and_update().clone() {
+        session.set_denylist(list);
+    }
+    // Fetches let through by the gate and not yet answered: recorded when answered.
+    let mut granted: HashMap<u64, Granted> = HashMap::new();
+    // Refusals of fetches without a valid token recorded on this connection (bounded, so a
+    // stolen certificate cannot flood the audit repository; the metric counts them all).
+    let mut refusals_recorded = 0u32;
     let mut pull: Option<mpsc::Sender<ToUnit>> = None;
     let mut fetch: Option<mpsc::Sender<ToUnit>> = None;
     let mut saved_cursor = None;
@@ -353,6 +599,40 @@ async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Re
                     let _ = hub.store.update_device(&device, |d| d.wipe_sent = Some(now()));
                     // Keep the connection: the unit's pending audit events still upload.
                     continue;
+                }
+                Some(Input::Msg(ToHub::Fetch { request_id, nhs, token, purpose }, StreamKind::Fetch, out)) => {
+                    fetch = Some(out);
+                    let t = now();
+                    let v = hub.gate.admit(t, &device, &token, purpose, nhs);
+                    for a in &v.alerts {
+                        budget_alert(&hub, &device, v.claims.as_ref(), purpose, a, remote).await;
+                    }
+                    match v.result {
+                        Ok(g) => {
+                            granted.insert(request_id, g);
+                            let msg = ToHub::Fetch { request_id, nhs, token, purpose };
+                            session.handle_message(t, msg, &*hub.store)
+                        }
+                        Err(reason) => {
+                            debug!(device = %device, reason = reason.as_str(), "refused a fetch");
+                            if v.claims.is_some() || refusals_recorded < MAX_REFUSALS_RECORDED {
+                                refusals_recorded += 1;
+                                let ev = OwnedEvent {
+                                    action: AuditAction::Read,
+                                    outcome: AuditOutcome::Denied,
+                                    reason: Some(reason.as_str()),
+                                    claims: v.claims.clone(),
+                                    purpose,
+                                    patient: Some(nhs),
+                                    version: None,
+                                };
+                                if let Err(e) = record(&hub, &device, remote, ev).await {
+                                    warn!(device = %device, error = %e, "cannot record a refused fetch at the hub");
+                                }
+                            }
+                            session.refuse_fetch(request_id, reason)
+                        }
+                    }
                 }
                 Some(Input::Msg(msg, kind, out)) => {
                     match kind {
@@ -370,6 +650,13 @@ async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Re
                 if changed.is_err() { break Ok(()); }
                 session.notify_new_changes(now(), &*hub.store)
             }
+            Ok(()) = denylist_rx.changed() => {
+                if let Some(list) = denylist_rx.borrow_and_update().clone() {
+                    debug!(device = %device, "passing the unit the newer token deny list");
+                    session.set_denylist(list);
+                }
+                Ok(())
+            }
             Ok(()) = cohort_rx.changed() => {
                 let Some(c) = cohort_rx.borrow_and_update().clone() else { continue };
                 info!(device = %device, "cohort changed by the operator: re-baselining the unit");
@@ -380,8 +667,53 @@ async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Re
         // Send whatever the session produced, each on its stream. A full writer queue makes
         // this wait (back-pressure from a slow unit) until the writer catches up or the
         // connection goes.
-        while let Some(msg) = session.poll_transmit() {
-            if let ToUnit::Fetched { outcome, .. } = &msg {
+        while let Some(mut msg) = session.poll_transmit() {
+            if let ToUnit::Fetched {
+                request_id,
+                outcome,
+            } = &mut msg
+            {
+                // Recorded at the hub before it is served; unrecordable, it is not served.
+                if let Some(g) = granted.remove(request_id) {
+                    let (out_come, reason, version) = match &*outcome {
+                        FetchOutcome::Found { version, .. } => {
+                            (AuditOutcome::Ok, None, Some(*version))
+                        }
+                        FetchOutcome::NotFound => {
+                            (AuditOutcome::NotFound, Some("not_at_hub"), None)
+                        }
+                        FetchOutcome::Withdrawn => {
+                            (AuditOutcome::NotFound, Some("withdrawn"), None)
+                        }
+                        FetchOutcome::Refused { reason } => {
+                            (AuditOutcome::Denied, Some(reason.as_str()), None)
+                        }
+                    };
+                    let reason = if g.over_budget && out_come == AuditOutcome::Ok {
+                        Some("fetch_over_budget")
+                    } else {
+                        reason
+                    };
+                    let ev = OwnedEvent {
+                        action: if g.purpose == Purpose::EmergencyTreat {
+                            AuditAction::BreakGlass
+                        } else {
+                            AuditAction::Read
+                        },
+                        outcome: out_come,
+                        reason,
+                        claims: Some(g.claims),
+                        purpose: g.purpose,
+                        patient: Some(g.nhs),
+                        version,
+                    };
+                    if let Err(e) = record(&hub, &device, remote, ev).await {
+                        warn!(device = %device, error = %e, "cannot record a fetch at the hub: not serving it");
+                        *outcome = FetchOutcome::Refused {
+                            reason: FetchRefusal::AuditUnavailable,
+                        };
+                    }
+                }
                 hub.metrics.fetch(outcome);
             }
             let out = match msg.stream() {
@@ -433,9 +765,141 @@ async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Re
         .store
         .update_device(&device, |d| d.last_seen = Some(now()));
     info!(device = %device, "unit disconnected");
-    conn.close(0u32.into(), b"bye");
+    conn.close(close_code::BYE.into(), b"bye");
     result
 }
+
+/// Refusals of fetches without a valid token recorded per connection, at most.
+const MAX_REFUSALS_RECORDED: u32 = 32;
+
+/// A hub audit event built on the connection task, recorded on a blocking thread.
+struct OwnedEvent {
+    action: AuditAction,
+    outcome: AuditOutcome,
+    reason: Option<&'static str>,
+    claims: Option<edge_proto::token::ShiftClaims>,
+    purpose: Purpose,
+    patient: Option<edge_proto::nhs::NhsNumber>,
+    version: Option<u64>,
+}
+
+/// Record one of the hub's own audit events (durable on return).
+async fn record(
+    hub: &Arc<Hub>,
+    device: &DeviceId,
+    remote: SocketAddr,
+    ev: OwnedEvent,
+) -> anyhow::Result<()> {
+    let hub = hub.clone();
+    let device = device.clone();
+    tokio::task::spawn_blocking(move || {
+        hub.gate.record(
+            now(),
+            &HubEvent {
+                action: ev.action,
+                outcome: ev.outcome,
+                reason: ev.reason,
+                claims: ev.claims.as_ref(),
+                purpose: ev.purpose,
+                patient: ev.patient,
+                version: ev.version,
+                device: &device,
+                remote: Some(remote.ip().to_string()),
+            },
+        )
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("audit task: {e}"))?
+}
+
+/// A fetch-budget alert: logged, counted and recorded as an alert event at once.
+async fn budget_alert(
+    hub: &Arc<Hub>,
+    device: &DeviceId,
+    claims: Option<&edge_proto::token::ShiftClaims>,
+    purpose: Purpose,
+    a: &fetch_budget::Alert,
+    remote: SocketAddr,
+) {
+    let kind = a.kind.reason();
+    warn!(
+        device = %device,
+        staff_id = claims.map_or("", |c| c.staff_id.as_str()),
+        who = a.who.as_str(),
+        count = a.count,
+        budget = a.budget,
+        kind,
+        "on-demand fetches past the budget: alerting"
+    );
+    hub.metrics.fetch_alert(kind);
+    let ev = OwnedEvent {
+        action: AuditAction::Alert,
+        outcome: if a.kind == fetch_budget::AlertKind::Ceiling {
+            AuditOutcome::Denied
+        } else {
+            AuditOutcome::Ok
+        },
+        reason: Some(kind),
+        claims: claims.cloned(),
+        purpose,
+        patient: None,
+        version: None,
+    };
+    if let Err(e) = record(hub, device, remote, ev).await {
+        warn!(device = %device, error = %e, "cannot record a fetch-budget alert at the hub");
+    }
+}
+
+/// Two live sessions on one unit certificate: the older is closed. A unit that reconnects
+/// before the hub noticed its old connection drop looks the same, so the alert event goes to
+/// the audit repository when the two came from different addresses, or when the unit's
+/// sessions supersede each other again within [`SUPERSEDE_ALERT_MS`] (two holders of one
+/// key fighting); a lone same-address reconnect is logged and counted only.
+async fn superseded(hub: &Arc<Hub>, device: &DeviceId, old: Connected, remote: SocketAddr) {
+    let old_remote = old.conn.remote_address();
+    old.conn.close(
+        close_code::SUPERSEDED.into(),
+        b"superseded: another connection with this unit's certificate replaced this one",
+    );
+    hub.metrics.session_closed("superseded");
+    let t = now();
+    let again = {
+        let mut m = SUPERSEDED_AT.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() > 4_096 {
+            m.retain(|_, at: &mut UnixMillis| t.0.saturating_sub(at.0) < SUPERSEDE_ALERT_MS);
+        }
+        let prev = m.insert(device.clone(), t);
+        prev.is_some_and(|p| t.0.saturating_sub(p.0) < SUPERSEDE_ALERT_MS)
+    };
+    let alert = again || old_remote.ip() != remote.ip();
+    warn!(
+        device = %device,
+        old = %old_remote,
+        new = %remote,
+        alert,
+        "two live sessions on one unit certificate: closed the older"
+    );
+    if alert {
+        let ev = OwnedEvent {
+            action: AuditAction::Alert,
+            outcome: AuditOutcome::Denied,
+            reason: Some("duplicate_session"),
+            claims: None,
+            purpose: Purpose::Treat,
+            patient: None,
+            version: None,
+        };
+        if let Err(e) = record(hub, device, remote, ev).await {
+            warn!(device = %device, error = %e, "cannot record a duplicate-session alert at the hub");
+        }
+    }
+}
+
+/// Within this long, a unit's sessions superseding each other again is alerted.
+const SUPERSEDE_ALERT_MS: i64 = 600_000;
+
+static SUPERSEDED_AT: std::sync::LazyLock<Mutex<HashMap<DeviceId, UnixMillis>>> =
+    std::sync::LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// Read frames from one of the unit's streams; start a writer for the stream's other half
 /// once its kind is known (from its first message).

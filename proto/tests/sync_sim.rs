@@ -27,6 +27,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
 
+use edge_proto::audit::Purpose;
 use edge_proto::cbor;
 use edge_proto::ids::{CohortSpec, DeviceId, OdsCode, SourceId};
 use edge_proto::model::{
@@ -44,7 +45,14 @@ use edge_proto::sync::{
     ProtocolError, RebaselineReason, RefusalCode, SyncMode, SyncState, ToHub, ToUnit, UnitConfig,
     UnitEvent, UnitProfile, UnitSession, Welcome, WithdrawReason, PROTOCOL_VERSION,
 };
+use edge_proto::sync::{BearerToken, FetchRefusal};
 use edge_proto::time::UnixMillis;
+
+/// The shift token the simulated units fetch with (the session checks only that one is present;
+/// verification is the hub driver's).
+fn tok() -> BearerToken {
+    BearerToken("sim-token".into())
+}
 use ring::signature::{Ed25519KeyPair, KeyPair};
 
 // ---------------------------------------------------------------------------------------------
@@ -702,7 +710,7 @@ impl Sim {
                 let target = self.patients[self.rng.index(n)].nhs;
                 let now = UnixMillis(self.now);
                 if let Some(s) = self.units[u].session.as_mut() {
-                    let id = s.fetch(now, target);
+                    let id = s.fetch(now, target, tok(), Purpose::Treat);
                     self.units[u].fetches.insert(id, target);
                     self.flush_unit(u)?;
                 }
@@ -999,6 +1007,10 @@ impl Sim {
                 self.units[u].caught_up = true;
                 self.log(|| format!("unit {u} caught up at {cursor}"));
             }
+            UnitEvent::FetchRefused { reason, .. } => {
+                return Err(format!("the hub refused a fetch with a token: {reason:?}"));
+            }
+            UnitEvent::DenyList { .. } => {}
             UnitEvent::Fetched {
                 request_id,
                 nhs,
@@ -1749,7 +1761,9 @@ fn fetch_on_demand() {
         .find(|x| x.district != 3)
         .expect("one outside")
         .nhs;
-    let id = p.unit.fetch(UnixMillis(p.now), outside);
+    let id = p
+        .unit
+        .fetch(UnixMillis(p.now), outside, tok(), Purpose::Treat);
     p.run();
     let found = p.events.iter().find_map(|e| match e {
         UnitEvent::Fetched {
@@ -1763,8 +1777,12 @@ fn fetch_on_demand() {
 
     p.withdraw(0, WithdrawReason::Objection);
     let unknown = nhs(999);
-    let a = p.unit.fetch(UnixMillis(p.now), p.patients[0].nhs);
-    let b = p.unit.fetch(UnixMillis(p.now), unknown);
+    let a = p
+        .unit
+        .fetch(UnixMillis(p.now), p.patients[0].nhs, tok(), Purpose::Treat);
+    let b = p
+        .unit
+        .fetch(UnixMillis(p.now), unknown, tok(), Purpose::Treat);
     p.run();
     let result = |id: u64| {
         p.events.iter().find_map(|e| match e {
@@ -1778,11 +1796,15 @@ fn fetch_on_demand() {
     assert_eq!(result(b), Some(FetchResult::NotFound));
 
     // No answer within the budget: timed out; after a connection loss: not connected.
-    let t = p.unit.fetch(UnixMillis(p.now), outside);
+    let t = p
+        .unit
+        .fetch(UnixMillis(p.now), outside, tok(), Purpose::Treat);
     let deadline = p.unit.poll_timeout().expect("a deadline");
     p.unit.handle_timeout(deadline);
     p.unit.connection_lost();
-    let n = p.unit.fetch(UnixMillis(p.now), outside);
+    let n = p
+        .unit
+        .fetch(UnixMillis(p.now), outside, tok(), Purpose::Treat);
     let mut got = BTreeMap::new();
     while let Some(UnitEvent::Fetched {
         request_id, result, ..
@@ -1792,6 +1814,87 @@ fn fetch_on_demand() {
     }
     assert_eq!(got.get(&t), Some(&FetchResult::TimedOut));
     assert_eq!(got.get(&n), Some(&FetchResult::NotConnected));
+}
+
+#[test]
+fn a_fetch_without_a_token_reads_nothing_and_is_answered_refused() {
+    let mut p = Pair::new(12, "postcode:N1", HubConfig::default());
+    p.run();
+    let outside = p
+        .patients
+        .iter()
+        .find(|x| x.district != 3)
+        .expect("one outside")
+        .nhs;
+    // No token: the hub session refuses it itself.
+    let a = p.unit.fetch(
+        UnixMillis(p.now),
+        outside,
+        BearerToken::default(),
+        Purpose::Treat,
+    );
+    p.run();
+    // A driver refusal (bad token, past the ceiling): answered without reading.
+    p.hub
+        .refuse_fetch(77, FetchRefusal::OverCeiling)
+        .expect("refuse");
+    let m = p.hub.poll_transmit().expect("an answer");
+    assert_eq!(
+        m,
+        ToUnit::Fetched {
+            request_id: 77,
+            outcome: FetchOutcome::Refused {
+                reason: FetchRefusal::OverCeiling
+            }
+        }
+    );
+    let refused = p.events.iter().find_map(|e| match e {
+        UnitEvent::FetchRefused {
+            request_id, reason, ..
+        } if *request_id == a => Some(*reason),
+        _ => None,
+    });
+    assert_eq!(refused, Some(FetchRefusal::NoToken));
+    let result = p.events.iter().find_map(|e| match e {
+        UnitEvent::Fetched {
+            request_id, result, ..
+        } if *request_id == a => Some(result.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        result,
+        Some(FetchResult::Refused {
+            reason: FetchRefusal::NoToken
+        })
+    );
+}
+
+#[test]
+fn the_deny_list_follows_the_welcome_and_every_change() {
+    let mut p = Pair::new(6, "all", HubConfig::default());
+    p.hub.set_denylist(Bytes::from(vec![1u8, 2, 3]));
+    p.run();
+    let lists = |p: &Pair| {
+        p.events
+            .iter()
+            .filter_map(|e| match e {
+                UnitEvent::DenyList { list } => Some(list.as_slice().to_vec()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(lists(&p), vec![vec![1u8, 2, 3]]);
+    p.assert_converged();
+    // The same list again sends nothing; a new one is sent at once.
+    p.hub.set_denylist(Bytes::from(vec![1u8, 2, 3]));
+    p.hub.set_denylist(Bytes::from(vec![4u8]));
+    p.run();
+    assert_eq!(lists(&p), vec![vec![1u8, 2, 3], vec![4u8]]);
+    // A reconnect sends the list in force after the new welcome.
+    p.reconnect();
+    p.hub.set_denylist(Bytes::from(vec![4u8]));
+    p.run();
+    assert_eq!(lists(&p), vec![vec![4u8]]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2352,7 +2455,7 @@ fn a_keep_the_cache_cannot_honour_distrusts_the_cache() {
 fn a_forged_fetch_answer_is_refused() {
     let key = hub_key();
     let mut u = welcomed_unit(SyncState::default());
-    let id = u.fetch(UnixMillis(T0), nhs(3));
+    let id = u.fetch(UnixMillis(T0), nhs(3), tok(), Purpose::Treat);
     let record = Bytes::from(vec![0xa0]);
     let signature =
         edge_proto::sync::sign::sign_fetched(&other_key(), &nhs(3), 1, record.as_slice());
@@ -2373,7 +2476,7 @@ fn a_forged_fetch_answer_is_refused() {
     );
     // Signed for another patient: also refused.
     let mut u = welcomed_unit(SyncState::default());
-    let id = u.fetch(UnixMillis(T0), nhs(3));
+    let id = u.fetch(UnixMillis(T0), nhs(3), tok(), Purpose::Treat);
     let signature = edge_proto::sync::sign::sign_fetched(&key, &nhs(4), 1, record.as_slice());
     let outcome = FetchOutcome::Found {
         version: 1,
@@ -2488,7 +2591,7 @@ mod props {
             for (kind, n, i) in ops {
                 let msg = match kind {
                     0 => ToHub::Ack { upto_batch: n % 8 },
-                    1 => ToHub::Fetch { request_id: n, nhs: nhs(i) },
+                    1 => ToHub::Fetch { request_id: n, nhs: nhs(i), token: tok(), purpose: Purpose::Treat },
                     _ => ToHub::Hello(Hello {
                         protocol_version: PROTOCOL_VERSION,
                         device_id: device(1),

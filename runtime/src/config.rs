@@ -164,6 +164,15 @@ pub struct HubSync {
     pub batch_records_max: u32,
     /// How long a withdrawal (a record removed from a cohort) is kept in the change feed.
     pub withdrawal_retention_s: u64,
+    /// On-demand fetch budget: distinct patients one unit may fetch from the hub in an hour
+    /// before the hub alerts (it still answers).
+    pub fetch_unit_per_hour: u32,
+    /// On-demand fetch budget: distinct patients one staff member (shift token's staff id)
+    /// may fetch in an hour, across units, before the hub alerts.
+    pub fetch_staff_per_hour: u32,
+    /// The hard ceiling, as a multiple of the budgets: past it the hub refuses fetches (and
+    /// alerts).
+    pub fetch_ceiling_factor: u32,
 }
 
 impl Default for HubSync {
@@ -171,6 +180,9 @@ impl Default for HubSync {
         HubSync {
             batch_records_max: 500,
             withdrawal_retention_s: 30 * 86_400,
+            fetch_unit_per_hour: 60,
+            fetch_staff_per_hour: 60,
+            fetch_ceiling_factor: 10,
         }
     }
 }

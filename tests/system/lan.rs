@@ -330,6 +330,11 @@ fn lookup_summary_tokens_roles_search_offline_and_fetch() {
     let s = f.status(u).unwrap();
     let journalled =
         s["audit_pending"].as_u64().unwrap() + s["audit_uploaded_seq"].as_u64().unwrap();
-    assert!(journalled >= 20, "{s}");
-    assert!(s["audit_pending"].as_u64().unwrap() >= 3, "the offline accesses wait: {s}");
+    // 20 accesses, of which the two without a valid token (from one client within a minute)
+    // make one aggregate event.
+    assert!(journalled >= 19, "{s}");
+    assert!(
+        s["audit_pending"].as_u64().unwrap() >= 3,
+        "the offline accesses wait: {s}"
+    );
 }

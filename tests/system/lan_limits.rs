@@ -51,7 +51,10 @@ fn a_token_less_flood_is_limited_journalled_in_aggregate_and_never_locks_out_a_c
     f.wait_records(u, 50, Duration::from_secs(30)).unwrap();
     let nhs = nhs_numbers(&data).unwrap();
     let lan = f.units[u].lan.clone();
-    wait_for(Duration::from_secs(30), || Ok(f.status(u)?["audit_pending"] == 0)).unwrap();
+    wait_for(Duration::from_secs(30), || {
+        Ok(f.status(u)?["audit_pending"] == 0)
+    })
+    .unwrap();
     let before = f.status(u).unwrap()["audit_uploaded_seq"]
         .as_u64()
         .unwrap_or(0);
@@ -65,7 +68,7 @@ fn a_token_less_flood_is_limited_journalled_in_aggregate_and_never_locks_out_a_c
         }
     }
     // A burst (5 × 5/s), then 429 for the rest of the flood.
-    assert!(unauthorised >= 25 && unauthorised < 60, "{unauthorised} × 401");
+    assert!((25..60).contains(&unauthorised), "{unauthorised} × 401");
     assert!(limited > 300, "{limited} × 429");
     // A clinician on the same unit is answered at once.
     let tok = f
@@ -74,7 +77,10 @@ fn a_token_less_flood_is_limited_journalled_in_aggregate_and_never_locks_out_a_c
     assert_eq!(lookup(&lan, Some(&tok), &nhs[1]), 200);
     // The journal holds one aggregate event for the flood (plus the clinician's login and
     // read), not 400.
-    wait_for(Duration::from_secs(30), || Ok(f.status(u)?["audit_pending"] == 0)).unwrap();
+    wait_for(Duration::from_secs(30), || {
+        Ok(f.status(u)?["audit_pending"] == 0)
+    })
+    .unwrap();
     let after = f.status(u).unwrap()["audit_uploaded_seq"]
         .as_u64()
         .unwrap_or(0);
@@ -158,16 +164,15 @@ fn slow_clients_are_cut_off_and_requests_in_flight_per_client_are_capped() {
 
     // A client that never finishes its headers is closed after the header-read timeout.
     let mut slow = TcpStream::connect(&lan).unwrap();
-    slow.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n").unwrap();
-    slow.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    slow.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let t = Instant::now();
     let mut buf = [0u8; 512];
     let n = slow.read(&mut buf).unwrap_or(0);
     let cut = t.elapsed();
-    eprintln!(
-        "slow client cut after {cut:?} ({} bytes answered)",
-        n
-    );
+    eprintln!("slow client cut after {cut:?} ({} bytes answered)", n);
     assert!(cut < Duration::from_secs(15), "slow client held {cut:?}");
     assert!(
         n == 0 || String::from_utf8_lossy(&buf[..n]).contains("408"),

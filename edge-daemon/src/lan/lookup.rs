@@ -176,7 +176,8 @@ async fn read_patient(
     } else {
         s.cache.alias(&nhs).unwrap_or(nhs)
     };
-    let found = match find(&s, &target).await {
+    let on_behalf = crate::sync::FetchAs::bearer(&h, caller.purpose);
+    let found = match find(&s, &target, on_behalf).await {
         Ok(f) => f,
         Err(r) => return s.audit.refuse(a, r).await,
     };
@@ -314,7 +315,11 @@ fn json_body(
 /// Find a patient: the cohort cache, then an unexpired on-demand copy, then a fetch from the
 /// hub. A stored value that fails its AEAD tag or digest is never served: it is treated as a
 /// miss and fetched afresh (and repaired at the next sync).
-async fn find(s: &AppState, nhs: &NhsNumber) -> Result<Found, Refusal> {
+async fn find(
+    s: &AppState,
+    nhs: &NhsNumber,
+    on_behalf: crate::sync::FetchAs,
+) -> Result<Found, Refusal> {
     let t = s.clock.wall();
     let damaged = |e: &CacheError| matches!(e, CacheError::Seal { .. } | CacheError::Decode { .. });
     let held = match s.cache.get(nhs) {
@@ -333,7 +338,7 @@ async fn find(s: &AppState, nhs: &NhsNumber) -> Result<Found, Refusal> {
     };
     let (rec, on_demand) = match held {
         Some(x) => x,
-        None => (fetch(s, nhs).await?, true),
+        None => (fetch(s, nhs, on_behalf).await?, true),
     };
     match cbor::decode_summary(rec.record.as_slice()) {
         Ok(summary) => Ok(Found {
@@ -349,8 +354,12 @@ async fn find(s: &AppState, nhs: &NhsNumber) -> Result<Found, Refusal> {
 }
 
 /// Fetch a patient outside the cohort from the hub, keep the copy for the on-demand TTL.
-async fn fetch(s: &AppState, nhs: &NhsNumber) -> Result<CachedRecord, Refusal> {
-    let result = s.fetcher.fetch(*nhs).await;
+async fn fetch(
+    s: &AppState,
+    nhs: &NhsNumber,
+    on_behalf: crate::sync::FetchAs,
+) -> Result<CachedRecord, Refusal> {
+    let result = s.fetcher.fetch(*nhs, on_behalf).await;
     s.metrics.fetch(&result);
     match result {
         FetchResult::Found { version, record } => {
@@ -372,6 +381,7 @@ async fn fetch(s: &AppState, nhs: &NhsNumber) -> Result<CachedRecord, Refusal> {
         FetchResult::NotConnected => Err(Refusal::NotCached(NotCached::LinkDown)),
         FetchResult::TimedOut => Err(Refusal::NotCached(NotCached::TimedOut)),
         FetchResult::Busy => Err(Refusal::NotCached(NotCached::Busy)),
+        FetchResult::Refused { .. } => Err(Refusal::NotCached(NotCached::Refused)),
     }
 }
 

@@ -252,6 +252,7 @@ impl Metrics {
             FetchResult::NotConnected => "link_down",
             FetchResult::TimedOut => "timed_out",
             FetchResult::Busy => "busy",
+            FetchResult::Refused { .. } => "refused",
         };
         self.fetches.get_or_create(&FetchLabels { result }).inc();
     }

@@ -23,6 +23,9 @@ pub enum NotCached {
     Busy,
     /// The fetched record could not be stored.
     StoreFailed,
+    /// The hub refused to share it with this unit and caller (token, deny list, role, or the
+    /// fetch ceiling).
+    Refused,
 }
 
 impl NotCached {
@@ -34,6 +37,7 @@ impl NotCached {
             NotCached::TimedOut => "fetch_timed_out",
             NotCached::Busy => "fetch_busy",
             NotCached::StoreFailed => "fetch_store_failed",
+            NotCached::Refused => "fetch_refused",
         }
     }
 }
@@ -200,6 +204,9 @@ impl Refusal {
             }
             Refusal::NotCached(NotCached::NotAtHub) => {
                 "this unit holds no record for this patient and the hub has none to share".into()
+            }
+            Refusal::NotCached(NotCached::Refused) => {
+                "this unit holds no record for this patient and the hub refused to share one with this unit (your sign-in, or the unit's fetch limit): ask control for the patient's details".into()
             }
             Refusal::NotCached(_) => {
                 "this unit holds no record for this patient and could not fetch one in time".into()

@@ -23,8 +23,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use edge_proto::audit::Purpose;
 use edge_proto::nhs::NhsNumber;
 use edge_proto::sync::frame::FrameDecoder;
+use edge_proto::sync::BearerToken;
 use edge_proto::sync::{
     encode_frame, Apply, FetchResult, InflateDeframer, ProtocolError, StreamKind, ToUnit,
     UnitConfig as SessionConfig, UnitEvent, UnitSession,
@@ -50,7 +52,70 @@ pub use edge_runtime::clock::wall_now as now;
 #[derive(Debug)]
 pub struct FetchRequest {
     pub nhs: NhsNumber,
+    /// On whose behalf, and why: the hub verifies the token and records the access.
+    pub on_behalf: FetchAs,
     pub reply: oneshot::Sender<FetchResult>,
+}
+
+/// Who asks for a fetch: the caller's shift token (as presented on the LAN) and purpose. The
+/// hub fetches nothing without a valid token.
+#[derive(Debug, Clone, Default)]
+pub struct FetchAs {
+    pub token: BearerToken,
+    pub purpose: Purpose,
+}
+
+impl FetchAs {
+    /// From the LAN request's `Authorization: Bearer` header (already verified by the LAN's
+    /// own check) and the caller's purpose.
+    pub fn bearer(h: &axum::http::HeaderMap, purpose: Purpose) -> FetchAs {
+        let token = h
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|a| {
+                a.strip_prefix("Bearer ")
+                    .or_else(|| a.strip_prefix("bearer "))
+            })
+            .map(|t| BearerToken(t.trim().to_owned()))
+            .unwrap_or_default();
+        FetchAs { token, purpose }
+    }
+}
+
+/// What the sync task needs to honour the fleet's token deny list sent by the hub.
+#[derive(Clone)]
+pub struct DenyListSink {
+    /// The fleet's shift-token public key (verifies the list's signature).
+    pub token_key: [u8; 32],
+    pub policy: Arc<crate::lan::AccessPolicy>,
+}
+
+impl std::fmt::Debug for DenyListSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DenyListSink").finish_non_exhaustive()
+    }
+}
+
+impl DenyListSink {
+    /// Verify a list the hub sent and, when newer than the one held, apply it (tokens it
+    /// names are refused from then on, the verified-token cache purged of them at once).
+    /// Returns whether it was applied.
+    pub fn take(&self, raw: &[u8]) -> bool {
+        match edge_proto::denylist::verify_denylist(raw, &self.token_key) {
+            Ok(list) => {
+                let version = list.version;
+                let taken = self.policy.set_denylist(list);
+                if taken {
+                    info!(version, "took the fleet's token deny list from the hub");
+                }
+                taken
+            }
+            Err(e) => {
+                warn!(error = %e, "the hub sent a token deny list that does not verify: ignored");
+                false
+            }
+        }
+    }
 }
 
 /// How the LAN API asks the sync task for on-demand fetches.
@@ -62,13 +127,19 @@ pub struct Fetcher {
 }
 
 impl Fetcher {
-    /// Fetch one summary within the budget. With the link down the answer is immediate.
-    pub async fn fetch(&self, nhs: NhsNumber) -> FetchResult {
+    /// Fetch one summary within the budget, on behalf of the caller (`on_behalf`). With the
+    /// link down the answer is immediate.
+    pub async fn fetch(&self, nhs: NhsNumber, on_behalf: FetchAs) -> FetchResult {
         if self.status.link() == Link::Down {
             return FetchResult::NotConnected;
         }
         let (reply, rx) = oneshot::channel();
-        if self.tx.try_send(FetchRequest { nhs, reply }).is_err() {
+        let req = FetchRequest {
+            nhs,
+            on_behalf,
+            reply,
+        };
+        if self.tx.try_send(req).is_err() {
             return FetchResult::Busy;
         }
         match tokio::time::timeout(self.budget + Duration::from_millis(200), rx).await {
@@ -97,6 +168,8 @@ pub struct SyncClient {
     path_rtt: Duration,
     transport: Transport,
     clock: SharedClock,
+    /// Where a deny list from the hub goes (see [`SyncClient::with_denylist`]).
+    denylist: Option<DenyListSink>,
 }
 
 impl std::fmt::Debug for SyncClient {
@@ -187,6 +260,7 @@ impl SyncClient {
                 path_rtt: Duration::ZERO,
                 transport: policy,
                 clock: SystemClock::shared(),
+                denylist: None,
             },
             fetcher,
         ))
@@ -195,6 +269,13 @@ impl SyncClient {
     /// Upload this journal's events whenever the link is up.
     pub fn with_journal(mut self, journal: crate::journal::Journal) -> Self {
         self.journal = Some(journal);
+        self
+    }
+
+    /// Take the fleet's token deny list from the hub: verified with `sink.token_key`, applied
+    /// to the LAN's access policy.
+    pub fn with_denylist(mut self, sink: DenyListSink) -> Self {
+        self.denylist = Some(sink);
         self
     }
 
@@ -423,7 +504,12 @@ impl SyncClient {
                     Err(e) => Flow::End(Err(anyhow::anyhow!("fetch stream: {e}"))),
                 },
                 Some(req) = self.fetch_rx.recv() => {
-                    let id = c.session.fetch(self.clock.wall(), req.nhs);
+                    let id = c.session.fetch(
+                        self.clock.wall(),
+                        req.nhs,
+                        req.on_behalf.token,
+                        req.on_behalf.purpose,
+                    );
                     c.waiting.insert(id, req.reply);
                     Flow::Go
                 }
@@ -598,6 +684,20 @@ impl SyncClient {
                     }
                 });
             }
+            UnitEvent::FetchRefused { reason, .. } => {
+                warn!(
+                    reason = reason.as_str(),
+                    "the hub refused an on-demand fetch (answered as busy)"
+                );
+            }
+            UnitEvent::DenyList { list } => match &self.denylist {
+                Some(sink) => {
+                    sink.take(list.as_slice());
+                }
+                None => {
+                    debug!("the hub sent a token deny list; this unit has no policy to apply it to")
+                }
+            },
             UnitEvent::Fetched {
                 request_id,
                 result,
@@ -671,4 +771,3 @@ async fn forward_fetch_answers(
         }
     }
 }
-

@@ -8,12 +8,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edge_hub::server::{make_endpoint, serve_sync, Hub, INPUT_QUEUE, OUTPUT_QUEUE};
+use edge_proto::audit::{AuditAction, AuditOutcome, Purpose};
+use edge_proto::ids::StaffRole;
 use edge_proto::ids::{CohortSpec, DeviceId, UnitRole};
 use edge_proto::sync::frame::FrameDecoder;
 use edge_proto::sync::{
-    encode_frame, FetchOutcome, Hello, InflateDeframer, ToHub, ToUnit, PROTOCOL_VERSION,
+    encode_frame, BearerToken, FetchOutcome, FetchRefusal, Hello, InflateDeframer, ToHub, ToUnit,
+    PROTOCOL_VERSION,
 };
-use edge_provision::fleet::{EnrolPlan, Fleet, HubPlan, InitOptions};
+use edge_provision::fleet::{EnrolPlan, Fleet, HubPlan, InitOptions, TokenRequest};
 use edge_runtime::HostPort;
 use quinn::crypto::rustls::QuicClientConfig;
 use tempfile::TempDir;
@@ -29,6 +32,8 @@ struct Fixture {
     client: quinn::Endpoint,
     addr: SocketAddr,
     hub_name: String,
+    /// A clinical shift token bound to [`UNIT`].
+    token: BearerToken,
 }
 
 fn free_udp() -> u16 {
@@ -42,6 +47,15 @@ fn free_udp() -> u16 {
 /// A fleet, a hub serving `patients` made-up patients, and a unit's QUIC client whose
 /// per-stream receive window is `unit_window` bytes.
 async fn fixture(patients: u32, unit_window: u32) -> Fixture {
+    fixture_with(patients, unit_window, |_| {}).await
+}
+
+/// [`fixture`], with the hub's config adjusted first.
+async fn fixture_with(
+    patients: u32,
+    unit_window: u32,
+    adjust: impl FnOnce(&mut edge_runtime::HubConfig),
+) -> Fixture {
     edge_runtime::tls::install_default_provider();
     let dir = tempfile::tempdir().unwrap();
     let now = edge_hub::server::now();
@@ -57,7 +71,7 @@ async fn fixture(patients: u32, unit_window: u32) -> Fixture {
     .unwrap();
     let mut fleet = Fleet::open(&fleet_dir).unwrap();
     let listen = HostPort::parse(&format!("127.0.0.1:{}", free_udp())).unwrap();
-    let hub_cfg = fleet
+    let mut hub_cfg = fleet
         .make_hub_bundle(
             &HubPlan {
                 name: "127.0.0.1".into(),
@@ -89,7 +103,21 @@ async fn fixture(patients: u32, unit_window: u32) -> Fixture {
             now,
         )
         .unwrap();
+    let (token, _) = fleet
+        .mint_token(
+            &TokenRequest {
+                staff_id: "555000111222".into(),
+                staff_name: "PARAMEDIC, Test".into(),
+                role: StaffRole::Clinical,
+                device: Some(DeviceId::parse(UNIT).unwrap()),
+                hours: 8,
+                org: None,
+            },
+            now,
+        )
+        .unwrap();
     drop(fleet);
+    adjust(&mut hub_cfg);
     let unit_cfg =
         edge_runtime::UnitConfig::load(&dir.path().join("unit").join("edge.toml")).unwrap();
 
@@ -119,6 +147,7 @@ async fn fixture(patients: u32, unit_window: u32) -> Fixture {
         client,
         addr: listen.socket_addr().unwrap(),
         hub_name: unit_cfg.hub.name.clone(),
+        token: BearerToken(token),
     }
 }
 
@@ -199,6 +228,7 @@ async fn pull_until_live(
                 send.write_all(&ack).await.unwrap();
             }
             ToUnit::Live { .. } => return records,
+            ToUnit::DenyList { .. } => {}
             other => panic!("unexpected on the pull stream: {other:?}"),
         }
     }
@@ -225,6 +255,8 @@ async fn a_unit_syncs_fetches_and_uploads_audit_through_the_bounded_queues() {
         let m = ToHub::Fetch {
             request_id: id,
             nhs: n,
+            token: f.token.clone(),
+            purpose: Purpose::Treat,
         };
         fsend.write_all(&encode_frame(&m).unwrap()).await.unwrap();
     }
@@ -319,6 +351,7 @@ async fn a_unit_that_stops_reading_is_held_back_by_flow_control() {
     let conn = f.connect().await;
     let (mut fsend, mut frecv) = conn.open_bi().await.unwrap();
     let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let token = f.token.clone();
     let writer = {
         let sent = sent.clone();
         tokio::spawn(async move {
@@ -326,6 +359,8 @@ async fn a_unit_that_stops_reading_is_held_back_by_flow_control() {
                 let m = ToHub::Fetch {
                     request_id: id,
                     nhs: nhs_number(100),
+                    token: token.clone(),
+                    purpose: Purpose::Treat,
                 };
                 if fsend.write_all(&encode_frame(&m).unwrap()).await.is_err() {
                     return;
@@ -387,5 +422,221 @@ async fn a_unit_that_stops_reading_is_held_back_by_flow_control() {
     );
     writer.abort();
     conn.close(0u32.into(), b"done");
+    f.server.close(0u32.into(), b"");
+}
+
+/// Send fetches on a new fetch stream and read their answers, in order.
+async fn fetch_all(
+    conn: &quinn::Connection,
+    asks: &[(u64, edge_proto::nhs::NhsNumber, BearerToken)],
+) -> Vec<FetchOutcome> {
+    let (mut fsend, mut frecv) = conn.open_bi().await.unwrap();
+    for (id, n, token) in asks {
+        let m = ToHub::Fetch {
+            request_id: *id,
+            nhs: *n,
+            token: token.clone(),
+            purpose: Purpose::Treat,
+        };
+        fsend.write_all(&encode_frame(&m).unwrap()).await.unwrap();
+    }
+    let mut dec = FrameDecoder::new();
+    let mut out = vec![];
+    for _ in asks {
+        match next_plain(&mut frecv, &mut dec).await {
+            ToUnit::Fetched { outcome, .. } => out.push(outcome),
+            other => panic!("unexpected on the fetch stream: {other:?}"),
+        }
+    }
+    out
+}
+
+/// Open the pull stream and sync to live.
+async fn sync_live(conn: &quinn::Connection) -> (quinn::SendStream, quinn::RecvStream) {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&encode_frame(&hello()).unwrap())
+        .await
+        .unwrap();
+    let mut inflate = InflateDeframer::new();
+    pull_until_live(&mut send, &mut recv, &mut inflate).await;
+    (send, recv)
+}
+
+fn hub_device() -> &'static str {
+    "hub-127.0.0.1"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_without_a_valid_token_fetches_nothing_and_every_fetch_is_audited_at_the_hub() {
+    let f = fixture(10, 1_250_000).await;
+    let conn = f.connect().await;
+    let _pull = sync_live(&conn).await;
+    let forged = BearerToken(format!("{}x", f.token.as_str()));
+    let out = fetch_all(
+        &conn,
+        &[
+            (1, nhs_number(3), BearerToken::default()),
+            (2, nhs_number(3), forged),
+            (3, nhs_number(3), BearerToken("not.a.token".into())),
+            (4, nhs_number(3), f.token.clone()),
+        ],
+    )
+    .await;
+    assert_eq!(
+        out[0],
+        FetchOutcome::Refused {
+            reason: FetchRefusal::NoToken
+        }
+    );
+    assert_eq!(
+        out[1],
+        FetchOutcome::Refused {
+            reason: FetchRefusal::BadToken
+        }
+    );
+    assert_eq!(
+        out[2],
+        FetchOutcome::Refused {
+            reason: FetchRefusal::BadToken
+        }
+    );
+    assert!(matches!(out[3], FetchOutcome::Found { .. }), "{:?}", out[3]);
+    // The hub's own trail: three refusals (nothing served) and one read, a valid chain.
+    let d = f.hub.audit.device(hub_device()).unwrap();
+    assert_eq!(d.last_seq, 4, "{d:?}");
+    assert!(d.problems.is_empty(), "{:?}", d.problems);
+    let evs = f
+        .hub
+        .audit
+        .since(edge_proto::time::UnixMillis(0), 100)
+        .unwrap();
+    let hub_evs: Vec<_> = evs
+        .iter()
+        .filter(|e| e.device_id.as_str() == hub_device())
+        .collect();
+    assert_eq!(hub_evs.len(), 4);
+    let served: Vec<_> = hub_evs
+        .iter()
+        .filter(|e| e.outcome == AuditOutcome::Ok)
+        .collect();
+    assert_eq!(served.len(), 1);
+    assert_eq!(served[0].staff_id.as_deref(), Some("555000111222"));
+    assert_eq!(served[0].client.identity.as_deref(), Some(UNIT));
+    assert_eq!(served[0].patient, Some(nhs_number(3)));
+    let v = f.hub.audit.verify(hub_device()).unwrap();
+    assert_eq!(v["chain_ok"], true, "{v}");
+    assert_eq!(v["gaps"].as_array().map(Vec::len), Some(0), "{v}");
+    f.server.close(0u32.into(), b"");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_budget_fetches_are_served_and_alerted_past_the_ceiling_refused() {
+    let f = fixture_with(10, 1_250_000, |c| {
+        c.sync.fetch_unit_per_hour = 2;
+        c.sync.fetch_staff_per_hour = 100;
+        c.sync.fetch_ceiling_factor = 2;
+    })
+    .await;
+    let conn = f.connect().await;
+    let _pull = sync_live(&conn).await;
+    let asks: Vec<_> = (0..6u64)
+        .map(|i| (i + 1, nhs_number(i as u32), f.token.clone()))
+        .collect();
+    let out = fetch_all(&conn, &asks).await;
+    let found = out
+        .iter()
+        .filter(|o| matches!(o, FetchOutcome::Found { .. }))
+        .count();
+    assert_eq!(found, 4, "{out:?}");
+    for o in &out[4..] {
+        assert_eq!(
+            *o,
+            FetchOutcome::Refused {
+                reason: FetchRefusal::OverCeiling
+            }
+        );
+    }
+    let alerts = f.hub.audit.alerts_page(None, 100).unwrap().unwrap().events;
+    let reasons: Vec<_> = alerts
+        .iter()
+        .filter(|e| e.action == AuditAction::Alert)
+        .filter_map(|e| e.outcome_reason.clone())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r == "fetch_over_budget"),
+        "{reasons:?}"
+    );
+    assert!(reasons.iter().any(|r| r == "fetch_ceiling"), "{reasons:?}");
+    f.server.close(0u32.into(), b"");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_unit_is_disconnected_with_a_reason() {
+    let f = fixture(3, 1_250_000).await;
+    let conn = f.connect().await;
+    let _pull = sync_live(&conn).await;
+    assert_eq!(f.hub.units_connected(), 1);
+    let started = Instant::now();
+    {
+        let mut fleet = Fleet::open(&f._dir.path().join("fleet")).unwrap();
+        fleet
+            .revoke(
+                &DeviceId::parse(UNIT).unwrap(),
+                edge_runtime::inventory::RevokeReason::Stolen,
+                edge_hub::server::now(),
+            )
+            .unwrap();
+    }
+    let e = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+        .await
+        .expect("closed within 10 s");
+    let took = started.elapsed();
+    match e {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(
+                u64::from(c.error_code),
+                u64::from(edge_hub::server::close_code::REVOKED)
+            );
+            assert!(
+                String::from_utf8_lossy(&c.reason).contains("revoked"),
+                "{c:?}"
+            );
+        }
+        other => panic!("closed otherwise: {other:?}"),
+    }
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(f.hub.units_connected(), 0);
+    f.server.close(0u32.into(), b"");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_session_on_one_certificate_closes_the_older() {
+    let f = fixture(3, 1_250_000).await;
+    let first = f.connect().await;
+    let _p1 = sync_live(&first).await;
+    let second = f.connect().await;
+    let _p2 = sync_live(&second).await;
+    let e = tokio::time::timeout(Duration::from_secs(5), first.closed())
+        .await
+        .expect("the older closed");
+    match e {
+        quinn::ConnectionError::ApplicationClosed(c) => assert_eq!(
+            u64::from(c.error_code),
+            u64::from(edge_hub::server::close_code::SUPERSEDED)
+        ),
+        other => panic!("closed otherwise: {other:?}"),
+    }
+    assert_eq!(f.hub.units_connected(), 1);
+    // A third session soon after: the two holders are fighting, an alert is recorded.
+    let third = f.connect().await;
+    let _p3 = sync_live(&third).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), second.closed()).await;
+    let alerts = f.hub.audit.alerts_page(None, 100).unwrap().unwrap().events;
+    assert!(
+        alerts
+            .iter()
+            .any(|e| e.outcome_reason.as_deref() == Some("duplicate_session")),
+        "{alerts:?}"
+    );
     f.server.close(0u32.into(), b"");
 }

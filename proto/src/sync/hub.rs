@@ -22,8 +22,8 @@ use super::cohort::{
 use super::feed::{FeedBody, FeedEntry, FeedError, HubFeed};
 use super::sign::{sign_batch, sign_fetched};
 use super::wire::{
-    BaselineKey, Batch, BatchKind, Change, FetchOutcome, Hello, RebaselineReason, RefusalCode,
-    SyncMode, ToHub, ToUnit, Welcome, WithdrawReason, MAX_HELD,
+    BaselineKey, Batch, BatchKind, Bytes, Change, FetchOutcome, FetchRefusal, Hello,
+    RebaselineReason, RefusalCode, SyncMode, ToHub, ToUnit, Welcome, WithdrawReason, MAX_HELD,
 };
 use super::PROTOCOL_VERSION;
 use crate::ids::{CohortSpec, DeviceId};
@@ -160,6 +160,9 @@ pub struct HubSession {
     pull_out: VecDeque<ToUnit>,
     fetch_out: VecDeque<ToUnit>,
     progress: SessionProgress,
+    /// The fleet's signed token deny list to hand the unit (sent after the welcome, and again
+    /// whenever the driver sets a newer one).
+    denylist: Option<Bytes>,
 }
 
 impl HubSession {
@@ -187,6 +190,7 @@ impl HubSession {
             pull_out: VecDeque::new(),
             fetch_out: VecDeque::new(),
             progress: SessionProgress::default(),
+            denylist: None,
         }
     }
 
@@ -220,9 +224,27 @@ impl HubSession {
             return Err(HubError::Closed);
         }
         let r = match msg {
-            ToHub::Hello(h) => self.on_hello(now, h, feed),
+            ToHub::Hello(h) => self.on_hello(now, h, feed).map(|()| {
+                // The deny list follows the welcome, before any batch.
+                if let Some(list) = self.denylist.clone() {
+                    self.pull_out.push_back(ToUnit::DenyList { list });
+                }
+            }),
             ToHub::Ack { upto_batch } => self.on_ack(upto_batch),
-            ToHub::Fetch { request_id, nhs } => self.on_fetch(request_id, &nhs, feed),
+            // The driver verifies the token and applies its budget before handing a fetch on
+            // (see `refuse_fetch`); the session refuses one that carries no token at all.
+            ToHub::Fetch {
+                request_id,
+                nhs,
+                token,
+                ..
+            } => {
+                if token.is_empty() {
+                    self.refuse_fetch(request_id, FetchRefusal::NoToken)
+                } else {
+                    self.on_fetch(request_id, &nhs, feed)
+                }
+            }
             // The driver hands audit uploads to its audit repository, never to the session.
             ToHub::Audit { .. } => Err(HubError::BadRequest("audit upload on the sync session")),
         };
@@ -262,6 +284,42 @@ impl HubSession {
         let r = self.start_baseline(now, RebaselineReason::CohortChanged, keep_base, feed);
         let r = r.and_then(|()| self.pump(now, feed));
         r.map_err(|e| self.refuse(e))
+    }
+
+    /// Answer a fetch with a refusal, reading nothing (the driver's token check or budget
+    /// refused it).
+    pub fn refuse_fetch(&mut self, request_id: u64, reason: FetchRefusal) -> Result<(), HubError> {
+        if self.is_closed() {
+            return Err(HubError::Closed);
+        }
+        if self.fetch_out.len() >= self.config.fetch_queue_max {
+            return Err(self.refuse(HubError::BadRequest("too many fetches outstanding")));
+        }
+        self.fetch_out.push_back(ToUnit::Fetched {
+            request_id,
+            outcome: FetchOutcome::Refused { reason },
+        });
+        Ok(())
+    }
+
+    /// The fleet's signed token deny list (raw bytes): sent to the unit after its welcome, or
+    /// at once when the session is already under way. The same bytes again send nothing.
+    pub fn set_denylist(&mut self, list: Bytes) {
+        if self.denylist.as_ref() == Some(&list) {
+            return;
+        }
+        self.denylist = Some(list.clone());
+        if !matches!(self.phase, Phase::AwaitHello | Phase::Closed) {
+            self.pull_out.push_back(ToUnit::DenyList { list });
+        }
+    }
+
+    /// The session is over (the driver closes the connection: revoked, wiped, superseded).
+    /// Nothing more is queued or served.
+    pub fn close(&mut self) {
+        self.phase = Phase::Closed;
+        self.pull_out.clear();
+        self.fetch_out.clear();
     }
 
     fn refuse(&mut self, e: HubError) -> HubError {

@@ -35,8 +35,8 @@ pub use unit::{
     UnitSession,
 };
 pub use wire::{
-    Batch, BatchKind, Bytes, Change, FetchOutcome, Hello, RebaselineReason, RefusalCode,
-    StreamKind, SyncMode, ToHub, ToUnit, Welcome, WithdrawReason,
+    Batch, BatchKind, BearerToken, Bytes, Change, FetchOutcome, FetchRefusal, Hello,
+    RebaselineReason, RefusalCode, StreamKind, SyncMode, ToHub, ToUnit, Welcome, WithdrawReason,
 };
 
 /// The sync protocol version this build speaks (also in the ALPN, [`ALPN`]).

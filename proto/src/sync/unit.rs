@@ -26,10 +26,11 @@ use serde::{Deserialize, Serialize};
 use super::cohort::{cohort_entries, normalize_cohort, same_cohort, MAX_COHORT_ENTRIES};
 use super::sign::{verify_batch, verify_fetched};
 use super::wire::{
-    BaselineProgress, Batch, BatchKind, Bytes, Change, FetchOutcome, Held, Hello, RebaselineReason,
-    RefusalCode, SyncMode, ToHub, ToUnit, Welcome, MAX_HELD,
+    BaselineProgress, Batch, BatchKind, BearerToken, Bytes, Change, FetchOutcome, FetchRefusal,
+    Held, Hello, RebaselineReason, RefusalCode, SyncMode, ToHub, ToUnit, Welcome, MAX_HELD,
 };
 use super::PROTOCOL_VERSION;
+use crate::audit::Purpose;
 use crate::cbor::{self, CborError, MAX_CBOR_BYTES};
 use crate::ids::{CohortSpec, DeviceId};
 use crate::nhs::NhsNumber;
@@ -136,6 +137,11 @@ pub enum FetchResult {
     NotConnected,
     /// Too many fetches outstanding.
     Busy,
+    /// The hub refused to read it for this unit and caller (no or bad token, deny list, role,
+    /// fetch ceiling): nothing was read.
+    Refused {
+        reason: FetchRefusal,
+    },
 }
 
 /// Work and news for the driver.
@@ -161,6 +167,17 @@ pub enum UnitEvent {
         nhs: NhsNumber,
         result: FetchResult,
     },
+    /// The hub refused a fetch (reading nothing); the matching [`UnitEvent::Fetched`] follows
+    /// with [`FetchResult::Refused`]. For the driver's log and metrics.
+    FetchRefused {
+        request_id: u64,
+        nhs: NhsNumber,
+        reason: FetchRefusal,
+    },
+    /// The fleet's signed shift-token deny list, as the hub sent it (raw, unverified): the
+    /// driver verifies it with the fleet's token key and, when it supersedes the one in force,
+    /// applies it (tokens it names are refused from then on).
+    DenyList { list: Bytes },
 }
 
 /// Limits and budgets.
@@ -228,6 +245,8 @@ enum Phase {
 #[derive(Debug)]
 struct PendingFetch {
     nhs: NhsNumber,
+    token: BearerToken,
+    purpose: Purpose,
     deadline: UnixMillis,
     sent: bool,
 }
@@ -354,10 +373,17 @@ impl UnitSession {
         }
     }
 
-    /// Ask the hub for one patient's current summary within the fetch budget. The answer
-    /// arrives as [`UnitEvent::Fetched`] with the returned request id (at once when the
-    /// session cannot fetch).
-    pub fn fetch(&mut self, now: UnixMillis, nhs: NhsNumber) -> u64 {
+    /// Ask the hub for one patient's current summary within the fetch budget, on behalf of
+    /// the staff member whose shift `token` asked, for `purpose` (the hub verifies both and
+    /// fetches nothing without a valid token). The answer arrives as [`UnitEvent::Fetched`]
+    /// with the returned request id (at once when the session cannot fetch).
+    pub fn fetch(
+        &mut self,
+        now: UnixMillis,
+        nhs: NhsNumber,
+        token: BearerToken,
+        purpose: Purpose,
+    ) -> u64 {
         let id = self.next_request;
         self.next_request += 1;
         let immediate = if self.phase == Phase::Ended {
@@ -380,12 +406,16 @@ impl UnitSession {
             self.transmit.push_back(ToHub::Fetch {
                 request_id: id,
                 nhs,
+                token: token.clone(),
+                purpose,
             });
         }
         self.fetches.insert(
             id,
             PendingFetch {
                 nhs,
+                token,
+                purpose,
                 deadline: now.plus_ms(self.config.fetch_budget_ms),
                 sent,
             },
@@ -469,6 +499,17 @@ impl UnitSession {
                 got: "wipe",
                 when: "on the sync session",
             }),
+            ToUnit::DenyList { list } => {
+                if self.phase == Phase::AwaitWelcome {
+                    Err(ProtocolError::Unexpected {
+                        got: "deny list",
+                        when: "before the welcome",
+                    })
+                } else {
+                    self.events.push_back(UnitEvent::DenyList { list });
+                    Ok(())
+                }
+            }
             // The driver handles audit acknowledgements on the audit stream.
             ToUnit::AuditAck { .. } => Err(ProtocolError::Unexpected {
                 got: "audit ack",
@@ -534,6 +575,8 @@ impl UnitSession {
                 self.transmit.push_back(ToHub::Fetch {
                     request_id: *id,
                     nhs: f.nhs,
+                    token: f.token.clone(),
+                    purpose: f.purpose,
                 });
             }
         }
@@ -815,6 +858,16 @@ impl UnitSession {
             }
             FetchOutcome::NotFound => FetchResult::NotFound,
             FetchOutcome::Withdrawn => FetchResult::Withdrawn,
+            // Nothing was read at the hub: the tablet is told the hub refused, and the refusal
+            // is surfaced separately for the log.
+            FetchOutcome::Refused { reason } => {
+                self.events.push_back(UnitEvent::FetchRefused {
+                    request_id,
+                    nhs: f.nhs,
+                    reason,
+                });
+                FetchResult::Refused { reason }
+            }
         };
         self.events.push_back(UnitEvent::Fetched {
             request_id,

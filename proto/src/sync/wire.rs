@@ -335,7 +335,75 @@ pub enum FetchOutcome {
     NotFound,
     /// The patient objected or the record was deleted: drop any copy.
     Withdrawn,
+    /// The hub fetched nothing: the request's shift token or purpose did not pass, or the
+    /// device or staff member is past the hard fetch ceiling. Nothing was read.
+    Refused {
+        reason: FetchRefusal,
+    },
 }
+
+/// Why the hub refused an on-demand fetch (see [`FetchOutcome::Refused`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FetchRefusal {
+    /// The fetch carried no shift token.
+    NoToken,
+    /// The token does not verify (signature, shape, expiry, wrong kind).
+    BadToken,
+    /// The token is bound to another unit than the connection's certificate.
+    WrongUnit,
+    /// The token (or its staff member) is on the fleet's deny list.
+    DeniedToken,
+    /// The token's role may not read summaries.
+    Role,
+    /// The device or the staff member is past the hard fetch ceiling.
+    OverCeiling,
+    /// The hub cannot record its audit event for the fetch, so it serves nothing.
+    AuditUnavailable,
+    /// A reason a newer hub knows.
+    #[serde(other)]
+    Other,
+}
+
+impl FetchRefusal {
+    /// The reason as a short snake_case string (logs, audit `outcome_reason`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FetchRefusal::NoToken => "no_token",
+            FetchRefusal::BadToken => "bad_token",
+            FetchRefusal::WrongUnit => "wrong_unit",
+            FetchRefusal::DeniedToken => "denied_token",
+            FetchRefusal::Role => "role",
+            FetchRefusal::OverCeiling => "fetch_ceiling",
+            FetchRefusal::AuditUnavailable => "audit_unavailable",
+            FetchRefusal::Other => "other",
+        }
+    }
+}
+
+/// A shift token as carried by a fetch (the compact form the LAN received). Its `Debug` never
+/// shows the token: it is a bearer credential.
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct BearerToken(pub String);
+
+impl BearerToken {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BearerToken(len={})", self.0.len())
+    }
+}
+
+/// The longest shift token a fetch may carry (bytes); longer ones are refused unread.
+pub const MAX_FETCH_TOKEN_BYTES: usize = 4_096;
 
 /// Why the hub refused a unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -366,10 +434,17 @@ pub enum ToHub {
     Ack {
         upto_batch: u64,
     },
-    /// Fetch one patient's current summary (outside the cohort, typically).
+    /// Fetch one patient's current summary (outside the cohort, typically), on behalf of the
+    /// staff member whose shift token asked, for `purpose`. The hub verifies the token (and
+    /// its unit binding against the connection's certificate), applies its fetch budget and
+    /// records its own access event; a fetch without a valid token fetches nothing.
     Fetch {
         request_id: u64,
         nhs: NhsNumber,
+        #[serde(default)]
+        token: BearerToken,
+        #[serde(default)]
+        purpose: crate::audit::Purpose,
     },
     /// Audit events from the unit's journal, in sequence order, on the audit stream. The hub
     /// stores them durably (idempotent on device and seq) before acknowledging.
@@ -407,6 +482,12 @@ pub enum ToUnit {
         upto_seq: u64,
         #[serde(default)]
         problems: Vec<String>,
+    },
+    /// The fleet's signed shift-token deny list (the raw bytes of `token-denylist.cbor`, as
+    /// signed by the fleet's token key): sent after the welcome and again whenever the hub
+    /// takes a newer one. The unit verifies it itself before honouring it.
+    DenyList {
+        list: Bytes,
     },
 }
 

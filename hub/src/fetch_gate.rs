@@ -1,0 +1,307 @@
+//! What stands between a unit's on-demand fetch and the hub's records: the requesting shift
+//! token (verified with the fleet's `token_verify` key, bound to the connection's unit,
+//! checked against the fleet's signed deny list), the fetch budget
+//! ([`super::fetch_budget`]), and the hub's own audit trail of every fetch.
+//!
+//! The hub records its own access events in the audit repository under a device id of its own
+//! (`hub-<name>`), hash-chained like a unit's journal, so `/admin/audit` and
+//! `/admin/verify` treat them alike: one event per fetch (device in `client.identity`, staff,
+//! patient, purpose, outcome) and an alert event (`action: alert`) for each budget alert and
+//! for two live sessions on one unit certificate. A fetch is answered only once its event is
+//! stored; a fetch that cannot be recorded is refused (`audit_unavailable`).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+use edge_proto::audit::{
+    uuid_from_bytes, AccessData, AuditAction, AuditEvent, AuditOutcome, ClientInfo, Hash32,
+    Purpose, AUDIT_SCHEMA, GENESIS,
+};
+use edge_proto::denylist::{verify_denylist, DenyList};
+use edge_proto::ids::{DeviceId, StaffRole};
+use edge_proto::nhs::NhsNumber;
+use edge_proto::sync::wire::MAX_FETCH_TOKEN_BYTES;
+use edge_proto::sync::{BearerToken, Bytes, FetchRefusal};
+use edge_proto::time::UnixMillis;
+use edge_proto::token::{self, ShiftClaims, TokenError};
+use edge_runtime::config::HubConfig;
+use tracing::warn;
+
+use super::fetch_budget::{Alert, BudgetConfig, FetchBudget};
+use crate::audit::AuditRepo;
+
+/// A fetch the gate let through.
+#[derive(Debug, Clone)]
+pub struct Granted {
+    pub claims: ShiftClaims,
+    pub purpose: Purpose,
+    pub nhs: NhsNumber,
+    /// Past the budget (served, alerted).
+    pub over_budget: bool,
+}
+
+/// The gate's verdict on one fetch, and the budget alerts to raise.
+#[derive(Debug)]
+pub struct Verdict {
+    pub result: Result<Granted, FetchRefusal>,
+    /// The token's claims, when it verified (for the audit of a refusal).
+    pub claims: Option<ShiftClaims>,
+    pub alerts: Vec<Alert>,
+}
+
+/// One event the hub records itself.
+#[derive(Debug, Clone)]
+pub struct HubEvent<'a> {
+    pub action: AuditAction,
+    pub outcome: AuditOutcome,
+    pub reason: Option<&'a str>,
+    pub claims: Option<&'a ShiftClaims>,
+    pub purpose: Purpose,
+    pub patient: Option<NhsNumber>,
+    pub version: Option<u64>,
+    /// The unit concerned.
+    pub device: &'a DeviceId,
+    pub remote: Option<String>,
+}
+
+/// Token checks, budget and the hub's own audit trail.
+#[derive(Debug)]
+pub struct FetchGate {
+    hub_device: DeviceId,
+    token_key: Option<[u8; 32]>,
+    denylist_path: Option<PathBuf>,
+    /// The deny list in force and its raw signed bytes (what units are sent).
+    denylist: RwLock<Option<(DenyList, Bytes)>>,
+    budget: Mutex<FetchBudget>,
+    /// Serialises the hub's appends to its own chain.
+    chain: Mutex<()>,
+    audit: Arc<AuditRepo>,
+}
+
+/// The device id the hub records its own events under.
+pub fn hub_device_id(name: &str) -> DeviceId {
+    let clean: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(60)
+        .collect();
+    DeviceId::parse(&format!("hub-{clean}"))
+        .or_else(|_| DeviceId::parse("hub"))
+        .unwrap_or_else(|_| unreachable_device())
+}
+
+#[allow(clippy::unwrap_used)] // "hub" always parses: a constant, checked by a test.
+fn unreachable_device() -> DeviceId {
+    DeviceId::parse("hub").unwrap()
+}
+
+impl FetchGate {
+    /// The gate for a hub: its shift-token key (a key that cannot be read refuses every fetch,
+    /// with a warning), its deny list when configured, and the budget from `[sync]`.
+    pub fn new(config: &HubConfig, audit: Arc<AuditRepo>) -> FetchGate {
+        let token_key = match edge_runtime::keys::load_ed25519_public(&config.keys.token_verify) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                warn!(error = %e, "cannot load the shift-token key ([keys] token_verify): every on-demand fetch will be refused");
+                None
+            }
+        };
+        let gate = FetchGate {
+            hub_device: hub_device_id(&config.name),
+            token_key,
+            denylist_path: config.keys.token_denylist.clone(),
+            denylist: RwLock::new(None),
+            budget: Mutex::new(FetchBudget::new(BudgetConfig {
+                unit_per_hour: config.sync.fetch_unit_per_hour,
+                staff_per_hour: config.sync.fetch_staff_per_hour,
+                ceiling_factor: config.sync.fetch_ceiling_factor,
+            })),
+            chain: Mutex::new(()),
+            audit,
+        };
+        if let Err(e) = gate.reload_denylist() {
+            warn!(error = %e, "cannot take the token deny list; fetches are checked without it until it can be read");
+        }
+        gate
+    }
+
+    pub fn hub_device(&self) -> &DeviceId {
+        &self.hub_device
+    }
+
+    /// The raw signed deny list in force (what units are sent).
+    pub fn denylist_bytes(&self) -> Option<Bytes> {
+        self.denylist
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(_, b)| b.clone())
+    }
+
+    /// Re-read the deny list file. `Ok(true)` when a newer valid list was taken; an older,
+    /// equal or invalid one leaves the list in force.
+    pub fn reload_denylist(&self) -> Result<bool, String> {
+        let (Some(path), Some(key)) = (&self.denylist_path, &self.token_key) else {
+            return Ok(false);
+        };
+        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let list = verify_denylist(&bytes, key).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut cur = self.denylist.write().unwrap_or_else(|p| p.into_inner());
+        let newer = match cur.as_ref() {
+            Some((c, _)) => list.supersedes(c),
+            None => true,
+        };
+        if newer {
+            *cur = Some((list, Bytes::from(bytes)));
+        }
+        Ok(newer)
+    }
+
+    /// Verify a fetch's token for `device` at `now`.
+    pub fn check_token(
+        &self,
+        now: UnixMillis,
+        device: &DeviceId,
+        token: &BearerToken,
+    ) -> Result<ShiftClaims, Box<(FetchRefusal, Option<ShiftClaims>)>> {
+        if token.is_empty() {
+            return Err(Box::new((FetchRefusal::NoToken, None)));
+        }
+        if token.as_str().len() > MAX_FETCH_TOKEN_BYTES {
+            return Err(Box::new((FetchRefusal::BadToken, None)));
+        }
+        let Some(key) = &self.token_key else {
+            return Err(Box::new((FetchRefusal::BadToken, None)));
+        };
+        let claims = token::verify(token.as_str(), key, now, device).map_err(|e| match e {
+            TokenError::WrongUnit { .. } => Box::new((FetchRefusal::WrongUnit, None)),
+            _ => Box::new((FetchRefusal::BadToken, None)),
+        })?;
+        let denied = self
+            .denylist
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|(l, _)| l.denies(&claims, now));
+        if denied {
+            return Err(Box::new((FetchRefusal::DeniedToken, Some(claims))));
+        }
+        if claims.role != StaffRole::Clinical {
+            return Err(Box::new((FetchRefusal::Role, Some(claims))));
+        }
+        Ok(claims)
+    }
+
+    /// Decide on one fetch: token, then budget.
+    pub fn admit(
+        &self,
+        now: UnixMillis,
+        device: &DeviceId,
+        token: &BearerToken,
+        purpose: Purpose,
+        nhs: NhsNumber,
+    ) -> Verdict {
+        let claims = match self.check_token(now, device, token) {
+            Ok(c) => c,
+            Err(e) => {
+                let (reason, claims) = *e;
+                return Verdict {
+                    result: Err(reason),
+                    claims,
+                    alerts: Vec::new(),
+                };
+            }
+        };
+        let d = self.budget.lock().unwrap_or_else(|p| p.into_inner()).check(
+            now,
+            device.as_str(),
+            &claims.staff_id,
+            &nhs,
+        );
+        let result = if d.serve {
+            Ok(Granted {
+                claims: claims.clone(),
+                purpose,
+                nhs,
+                over_budget: d.over_budget,
+            })
+        } else {
+            Err(FetchRefusal::OverCeiling)
+        };
+        Verdict {
+            result,
+            claims: Some(claims),
+            alerts: d.alerts,
+        }
+    }
+
+    /// Append one event to the hub's own chain in the audit repository (durable on return).
+    pub fn record(&self, now: UnixMillis, ev: &HubEvent<'_>) -> anyhow::Result<()> {
+        let _g = self.chain.lock().unwrap_or_else(|p| p.into_inner());
+        let d = self.audit.device(self.hub_device.as_str())?;
+        let mut id = [0u8; 16];
+        use ring::rand::SecureRandom;
+        ring::rand::SystemRandom::new()
+            .fill(&mut id)
+            .map_err(|_| anyhow::anyhow!("no randomness for an event id"))?;
+        let mut e = AuditEvent {
+            schema: AUDIT_SCHEMA,
+            event_id: uuid_from_bytes(id),
+            device_id: self.hub_device.clone(),
+            seq: 0,
+            prev_hash: GENESIS,
+            hash: Hash32::default(),
+            recorded: now,
+            clock_offset_ms: 0,
+            action: ev.action,
+            outcome: ev.outcome,
+            outcome_reason: ev.reason.map(str::to_owned),
+            staff_id: ev.claims.map(|c| c.staff_id.clone()),
+            staff_name: ev.claims.map(|c| c.staff_name.clone()),
+            role: ev.claims.map(|c| c.role),
+            org_ods: ev.claims.and_then(|c| c.org_ods.clone()),
+            auth: ev.claims.map(|c| c.token_id.clone()),
+            purpose: ev.purpose,
+            break_glass_reason: None,
+            patient: ev.patient,
+            data: AccessData {
+                version: ev.version,
+                interface: Some("hub_fetch".into()),
+                ..AccessData::default()
+            },
+            client: ClientInfo {
+                address: ev.remote.clone(),
+                identity: Some(ev.device.as_str().to_owned()),
+            },
+            incident_ref: None,
+            offline: false,
+        };
+        e.seal(d.last_seq + 1, d.last_hash.unwrap_or(GENESIS))
+            .map_err(|e| anyhow::anyhow!("cannot seal a hub audit event: {e}"))?;
+        let st = self.audit.store(&self.hub_device, &[e])?;
+        anyhow::ensure!(
+            st.problems.is_empty() && st.upto_seq == d.last_seq + 1,
+            "the hub's own audit chain refused an event: {:?}",
+            st.problems
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_device_ids_parse() {
+        assert_eq!(hub_device_id("127.0.0.1").as_str(), "hub-127.0.0.1");
+        assert_eq!(hub_device_id("hub one/α").as_str(), "hub-hub-one--");
+        assert_eq!(unreachable_device().as_str(), "hub");
+    }
+}
