@@ -654,6 +654,9 @@
       } else if (b.reason === 'not_at_hub') {
         lines.push('This unit holds no record for this patient, and the hub has none to share (the link is up).');
         lines.push('Check the NHS number. The patient may have no shared record, or may have asked not to share it.');
+      } else if (b.reason === 'fetch_refused') {
+        lines.push('This unit holds no record for this patient, and the hub refused to share one with this unit (your sign-in, or the unit\'s limit on records from outside its area).');
+        lines.push('Trying again will not help. Ask control for the patient\'s details, or sign in again if your shift token may have been withdrawn.');
       } else {
         lines.push('This unit holds no record for this patient and could not fetch one from the hub in time (the link is up).');
         lines.push('Try again in a moment.');
