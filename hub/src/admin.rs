@@ -9,7 +9,7 @@
 //! identity in the operator log ([`crate::oplog`], `GET /admin/operator-log`), refusals included.
 //!
 //! `GET /metrics` on the same listener is the hub's Prometheus / OpenMetrics exposition
-//! ([`crate::metrics`], and `kerbside_hub_crl_expired` from [`crate::operator`]); every routed
+//! ([`crate::metrics`]); every routed
 //! request is counted there by route and status.
 
 use std::sync::Arc;
@@ -100,7 +100,7 @@ impl AdminState {
 /// `edge-hub serve` refuses to start in that case and builds its router with
 /// [`admin_router`] and [`AdminAuth::load`] instead.
 pub fn router(hub: Arc<Hub>) -> Router {
-    let auth = match AdminAuth::load(&hub.config) {
+    let auth = match AdminAuth::load(&hub.config, hub.denylist.clone()) {
         Ok(a) => a,
         Err(e) => {
             warn!(error = %format!("{e:#}"), "the admin API can identify no operator: every admin call is refused");
@@ -147,15 +147,15 @@ pub fn admin_router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-/// `GET /metrics`: the hub's metrics and this API's own (`kerbside_hub_crl_expired`).
+/// `GET /metrics`: the hub's metrics, with the values read at scrape time (units connected,
+/// feed head, whether the CRL is past its `nextUpdate`).
 async fn scrape(State(st): State<AdminState>) -> Response {
     let head = st.hub.store.head().unwrap_or(0);
     let units = st.hub.units_connected();
-    let text = st.hub.metrics.encode(units, head);
-    let body = match text.rfind("# EOF") {
-        Some(i) => format!("{}{}# EOF\n", &text[..i], st.auth.encode_metrics()),
-        None => format!("{text}{}", st.auth.encode_metrics()),
-    };
+    let body = st
+        .hub
+        .metrics
+        .encode(units, head, st.auth.crl_status().expired);
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
 }
 

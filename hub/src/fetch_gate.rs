@@ -10,18 +10,16 @@
 //! for two live sessions on one unit certificate. A fetch is answered only once its event is
 //! stored; a fetch that cannot be recorded is refused (`audit_unavailable`).
 
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use edge_proto::audit::{
     uuid_from_bytes, AccessData, AuditAction, AuditEvent, AuditOutcome, ClientInfo, Hash32,
     Purpose, AUDIT_SCHEMA, GENESIS,
 };
-use edge_proto::denylist::{verify_denylist, DenyList};
 use edge_proto::ids::{DeviceId, StaffRole};
 use edge_proto::nhs::NhsNumber;
 use edge_proto::sync::wire::MAX_FETCH_TOKEN_BYTES;
-use edge_proto::sync::{BearerToken, Bytes, FetchRefusal};
+use edge_proto::sync::{BearerToken, FetchRefusal};
 use edge_proto::time::UnixMillis;
 use edge_proto::token::{self, ShiftClaims, TokenError};
 use edge_runtime::config::HubConfig;
@@ -29,6 +27,7 @@ use tracing::warn;
 
 use super::fetch_budget::{Alert, BudgetConfig, FetchBudget};
 use crate::audit::AuditRepo;
+use crate::denylist::TokenDenyList;
 
 /// A fetch the gate let through.
 #[derive(Debug, Clone)]
@@ -69,9 +68,7 @@ pub struct HubEvent<'a> {
 pub struct FetchGate {
     hub_device: DeviceId,
     token_key: Option<[u8; 32]>,
-    denylist_path: Option<PathBuf>,
-    /// The deny list in force and its raw signed bytes (what units are sent).
-    denylist: RwLock<Option<(DenyList, Bytes)>>,
+    denylist: Arc<TokenDenyList>,
     budget: Mutex<FetchBudget>,
     /// Serialises the hub's appends to its own chain.
     chain: Mutex<()>,
@@ -103,8 +100,12 @@ fn unreachable_device() -> DeviceId {
 
 impl FetchGate {
     /// The gate for a hub: its shift-token key (a key that cannot be read refuses every fetch,
-    /// with a warning), its deny list when configured, and the budget from `[sync]`.
-    pub fn new(config: &HubConfig, audit: Arc<AuditRepo>) -> FetchGate {
+    /// with a warning), the hub's deny list, and the budget from `[sync]`.
+    pub fn new(
+        config: &HubConfig,
+        audit: Arc<AuditRepo>,
+        denylist: Arc<TokenDenyList>,
+    ) -> FetchGate {
         let token_key = match edge_runtime::keys::load_ed25519_public(&config.keys.token_verify) {
             Ok(k) => Some(k),
             Err(e) => {
@@ -112,11 +113,10 @@ impl FetchGate {
                 None
             }
         };
-        let gate = FetchGate {
+        FetchGate {
             hub_device: hub_device_id(&config.name),
             token_key,
-            denylist_path: config.keys.token_denylist.clone(),
-            denylist: RwLock::new(None),
+            denylist,
             budget: Mutex::new(FetchBudget::new(BudgetConfig {
                 unit_per_hour: config.sync.fetch_unit_per_hour,
                 staff_per_hour: config.sync.fetch_staff_per_hour,
@@ -124,43 +124,11 @@ impl FetchGate {
             })),
             chain: Mutex::new(()),
             audit,
-        };
-        if let Err(e) = gate.reload_denylist() {
-            warn!(error = %e, "cannot take the token deny list; fetches are checked without it until it can be read");
         }
-        gate
     }
 
     pub fn hub_device(&self) -> &DeviceId {
         &self.hub_device
-    }
-
-    /// The raw signed deny list in force (what units are sent).
-    pub fn denylist_bytes(&self) -> Option<Bytes> {
-        self.denylist
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|(_, b)| b.clone())
-    }
-
-    /// Re-read the deny list file. `Ok(true)` when a newer valid list was taken; an older,
-    /// equal or invalid one leaves the list in force.
-    pub fn reload_denylist(&self) -> Result<bool, String> {
-        let (Some(path), Some(key)) = (&self.denylist_path, &self.token_key) else {
-            return Ok(false);
-        };
-        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let list = verify_denylist(&bytes, key).map_err(|e| format!("{}: {e}", path.display()))?;
-        let mut cur = self.denylist.write().unwrap_or_else(|p| p.into_inner());
-        let newer = match cur.as_ref() {
-            Some((c, _)) => list.supersedes(c),
-            None => true,
-        };
-        if newer {
-            *cur = Some((list, Bytes::from(bytes)));
-        }
-        Ok(newer)
     }
 
     /// Verify a fetch's token for `device` at `now`.
@@ -183,13 +151,7 @@ impl FetchGate {
             TokenError::WrongUnit { .. } => Box::new((FetchRefusal::WrongUnit, None)),
             _ => Box::new((FetchRefusal::BadToken, None)),
         })?;
-        let denied = self
-            .denylist
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .is_some_and(|(l, _)| l.denies(&claims, now));
-        if denied {
+        if self.denylist.denies(&claims, now) {
             return Err(Box::new((FetchRefusal::DeniedToken, Some(claims))));
         }
         if claims.role != StaffRole::Clinical {

@@ -13,6 +13,7 @@
 //! * [`oplog`] — the operator log: every admin call with the operator's identity.
 //! * [`audit`] — the audit repository: uploads from units, chain checks, queries, export.
 //! * [`perms`] — the hub's data folder kept private (0700 folders, 0600 files).
+//! * [`denylist`] — the fleet's token deny list, one copy for the fetch gate, the admin API and units.
 //! * [`inventory`] — the fleet inventory, cached and re-read only when the file changes.
 //! * [`metrics`] — `/metrics` on the admin listener (Prometheus / OpenMetrics text).
 //!
@@ -20,6 +21,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod denylist;
 pub mod inventory;
 pub mod metrics;
 pub mod operator;

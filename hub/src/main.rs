@@ -236,8 +236,6 @@ fn private_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
 fn run_serve(config: &std::path::Path) -> anyhow::Result<()> {
     edge_runtime::tls::install_default_provider();
     let cfg = load_config(config)?;
-    // The admin API identifies every caller: no operator key, no hub.
-    let auth = std::sync::Arc::new(edge_hub::operator::AdminAuth::load(&cfg)?);
     private_data_dir(&cfg.data_dir)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -245,6 +243,11 @@ fn run_serve(config: &std::path::Path) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
         let mut hub = edge_hub::server::Hub::open(cfg)?;
+        // The admin API identifies every caller: no operator key, no hub.
+        let auth = std::sync::Arc::new(edge_hub::operator::AdminAuth::load(
+            &hub.config,
+            hub.denylist.clone(),
+        )?);
         let endpoint = edge_hub::server::sync_endpoint(&mut hub)?;
         let admin_addr = hub
             .config
@@ -273,8 +276,8 @@ fn run_serve(config: &std::path::Path) -> anyhow::Result<()> {
             head = hub.store.head()?,
             "edge-hub serving"
         );
-        // CRL and deny-list reload, CRL freshness, data-folder modes and feed compaction,
-        // periodically.
+        // CRL reload, CRL freshness, data-folder modes and feed compaction, periodically (the
+        // deny list is re-read by the sync server's revocation watch).
         {
             let hub = hub.clone();
             let auth = auth.clone();
@@ -290,10 +293,6 @@ fn run_serve(config: &std::path::Path) -> anyhow::Result<()> {
                         }
                     }
                     check_crl(&hub, &auth);
-                    match auth.reload_denylist() {
-                        Ok(v) => tracing::debug!(version = v, "token deny list reloaded"),
-                        Err(e) => tracing::warn!(error = %e, "cannot take the token deny list; keeping the previous one"),
-                    }
                     if let Err(e) = edge_hub::perms::secure_data_dir(&hub.config.data_dir) {
                         tracing::warn!(error = %e, "cannot narrow the permissions of the hub's data folder");
                     }

@@ -29,9 +29,8 @@
 use std::sync::Arc;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::header;
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use edge_proto::sync::FetchOutcome;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -67,6 +66,7 @@ pub struct Metrics {
     registry: Registry,
     units_connected: Gauge,
     feed_head: Gauge,
+    crl_expired: Gauge,
     bundles: Family<ResultLabel, Counter>,
     items: Family<ResultLabel, Counter>,
     audit_stored: Counter,
@@ -102,6 +102,12 @@ impl Metrics {
         let mut registry = Registry::default();
         let units_connected = Gauge::default();
         let feed_head = Gauge::default();
+        let crl_expired = Gauge::default();
+        registry.register(
+            "kerbside_hub_crl_expired",
+            "1 when the fleet CRL the hub enforces is past its nextUpdate (re-sign it with `edge-provision crl`).",
+            crl_expired.clone(),
+        );
         let bundles = Family::<ResultLabel, Counter>::default();
         let items = Family::<ResultLabel, Counter>::default();
         let audit_stored = Counter::default();
@@ -190,6 +196,7 @@ impl Metrics {
             registry,
             units_connected,
             feed_head,
+            crl_expired,
             bundles,
             items,
             audit_stored,
@@ -271,7 +278,8 @@ impl Metrics {
     }
 
     /// The text exposition, with the scrape-time gauges set first.
-    pub fn encode(&self, units_connected: usize, feed_head: u64) -> String {
+    pub fn encode(&self, units_connected: usize, feed_head: u64, crl_expired: bool) -> String {
+        self.crl_expired.set(i64::from(crl_expired));
         self.units_connected
             .set(i64::try_from(units_connected).unwrap_or(i64::MAX));
         self.feed_head
@@ -293,15 +301,4 @@ pub async fn track(State(hub): State<Arc<Hub>>, req: Request, next: Next) -> Res
     let resp = next.run(req).await;
     hub.metrics.admin_request(&route, resp.status().as_u16());
     resp
-}
-
-/// `GET /metrics`
-pub async fn scrape(State(hub): State<Arc<Hub>>) -> Response {
-    let head = hub.store.head().unwrap_or(0);
-    let units = hub.units_connected();
-    (
-        [(header::CONTENT_TYPE, CONTENT_TYPE)],
-        hub.metrics.encode(units, head),
-    )
-        .into_response()
 }

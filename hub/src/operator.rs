@@ -8,7 +8,7 @@
 //!    DNS-rebinding name, cannot drive the API).
 //! 2. **Operator token** ([`AdminAuth::authenticate`]): `Authorization: Bearer <operator token>`,
 //!    verified with the fleet's operator public key (`[keys] operator_verify`) and checked
-//!    against the fleet's signed deny list (`[keys] token_denylist`, re-read with the CRL);
+//!    against the fleet's signed deny list (the hub's one copy, `crate::denylist`);
 //!    otherwise 401 (`no_token`, `wrong_token_kind` for a staff shift token, `invalid_token`,
 //!    `revoked`).
 //! 3. **Role** ([`required_role`]): `fleet` for ingest, devices, cohort, wipe; `privacy` for
@@ -25,16 +25,15 @@
 //! `kerbside_hub_crl_expired` gauge to 1.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 use anyhow::Context as _;
-use edge_proto::denylist::DenyList;
 use edge_proto::time::UnixMillis;
 use edge_proto::token::{verify_operator, OperatorClaims, OperatorRole, OperatorTokenError};
 use edge_runtime::HubConfig;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+
+use crate::denylist::TokenDenyList;
 
 /// A refused admin request: HTTP status, error code and a message for the operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,18 +235,17 @@ pub struct CrlStatus {
 pub struct AdminAuth {
     operator_key: Option<[u8; 32]>,
     token_verify: Option<[u8; 32]>,
-    denylist_path: Option<PathBuf>,
-    denylist: RwLock<Option<DenyList>>,
+    /// The hub's deny list (shared with the fetch gate; re-read by the revocation watch).
+    denylist: Option<Arc<TokenDenyList>>,
     hosts: Vec<String>,
     crl: RwLock<CrlStatus>,
-    crl_expired: Gauge,
-    registry: Registry,
 }
 
 impl AdminAuth {
-    /// Load the operator key and deny list named by `hub.toml`. Fails without
-    /// `[keys] operator_verify`: the admin API cannot identify anyone without it.
-    pub fn load(cfg: &HubConfig) -> anyhow::Result<AdminAuth> {
+    /// Load the operator key named by `hub.toml`, checking operator tokens against the hub's
+    /// `denylist`. Fails without `[keys] operator_verify` (the admin API cannot identify anyone
+    /// without it), or when a deny list is configured and none is in force.
+    pub fn load(cfg: &HubConfig, denylist: Arc<TokenDenyList>) -> anyhow::Result<AdminAuth> {
         let path = cfg.keys.operator_verify.as_ref().with_context(|| {
             format!(
                 "{} has no [keys] operator_verify: the admin API needs the fleet's operator-token public key to identify operators. Re-run `edge-provision hub --force` with this fleet to write it into the hub bundle",
@@ -262,18 +260,13 @@ impl AdminAuth {
         // The shift-token key only tells a shift token from a forgery (401 `wrong_token_kind`)
         // unless the deny list needs it.
         auth.token_verify = edge_runtime::keys::load_ed25519_public(&cfg.keys.token_verify).ok();
-        if let Some(dl) = &cfg.keys.token_denylist {
-            let tv = edge_runtime::keys::load_ed25519_public(&cfg.keys.token_verify)
-                .with_context(|| {
-                    "cannot load the shift-token public key ([keys] token_verify) that verifies the token deny list"
-                })?;
-            let list = edge_runtime::keys::load_denylist(dl, &tv).with_context(|| {
-                "cannot load the token deny list ([keys] token_denylist); the admin API will not start without the revocations it names"
-            })?;
-            auth.token_verify = Some(tv);
-            auth.denylist_path = Some(dl.clone());
-            auth.denylist = RwLock::new(Some(list));
+        if denylist.missing() {
+            let reason = denylist.reload().err().unwrap_or_default();
+            anyhow::bail!(
+                "cannot load the token deny list ([keys] token_denylist): {reason}; the admin API will not start without the revocations it names"
+            );
         }
+        auth.denylist = Some(denylist);
         Ok(auth)
     }
 
@@ -285,54 +278,18 @@ impl AdminAuth {
             .socket_addr()
             .map(allowed_hosts)
             .unwrap_or_default();
-        let mut registry = Registry::default();
-        let crl_expired = Gauge::default();
-        registry.register(
-            "kerbside_hub_crl_expired",
-            "1 when the fleet CRL the hub enforces is past its nextUpdate (re-sign it with `edge-provision crl`).",
-            crl_expired.clone(),
-        );
         AdminAuth {
             operator_key: None,
             token_verify: None,
-            denylist_path: None,
-            denylist: RwLock::new(None),
+            denylist: None,
             hosts,
             crl: RwLock::new(CrlStatus::default()),
-            crl_expired,
-            registry,
         }
     }
 
     /// The Host values the admin listener answers to.
     pub fn hosts(&self) -> &[String] {
         &self.hosts
-    }
-
-    /// Re-read the deny list; a newer valid version replaces the one in use, anything else
-    /// (unreadable, not signed by the fleet, an older version) keeps it. Returns the version
-    /// in use, or an error saying why the file was not taken.
-    pub fn reload_denylist(&self) -> Result<Option<u64>, String> {
-        let (Some(path), Some(tv)) = (&self.denylist_path, &self.token_verify) else {
-            return Ok(None);
-        };
-        let new = edge_runtime::keys::load_denylist(path, tv).map_err(|e| e.to_string())?;
-        let mut cur = self.denylist.write().unwrap_or_else(|p| p.into_inner());
-        match cur.as_ref() {
-            Some(c) if !new.supersedes(c) => {
-                if new.version < c.version {
-                    return Err(format!(
-                        "{} holds deny list version {}, older than the version {} in use; keeping {}",
-                        path.display(),
-                        new.version,
-                        c.version,
-                        c.version
-                    ));
-                }
-            }
-            _ => *cur = Some(new),
-        }
-        Ok(cur.as_ref().map(|l| l.version))
     }
 
     /// Verify an operator token at `now`.
@@ -368,13 +325,11 @@ impl AdminAuth {
             ),
             e => Refusal::new(401, "invalid_token", e.to_string()),
         })?;
-        let denied = self
+        if self
             .denylist
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .is_some_and(|l| l.denies_operator(&claims, now));
-        if denied {
+            .is_some_and(|l| l.denies_operator(&claims, now))
+        {
             return Err(Refusal::new(
                 401,
                 "revoked",
@@ -412,7 +367,6 @@ impl AdminAuth {
                 ..CrlStatus::default()
             },
         };
-        self.crl_expired.set(i64::from(status.expired));
         *self.crl.write().unwrap_or_else(|p| p.into_inner()) = status.clone();
         status
     }
@@ -420,15 +374,6 @@ impl AdminAuth {
     /// The last [`AdminAuth::check_crl`] result.
     pub fn crl_status(&self) -> CrlStatus {
         self.crl.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// This module's metrics as OpenMetrics text (without the closing `# EOF`).
-    pub fn encode_metrics(&self) -> String {
-        let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
-            out.clear();
-        }
-        out.trim_end_matches("# EOF\n").to_owned()
     }
 }
 

@@ -41,6 +41,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use self::fetch_gate::{FetchGate, Granted, HubEvent};
+use crate::denylist::TokenDenyList;
 use crate::inventory::InventoryCache;
 use crate::metrics::Metrics;
 use crate::store::HubStore;
@@ -121,6 +122,8 @@ pub struct Hub {
     pub metrics: Metrics,
     /// Shift-token checks, fetch budget and the hub's own audit events for fetches.
     pub gate: FetchGate,
+    /// The fleet's token deny list (fetch gate, admin API, and what units are sent).
+    pub denylist: Arc<TokenDenyList>,
     /// The signed token deny list in force (raw bytes), for every session to pass on.
     pub denylist_tx: watch::Sender<Option<Bytes>>,
     next_connection: std::sync::atomic::AtomicU64,
@@ -156,13 +159,15 @@ impl Hub {
         };
         let audit = Arc::new(crate::audit::AuditRepo::open(store.db())?);
         let inventory_cache = InventoryCache::new(config.inventory.clone());
-        let gate = FetchGate::new(&config, audit.clone());
-        let (denylist_tx, _) = watch::channel(gate.denylist_bytes());
+        let denylist = Arc::new(TokenDenyList::open(&config));
+        let gate = FetchGate::new(&config, audit.clone(), denylist.clone());
+        let (denylist_tx, _) = watch::channel(denylist.bytes());
         Ok(Hub {
             config,
             inventory_cache,
             metrics: Metrics::new(),
             gate,
+            denylist,
             denylist_tx,
             audit,
             store: Arc::new(store),
@@ -418,10 +423,10 @@ pub async fn watch_revocations(hub: Arc<Hub>) {
             if s != dl_s || dl_at.elapsed() >= reread {
                 dl_s = s;
                 dl_at = std::time::Instant::now();
-                match h.gate.reload_denylist() {
+                match h.denylist.reload() {
                     Ok(true) => {
                         info!("token deny list changed: passing it to every unit");
-                        h.denylist_tx.send_replace(h.gate.denylist_bytes());
+                        h.denylist_tx.send_replace(h.denylist.bytes());
                     }
                     Ok(false) => {}
                     Err(e) => {

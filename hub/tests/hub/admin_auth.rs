@@ -491,7 +491,7 @@ async fn a_crl_past_its_next_update_raises_a_hub_alert_and_the_metric() {
     use edge_hub::operator::AdminAuth;
     use std::sync::Arc;
     let t = hub(None);
-    let auth = Arc::new(AdminAuth::load(&t.hub.config).unwrap());
+    let auth = Arc::new(AdminAuth::load(&t.hub.config, t.hub.denylist.clone()).unwrap());
     let app = admin_router(AdminState::open(t.hub.clone(), auth.clone()).unwrap());
     let crl = t.dir.path().join("crl.pem");
 

@@ -329,7 +329,7 @@ async fn a_unit_syncs_fetches_and_uploads_audit_through_the_bounded_queues() {
     let text = f
         .hub
         .metrics
-        .encode(f.hub.units_connected(), f.hub.store.head().unwrap());
+        .encode(f.hub.units_connected(), f.hub.store.head().unwrap(), false);
     assert!(text.contains("kerbside_hub_units_connected 1"), "{text}");
     assert!(text.contains("kerbside_hub_fetches_total{outcome=\"found\"} 1"));
     assert!(text.contains("kerbside_hub_fetches_total{outcome=\"not_found\"} 1"));
