@@ -39,6 +39,12 @@ pub struct Live {
     pub link_bytes_received: u64,
     /// Problems the audit journal found when it was opened (reported, never dropped).
     pub audit_problems: Vec<String>,
+    /// When the certificate the unit presents to the hub expires.
+    pub cert_not_after: Option<UnixMillis>,
+    /// When the hub last renewed it over the sync.
+    pub cert_renewed_at: Option<UnixMillis>,
+    /// Why the last renewal failed (refused by the hub, or a bad answer), until one succeeds.
+    pub cert_renewal_error: Option<String>,
 }
 
 impl Default for Live {
@@ -60,6 +66,9 @@ impl Default for Live {
             audit_uploaded_seq: 0,
             link_bytes_received: 0,
             audit_problems: Vec::new(),
+            cert_not_after: None,
+            cert_renewed_at: None,
+            cert_renewal_error: None,
         }
     }
 }
@@ -93,6 +102,9 @@ pub struct StatusView {
     pub records_received: u64,
     pub link_bytes_received: u64,
     pub audit_problems: Vec<String>,
+    pub cert_expires_at: Option<String>,
+    pub cert_renewed_at: Option<String>,
+    pub cert_renewal_error: Option<String>,
 }
 
 impl Status {
@@ -140,6 +152,9 @@ impl Status {
             records_received: l.records_received,
             link_bytes_received: l.link_bytes_received,
             audit_problems: l.audit_problems,
+            cert_expires_at: l.cert_not_after.map(UnixMillis::to_rfc3339),
+            cert_renewed_at: l.cert_renewed_at.map(UnixMillis::to_rfc3339),
+            cert_renewal_error: l.cert_renewal_error,
         }
     }
 }

@@ -27,5 +27,6 @@ pub mod metrics;
 pub mod operator;
 pub mod oplog;
 pub mod perms;
+pub mod renewal;
 pub mod server;
 pub mod store;

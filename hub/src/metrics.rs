@@ -78,6 +78,8 @@ pub struct Metrics {
     fetches_refused: Family<ReasonLabel, Counter>,
     fetch_alerts: Family<KindLabel, Counter>,
     sessions_closed: Family<ReasonLabel, Counter>,
+    renewals: Family<ReasonLabel, Counter>,
+    renewal_ca_expires: Gauge,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -119,6 +121,18 @@ impl Metrics {
         let fetches_refused = Family::<ReasonLabel, Counter>::default();
         let fetch_alerts = Family::<KindLabel, Counter>::default();
         let sessions_closed = Family::<ReasonLabel, Counter>::default();
+        let renewals = Family::<ReasonLabel, Counter>::default();
+        let renewal_ca_expires = Gauge::default();
+        registry.register(
+            "kerbside_hub_cert_renewals",
+            "Unit certificate renewals asked of the hub over the sync, by result (renewed, or why refused).",
+            renewals.clone(),
+        );
+        registry.register(
+            "kerbside_hub_renewal_ca_expiry_seconds",
+            "Seconds until the hub's renewal CA expires (0 without one); replace it well before (`edge-provision ca renewal-ca --force`).",
+            renewal_ca_expires.clone(),
+        );
         registry.register(
             "kerbside_hub_fetches_refused",
             "On-demand fetches the hub refused, reading nothing, by reason.",
@@ -208,7 +222,19 @@ impl Metrics {
             fetches_refused,
             fetch_alerts,
             sessions_closed,
+            renewals,
+            renewal_ca_expires,
         }
+    }
+
+    /// One certificate renewal asked for: `renewed` or the refusal's reason.
+    pub fn renewal(&self, reason: &'static str) {
+        self.renewals.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// Seconds left on the hub's renewal CA.
+    pub fn set_renewal_ca_expiry(&self, seconds: i64) {
+        self.renewal_ca_expires.set(seconds.max(0));
     }
 
     /// One ingest over the admin API.

@@ -126,6 +126,8 @@ pub struct Hub {
     pub denylist: Arc<TokenDenyList>,
     /// The signed token deny list in force (raw bytes), for every session to pass on.
     pub denylist_tx: watch::Sender<Option<Bytes>>,
+    /// The fleet's renewal CA, when the hub bundle carries one (renewal over the sync).
+    pub renewal: Option<crate::renewal::RenewalCa>,
     next_connection: std::sync::atomic::AtomicU64,
 }
 
@@ -162,10 +164,34 @@ impl Hub {
         let denylist = Arc::new(TokenDenyList::open(&config));
         let gate = FetchGate::new(&config, audit.clone(), denylist.clone());
         let (denylist_tx, _) = watch::channel(denylist.bytes());
+        let renewal = match (&config.keys.renewal_ca_cert, &config.keys.renewal_ca_key) {
+            (Some(cert), Some(key)) => Some(
+                crate::renewal::RenewalCa::load(cert, key)
+                    .context("cannot load the renewal CA named in [keys]")?,
+            ),
+            _ => None,
+        };
+        let metrics = Metrics::new();
+        match &renewal {
+            Some(ca) => {
+                let left = ca.not_after.0 - now().0;
+                metrics.set_renewal_ca_expiry(left / 1000);
+                if left < crate::renewal::CA_WARN_MS {
+                    warn!(
+                        expires = %ca.not_after.to_rfc3339(),
+                        "the renewal CA expires soon: replace it with `edge-provision ca renewal-ca --force` and rewrite the hub bundle"
+                    );
+                }
+            }
+            None => info!(
+                "no renewal CA in this hub's bundle: unit certificates are renewed only by `edge-provision renew`"
+            ),
+        }
         Ok(Hub {
+            renewal,
             config,
             inventory_cache,
-            metrics: Metrics::new(),
+            metrics,
             gate,
             denylist,
             denylist_tx,
@@ -605,6 +631,12 @@ async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Re
                     // Keep the connection: the unit's pending audit events still upload.
                     continue;
                 }
+                Some(Input::Msg(ToHub::Renew, StreamKind::Pull, out)) => {
+                    let answer = renew(&hub, &device, &ident, &certs).await;
+                    let _ = out.send(answer).await;
+                    pull = Some(out);
+                    continue;
+                }
                 Some(Input::Msg(ToHub::Fetch { request_id, nhs, token, purpose }, StreamKind::Fetch, out)) => {
                     fetch = Some(out);
                     let t = now();
@@ -772,6 +804,54 @@ async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Re
     info!(device = %device, "unit disconnected");
     conn.close(close_code::BYE.into(), b"bye");
     result
+}
+
+/// Answer a unit's renewal request on this connection: the certificate it presented,
+/// re-issued by the renewal CA, or why not (see [`crate::renewal`]).
+async fn renew(
+    hub: &Arc<Hub>,
+    device: &DeviceId,
+    ident: &edge_runtime::identity::UnitIdentity,
+    certs: &[CertificateDer<'static>],
+) -> ToUnit {
+    let t = now();
+    let inv = hub.inventory();
+    let wiped = hub
+        .store
+        .device(device)
+        .map_or(true, |d| d.wipe_requested.is_some());
+    let result = crate::renewal::decide(
+        hub.renewal.as_ref(),
+        inv.as_deref(),
+        wiped,
+        ident,
+        certs.first().map(|c| c.as_ref()),
+        t,
+    );
+    match result {
+        Ok(r) => {
+            info!(device = %device, serial = %r.serial, expires = %r.not_after.to_rfc3339(), "renewed a unit's certificate");
+            hub.metrics.renewal("renewed");
+            let _ = hub.store.update_device(device, |d| {
+                d.cert_renewed = Some((r.serial.clone(), r.not_after, t));
+            });
+            ToUnit::Certificate {
+                chain: r.chain.into_iter().map(Bytes::from).collect(),
+            }
+        }
+        Err(why) => {
+            match &why {
+                crate::renewal::Refusal::NotDue { .. } => {
+                    debug!(device = %device, why = %why, "refused a certificate renewal")
+                }
+                _ => warn!(device = %device, why = %why, "refused a certificate renewal"),
+            }
+            hub.metrics.renewal(why.as_str());
+            ToUnit::RenewalRefused {
+                why: why.to_string(),
+            }
+        }
+    }
 }
 
 /// Refusals of fetches without a valid token recorded per connection, at most.
@@ -1071,6 +1151,11 @@ pub fn device_rows(hub: &Hub) -> anyhow::Result<Vec<serde_json::Value>> {
                 "last_refusal": d.last_refusal,
                 "wipe_requested": d.wipe_requested.map(|t| t.to_rfc3339()),
                 "wipe_sent": d.wipe_sent.map(|t| t.to_rfc3339()),
+                "cert_renewed": d.cert_renewed.as_ref().map(|(serial, not_after, at)| serde_json::json!({
+                    "serial": serial,
+                    "not_after": not_after.to_rfc3339(),
+                    "at": at.to_rfc3339(),
+                })),
             }),
         );
     };

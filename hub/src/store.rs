@@ -98,6 +98,10 @@ pub struct DeviceDisk {
     /// When the unit was last sent the wipe order.
     #[serde(default)]
     pub wipe_sent: Option<UnixMillis>,
+    /// The certificate this hub last renewed for the unit over the sync: serial (hex), expiry,
+    /// and when.
+    #[serde(default)]
+    pub cert_renewed: Option<(String, UnixMillis, UnixMillis)>,
 }
 
 /// What an ingest did.

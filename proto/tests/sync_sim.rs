@@ -1010,7 +1010,9 @@ impl Sim {
             UnitEvent::FetchRefused { reason, .. } => {
                 return Err(format!("the hub refused a fetch with a token: {reason:?}"));
             }
-            UnitEvent::DenyList { .. } => {}
+            UnitEvent::DenyList { .. }
+            | UnitEvent::Certificate { .. }
+            | UnitEvent::RenewalRefused { .. } => {}
             UnitEvent::Fetched {
                 request_id,
                 nhs,

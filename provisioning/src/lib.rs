@@ -14,7 +14,7 @@
 
 pub mod fleet;
 
-pub use edge_runtime::{config, fsutil, hostport, identity, inventory, keys, tls};
+pub use edge_runtime::{config, fsutil, hostport, identity, inventory, issue, keys, tls};
 pub use edge_runtime::{
     load_ed25519_public, load_ed25519_signing, ConfigError, HostPort, HubConfig, UnitConfig,
     UnitIdentity,

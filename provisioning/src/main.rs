@@ -24,13 +24,15 @@ const FLOW: &str = "\
 Workshop flow:
   1. once per fleet:   edge-provision ca init --fleet FLEET [--lan-domain units.las.example]
                        (then move FLEET/root-ca.key to offline storage)
+                       older fleets: edge-provision ca renewal-ca --fleet FLEET   (renewal over the sync)
   2. once per hub:     edge-provision hub --fleet FLEET --name hub.example --listen 0.0.0.0:4433 \\
                            --admin 127.0.0.1:9443 --out HUBDIR
   3. per unit:         edge-provision enrol --fleet FLEET --device-id LAS-AMB-0192 --role vehicle \\
                            --hub hub.example:4433 --hub-name hub.example --lan 192.168.50.1:8443 \\
                            --out UNITDIR
                        copy UNITDIR onto the unit; it runs `edge-daemon run --config UNITDIR/edge.toml`
-  4. before expiry:    edge-provision renew --fleet FLEET --device-id ID     (certificates last 7 days)
+  4. before expiry:    automatic: the hub renews a unit's 7-day certificate over the sync
+                       (by hand, e.g. a unit offline past expiry: edge-provision renew --fleet FLEET --device-id ID)
   5. stolen or lost:   edge-provision revoke --fleet FLEET --device-id ID --reason stolen
   6. broken unit:      edge-provision enrol ... --replace --out NEWDIR      (old certificates revoked)
   anytime:             edge-provision list --fleet FLEET [--json]
@@ -163,8 +165,33 @@ fleet settings (fleet.json: --lan-domain); and the fleet inventory. Every file i
 the directory 0700, and it appears whole or not at all. An existing fleet is never overwritten unless --force (it is then moved aside to
 DIR.replaced-TIME, not deleted).
 
-After init, move FLEET/root-ca.key to offline storage: nothing else needs it.")]
+It also makes the renewal CA (2 years, under the root, clientAuth only, path length 0) that
+`hub` copies into hub bundles, so hubs renew units' 7-day certificates over the sync.
+
+After init, move FLEET/root-ca.key to offline storage: only `ca renewal-ca` needs it again.")]
     Init(InitArgs),
+    /// Create or replace the renewal CA the hubs renew unit certificates with (needs root-ca.key).
+    #[command(name = "renewal-ca", after_long_help = FLOW, long_about = "\
+Create the fleet's renewal CA: an intermediate under the fleet root (2 years, ECDSA P-256,
+extended key usage clientAuth only, path length 0), written as FLEET/renewal-ca.crt and
+renewal-ca.key. `hub` copies both into hub bundles; a hub holding them re-issues a unit's
+7-day certificate over the sync when two thirds of its lifetime has passed, so no unit falls
+off the fleet because nobody ran `renew`. Revoked and wiped units are refused.
+
+Fleets made by `ca init` have one already; run this for an older fleet, or with --force to
+replace one before it expires (then rewrite every hub bundle with `hub --force`). The root key
+must be back in the fleet directory for this; move it offline again afterwards.")]
+    RenewalCa(RenewalCaArgs),
+}
+
+#[derive(Debug, Args)]
+struct RenewalCaArgs {
+    /// The fleet directory.
+    #[arg(long, value_name = "DIR")]
+    fleet: PathBuf,
+    /// Replace an existing renewal CA.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -409,6 +436,16 @@ fn run(cli: Cli) -> Result<()> {
                 "move {} to offline storage: nothing else needs it",
                 a.fleet.join("root-ca.key").display()
             );
+        }
+        Cmd::Ca(CaCmd::RenewalCa(a)) => {
+            let mut f = open(&a.fleet)?;
+            let (serial, not_after) = f.make_renewal_ca(a.force, now)?;
+            println!(
+                "renewal CA {serial} written to {} (expires {})",
+                a.fleet.display(),
+                not_after.to_rfc3339()
+            );
+            println!("rewrite each hub bundle with `edge-provision hub ... --force` so hubs use it; move root-ca.key offline again");
         }
         Cmd::Hub(a) => {
             let mut f = open(&a.fleet)?;

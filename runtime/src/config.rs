@@ -154,6 +154,14 @@ pub struct HubKeys {
     /// the same reason as `operator_verify`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_denylist: Option<PathBuf>,
+    /// The fleet's renewal CA certificate (PEM; `renewal-ca.crt`): an intermediate under the
+    /// fleet root, EKU clientAuth, path length 0. With `renewal_ca_key`, the hub re-issues a
+    /// unit's 7-day certificate over the sync before it expires. Both or neither.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_ca_cert: Option<PathBuf>,
+    /// The renewal CA's private key (PEM; `renewal-ca.key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_ca_key: Option<PathBuf>,
 }
 
 /// `[sync]` of `hub.toml`.
@@ -218,6 +226,8 @@ impl HubConfig {
             cfg.keys.token_signing.as_mut(),
             cfg.keys.operator_verify.as_mut(),
             cfg.keys.token_denylist.as_mut(),
+            cfg.keys.renewal_ca_cert.as_mut(),
+            cfg.keys.renewal_ca_key.as_mut(),
         ]
         .into_iter()
         .flatten()
@@ -232,6 +242,13 @@ impl HubConfig {
         let f = &self.file;
         check_server_name(f, "name", &self.name)?;
         range(f, "tls.crl_reload_s", self.tls.crl_reload_s, 1, 86_400)?;
+        if self.keys.renewal_ca_cert.is_some() != self.keys.renewal_ca_key.is_some() {
+            return Err(ConfigError::new(
+                f,
+                "keys.renewal_ca_cert",
+                "renewal_ca_cert and renewal_ca_key go together (both or neither)",
+            ));
+        }
         if self.keys.operator_verify.as_ref() == Some(&self.keys.token_verify) {
             return Err(ConfigError::new(
                 f,
@@ -301,6 +318,12 @@ impl HubConfig {
         }
         if let Some(p) = &self.keys.token_denylist {
             exists(f, "keys.token_denylist", p)?;
+        }
+        if let Some(p) = &self.keys.renewal_ca_cert {
+            exists(f, "keys.renewal_ca_cert", p)?;
+        }
+        if let Some(p) = &self.keys.renewal_ca_key {
+            exists(f, "keys.renewal_ca_key", p)?;
         }
         Ok(())
     }

@@ -40,6 +40,17 @@ const COHORT_SEGMENT: &str = "cohort";
 /// The most cohort names a certificate may carry (a limit on outside input).
 pub const MAX_COHORTS: usize = 64;
 
+/// A unit renews once this much of its certificate's lifetime has passed (2/3: about 2.3 days
+/// before a 7-day certificate expires, so a unit out of coverage for two days still renews).
+pub const RENEW_AFTER_FRACTION: (i64, i64) = (2, 3);
+
+/// When a certificate valid from `not_before` to `not_after` is due for renewal.
+pub fn renew_due_at(not_before: UnixMillis, not_after: UnixMillis) -> UnixMillis {
+    let (num, den) = RENEW_AFTER_FRACTION;
+    let life = not_after.0.saturating_sub(not_before.0).max(0);
+    UnixMillis(not_before.0.saturating_add(life / den * num))
+}
+
 /// Who a verified client certificate belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnitIdentity {

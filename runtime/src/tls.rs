@@ -220,8 +220,13 @@ impl HubMaterial {
         let verifier =
             WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                 .with_crls(crls)
-                // One issuing CA signs every unit certificate and the CRL; the root is offline.
+                // The issuing CA signs enrolled units' certificates and the CRL; the root is
+                // offline. Certificates the hubs renew are signed by the renewal CA, which
+                // publishes no CRL: their status is unknown here, and they are revoked by
+                // device (the hub refuses every certificate of a unit the inventory marks
+                // revoked, at connect and on every revalidation).
                 .only_check_end_entity_revocation()
+                .allow_unknown_revocation_status()
                 .build()
                 .map_err(|source| TlsError::Verifier {
                     ca: files.ca.clone(),
@@ -418,6 +423,34 @@ pub fn unit_client_config(cfg: &UnitConfig) -> Result<Arc<ClientConfig>, TlsErro
         .map_err(|source| TlsError::Rustls { what, source })?;
     config.alpn_protocols = vec![ALPN_SYNC.to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Check a renewed certificate chain as the hub will: it chains to a root in the CA bundle
+/// `ca` (intermediates from `chain` itself), is valid at `now` for client authentication, and
+/// names `device`. Returns the identity it carries. Revocation is the hub's to check.
+pub fn check_unit_chain(
+    ca: &Path,
+    chain: &[CertificateDer<'static>],
+    device: &DeviceId,
+    now: UnixTime,
+) -> Result<crate::identity::UnitIdentity, String> {
+    let ca_certs = load_certs(ca).map_err(|e| e.to_string())?;
+    let roots = root_store(ca, &ca_certs).map_err(|e| e.to_string())?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let (leaf, rest) = chain.split_first().ok_or("an empty chain")?;
+    verifier
+        .verify_client_cert(leaf, rest, now)
+        .map_err(|e| format!("does not verify against the fleet root: {e}"))?;
+    let ident = crate::identity::peer_identity(leaf.as_ref()).map_err(|e| e.to_string())?;
+    if &ident.device_id != device {
+        return Err(format!(
+            "names {} instead of this unit ({device})",
+            ident.device_id
+        ));
+    }
+    Ok(ident)
 }
 
 /// A client config for one unit's LAN API, as a fleet tablet should build it: trusts the fleet

@@ -106,14 +106,33 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// `GET /healthz`: `ok`, or `degraded: …` (still 200: the unit answers) when the audit
-/// journal is into the reserve kept for authenticated accesses.
-async fn healthz(State(s): State<AppState>) -> &'static str {
+/// journal is into the reserve kept for authenticated accesses, or the unit's certificate
+/// expires within a day (it renews over the sync; a unit that cannot reach the hub before
+/// expiry must be renewed by hand).
+async fn healthz(State(s): State<AppState>) -> String {
+    let mut problems = Vec::new();
     if s.audit.in_reserve() {
-        "degraded: the audit journal is near its disk budget (uploads are behind); accesses are still answered"
+        problems.push("the audit journal is near its disk budget (uploads are behind); accesses are still answered".to_owned());
+    }
+    if let Some(t) = s.status.live().cert_not_after {
+        let left = t.0 - s.clock.wall().0;
+        if left < CERT_WARN_MS {
+            problems.push(if left <= 0 {
+                format!("the unit's certificate expired at {}: it cannot sync until renewed (`edge-provision renew`)", t.to_rfc3339())
+            } else {
+                format!("the unit's certificate expires at {}; it renews over the sync once the hub is reachable", t.to_rfc3339())
+            });
+        }
+    }
+    if problems.is_empty() {
+        "ok".to_owned()
     } else {
-        "ok"
+        format!("degraded: {}", problems.join("; "))
     }
 }
+
+/// `/healthz` says `degraded` when the certificate has less than this left.
+const CERT_WARN_MS: i64 = edge_proto::time::UnixMillis::DAY;
 
 /// At most `[lan] max_requests_per_client` requests in flight per client address (429 past
 /// it); requests without a known client (in-process tests) are not limited here.

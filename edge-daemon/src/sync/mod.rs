@@ -15,6 +15,7 @@
 mod audit;
 pub mod policy;
 mod quic;
+mod renew;
 pub mod upload;
 
 use std::collections::HashMap;
@@ -170,6 +171,10 @@ pub struct SyncClient {
     clock: SharedClock,
     /// Where a deny list from the hub goes (see [`SyncClient::with_denylist`]).
     denylist: Option<DenyListSink>,
+    /// The certificate the unit presents (renewed over the sync when due: [`renew`]).
+    cert: std::sync::Mutex<renew::CertState>,
+    /// A renewed certificate was written: rebuild the TLS config before the next connection.
+    tls_changed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for SyncClient {
@@ -199,6 +204,8 @@ struct Conn {
     base_rx: u64,
     /// The smallest smoothed RTT seen.
     min_rtt: Duration,
+    /// Renewal of the unit's certificate was asked for on this connection.
+    renew_asked: bool,
 }
 
 impl Conn {
@@ -217,18 +224,11 @@ impl SyncClient {
         cache: Arc<Cache>,
         status: Arc<Status>,
     ) -> anyhow::Result<(SyncClient, Fetcher)> {
-        let tls = edge_runtime::tls::unit_client_config(&config)
-            .context("cannot build the unit's TLS config from its bundle")?;
-        let quic = QuicClientConfig::try_from(tls).context("QUIC client config")?;
-        let mut client = quinn::ClientConfig::new(Arc::new(quic));
         let policy = Transport::new(&config.sync);
-        let mut transport = quinn::TransportConfig::default();
-        transport
-            .keep_alive_interval(Some(policy.keepalive))
-            .max_idle_timeout(Some(
-                quinn::IdleTimeout::try_from(policy.idle_timeout).context("idle timeout")?,
-            ));
-        client.transport_config(Arc::new(transport));
+        let client = client_config(&config, &policy)?;
+        let cert = renew::CertState::read(&config.tls.cert)
+            .with_context(|| format!("cannot read {}", config.tls.cert.display()))?;
+        status.update(|l| l.cert_not_after = Some(cert.not_after));
         let bind: SocketAddr = if config.hub.addr.ip().is_some_and(|ip| ip.is_ipv6()) {
             "[::]:0".parse()?
         } else {
@@ -261,6 +261,8 @@ impl SyncClient {
                 transport: policy,
                 clock: SystemClock::shared(),
                 denylist: None,
+                cert: std::sync::Mutex::new(cert),
+                tls_changed: std::sync::atomic::AtomicBool::new(false),
             },
             fetcher,
         ))
@@ -369,6 +371,18 @@ impl SyncClient {
     /// One connection attempt: the hub's first answer within the attempt budget, then the
     /// rest of the handshake within [`HANDSHAKE_TIMEOUT`].
     async fn connect(&mut self, out: &mut Outcome) -> anyhow::Result<quinn::Connection> {
+        if self
+            .tls_changed
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            match client_config(&self.config, &self.transport) {
+                Ok(c) => {
+                    self.endpoint.set_default_client_config(c);
+                    info!("presenting the renewed certificate from this connection");
+                }
+                Err(e) => warn!(error = %format!("{e:#}"), "cannot load the renewed certificate; keeping the previous TLS config"),
+            }
+        }
         let mut connecting = self
             .endpoint
             .connect(self.hub_addr, &self.config.hub.name)
@@ -427,6 +441,7 @@ impl SyncClient {
             signals,
             waiting: HashMap::new(),
             base_rx,
+            renew_asked: false,
         };
         // Audit upload on its own stream, not waiting for the pull.
         let uploader = self.journal.clone().map(|journal| {
@@ -664,6 +679,7 @@ impl SyncClient {
                     l.last_error = None;
                 });
                 let _ = self.cache.update_meta(|m| m.hub_offset_ms = offset_ms);
+                self.maybe_renew(c);
             }
             UnitEvent::CaughtUp { cursor } => {
                 out.progressed = true;
@@ -698,6 +714,11 @@ impl SyncClient {
                     debug!("the hub sent a token deny list; this unit has no policy to apply it to")
                 }
             },
+            UnitEvent::Certificate { chain } => self.take_certificate(&chain),
+            UnitEvent::RenewalRefused { why } => {
+                warn!(why, "the hub did not renew this unit's certificate; asking again on the next connection");
+                self.status.update(|l| l.cert_renewal_error = Some(why));
+            }
             UnitEvent::Fetched {
                 request_id,
                 result,
@@ -712,6 +733,49 @@ impl SyncClient {
             }
         }
         Ok(())
+    }
+
+    /// Ask the hub to renew the unit's certificate once per connection when it is due.
+    fn maybe_renew(&self, c: &mut Conn) {
+        if c.renew_asked {
+            return;
+        }
+        let now = self.clock.wall();
+        let cert = self.cert.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if cert.due(now) {
+            c.renew_asked = c.session.renew_certificate();
+            info!(
+                expires = %cert.not_after.to_rfc3339(),
+                "asking the hub to renew this unit's certificate"
+            );
+        }
+    }
+
+    /// A renewed certificate from the hub: checked, written, used from the next connection.
+    fn take_certificate(&self, chain: &[edge_proto::sync::Bytes]) {
+        let now = self.clock.wall();
+        let mut cert = self.cert.lock().unwrap_or_else(|p| p.into_inner());
+        match renew::take(&self.config, &self.config.device_id, &cert, chain, now) {
+            Ok(fresh) => {
+                info!(
+                    expires = %fresh.not_after.to_rfc3339(),
+                    "the hub renewed this unit's certificate"
+                );
+                self.status.update(|l| {
+                    l.cert_not_after = Some(fresh.not_after);
+                    l.cert_renewed_at = Some(now);
+                    l.cert_renewal_error = None;
+                });
+                *cert = fresh;
+                self.tls_changed
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
+            Err(e) => {
+                let why = format!("{e:#}");
+                warn!(error = %why, "refused the certificate the hub sent; keeping the current one");
+                self.status.update(|l| l.cert_renewal_error = Some(why));
+            }
+        }
     }
 
     /// Apply one verified batch to the cache (off the async threads; the batch and the cursor
@@ -748,6 +812,23 @@ impl SyncClient {
         }
         Ok(())
     }
+}
+
+/// The QUIC client config: the unit's TLS from its bundle (certificate chain as on disk now),
+/// keep-alive and idle timeout from the transport policy.
+fn client_config(config: &UnitConfig, policy: &Transport) -> anyhow::Result<quinn::ClientConfig> {
+    let tls = edge_runtime::tls::unit_client_config(config)
+        .context("cannot build the unit's TLS config from its bundle")?;
+    let quic = QuicClientConfig::try_from(tls).context("QUIC client config")?;
+    let mut client = quinn::ClientConfig::new(Arc::new(quic));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .keep_alive_interval(Some(policy.keepalive))
+        .max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(policy.idle_timeout).context("idle timeout")?,
+        ));
+    client.transport_config(Arc::new(transport));
+    Ok(client)
 }
 
 /// Forward the hub's answers on the fetch stream to the connection loop.

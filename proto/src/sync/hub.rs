@@ -247,6 +247,9 @@ impl HubSession {
             }
             // The driver hands audit uploads to its audit repository, never to the session.
             ToHub::Audit { .. } => Err(HubError::BadRequest("audit upload on the sync session")),
+            ToHub::Renew => Err(HubError::BadRequest(
+                "certificate renewal is the hub server's, not the sync session's",
+            )),
         };
         let r = r.and_then(|()| self.pump(now, feed));
         r.map_err(|e| self.refuse(e))

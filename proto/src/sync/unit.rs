@@ -178,6 +178,11 @@ pub enum UnitEvent {
     /// driver verifies it with the fleet's token key and, when it supersedes the one in force,
     /// applies it (tokens it names are refused from then on).
     DenyList { list: Bytes },
+    /// The hub renewed this unit's certificate (DER chain, unverified): the driver checks it
+    /// names this unit, carries the unit's key and chains to the fleet root, then keeps it.
+    Certificate { chain: Vec<Bytes> },
+    /// The hub will not renew the certificate now.
+    RenewalRefused { why: String },
 }
 
 /// Limits and budgets.
@@ -423,6 +428,17 @@ impl UnitSession {
         id
     }
 
+    /// Ask the hub to renew this unit's certificate (sent once welcomed; answered with
+    /// [`UnitEvent::Certificate`] or [`UnitEvent::RenewalRefused`]). False when the session
+    /// cannot ask now (not yet welcomed, or ended).
+    pub fn renew_certificate(&mut self) -> bool {
+        if self.phase == Phase::Ended || !self.welcomed {
+            return false;
+        }
+        self.transmit.push_back(ToHub::Renew);
+        true
+    }
+
     /// The connection is gone. Pending fetches answer `NotConnected`; Applies already handed
     /// out stay valid.
     pub fn connection_lost(&mut self) {
@@ -509,6 +525,26 @@ impl UnitSession {
                     self.events.push_back(UnitEvent::DenyList { list });
                     Ok(())
                 }
+            }
+            ToUnit::Certificate { chain } => {
+                if self.phase == Phase::AwaitWelcome {
+                    Err(ProtocolError::Unexpected {
+                        got: "certificate",
+                        when: "before the welcome",
+                    })
+                } else if chain.is_empty() || chain.len() > super::wire::MAX_CHAIN {
+                    Err(ProtocolError::Unexpected {
+                        got: "certificate chain of the wrong length",
+                        when: "renewing",
+                    })
+                } else {
+                    self.events.push_back(UnitEvent::Certificate { chain });
+                    Ok(())
+                }
+            }
+            ToUnit::RenewalRefused { why } => {
+                self.events.push_back(UnitEvent::RenewalRefused { why });
+                Ok(())
             }
             // The driver handles audit acknowledgements on the audit stream.
             ToUnit::AuditAck { .. } => Err(ProtocolError::Unexpected {

@@ -451,6 +451,13 @@ pub enum ToHub {
     Audit {
         events: Vec<crate::audit::AuditEvent>,
     },
+    /// Renew this unit's operational certificate: the hub re-issues the certificate the unit
+    /// presented on this connection (same key, same identity and cohorts, a new 7-day validity)
+    /// with the fleet's renewal CA, unless the unit is revoked, wiped or not yet due. The
+    /// request is authenticated by the connection itself: the TLS handshake proved the unit
+    /// holds its current key. Answered with [`ToUnit::Certificate`] or
+    /// [`ToUnit::RenewalRefused`].
+    Renew,
 }
 
 /// Hub → unit.
@@ -489,7 +496,19 @@ pub enum ToUnit {
     DenyList {
         list: Bytes,
     },
+    /// A renewed operational certificate: DER, the unit's certificate first, then the renewal
+    /// CA (the chain the unit presents from its next connection).
+    Certificate {
+        chain: Vec<Bytes>,
+    },
+    /// The hub will not renew the unit's certificate now (`why` for the unit's log).
+    RenewalRefused {
+        why: String,
+    },
 }
+
+/// Certificates in one [`ToUnit::Certificate`], at most.
+pub const MAX_CHAIN: usize = 4;
 
 /// The most audit events in one upload message.
 pub const MAX_AUDIT_BATCH: usize = 4_000;
