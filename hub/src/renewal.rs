@@ -138,11 +138,7 @@ impl RenewalCa {
             key.display(),
             cert.display()
         );
-        anyhow::ensure!(
-            parsed.is_ca(),
-            "{} is not a CA certificate",
-            cert.display()
-        );
+        anyhow::ensure!(parsed.is_ca(), "{} is not a CA certificate", cert.display());
         let not_after = UnixMillis(parsed.validity().not_after.timestamp() * 1000);
         let issuer = CertificateParams::from_ca_cert_der(&ca_der.clone().into())
             .with_context(|| format!("{}", cert.display()))?
@@ -180,11 +176,7 @@ impl RenewalCa {
         }
         let spki = SubjectPublicKeyInfo::from_der(cert.public_key().raw)
             .map_err(|e| Refusal::BadCertificate(e.to_string()))?;
-        let not_after = UnixMillis(
-            now.plus_ms(UNIT_CERT_LIFETIME_MS)
-                .0
-                .min(self.not_after.0),
-        );
+        let not_after = UnixMillis(now.plus_ms(UNIT_CERT_LIFETIME_MS).0.min(self.not_after.0));
         let params = issue::unit_cert_params(
             fleet_id,
             &ident.device_id,
@@ -339,7 +331,9 @@ mod tests {
             force: false,
             out: out.clone(),
         };
-        fleet.enrol(&plan, now().plus_ms(-5 * UnixMillis::DAY)).unwrap();
+        fleet
+            .enrol(&plan, now().plus_ms(-5 * UnixMillis::DAY))
+            .unwrap();
         let der = keys::load_certs(&out.join("unit.crt")).unwrap()[0].to_vec();
         let ident = edge_runtime::identity::peer_identity(&der).unwrap();
         let inv = read();

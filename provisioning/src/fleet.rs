@@ -42,9 +42,8 @@ use edge_proto::time::UnixMillis;
 use edge_proto::token::{self, OperatorClaims, OperatorRole, ShiftClaims, TOKEN_VERSION};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, PublicKeyData,
-    RevocationReason, RevokedCertParams, SanType, SerialNumber, SubjectPublicKeyInfo,
-    PKCS_ECDSA_P256_SHA256,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, PublicKeyData, RevocationReason,
+    RevokedCertParams, SanType, SerialNumber, SubjectPublicKeyInfo, PKCS_ECDSA_P256_SHA256,
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use time::OffsetDateTime;
@@ -57,9 +56,7 @@ use crate::fsutil::{
     read_limited, write_atomic, write_bundle, BundleFile, DirLock, MAX_FILE_BYTES, MODE_PRIVATE,
 };
 use crate::hostport::{is_dns_name, HostPort};
-use crate::identity::{
-    check_lan_domain, hub_uri, lan_dns_name, lan_uri, DEFAULT_LAN_DOMAIN,
-};
+use crate::identity::{check_lan_domain, hub_uri, lan_dns_name, lan_uri, DEFAULT_LAN_DOMAIN};
 use crate::inventory::{
     CertRecord, HubRecord, Inventory, RevokeReason, RevokedCert, UnitRecord, INVENTORY_FORMAT,
 };
@@ -1133,8 +1130,8 @@ impl Fleet {
             path: cert_path.clone(),
             problem,
         };
-        let (_, parsed) =
-            x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| corrupt(e.to_string()))?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref())
+            .map_err(|e| corrupt(e.to_string()))?;
         let key = KeyPair::from_pem(&key_pem).map_err(|e| FleetError::Corrupt {
             path: key_path.clone(),
             problem: format!("not a PEM private key: {e}"),
@@ -1176,12 +1173,11 @@ impl Fleet {
                 root_key_path.display()
             )));
         }
-        let root_key = KeyPair::from_pem(&read_text(&root_key_path)?).map_err(|e| {
-            FleetError::Corrupt {
+        let root_key =
+            KeyPair::from_pem(&read_text(&root_key_path)?).map_err(|e| FleetError::Corrupt {
                 path: root_key_path.clone(),
                 problem: format!("not a PEM private key: {e}"),
-            }
-        })?;
+            })?;
         let root_der = keys::load_certs(&self.dir.join(files::ROOT_CERT))?.remove(0);
         let root = CertificateParams::from_ca_cert_der(&root_der)
             .map_err(|e| FleetError::Corrupt {

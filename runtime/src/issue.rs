@@ -163,7 +163,14 @@ mod tests {
         let many = vec![CohortSpec::All; MAX_COHORTS + 1];
         let id = DeviceId::parse("LAS-AMB-0001").unwrap();
         assert!(matches!(
-            unit_cert_params("f", &id, UnitRole::Vehicle, &many, UnixMillis(0), UnixMillis(1)),
+            unit_cert_params(
+                "f",
+                &id,
+                UnitRole::Vehicle,
+                &many,
+                UnixMillis(0),
+                UnixMillis(1)
+            ),
             Err(IssueError::TooManyCohorts)
         ));
     }

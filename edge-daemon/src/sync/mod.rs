@@ -380,7 +380,9 @@ impl SyncClient {
                     self.endpoint.set_default_client_config(c);
                     info!("presenting the renewed certificate from this connection");
                 }
-                Err(e) => warn!(error = %format!("{e:#}"), "cannot load the renewed certificate; keeping the previous TLS config"),
+                Err(e) => {
+                    warn!(error = %format!("{e:#}"), "cannot load the renewed certificate; keeping the previous TLS config")
+                }
             }
         }
         let mut connecting = self

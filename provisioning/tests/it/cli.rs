@@ -95,10 +95,13 @@ fn workshop_flow_and_file_modes() {
         "operator-signing.key",
         "operator-verify.pub",
         "token-denylist.cbor",
+        "renewal-ca.crt",
+        "renewal-ca.key",
     ] {
         assert!(w.fleet.join(name).is_file(), "ca init wrote no {name}");
     }
-    // The hub bundle holds only the public halves of the token keys.
+    // The hub bundle holds only the public halves of the token keys (and the renewal CA, which
+    // can sign nothing but unit client certificates).
     let mut hub_files: Vec<String> = std::fs::read_dir(&w.hub)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -113,6 +116,8 @@ fn workshop_flow_and_file_modes() {
             "hub.toml",
             "operator-verify.pub",
             "record-signing.key",
+            "renewal-ca.crt",
+            "renewal-ca.key",
             "token-verify.pub"
         ]
     );
