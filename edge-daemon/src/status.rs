@@ -45,6 +45,8 @@ pub struct Live {
     pub cert_renewed_at: Option<UnixMillis>,
     /// Why the last renewal failed (refused by the hub, or a bad answer), until one succeeds.
     pub cert_renewal_error: Option<String>,
+    /// Records the hub pushed to this ED kiosk because a crew is bringing the patient in.
+    pub prefetched: u64,
 }
 
 impl Default for Live {
@@ -69,6 +71,7 @@ impl Default for Live {
             cert_not_after: None,
             cert_renewed_at: None,
             cert_renewal_error: None,
+            prefetched: 0,
         }
     }
 }
@@ -105,6 +108,7 @@ pub struct StatusView {
     pub cert_expires_at: Option<String>,
     pub cert_renewed_at: Option<String>,
     pub cert_renewal_error: Option<String>,
+    pub prefetched: u64,
 }
 
 impl Status {
@@ -155,6 +159,7 @@ impl Status {
             cert_expires_at: l.cert_not_after.map(UnixMillis::to_rfc3339),
             cert_renewed_at: l.cert_renewed_at.map(UnixMillis::to_rfc3339),
             cert_renewal_error: l.cert_renewal_error,
+            prefetched: l.prefetched,
         }
     }
 }

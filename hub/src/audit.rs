@@ -53,6 +53,9 @@ pub struct Stored {
     pub new: u64,
     pub duplicates: u64,
     pub problems: Vec<String>,
+    /// New (not replayed) conveyances among the events: the hub may push their patients to
+    /// ED kiosks ([`crate::prefetch`]).
+    pub conveyances: Vec<AuditEvent>,
 }
 
 /// The audit repository.
@@ -289,6 +292,9 @@ impl AuditRepo {
             }
             d.events += 1;
             out.new += 1;
+            if e.action == edge_proto::audit::AuditAction::Convey && out.conveyances.len() < 1_000 {
+                out.conveyances.push(e.clone());
+            }
             out.upto_seq = out.upto_seq.max(e.seq);
         }
         // The events, their index entries and the device summary commit together: a hub killed
@@ -481,6 +487,7 @@ pub fn event_fhir(e: &AuditEvent) -> Value {
     use edge_proto::audit::{AuditAction, AuditOutcome};
     let (subtype, action) = match e.action {
         AuditAction::Read | AuditAction::BreakGlass => ("read", "R"),
+        AuditAction::Convey => ("update", "E"),
         AuditAction::Search => ("search-type", "E"),
         AuditAction::Login => ("login", "E"),
         AuditAction::Alert => ("alert", "E"),

@@ -80,6 +80,7 @@ pub struct Metrics {
     sessions_closed: Family<ReasonLabel, Counter>,
     renewals: Family<ReasonLabel, Counter>,
     renewal_ca_expires: Gauge,
+    prefetches: Family<ReasonLabel, Counter>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -123,6 +124,12 @@ impl Metrics {
         let sessions_closed = Family::<ReasonLabel, Counter>::default();
         let renewals = Family::<ReasonLabel, Counter>::default();
         let renewal_ca_expires = Gauge::default();
+        let prefetches = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "kerbside_hub_prefetches",
+            "ED-kiosk pre-fetches: per kiosk queued, pending (kiosk not connected) and delivered; per conveyance why nothing was pushed.",
+            prefetches.clone(),
+        );
         registry.register(
             "kerbside_hub_cert_renewals",
             "Unit certificate renewals asked of the hub over the sync, by result (renewed, or why refused).",
@@ -224,7 +231,13 @@ impl Metrics {
             sessions_closed,
             renewals,
             renewal_ca_expires,
+            prefetches,
         }
+    }
+
+    /// One pre-fetch step (`queued`, `pending`, `delivered`) or why a conveyance pushed nothing.
+    pub fn prefetch(&self, reason: &'static str) {
+        self.prefetches.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     /// One certificate renewal asked for: `renewed` or the refusal's reason.

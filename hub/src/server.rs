@@ -104,6 +104,9 @@ pub struct Connected {
     /// The connection is there to deliver a wipe order (and take the unit's last audit
     /// events): not closed again for the wipe.
     pub wiping: bool,
+    /// Records the hub pushes to this unit (an ED kiosk) because a crew is bringing the
+    /// patient in ([`crate::prefetch`]).
+    pub prefetch_tx: mpsc::Sender<crate::prefetch::Prefetch>,
 }
 
 /// Everything the serving tasks share.
@@ -128,6 +131,8 @@ pub struct Hub {
     pub denylist_tx: watch::Sender<Option<Bytes>>,
     /// The fleet's renewal CA, when the hub bundle carries one (renewal over the sync).
     pub renewal: Option<crate::renewal::RenewalCa>,
+    /// ED-kiosk pushes waiting for their kiosk to connect.
+    pub prefetch: crate::prefetch::Pending,
     next_connection: std::sync::atomic::AtomicU64,
 }
 
@@ -189,6 +194,7 @@ impl Hub {
         }
         Ok(Hub {
             renewal,
+            prefetch: crate::prefetch::Pending::default(),
             config,
             inventory_cache,
             metrics,
@@ -583,6 +589,10 @@ async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Re
     let (cohort_tx, mut cohort_rx) = watch::channel(None);
     let wipe_ordered = hub.store.device(&device)?.wipe_requested.is_some();
     let remote = conn.remote_address();
+    let (prefetch_tx, mut prefetch_rx) = mpsc::channel(PREFETCH_QUEUE);
+    for p in hub.prefetch.take(&device, t) {
+        let _ = prefetch_tx.try_send(p);
+    }
     let older = hub.connected().insert(
         device.clone(),
         Connected {
@@ -593,6 +603,7 @@ async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Re
             conn: conn.clone(),
             certs: certs.iter().map(|c| c.clone().into_owned()).collect(),
             wiping: wipe_ordered,
+            prefetch_tx,
         },
     );
     if let Some(old) = older {
@@ -683,6 +694,12 @@ async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Re
                 Some(Input::StreamError(e)) => break Err(anyhow::anyhow!("stream: {e}")),
                 None => break Ok(()),
             },
+            Some(p) = prefetch_rx.recv(), if pull.is_some() => {
+                if let Some(out) = &pull {
+                    push_prefetch(&hub, &device, remote, p, out).await;
+                }
+                continue;
+            }
             changed = head_rx.changed() => {
                 if changed.is_err() { break Ok(()); }
                 session.notify_new_changes(now(), &*hub.store)
@@ -852,6 +869,102 @@ async fn renew(
             }
         }
     }
+}
+
+/// Pushes queued for one connected kiosk, at most (more wait in [`Hub::prefetch`]).
+const PREFETCH_QUEUE: usize = 64;
+
+/// A conveyance reached the hub in a vehicle's audit upload: push the patient's record to the
+/// destination's ED kiosks if the crew's own audited read stands behind it
+/// ([`crate::prefetch::decide`]).
+async fn conveyance(hub: Arc<Hub>, ev: edge_proto::audit::AuditEvent) {
+    let Some(inv) = hub.inventory() else {
+        debug!("a conveyance, but no fleet inventory to find kiosks in");
+        return;
+    };
+    let Some(nhs) = ev.patient else { return };
+    let repo = hub.audit.clone();
+    let prior = match tokio::task::spawn_blocking(move || repo.query(b'p', &nhs.as_digits(), 1_000))
+        .await
+    {
+        Ok(Ok(p)) => p,
+        _ => {
+            warn!(device = %ev.device_id, "cannot read the audit repository for a conveyance: no pre-fetch");
+            return;
+        }
+    };
+    match crate::prefetch::decide(&inv, &ev, &prior, now()) {
+        Ok((p, kiosks)) => {
+            info!(from = %p.from, kiosks = kiosks.len(), "a crew is bringing a patient in: pushing the record to the destination's ED kiosks");
+            for k in kiosks {
+                let sent = hub
+                    .connected()
+                    .get(&k)
+                    .is_some_and(|c| c.prefetch_tx.try_send(p.clone()).is_ok());
+                if !sent {
+                    hub.prefetch.keep(&k, p.clone());
+                }
+                hub.metrics
+                    .prefetch(if sent { "queued" } else { "pending" });
+            }
+        }
+        Err(skip) => {
+            info!(device = %ev.device_id, reason = skip.as_str(), "a conveyance pushed nothing");
+            hub.metrics.prefetch(skip.as_str());
+        }
+    }
+}
+
+/// Send one pushed record to a connected kiosk, recorded first as the hub's own access event
+/// (device the kiosk, staff the crew member whose access it stands on).
+async fn push_prefetch(
+    hub: &Arc<Hub>,
+    kiosk: &DeviceId,
+    remote: SocketAddr,
+    p: crate::prefetch::Prefetch,
+    out: &mpsc::Sender<ToUnit>,
+) {
+    let store = hub.store.clone();
+    let nhs = p.nhs;
+    let cur =
+        tokio::task::spawn_blocking(move || edge_proto::sync::HubFeed::get(&*store, &nhs)).await;
+    let (version, body) = match cur {
+        Ok(Ok(Some(c))) if !c.meta.withdrawn => match c.body {
+            edge_proto::sync::FeedBody::Record(r) => (c.version, r),
+            _ => return,
+        },
+        Ok(Ok(_)) => {
+            debug!(kiosk = %kiosk, "a pushed patient is not (or no longer) at the hub");
+            return;
+        }
+        _ => {
+            warn!(kiosk = %kiosk, "cannot read a pushed patient's record");
+            return;
+        }
+    };
+    let ev = OwnedEvent {
+        action: AuditAction::Read,
+        outcome: AuditOutcome::Ok,
+        reason: Some("prefetch_conveyance"),
+        claims: Some(p.claims),
+        purpose: Purpose::Treat,
+        patient: Some(nhs),
+        version: Some(version),
+    };
+    if let Err(e) = record(hub, kiosk, remote, ev).await {
+        warn!(kiosk = %kiosk, error = %e, "cannot record a pre-fetch at the hub: not pushing it");
+        return;
+    }
+    let signature = edge_proto::sync::sign::sign_fetched(&hub.key, &nhs, version, body.as_slice());
+    let _ = out
+        .send(ToUnit::Prefetched {
+            nhs,
+            version,
+            record: body,
+            signature,
+        })
+        .await;
+    hub.metrics.prefetch("delivered");
 }
 
 /// Refusals of fetches without a valid token recorded per connection, at most.
@@ -1031,12 +1144,15 @@ async fn stream_reader(
                     let stored =
                         tokio::task::spawn_blocking(move || repo.store(&dev, &events)).await;
                     match stored {
-                        Ok(Ok(st)) => {
+                        Ok(Ok(mut st)) => {
                             hub.metrics.audit(st.new, st.duplicates, st.problems.len());
                             if !st.problems.is_empty() {
                                 warn!(device = %device, problems = st.problems.len(), "audit upload has problems (stored and reported)");
                             }
                             debug!(device = %device, n, upto = st.upto_seq, "audit events stored");
+                            for ev in std::mem::take(&mut st.conveyances) {
+                                tokio::spawn(conveyance(hub.clone(), ev));
+                            }
                             let _ = hub.store.update_device(device, |d| {
                                 d.audit_received_seq = d.audit_received_seq.max(st.upto_seq);
                             });

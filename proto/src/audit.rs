@@ -102,6 +102,9 @@ pub enum AuditAction {
     Login,
     /// An emergency (break-glass) access: the security-alert companion of a read.
     BreakGlass,
+    /// A crew telling the unit they are bringing the patient to an emergency department
+    /// (`data.destination`): the hub pushes the record to that site's kiosks.
+    Convey,
     /// Something else worth an alert (bulk browsing, a refused revoked token…).
     #[serde(other)]
     Alert,
@@ -164,6 +167,10 @@ pub struct AccessData {
     /// client address per minute): how many refusals this event stands for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refusals: Option<u32>,
+    /// For a conveyance: the ODS code of the emergency department the crew is bringing the
+    /// patient to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<crate::ids::OdsCode>,
 }
 
 /// The tablet or kiosk that asked.

@@ -1012,7 +1012,8 @@ impl Sim {
             }
             UnitEvent::DenyList { .. }
             | UnitEvent::Certificate { .. }
-            | UnitEvent::RenewalRefused { .. } => {}
+            | UnitEvent::RenewalRefused { .. }
+            | UnitEvent::Prefetched { .. } => {}
             UnitEvent::Fetched {
                 request_id,
                 nhs,

@@ -156,20 +156,18 @@ impl Fleet {
     /// Enrol a vehicle unit with extra `enrol` arguments (e.g. `--cohort postcode:SE1`);
     /// its LAN API is plain HTTP on loopback so tests need no TLS client. Returns its index.
     pub fn enrol(&mut self, id: &str, extra: &[&str]) -> anyhow::Result<usize> {
+        self.enrol_as(id, "vehicle", extra)
+    }
+
+    /// [`Fleet::enrol`] with a role (`vehicle` or `kiosk`, e.g. with `--site ODS`).
+    pub fn enrol_as(&mut self, id: &str, role: &str, extra: &[&str]) -> anyhow::Result<usize> {
         let dir = self.tmp.path().join(id);
         let lan = format!("127.0.0.1:{}", tcp_port()?);
         run_ok(
             Command::new(bin("edge-provision")?)
                 .args(["enrol", "--fleet"])
                 .arg(&self.fleet)
-                .args([
-                    "--device-id",
-                    id,
-                    "--role",
-                    "vehicle",
-                    "--hub",
-                    &self.hub_quic,
-                ])
+                .args(["--device-id", id, "--role", role, "--hub", &self.hub_quic])
                 .args(["--hub-name", "127.0.0.1", "--lan", &lan])
                 .args(extra)
                 .arg("--out")

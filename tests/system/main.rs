@@ -9,6 +9,7 @@ mod corpus;
 mod foundation;
 mod lan;
 mod lan_limits;
+mod prefetch;
 mod renewal;
 mod revocation;
 mod security;

@@ -34,6 +34,7 @@ use crate::sync::Fetcher;
 
 pub mod audit;
 pub mod auth;
+mod convey;
 mod find;
 mod lookup;
 pub mod metrics;
@@ -91,6 +92,10 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::metrics))
         .route("/v1/patients/{nhs}", get(lookup::patient))
         .route("/v1/patients/", get(lookup::patient_empty))
+        .route(
+            "/v1/patients/{nhs}/conveying",
+            axum::routing::post(convey::conveying),
+        )
         .route("/fhir/Patient/$summary", get(lookup::fhir_summary))
         .route("/v1/search", get(find::search))
         .route_layer(axum::middleware::from_fn_with_state(

@@ -79,6 +79,10 @@ pub enum Refusal {
     CacheDamaged,
     /// A search that cannot be run.
     BadSearch { detail: String },
+    /// A request body that cannot be used (`detail` says why), e.g. a conveyance's site.
+    BadRequest { detail: String },
+    /// This unit's role cannot do that (a kiosk does not convey patients).
+    WrongUnitRole { detail: String },
     /// The access cannot be recorded, so it is not answered (never itself audited).
     AuditUnavailable,
     /// Power is failing (not audited: no new journal writes).
@@ -118,6 +122,8 @@ impl Refusal {
             Refusal::NotCached(why) => why.as_str(),
             Refusal::CacheUnavailable | Refusal::CacheDamaged => "cache",
             Refusal::BadSearch { .. } => "bad_search",
+            Refusal::BadRequest { .. } => "bad_request",
+            Refusal::WrongUnitRole { .. } => "unit_role",
             Refusal::AuditUnavailable => "audit_unavailable",
             Refusal::PowerFailing => "power_failing",
             Refusal::UnitWiped => "unit_wiped",
@@ -146,7 +152,9 @@ impl Refusal {
             Refusal::BadPurpose
             | Refusal::BreakGlassReasonRequired
             | Refusal::InvalidNhsNumber { .. }
-            | Refusal::BadSearch { .. } => StatusCode::BAD_REQUEST,
+            | Refusal::BadSearch { .. }
+            | Refusal::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Refusal::WrongUnitRole { .. } => StatusCode::CONFLICT,
             Refusal::RateLimited
             | Refusal::UnauthenticatedRateLimited
             | Refusal::TooManyInFlight => StatusCode::TOO_MANY_REQUESTS,
@@ -185,7 +193,10 @@ impl Refusal {
             Refusal::BreakGlassReasonRequired => {
                 "emergency access (ETREAT) needs a reason in X-Break-Glass-Reason".into()
             }
-            Refusal::InvalidNhsNumber { detail } | Refusal::BadSearch { detail } => detail.clone(),
+            Refusal::InvalidNhsNumber { detail }
+            | Refusal::BadSearch { detail }
+            | Refusal::BadRequest { detail }
+            | Refusal::WrongUnitRole { detail } => detail.clone(),
             Refusal::RateLimited => "too many requests with this shift token; slow down".into(),
             Refusal::UnauthenticatedRateLimited => {
                 "too many requests without a valid shift token from this device; sign in with your shift token".into()

@@ -717,6 +717,28 @@ impl SyncClient {
                 }
             },
             UnitEvent::Certificate { chain } => self.take_certificate(&chain),
+            UnitEvent::Prefetched {
+                nhs,
+                version,
+                record,
+            } => {
+                // An ED kiosk: a crew is bringing this patient in. Kept as an on-demand copy
+                // (same expiry), so triage finds it even if the link drops.
+                let ttl = i64::try_from(self.config.cache.on_demand_ttl_s)
+                    .unwrap_or(259_200)
+                    .saturating_mul(1000);
+                let t = self.clock.wall();
+                match self
+                    .cache
+                    .put_fetched(&nhs, version, record, t, t.plus_ms(ttl))
+                {
+                    Ok(_) => {
+                        info!("the hub pushed the record of a patient a crew is bringing in");
+                        self.status.update(|l| l.prefetched += 1);
+                    }
+                    Err(e) => warn!(error = %e, "cannot keep a record the hub pushed"),
+                }
+            }
             UnitEvent::RenewalRefused { why } => {
                 warn!(why, "the hub did not renew this unit's certificate; asking again on the next connection");
                 self.status.update(|l| l.cert_renewal_error = Some(why));

@@ -183,6 +183,13 @@ pub enum UnitEvent {
     Certificate { chain: Vec<Bytes> },
     /// The hub will not renew the certificate now.
     RenewalRefused { why: String },
+    /// A record the hub pushed to this ED kiosk because a crew is bringing the patient in
+    /// (signature verified): keep it as an on-demand copy.
+    Prefetched {
+        nhs: NhsNumber,
+        version: u64,
+        record: Bytes,
+    },
 }
 
 /// Limits and budgets.
@@ -545,6 +552,40 @@ impl UnitSession {
             ToUnit::RenewalRefused { why } => {
                 self.events.push_back(UnitEvent::RenewalRefused { why });
                 Ok(())
+            }
+            ToUnit::Prefetched {
+                nhs,
+                version,
+                record,
+                signature,
+            } => {
+                if self.phase == Phase::AwaitWelcome {
+                    Err(ProtocolError::Unexpected {
+                        got: "pre-fetch",
+                        when: "before the welcome",
+                    })
+                } else if record.len() > MAX_CBOR_BYTES {
+                    Err(ProtocolError::InvalidBatch(
+                        "pre-fetched record over the size limit",
+                    ))
+                } else if verify_fetched(
+                    &self.hub_key,
+                    &nhs,
+                    version,
+                    record.as_slice(),
+                    signature.as_slice(),
+                )
+                .is_err()
+                {
+                    Err(ProtocolError::BadFetchSignature)
+                } else {
+                    self.events.push_back(UnitEvent::Prefetched {
+                        nhs,
+                        version,
+                        record,
+                    });
+                    Ok(())
+                }
             }
             // The driver handles audit acknowledgements on the audit stream.
             ToUnit::AuditAck { .. } => Err(ProtocolError::Unexpected {

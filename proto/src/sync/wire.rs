@@ -505,6 +505,16 @@ pub enum ToUnit {
     RenewalRefused {
         why: String,
     },
+    /// An ED kiosk's pre-fetch, pushed by the hub because an ambulance crew said they are
+    /// bringing this patient in (their audited conveyance, after their own audited read): the
+    /// current version, signed as a fetch answer is ([`super::sign::sign_fetched`]). The kiosk
+    /// keeps it as an on-demand copy (same expiry); the hub recorded its own access event first.
+    Prefetched {
+        nhs: NhsNumber,
+        version: u64,
+        record: Bytes,
+        signature: Bytes,
+    },
 }
 
 /// Certificates in one [`ToUnit::Certificate`], at most.
