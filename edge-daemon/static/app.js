@@ -376,6 +376,10 @@
     $('search-form').reset();
     $('bg-form').reset();
     $('bg-form').hidden = true;
+    $('convey-form').reset();
+    $('convey-form').hidden = true;
+    $('convey-msg').textContent = '';
+    fieldError('convey-field', 'convey-site', 'convey-error', null);
     fieldError('nhs-field', 'nhs', 'nhs-error', null);
     $('nhs-ok').hidden = true;
     fieldError(null, null, 'search-error', null);
@@ -1310,6 +1314,55 @@
     b.dataset.stale = String(stale);
   }
 
+  // ---------------------------------------------------------------- conveying to an ED
+
+  function openConvey() {
+    $('convey-form').hidden = false;
+    $('convey-msg').textContent = '';
+    focusEl($('convey-site'));
+  }
+
+  async function onConveySubmit(ev) {
+    ev.preventDefault();
+    if (!record) return;
+    const site = $('convey-site').value.trim().toUpperCase();
+    if (!/^[A-Z0-9]{3,8}$/.test(site)) {
+      fieldError('convey-field', 'convey-site', 'convey-error', 'Type the emergency department\'s ODS code: 3 to 8 letters and digits, e.g. RJ122.');
+      return;
+    }
+    fieldError('convey-field', 'convey-site', 'convey-error', null);
+    const msg = $('convey-msg');
+    let r;
+    try {
+      const resp = await fetch(`/v1/patients/${record.nhs}/conveying`, {
+        method: 'POST',
+        headers: { Accept: 'application/json', 'Content-Type': 'application/json', Authorization: `Bearer ${token}` },
+        body: JSON.stringify({ site }),
+        cache: 'no-store',
+        credentials: 'omit',
+        redirect: 'error',
+      });
+      let body = null;
+      try {
+        body = await resp.json();
+      } catch (e) {
+        body = null;
+      }
+      r = { status: resp.status, body: body || {} };
+    } catch (e) {
+      msg.textContent = 'Not sent: cannot reach this unit. Tell the ED by radio as usual.';
+      return;
+    }
+    if (handleAuth(r)) return;
+    if (r.status === 202) {
+      $('convey-form').hidden = true;
+      msg.textContent = `Sent: ${r.body.message || `${site} will be sent this record`}. Hand over by radio as usual.`;
+      focusEl($('convey-open'));
+    } else {
+      msg.textContent = `Not sent: ${r.body.message || `the unit answered ${r.status}`}. Tell the ED by radio as usual.`;
+    }
+  }
+
   // ---------------------------------------------------------------- unit status
 
   function renderStatus(s, unreachable) {
@@ -1341,6 +1394,8 @@
       if (typeof s.records === 'number') parts.push(`${s.records.toLocaleString('en-GB')} records`);
       parts.push(`last sync ${lastText}`);
       foot.textContent = parts.join(' · ');
+      // Only an ambulance's unit conveys patients.
+      $('convey-open').hidden = s.role !== 'vehicle';
       if (s.device_id) $('unit-name').textContent = `Critical summary · unit ${s.device_id}`;
     }
     if (lb.textContent !== text) lb.textContent = text;
@@ -1405,6 +1460,12 @@
     });
     $('bg-form').addEventListener('submit', onBreakGlass);
     $('close-record').addEventListener('click', () => goFind(null));
+    $('convey-open').addEventListener('click', openConvey);
+    $('convey-cancel').addEventListener('click', () => {
+      $('convey-form').hidden = true;
+      focusEl($('convey-open'));
+    });
+    $('convey-form').addEventListener('submit', onConveySubmit);
     $('refresh-record').addEventListener('click', () => {
       if (record) loadRecord(record.nhs, null);
     });

@@ -716,6 +716,34 @@ test('restricted record: break glass asks for a reason and sends ETREAT with it'
   await page.unroute(`**/v1/patients/${nhs}`);
 });
 
+test('conveying: the crew names the ED, the code is checked as typed, and the unit says what happens next', async () => {
+  const nhs = sample(/^allergies/);
+  await openSummary(nhs);
+  // The demo's unit is a vehicle: the control is offered.
+  await page.waitForSelector('#convey-open:not([hidden])');
+  await page.click('#convey-open');
+  await page.waitForSelector('#convey-form:not([hidden])');
+  assert.equal(await page.evaluate(() => document.activeElement.id), 'convey-site');
+  await page.fill('#convey-site', 'R!');
+  await page.click('#convey-form button[type=submit]');
+  assert.match(await page.textContent('#convey-error'), /ODS code/);
+  const sent = [];
+  page.on('request', (req) => {
+    if (req.url().endsWith('/conveying')) sent.push({ method: req.method(), body: req.postData(), auth: req.headers().authorization });
+  });
+  await page.fill('#convey-site', 'rj122');
+  await page.click('#convey-form button[type=submit]');
+  await page.waitForFunction(() => /^Sent:/.test(document.getElementById('convey-msg').textContent));
+  assert.match(await page.textContent('#convey-msg'), /RJ122 will be sent this patient's record/);
+  assert.equal(await page.isVisible('#convey-form'), false);
+  assert.deepEqual(sent.at(-1), { method: 'POST', body: JSON.stringify({ site: 'RJ122' }), auth: `Bearer ${token}` });
+  // Closing the record forgets the message.
+  await page.click('#close-record');
+  assert.equal(await page.textContent('#convey-msg'), '');
+  // Leave a record open, as the next test expects.
+  await openSummary(nhs);
+});
+
 test('stale banner: an old record is shown in amber with its age', async () => {
   // The demo's data is minutes old, so the answer is aged here: stale=true and 30 hours.
   const nhs = sample(/^allergies/);
