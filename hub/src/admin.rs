@@ -195,6 +195,7 @@ async fn guard(State(st): State<AdminState>, mut req: Request, next: Next) -> Re
         query,
         status: resp.status().as_u16(),
         refused,
+        target: resp.extensions().get::<OpTarget>().map(|t| t.0.clone()),
     };
     let log = st.log.clone();
     match tokio::task::spawn_blocking(move || log.append(entry)).await {
@@ -448,7 +449,8 @@ async fn objection(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
     let r =
         tokio::task::spawn_blocking(move || store.withdraw(&nhs, WithdrawReason::Objection, now()))
             .await;
-    match r {
+    let target = format!("objection {}", nhs.as_digits());
+    let resp = match r {
         Ok(Ok(seq)) => {
             info!("objection recorded: summary withdrawn from every unit");
             hub.notify_head();
@@ -461,7 +463,18 @@ async fn objection(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
         ),
         Ok(Err(e)) => internal(e),
         Err(e) => internal(e),
-    }
+    };
+    with_target(resp, target)
+}
+
+/// What an admin call acted on, for the operator log (the device of a wipe or cohort change,
+/// the patient of an objection), carried from the handler to [`guard`] on the response.
+#[derive(Debug, Clone)]
+struct OpTarget(String);
+
+fn with_target(mut resp: Response, target: String) -> Response {
+    resp.extensions_mut().insert(OpTarget(target));
+    resp
 }
 
 #[derive(Deserialize)]
@@ -501,15 +514,16 @@ async fn cohort(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
             "a cohort needs at least one spec (all, postcode:…, practice:…, flagged)",
         );
     }
-    match known_device(&hub, &id) {
-        Ok(true) => {}
-        Ok(false) => return unknown_device(),
-        Err(e) => return internal(e),
-    }
-    match hub.set_cohort(&id, specs) {
-        Ok(()) => Json(json!({"device_id": id.as_str(), "cohort": req.cohort})).into_response(),
+    let target = format!("cohort {id} = {}", req.cohort.join(" "));
+    let resp = match known_device(&hub, &id) {
+        Ok(true) => match hub.set_cohort(&id, specs) {
+            Ok(()) => Json(json!({"device_id": id.as_str(), "cohort": req.cohort})).into_response(),
+            Err(e) => internal(e),
+        },
+        Ok(false) => unknown_device(),
         Err(e) => internal(e),
-    }
+    };
+    with_target(resp, target)
 }
 
 #[derive(Deserialize)]
@@ -591,41 +605,79 @@ async fn audit_verify(State(hub): State<Arc<Hub>>, Query(q): Query<VerifyQuery>)
 #[derive(Deserialize)]
 struct ExportQuery {
     since: Option<String>,
+    until: Option<String>,
 }
 
+/// `GET /admin/audit/export[?since=RFC3339][&until=RFC3339]`: every audit event recorded in
+/// `[since, until)` as FHIR R4 `AuditEvent` NDJSON, in device and sequence order, streamed as it
+/// is read (the hub holds one chunk of the export in memory at a time, however large the
+/// repository; a client that stops reading stops the scan).
 async fn audit_export(State(hub): State<Arc<Hub>>, Query(q): Query<ExportQuery>) -> Response {
-    let since = match q.since.as_deref() {
-        None => edge_proto::time::UnixMillis(0),
-        Some(s) => match edge_proto::time::UnixMillis::parse_rfc3339(s) {
-            Ok(t) => t,
-            Err(_) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_since",
-                    "since= must be an RFC 3339 time, e.g. 2026-11-27T00:00:00Z",
-                )
-            }
-        },
-    };
-    info!("audit export requested");
-    let repo = hub.audit.clone();
-    match tokio::task::spawn_blocking(move || repo.since(since, 1_000_000)).await {
-        Ok(Ok(events)) => {
-            let mut body = String::new();
-            for e in &events {
-                body.push_str(&crate::audit::event_fhir(e).to_string());
-                body.push('\n');
-            }
-            (
-                [(axum::http::header::CONTENT_TYPE, "application/fhir+ndjson")],
-                body,
+    let parse = |v: Option<&str>, name: &str, default: i64| match v {
+        None => Ok(edge_proto::time::UnixMillis(default)),
+        Some(s) => edge_proto::time::UnixMillis::parse_rfc3339(s).map_err(|_| {
+            error(
+                StatusCode::BAD_REQUEST,
+                &format!("bad_{name}"),
+                format!("{name}= must be an RFC 3339 time, e.g. 2026-11-27T00:00:00Z"),
             )
-                .into_response()
-        }
-        Ok(Err(e)) => internal(e),
-        Err(e) => internal(e),
+        }),
+    };
+    let since = match parse(q.since.as_deref(), "since", 0) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let until = match parse(q.until.as_deref(), "until", i64::MAX) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    if until <= since {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_until",
+            "until= must be later than since=",
+        );
     }
+    info!("audit export requested");
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(4);
+    let repo = hub.audit.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut chunk = String::new();
+        let mut open = true;
+        let r = repo.each_between(since, until, |e| {
+            chunk.push_str(&crate::audit::event_fhir(&e).to_string());
+            chunk.push('\n');
+            if chunk.len() >= EXPORT_CHUNK {
+                let full = std::mem::take(&mut chunk);
+                open = tx.blocking_send(Ok(full.into())).is_ok();
+            }
+            open
+        });
+        match r {
+            Ok(()) if open && !chunk.is_empty() => {
+                let _ = tx.blocking_send(Ok(chunk.into()));
+            }
+            Ok(()) => {}
+            Err(e) => {
+                // The status line has gone: cut the body short so the client sees a failure,
+                // never a silently partial export.
+                warn!(error = %e, "the audit export failed part-way");
+                let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/fhir+ndjson")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
 }
+
+/// Bytes of NDJSON the export sends at a time.
+const EXPORT_CHUNK: usize = 64 * 1024;
 
 /// `GET /admin/alerts[?limit=N][&cursor=…]`: break-glass accesses and security alerts (bulk
 /// browsing) from every unit, newest first, one page at a time, for the privacy officer's
@@ -690,20 +742,22 @@ async fn wipe(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
         Ok(i) => i,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_device_id", e.to_string()),
     };
+    let target = format!("wipe {id}{}", if req.cancel { " (cancelled)" } else { "" });
     // A mistyped id must not order a wipe of nothing, or create a phantom device: the unit
     // must be in the fleet inventory or already known to this hub.
-    match known_device(&hub, &id) {
-        Ok(true) => {}
-        Ok(false) => return unknown_device(),
-        Err(e) => return internal(e),
-    }
-    warn!(device = %id, cancel = req.cancel, "remote wipe ordered");
-    match hub.order_wipe(&id, req.cancel) {
-        Ok(()) => {
-            Json(json!({"device_id": id.as_str(), "wipe_ordered": !req.cancel})).into_response()
+    let resp = match known_device(&hub, &id) {
+        Ok(true) => {
+            warn!(device = %id, cancel = req.cancel, "remote wipe ordered");
+            match hub.order_wipe(&id, req.cancel) {
+                Ok(()) => Json(json!({"device_id": id.as_str(), "wipe_ordered": !req.cancel}))
+                    .into_response(),
+                Err(e) => internal(e),
+            }
         }
+        Ok(false) => unknown_device(),
         Err(e) => internal(e),
-    }
+    };
+    with_target(resp, target)
 }
 
 /// Whether `id` is a unit of the fleet inventory or one this hub has already seen.

@@ -454,20 +454,33 @@ impl AuditRepo {
         }))
     }
 
-    /// Every event recorded at or after `since`, in device and seq order, for export.
+    /// Every event recorded at or after `since`, in device and seq order, at most `limit`.
     pub fn since(&self, since: UnixMillis, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
         let mut out = Vec::new();
+        self.each_between(since, UnixMillis(i64::MAX), |e| {
+            out.push(e);
+            out.len() < limit
+        })?;
+        Ok(out)
+    }
+
+    /// Call `f` with every event recorded in `[since, until)`, in device and seq order, one at
+    /// a time (nothing is collected: an export of the whole repository holds one event in
+    /// memory), until `f` returns false.
+    pub fn each_between(
+        &self,
+        since: UnixMillis,
+        until: UnixMillis,
+        mut f: impl FnMut(AuditEvent) -> bool,
+    ) -> Result<(), StoreError> {
         for kv in self.events.iter() {
             let (_, v) = kv?;
             let e: AuditEvent = cbor::from_slice(&v).map_err(corrupt)?;
-            if e.recorded >= since {
-                out.push(e);
-                if out.len() >= limit {
-                    break;
-                }
+            if e.recorded >= since && e.recorded < until && !f(e) {
+                break;
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 

@@ -41,6 +41,10 @@ pub struct OperatorLogEntry {
     pub status: u16,
     /// The refusal's error code (`no_token`, `role`, `cross_site`, …) when refused.
     pub refused: Option<String>,
+    /// What the call acted on, from its body: `wipe DEVICE` (`(cancelled)`), `cohort DEVICE =
+    /// SPECS`, `objection NHS-NUMBER` — also when it was refused as an unknown device.
+    #[serde(default)]
+    pub target: Option<String>,
 }
 
 /// The operator log.

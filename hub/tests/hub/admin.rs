@@ -423,6 +423,45 @@ async fn audit_queries_answer_from_the_repository() {
     )
     .await;
     assert!(text.is_empty());
+    // A date range: [since, until).
+    let (s, _, text) = call_raw(
+        &t.app,
+        "GET",
+        "/admin/audit/export?since=2023-11-14T22:13:20.001Z&until=2023-11-14T22:13:20.003Z",
+        vec![],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(text.lines().count(), 2, "seq 1 and 2: {text}");
+    let got = call(
+        &t.app,
+        "GET",
+        "/admin/audit/export?since=2023-11-14T22:13:20.003Z&until=2023-11-14T22:13:20.001Z",
+        "",
+    )
+    .await;
+    assert_error(&got, StatusCode::BAD_REQUEST, "bad_until");
+    // A large export arrives whole, streamed in chunks.
+    let dev2 = DeviceId::parse("LAS-AMB-0002").unwrap();
+    t.hub
+        .audit
+        .store(
+            &dev2,
+            &chain("LAS-AMB-0002", 2_000, &nhs(1), "555000111333"),
+        )
+        .unwrap();
+    let (s, _, text) = call_raw(&t.app, "GET", "/admin/audit/export", vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        text.len() > 2 * 64 * 1024,
+        "more than one chunk: {}",
+        text.len()
+    );
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2_003);
 
     let (s, v) = call(&t.app, "GET", "/admin/alerts", "").await;
     assert_eq!(s, StatusCode::OK);

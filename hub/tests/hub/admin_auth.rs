@@ -222,6 +222,22 @@ async fn every_call_is_in_the_operator_log_newest_first_and_paged() {
         )
         .await;
     }
+    // A wipe of a known unit and of a mistyped one: both say which device.
+    for id in ["LAS-AMB-0001", "LAS-AMB-0O01"] {
+        let body = format!("{{\"device_id\": \"{id}\"}}");
+        send(
+            &t.app,
+            "POST",
+            "/admin/wipe",
+            &body,
+            &[
+                ("host", ADMIN_HOST),
+                ("authorization", &fleet),
+                ("content-type", "application/json"),
+            ],
+        )
+        .await;
+    }
     let q = format!("/admin/audit?patient={}", nhs(3));
     send(
         &t.app,
@@ -286,6 +302,16 @@ async fn every_call_is_in_the_operator_log_newest_first_and_paged() {
     assert!(devs
         .iter()
         .all(|e| e["operator_id"] == "OPS-0001" && e["operator_name"] == "TEST, OPS-0001"));
+    let wipes: Vec<(u64, &str)> = seen
+        .iter()
+        .filter(|e| e["route"] == "/admin/wipe")
+        .map(|e| (e["status"].as_u64().unwrap(), e["target"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        wipes,
+        [(404, "wipe LAS-AMB-0O01"), (200, "wipe LAS-AMB-0001")],
+        "newest first, each naming its device"
+    );
     let refused = seen
         .iter()
         .find(|e| e["route"] == "/admin/operator-log")
