@@ -56,6 +56,7 @@ fn event(n: u64) -> AuditEvent {
             interface: Some("rest".into()),
             asked_nhs: None,
             refusals: None,
+            destination: None,
         },
         client: ClientInfo {
             address: Some("10.0.0.5".into()),

@@ -613,23 +613,22 @@ struct ExportQuery {
 /// is read (the hub holds one chunk of the export in memory at a time, however large the
 /// repository; a client that stops reading stops the scan).
 async fn audit_export(State(hub): State<Arc<Hub>>, Query(q): Query<ExportQuery>) -> Response {
-    let parse = |v: Option<&str>, name: &str, default: i64| match v {
-        None => Ok(edge_proto::time::UnixMillis(default)),
-        Some(s) => edge_proto::time::UnixMillis::parse_rfc3339(s).map_err(|_| {
-            error(
-                StatusCode::BAD_REQUEST,
-                &format!("bad_{name}"),
-                format!("{name}= must be an RFC 3339 time, e.g. 2026-11-27T00:00:00Z"),
-            )
-        }),
+    let parse = |v: Option<&str>, default: i64| match v {
+        None => Some(edge_proto::time::UnixMillis(default)),
+        Some(s) => edge_proto::time::UnixMillis::parse_rfc3339(s).ok(),
     };
-    let since = match parse(q.since.as_deref(), "since", 0) {
-        Ok(t) => t,
-        Err(r) => return r,
+    let bad = |name: &str| {
+        error(
+            StatusCode::BAD_REQUEST,
+            &format!("bad_{name}"),
+            format!("{name}= must be an RFC 3339 time, e.g. 2026-11-27T00:00:00Z"),
+        )
     };
-    let until = match parse(q.until.as_deref(), "until", i64::MAX) {
-        Ok(t) => t,
-        Err(r) => return r,
+    let Some(since) = parse(q.since.as_deref(), 0) else {
+        return bad("since");
+    };
+    let Some(until) = parse(q.until.as_deref(), i64::MAX) else {
+        return bad("until");
     };
     if until <= since {
         return error(

@@ -249,7 +249,7 @@ mod tests {
         let now = 10 * 3_600_000;
         let read = event(1, AuditAction::Read, now - 60_000);
         let c = convey(2, now - 30_000, "RJ122");
-        let (p, kiosks) = decide(&inv(), &c, &[read.clone()], UnixMillis(now)).unwrap();
+        let (p, kiosks) = decide(&inv(), &c, std::slice::from_ref(&read), UnixMillis(now)).unwrap();
         assert_eq!(p.claims.staff_id, "555000111222");
         let names: Vec<&str> = kiosks.iter().map(DeviceId::as_str).collect();
         assert_eq!(names, ["RJ122-ED-1", "RJ122-ED-2"]);
@@ -274,13 +274,19 @@ mod tests {
         );
         // Too old.
         assert_eq!(
-            decide(&inv(), &c, &[read.clone()], UnixMillis(now + MAX_AGE_MS)).unwrap_err(),
+            decide(
+                &inv(),
+                &c,
+                std::slice::from_ref(&read),
+                UnixMillis(now + MAX_AGE_MS)
+            )
+            .unwrap_err(),
             Skip::TooOld
         );
         // A site without kiosks.
         let c2 = convey(2, now - 30_000, "RXX");
         assert!(matches!(
-            decide(&inv(), &c2, &[read.clone()], UnixMillis(now)),
+            decide(&inv(), &c2, std::slice::from_ref(&read), UnixMillis(now)),
             Err(Skip::NoKioskAtSite(_))
         ));
         // From a kiosk, not a vehicle.

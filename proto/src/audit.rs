@@ -358,6 +358,7 @@ mod tests {
                 interface: Some("rest".into()),
                 asked_nhs: None,
                 refusals: None,
+                destination: None,
             },
             client: ClientInfo {
                 address: Some("10.0.0.5".into()),

@@ -235,6 +235,10 @@ impl Supervisor {
         actions: Arc<dyn SupervisorActions>,
         shutdown: watch::Sender<bool>,
     ) -> SupervisorExit {
+        // Unbounded but bounded by construction: one result per job, and the policy starts a
+        // job only on a state change (power fail, power back, shutdown, tamper), at most one
+        // of each in flight; a result must never wait, since it comes from a blocking thread
+        // doing the flush the hold-up budget is counting.
         let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
         let Supervisor {
             source,

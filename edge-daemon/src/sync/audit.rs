@@ -22,8 +22,13 @@ use super::upload::{AuditUpload, UploadAction, UploadConfig, UploadEvent};
 use crate::journal::Journal;
 use crate::status::Status;
 
-/// What the watchdog hears from the uploader: (monotonic ms, event).
-pub(super) type LinkSignals = mpsc::UnboundedSender<(u64, LinkEvent)>;
+/// What the watchdog hears from the uploader: (monotonic ms, event). Bounded
+/// ([`LINK_SIGNALS`]); the watchdog drains it every tick, and a signal that finds it full is
+/// dropped (the ones queued already say the link is alive).
+pub(super) type LinkSignals = mpsc::Sender<(u64, LinkEvent)>;
+
+/// Signals queued for the watchdog, at most.
+pub(super) const LINK_SIGNALS: usize = 1_024;
 
 /// Everything the uploader needs for one connection.
 pub(super) struct Uploader {
@@ -37,7 +42,7 @@ pub(super) struct Uploader {
 
 impl Uploader {
     fn signal(&self, ev: LinkEvent) {
-        let _ = self.link.send((self.clock.mono_ms(), ev));
+        let _ = self.link.try_send((self.clock.mono_ms(), ev));
     }
 
     /// Sleep until `until_ms` on the uploader's clock.

@@ -197,7 +197,7 @@ struct Conn {
     session: UnitSession,
     watch: LinkWatch,
     /// What the audit uploader tells the watchdog.
-    signals: mpsc::UnboundedReceiver<(u64, LinkEvent)>,
+    signals: mpsc::Receiver<(u64, LinkEvent)>,
     /// Fetches awaiting the hub's answer, by request id.
     waiting: HashMap<u64, oneshot::Sender<FetchResult>>,
     /// UDP bytes received over the earlier connections.
@@ -434,7 +434,7 @@ impl SyncClient {
             l.connects += 1;
             l.link_bytes_received
         });
-        let (signal_tx, signals) = mpsc::unbounded_channel();
+        let (signal_tx, signals) = mpsc::channel(audit::LINK_SIGNALS);
         let mut c = Conn {
             min_rtt: conn.rtt(),
             conn,
@@ -462,11 +462,12 @@ impl SyncClient {
         // The uploader ends with its connection.
         let _abort_uploader = uploader.map(tokio_util::task::AbortOnDropHandle::new);
         let mut pull_in = InflateDeframer::new();
-        let mut fetch_stream: Option<quinn::SendStream> = None;
-        let (fetch_bytes_tx, mut fetch_bytes_rx) =
-            mpsc::unbounded_channel::<Result<Vec<u8>, String>>();
+        // The fetch stream, opened with the first fetch; its answers are read in this loop
+        // (no queue between: the hub's answers wait in QUIC flow control until read).
+        let mut fetch_stream: Option<(quinn::SendStream, quinn::RecvStream)> = None;
         let mut fetch_in = FrameDecoder::new();
         let mut buf = vec![0u8; 256 * 1024];
+        let mut fetch_buf = vec![0u8; 64 * 1024];
         let mut watchdog = tokio::time::interval(WATCHDOG_TICK);
         watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result: anyhow::Result<()> = 'conn: loop {
@@ -481,11 +482,9 @@ impl SyncClient {
                     StreamKind::Pull | StreamKind::Audit => pull_send.write_all(&bytes).await?,
                     StreamKind::Fetch => {
                         if fetch_stream.is_none() {
-                            let (send, recv) = c.conn.open_bi().await.map_err(explain)?;
-                            tokio::spawn(forward_fetch_answers(recv, fetch_bytes_tx.clone()));
-                            fetch_stream = Some(send);
+                            fetch_stream = Some(c.conn.open_bi().await.map_err(explain)?);
                         }
-                        if let Some(send) = fetch_stream.as_mut() {
+                        if let Some((send, _)) = fetch_stream.as_mut() {
                             send.write_all(&bytes).await?;
                         }
                     }
@@ -512,12 +511,13 @@ impl SyncClient {
                     Ok(None) => Flow::End(Err(anyhow::anyhow!("the hub closed the sync stream"))),
                     Err(e) => Flow::End(Err(anyhow::anyhow!("sync stream: {e}"))),
                 },
-                Some(chunk) = fetch_bytes_rx.recv() => match chunk {
-                    Ok(chunk) => {
+                r = read_fetch(&mut fetch_stream, &mut fetch_buf) => match r {
+                    Ok(Some(n)) => {
                         c.watch.on_event(self.clock.mono_ms(), LinkEvent::Heard);
-                        fetch_in.push(&chunk)?;
+                        fetch_in.push(&fetch_buf[..n])?;
                         self.on_fetch_answers(&mut c, &mut fetch_in)?
                     }
+                    Ok(None) => Flow::End(Err(anyhow::anyhow!("the hub closed the fetch stream"))),
                     Err(e) => Flow::End(Err(anyhow::anyhow!("fetch stream: {e}"))),
                 },
                 Some(req) = self.fetch_rx.recv() => {
@@ -855,24 +855,13 @@ fn client_config(config: &UnitConfig, policy: &Transport) -> anyhow::Result<quin
     Ok(client)
 }
 
-/// Forward the hub's answers on the fetch stream to the connection loop.
-async fn forward_fetch_answers(
-    mut recv: quinn::RecvStream,
-    tx: mpsc::UnboundedSender<Result<Vec<u8>, String>>,
-) {
-    let mut b = vec![0u8; 64 * 1024];
-    loop {
-        match recv.read(&mut b).await {
-            Ok(Some(n)) => {
-                if tx.send(Ok(b[..n].to_vec())).is_err() {
-                    return;
-                }
-            }
-            Ok(None) => return,
-            Err(e) => {
-                let _ = tx.send(Err(e.to_string()));
-                return;
-            }
-        }
+/// Read the fetch stream's next bytes; never ready while no fetch stream is open.
+async fn read_fetch(
+    stream: &mut Option<(quinn::SendStream, quinn::RecvStream)>,
+    buf: &mut [u8],
+) -> Result<Option<usize>, quinn::ReadError> {
+    match stream.as_mut() {
+        Some((_, recv)) => recv.read(buf).await,
+        None => std::future::pending().await,
     }
 }
