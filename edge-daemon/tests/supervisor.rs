@@ -473,7 +473,14 @@ async fn power_fail_stops_writes_and_flushes_within_the_budget() {
         calls[..3],
         [Call::StopWrites, Call::FlushStart, Call::FlushEnd(true)]
     );
-    let s = r.status.get();
+    // The daemon records the ack's latency once its write to the board completes, which the
+    // board may report first: wait for the status rather than race it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut s = r.status.get();
+    while s.last_power_fail_ack_ms.is_none() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        s = r.status.get();
+    }
     assert_eq!(s.power_fails, 1);
     let ack_ms = s.last_power_fail_ack_ms.expect("ack latency");
     // Well within the budget (the daemon aims for half): exact in `virtual_time`; here only
