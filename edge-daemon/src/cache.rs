@@ -7,16 +7,24 @@
 //!
 //! | prefix | key | value |
 //! | --- | --- | --- |
-//! | `r` | index key (32 B) | version (u64 BE) ‖ epoch (u64 BE) ‖ sealed [`CachedRecord`] — the cohort |
-//! | `o` | index key (32 B) | version ‖ expires-at (i64 BE, ms) ‖ sealed [`CachedRecord`] — on-demand copies |
+//! | `r` | index key (32 B) | version (u64 BE) ‖ epoch (u64 BE) ‖ sealed record — the cohort |
+//! | `o` | index key (32 B) | version ‖ expires-at (i64 BE, ms) ‖ sealed record — on-demand copies |
 //! | `s` | `state` | sealed [`SyncState`] |
 //! | `t` | `meta` | sealed [`CacheMeta`] (last sync, hub time offset) |
+//!
+//! A sealed record's plaintext is `0x01` ‖ raw deflate of the [`CachedRecord`]'s CBOR
+//! (compressed before sealing: ciphertext does not compress, and the CBOR's repeated keys and
+//! codes shrink ≈ 3 ×); a record written before compression is the bare CBOR (a map, first byte
+//! `0xA0`–`0xBF`) and still opens.
+//!
+//! Nothing about the cohort is held in memory per record except the search index: the record
+//! count is a counter, and "is this patient held" is a key lookup.
 //!
 //! Writes from sync go through [`Cache::apply`]: the whole batch and the new sync state are
 //! one `sled::Batch` (atomic), flushed (fsync) before the batch is acknowledged to the hub. Only
 //! the sync task writes `r` and `s`, so reading the tree while building the batch is safe.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -105,6 +113,35 @@ pub struct CacheMeta {
     pub hub_offset_ms: i64,
 }
 
+/// First byte of a compressed record plaintext (see the module docs).
+const COMPRESSED: u8 = 0x01;
+/// A record inflates to at most this (the frame limit: no record is larger on the wire).
+const MAX_PLAIN: u64 = edge_proto::sync::MAX_FRAME_BYTES as u64;
+
+/// Raw deflate at the fastest level, after the [`COMPRESSED`] marker.
+fn deflate(plain: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Write as _;
+    let mut out = Vec::with_capacity(plain.len() / 2 + 16);
+    out.push(COMPRESSED);
+    let mut z = flate2::write::DeflateEncoder::new(out, flate2::Compression::fast());
+    z.write_all(plain)?;
+    z.finish()
+}
+
+/// Inflate a compressed record, refusing one that would grow past [`MAX_PLAIN`].
+fn inflate_bounded(z: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    let mut out = Vec::with_capacity(z.len() * 4);
+    flate2::read::DeflateDecoder::new(z)
+        .take(MAX_PLAIN + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("does not inflate: {e}"))?;
+    if out.len() as u64 > MAX_PLAIN {
+        return Err("inflates past the record size limit".into());
+    }
+    Ok(out)
+}
+
 /// Written beside the cache when its key is shredded; while it exists the unit serves nothing.
 pub const TAMPER_MARKER: &str = "SHREDDED";
 
@@ -132,9 +169,8 @@ pub struct Cache {
     db: sled::Db,
     tree: sled::Tree,
     sealer: Arc<Sealer>,
-    /// NHS number → (version, epoch) of every cohort record: the record count, and what the
-    /// search index mirrors.
-    index: RwLock<BTreeMap<NhsNumber, u64>>,
+    /// Cohort records held (kept by [`Cache::apply`]; counted at open).
+    records: std::sync::atomic::AtomicUsize,
     /// Demographic search over the cohort cache.
     search: RwLock<SearchIndex>,
     dir: PathBuf,
@@ -215,26 +251,28 @@ impl Cache {
             db,
             tree,
             sealer,
-            index: RwLock::new(BTreeMap::new()),
+            records: std::sync::atomic::AtomicUsize::new(0),
             search: RwLock::new(SearchIndex::new()),
             dir: path.to_path_buf(),
             shredded: std::sync::atomic::AtomicBool::new(false),
         };
         // Read everything once: the state, and every record (which also checks the seals).
         let _ = cache.state()?;
-        let mut index = BTreeMap::new();
+        let mut records = 0usize;
         let mut search = SearchIndex::new();
         for kv in cache.tree.scan_prefix(T_RECORD) {
             let (k, v) = kv?;
             let rec = cache.open_record(T_RECORD, &k, &v)?;
-            index.insert(rec.nhs, rec.version);
+            records += 1;
             if let Some(d) = demographics(rec.record.as_slice()) {
                 search.insert(rec.nhs, &d);
             }
         }
         *cache.search.write().unwrap_or_else(|p| p.into_inner()) = search;
-        info!(records = index.len(), "cache opened");
-        *cache.index.write().unwrap_or_else(|p| p.into_inner()) = index;
+        info!(records, "cache opened");
+        cache
+            .records
+            .store(records, std::sync::atomic::Ordering::SeqCst);
         Ok(cache)
     }
 
@@ -258,6 +296,12 @@ impl Cache {
             .sealer
             .open(table, key, sealed)
             .map_err(|_| CacheError::Seal { table })?;
+        let plain = match plain.split_first() {
+            Some((&COMPRESSED, z)) => {
+                inflate_bounded(z).map_err(|why| CacheError::Decode { table, why })?
+            }
+            _ => plain,
+        };
         let rec: CachedRecord = cbor::from_slice(&plain).map_err(|e| CacheError::Decode {
             table,
             why: e.to_string(),
@@ -281,8 +325,12 @@ impl Cache {
             table: "encode",
             why: e.to_string(),
         })?;
+        let z = deflate(&plain).map_err(|e| CacheError::Decode {
+            table: "encode",
+            why: e.to_string(),
+        })?;
         self.sealer
-            .seal(table, key, &plain)
+            .seal(table, key, &z)
             .map_err(|_| CacheError::Seal { table: "encode" })
     }
 
@@ -351,27 +399,23 @@ impl Cache {
 
     /// Whether the cohort cache holds this patient.
     pub fn contains(&self, nhs: &NhsNumber) -> bool {
-        self.index
-            .read()
-            .map(|i| i.contains_key(nhs))
-            .unwrap_or(false)
+        !self.is_shredded()
+            && self
+                .tree
+                .contains_key(self.key(T_RECORD, nhs))
+                .unwrap_or(false)
     }
 
     /// Records in the cohort cache.
     pub fn len(&self) -> usize {
-        self.index.read().map(|i| i.len()).unwrap_or(0)
+        if self.is_shredded() {
+            return 0;
+        }
+        self.records.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// NHS numbers held (cohort), in order.
-    pub fn nhs_numbers(&self) -> Vec<NhsNumber> {
-        self.index
-            .read()
-            .map(|i| i.keys().copied().collect())
-            .unwrap_or_default()
     }
 
     /// The data key has been destroyed: forget everything in memory and serve nothing. The
@@ -383,10 +427,7 @@ impl Cache {
         if let Some(data_dir) = self.dir.parent() {
             let _ = std::fs::write(data_dir.join(TAMPER_MARKER), b"shredded\n");
         }
-        self.index
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.records.store(0, std::sync::atomic::Ordering::SeqCst);
         self.search
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -504,12 +545,14 @@ impl Cache {
         let mut written = Vec::new();
         let mut removed = Vec::new();
         {
-            let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
             let mut search = self.search.write().unwrap_or_else(|p| p.into_inner());
             for op in ops {
                 match op {
-                    Op::Put(nhs, v, d) => {
-                        index.insert(nhs, v);
+                    Op::Put(nhs, new, d) => {
+                        if new {
+                            self.records
+                                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
                         match d {
                             Some(d) => {
                                 search.insert(nhs, &d);
@@ -520,8 +563,21 @@ impl Cache {
                         }
                         written.push(nhs);
                     }
-                    Op::Remove(nhs) => {
-                        index.remove(&nhs);
+                    Op::Dropped => {
+                        let _ = self.records.fetch_update(
+                            std::sync::atomic::Ordering::SeqCst,
+                            std::sync::atomic::Ordering::SeqCst,
+                            |n| n.checked_sub(1),
+                        );
+                    }
+                    Op::Remove(nhs, held) => {
+                        if held {
+                            let _ = self.records.fetch_update(
+                                std::sync::atomic::Ordering::SeqCst,
+                                std::sync::atomic::Ordering::SeqCst,
+                                |n| n.checked_sub(1),
+                            );
+                        }
                         search.remove(&nhs);
                         removed.push(nhs);
                     }
@@ -551,8 +607,16 @@ pub struct Applied {
 }
 
 enum Op {
-    Put(NhsNumber, u64, Option<Box<edge_proto::model::Demographics>>),
-    Remove(NhsNumber),
+    /// Written: whether it is new to the cohort cache, and its demographics for the search.
+    Put(
+        NhsNumber,
+        bool,
+        Option<Box<edge_proto::model::Demographics>>,
+    ),
+    /// Removed (withdrawn or evicted); whether the cohort cache held it.
+    Remove(NhsNumber, bool),
+    /// An evicted record that no longer opened (so its NHS number is unknown).
+    Dropped,
 }
 
 /// One apply: reads see the tree plus what this apply wrote; writes go to one batch.
@@ -598,6 +662,7 @@ impl UnitStore for Txn<'_> {
         record: &Bytes,
     ) -> Result<(), CacheError> {
         let k = self.cache.key(T_RECORD, nhs);
+        let new = self.read(&k)?.is_none();
         let rec = CachedRecord {
             nhs: *nhs,
             version,
@@ -609,7 +674,7 @@ impl UnitStore for Txn<'_> {
         self.write(k, Some(header(version, epoch, sealed)));
         self.ops.push(Op::Put(
             *nhs,
-            version,
+            new,
             demographics(record.as_slice()).map(Box::new),
         ));
         Ok(())
@@ -628,8 +693,10 @@ impl UnitStore for Txn<'_> {
 
     fn remove(&mut self, nhs: &NhsNumber) -> Result<(), CacheError> {
         let k = self.cache.key(T_RECORD, nhs);
+        let held = self.read(&k)?.is_some();
         self.write(k, None);
-        self.ops.push(Op::Remove(*nhs));
+        // Always reported, held or not: an on-demand copy of the patient goes too.
+        self.ops.push(Op::Remove(*nhs, held));
         Ok(())
     }
 
@@ -647,9 +714,10 @@ impl UnitStore for Txn<'_> {
         let n = evict.len() as u64;
         for (k, nhs) in evict {
             self.write(k, None);
-            if let Some(nhs) = nhs {
-                self.ops.push(Op::Remove(nhs));
-            }
+            self.ops.push(match nhs {
+                Some(nhs) => Op::Remove(nhs, true),
+                None => Op::Dropped,
+            });
         }
         Ok(n)
     }
@@ -675,6 +743,51 @@ mod tests {
 
     use edge_proto::fhir::ingest::parse_bundle_json;
     use edge_proto::{assemble, cbor};
+
+    #[test]
+    fn records_are_compressed_before_sealing_and_old_uncompressed_ones_still_open() {
+        use super::*;
+        let dir = tempfile::tempdir().unwrap();
+        let sealer = Arc::new(crate::seal::Sealer::ephemeral().unwrap());
+        let (cache, _) = Cache::open(dir.path(), sealer.clone(), KeyState::Fresh).unwrap();
+        let nhs = NhsNumber::parse("9434765919").unwrap();
+        let body = b"a summary's bytes, a summary's bytes, a summary's bytes".repeat(20);
+        let rec = CachedRecord {
+            nhs,
+            version: 2,
+            digest: record_digest(&body),
+            record: Bytes::from(body.clone()),
+            synced_at: UnixMillis(5),
+        };
+        let k = cache.key(T_RECORD, &nhs);
+        let sealed = cache.seal_record(T_RECORD, &k, &rec).unwrap();
+        let plain = cbor::to_vec(&rec).unwrap();
+        assert!(
+            sealed.len() < plain.len() / 2,
+            "compressed: {} sealed vs {} plain",
+            sealed.len(),
+            plain.len()
+        );
+        let v = header(2, 1, sealed);
+        assert_eq!(
+            cache
+                .open_record(T_RECORD, &k, &v)
+                .unwrap()
+                .record
+                .as_slice(),
+            &body[..]
+        );
+        // A record sealed before compression (bare CBOR) still opens.
+        let old = header(2, 1, sealer.seal(T_RECORD, &k, &plain).unwrap());
+        assert_eq!(cache.open_record(T_RECORD, &k, &old).unwrap().version, 2);
+    }
+
+    #[test]
+    fn a_record_that_inflates_past_the_limit_is_refused() {
+        let bomb = super::deflate(&vec![0u8; 9 * 1024 * 1024]).unwrap();
+        assert!(super::inflate_bounded(&bomb[1..]).is_err());
+        assert!(super::inflate_bounded(b"not deflate").is_err());
+    }
 
     #[test]
     fn demographics_stop_early_and_match_the_whole_decode() {
