@@ -104,12 +104,23 @@ fn main() -> anyhow::Result<()> {
     let u = f.enrol("LAS-AMB-BENCH", &[])?;
     let data = f.synth("a.ndjson", 10, 1)?;
     f.ingest_offline(&data)?;
-    let jdir = f.units[u].dir.join("data").join("journal");
+    let data_dir = f.units[u].dir.join("data");
+    let jdir = data_dir.join("journal");
     {
-        let (j, _) = Journal::open(JournalConfig {
-            disk_budget_bytes: 4 << 30,
-            ..JournalConfig::new(&jdir)
-        })?;
+        // Sealed with the journal key the daemon will open (`data/keys/journal`), exactly as
+        // the daemon writes its own journal: events the daemon cannot open would never upload.
+        let jkeys = data_dir.join("keys").join("journal");
+        let (jsealer, _) = edge_daemon::seal::Sealer::open_or_create(
+            &jkeys,
+            &edge_daemon::seal::FileKeyStore::new(jkeys.join("kek")),
+        )?;
+        let (j, _) = Journal::open_with_cipher(
+            JournalConfig {
+                disk_budget_bytes: 4 << 30,
+                ..JournalConfig::new(&jdir)
+            },
+            std::sync::Arc::new(edge_daemon::seal::JournalSealer(jsealer)),
+        )?;
         rt.block_on(async {
             let mut tasks = Vec::new();
             for w in 0..64u64 {

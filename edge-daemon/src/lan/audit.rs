@@ -192,8 +192,12 @@ impl Auditor {
         if let Some(w) = &self.wake {
             w.notify_one();
         }
-        let pending = j.pending();
-        self.status.update(|l| l.audit_pending = pending);
+        // Read the journal under the status lock, so a concurrent update from the uploader
+        // can never leave an older figure behind this one.
+        self.status.update(|l| {
+            l.audit_pending = j.pending();
+            l.audit_uploaded_seq = j.uploaded_seq();
+        });
         Ok(())
     }
 

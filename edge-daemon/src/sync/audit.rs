@@ -220,10 +220,12 @@ impl Uploader {
             .await
             .context("audit mark task")?
             .context("cannot record the upload")?;
-        let (pending, uploaded) = (self.journal.pending(), self.journal.uploaded_seq());
-        self.status.update(|l| {
-            l.audit_pending = pending;
-            l.audit_uploaded_seq = uploaded;
+        // Read the journal under the status lock (see the auditor's append): the figures shown
+        // are never older than the last writer's.
+        let pending = self.status.update(|l| {
+            l.audit_pending = self.journal.pending();
+            l.audit_uploaded_seq = self.journal.uploaded_seq();
+            l.audit_pending
         });
         debug!(upto, pending, "audit events uploaded");
         Ok(())
