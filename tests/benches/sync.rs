@@ -41,6 +41,9 @@ fn main() -> anyhow::Result<()> {
     let hub_cpu = cpu_seconds(hub_pid);
     f.stop_unit(u, false)?;
     f.stop_hub(false)?;
+    // What the cache takes on disk (allocated blocks), beside the summaries' own CBOR bytes.
+    let disk = allocated_bytes(&f.units[u].dir.join("data").join("cache.sled"));
+    let cbor = cbor_bytes(&data)?;
 
     // The floor: the same bytes over one QUIC stream, same certificates, same loopback.
     let floor_s = raw_quic(&f, wire.max(1))?;
@@ -57,6 +60,13 @@ fn main() -> anyhow::Result<()> {
         wire as f64 / n as f64
     );
     println!("| unit peak RSS | {:.0} MiB |", rss as f64 / 1024.0);
+    println!(
+        "| unit cache on disk (allocated) | {:.0} MiB, {:.0} B per summary, {:.2} × the summaries' CBOR ({:.0} B each) |",
+        disk as f64 / 1_048_576.0,
+        disk as f64 / n as f64,
+        disk as f64 / cbor.max(1) as f64,
+        cbor as f64 / n as f64
+    );
     println!("| hub peak RSS | {:.0} MiB |", hub_rss as f64 / 1024.0);
     println!("| CPU time: unit / hub (incl. start-up) | {unit_cpu:.2} s / {hub_cpu:.2} s |");
     println!(
@@ -78,6 +88,39 @@ fn cpu_seconds(pid: u32) -> f64 {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Bytes allocated on disk under `dir` (st_blocks × 512), recursively.
+fn allocated_bytes(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut total = 0;
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            match std::fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() => total += allocated_bytes(&p),
+                Ok(m) => total += m.blocks() * 512,
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+/// The summed CBOR size of the summaries the hub assembles from `file` (one bundle a line).
+fn cbor_bytes(file: &std::path::Path) -> anyhow::Result<u64> {
+    use std::io::BufRead as _;
+    let mut total = 0u64;
+    for line in std::io::BufReader::new(std::fs::File::open(file)?).lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let c = edge_proto::fhir::ingest::parse_bundle_json(&line)?;
+        let s = edge_proto::assemble::from_contribution(&c, edge_proto::time::UnixMillis(0));
+        total += edge_proto::cbor::encode_summary(&s)?.len() as u64;
+    }
+    Ok(total)
 }
 
 fn raw_quic(f: &Fleet, bytes: u64) -> anyhow::Result<f64> {
