@@ -686,11 +686,7 @@ async fn alerts(
     q: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Ok(Query(q)) = q else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "the query takes limit=N and cursor=…",
-        );
+        return bad_page_query();
     };
     let limit = page_limit(q.limit);
     info!("alert review list requested");
@@ -778,17 +774,22 @@ fn unknown_device() -> Response {
     )
 }
 
+/// The 400 for a paged list's query that is not `limit` and `cursor`.
+fn bad_page_query() -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "the query takes limit=N and cursor=…",
+    )
+}
+
 /// `GET /admin/operator-log?limit=&cursor=`: every admin call, newest first (privacy role).
 async fn operator_log(
     State(st): State<AdminState>,
     q: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Ok(Query(q)) = q else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "the query takes limit=N and cursor=…",
-        );
+        return bad_page_query();
     };
     let limit = page_limit(q.limit);
     let log = st.log.clone();

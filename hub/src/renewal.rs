@@ -186,11 +186,7 @@ impl RenewalCa {
             not_after,
         )
         .map_err(|e| Refusal::BadCertificate(e.to_string()))?;
-        let serial = params
-            .serial_number
-            .as_ref()
-            .map(|s| hex_lower(&s.to_bytes()))
-            .unwrap_or_default();
+        let serial = issue::serial_hex(&params);
         let leaf = params
             .signed_by(&spki, &self.issuer, &self.key)
             .map_err(|e| Refusal::BadCertificate(e.to_string()))?;
@@ -224,10 +220,6 @@ pub fn decide(
     }
     let current = current.ok_or_else(|| Refusal::BadCertificate("no certificate".into()))?;
     ca.renew(now, &inv.fleet_id, ident, current)
-}
-
-fn hex_lower(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -845,11 +845,7 @@ impl Fleet {
     ) -> Result<IssuedCert, FleetError> {
         let not_before = UnixMillis(params.not_before.unix_timestamp() * 1000);
         let not_after = UnixMillis(params.not_after.unix_timestamp() * 1000);
-        let serial = params
-            .serial_number
-            .as_ref()
-            .map(|s| hex::encode(s.to_bytes()))
-            .unwrap_or_default();
+        let serial = crate::issue::serial_hex(&params);
         let cert = params.signed_by(public_key, &self.issuer, &self.issuing_key)?;
         Ok(IssuedCert {
             der: cert.der().to_vec(),
@@ -1211,11 +1207,7 @@ impl Fleet {
             now.plus_ms(-BACKDATE_MS),
             now.plus_ms(RENEWAL_CA_LIFETIME_MS),
         )?;
-        let serial = params
-            .serial_number
-            .as_ref()
-            .map(|s| hex::encode(s.to_bytes()))
-            .unwrap_or_default();
+        let serial = crate::issue::serial_hex(&params);
         let cert = params.signed_by(&key, &root, &root_key)?;
         let not_after = whole_seconds(now.plus_ms(RENEWAL_CA_LIFETIME_MS));
         // Key first: a crash between the two leaves a key without its certificate, which

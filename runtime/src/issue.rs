@@ -65,6 +65,15 @@ pub fn new_serial() -> Result<Vec<u8>, IssueError> {
     Ok(b.to_vec())
 }
 
+/// The serial of `params`, lower-case hex of its bytes (as `edge-provision list` shows it).
+pub fn serial_hex(params: &CertificateParams) -> String {
+    params
+        .serial_number
+        .as_ref()
+        .map(|s| hex::encode(s.to_bytes()))
+        .unwrap_or_default()
+}
+
 /// The subject name of a fleet certificate.
 pub fn dn(org: &str, cn: &str) -> DistinguishedName {
     let mut d = DistinguishedName::new();

@@ -23,7 +23,7 @@ use serde_json::json;
 
 use super::audit::Access;
 use super::auth::{authenticate, refuse};
-use super::lookup::{unavailable, Client};
+use super::lookup::{set_caller, unavailable, Client};
 use super::refusal::Refusal;
 use super::AppState;
 use crate::status::Link;
@@ -53,10 +53,7 @@ pub async fn conveying(
             return refuse(&s, a, b.refusal, client).await;
         }
     };
-    a.caller = Some(caller.claims.clone());
-    a.purpose = caller.purpose;
-    a.break_glass_reason = caller.reason.clone();
-    a.incident_ref = caller.incident.clone();
+    set_caller(&mut a, &caller);
     let nhs = match NhsNumber::parse(&nhs) {
         Ok(n) => n,
         Err(e) => {

@@ -214,7 +214,7 @@ async fn read_patient(
     s.audit.answer(a, reply).await
 }
 
-fn set_caller(a: &mut Access, caller: &Caller) {
+pub(super) fn set_caller(a: &mut Access, caller: &Caller) {
     a.caller = Some(caller.claims.clone());
     a.purpose = caller.purpose;
     a.break_glass_reason = caller.reason.clone();
