@@ -599,6 +599,20 @@ pub fn districts(file: &Path) -> anyhow::Result<std::collections::BTreeMap<Strin
 }
 
 /// The wall clock in Unix milliseconds.
+/// `GET /v1/patients/{nhs}` on a unit's LAN API with a shift token and `extra` headers:
+/// (status, body).
+pub fn lookup(
+    lan: &str,
+    tok: &str,
+    nhs: &str,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<(u16, String)> {
+    let auth = format!("Bearer {tok}");
+    let mut h = vec![("Authorization", auth.as_str())];
+    h.extend_from_slice(extra);
+    http_with("GET", &format!("http://{lan}/v1/patients/{nhs}"), None, &h)
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use kerbside_tests::bin;
-use kerbside_tests::fleet::{http_with, mint_operator, nhs_numbers, run_ok, wait_for, Fleet};
+use kerbside_tests::fleet::{mint_operator, nhs_numbers, run_ok, wait_for, Fleet};
 use serde_json::Value;
 
 /// One raw HTTP/1.1 request (exact headers, nothing added): (status, whole response text).
@@ -45,10 +45,7 @@ fn raw(
 }
 
 fn lookup(lan: &str, tok: &str, nhs: &str, extra: &[(&str, &str)]) -> u16 {
-    let auth = format!("Bearer {tok}");
-    let mut h = vec![("Authorization", auth.as_str())];
-    h.extend_from_slice(extra);
-    http_with("GET", &format!("http://{lan}/v1/patients/{nhs}"), None, &h)
+    kerbside_tests::fleet::lookup(lan, tok, nhs, extra)
         .unwrap()
         .0
 }

@@ -15,14 +15,7 @@ const NOBODY: &str = "postcode:ZZ9";
 const SITE: &str = "RJ122";
 
 fn lookup(lan: &str, tok: &str, nhs: &str) -> (u16, String) {
-    let auth = format!("Bearer {tok}");
-    http_with(
-        "GET",
-        &format!("http://{lan}/v1/patients/{nhs}"),
-        None,
-        &[("Authorization", auth.as_str())],
-    )
-    .unwrap()
+    kerbside_tests::fleet::lookup(lan, tok, nhs, &[]).unwrap()
 }
 
 fn convey(lan: &str, tok: &str, nhs: &str, site: &str) -> (u16, String) {

@@ -8,21 +8,14 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kerbside_tests::bin;
-use kerbside_tests::fleet::{http_with, nhs_numbers, run_ok, wait_for, Fleet};
+use kerbside_tests::fleet::{nhs_numbers, run_ok, wait_for, Fleet};
 use serde_json::Value;
 
 /// A postcode district no synthetic patient lives in: every lookup is an on-demand fetch.
 const NOBODY: &str = "postcode:ZZ9";
 
 fn lookup(lan: &str, tok: &str, nhs: &str) -> (u16, String) {
-    let auth = format!("Bearer {tok}");
-    http_with(
-        "GET",
-        &format!("http://{lan}/v1/patients/{nhs}"),
-        None,
-        &[("Authorization", auth.as_str())],
-    )
-    .unwrap()
+    kerbside_tests::fleet::lookup(lan, tok, nhs, &[]).unwrap()
 }
 
 /// The hub's own audit events (device `hub-…`) about one patient.

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use kerbside_tests::fleet::{http_with, nhs_numbers, wait_for, Fleet};
+use kerbside_tests::fleet::{nhs_numbers, wait_for, Fleet};
 use serde_json::Value;
 
 fn clinician(f: &Fleet, id: u128) -> String {
@@ -13,10 +13,7 @@ fn clinician(f: &Fleet, id: u128) -> String {
 }
 
 fn lookup(lan: &str, tok: &str, nhs: &str, extra: &[(&str, &str)]) -> (u16, String) {
-    let auth = format!("Bearer {tok}");
-    let mut h = vec![("Authorization", auth.as_str())];
-    h.extend_from_slice(extra);
-    http_with("GET", &format!("http://{lan}/v1/patients/{nhs}"), None, &h).unwrap()
+    kerbside_tests::fleet::lookup(lan, tok, nhs, extra).unwrap()
 }
 
 fn all_bytes(dir: &std::path::Path, out: &mut Vec<u8>) {
