@@ -11,14 +11,24 @@
 //! | `o` | index key (32 B) | version ‖ expires-at (i64 BE, ms) ‖ sealed record — on-demand copies |
 //! | `s` | `state` | sealed [`SyncState`] |
 //! | `t` | `meta` | sealed [`CacheMeta`] (last sync, hub time offset) |
+//! | `t` | `count` | cohort records held (u64 BE; written in every apply's batch) |
+//! | `t` | `search` | the search postings' layout ([`SEARCH_LAYOUT`]); absent → rebuilt at open |
+//! | `x` | kind (1 B) ‖ keyed hash (8 B) ‖ index key (32 B) | empty — a search posting |
 //!
 //! A sealed record's plaintext is `0x01` ‖ raw deflate of the [`CachedRecord`]'s CBOR
 //! (compressed before sealing: ciphertext does not compress, and the CBOR's repeated keys and
 //! codes shrink ≈ 3 ×); a record written before compression is the bare CBOR (a map, first byte
 //! `0xA0`–`0xBF`) and still opens.
 //!
-//! Nothing about the cohort is held in memory per record except the search index: the record
-//! count is a counter, and "is this patient held" is a key lookup.
+//! Nothing about the cohort is held in memory per record: the record count is a counter, "is
+//! this patient held" is a key lookup, and the demographic search reads postings from disk.
+//! A posting (`x`) lists a patient's index key under the keyed hash
+//! (`Sealer::index_key("x", kind ‖ pair)`, first 8 bytes) of one pair they can be searched by
+//! (`search::postings`: family key × birth date, family key × district, birth date × district,
+//! former NHS number). Names, dates and postcodes are never on disk in clear; what the disk does
+//! show is which records share a hashed pair. Postings are written in the same batch as their
+//! record, so they are never out of step with it; a search re-checks every patient it finds
+//! against the record itself.
 //!
 //! Writes from sync go through [`Cache::apply`]: the whole batch and the new sync state are
 //! one `sled::Batch` (atomic), flushed (fsync) before the batch is acknowledged to the hub. Only
@@ -26,7 +36,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use edge_proto::cbor;
 use edge_proto::nhs::NhsNumber;
@@ -38,7 +48,10 @@ use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
 use crate::seal::{KeyState, Sealer};
-use crate::search::SearchIndex;
+use crate::search::{
+    alias_in, postings, search_in, PostingKey, PostingStore, SearchFailed, SearchOutcome,
+    SearchQuery,
+};
 
 /// Just the demographics of a summary, for the search index. `patient` is the summary's third
 /// field, so decoding stops there: the clinical sections after it are never walked (a cold
@@ -186,6 +199,16 @@ const T_RECORD: &str = "r";
 const T_FETCHED: &str = "o";
 const K_STATE: &[u8] = b"sstate";
 const K_META: &[u8] = b"tmeta";
+const K_COUNT: &[u8] = b"tcount";
+const K_SEARCH: &[u8] = b"tsearch";
+const T_POSTING: &[u8] = b"x";
+/// The search postings' layout; a cache without it (or with another) has them rebuilt at open.
+pub const SEARCH_LAYOUT: &[u8] = b"pairs-1";
+/// Bytes of the keyed hash in a posting's key (a collision only adds a candidate that the
+/// re-check then drops).
+const POSTING_HASH: usize = 8;
+/// An index key's length (`Sealer::index_key`).
+const ID_LEN: usize = 32;
 
 fn header(a: u64, b: u64, sealed: Vec<u8>) -> Vec<u8> {
     let mut v = Vec::with_capacity(16 + sealed.len());
@@ -210,8 +233,6 @@ pub struct Cache {
     codec: Codec,
     /// Cohort records held (kept by [`Cache::apply`]; counted at open).
     records: std::sync::atomic::AtomicUsize,
-    /// Demographic search over the cohort cache.
-    search: RwLock<SearchIndex>,
     dir: PathBuf,
     /// The data key was destroyed (tamper, wipe): nothing is served or written any more.
     shredded: std::sync::atomic::AtomicBool,
@@ -292,28 +313,90 @@ impl Cache {
             sealer,
             records: std::sync::atomic::AtomicUsize::new(0),
             codec: Codec::new(),
-            search: RwLock::new(SearchIndex::new()),
             dir: path.to_path_buf(),
             shredded: std::sync::atomic::AtomicBool::new(false),
         };
-        // Read everything once: the state, and every record (which also checks the seals).
+        // The state and the first record must open under this key (a cache sealed under
+        // another key is moved aside by `open`); every other record is checked when it is read.
         let _ = cache.state()?;
-        let mut records = 0usize;
-        let mut search = SearchIndex::new();
-        for kv in cache.tree.scan_prefix(T_RECORD) {
+        if let Some(kv) = cache.tree.scan_prefix(T_RECORD).next() {
             let (k, v) = kv?;
-            let rec = cache.open_record(T_RECORD, &k, &v)?;
-            records += 1;
-            if let Some(d) = demographics(rec.record.as_slice()) {
-                search.insert(rec.nhs, &d);
-            }
+            cache.open_record(T_RECORD, &k, &v)?;
         }
-        *cache.search.write().unwrap_or_else(|p| p.into_inner()) = search;
+        let layout = cache.tree.get(K_SEARCH)?;
+        let records = match cache.tree.get(K_COUNT)? {
+            Some(v) if layout.as_deref() == Some(SEARCH_LAYOUT) => {
+                u64::from_be_bytes(v.as_ref().try_into().map_err(|_| CacheError::Decode {
+                    table: "t",
+                    why: "record count".into(),
+                })?) as usize
+            }
+            _ => cache.rebuild_postings()?,
+        };
         info!(records, "cache opened");
         cache
             .records
             .store(records, std::sync::atomic::Ordering::SeqCst);
         Ok(cache)
+    }
+
+    /// Re-post every cohort record for search and recount them (a cache written before the
+    /// postings existed, or with another layout). Every record must open. Returns the count.
+    fn rebuild_postings(&self) -> Result<usize, CacheError> {
+        let mut batch = sled::Batch::default();
+        for kv in self.tree.scan_prefix(T_POSTING) {
+            batch.remove(kv?.0);
+        }
+        self.tree.apply_batch(batch)?;
+        let mut records = 0usize;
+        let mut batch = sled::Batch::default();
+        for kv in self.tree.scan_prefix(T_RECORD) {
+            let (k, v) = kv?;
+            let rec = self.open_record(T_RECORD, &k, &v)?;
+            records += 1;
+            for pk in self.record_postings(&k, &rec) {
+                batch.insert(pk, &[] as &[u8]);
+            }
+            if records.is_multiple_of(10_000) {
+                self.tree.apply_batch(std::mem::take(&mut batch))?;
+                info!(records, "search postings: rebuilding");
+            }
+        }
+        batch.insert(K_COUNT, &(records as u64).to_be_bytes());
+        batch.insert(K_SEARCH, SEARCH_LAYOUT);
+        self.tree.apply_batch(batch)?;
+        self.db.flush()?;
+        Ok(records)
+    }
+
+    /// The posting keys of a cohort record stored under `key` (`r` ‖ index key).
+    fn record_postings(&self, key: &[u8], rec: &CachedRecord) -> Vec<Vec<u8>> {
+        let Some(id) = key.get(T_RECORD.len()..) else {
+            return Vec::new();
+        };
+        demographics(rec.record.as_slice())
+            .map(|d| postings(rec.nhs, &d))
+            .unwrap_or_default()
+            .iter()
+            .map(|pk| {
+                let mut k = self.posting_prefix(pk);
+                k.extend_from_slice(id);
+                k
+            })
+            .collect()
+    }
+
+    /// `x` ‖ kind ‖ the keyed hash of the posting's pair.
+    fn posting_prefix(&self, pk: &PostingKey) -> Vec<u8> {
+        let mut id = Vec::with_capacity(1 + pk.material.len());
+        id.push(pk.kind);
+        id.extend_from_slice(&pk.material);
+        let h = self.sealer.index_key("x", &id);
+        let mut k = Vec::with_capacity(T_POSTING.len() + 1 + POSTING_HASH + ID_LEN);
+        k.extend_from_slice(T_POSTING);
+        k.push(pk.kind);
+        k.extend_from_slice(&h[..POSTING_HASH]);
+        k
     }
 
     fn key(&self, table: &str, nhs: &NhsNumber) -> Vec<u8> {
@@ -419,23 +502,27 @@ impl Cache {
         Ok(m)
     }
 
-    /// Search the cohort cache's demographics.
-    pub fn search(
-        &self,
-        q: &crate::search::SearchQuery,
-    ) -> Result<crate::search::SearchOutcome, crate::search::SearchError> {
-        self.search
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .search(q)
+    /// Search the cohort cache's demographics (from the postings on disk).
+    pub fn search(&self, q: &SearchQuery) -> Result<SearchOutcome, SearchFailed<CacheError>> {
+        if self.is_shredded() {
+            q.validate().map_err(SearchFailed::Query)?;
+            return Ok(SearchOutcome {
+                candidates: Vec::new(),
+                matched: 0,
+            });
+        }
+        search_in(self, q)
     }
 
     /// The current NHS number the cohort cache holds for a former (superseded or merged) one.
     pub fn alias(&self, nhs: &NhsNumber) -> Option<NhsNumber> {
-        self.search
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .alias(nhs)
+        if self.is_shredded() {
+            return None;
+        }
+        alias_in(self, nhs).unwrap_or_else(|e| {
+            warn!(error = %e, "former NHS number lookup failed");
+            None
+        })
     }
 
     /// Whether the cohort cache holds this patient.
@@ -469,10 +556,6 @@ impl Cache {
             let _ = std::fs::write(data_dir.join(TAMPER_MARKER), b"shredded\n");
         }
         self.records.store(0, std::sync::atomic::Ordering::SeqCst);
-        self.search
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
         tracing::warn!("cache shredded: the data key is destroyed; nothing is served until the unit is re-provisioned");
     }
 
@@ -580,51 +663,28 @@ impl Cache {
             now,
         };
         let report = apply_to(&mut txn, apply)?;
-        let Txn { batch, ops, .. } = txn;
-        self.tree.apply_batch(batch)?;
-        self.db.flush()?;
+        let Txn { mut batch, ops, .. } = txn;
+        let mut records = self.records.load(std::sync::atomic::Ordering::SeqCst);
         let mut written = Vec::new();
         let mut removed = Vec::new();
-        {
-            let mut search = self.search.write().unwrap_or_else(|p| p.into_inner());
-            for op in ops {
-                match op {
-                    Op::Put(nhs, new, d) => {
-                        if new {
-                            self.records
-                                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        }
-                        match d {
-                            Some(d) => {
-                                search.insert(nhs, &d);
-                            }
-                            None => {
-                                search.remove(&nhs);
-                            }
-                        }
-                        written.push(nhs);
-                    }
-                    Op::Dropped => {
-                        let _ = self.records.fetch_update(
-                            std::sync::atomic::Ordering::SeqCst,
-                            std::sync::atomic::Ordering::SeqCst,
-                            |n| n.checked_sub(1),
-                        );
-                    }
-                    Op::Remove(nhs, held) => {
-                        if held {
-                            let _ = self.records.fetch_update(
-                                std::sync::atomic::Ordering::SeqCst,
-                                std::sync::atomic::Ordering::SeqCst,
-                                |n| n.checked_sub(1),
-                            );
-                        }
-                        search.remove(&nhs);
-                        removed.push(nhs);
-                    }
+        for op in ops {
+            match op {
+                Op::Put(nhs, new) => {
+                    records += usize::from(new);
+                    written.push(nhs);
+                }
+                Op::Dropped => records = records.saturating_sub(1),
+                Op::Remove(nhs, held) => {
+                    records = records.saturating_sub(usize::from(held));
+                    removed.push(nhs);
                 }
             }
         }
+        batch.insert(K_COUNT, &(records as u64).to_be_bytes());
+        self.tree.apply_batch(batch)?;
+        self.db.flush()?;
+        self.records
+            .store(records, std::sync::atomic::Ordering::SeqCst);
         Ok(Applied {
             report,
             written,
@@ -648,12 +708,8 @@ pub struct Applied {
 }
 
 enum Op {
-    /// Written: whether it is new to the cohort cache, and its demographics for the search.
-    Put(
-        NhsNumber,
-        bool,
-        Option<Box<edge_proto::model::Demographics>>,
-    ),
+    /// Written: whether it is new to the cohort cache.
+    Put(NhsNumber, bool),
     /// Removed (withdrawn or evicted); whether the cohort cache held it.
     Remove(NhsNumber, bool),
     /// An evicted record that no longer opened (so its NHS number is unknown).
@@ -683,6 +739,45 @@ impl Txn<'_> {
         }
         self.overlay.insert(k, v);
     }
+
+    /// Drop the search postings of the record stored under `k` as `v` (a record that no longer
+    /// opens keeps its postings: a search finds nothing behind them and skips them).
+    fn unpost(&mut self, k: &[u8], v: &[u8]) {
+        if let Ok(rec) = self.cache.open_record(T_RECORD, k, v) {
+            for pk in self.cache.record_postings(k, &rec) {
+                self.batch.remove(pk);
+            }
+        }
+    }
+}
+
+impl PostingStore for Cache {
+    type Id = [u8; ID_LEN];
+    type Error = CacheError;
+
+    fn ids(&self, key: &PostingKey, out: &mut Vec<[u8; ID_LEN]>) -> Result<(), CacheError> {
+        let prefix = self.posting_prefix(key);
+        for k in self.tree.scan_prefix(&prefix).keys() {
+            let k = k?;
+            if let Some(id) = k.get(prefix.len()..).and_then(|id| id.try_into().ok()) {
+                out.push(id);
+            }
+        }
+        Ok(())
+    }
+
+    fn patient(
+        &self,
+        id: [u8; ID_LEN],
+    ) -> Result<Option<(NhsNumber, edge_proto::model::Demographics)>, CacheError> {
+        let mut k = T_RECORD.as_bytes().to_vec();
+        k.extend_from_slice(&id);
+        let Some(v) = self.tree.get(&k)? else {
+            return Ok(None);
+        };
+        let rec = self.open_record(T_RECORD, &k, &v)?;
+        Ok(demographics(rec.record.as_slice()).map(|d| (rec.nhs, d)))
+    }
 }
 
 impl UnitStore for Txn<'_> {
@@ -703,7 +798,11 @@ impl UnitStore for Txn<'_> {
         record: &Bytes,
     ) -> Result<(), CacheError> {
         let k = self.cache.key(T_RECORD, nhs);
-        let new = self.read(&k)?.is_none();
+        let old = self.read(&k)?;
+        let new = old.is_none();
+        if let Some(old) = old {
+            self.unpost(&k, &old);
+        }
         let rec = CachedRecord {
             nhs: *nhs,
             version,
@@ -712,12 +811,11 @@ impl UnitStore for Txn<'_> {
             synced_at: self.now,
         };
         let sealed = self.cache.seal_record(T_RECORD, &k, &rec)?;
+        for pk in self.cache.record_postings(&k, &rec) {
+            self.batch.insert(pk, &[] as &[u8]);
+        }
         self.write(k, Some(header(version, epoch, sealed)));
-        self.ops.push(Op::Put(
-            *nhs,
-            new,
-            demographics(record.as_slice()).map(Box::new),
-        ));
+        self.ops.push(Op::Put(*nhs, new));
         Ok(())
     }
 
@@ -734,7 +832,11 @@ impl UnitStore for Txn<'_> {
 
     fn remove(&mut self, nhs: &NhsNumber) -> Result<(), CacheError> {
         let k = self.cache.key(T_RECORD, nhs);
-        let held = self.read(&k)?.is_some();
+        let old = self.read(&k)?;
+        let held = old.is_some();
+        if let Some(old) = old {
+            self.unpost(&k, &old);
+        }
         self.write(k, None);
         // Always reported, held or not: an on-demand copy of the patient goes too.
         self.ops.push(Op::Remove(*nhs, held));
@@ -748,6 +850,11 @@ impl UnitStore for Txn<'_> {
             if let Some(v) = self.read(&k)? {
                 if split_header(&v).is_some_and(|(_, e, _)| e != epoch) {
                     let rec = self.cache.open_record(T_RECORD, &k, &v).ok();
+                    if let Some(rec) = &rec {
+                        for pk in self.cache.record_postings(&k, rec) {
+                            self.batch.remove(pk);
+                        }
+                    }
                     evict.push((k.to_vec(), rec.map(|r| r.nhs)));
                 }
             }
@@ -839,6 +946,256 @@ mod tests {
             let z = codec.deflate(&plain).unwrap();
             assert_eq!(codec.inflate(&z[1..]).unwrap(), plain);
         }
+    }
+
+    /// Synthetic summaries: (NHS number, CBOR bytes, demographics).
+    fn summaries(n: u64) -> Vec<(super::NhsNumber, Vec<u8>, edge_proto::model::Demographics)> {
+        let cfg = kerbside_synth::Config::new(n, 5, 1, None).unwrap();
+        let gen = kerbside_synth::Generator::new(&cfg);
+        (0..n)
+            .map(|i| {
+                let mut line = String::new();
+                gen.patient(i, &mut line);
+                let c = parse_bundle_json(line.trim_end()).unwrap();
+                let s = assemble::from_contribution(&c, edge_proto::time::UnixMillis(0));
+                let bytes = cbor::encode_summary(&s).unwrap();
+                (s.nhs_number, bytes, s.patient)
+            })
+            .collect()
+    }
+
+    fn feed(
+        cache: &super::Cache,
+        seq: &mut u64,
+        changes: Vec<edge_proto::sync::Change>,
+    ) -> super::Applied {
+        use edge_proto::sync::{Apply, ApplyKind, SyncState};
+        let first = *seq + 1;
+        *seq += changes.len() as u64;
+        let apply = Apply {
+            batch_no: *seq,
+            kind: ApplyKind::Feed {
+                first_seq: first,
+                last_seq: *seq,
+            },
+            epoch: 0,
+            changes,
+            state: SyncState {
+                cursor: *seq,
+                ..SyncState::default()
+            },
+        };
+        cache.apply(&apply, super::UnixMillis(1)).unwrap()
+    }
+
+    /// Every query shape a crew uses, from one patient's details (and a mixed one).
+    fn queries(
+        d: &edge_proto::model::Demographics,
+        other: &edge_proto::model::Demographics,
+    ) -> Vec<crate::search::SearchQuery> {
+        use crate::search::SearchQuery;
+        let dob = d
+            .birth_date
+            .as_ref()
+            .and_then(|b| b.day())
+            .map(str::to_owned);
+        let fam = Some(d.family.clone()).filter(|f| !f.is_empty());
+        let given = d.given.first().cloned();
+        let pc = d.postcode.clone();
+        let district = pc
+            .as_deref()
+            .and_then(|p| p.split_whitespace().next())
+            .map(str::to_owned);
+        vec![
+            SearchQuery {
+                family: fam.clone(),
+                given: given.clone(),
+                birth_date: dob.clone(),
+                postcode: None,
+            },
+            SearchQuery {
+                family: fam.clone(),
+                given: None,
+                birth_date: None,
+                postcode: district.clone(),
+            },
+            SearchQuery {
+                family: None,
+                given: given.clone(),
+                birth_date: dob.clone(),
+                postcode: pc.clone(),
+            },
+            SearchQuery {
+                family: fam,
+                given,
+                birth_date: dob,
+                postcode: pc,
+            },
+            SearchQuery {
+                family: Some(other.family.clone()).filter(|f| !f.is_empty()),
+                given: None,
+                birth_date: d
+                    .birth_date
+                    .as_ref()
+                    .and_then(|b| b.day())
+                    .map(str::to_owned),
+                postcode: district,
+            },
+        ]
+    }
+
+    fn same_answers(
+        cache: &super::Cache,
+        reference: &crate::search::SearchIndex,
+        people: &[(super::NhsNumber, Vec<u8>, edge_proto::model::Demographics)],
+    ) -> usize {
+        let mut found = 0;
+        for (i, (_, _, d)) in people.iter().enumerate() {
+            let other = &people[(i * 7 + 3) % people.len()].2;
+            for q in queries(d, other) {
+                let want = reference.search(&q);
+                let got = cache.search(&q).map_err(|e| match e {
+                    crate::search::SearchFailed::Query(e) => e,
+                    crate::search::SearchFailed::Store(e) => panic!("store: {e}"),
+                });
+                assert_eq!(got, want, "query {q:?}");
+                found += want.map(|o| o.candidates.len()).unwrap_or(0);
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn search_postings_on_disk_agree_with_the_in_memory_reference() {
+        use super::*;
+        use crate::search::SearchIndex;
+        use edge_proto::sync::{Change, WithdrawReason};
+        let people = summaries(600);
+        let dir = tempfile::tempdir().unwrap();
+        let sealer = Arc::new(crate::seal::Sealer::ephemeral().unwrap());
+        let (cache, _) = Cache::open(dir.path(), sealer.clone(), KeyState::Fresh).unwrap();
+        let mut reference = SearchIndex::new();
+        let mut seq = 0;
+        for chunk in people.chunks(100) {
+            let changes = chunk
+                .iter()
+                .map(|(nhs, bytes, d)| {
+                    reference.insert(*nhs, d);
+                    Change::Upsert {
+                        seq: 0,
+                        nhs: *nhs,
+                        version: 1,
+                        record: Bytes::from(bytes.clone()),
+                    }
+                })
+                .collect();
+            feed(&cache, &mut seq, changes);
+        }
+        assert!(same_answers(&cache, &reference, &people) > 600);
+
+        // A patient whose record lists a former (superseded) NHS number is found under it.
+        let gen =
+            kerbside_synth::Generator::new(&kerbside_synth::Config::new(600, 5, 1, None).unwrap());
+        let former = NhsNumber::parse(&format!("{:010}", gen.nhs_number(5_000))).unwrap();
+        let (nhs, bytes, _) = &people[100];
+        let mut summary = cbor::decode_summary(bytes).unwrap();
+        summary.patient.former_nhs_numbers = vec![former];
+        let bytes = cbor::encode_summary(&summary).unwrap();
+        assert_eq!(cache.alias(&former), None);
+        feed(
+            &cache,
+            &mut seq,
+            vec![Change::Upsert {
+                seq: 0,
+                nhs: *nhs,
+                version: 2,
+                record: Bytes::from(bytes),
+            }],
+        );
+        reference.insert(*nhs, &summary.patient);
+        assert_eq!(cache.alias(&former), Some(*nhs));
+        assert_eq!(cache.alias(nhs), None);
+
+        // Updates that change a patient's demographics (patient i now reads as patient i+300,
+        // twice in one batch), and withdrawals: the old postings go with the old record.
+        let mut changes = Vec::new();
+        for i in 0..50 {
+            let (nhs, _, _) = &people[i];
+            for (v, j) in [(2, i + 300), (3, i + 301)] {
+                changes.push(Change::Upsert {
+                    seq: 0,
+                    nhs: *nhs,
+                    version: v,
+                    record: Bytes::from(people[j].1.clone()),
+                });
+            }
+            reference.insert(*nhs, &people[i + 301].2);
+        }
+        for (nhs, _, _) in &people[50..80] {
+            changes.push(Change::Withdraw {
+                seq: 0,
+                nhs: *nhs,
+                version: 9,
+                reason: WithdrawReason::Deleted,
+            });
+            reference.remove(nhs);
+        }
+        let applied = feed(&cache, &mut seq, changes);
+        assert_eq!(applied.removed.len(), 30);
+        assert_eq!(cache.len(), 570);
+        same_answers(&cache, &reference, &people);
+
+        // Postings and the count survive a restart, and are rebuilt for a cache without them.
+        drop(cache);
+        let (cache, _) = Cache::open(dir.path(), sealer.clone(), KeyState::Existing).unwrap();
+        assert_eq!(cache.len(), 570);
+        same_answers(&cache, &reference, &people);
+        let postings = cache.tree.scan_prefix(T_POSTING).count();
+        assert!(postings >= 570 * 5, "{postings} postings");
+        let mut wipe = sled::Batch::default();
+        for kv in cache.tree.scan_prefix(T_POSTING) {
+            wipe.remove(kv.unwrap().0);
+        }
+        wipe.remove(K_SEARCH);
+        wipe.remove(K_COUNT);
+        cache.tree.apply_batch(wipe).unwrap();
+        cache.flush().unwrap();
+        drop(cache);
+        let (cache, _) = Cache::open(dir.path(), sealer, KeyState::Existing).unwrap();
+        assert_eq!(cache.len(), 570);
+        assert_eq!(cache.tree.scan_prefix(T_POSTING).count(), postings);
+        same_answers(&cache, &reference, &people);
+
+        // Nothing searchable is on disk in clear: no family name of any patient held.
+        cache.flush().unwrap();
+        drop(cache);
+        let mut bytes = Vec::new();
+        for e in walkdir(dir.path()) {
+            bytes.extend(std::fs::read(e).unwrap());
+        }
+        for (_, _, d) in &people[80..] {
+            if d.family.len() >= 5 {
+                assert!(
+                    !bytes
+                        .windows(d.family.len())
+                        .any(|w| w == d.family.as_bytes()),
+                    "a family name is on disk in clear"
+                );
+            }
+        }
+    }
+
+    fn walkdir(d: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(walkdir(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out
     }
 
     #[test]

@@ -17,7 +17,7 @@ use super::lookup::{unavailable, Client};
 use super::policy::Pace;
 use super::refusal::Refusal;
 use super::AppState;
-use crate::search::SearchQuery;
+use crate::search::{SearchFailed, SearchQuery};
 
 /// Decode `a=b&c=d` (`application/x-www-form-urlencoded`: percent-decoding, `+` as space,
 /// malformed escapes kept as they are); at most 32 pairs.
@@ -57,11 +57,18 @@ pub async fn search(
     }
     let pairs = query_pairs(q.as_deref().unwrap_or(""));
     let outcome = match SearchQuery::parse_params(&pairs)
-        .map_err(|e| e.to_string())
-        .and_then(|query| s.cache.search(&query).map_err(|e| e.to_string()))
+        .map_err(SearchFailed::Query)
+        .and_then(|query| s.cache.search(&query))
     {
         Ok(o) => o,
-        Err(detail) => return s.audit.refuse(a, Refusal::BadSearch { detail }).await,
+        Err(SearchFailed::Query(e)) => {
+            let detail = e.to_string();
+            return s.audit.refuse(a, Refusal::BadSearch { detail }).await;
+        }
+        Err(SearchFailed::Store(e)) => {
+            tracing::error!(error = %e, "search: the cache cannot be read");
+            return s.audit.refuse(a, Refusal::CacheUnavailable).await;
+        }
     };
     a.outcome = if outcome.candidates.is_empty() {
         AuditOutcome::NotFound

@@ -1,16 +1,22 @@
-//! The in-memory search index and the matching and scoring behind [`SearchIndex::search`].
+//! Matching and scoring behind search, and the postings that find candidates without a scan.
 //!
-//! Each cached patient is an `Entry` (demographics only) in a slot; inverted indexes map each
-//! normalised family-name key and its phonetic code, birth date and postcode district to the
-//! slots that have it. A query is validated and normalised once (`Prepared`); the patients
-//! that agree with it on at least two of family / birth date / postcode are gathered from the
-//! inverted indexes (no scan), scored with [`points`](super::points), and the best
-//! [`MAX_RESULTS`] returned. Names are keyed with `normalise.rs`, `phonetic.rs` and
-//! `nicknames.rs`; the query and result types are in `mod.rs`. Nothing here is persisted: the
-//! index is rebuilt from the cache at start.
+//! A patient is indexed under **pair postings** — (family key, birth date), (family key,
+//! postcode district), (birth date, postcode district) — because a candidate must agree with a
+//! query on at least two of family / birth date / postcode: the union of the query's pairs is
+//! exactly the candidate set, each pair's list is short even at London scale (a family name
+//! alone, or a district alone, would be thousands long), and nothing has to be intersected.
+//! Family keys are the normalised name and its parts (`k…`) and their phonetic codes (`p…`).
+//! Former NHS numbers are postings too ([`kind::ALIAS`]).
+//!
+//! Where the postings live is a [`PostingStore`]: the unit's cache keeps them on disk under
+//! keyed hashes (`cache.rs`); [`SearchIndex`] keeps them in memory (tests and tools). Every
+//! candidate a store returns is re-checked against its own demographics, so a store may return
+//! extra ids (a hash collision, a stale posting) but never decides a match. Names are keyed
+//! with `normalise.rs`, `phonetic.rs` and `nicknames.rs`; query and result types are in `mod.rs`.
 
 use std::cmp::Reverse;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
 
 use edge_proto::model::{Demographics, Gender};
 use edge_proto::nhs::NhsNumber;
@@ -21,7 +27,6 @@ use super::phonetic::phonetic;
 use super::{
     points, Candidate, SearchError, SearchOutcome, SearchQuery, MAX_PARAM_CHARS, MAX_RESULTS,
 };
-
 /// The keys a name is indexed and compared under: the joined form first, then each part of at
 /// least two letters when there are several parts; and the phonetic codes of those keys.
 #[derive(Debug, Clone, Default)]
@@ -94,6 +99,38 @@ fn given_tokens<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<GivenTok> {
     out
 }
 
+/// What a posting is keyed on.
+pub mod kind {
+    /// A family key and a birth date.
+    pub const FAMILY_DOB: u8 = 1;
+    /// A family key and a postcode district.
+    pub const FAMILY_DISTRICT: u8 = 2;
+    /// A birth date and a postcode district.
+    pub const DOB_DISTRICT: u8 = 3;
+    /// A former (superseded or merged) NHS number.
+    pub const ALIAS: u8 = 4;
+}
+
+/// One posting list's key: its [`kind`] and the normalised values it pairs (never stored as
+/// such on a unit: the cache keys it by a keyed hash).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PostingKey {
+    pub kind: u8,
+    pub material: Vec<u8>,
+}
+
+impl PostingKey {
+    fn pair(kind: u8, a: &str, b: &str) -> PostingKey {
+        let mut material = Vec::with_capacity(a.len() + b.len() + 1);
+        material.extend_from_slice(a.as_bytes());
+        material.push(0);
+        material.extend_from_slice(b.as_bytes());
+        PostingKey { kind, material }
+    }
+}
+
+/// A patient's demographics as search compares them: built from [`Demographics`] when the
+/// patient is indexed and again when they are a candidate.
 #[derive(Debug)]
 struct Entry {
     nhs: NhsNumber,
@@ -112,70 +149,8 @@ struct Entry {
     former: Vec<NhsNumber>,
 }
 
-/// The in-memory search index over the cached patients' demographics.
-///
-/// Updates are incremental: [`insert`](SearchIndex::insert) (which replaces an earlier record
-/// for the same NHS number) and [`remove`](SearchIndex::remove) touch only that patient's keys.
-/// Not persisted; rebuild it from the cache at start. Wrap it in a lock to share.
-#[derive(Debug, Default)]
-pub struct SearchIndex {
-    slots: Vec<Option<Entry>>,
-    free: Vec<u32>,
-    by_nhs: HashMap<NhsNumber, u32>,
-    family: HashMap<String, Vec<u32>>,
-    family_phon: HashMap<String, Vec<u32>>,
-    dob: HashMap<String, Vec<u32>>,
-    district: HashMap<String, Vec<u32>>,
-    /// Former (superseded or merged) NHS numbers → the current one held.
-    aliases: HashMap<NhsNumber, NhsNumber>,
-}
-
-const BIT_FAMILY: u8 = 1;
-const BIT_DOB: u8 = 2;
-const BIT_POSTCODE: u8 = 4;
-
-fn post(map: &mut HashMap<String, Vec<u32>>, key: &str, id: u32) {
-    match map.get_mut(key) {
-        Some(ids) => ids.push(id),
-        None => {
-            map.insert(key.to_owned(), vec![id]);
-        }
-    }
-}
-
-fn unpost(map: &mut HashMap<String, Vec<u32>>, key: &str, id: u32) {
-    if let Some(ids) = map.get_mut(key) {
-        if let Some(pos) = ids.iter().position(|&x| x == id) {
-            ids.swap_remove(pos);
-        }
-        if ids.is_empty() {
-            map.remove(key);
-        }
-    }
-}
-
-impl SearchIndex {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// How many patients are indexed.
-    pub fn len(&self) -> usize {
-        self.by_nhs.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_nhs.is_empty()
-    }
-
-    pub fn contains(&self, nhs: &NhsNumber) -> bool {
-        self.by_nhs.contains_key(nhs)
-    }
-
-    /// Index a patient's demographics, replacing any earlier record for the same NHS number.
-    /// Returns whether one was replaced.
-    pub fn insert(&mut self, nhs: NhsNumber, d: &Demographics) -> bool {
-        let replaced = self.remove(&nhs);
+impl Entry {
+    fn new(nhs: NhsNumber, d: &Demographics) -> Entry {
         // The current family name, and every other name the patient is or was known by
         // (old, maiden, a name given only as text), so a search by any of them finds them.
         let mut names = d.family.clone();
@@ -188,12 +163,11 @@ impl SearchIndex {
             names.push(' ');
             names.push_str(extra);
         }
-        let fam = NameKeys::new(&names);
         let (pc_full, pc_district) = match d.postcode.as_deref().and_then(postcode_parts) {
             Some((full, district)) => (full, Some(district)),
             None => (None, None),
         };
-        let entry = Entry {
+        Entry {
             nhs,
             family: d.family.clone(),
             given: d.given.clone(),
@@ -208,77 +182,209 @@ impl SearchIndex {
                 .map(str::to_owned),
             pc_full,
             pc_district,
-            fam,
+            fam: NameKeys::new(&names),
             name_text: d.name_text.clone(),
             deceased: d.deceased,
             former: d.former_nhs_numbers.clone(),
+        }
+    }
+
+    fn candidate(self, score: u32) -> Candidate {
+        Candidate {
+            nhs: self.nhs,
+            score,
+            family: self.family,
+            given: self.given,
+            birth_date: self.birth_date,
+            gender: self.gender,
+            postcode: self.postcode,
+            name_text: self.name_text,
+            deceased: self.deceased,
+        }
+    }
+}
+
+/// Family keys as posted: `k` + each name key, `p` + each phonetic code (a key and a code never
+/// meet).
+fn family_tags(fam: &NameKeys) -> Vec<String> {
+    fam.keys
+        .iter()
+        .map(|k| format!("k{k}"))
+        .chain(fam.phon.iter().map(|p| format!("p{p}")))
+        .collect()
+}
+
+/// Every posting a patient is listed under.
+pub fn postings(nhs: NhsNumber, d: &Demographics) -> Vec<PostingKey> {
+    let e = Entry::new(nhs, d);
+    let tags = family_tags(&e.fam);
+    let mut out = Vec::with_capacity(2 * tags.len() + 1 + e.former.len());
+    for t in &tags {
+        if let Some(dob) = &e.dob {
+            out.push(PostingKey::pair(kind::FAMILY_DOB, t, dob));
+        }
+        if let Some(district) = &e.pc_district {
+            out.push(PostingKey::pair(kind::FAMILY_DISTRICT, t, district));
+        }
+    }
+    if let (Some(dob), Some(district)) = (&e.dob, &e.pc_district) {
+        out.push(PostingKey::pair(kind::DOB_DISTRICT, dob, district));
+    }
+    for f in &e.former {
+        if *f != nhs {
+            out.push(alias_key(f));
+        }
+    }
+    out
+}
+
+fn alias_key(former: &NhsNumber) -> PostingKey {
+    PostingKey {
+        kind: kind::ALIAS,
+        material: former.as_digits().as_bytes().to_vec(),
+    }
+}
+
+/// Where postings live and how a posted id's demographics are read.
+pub trait PostingStore {
+    type Id: Copy + Eq + std::hash::Hash;
+    type Error;
+    /// Append the ids posted under `key` to `out`.
+    fn ids(&self, key: &PostingKey, out: &mut Vec<Self::Id>) -> Result<(), Self::Error>;
+    /// The patient behind an id, if it is still held.
+    fn patient(&self, id: Self::Id) -> Result<Option<(NhsNumber, Demographics)>, Self::Error>;
+}
+
+/// Why a search over a [`PostingStore`] failed.
+#[derive(Debug)]
+pub enum SearchFailed<E> {
+    /// The query was refused.
+    Query(SearchError),
+    /// The store could not be read.
+    Store(E),
+}
+
+/// Search `store`: validate the query ([`SearchQuery::validate`]), gather the patients posted
+/// under its pairs, keep those that agree with it on at least two of family / birth date /
+/// postcode, score them, and return the best [`MAX_RESULTS`] (score descending, then NHS number
+/// ascending) with the number that matched.
+pub fn search_in<S: PostingStore>(
+    store: &S,
+    q: &SearchQuery,
+) -> Result<SearchOutcome, SearchFailed<S::Error>> {
+    let p = Prepared::new(q).map_err(SearchFailed::Query)?;
+    let mut ids = Vec::new();
+    for key in p.probes() {
+        store.ids(&key, &mut ids).map_err(SearchFailed::Store)?;
+    }
+    let mut seen = HashSet::with_capacity(ids.len());
+    let mut hits: Vec<(u32, NhsNumber, Entry)> = Vec::new();
+    for id in ids {
+        if !seen.insert(id) {
+            continue;
+        }
+        let Some((nhs, d)) = store.patient(id).map_err(SearchFailed::Store)? else {
+            continue;
         };
-        for f in &entry.former {
-            if *f != nhs {
-                self.aliases.insert(*f, nhs);
+        let e = Entry::new(nhs, &d);
+        if p.agreements(&e) >= 2 {
+            hits.push((p.score(&e), nhs, e));
+        }
+    }
+    let matched = hits.len();
+    let by_rank = |a: &(u32, NhsNumber, Entry)| (Reverse(a.0), a.1);
+    if hits.len() > MAX_RESULTS {
+        hits.select_nth_unstable_by_key(MAX_RESULTS - 1, by_rank);
+        hits.truncate(MAX_RESULTS);
+    }
+    hits.sort_unstable_by_key(by_rank);
+    let candidates = hits
+        .into_iter()
+        .map(|(score, _, e)| e.candidate(score))
+        .collect();
+    Ok(SearchOutcome {
+        candidates,
+        matched,
+    })
+}
+
+/// The current NHS number `store` holds for a former (superseded or merged) one: a patient
+/// posted under it whose record lists it as former.
+pub fn alias_in<S: PostingStore>(
+    store: &S,
+    former: &NhsNumber,
+) -> Result<Option<NhsNumber>, S::Error> {
+    let mut ids = Vec::new();
+    store.ids(&alias_key(former), &mut ids)?;
+    for id in ids {
+        if let Some((nhs, d)) = store.patient(id)? {
+            if nhs != *former && d.former_nhs_numbers.contains(former) {
+                return Ok(Some(nhs));
             }
         }
-        let id = match self.free.pop() {
-            Some(id) => id,
-            None => {
-                // More than u32::MAX patients cannot be cached on a unit; saturate rather than
-                // wrap (the slot vector would run out of memory long before).
-                let id = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
-                self.slots.push(None);
-                id
-            }
-        };
-        for k in &entry.fam.keys {
-            post(&mut self.family, k, id);
+    }
+    Ok(None)
+}
+
+/// Search postings held in memory: the reference [`PostingStore`] the search tests run on
+/// (the unit's cache keeps the same postings on disk).
+///
+/// [`insert`](SearchIndex::insert) replaces an earlier record for the same NHS number;
+/// [`remove`](SearchIndex::remove) forgets one. Wrap it in a lock to share.
+#[derive(Debug, Default)]
+pub struct SearchIndex {
+    records: HashMap<NhsNumber, Demographics>,
+    postings: HashMap<PostingKey, Vec<NhsNumber>>,
+}
+
+impl SearchIndex {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many patients are indexed.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    pub fn contains(&self, nhs: &NhsNumber) -> bool {
+        self.records.contains_key(nhs)
+    }
+
+    /// Index a patient's demographics, replacing any earlier record for the same NHS number.
+    /// Returns whether one was replaced.
+    pub fn insert(&mut self, nhs: NhsNumber, d: &Demographics) -> bool {
+        let replaced = self.remove(&nhs);
+        for k in postings(nhs, d) {
+            self.postings.entry(k).or_default().push(nhs);
         }
-        for k in &entry.fam.phon {
-            post(&mut self.family_phon, k, id);
-        }
-        if let Some(k) = &entry.dob {
-            post(&mut self.dob, k, id);
-        }
-        if let Some(k) = &entry.pc_district {
-            post(&mut self.district, k, id);
-        }
-        if let Some(slot) = self.slots.get_mut(id as usize) {
-            *slot = Some(entry);
-        }
-        self.by_nhs.insert(nhs, id);
+        self.records.insert(nhs, d.clone());
         replaced
     }
 
     /// Forget a patient (withdrawn, expired or objected). Returns whether it was indexed.
     pub fn remove(&mut self, nhs: &NhsNumber) -> bool {
-        let Some(id) = self.by_nhs.remove(nhs) else {
+        let Some(d) = self.records.remove(nhs) else {
             return false;
         };
-        let Some(entry) = self.slots.get_mut(id as usize).and_then(Option::take) else {
-            return false;
-        };
-        for k in &entry.fam.keys {
-            unpost(&mut self.family, k, id);
-        }
-        for k in &entry.fam.phon {
-            unpost(&mut self.family_phon, k, id);
-        }
-        if let Some(k) = &entry.dob {
-            unpost(&mut self.dob, k, id);
-        }
-        if let Some(k) = &entry.pc_district {
-            unpost(&mut self.district, k, id);
-        }
-        for f in &entry.former {
-            if self.aliases.get(f) == Some(nhs) {
-                self.aliases.remove(f);
+        for k in postings(*nhs, &d) {
+            if let Some(ids) = self.postings.get_mut(&k) {
+                ids.retain(|x| x != nhs);
+                if ids.is_empty() {
+                    self.postings.remove(&k);
+                }
             }
         }
-        self.free.push(id);
         true
     }
 
     /// The current NHS number held for a former one (a superseded or merged record).
     pub fn alias(&self, nhs: &NhsNumber) -> Option<NhsNumber> {
-        self.aliases.get(nhs).copied()
+        alias_in(self, nhs).unwrap_or_else(|never| match never {})
     }
 
     /// Remove everything.
@@ -286,75 +392,24 @@ impl SearchIndex {
         *self = SearchIndex::default();
     }
 
-    /// Search: validate the query ([`SearchQuery::validate`]), gather the patients that agree
-    /// with it on at least two of family / birth date / postcode, score them, and return the
-    /// best [`MAX_RESULTS`] (score descending, then NHS number ascending) with the number that
-    /// matched.
+    /// Search ([`search_in`]).
     pub fn search(&self, q: &SearchQuery) -> Result<SearchOutcome, SearchError> {
-        let p = Prepared::new(q)?;
-        let mut flags = vec![0u8; self.slots.len()];
-        let mut touched: Vec<u32> = Vec::new();
-        let mut mark = |ids: Option<&Vec<u32>>, bit: u8| {
-            for &id in ids.into_iter().flatten() {
-                if let Some(f) = flags.get_mut(id as usize) {
-                    if *f == 0 {
-                        touched.push(id);
-                    }
-                    *f |= bit;
-                }
-            }
-        };
-        if let Some(f) = &p.family {
-            for k in &f.keys {
-                mark(self.family.get(k), BIT_FAMILY);
-            }
-            for k in &f.phon {
-                mark(self.family_phon.get(k), BIT_FAMILY);
-            }
-        }
-        if let Some(d) = &p.dob {
-            mark(self.dob.get(d), BIT_DOB);
-        }
-        if let Some((_, district)) = &p.postcode {
-            mark(self.district.get(district), BIT_POSTCODE);
-        }
-
-        let mut hits: Vec<(u32, NhsNumber, u32)> = touched
-            .into_iter()
-            .filter(|&id| flags.get(id as usize).is_some_and(|f| f.count_ones() >= 2))
-            .filter_map(|id| {
-                let e = self.slots.get(id as usize)?.as_ref()?;
-                Some((p.score(e), e.nhs, id))
-            })
-            .collect();
-        let matched = hits.len();
-        let by_rank = |a: &(u32, NhsNumber, u32)| (Reverse(a.0), a.1);
-        if hits.len() > MAX_RESULTS {
-            hits.select_nth_unstable_by_key(MAX_RESULTS - 1, by_rank);
-            hits.truncate(MAX_RESULTS);
-        }
-        hits.sort_unstable_by_key(by_rank);
-        let candidates = hits
-            .into_iter()
-            .filter_map(|(score, _, id)| {
-                let e = self.slots.get(id as usize)?.as_ref()?;
-                Some(Candidate {
-                    nhs: e.nhs,
-                    score,
-                    family: e.family.clone(),
-                    given: e.given.clone(),
-                    birth_date: e.birth_date.clone(),
-                    gender: e.gender,
-                    postcode: e.postcode.clone(),
-                    name_text: e.name_text.clone(),
-                    deceased: e.deceased,
-                })
-            })
-            .collect();
-        Ok(SearchOutcome {
-            candidates,
-            matched,
+        search_in(self, q).map_err(|e| match e {
+            SearchFailed::Query(e) => e,
+            SearchFailed::Store(never) => match never {},
         })
+    }
+}
+
+impl PostingStore for SearchIndex {
+    type Id = NhsNumber;
+    type Error = Infallible;
+    fn ids(&self, key: &PostingKey, out: &mut Vec<NhsNumber>) -> Result<(), Infallible> {
+        out.extend(self.postings.get(key).into_iter().flatten().copied());
+        Ok(())
+    }
+    fn patient(&self, id: NhsNumber) -> Result<Option<(NhsNumber, Demographics)>, Infallible> {
+        Ok(self.records.get(&id).map(|d| (id, d.clone())))
     }
 }
 
@@ -426,6 +481,39 @@ impl Prepared {
             dob,
             postcode,
         })
+    }
+
+    /// The postings whose union is every patient agreeing on at least two criteria.
+    fn probes(&self) -> Vec<PostingKey> {
+        let tags = self.family.as_ref().map(family_tags).unwrap_or_default();
+        let district = self.postcode.as_ref().map(|(_, d)| d);
+        let mut out = Vec::new();
+        for t in &tags {
+            if let Some(dob) = &self.dob {
+                out.push(PostingKey::pair(kind::FAMILY_DOB, t, dob));
+            }
+            if let Some(d) = district {
+                out.push(PostingKey::pair(kind::FAMILY_DISTRICT, t, d));
+            }
+        }
+        if let (Some(dob), Some(d)) = (&self.dob, district) {
+            out.push(PostingKey::pair(kind::DOB_DISTRICT, dob, d));
+        }
+        out
+    }
+
+    /// On how many of family / birth date / postcode district `e` agrees with the query.
+    fn agreements(&self, e: &Entry) -> u32 {
+        let family = self.family.as_ref().is_some_and(|f| {
+            f.keys.iter().any(|k| e.fam.keys.contains(k))
+                || f.phon.iter().any(|k| e.fam.phon.contains(k))
+        });
+        let dob = self.dob.is_some() && self.dob == e.dob;
+        let district = self
+            .postcode
+            .as_ref()
+            .is_some_and(|(_, d)| e.pc_district.as_ref() == Some(d));
+        u32::from(family) + u32::from(dob) + u32::from(district)
     }
 
     fn score(&self, e: &Entry) -> u32 {

@@ -1,10 +1,12 @@
-//! Demographic search over the unit's cache (`GET /v1/search`): pure, in memory, no I/O.
+//! Demographic search over the unit's cache (`GET /v1/search`).
 //!
-//! A [`SearchIndex`] holds the demographics of every cached patient (never clinical content)
-//! and a few inverted indexes — normalised family name and its parts, phonetic family name,
-//! birth date, postcode district — each mapping a key to the small set of patients that have
-//! it. A query gathers the patients that agree with it on at least two of family / birth date /
-//! postcode from those indexes (no scan), scores them, and returns the best ten.
+//! Every cached patient is posted under pairs of what they can be searched by — (family name
+//! key, birth date), (family name key, postcode district), (birth date, district) — where a
+//! family name key is the normalised name, each of its parts, or their phonetic code. A query
+//! reads the postings of its own pairs (no scan), re-checks each patient found against their
+//! demographics, scores them, and returns the best ten. The postings live in a
+//! [`PostingStore`]: on disk under keyed hashes in the unit's cache (`cache.rs`), or in memory
+//! ([`SearchIndex`], for tests and tools); the matching and scoring here are the same for both.
 //!
 //! The rules a crew can rely on (docs/search.md has the long form):
 //!
@@ -22,7 +24,7 @@
 //!
 //! Layout: this file holds the public API (the query, its errors, the outcome and [`points`]);
 //! `normalise` folds names, postcodes and dates; `phonetic` is the sound-alike code; `nicknames`
-//! the built-in nickname table; `index` the [`SearchIndex`] with its matching and scoring.
+//! the built-in nickname table; `index` the postings, matching and scoring, and [`SearchIndex`].
 
 use edge_proto::model::Gender;
 use edge_proto::nhs::NhsNumber;
@@ -33,7 +35,9 @@ mod nicknames;
 mod normalise;
 mod phonetic;
 
-pub use index::SearchIndex;
+pub use index::{
+    alias_in, kind, postings, search_in, PostingKey, PostingStore, SearchFailed, SearchIndex,
+};
 pub use nicknames::{nickname_equivalent, nickname_group_count};
 pub use normalise::{normalise_name, postcode_parts};
 pub use phonetic::phonetic;
