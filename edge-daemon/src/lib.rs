@@ -27,3 +27,4 @@ pub mod search;
 pub mod status;
 pub mod supervisor;
 pub mod sync;
+pub mod vlog;

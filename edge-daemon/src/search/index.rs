@@ -204,14 +204,24 @@ impl Entry {
     }
 }
 
-/// Family keys as posted: `k` + each name key, `p` + each phonetic code (a key and a code never
-/// meet).
+/// Family keys as posted: `p` + the phonetic code of each name key, or `k` + the key itself
+/// where it has no code. Two names that share a key share its code, so these find every
+/// patient whose family name agrees by key or by sound — with the fewest postings (each is a
+/// random write into the cache's tree).
 fn family_tags(fam: &NameKeys) -> Vec<String> {
-    fam.keys
-        .iter()
-        .map(|k| format!("k{k}"))
-        .chain(fam.phon.iter().map(|p| format!("p{p}")))
-        .collect()
+    let mut tags: Vec<String> = Vec::with_capacity(fam.keys.len());
+    for k in &fam.keys {
+        let p = phonetic(k);
+        let tag = if p.is_empty() {
+            format!("k{k}")
+        } else {
+            format!("p{p}")
+        };
+        if !tags.contains(&tag) {
+            tags.push(tag);
+        }
+    }
+    tags
 }
 
 /// Every posting a patient is listed under.
