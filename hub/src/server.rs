@@ -496,9 +496,16 @@ pub fn make_endpoint(config: &HubConfig) -> anyhow::Result<(quinn::Endpoint, Crl
     let mut transport = quinn::TransportConfig::default();
     transport
         .max_idle_timeout(Some(
-            quinn::IdleTimeout::try_from(Duration::from_secs(30)).context("idle timeout")?,
+            // Longer than a unit's (two keep-alives + 5 s): the unit's decides.
+            quinn::IdleTimeout::try_from(Duration::from_secs(130)).context("idle timeout")?,
         ))
-        .keep_alive_interval(Some(Duration::from_secs(15)))
+        // Units keep their own paths alive (their keep-alive, 15 s by default, and a PING at
+        // once when their network changes); the hub sending its own PINGs too would double an
+        // idle link's cost on every unit's metered contract.
+        .keep_alive_interval(None)
+        // A unit's probes (one-byte datagrams while it waits on the hub) are ACKed and never
+        // read: keep only a few.
+        .datagram_receive_buffer_size(Some(4096))
         .max_concurrent_bidi_streams(8u32.into())
         .max_concurrent_uni_streams(8u32.into());
     server.transport_config(Arc::new(transport));

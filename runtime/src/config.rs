@@ -521,8 +521,10 @@ impl Default for CacheConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SyncConfig {
-    /// QUIC keep-alive while connected (also how soon the hub learns a new address after the
-    /// unit's address changes while idle). The idle timeout is this plus 5 s.
+    /// QUIC keep-alive while connected and idle: as often as a carrier NAT needs (15 s), not
+    /// more — an idle link costs one PING and one ACK per interval. A local network change
+    /// sends a PING at once, so the hub learns a new address without waiting for this. The
+    /// idle timeout is twice this plus 5 s (one lost PING does not end the connection).
     pub keepalive_interval_ms: u64,
     /// First reconnect delay after a drop.
     pub reconnect_min_ms: u64,
@@ -534,7 +536,8 @@ pub struct SyncConfig {
     /// revoked unit, protocol version): retrying fast would not help.
     pub reconnect_refused_max_ms: u64,
     /// How long after losing the hub the unit keeps trying about once a second; after that
-    /// (a unit parked out of coverage) the back-off cap becomes `reconnect_slow_max_ms`.
+    /// (a unit parked out of coverage) the back-off cap becomes `reconnect_slow_max_ms`, and a
+    /// local network change (interface, address, route) brings an attempt at once.
     pub reconnect_fast_s: u64,
     /// Back-off cap for unanswered attempts after `reconnect_fast_s` without the hub.
     pub reconnect_slow_max_ms: u64,
@@ -550,12 +553,12 @@ pub struct SyncConfig {
 impl Default for SyncConfig {
     fn default() -> Self {
         SyncConfig {
-            keepalive_interval_ms: 1_000,
+            keepalive_interval_ms: 15_000,
             reconnect_min_ms: 100,
             reconnect_max_ms: 200,
             reconnect_refused_max_ms: 60_000,
-            reconnect_fast_s: 600,
-            reconnect_slow_max_ms: 5_000,
+            reconnect_fast_s: 150,
+            reconnect_slow_max_ms: 60_000,
             connect_attempt_ms: 600,
             stall_timeout_ms: 2_000,
             fetch_budget_ms: 1_500,
@@ -983,7 +986,7 @@ reconnect_max_ms = 5000
         assert_eq!(c.lan.cert.as_deref(), Some(Path::new("/b/unit/lan.crt")));
         assert!(c.lan.tls);
         assert_eq!(c.sync.reconnect_max_ms, 5000);
-        assert_eq!(c.sync.keepalive_interval_ms, 1_000);
+        assert_eq!(c.sync.keepalive_interval_ms, 15_000);
         assert_eq!(c.sync.stall_timeout_ms, 2_000);
         assert_eq!(c.cache, CacheConfig::default());
         assert_eq!(c.cohorts.len(), 2);

@@ -13,6 +13,7 @@
 //! connection plumbing both share.
 
 mod audit;
+pub mod netwatch;
 pub mod policy;
 mod quic;
 mod renew;
@@ -175,6 +176,8 @@ pub struct SyncClient {
     cert: std::sync::Mutex<renew::CertState>,
     /// A renewed certificate was written: rebuild the TLS config before the next connection.
     tls_changed: std::sync::atomic::AtomicBool,
+    /// Local network changes (watched from [`SyncClient::run`]).
+    net: netwatch::NetWatch,
 }
 
 impl std::fmt::Debug for SyncClient {
@@ -263,6 +266,7 @@ impl SyncClient {
                 denylist: None,
                 cert: std::sync::Mutex::new(cert),
                 tls_changed: std::sync::atomic::AtomicBool::new(false),
+                net: netwatch::NetWatch::never(),
             },
             fetcher,
         ))
@@ -323,6 +327,7 @@ impl SyncClient {
     /// [`Reconnect`]'s; this loop only sleeps.
     pub async fn run(mut self) {
         let mut policy = Reconnect::new(&self.config.sync);
+        self.net = netwatch::NetWatch::spawn();
         loop {
             let mut out = Outcome::default();
             let r = self
@@ -362,6 +367,11 @@ impl SyncClient {
                     _ = &mut sleep => break,
                     Some(req) = self.fetch_rx.recv() => {
                         let _ = req.reply.send(FetchResult::NotConnected);
+                    }
+                    Ok(()) = self.net.changes.changed() => {
+                        info!("the local network changed: trying the hub now");
+                        policy.network_changed(Duration::from_millis(self.clock.mono_ms()));
+                        break;
                     }
                 }
             }
@@ -539,6 +549,10 @@ impl SyncClient {
                     Flow::Go
                 }
                 _ = watchdog.tick() => self.on_watchdog(&mut c, out),
+                Ok(()) = self.net.changes.changed() => {
+                    self.rebind();
+                    Flow::Go
+                }
             };
             if let Flow::End(r) = flow {
                 break 'conn r;
@@ -584,6 +598,21 @@ impl SyncClient {
 
     /// The watchdog's turn: sample the transport, hand the watchdog what it needs, and close
     /// the connection if it declares a stall.
+    /// The local network changed while connected: move the connection to a fresh socket.
+    /// quinn sends a PING from it at once, so the hub's path follows a new address now rather
+    /// than at the next keep-alive (a change that kept the address costs one PING).
+    fn rebind(&self) {
+        let bind = if self.hub_addr.is_ipv6() {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        };
+        match std::net::UdpSocket::bind(bind).and_then(|s| self.endpoint.rebind(s)) {
+            Ok(()) => info!("the local network changed: the link moved to a fresh socket"),
+            Err(e) => warn!(error = %e, "the local network changed; cannot open a fresh socket"),
+        }
+    }
+
     fn on_watchdog(&self, c: &mut Conn, out: &mut Outcome) -> Flow {
         c.min_rtt = c.min_rtt.min(c.conn.rtt());
         c.drain_signals();
@@ -599,6 +628,14 @@ impl SyncClient {
         );
         match c.watch.on_event(now, LinkEvent::Tick) {
             LinkDecision::Continue => Flow::Go,
+            LinkDecision::Probe => {
+                // One ack-eliciting byte; the hub's transport ACKs it (the hub does not read
+                // datagrams: it keeps at most a few KB of them and drops the oldest).
+                if let Err(e) = c.conn.send_datagram(bytes::Bytes::from_static(&[0])) {
+                    debug!(error = %e, "cannot send a probe");
+                }
+                Flow::Go
+            }
             LinkDecision::Stalled { quiet_ms } => {
                 out.stalled = true;
                 Flow::End(Err(anyhow::anyhow!(

@@ -52,7 +52,12 @@ pub struct Reconnect {
     stalls_in_a_row: u32,
     /// Since when (on the caller's clock) the hub has been out of reach.
     unreachable_since: Option<Duration>,
+    /// After a local network change, attempts stay frequent until then.
+    burst_until: Option<Duration>,
 }
+
+/// How long attempts stay frequent after a local network change (the link may be back).
+pub const AFTER_NETWORK_CHANGE: Duration = Duration::from_secs(30);
 
 impl Reconnect {
     pub fn new(s: &SyncConfig) -> Self {
@@ -70,7 +75,16 @@ impl Reconnect {
             stall_timeout: base_stall,
             stalls_in_a_row: 0,
             unreachable_since: None,
+            burst_until: None,
         }
+    }
+
+    /// The local network changed at `now` (an interface, address or route: see
+    /// `sync::netwatch`): the hub may be reachable again, so the next attempt is due at once
+    /// and attempts stay frequent for [`AFTER_NETWORK_CHANGE`].
+    pub fn network_changed(&mut self, now: Duration) {
+        self.backoff_ms = self.min_ms;
+        self.burst_until = Some(now + AFTER_NETWORK_CHANGE);
     }
 
     /// The stall watchdog's timeout for the next connection.
@@ -103,7 +117,7 @@ impl Reconnect {
         // Out of coverage for long (parked in a basement): fewer attempts, less radio.
         let cap = if out.refused {
             self.refused_max_ms
-        } else if out_of_reach > self.fast_for {
+        } else if out_of_reach > self.fast_for && self.burst_until.is_none_or(|t| now >= t) {
             self.slow_max_ms
         } else {
             self.max_ms
@@ -131,7 +145,8 @@ pub struct Transport {
     /// what keeps an idle link's watchdog quiet and moves the hub's path after an address
     /// change).
     pub keepalive: Duration,
-    /// quinn closes a connection that heard nothing for this long.
+    /// quinn closes a connection that heard nothing for this long: two keep-alive intervals
+    /// and 5 s, so one lost PING or ACK does not end an idle connection.
     pub idle_timeout: Duration,
     /// How long an attempt waits for the hub's first answer (before any path RTT is known).
     pub connect_attempt: Duration,
@@ -142,7 +157,7 @@ impl Transport {
         let keepalive = Duration::from_millis(s.keepalive_interval_ms.clamp(1_000, 60_000));
         Transport {
             keepalive,
-            idle_timeout: keepalive + Duration::from_secs(5),
+            idle_timeout: keepalive * 2 + Duration::from_secs(5),
             connect_attempt: Duration::from_millis(s.connect_attempt_ms.max(200)),
         }
     }
@@ -183,6 +198,11 @@ pub enum LinkDecision {
     Continue,
     /// Close the connection: the hub has been silent for `quiet_ms` with work outstanding.
     Stalled { quiet_ms: u64 },
+    /// Send the hub something it must acknowledge (a one-byte datagram): with work
+    /// outstanding it has been quiet for half the stall timeout, and its ACK tells a busy hub
+    /// from a dead path sooner than a keep-alive would (keep-alives are for idle links and far
+    /// apart).
+    Probe,
 }
 
 /// One connection's stall watchdog. Idle (nothing outstanding) it never fires, however long the
@@ -196,6 +216,7 @@ pub struct LinkWatch {
     fetches: bool,
     audit_waiting: bool,
     progressed: bool,
+    last_probe_ms: u64,
 }
 
 impl LinkWatch {
@@ -211,6 +232,7 @@ impl LinkWatch {
             fetches: false,
             audit_waiting: false,
             progressed: false,
+            last_probe_ms: now_ms,
         }
     }
 
@@ -236,6 +258,14 @@ impl LinkWatch {
                 let quiet_ms = self.quiet_ms(now_ms);
                 if self.outstanding() && quiet_ms >= self.stall_ms {
                     return LinkDecision::Stalled { quiet_ms };
+                }
+                let half = self.stall_ms / 2;
+                if self.outstanding()
+                    && quiet_ms >= half
+                    && now_ms.saturating_sub(self.last_probe_ms) >= half
+                {
+                    self.last_probe_ms = now_ms;
+                    return LinkDecision::Probe;
                 }
             }
         }
@@ -277,6 +307,11 @@ mod tests {
         stalled: false,
         progressed: false,
     };
+
+    /// Not a stall (a probe or nothing).
+    fn live(d: LinkDecision) -> bool {
+        !matches!(d, LinkDecision::Stalled { .. })
+    }
 
     fn ms(d: Duration) -> u64 {
         u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -354,6 +389,77 @@ mod tests {
         }
     }
 
+    /// Attempts in the first hour out of coverage, in virtual time (each attempt's bytes are
+    /// measured through `kerbside-netem`: BENCHMARKS.md multiplies the two).
+    fn attempts_in(p: &mut Reconnect, from: Duration, span: Duration, changes: &[Duration]) -> u64 {
+        let mut now = from;
+        let mut n = 0;
+        let mut changes = changes.iter().peekable();
+        while now < from + span {
+            n += 1;
+            let (b, s) = p.after(UNANSWERED, now);
+            // The attempt itself waits for an answer (connect_attempt_ms), then the delay
+            // (at its longest: base + spread).
+            let mut next = now + Duration::from_millis(cfg().connect_attempt_ms + b + s);
+            if let Some(&&c) = changes.peek() {
+                if c < next {
+                    changes.next();
+                    p.network_changed(c);
+                    next = c;
+                }
+            }
+            now = next;
+        }
+        n
+    }
+
+    #[test]
+    fn out_of_coverage_attempts_slow_down_and_a_network_change_brings_them_back() {
+        let c = cfg();
+        let hour = Duration::from_secs(3600);
+        // Fewest attempts when each waits its longest: the bound below is on the most.
+        let mut p = Reconnect::new(&c);
+        let first_hour = attempts_in(&mut p, Duration::ZERO, hour, &[]);
+        let mut p = Reconnect::new(&c);
+        let _ = attempts_in(&mut p, Duration::ZERO, hour, &[]);
+        let later_hour = attempts_in(&mut p, hour, hour, &[]);
+        // The fast window (about one a second) then one a minute.
+        let fast = c.reconnect_fast_s * 1000 / (c.connect_attempt_ms + c.reconnect_max_ms / 2);
+        assert!(
+            first_hour <= fast + 60 + 5,
+            "{first_hour} attempts in the first hour"
+        );
+        assert!(later_hour <= 61, "{later_hour} attempts in a later hour");
+        assert!(
+            later_hour >= 55,
+            "{later_hour}: the slow cadence is still about a minute"
+        );
+        // Out of coverage for an hour, then a local network change: the next attempt is at
+        // once, and they stay frequent for a while.
+        let mut p = Reconnect::new(&c);
+        let _ = attempts_in(&mut p, Duration::ZERO, hour, &[]);
+        let t = hour + Duration::from_secs(7);
+        p.network_changed(t);
+        let (b, s) = p.after(UNANSWERED, t);
+        assert!(
+            b + s <= c.reconnect_min_ms,
+            "{b}+{s} ms after a network change"
+        );
+        for i in 1..20u64 {
+            let (b, s) = p.after(UNANSWERED, t + Duration::from_secs(i));
+            assert!(b + s <= c.reconnect_max_ms);
+        }
+        let after = t + AFTER_NETWORK_CHANGE;
+        let longest = (1..12u64)
+            .map(|i| {
+                let (b, s) = p.after(UNANSWERED, after + Duration::from_secs(i));
+                b + s
+            })
+            .max()
+            .unwrap_or(0);
+        assert_eq!(longest, c.reconnect_slow_max_ms, "back to the slow cadence");
+    }
+
     #[test]
     fn stall_is_declared_after_exactly_the_quiet_time_and_not_before() {
         let stall = Duration::from_millis(cfg().stall_timeout_ms);
@@ -364,11 +470,7 @@ mod tests {
         w.on_event(t0 + 700, LinkEvent::Heard);
         let due = t0 + 700 + ms(stall);
         for t in (t0..due).step_by(50).chain([due - 1]) {
-            assert_eq!(
-                w.on_event(t, LinkEvent::Tick),
-                LinkDecision::Continue,
-                "{t}"
-            );
+            assert!(live(w.on_event(t, LinkEvent::Tick)), "{t}");
         }
         assert_eq!(
             w.on_event(due, LinkEvent::Tick),
@@ -378,7 +480,7 @@ mod tests {
         );
         // The same with a longer (backed-off) timeout.
         let mut w = LinkWatch::new(0, Duration::from_secs(8));
-        assert_eq!(w.on_event(7_999, LinkEvent::Tick), LinkDecision::Continue);
+        assert!(live(w.on_event(7_999, LinkEvent::Tick)));
         assert_eq!(
             w.on_event(8_000, LinkEvent::Tick),
             LinkDecision::Stalled { quiet_ms: 8_000 }
@@ -396,10 +498,7 @@ mod tests {
             },
         );
         // Idle: an hour of silence is no stall.
-        assert_eq!(
-            w.on_event(3_600_000, LinkEvent::Tick),
-            LinkDecision::Continue
-        );
+        assert!(live(w.on_event(3_600_000, LinkEvent::Tick)));
         // A fetch goes out: it counts as work, the quiet time was already long.
         w.on_event(
             3_600_000,
@@ -414,10 +513,7 @@ mod tests {
         ));
         // The hub ACKs (the count moved): heard. The same count again is not news.
         w.on_event(3_600_100, LinkEvent::Acks(5));
-        assert_eq!(
-            w.on_event(3_602_099, LinkEvent::Tick),
-            LinkDecision::Continue
-        );
+        assert!(live(w.on_event(3_602_099, LinkEvent::Tick)));
         w.on_event(3_602_000, LinkEvent::Acks(5));
         assert_eq!(
             w.on_event(3_602_100, LinkEvent::Tick),
@@ -434,13 +530,13 @@ mod tests {
         );
         w.on_event(500, LinkEvent::AuditWaiting(true));
         w.on_event(500, LinkEvent::Heard);
-        assert_eq!(w.on_event(2_499, LinkEvent::Tick), LinkDecision::Continue);
+        assert!(live(w.on_event(2_499, LinkEvent::Tick)));
         assert!(matches!(
             w.on_event(2_500, LinkEvent::Tick),
             LinkDecision::Stalled { .. }
         ));
         w.on_event(2_500, LinkEvent::AuditWaiting(false));
-        assert_eq!(w.on_event(9_000, LinkEvent::Tick), LinkDecision::Continue);
+        assert!(live(w.on_event(9_000, LinkEvent::Tick)));
         // A late event stamped earlier never moves the quiet time back.
         let mut w = LinkWatch::new(1_000, Duration::from_secs(2));
         w.on_event(900, LinkEvent::Heard);
@@ -451,38 +547,83 @@ mod tests {
     }
 
     #[test]
-    fn keepalive_cadence_keeps_a_working_link_out_of_the_watchdog() {
+    fn probes_keep_a_busy_hub_out_of_the_watchdog_and_keepalives_are_far_apart() {
         let c = cfg();
         let t = Transport::new(&c);
         assert_eq!(t.keepalive, Duration::from_millis(c.keepalive_interval_ms));
-        assert_eq!(t.idle_timeout, t.keepalive + Duration::from_secs(5));
-        // A PING every keep-alive interval, so the hub's ACK arrives well inside the stall
-        // timeout: a healthy hub with nothing to send never trips the watchdog.
-        assert!(t.keepalive * 2 <= Duration::from_millis(c.stall_timeout_ms));
-        // quinn's PINGs on a connection with nothing else to send: one per interval.
-        let pings: Vec<u64> = (1..=600).map(|i| i * ms(t.keepalive)).collect();
-        assert_eq!(&pings[..3], &[1_000, 2_000, 3_000]);
-        assert!(pings.windows(2).all(|p| p[1] - p[0] == ms(t.keepalive)));
-        let mut w = LinkWatch::new(0, Duration::from_millis(c.stall_timeout_ms));
-        // Catching up, the hub slow to send data, but ACKing each PING 40 ms later (RTT).
+        assert_eq!(
+            t.keepalive,
+            Duration::from_secs(15),
+            "sync-protocol.md's NAT cadence"
+        );
+        // One lost PING (or its ACK) does not end an idle connection.
+        assert_eq!(t.idle_timeout, t.keepalive * 2 + Duration::from_secs(5));
+        let stall = c.stall_timeout_ms;
+        let mut w = LinkWatch::new(0, Duration::from_millis(stall));
+        // Catching up, the hub slow to send data but ACKing each probe 40 ms later (RTT):
+        // a probe after half the stall timeout of quiet, never a stall.
+        let mut ack_at = None;
+        let mut acks = 0u64;
+        let mut probes = Vec::new();
         let mut tick = 0;
-        for (i, &p) in pings.iter().enumerate() {
-            while tick < p + 40 {
-                assert_eq!(w.on_event(tick, LinkEvent::Tick), LinkDecision::Continue);
-                tick += ms(WATCHDOG_TICK);
+        while tick <= 600_000 {
+            if let Some(a) = ack_at.filter(|a| *a <= tick) {
+                acks += 1;
+                w.on_event(a, LinkEvent::Acks(acks));
+                ack_at = None;
             }
-            w.on_event(p + 40, LinkEvent::Acks(i as u64 + 1));
+            match w.on_event(tick, LinkEvent::Tick) {
+                LinkDecision::Continue => {}
+                LinkDecision::Probe => {
+                    probes.push(tick);
+                    ack_at = Some(tick + 40);
+                }
+                LinkDecision::Stalled { quiet_ms } => panic!("stalled after {quiet_ms} ms"),
+            }
+            tick += ms(WATCHDOG_TICK);
         }
-        // The PINGs stop being answered: a stall exactly stall_timeout after the last ACK.
-        let last = pings[pings.len() - 1] + 40;
-        let due = last + c.stall_timeout_ms;
-        assert_eq!(w.on_event(due - 1, LinkEvent::Tick), LinkDecision::Continue);
+        assert!(!probes.is_empty());
+        assert!(
+            probes.windows(2).all(|p| p[1] - p[0] >= stall / 2),
+            "{probes:?}"
+        );
+        // The probes stop being answered: a stall exactly stall_timeout after the last ACK.
+        let last = match ack_at {
+            Some(a) => {
+                w.on_event(a, LinkEvent::Acks(acks + 1));
+                a
+            }
+            None => probes[probes.len() - 1] + 40,
+        };
+        let mut t_ = last;
+        let due = last + stall;
+        while t_ < due {
+            assert_ne!(
+                w.on_event(t_, LinkEvent::Tick),
+                LinkDecision::Stalled {
+                    quiet_ms: t_ - last
+                },
+                "stalled early at {t_}"
+            );
+            t_ += 1;
+        }
         assert_eq!(
             w.on_event(due, LinkEvent::Tick),
-            LinkDecision::Stalled {
-                quiet_ms: c.stall_timeout_ms
-            }
+            LinkDecision::Stalled { quiet_ms: stall }
         );
+        // Idle (nothing outstanding): no probes, whatever the quiet; quinn's keep-alive, every
+        // 15 s, is all an idle link sends.
+        let mut idle = LinkWatch::new(0, Duration::from_millis(stall));
+        idle.on_event(
+            0,
+            LinkEvent::Session {
+                catching_up: false,
+                fetches: false,
+            },
+        );
+        for now in (0..600_000).step_by(250) {
+            assert_eq!(idle.on_event(now, LinkEvent::Tick), LinkDecision::Continue);
+        }
         // Clamped to 1..=60 s whatever the configuration says.
         let t = Transport::new(&SyncConfig {
             keepalive_interval_ms: 10,
@@ -494,7 +635,7 @@ mod tests {
             ..cfg()
         });
         assert_eq!(t.keepalive, Duration::from_secs(60));
-        assert_eq!(t.idle_timeout, Duration::from_secs(65));
+        assert_eq!(t.idle_timeout, Duration::from_secs(125));
     }
 
     #[test]
@@ -537,7 +678,7 @@ mod tests {
             let mut w = LinkWatch::new(ms(now), p.stall_timeout());
             let fired = (ms(now)..)
                 .step_by(ms(WATCHDOG_TICK) as usize)
-                .find(|&t| w.on_event(t, LinkEvent::Tick) != LinkDecision::Continue)
+                .find(|&t| !live(w.on_event(t, LinkEvent::Tick)))
                 .unwrap_or(u64::MAX);
             timeouts.push(fired - ms(now));
             now = Duration::from_millis(fired + 100);
