@@ -948,7 +948,8 @@ fn env_secs(name: &str, default: u64) -> Duration {
 /// sooner; BENCHMARKS.md scales the phases to the defaults.
 ///
 /// `cargo test --release -p kerbside-tests --test link -- --ignored link_cost --nocapture`
-/// (`LINK_COST_IDLE_S`, `LINK_COST_SLOW_S` set the windows: 180 s and 240 s).
+/// (`LINK_COST_IDLE_S`, `LINK_COST_SLOW_S` set the idle and slow-phase windows: 180 s and
+/// 240 s).
 #[test]
 #[ignore = "a measurement of several minutes (see the doc comment)"]
 fn link_cost_idle_and_out_of_coverage() {
@@ -975,11 +976,23 @@ fn link_cost_idle_and_out_of_coverage() {
     let b = rig.proxy.stats();
     let idle_bps = (both(&b) - both(&a)) as f64 / idle.as_secs_f64();
 
+    // Out of coverage. An idle unit first notices at its idle timeout (two keep-alives + 5 s:
+    // until then it sends only keep-alives); then attempts about once a second for
+    // `reconnect_fast_s` (20 s here), then about once a minute.
     rig.set_down(true);
-    let fast = Duration::from_secs(25);
+    let went = Instant::now();
+    rig.wait(
+        "the unit notices the link is down",
+        Duration::from_secs(90),
+        |s| !s.link_up,
+    );
+    let noticed = went.elapsed();
+    let b = rig.proxy.stats();
+    let fast = Duration::from_secs(20);
     rig.hold(fast);
     let c = rig.proxy.stats();
     let fast_bps = (wire(&c.up) - wire(&b.up)) as f64 / fast.as_secs_f64();
+    let fast_attempts = c.up.packets_in - b.up.packets_in;
     let slow = env_secs("LINK_COST_SLOW_S", 240);
     rig.hold(slow);
     let d = rig.proxy.stats();
@@ -1008,7 +1021,12 @@ fn link_cost_idle_and_out_of_coverage() {
 
     // Out again, into the slow phase, and back without any local change.
     rig.set_down(true);
-    rig.hold(Duration::from_secs(30));
+    rig.wait(
+        "the unit notices the link is down",
+        Duration::from_secs(90),
+        |s| !s.link_up,
+    );
+    rig.hold(Duration::from_secs(25));
     rig.set_down(false);
     let back_at = Instant::now();
     rig.wait(
@@ -1018,15 +1036,20 @@ fn link_cost_idle_and_out_of_coverage() {
     );
     let without_change = back_at.elapsed();
 
-    // The defaults' first hour out of coverage: 150 s fast, the rest slow.
-    let first_hour = fast_bps * 150.0 + slow_bps * 3450.0;
+    // The defaults' first hour out of coverage: keep-alives until noticed, 150 s fast, the
+    // rest slow.
+    let rest = 3600.0 - noticed.as_secs_f64() - 150.0;
+    let first_hour = idle_bps * noticed.as_secs_f64() + fast_bps * 150.0 + slow_bps * rest;
     let line = serde_json::json!({
         "scenario": name,
         "idle_bytes_per_s": (idle_bps * 10.0).round() / 10.0,
         "idle_mb_per_30_days": (idle_bps * 86_400.0 * 30.0 / 1e6 * 10.0).round() / 10.0,
         "out_of_coverage_fast_bytes_per_s": fast_bps.round(),
         "out_of_coverage_slow_bytes_per_s": (slow_bps * 10.0).round() / 10.0,
+        "noticed_down_after_ms": noticed.as_millis(),
+        "fast_phase_datagrams": fast_attempts,
         "slow_phase_datagrams": slow_attempts,
+        "slow_phase_s": slow.as_secs(),
         "out_of_coverage_first_hour_mb": (first_hour / 1e6 * 100.0).round() / 100.0,
         "out_of_coverage_later_hours_mb": (slow_bps * 3600.0 / 1e6 * 100.0).round() / 100.0,
         "back_after_network_change_ms": changed.then_some(with_change.as_millis()),
