@@ -146,13 +146,20 @@ struct Entry {
     pc_district: Option<String>,
     name_text: Option<String>,
     deceased: bool,
-    former: Vec<NhsNumber>,
 }
 
-impl Entry {
-    fn new(nhs: NhsNumber, d: &Demographics) -> Entry {
-        // The current family name, and every other name the patient is or was known by
-        // (old, maiden, a name given only as text), so a search by any of them finds them.
+/// What a patient is posted and matched under: family name keys (the current family name and
+/// every other name the patient is or was known by — old, maiden, a name given only as text —
+/// so a search by any of them finds them), birth day, full postcode and district.
+struct Keys {
+    fam: NameKeys,
+    dob: Option<String>,
+    pc_full: Option<String>,
+    pc_district: Option<String>,
+}
+
+impl Keys {
+    fn new(d: &Demographics) -> Keys {
         let mut names = d.family.clone();
         for extra in d
             .other_names
@@ -167,6 +174,27 @@ impl Entry {
             Some((full, district)) => (full, Some(district)),
             None => (None, None),
         };
+        Keys {
+            fam: NameKeys::new(&names),
+            dob: d
+                .birth_date
+                .as_ref()
+                .and_then(|b| b.day())
+                .map(str::to_owned),
+            pc_full,
+            pc_district,
+        }
+    }
+}
+
+impl Entry {
+    fn new(nhs: NhsNumber, d: &Demographics) -> Entry {
+        let Keys {
+            fam,
+            dob,
+            pc_full,
+            pc_district,
+        } = Keys::new(d);
         Entry {
             nhs,
             family: d.family.clone(),
@@ -175,17 +203,12 @@ impl Entry {
             gender: d.gender,
             postcode: d.postcode.clone(),
             given_toks: given_tokens(d.given.iter().map(String::as_str)),
-            dob: d
-                .birth_date
-                .as_ref()
-                .and_then(|b| b.day())
-                .map(str::to_owned),
+            dob,
             pc_full,
             pc_district,
-            fam: NameKeys::new(&names),
+            fam,
             name_text: d.name_text.clone(),
             deceased: d.deceased,
-            former: d.former_nhs_numbers.clone(),
         }
     }
 
@@ -224,11 +247,12 @@ fn family_tags(fam: &NameKeys) -> Vec<String> {
     tags
 }
 
-/// Every posting a patient is listed under.
+/// Every posting a patient is listed under (on the sync's hot path: no given-name work).
 pub fn postings(nhs: NhsNumber, d: &Demographics) -> Vec<PostingKey> {
-    let e = Entry::new(nhs, d);
+    let e = Keys::new(d);
+    let former = &d.former_nhs_numbers;
     let tags = family_tags(&e.fam);
-    let mut out = Vec::with_capacity(2 * tags.len() + 1 + e.former.len());
+    let mut out = Vec::with_capacity(2 * tags.len() + 1 + former.len());
     for t in &tags {
         if let Some(dob) = &e.dob {
             out.push(PostingKey::pair(kind::FAMILY_DOB, t, dob));
@@ -240,7 +264,7 @@ pub fn postings(nhs: NhsNumber, d: &Demographics) -> Vec<PostingKey> {
     if let (Some(dob), Some(district)) = (&e.dob, &e.pc_district) {
         out.push(PostingKey::pair(kind::DOB_DISTRICT, dob, district));
     }
-    for f in &e.former {
+    for f in former {
         if *f != nhs {
             out.push(alias_key(f));
         }
