@@ -114,6 +114,17 @@ pub enum CacheError {
     Shredded,
 }
 
+impl CacheError {
+    /// The write failed because the disk is full: nothing was applied, and the same write
+    /// succeeds once there is room.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            CacheError::Io(e) | CacheError::Sled(sled::Error::Io(e)) => crate::disk::is_full(e),
+            _ => false,
+        }
+    }
+}
+
 /// A cached summary: the hub-signed bytes, their digest (checked before serving), and when
 /// this unit received it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -698,6 +709,11 @@ impl Cache {
                 .tree
                 .contains_key(self.key(T_RECORD, nhs))
                 .unwrap_or(false)
+    }
+
+    /// Bytes free on the filesystem holding the cache (`None` if it cannot be read).
+    pub fn free_bytes(&self) -> Option<u64> {
+        crate::disk::free_bytes(&self.dir)
     }
 
     /// Records in the cohort cache.

@@ -20,6 +20,7 @@
 
 pub mod cache;
 pub mod daemon;
+pub mod disk;
 pub mod journal;
 pub mod lan;
 pub mod seal;

@@ -47,6 +47,9 @@ pub struct Live {
     pub cert_renewal_error: Option<String>,
     /// Records the hub pushed to this ED kiosk because a crew is bringing the patient in.
     pub prefetched: u64,
+    /// The last batch could not be written because the unit's disk is full; the sync waits for
+    /// room and resumes by itself.
+    pub disk_full: bool,
 }
 
 impl Default for Live {
@@ -72,6 +75,7 @@ impl Default for Live {
             cert_renewed_at: None,
             cert_renewal_error: None,
             prefetched: 0,
+            disk_full: false,
         }
     }
 }
@@ -109,6 +113,17 @@ pub struct StatusView {
     pub cert_renewed_at: Option<String>,
     pub cert_renewal_error: Option<String>,
     pub prefetched: u64,
+    /// The unit's disk: whether the sync has stopped on a full disk, and the bytes free.
+    pub storage: StorageView,
+}
+
+/// `/v1/status`'s `storage`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StorageView {
+    /// The sync stopped because the disk is full; lookups keep answering from the cache.
+    pub disk_full: bool,
+    /// Bytes free on the filesystem holding the unit's data (`null` if it cannot be read).
+    pub free_bytes: Option<u64>,
 }
 
 impl Status {
@@ -134,8 +149,8 @@ impl Status {
         self.live().link
     }
 
-    /// The JSON view, with the number of cached records.
-    pub fn view(&self, records: usize) -> StatusView {
+    /// The JSON view, with the number of cached records and the bytes free on the data disk.
+    pub fn view(&self, records: usize, free_bytes: Option<u64>) -> StatusView {
         let l = self.live();
         StatusView {
             device_id: self.device_id.as_str().to_owned(),
@@ -160,6 +175,10 @@ impl Status {
             cert_renewed_at: l.cert_renewed_at.map(UnixMillis::to_rfc3339),
             cert_renewal_error: l.cert_renewal_error,
             prefetched: l.prefetched,
+            storage: StorageView {
+                disk_full: l.disk_full,
+                free_bytes,
+            },
         }
     }
 }

@@ -6,6 +6,7 @@
 mod admin_auth;
 mod audit;
 mod corpus;
+mod disk_full;
 mod foundation;
 mod lan;
 mod lan_limits;

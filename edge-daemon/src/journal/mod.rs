@@ -494,7 +494,7 @@ impl Journal {
             problems: recovery.problems.clone(),
             failed: None,
         };
-        let current = Current::resume(state.segments.last())?;
+        let current = Current::resume(state.segments.last(), config.segment_bytes)?;
         let shared = Arc::new(Shared {
             config,
             cipher,

@@ -99,7 +99,10 @@ pub(super) fn load(
         } else if name.starts_with(&format!(".{UPLOADED_FILE}.tmp-")) {
             // A marker write interrupted before its rename: never the marker of record.
             let _ = fs::remove_file(entry.path());
-        } else if name != UPLOADED_FILE && name != super::LOCK_FILE {
+        } else if name != UPLOADED_FILE
+            && name != super::LOCK_FILE
+            && name != super::writer::SPARE_FILE
+        {
             tracing::debug!(
                 file = name,
                 "audit journal: ignoring a file that is not a segment"

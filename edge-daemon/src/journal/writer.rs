@@ -22,6 +22,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::format::{self, MAX_PAYLOAD_BYTES};
 use super::{JournalError, OpenGuard, SegmentMeta, Shared};
 
+/// The spare segment: an empty file whose blocks are reserved, renamed into place at a rollover.
+pub(super) const SPARE_FILE: &str = "spare.reserve";
+
 /// Most events one group commit writes.
 const MAX_BATCH_EVENTS: usize = 1024;
 
@@ -63,13 +66,19 @@ pub(super) struct Current {
 impl Current {
     /// At open: appends continue in the last segment if it holds anything (an empty one was
     /// removed by recovery; the writer creates a fresh one when it first needs it).
-    pub(super) fn resume(last: Option<&SegmentMeta>) -> Result<Option<Current>, JournalError> {
+    /// Its blocks up to `reserve` bytes are reserved ([`crate::disk::reserve`]), so appends
+    /// keep working on a full disk until the segment is full.
+    pub(super) fn resume(
+        last: Option<&SegmentMeta>,
+        reserve: u64,
+    ) -> Result<Option<Current>, JournalError> {
         Ok(match last {
             Some(s) if s.bytes > 0 => {
                 let file = OpenOptions::new()
                     .append(true)
                     .open(&s.path)
                     .map_err(|e| JournalError::io("opening the current segment", e))?;
+                reserve_blocks(&file, reserve);
                 Some(Current {
                     file,
                     first_seq: s.first_seq,
@@ -120,6 +129,7 @@ impl Writer {
 
     /// The thread's body: group-commit batches until closed or every handle is dropped.
     pub(super) fn run(mut self) {
+        self.ensure_spare();
         while let Some(first) = self.rx.blocking_recv() {
             let mut batch = Vec::with_capacity(64);
             batch.push(first);
@@ -278,12 +288,34 @@ impl Writer {
     /// Create the segment whose first record is `seq`, and make its name durable.
     fn create_segment(&mut self, seq: u64) -> Result<(), JournalError> {
         let path = self.shared.config.dir.join(format::segment_file_name(seq));
-        let created = OpenOptions::new()
-            .append(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .and_then(|file| self.shared.sync_dir().map(|()| file));
+        // The spare segment, reserved ahead, becomes the new one: a full disk does not stop
+        // the journal at a rollover. Without a spare, a full disk refuses the file itself:
+        // nothing was created, so the journal is not poisoned (the append is refused and the
+        // next one tries again once there is room).
+        let spare = self.shared.config.dir.join(SPARE_FILE);
+        let from_spare = std::fs::rename(&spare, &path)
+            .and_then(|()| OpenOptions::new().append(true).open(&path));
+        let opened = match from_spare {
+            Ok(f) => Ok(f),
+            Err(_) => OpenOptions::new()
+                .append(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path),
+        };
+        let file = match opened {
+            Ok(f) => f,
+            Err(e) if crate::disk::is_full(&e) => {
+                return Err(JournalError::io("creating a segment (the disk is full)", e));
+            }
+            Err(e) => {
+                let err = JournalError::io("creating a segment", e);
+                poison(&self.shared, &err);
+                return Err(err);
+            }
+        };
+        reserve_blocks(&file, self.shared.config.segment_bytes);
+        let created = self.shared.sync_dir().map(|()| file);
         match created {
             Ok(file) => {
                 self.current = Some(Current {
@@ -297,7 +329,9 @@ impl Writer {
                     st.segments.pop();
                 }
                 st.segments.push(SegmentMeta::new(seq, path));
+                drop(st);
                 tracing::debug!(first_seq = seq, "audit journal: new segment");
+                self.ensure_spare();
                 Ok(())
             }
             Err(e) => {
@@ -305,6 +339,25 @@ impl Writer {
                 poison(&self.shared, &err);
                 Err(err)
             }
+        }
+    }
+
+    /// Make sure a spare segment with its blocks reserved is ready for the next rollover
+    /// (best effort: a disk too full for it leaves the journal to allocate as it goes).
+    fn ensure_spare(&self) {
+        let path = self.shared.config.dir.join(SPARE_FILE);
+        if path.exists() {
+            return;
+        }
+        let made = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|f| crate::disk::reserve(&f, self.shared.config.segment_bytes));
+        if let Err(e) = made {
+            let _ = std::fs::remove_file(&path);
+            tracing::debug!(error = %e, "audit journal: no spare segment reserved");
         }
     }
 
@@ -405,4 +458,12 @@ impl Writer {
 fn poison(shared: &Shared, err: &JournalError) {
     tracing::error!(error = %err, "audit journal failed; appends refused until reopened");
     shared.state().failed = Some(err.to_string());
+}
+
+/// Reserve a segment's blocks ahead of its appends; a disk already too full to reserve them,
+/// or a filesystem without `fallocate`, leaves appends to allocate as they go.
+fn reserve_blocks(file: &File, len: u64) {
+    if let Err(e) = crate::disk::reserve(file, len) {
+        tracing::debug!(error = %e, "audit journal: could not reserve the segment's space");
+    }
 }

@@ -224,7 +224,7 @@ fn static_file(kind: &'static str, body: &'static str) -> Response {
 }
 
 async fn status(State(s): State<AppState>) -> Response {
-    let mut v = s.status.view(s.cache.len());
+    let mut v = s.status.view(s.cache.len(), s.cache.free_bytes());
     if v.last_sync_at.is_none() {
         v.last_sync_at = s.cache.meta().last_sync_at.map(|t| t.to_rfc3339());
     }

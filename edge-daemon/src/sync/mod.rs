@@ -40,6 +40,11 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, info, warn};
 
 use self::policy::{HANDSHAKE_TIMEOUT, WATCHDOG_TICK};
+
+/// While the disk is full: how often free space is checked, and the longest wait between
+/// attempts (each also uploads audit, which frees space).
+const DISK_FULL_CHECK: Duration = Duration::from_secs(2);
+const DISK_FULL_RETRY: Duration = Duration::from_secs(60);
 use self::quic::{explain, is_refusal, random_u64, resolve};
 use crate::cache::Cache;
 use crate::status::{Link, Status};
@@ -359,12 +364,34 @@ impl SyncClient {
             let at = Duration::from_millis(self.clock.mono_ms());
             let wait =
                 Duration::from_millis(Reconnect::delay_ms(policy.after(out, at), random_u64()));
+            // On a full disk, wait for room as well (every attempt would fetch a batch only to
+            // fail writing it), but try at least once every DISK_FULL_RETRY: the connection
+            // also uploads the audit backlog, which frees the journal's space.
+            let mut disk_full = self.status.live().disk_full;
+            let mut space_check = tokio::time::interval(DISK_FULL_CHECK);
+            let retry_anyway = tokio::time::sleep(DISK_FULL_RETRY.max(wait));
+            tokio::pin!(retry_anyway);
             // Answer fetches while waiting: the link is down.
             let sleep = tokio::time::sleep(wait);
             tokio::pin!(sleep);
+            let mut slept = false;
             loop {
                 tokio::select! {
-                    _ = &mut sleep => break,
+                    _ = &mut sleep, if !slept => {
+                        slept = true;
+                        if !disk_full {
+                            break;
+                        }
+                    }
+                    _ = &mut retry_anyway, if disk_full => break,
+                    _ = space_check.tick(), if disk_full => {
+                        if self.cache.free_bytes().is_none_or(|b| b >= crate::disk::RESUME_FREE_BYTES) {
+                            disk_full = false;
+                            if slept {
+                                break;
+                            }
+                        }
+                    }
                     Some(req) = self.fetch_rx.recv() => {
                         let _ = req.reply.send(FetchResult::NotConnected);
                     }
@@ -847,10 +874,32 @@ impl SyncClient {
         let cache = self.cache.clone();
         let t = self.clock.wall();
         let batch_no = apply.batch_no;
-        let applied = tokio::task::spawn_blocking(move || cache.apply(&apply, t))
+        let applied = match tokio::task::spawn_blocking(move || cache.apply(&apply, t))
             .await
             .context("apply task")?
-            .context("cannot write the batch to the cache")?;
+        {
+            Ok(a) => a,
+            Err(e) if e.is_disk_full() => {
+                if !self
+                    .status
+                    .update(|l| std::mem::replace(&mut l.disk_full, true))
+                {
+                    warn!("the unit's disk is full: sync paused until there is room; lookups keep answering from the cache");
+                }
+                return Err(anyhow::Error::new(e).context(
+                    "cannot write the batch to the cache: the disk is full (nothing was applied)",
+                ));
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context("cannot write the batch to the cache"))
+            }
+        };
+        if self
+            .status
+            .update(|l| std::mem::replace(&mut l.disk_full, false))
+        {
+            info!("the unit's disk has room again: sync resumed");
+        }
         let n = applied.report.written;
         c.session.batch_applied(batch_no, &applied.report)?;
         let cursor = c.session.durable_state().cursor;
