@@ -51,7 +51,7 @@ use edge_proto::cbor;
 use edge_proto::nhs::NhsNumber;
 use edge_proto::sync::sign::record_digest;
 use edge_proto::sync::store::StoredVersion;
-use edge_proto::sync::{apply_to, Apply, ApplyReport, Bytes, SyncState, UnitStore};
+use edge_proto::sync::{apply_to, Apply, ApplyKind, ApplyReport, Bytes, SyncState, UnitStore};
 use edge_proto::time::UnixMillis;
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
@@ -112,6 +112,9 @@ pub enum CacheError {
     Io(#[from] std::io::Error),
     #[error("the cache's data key has been destroyed (tamper or wipe); re-provision the unit")]
     Shredded,
+    /// A cold fill is under way: its search postings are built once it finishes.
+    #[error("the search postings are built when the cold fill finishes")]
+    SearchBuilding,
 }
 
 impl CacheError {
@@ -291,6 +294,8 @@ pub struct Cache {
     /// Cohort records held (kept by [`Cache::apply`]; counted at open).
     records: std::sync::atomic::AtomicUsize,
     dir: PathBuf,
+    /// A cold fill's search postings, gathered unsorted while it runs (see [`Bulk`]).
+    bulk: std::sync::Mutex<Option<Bulk>>,
     /// The data key was destroyed (tamper, wipe): nothing is served or written any more.
     shredded: std::sync::atomic::AtomicBool,
 }
@@ -396,8 +401,12 @@ impl Cache {
             vlog,
             live: std::sync::Mutex::new(HashMap::new()),
             dir: path.to_path_buf(),
+            bulk: std::sync::Mutex::new(None),
             shredded: std::sync::atomic::AtomicBool::new(false),
         };
+        // A cold fill's unsorted postings do not outlive the process (the layout marker was
+        // removed when the fill began, so the postings are rebuilt below).
+        let _ = std::fs::remove_dir_all(path.join(BULK_DIR));
         // The state and the first record must open under this key (a cache sealed under
         // another key is moved aside by `open`); every other record is checked when it is read.
         let _ = cache.state()?;
@@ -517,25 +526,61 @@ impl Cache {
             batch.remove(kv?.0);
         }
         self.tree.apply_batch(batch)?;
+        let mut bulk = Bulk::create(&self.dir)?;
         let mut records = 0usize;
-        let mut batch = sled::Batch::default();
         for kv in self.tree.scan_prefix(T_RECORD) {
             let (k, v) = kv?;
             let rec = self.open_record(T_RECORD, &k, &v)?;
             records += 1;
-            for pk in self.record_postings(&k, &rec) {
-                batch.insert(pk, &[] as &[u8]);
-            }
-            if records.is_multiple_of(10_000) {
-                self.tree.apply_batch(std::mem::take(&mut batch))?;
+            bulk.add(&self.record_postings(&k, &rec))?;
+            if records.is_multiple_of(100_000) {
                 info!(records, "search postings: rebuilding");
             }
         }
-        batch.insert(K_COUNT, &(records as u64).to_be_bytes());
+        self.build_postings(bulk, Some(records))?;
+        Ok(records)
+    }
+
+    /// Insert a [`Bulk`]'s postings into the tree in key order (sorted runs of
+    /// [`BULK_RUN_KEYS`], merged), then write the layout marker (and `count`, if given) and
+    /// flush. Sorted inserts touch one leaf after another instead of a random leaf each.
+    fn build_postings(&self, bulk: Bulk, count: Option<usize>) -> Result<(), CacheError> {
+        let t = std::time::Instant::now();
+        let keys = bulk.keys;
+        let mut inserted = 0u64;
+        bulk.merge_sorted(|chunk| {
+            let mut batch = sled::Batch::default();
+            for k in chunk {
+                batch.insert(k.as_slice(), &[] as &[u8]);
+            }
+            inserted += chunk.len() as u64;
+            self.tree.apply_batch(batch)?;
+            Ok(())
+        })?;
+        let mut batch = sled::Batch::default();
+        if let Some(n) = count {
+            batch.insert(K_COUNT, &(n as u64).to_be_bytes());
+        }
         batch.insert(K_SEARCH, SEARCH_LAYOUT);
         self.tree.apply_batch(batch)?;
         self.db.flush()?;
-        Ok(records)
+        info!(
+            postings = inserted,
+            gathered = keys,
+            ms = t.elapsed().as_millis() as u64,
+            "search postings built in key order"
+        );
+        Ok(())
+    }
+
+    /// End a cold fill's deferred postings, if one is under way: build them now. A failure
+    /// leaves the layout marker absent, so they are rebuilt from the records at the next open.
+    fn finish_bulk(&self) -> Result<(), CacheError> {
+        let taken = self.bulk.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match taken {
+            Some(b) => self.build_postings(b, None),
+            None => Ok(()),
+        }
     }
 
     /// The posting keys of a cohort record stored under `key` (`r` ‖ index key).
@@ -687,6 +732,15 @@ impl Cache {
                 candidates: Vec::new(),
                 matched: 0,
             });
+        }
+        if self
+            .bulk
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+        {
+            q.validate().map_err(SearchFailed::Query)?;
+            return Err(SearchFailed::Store(CacheError::SearchBuilding));
         }
         search_in(self, q)
     }
@@ -851,6 +905,19 @@ impl Cache {
         if self.is_shredded() {
             return Err(CacheError::Shredded);
         }
+        // A baseline into an empty cache (a cold fill) gathers its postings unsorted and
+        // builds them in key order when it finishes; any other apply ends that first.
+        let baseline = matches!(apply.kind, ApplyKind::Baseline { .. });
+        let bulk_active = self
+            .bulk
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some();
+        if bulk_active && !baseline {
+            self.finish_bulk()?;
+        }
+        let begin_bulk =
+            baseline && !bulk_active && self.records.load(std::sync::atomic::Ordering::SeqCst) == 0;
         let mut txn = Txn {
             cache: self,
             overlay: HashMap::new(),
@@ -859,7 +926,12 @@ impl Cache {
             now,
             added: Vec::new(),
             freed: Vec::new(),
+            spill: (baseline && (bulk_active || begin_bulk)).then(Vec::new),
         };
+        if begin_bulk {
+            // Until the build, the postings are incomplete: a crash rebuilds them at open.
+            txn.batch.remove(K_SEARCH);
+        }
         let report = match apply_to(&mut txn, apply) {
             Ok(r) => r,
             Err(e) => {
@@ -872,8 +944,20 @@ impl Cache {
             ops,
             added,
             freed,
+            spill,
             ..
         } = txn;
+        let new_bulk = if begin_bulk {
+            match Bulk::create(&self.dir) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    self.vlog.discard_pending();
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
         if let Err(e) = self.vlog.sync() {
             self.vlog.discard_pending();
             return Err(e.into());
@@ -899,6 +983,25 @@ impl Cache {
         self.db.flush()?;
         self.records
             .store(records, std::sync::atomic::Ordering::SeqCst);
+        if let Some(keys) = spill {
+            let mut guard = self.bulk.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(b) = new_bulk {
+                *guard = Some(b);
+                info!("cold fill: search postings are built when it finishes");
+            }
+            if let Some(b) = guard.as_mut() {
+                if let Err(e) = b.add(&keys) {
+                    // Without the spill, the postings come from the records at the next open
+                    // (the layout marker stays absent); search stays refused until then.
+                    warn!(error = %e, "cold fill: cannot keep the search postings aside");
+                }
+            }
+        }
+        if matches!(apply.kind, ApplyKind::FinishBaseline { .. }) {
+            if let Err(e) = self.finish_bulk() {
+                warn!(error = %e, "building the search postings failed; rebuilt at the next start");
+            }
+        }
         {
             let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
             for (seg, n) in added {
@@ -925,6 +1028,149 @@ impl Cache {
     pub fn flush(&self) -> Result<(), CacheError> {
         self.db.flush()?;
         Ok(())
+    }
+}
+
+/// Where a cold fill's postings are gathered and sorted (inside the cache's folder).
+const BULK_DIR: &str = "postings-build";
+/// Keys sorted in memory at a time while building postings (≈ 11 MB; a few hundred in the
+/// tests, so their few thousand postings take the merge path).
+#[cfg(not(test))]
+const BULK_RUN_KEYS: usize = 262_144;
+#[cfg(test)]
+const BULK_RUN_KEYS: usize = 500;
+/// Every posting key's length: `x` ‖ kind ‖ keyed hash ‖ record index key.
+const POSTING_KEY_LEN: usize = T_POSTING.len() + 1 + POSTING_HASH + ID_LEN;
+/// Postings inserted per sled batch during a build.
+const BULK_INSERT_KEYS: usize = 16_384;
+
+type PostingBytes = [u8; POSTING_KEY_LEN];
+
+/// A cold fill's search postings, kept aside instead of being inserted into the tree one random
+/// leaf at a time: appended unsorted to a spill file as batches apply, then sorted in runs,
+/// merged and inserted in key order when the fill finishes ([`Cache::build_postings`]). The
+/// spill needs no fsync: the layout marker is removed when the fill begins, so after a crash
+/// the postings are rebuilt from the (durable) records at open. Search is refused meanwhile
+/// ([`CacheError::SearchBuilding`]); lookups by NHS number are not affected.
+struct Bulk {
+    dir: PathBuf,
+    spill: std::io::BufWriter<std::fs::File>,
+    keys: u64,
+}
+
+impl Bulk {
+    fn create(cache_dir: &Path) -> Result<Bulk, CacheError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = cache_dir.join(BULK_DIR);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let f = std::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(0o600)
+            .open(dir.join("spill"))?;
+        Ok(Bulk {
+            dir,
+            spill: std::io::BufWriter::with_capacity(1 << 20, f),
+            keys: 0,
+        })
+    }
+
+    fn add(&mut self, keys: &[Vec<u8>]) -> Result<(), CacheError> {
+        use std::io::Write;
+        for k in keys.iter().filter(|k| k.len() == POSTING_KEY_LEN) {
+            self.spill.write_all(k)?;
+            self.keys += 1;
+        }
+        Ok(())
+    }
+
+    /// Hand every distinct key to `sink` in ascending order, [`BULK_INSERT_KEYS`] at a time.
+    fn merge_sorted(
+        mut self,
+        mut sink: impl FnMut(&[PostingBytes]) -> Result<(), CacheError>,
+    ) -> Result<(), CacheError> {
+        use std::io::{BufReader, BufWriter, Read, Write};
+        self.spill.flush()?;
+        let mut reader =
+            BufReader::with_capacity(1 << 20, std::fs::File::open(self.dir.join("spill"))?);
+        let mut runs: Vec<PathBuf> = Vec::new();
+        let mut chunk: Vec<PostingBytes> = Vec::new();
+        let mut eof = false;
+        while !eof {
+            chunk.clear();
+            let mut key = [0u8; POSTING_KEY_LEN];
+            while chunk.len() < BULK_RUN_KEYS {
+                match reader.read_exact(&mut key) {
+                    Ok(()) => chunk.push(key),
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        eof = true;
+                        break;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            chunk.sort_unstable();
+            chunk.dedup();
+            if eof && runs.is_empty() {
+                // Everything fitted in one run: no merge needed.
+                for part in chunk.chunks(BULK_INSERT_KEYS) {
+                    sink(part)?;
+                }
+                return Ok(());
+            }
+            let path = self.dir.join(format!("run-{}", runs.len()));
+            let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(&path)?);
+            for k in &chunk {
+                w.write_all(k)?;
+            }
+            w.flush()?;
+            runs.push(path);
+        }
+        drop(chunk);
+        let mut readers = Vec::with_capacity(runs.len());
+        let mut heap = std::collections::BinaryHeap::new();
+        for (i, path) in runs.iter().enumerate() {
+            let mut r = BufReader::with_capacity(256 * 1024, std::fs::File::open(path)?);
+            let mut key = [0u8; POSTING_KEY_LEN];
+            if read_key(&mut r, &mut key)? {
+                heap.push(std::cmp::Reverse((key, i)));
+            }
+            readers.push(r);
+        }
+        let mut out: Vec<PostingBytes> = Vec::with_capacity(BULK_INSERT_KEYS);
+        while let Some(std::cmp::Reverse((key, i))) = heap.pop() {
+            if out.last() != Some(&key) {
+                out.push(key);
+                if out.len() == BULK_INSERT_KEYS {
+                    sink(&out)?;
+                    out.clear();
+                }
+            }
+            let mut next = [0u8; POSTING_KEY_LEN];
+            if read_key(&mut readers[i], &mut next)? {
+                heap.push(std::cmp::Reverse((next, i)));
+            }
+        }
+        if !out.is_empty() {
+            sink(&out)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Bulk {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Read one key; `false` at the end of the file.
+fn read_key(r: &mut impl std::io::Read, key: &mut PostingBytes) -> Result<bool, CacheError> {
+    match r.read_exact(key) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -955,6 +1201,8 @@ struct Txn<'a> {
     /// Value-log bytes this apply points at, and stops pointing at, per segment.
     added: Vec<(u32, u64)>,
     freed: Vec<(u32, u64)>,
+    /// During a cold fill: the postings, kept aside for the sorted build instead of the batch.
+    spill: Option<Vec<Vec<u8>>>,
 }
 
 impl Txn<'_> {
@@ -983,6 +1231,11 @@ impl Txn<'_> {
     /// opens keeps its postings: a search finds nothing behind them and skips them).
     fn unpost(&mut self, k: &[u8], v: &[u8]) {
         self.free(k, v);
+        if self.spill.is_some() {
+            // A cold fill's postings are not in the tree yet; one left behind for a record
+            // replaced within the fill finds the same patient (re-checked at every search).
+            return;
+        }
         if let Ok(rec) = self.cache.open_record(T_RECORD, k, v) {
             for pk in self.cache.record_postings(k, &rec) {
                 self.batch.remove(pk);
@@ -1050,8 +1303,14 @@ impl UnitStore for Txn<'_> {
             synced_at: self.now,
         };
         let sealed = self.cache.seal_record(T_RECORD, &k, &rec)?;
-        for pk in self.cache.record_postings(&k, &rec) {
-            self.batch.insert(pk, &[] as &[u8]);
+        let pks = self.cache.record_postings(&k, &rec);
+        match self.spill.as_mut() {
+            Some(spill) => spill.extend(pks),
+            None => {
+                for pk in pks {
+                    self.batch.insert(pk, &[] as &[u8]);
+                }
+            }
         }
         let p = self.cache.vlog.append(&k, &sealed)?;
         self.added.push((p.seg, entry_bytes(&k, p)));
@@ -1305,6 +1564,120 @@ mod tests {
             }
         }
         found
+    }
+
+    /// One baseline step (`Baseline`, or `FinishBaseline` when `finish`).
+    fn baseline(
+        cache: &super::Cache,
+        seq: &mut u64,
+        people: &[(super::NhsNumber, Vec<u8>, edge_proto::model::Demographics)],
+        finish: bool,
+    ) -> super::Applied {
+        use edge_proto::sync::{Apply, ApplyKind, Bytes, Change, SyncState};
+        *seq += 1;
+        let apply = Apply {
+            batch_no: *seq,
+            kind: if finish {
+                ApplyKind::FinishBaseline {
+                    epoch: 1,
+                    snapshot_seq: 10_000,
+                }
+            } else {
+                ApplyKind::Baseline { epoch: 1 }
+            },
+            epoch: 1,
+            changes: people
+                .iter()
+                .map(|(nhs, bytes, _)| Change::Upsert {
+                    seq: 0,
+                    nhs: *nhs,
+                    version: 1,
+                    record: Bytes::from(bytes.clone()),
+                })
+                .collect(),
+            state: SyncState::default(),
+        };
+        cache.apply(&apply, super::UnixMillis(1)).unwrap()
+    }
+
+    #[test]
+    fn a_cold_fill_builds_its_postings_in_key_order_when_it_finishes_and_a_crash_rebuilds_them() {
+        use super::*;
+        use crate::search::{SearchIndex, SearchQuery};
+        let people = summaries(600);
+        let mut reference = SearchIndex::new();
+        for (nhs, _, d) in &people {
+            reference.insert(*nhs, d);
+        }
+        let q = SearchQuery {
+            family: Some(people[0].2.family.clone()),
+            given: None,
+            birth_date: people[0]
+                .2
+                .birth_date
+                .as_ref()
+                .and_then(|b| b.day())
+                .map(str::to_owned),
+            postcode: None,
+        };
+
+        // Finished: postings built from several sorted runs agree with the reference.
+        let dir = tempfile::tempdir().unwrap();
+        let sealer = Arc::new(crate::seal::Sealer::ephemeral().unwrap());
+        let (cache, _) = Cache::open(dir.path(), sealer.clone(), KeyState::Fresh).unwrap();
+        let mut seq = 0;
+        for chunk in people[..500].chunks(100) {
+            baseline(&cache, &mut seq, chunk, false);
+            // Mid-fill: nothing posted in the tree, search says why, lookups work.
+            assert_eq!(cache.tree.scan_prefix(T_POSTING).count(), 0);
+            assert!(matches!(
+                cache.search(&q),
+                Err(SearchFailed::Store(CacheError::SearchBuilding))
+            ));
+            assert!(cache.get(&chunk[0].0).unwrap().is_some());
+        }
+        assert!(dir
+            .path()
+            .join("cache.sled")
+            .join(BULK_DIR)
+            .join("spill")
+            .exists());
+        baseline(&cache, &mut seq, &people[500..], true);
+        assert!(!dir.path().join("cache.sled").join(BULK_DIR).exists());
+        assert_eq!(cache.len(), 600);
+        assert!(same_answers(&cache, &reference, &people) > 600);
+        let postings = cache.tree.scan_prefix(T_POSTING).count();
+        assert!(postings >= 600 * 3, "{postings} postings");
+        assert_eq!(
+            cache.tree.get(K_SEARCH).unwrap().as_deref(),
+            Some(SEARCH_LAYOUT)
+        );
+        drop(cache);
+        let (cache, _) = Cache::open(dir.path(), sealer, KeyState::Existing).unwrap();
+        assert_eq!(cache.tree.scan_prefix(T_POSTING).count(), postings);
+        same_answers(&cache, &reference, &people);
+        drop(cache);
+
+        // Stopped mid-fill (the spill is lost): reopened, the postings are rebuilt from the
+        // records held, and the rest of the fill posts as it goes.
+        let dir = tempfile::tempdir().unwrap();
+        let sealer = Arc::new(crate::seal::Sealer::ephemeral().unwrap());
+        let (cache, _) = Cache::open(dir.path(), sealer.clone(), KeyState::Fresh).unwrap();
+        let mut seq = 0;
+        for chunk in people[..300].chunks(100) {
+            baseline(&cache, &mut seq, chunk, false);
+        }
+        drop(cache);
+        let (cache, _) = Cache::open(dir.path(), sealer, KeyState::Existing).unwrap();
+        assert_eq!(cache.len(), 300);
+        assert!(cache.search(&q).is_ok());
+        for chunk in people[300..500].chunks(100) {
+            baseline(&cache, &mut seq, chunk, false);
+        }
+        baseline(&cache, &mut seq, &people[500..], true);
+        assert_eq!(cache.len(), 600);
+        assert!(same_answers(&cache, &reference, &people) > 600);
+        assert_eq!(cache.tree.scan_prefix(T_POSTING).count(), postings);
     }
 
     #[test]

@@ -65,6 +65,9 @@ pub async fn search(
             let detail = e.to_string();
             return s.audit.refuse(a, Refusal::BadSearch { detail }).await;
         }
+        Err(SearchFailed::Store(crate::cache::CacheError::SearchBuilding)) => {
+            return s.audit.refuse(a, Refusal::SearchBuilding).await;
+        }
         Err(SearchFailed::Store(e)) => {
             tracing::error!(error = %e, "search: the cache cannot be read");
             return s.audit.refuse(a, Refusal::CacheUnavailable).await;

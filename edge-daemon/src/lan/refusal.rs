@@ -79,6 +79,8 @@ pub enum Refusal {
     CacheDamaged,
     /// A search that cannot be run.
     BadSearch { detail: String },
+    /// The search postings are built once a cold fill finishes; not yet.
+    SearchBuilding,
     /// A request body that cannot be used (`detail` says why), e.g. a conveyance's site.
     BadRequest { detail: String },
     /// This unit's role cannot do that (a kiosk does not convey patients).
@@ -122,6 +124,7 @@ impl Refusal {
             Refusal::NotCached(why) => why.as_str(),
             Refusal::CacheUnavailable | Refusal::CacheDamaged => "cache",
             Refusal::BadSearch { .. } => "bad_search",
+            Refusal::SearchBuilding => "search_building",
             Refusal::BadRequest { .. } => "bad_request",
             Refusal::WrongUnitRole { .. } => "unit_role",
             Refusal::AuditUnavailable => "audit_unavailable",
@@ -134,9 +137,10 @@ impl Refusal {
     pub fn outcome(&self) -> AuditOutcome {
         match self {
             Refusal::NotCached(_) => AuditOutcome::NotFound,
-            Refusal::CacheUnavailable | Refusal::CacheDamaged | Refusal::AuditUnavailable => {
-                AuditOutcome::Error
-            }
+            Refusal::CacheUnavailable
+            | Refusal::CacheDamaged
+            | Refusal::AuditUnavailable
+            | Refusal::SearchBuilding => AuditOutcome::Error,
             _ => AuditOutcome::Denied,
         }
     }
@@ -163,6 +167,7 @@ impl Refusal {
             Refusal::CacheUnavailable | Refusal::CacheDamaged => StatusCode::INTERNAL_SERVER_ERROR,
             Refusal::OfflineTooLong { .. }
             | Refusal::AuditUnavailable
+            | Refusal::SearchBuilding
             | Refusal::PowerFailing
             | Refusal::UnitWiped => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -228,6 +233,7 @@ impl Refusal {
             Refusal::CacheDamaged => {
                 "this patient's cached record is damaged; it will be refreshed at the next sync".into()
             }
+            Refusal::SearchBuilding => "this unit is still filling its cache from the hub, and its search by name, birth date and postcode is ready only when that finishes; look up by NHS number meanwhile (that works now)".into(),
             Refusal::AuditUnavailable => "this access cannot be recorded (the audit journal is full or failing), so the unit will not answer it; see the unit's status and tell the fleet team".into(),
             Refusal::PowerFailing => {
                 "the unit is losing power and is saving its data; try again when it is back".into()
