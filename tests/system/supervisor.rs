@@ -1,17 +1,31 @@
-//! The supervisor board with the real daemon: `edge-daemon run` talks to the simulated board
-//! (the `hw-sim` binary, the real firmware logic on a pseudo-terminal) and obeys it.
+//! The supervisor board with the real daemon: `edge-daemon run` talks to a supervisor board and
+//! obeys it. Every scenario runs on two boards, from one list ([`scenarios!`]) so they cannot drift:
 //!
+//! - `on_sim::*`: the simulated board (the `hw-sim` binary, the real firmware logic on a host pty),
+//!   part of the normal test run;
+//! - `in_qemu::*`: the real MCU image (`firmware/image`, QEMU's mps2-an386 Cortex-M4F) booted in
+//!   `qemu-system-arm`, the host link on its UART0 (`-serial pty`), the vehicle's signals and the
+//!   board's outputs on its harness UART1 (`-serial stdio`), in the same line language as
+//!   `hw-sim`. Ignored in the normal run (they need QEMU and the image): `.ci/firmware-qemu` builds
+//!   the image and runs them with `KERBSIDE_FW_IMAGE` set.
+//!
+//! The scenarios:
+//! - ignition on: the host rail comes up, the daemon (started at `host-power on`) says hello, the
+//!   board answers with its firmware version, heartbeats flow, the board is `Running`;
 //! - power-fail: the daemon acknowledges within the hold-up budget with everything flushed; the
 //!   test cuts the daemon (kill -9) at the moment the board cuts host power, and after the power
 //!   comes back the restarted daemon has every record and every audit event it had answered;
-//! - tamper: the data key file is destroyed, the cache serves nothing, `/v1/status` reports it
-//!   and the board is told `Zeroized`;
+//! - tamper: the data key file is destroyed, the cache serves nothing, the board is told
+//!   `Zeroized`, and the audit events still pending upload reach the hub afterwards;
 //! - watchdog: a daemon that stops heartbeating (SIGSTOP) is reset, then power-cycled, by the
 //!   board; the test acts as the power switch (kill -9 at `host-power off`, start at
-//!   `host-power on`) and the daemon comes back to a `Running` board.
+//!   `host-power on`) and the daemon comes back to a `Running` board;
+//! - corrupted frames on the UART: counted (`bad-frame`), never acted on, the link carries on;
+//! - (QEMU only: `hw-sim` has no MCU to crash) a panic in the image resets the MCU into the safe
+//!   state: the host rail never drops, nothing is shredded, the daemon keeps serving.
 //!
-//! `hw-sim` runs at real speed (`--speed 1`): the budgets are met by the real daemon in real time.
-//! The board's simulated host rail is a signal, not a switch, so the test does the switching.
+//! Both boards run at real speed: the budgets are met by the real daemon in real time. The board's
+//! host rail is a signal, not a switch, so the test does the switching.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -26,10 +40,67 @@ use edge_proto::token::{self, ShiftClaims};
 use kerbside_tests::fleet::{http_with, nhs_numbers, run_ok, wait_for, Fleet};
 use serde_json::Value;
 
-// --- hw-sim ------------------------------------------------------------------------------------
+// --- the scenario list ---------------------------------------------------------------------------
 
-/// A running `hw-sim`: its pty, its stdin, and its event lines with the instant each was read.
-struct HwSim {
+/// One list of scenarios, a test per board for each: `on_sim::NAME` and `in_qemu::NAME`.
+/// `qemu_only` scenarios need an MCU that can crash (there is none in `hw-sim`).
+macro_rules! scenarios {
+    (both: [$($name:ident),* $(,)?], qemu_only: [$($qname:ident),* $(,)?] $(,)?) => {
+        /// The scenarios on the simulated board (`hw-sim`).
+        mod on_sim {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(super::Kind::Sim);
+                }
+            )*
+        }
+        /// The same scenarios against the MCU image in QEMU (`.ci/firmware-qemu`).
+        mod in_qemu {
+            $(
+                #[test]
+                #[ignore = "needs qemu-system-arm and the image: run .ci/firmware-qemu"]
+                fn $name() {
+                    super::$name(super::Kind::Qemu);
+                }
+            )*
+            $(
+                #[test]
+                #[ignore = "needs qemu-system-arm and the image: run .ci/firmware-qemu"]
+                fn $qname() {
+                    super::$qname(super::Kind::Qemu);
+                }
+            )*
+        }
+    };
+}
+
+scenarios! {
+    both: [
+        ignition_on_powers_the_host_and_the_daemon_links_up,
+        power_fail_is_acknowledged_flushed_within_the_budget_and_nothing_answered_is_lost,
+        tamper_destroys_the_data_key_wipes_the_cache_and_pending_audit_still_uploads,
+        a_daemon_that_stops_heartbeating_is_reset_then_power_cycled,
+        corrupted_frames_are_counted_and_never_acted_on,
+    ],
+    qemu_only: [a_panic_resets_the_mcu_without_cutting_the_host],
+}
+
+// --- the board: hw-sim or the image in QEMU -------------------------------------------------------
+
+/// Which board a scenario runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// `hw-sim` on a host pty.
+    Sim,
+    /// The MCU image in `qemu-system-arm -M mps2-an386`.
+    Qemu,
+}
+
+/// A running board: its host-link pty, its command input, and its event lines with the instant
+/// each was read.
+struct Board {
+    kind: Kind,
     child: Child,
     stdin: ChildStdin,
     lines: mpsc::Receiver<(Instant, String)>,
@@ -38,41 +109,130 @@ struct HwSim {
 }
 
 /// Ignition debounce and power-on delay shortened: the host rail comes up at once.
-const FAST_BOOT: [&str; 4] = ["--debounce-ms", "20", "--power-on-delay-ms", "20"];
+const FAST_BOOT: [(&str, &str); 2] = [("debounce-ms", "20"), ("power-on-delay-ms", "20")];
 
-impl HwSim {
-    /// Start `hw-sim` (ignition on, `FAST_BOOT` plus `extra`) and wait for the host rail.
-    fn start(extra: &[&str]) -> HwSim {
-        let mut child = Command::new(kerbside_tests::bin("hw-sim").unwrap())
-            .args(FAST_BOOT)
-            .args(extra)
+/// QEMU's instruction counting (`-icount`) for the image: 2^[`ICOUNT_SHIFT`] ns of virtual time
+/// per instruction, the virtual clock kept near real time while the core sleeps.
+const QEMU_ICOUNT: &str = "shift=5,sleep=on";
+/// The shift in [`QEMU_ICOUNT`].
+const ICOUNT_SHIFT: u32 = 5;
+
+fn read_lines(out: impl std::io::Read + Send + 'static) -> mpsc::Receiver<(Instant, String)> {
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send((Instant::now(), line)).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
+
+impl Board {
+    /// Start a board with `FAST_BOOT` plus `settings` (`hw-sim`'s flag names without `--`), the
+    /// supply at its nominal level and, with `ignition`, wait for the host rail.
+    fn start(kind: Kind, settings: &[(&str, &str)], ignition: bool) -> Board {
+        let settings: Vec<(&str, &str)> = FAST_BOOT.iter().chain(settings).copied().collect();
+        let mut board = match kind {
+            Kind::Sim => Board::spawn_sim(&settings, ignition),
+            Kind::Qemu => Board::spawn_qemu(&settings, ignition),
+        };
+        if ignition {
+            board.expect("host-power on", Duration::from_secs(10));
+        }
+        board
+    }
+
+    fn spawn_sim(settings: &[(&str, &str)], ignition: bool) -> Board {
+        let mut cmd = Command::new(kerbside_tests::bin("hw-sim").unwrap());
+        for (k, v) in settings {
+            cmd.arg(format!("--{k}")).arg(v);
+        }
+        let mut child = cmd
+            .args(["--ignition", if ignition { "true" } else { "false" }])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn hw-sim");
-        let stdout = child.stdout.take().unwrap();
+        let lines = read_lines(child.stdout.take().unwrap());
         let stdin = child.stdin.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send((Instant::now(), line)).is_err() {
-                    break;
-                }
-            }
-        });
         let (_, first) = lines
             .recv_timeout(Duration::from_secs(20))
             .expect("hw-sim prints its pty");
         let pty = PathBuf::from(first.strip_prefix("pty ").expect("a `pty` line"));
-        let mut sim = HwSim {
+        let mut board = Board {
+            kind: Kind::Sim,
             child,
             stdin,
             lines,
             seen: Vec::new(),
             pty,
         };
-        sim.expect("host-power on", Duration::from_secs(10));
-        sim
+        if !ignition {
+            // hw-sim starts with the battery at rest; the vehicle's nominal level as on QEMU.
+            board.cmd("power-restore");
+        }
+        board
+    }
+
+    fn spawn_qemu(settings: &[(&str, &str)], ignition: bool) -> Board {
+        let image = std::env::var_os("KERBSIDE_FW_IMAGE").map(PathBuf::from).expect(
+            "KERBSIDE_FW_IMAGE (the QEMU build of firmware/image) is not set: run .ci/firmware-qemu",
+        );
+        assert!(image.exists(), "no image at {}", image.display());
+        let qemu = std::env::var("QEMU_SYSTEM_ARM").unwrap_or_else(|_| "qemu-system-arm".into());
+        let mut child = Command::new(&qemu)
+            .args(["-M", "mps2-an386", "-display", "none", "-monitor", "none"])
+            .args(["-serial", "pty", "-serial", "stdio", "-icount", QEMU_ICOUNT])
+            .arg("-kernel")
+            .arg(&image)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {qemu}: {e}"));
+        let errors = read_lines(child.stderr.take().unwrap());
+        let lines = read_lines(child.stdout.take().unwrap());
+        let stdin = child.stdin.take().unwrap();
+        // "char device redirected to /dev/pts/N (label serial0)" (QEMU prints it on stdout, before
+        // anything the image says): UART0, the host link.
+        let (_, redirect) = lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("qemu names its pty");
+        let pty = redirect
+            .split_whitespace()
+            .find(|w| w.starts_with("/dev/"))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| panic!("no pty in {redirect:?}"));
+        assert!(redirect.contains("serial0"), "{redirect}");
+        std::thread::spawn(move || {
+            for (_, l) in errors {
+                eprintln!("qemu: {l}");
+            }
+        });
+        let mut board = Board {
+            kind: Kind::Qemu,
+            child,
+            stdin,
+            lines,
+            seen: Vec::new(),
+            pty,
+        };
+        let (_, boot) = board.expect("boot ", Duration::from_secs(20));
+        assert!(boot.contains("reset=cold"), "{boot}");
+        // The same settings and starting vehicle as hw-sim: board revision A, the flags given.
+        board.cmd("set board-rev a");
+        for (k, v) in settings {
+            board.cmd(&format!("set {k} {v}"));
+        }
+        board.cmd("start");
+        board.expect("started", Duration::from_secs(5));
+        board.cmd("supply 13800");
+        if ignition {
+            board.cmd("ignition on");
+        }
+        board
     }
 
     /// Send a command line (`power-fail`, `tamper`, `status`, ...); returns when it was sent.
@@ -89,6 +249,9 @@ impl HwSim {
             match self.lines.recv_timeout(left) {
                 Ok((t, l)) => {
                     self.seen.push((t, l.clone()));
+                    if l.starts_with("error ") || (l.starts_with("panic ") && needle != "panic ") {
+                        panic!("{:?} board said {l:?}\n{}", self.kind, self.transcript());
+                    }
                     if l.contains(needle) {
                         return Some((t, l));
                     }
@@ -104,7 +267,8 @@ impl HwSim {
         match self.wait_for(needle, timeout) {
             Some(x) => x,
             None => panic!(
-                "hw-sim never printed {needle:?} within {timeout:?}\n--- hw-sim\n{}",
+                "{:?} board never printed {needle:?} within {timeout:?}\n--- board\n{}",
+                self.kind,
                 self.transcript()
             ),
         }
@@ -119,9 +283,38 @@ impl HwSim {
             .collect::<Vec<_>>()
             .join("\n")
     }
+
+    /// Lines seen so far containing `needle`.
+    fn count(&self, needle: &str) -> usize {
+        self.seen.iter().filter(|(_, l)| l.contains(needle)).count()
+    }
+
+    /// On QEMU, the image's counters (worst step, stack, link errors), printed for
+    /// `.ci/firmware-qemu`'s summary; `None` on hw-sim.
+    fn stats(&mut self, scenario: &str) -> Option<String> {
+        if self.kind != Kind::Qemu {
+            return None;
+        }
+        self.cmd("stats");
+        let (_, line) = self.expect(" stats ", Duration::from_secs(5));
+        // The image times a step with SysTick, which counts the emulated core clock; under
+        // `-icount` every instruction takes 2^shift ns, so ticks convert to instructions (QEMU's
+        // cycles: one instruction per cycle).
+        let ticks: u64 = field(&line, "max_step_cycles").parse().unwrap();
+        let core_hz: u64 = field(&line, "core_hz").parse().unwrap();
+        let instructions = ticks * 1_000_000_000 / core_hz / (1u64 << ICOUNT_SHIFT);
+        eprintln!(
+            "firmware-stats {scenario}: max_step_instructions={instructions} \
+             (max_step_ticks={ticks} at {core_hz} Hz, -icount {QEMU_ICOUNT}) \
+             stack_used={} steps={}",
+            field(&line, "stack_used"),
+            field(&line, "steps"),
+        );
+        Some(line)
+    }
 }
 
-impl Drop for HwSim {
+impl Drop for Board {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -240,8 +433,13 @@ fn status_when(f: &Fleet, u: usize, within: Duration, ok: impl Fn(&Value) -> boo
 }
 
 /// A unit with `n` synced records (`n = 0`: no hub at all), its daemon connected to a fresh
-/// `hw-sim` started with `sim_args`.
-fn unit_on_board(id: &str, n: u32, sim_args: &[&str]) -> (Fleet, usize, HwSim, Vec<String>) {
+/// board of `kind` started with `settings`.
+fn unit_on_board(
+    kind: Kind,
+    id: &str,
+    n: u32,
+    settings: &[(&str, &str)],
+) -> (Fleet, usize, Board, Vec<String>) {
     let mut f = Fleet::new().unwrap();
     let u = f.enrol(id, &[]).unwrap();
     let mut nhs = Vec::new();
@@ -251,7 +449,7 @@ fn unit_on_board(id: &str, n: u32, sim_args: &[&str]) -> (Fleet, usize, HwSim, V
         f.start_hub().unwrap();
         nhs = nhs_numbers(&data).unwrap();
     }
-    let mut sim = HwSim::start(sim_args);
+    let mut sim = Board::start(kind, settings, true);
     use_board(&f, u, &sim.pty);
     f.start_unit(u).unwrap();
     sim.expect("rx Hello", Duration::from_secs(10));
@@ -272,9 +470,8 @@ fn unit_on_board(id: &str, n: u32, sim_args: &[&str]) -> (Fleet, usize, HwSim, V
 
 // --- (1) power-fail ------------------------------------------------------------------------------
 
-#[test]
-fn power_fail_is_acknowledged_flushed_within_the_budget_and_nothing_answered_is_lost() {
-    let (mut f, u, mut sim, nhs) = unit_on_board("LAS-AMB-0071", 200, &[]);
+fn power_fail_is_acknowledged_flushed_within_the_budget_and_nothing_answered_is_lost(kind: Kind) {
+    let (mut f, u, mut sim, nhs) = unit_on_board(kind, "LAS-AMB-0071", 200, &[]);
     // The hub goes away so the audit events stay in the unit's journal (pending upload).
     f.stop_hub(true).unwrap();
     let tok = clinician(&f);
@@ -401,13 +598,13 @@ fn power_fail_is_acknowledged_flushed_within_the_budget_and_nothing_answered_is_
     }
     let (code, body) = lookup(&f, u, &tok, &nhs[0]);
     assert_eq!(code, 200, "{body}");
+    sim.stats("power-fail");
 }
 
 // --- (2) tamper ----------------------------------------------------------------------------------
 
-#[test]
-fn tamper_destroys_the_data_key_wipes_the_cache_and_is_reported() {
-    let (f, u, mut sim, nhs) = unit_on_board("LAS-AMB-0072", 100, &[]);
+fn tamper_destroys_the_data_key_wipes_the_cache_and_pending_audit_still_uploads(kind: Kind) {
+    let (mut f, u, mut sim, nhs) = unit_on_board(kind, "LAS-AMB-0072", 100, &[]);
     let tok = clinician(&f);
     let (code, body) = lookup(&f, u, &tok, &nhs[0]);
     assert_eq!(code, 200, "{body}");
@@ -417,13 +614,22 @@ fn tamper_destroys_the_data_key_wipes_the_cache_and_is_reported() {
     if let Some(shredded) = reported(&f.status(u).unwrap(), "shredded") {
         assert_eq!(shredded, false);
     }
+    // The hub goes away: these accesses stay in the unit's journal, pending upload.
+    f.stop_hub(true).unwrap();
+    for n in &nhs[1..4] {
+        let (code, body) = lookup(&f, u, &tok, n);
+        assert_eq!(code, 200, "{body}");
+    }
+    let before = f.status(u).unwrap();
+    let pending = before["audit_pending"].as_u64().unwrap();
+    assert!(pending >= 3, "{before:#}");
 
     let sent = sim.cmd("tamper");
     sim.expect("key-share-erased", Duration::from_secs(5));
     sim.expect("tx Tamper", Duration::from_secs(5));
     let (zeroized_at, _) = sim.expect("rx Zeroized", Duration::from_secs(10));
     eprintln!(
-        "tamper: Zeroized {:?} after the command",
+        "tamper ({kind:?}): Zeroized {:?} after the command",
         zeroized_at - sent
     );
 
@@ -443,12 +649,27 @@ fn tamper_destroys_the_data_key_wipes_the_cache_and_is_reported() {
         .filter(|n| n.starts_with("dek.sealed"))
         .collect();
     assert!(left.is_empty(), "key files left: {left:?}");
-    // Nothing is served any more, cached or fetched from the (still running) hub.
+    // The pending audit survived the shred and still goes up once the hub is back.
+    let after = f.status(u).unwrap();
+    assert!(
+        after["audit_pending"].as_u64().unwrap() >= pending,
+        "audit lost to the shred: {pending} pending before, now {after:#}"
+    );
+    f.start_hub().unwrap();
+    // Nothing is served any more, cached or fetched from the (running again) hub.
     for n in &nhs[..3] {
         let (code, body) = lookup(&f, u, &tok, n);
         assert_ne!(code, 200, "{n} still answered after the tamper: {body}");
     }
-    assert_eq!(f.status(u).unwrap()["records"], 0);
+    let uploaded = status_when(&f, u, Duration::from_secs(60), |s| {
+        s["audit_pending"].as_u64() == Some(0)
+    });
+    assert_eq!(uploaded["records"], 0, "{uploaded:#}");
+    assert_eq!(
+        uploaded["audit_problems"].as_array().map(Vec::len),
+        Some(0),
+        "{uploaded:#}"
+    );
     let log = plain_log(&f, u);
     assert!(log.contains("TAMPER"), "{log}");
     assert!(log.contains("cache shredded"), "{log}");
@@ -458,25 +679,23 @@ fn tamper_destroys_the_data_key_wipes_the_cache_and_is_reported() {
     let (_, st) = sim.expect(" status ", Duration::from_secs(5));
     let faults = u8::from_str_radix(field(&st, "faults").trim_start_matches("0x"), 16).unwrap();
     assert_ne!(faults & 0x04, 0, "{st}");
+    sim.stats("tamper");
 }
 
 // --- (3) watchdog --------------------------------------------------------------------------------
 
-#[test]
-fn a_daemon_that_stops_heartbeating_is_reset_then_power_cycled() {
+fn a_daemon_that_stops_heartbeating_is_reset_then_power_cycled(kind: Kind) {
     // The daemon heartbeats every 5 s: a 7 s watchdog is quiet while it runs.
     const WATCHDOG_MS: u64 = 7_000;
     const BOOT_TIMEOUT_MS: u64 = 5_000;
     let (mut f, u, mut sim, _) = unit_on_board(
+        kind,
         "LAS-AMB-0073",
         0,
         &[
-            "--watchdog-timeout-ms",
-            "7000",
-            "--boot-timeout-ms",
-            "5000",
-            "--power-cycle-off-ms",
-            "1000",
+            ("watchdog-timeout-ms", "7000"),
+            ("boot-timeout-ms", "5000"),
+            ("power-cycle-off-ms", "1000"),
         ],
     );
     // Healthy: more than a watchdog period passes without a reset.
@@ -549,4 +768,149 @@ fn a_daemon_that_stops_heartbeating_is_reset_then_power_cycled() {
          greeted a Running board",
         reset_at - stopped
     );
+    sim.stats("watchdog");
+}
+
+// --- (4) ignition on -----------------------------------------------------------------------------
+
+fn ignition_on_powers_the_host_and_the_daemon_links_up(kind: Kind) {
+    let mut f = Fleet::new().unwrap();
+    let u = f.enrol("LAS-AMB-0074", &[]).unwrap();
+    let mut sim = Board::start(kind, &[], false);
+    use_board(&f, u, &sim.pty);
+    // Parked: the host stays off.
+    if let Some((_, l)) = sim.wait_for("host-power", Duration::from_millis(500)) {
+        panic!("host powered with ignition off: {l}\n{}", sim.transcript());
+    }
+    let on = sim.cmd("ignition on");
+    sim.expect("-> PowerOnDelay", Duration::from_secs(5));
+    sim.expect("-> Booting", Duration::from_secs(5));
+    let (powered_at, _) = sim.expect("host-power on", Duration::from_secs(5));
+    // The rail is up: the host boots and its daemon starts.
+    f.start_unit(u).unwrap();
+    // The hello is the host's first sign of life: the board is `Running` and answers with its
+    // own (firmware version, board revision).
+    sim.expect("rx Hello", Duration::from_secs(10));
+    sim.expect("Booting -> Running", Duration::from_secs(5));
+    let (_, hello) = sim.expect("tx Hello", Duration::from_secs(5));
+    assert!(
+        hello.contains("fw_version: FwVersion { major: 0, minor: 1, patch: 0 }"),
+        "{hello}"
+    );
+    assert!(hello.contains("board_rev: 1"), "{hello}");
+    // The daemon's heartbeat is every 5 s: two in a row, and no reset.
+    sim.expect("rx Heartbeat", Duration::from_secs(10));
+    sim.expect("rx Heartbeat", Duration::from_secs(10));
+    assert_eq!(sim.count("host-reset"), 0, "{}", sim.transcript());
+    sim.cmd("status");
+    let (_, st) = sim.expect(" status ", Duration::from_secs(5));
+    assert_eq!(field(&st, "state"), "Running", "{st}");
+    assert_eq!(field(&st, "ignition"), "true", "{st}");
+    assert_eq!(field(&st, "host_power"), "true", "{st}");
+    let log = plain_log(&f, u);
+    let greeted = log
+        .lines()
+        .find(|l| l.contains("supervisor hello"))
+        .unwrap_or_else(|| panic!("the daemon never logged the board's hello:\n{log}"));
+    assert!(
+        greeted.contains("major: 0, minor: 1, patch: 0"),
+        "{greeted}"
+    );
+    if reported(&f.status(u).unwrap(), "supervisor").is_some() {
+        let s = status_when(&f, u, Duration::from_secs(10), |s| {
+            s["supervisor"]["connected"] == true
+        });
+        assert_eq!(s["supervisor"]["mcu"]["firmware"], "0.1.0", "{s:#}");
+    }
+    eprintln!(
+        "ignition ({kind:?}): host rail on {:?} after `ignition on` (20 ms debounce, 20 ms delay)",
+        powered_at - on
+    );
+    sim.stats("ignition");
+}
+
+// --- (5) corrupted frames ------------------------------------------------------------------------
+
+/// `ShutdownAck { flushed: true }`, seq 5, on the wire (pinned by firmware's golden tests).
+const SHUTDOWN_ACK: [u8; 9] = [0x03, 0x01, 0x05, 0x05, 0x43, 0x01, 0xa6, 0x4f, 0x00];
+/// `Zeroized`, seq 7.
+const ZEROIZED: [u8; 8] = [0x03, 0x01, 0x07, 0x04, 0x44, 0xa4, 0x7f, 0x00];
+
+fn corrupted_frames_are_counted_and_never_acted_on(kind: Kind) {
+    let (f, u, mut sim, _) = unit_on_board(kind, "LAS-AMB-0075", 0, &[]);
+    // Three bad frames written into the host link beside the daemon: a `ShutdownAck` with one
+    // CRC bit flipped, a `Zeroized` with a payload bit flipped, and line noise.
+    let mut ack = SHUTDOWN_ACK;
+    ack[7] ^= 0x01;
+    let mut zeroized = ZEROIZED;
+    zeroized[4] ^= 0x02;
+    let noise = [0x55u8, 0xaa, 0x13, 0x37, 0xfe, 0x00];
+    let mut port = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&sim.pty)
+        .expect("open the board's pty");
+    for frame in [&ack[..], &zeroized[..], &noise[..]] {
+        port.write_all(frame).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for _ in 0..3 {
+        sim.expect("bad-frame", Duration::from_secs(5));
+    }
+    // Never acted on: no message delivered, the board still runs the host, the link carries on.
+    sim.expect("rx Heartbeat", Duration::from_secs(10));
+    sim.cmd("status");
+    let (_, st) = sim.expect(" status ", Duration::from_secs(5));
+    assert_eq!(field(&st, "state"), "Running", "{st}");
+    assert_eq!(field(&st, "host_power"), "true", "{st}");
+    assert_eq!(field(&st, "faults"), "0x00", "{st}");
+    for acted in [
+        "rx ShutdownAck",
+        "rx Zeroized",
+        "host-power off",
+        "host-reset",
+    ] {
+        assert_eq!(sim.count(acted), 0, "{acted}\n{}", sim.transcript());
+    }
+    assert_eq!(sim.count("bad-frame"), 3, "{}", sim.transcript());
+    if let Some(stats) = sim.stats("corrupted-frames") {
+        assert_eq!(field(&stats, "bad_frames"), "3", "{stats}");
+    }
+    let s = f.status(u).unwrap();
+    assert_eq!(
+        s["audit_problems"].as_array().map(Vec::len),
+        Some(0),
+        "{s:#}"
+    );
+}
+
+// --- (6) a panic in the image (QEMU only) --------------------------------------------------------
+
+fn a_panic_resets_the_mcu_without_cutting_the_host(kind: Kind) {
+    let (f, u, mut sim, nhs) = unit_on_board(kind, "LAS-AMB-0076", 20, &[]);
+    let tok = clinician(&f);
+    let (code, body) = lookup(&f, u, &tok, &nhs[0]);
+    assert_eq!(code, 200, "{body}");
+    sim.cmd("panic");
+    let (_, why) = sim.expect("panic ", Duration::from_secs(5));
+    assert!(why.contains("requested by the harness"), "{why}");
+    let (_, boot) = sim.expect("boot ", Duration::from_secs(10));
+    assert!(boot.contains("reset=panic"), "{boot}");
+    // The supervisor starts again from `Off`; the rail is held meanwhile and never drops.
+    sim.expect("-> Booting", Duration::from_secs(10));
+    sim.expect("rx Heartbeat", Duration::from_secs(10));
+    sim.expect("-> Running", Duration::from_secs(5));
+    for bad in [
+        "host-power off",
+        "host-reset",
+        "key-share-erased",
+        "tx Tamper",
+    ] {
+        assert_eq!(sim.count(bad), 0, "{bad}\n{}", sim.transcript());
+    }
+    let (code, body) = lookup(&f, u, &tok, &nhs[1]);
+    assert_eq!(code, 200, "{body}");
+    let s = f.status(u).unwrap();
+    assert_eq!(s["records"], 20, "{s:#}");
+    let stats = sim.stats("panic").unwrap_or_default();
+    assert!(stats.contains("key_share_erased=false"), "{stats}");
 }

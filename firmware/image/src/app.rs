@@ -20,6 +20,7 @@ const RX_CHUNK: usize = 32;
 
 /// Something the observer (the QEMU harness) may want to report, in `SimBoard`'s order.
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(not(feature = "qemu"), allow(dead_code))]
 pub enum Event {
     /// The supervisor changed state.
     State {

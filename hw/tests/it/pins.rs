@@ -66,3 +66,60 @@ fn supply_divider_reads_12_and_24_volt_systems() {
     assert_eq!(d.millivolts(4_095), 36_300);
     assert!(d.millivolts(3_249) >= 28_790);
 }
+
+/// The real board's image (`firmware/image/src/board/g474.rs`) wires the pins of `REV_B`: its
+/// source is checked against the pin map so that the two cannot drift apart.
+#[test]
+fn the_g474_image_uses_the_rev_b_pin_map() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../firmware/image/src/board/g474.rs");
+    let src = std::fs::read_to_string(&path).unwrap();
+    let pin = |p: hw::pins::Pin| {
+        let port = p.port.to_ascii_lowercase();
+        format!("gpio{port}.p{port}{}", p.number)
+    };
+    let m = &REV_B;
+    let expected = [
+        format!("{}.into_pull_down_input()", pin(m.ignition)),
+        format!("{}.into_pull_up_input()", pin(m.tamper)),
+        format!(
+            "host_power = {}.into_push_pull_output()",
+            pin(m.host_power_en)
+        ),
+        format!(
+            "host_reset = {}.into_open_drain_output()",
+            pin(m.host_reset_n)
+        ),
+        format!("{}.into_push_pull_output(),", pin(m.led_power)),
+        format!("{}.into_push_pull_output(),", pin(m.led_link)),
+        format!("{}.into_push_pull_output(),", pin(m.led_fault)),
+        format!("pin: {}.into_analog()", pin(m.supply_sense)),
+        format!("tx = {}.into_alternate()", pin(m.uart_tx)),
+        format!("rx = {}.into_alternate()", pin(m.uart_rx)),
+        format!("baudrate({}_{:03}.bps())", m.baud / 1000, m.baud % 1000),
+        "dp.ADC1,".to_string(),
+        format!(
+            "hold_up_budget_ms: {}_{:03},",
+            m.hold_up.announced_budget_ms / 1000,
+            m.hold_up.announced_budget_ms % 1000
+        ),
+        format!("board_rev: {},", BoardRev::RevB.code()),
+    ];
+    for e in &expected {
+        assert!(
+            src.contains(e.as_str()),
+            "{} does not contain {e:?}",
+            path.display()
+        );
+    }
+    // The board's LEDs in Board::new's order: power, link, fault.
+    let leds: Vec<usize> = [m.led_power, m.led_link, m.led_fault]
+        .iter()
+        .map(|p| {
+            src.find(&format!("{}.into_push_pull_output(),", pin(*p)))
+                .unwrap()
+        })
+        .collect();
+    assert!(leds.windows(2).all(|w| w[0] < w[1]), "LED order");
+    assert_eq!(m.supply_adc_channel, 1, "PA0 is ADC1_IN1");
+}
