@@ -7,7 +7,8 @@
 //!
 //! In: `set KEY VALUE` and `start` (before the supervisor starts: its settings, with `hw-sim`'s
 //! flag names), then `ignition on|off`, `supply MV`, `crank [DIP_MV DIP_MS REDUCED_MV REDUCED_MS]`,
-//! `power-fail`, `power-restore`, `low-battery [MV]`, `tamper`, `status`, `stats`, `panic`.
+//! `power-fail`, `power-restore`, `low-battery [MV]`, `tamper`, `status`, `stats`, `panic`,
+//! `hang` (the loop stops: the MCU watchdog must reset it).
 //! Out: `boot ...`, `started`, `t=<ms> state Off -> PowerOnDelay`, `t=<ms> host-power on`,
 //! `t=<ms> tx PowerFail { budget_ms: 8000 }`, `t=<ms> rx ShutdownAck { flushed: true }`,
 //! `t=<ms> bad-frame ...`, `t=<ms> status state=... host_power=true`, `t=<ms> stats ...`,
@@ -82,6 +83,8 @@ pub enum Command {
     Stats,
     /// Panic on purpose (tests the panic handler's safe reset).
     Panic,
+    /// Stop feeding the MCU watchdog (tests the watchdog's reset).
+    Hang,
 }
 
 /// Settings the harness can change; names are `hw-sim`'s flags without `--`.
@@ -224,6 +227,7 @@ pub fn parse(line: &str) -> Result<Option<Command>, &'static str> {
         "status" => Command::Status,
         "stats" => Command::Stats,
         "panic" => Command::Panic,
+        "hang" => Command::Hang,
         "start" => Command::Start,
         "set" => {
             let name = words.next().ok_or("set needs a key")?;

@@ -585,6 +585,14 @@ impl Platform for Qemu {
                     ));
                 }
                 Ok(Some(Command::Panic)) => panic!("panic requested by the harness"),
+                Ok(Some(Command::Hang)) => {
+                    self.say(format_args!(
+                        "t={now} hang: the loop stops feeding the watchdog\n"
+                    ));
+                    loop {
+                        cortex_m::asm::wfi();
+                    }
+                }
                 Ok(Some(Command::Set(..) | Command::Start)) => {
                     self.say(format_args!("error already started\n"));
                 }
