@@ -62,7 +62,6 @@ fn main() {
     let mut sample: Vec<Demographics> = Vec::new();
     let t = Instant::now();
     let mut apply_time = Duration::ZERO;
-    let mut seq = 0u64;
     let mut changes = Vec::new();
     let mut line = String::new();
     for i in 0..n {
@@ -73,7 +72,7 @@ fn main() {
         if i % 50 == 0 {
             sample.push(s.patient.clone());
         }
-        seq += 1;
+        let seq = i + 1;
         changes.push(Change::Upsert {
             seq,
             nhs: s.nhs_number,
@@ -103,6 +102,13 @@ fn main() {
             let a = Instant::now();
             cache.apply(&apply, UnixMillis(1)).unwrap();
             apply_time += a.elapsed();
+            if i + 1 == n {
+                eprintln!(
+                    "finishing the baseline (postings built, other epochs evicted): {:.1} s, peak RSS {} MiB",
+                    a.elapsed().as_secs_f64(),
+                    peak_rss_mib()
+                );
+            }
         }
         if (i + 1) % 100_000 == 0 {
             eprintln!("built {} in {:.0} s", i + 1, t.elapsed().as_secs_f64());

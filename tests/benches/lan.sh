@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
-# LAN API benchmark, side by side with nginx serving the same JSON bytes from a static file and
-# pouchdb-server (in memory) serving the same JSON as a document (GET /db/doc).
+# LAN API benchmark, side by side with nginx serving the same JSON bytes from a static file over
+# HTTPS (the same certificate and key as the unit's LAN listener) and pouchdb-server (in memory,
+# plain HTTP: it has no TLS) serving the same JSON as a document (GET /db/doc).
 #
 #   tests/benches/lan.sh [PATIENTS]        (default 100000; needs root for apt-get the first time;
 #                                           the pouchdb column needs node/npm, else it is skipped)
 #   WRK_SECS=15                            seconds per wrk run (search runs for 2/3 of it)
 #
-# Real processes: edge-provision bundles, edge-hub serve, edge-daemon run (plain HTTP on
-# loopback, as nginx is), PATIENTS cached. Load from wrk (64 connections, keep-alive):
+# Real processes: edge-provision bundles, edge-hub serve, edge-daemon run (HTTPS, as a tablet
+# reaches it; nginx is given the unit's own certificate), PATIENTS cached. Load from wrk (64
+# connections, keep-alive):
 #   1. throughput: closed loop for 15 s, daemon vs nginx vs pouchdb-server;
 #   2. latency at ~1,000 req/s: each of 64 connections paced at one request per 64 ms;
 #   3. demographic search over the cache at ~500 req/s;
 #   4. the daemon's peak RSS.
 # Every daemon lookup is a real, audited access: the audit event is fsync'd before the answer.
-# The daemon limits each shift token to 100 requests/s (burst 2,000) and refuses the rest with
-# 429, so the load uses 1,000 tokens, one picked at random per request (TOKENS=n to change);
-# any non-2xx answer is counted and shown, so a refusal is never mistaken for a lookup.
+# Each request picks one of 1,000 shift tokens (TOKENS=n to change) and one of that token's own
+# 15 patients (PER_TOKEN=n), so no token trips the per-token rate limit (100/s, burst 2,000) or
+# the bulk-browse defence, and 15,000 different records are opened; nginx gets the same paths
+# (every one answered with the same JSON file). Any non-2xx answer is counted and shown, so a
+# refusal is never mistaken for a lookup.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${1:-100000}
@@ -44,7 +48,10 @@ HUB_Q=127.0.0.1:$(uport); ADMIN=127.0.0.1:$(port); LAN=127.0.0.1:$(port); NGX=12
 "$BIN/edge-provision" ca init --fleet "$T/fleet" >/dev/null 2>&1
 "$BIN/edge-provision" hub --fleet "$T/fleet" --name 127.0.0.1 --listen "$HUB_Q" --admin "$ADMIN" --out "$T/hub" >/dev/null 2>&1
 "$BIN/edge-provision" enrol --fleet "$T/fleet" --device-id LAS-AMB-BENCH --role vehicle --hub "$HUB_Q" --hub-name 127.0.0.1 --lan "$LAN" --out "$T/unit" >/dev/null 2>&1
-sed -i 's/tls = true/tls = false/' "$T/unit/edge.toml"
+LAN_CERT=$(python3 -c 'import sys,tomllib;c=tomllib.load(open(sys.argv[1],"rb"))["lan"];print(c["cert"]);print(c["key"])' "$T/unit/edge.toml")
+CERT=$(sed -n 1p <<<"$LAN_CERT"); KEY=$(sed -n 2p <<<"$LAN_CERT")
+case "$CERT" in /*) ;; *) CERT=$T/unit/$CERT;; esac
+case "$KEY" in /*) ;; *) KEY=$T/unit/$KEY;; esac
 TOKEN=$("$BIN/edge-provision" token --fleet "$T/fleet" --staff-id 555000111222 --name "PARAMEDIC, Bench" --role clinical --device-id LAS-AMB-BENCH --hours 12 2>/dev/null | tail -1)
 echo "bench: synth + ingest $N patients..." >&2
 "$BIN/edge-hub" synth --patients "$N" --seed 7 --out "$T/synth.ndjson" >/dev/null 2>&1
@@ -53,7 +60,7 @@ echo "bench: synth + ingest $N patients..." >&2
 sleep 1
 "$BIN/edge-daemon" run --config "$T/unit/edge.toml" 2>"$T/unit.log" & UNIT=$!; PIDS+=("$UNIT")
 for _ in $(seq 1 600); do
-  r=$(curl -s "http://$LAN/v1/status" | python3 -c 'import sys,json;print(json.load(sys.stdin).get("records",0))' 2>/dev/null || echo 0)
+  r=$(curl -sk "https://$LAN/v1/status" | python3 -c 'import sys,json;print(json.load(sys.stdin).get("records",0))' 2>/dev/null || echo 0)
   [ "$r" = "$N" ] && break; sleep 1
 done
 [ "$r" = "$N" ] || { echo "unit did not sync ($r of $N)"; exit 1; }
@@ -66,7 +73,7 @@ for line in open(sys.argv[1]):
         if r["resourceType"]=="Patient":
             print(r["identifier"][0]["value"]); sys.exit(0)' "$T/synth.ndjson")
 mkdir -p "$T/www"
-curl -s -H "Authorization: Bearer $TOKEN" "http://$LAN/v1/patients/$NHS" > "$T/www/p.json"
+curl -sk -H "Authorization: Bearer $TOKEN" "https://$LAN/v1/patients/$NHS" > "$T/www/p.json"
 read -r FAMILY POSTCODE < <(python3 -c 'import sys,json;d=json.load(open(sys.argv[1]));print(d["patient"]["family"].replace(" ","%20"), d["patient"]["postcode"].split()[0])' "$T/www/p.json")
 cat > "$T/nginx.conf" <<EOF
 worker_processes 2;
@@ -76,7 +83,13 @@ events { worker_connections 1024; }
 http {
   access_log off;
   keepalive_requests 1000000;
-  server { listen $NGX; root $T/www; location / { default_type application/json; } }
+  server {
+    listen $NGX ssl;
+    ssl_certificate $CERT;
+    ssl_certificate_key $KEY;
+    root $T/www;
+    location / { default_type application/json; try_files /p.json =404; }
+  }
 }
 EOF
 nginx -c "$T/nginx.conf" -p "$T"
@@ -114,13 +127,33 @@ echo "bench: minting ${TOKENS:-1000} shift tokens..." >&2
 for _ in $(seq 1 "${TOKENS:-1000}"); do
   "$BIN/edge-provision" token --fleet "$T/fleet" --staff-id 555000111222 --name "PARAMEDIC, Bench" --role clinical --device-id LAS-AMB-BENCH --hours 12 2>/dev/null | tail -1
 done > "$T/tokens.txt"
-# wrk scripts for the daemon: a random token per request (+ pacing for the paced runs).
+# Each token's own patients: PER_TOKEN NHS numbers from the cohort, none shared.
+PER_TOKEN=${PER_TOKEN:-15}
+python3 - "$T/synth.ndjson" "$(( ${TOKENS:-1000} * PER_TOKEN ))" > "$T/patients.txt" <<'PY'
+import json, sys
+want = int(sys.argv[2])
+n = 0
+for line in open(sys.argv[1]):
+    for e in json.loads(line)["entry"]:
+        r = e["resource"]
+        if r["resourceType"] == "Patient":
+            print(r["identifier"][0]["value"]); n += 1
+            break
+    if n >= want:
+        break
+PY
+# wrk scripts: a random token and one of its own patients per request (+ pacing for the paced
+# runs). The same script drives nginx (its token header is ignored there).
 cat > "$T/tokens.lua" <<EOF
-local tokens = {}
+local tokens, patients = {}, {}
 for line in io.lines("$T/tokens.txt") do tokens[#tokens + 1] = line end
+for line in io.lines("$T/patients.txt") do patients[#patients + 1] = line end
+local per = $PER_TOKEN
 math.randomseed(os.time())
 request = function()
-  return wrk.format(nil, nil, {["Authorization"] = "Bearer " .. tokens[math.random(#tokens)]})
+  local t = math.random(#tokens)
+  local p = patients[((t - 1) * per + math.random(per) - 1) % #patients + 1]
+  return wrk.format(nil, "/v1/patients/" .. p, {["Authorization"] = "Bearer " .. tokens[t]})
 end
 EOF
 { cat "$T/tokens.lua"; cat "$T/pace.lua"; } > "$T/tokens-paced.lua"
@@ -132,15 +165,24 @@ summ() { # wrk output -> "req/s p50 p99 non2xx"
 SYNC_RSS=$(awk '/VmHWM/{print int($2/1024)}' "/proc/$UNIT/status")
 echo 5 > "/proc/$UNIT/clear_refs" 2>/dev/null || echo "bench: cannot reset the peak RSS; the figure includes the cold sync" >&2
 echo "bench: closed-loop throughput (64 connections, $WRK_SECS s)..." >&2
-D=$(wrk -t2 -c64 -d"$WRK_SECS"s --latency -s "$T/tokens.lua" "http://$LAN/v1/patients/$NHS" | summ)
-G=$(wrk -t2 -c64 -d"$WRK_SECS"s --latency "http://$NGX/p.json" | summ)
+D=$(wrk -t2 -c64 -d"$WRK_SECS"s --latency -s "$T/tokens.lua" "https://$LAN" | summ)
+G=$(wrk -t2 -c64 -d"$WRK_SECS"s --latency -s "$T/tokens.lua" "https://$NGX" | summ)
 [ "$POUCH" = 1 ] && P=$(wrk -t2 -c64 -d"$WRK_SECS"s --latency "$PDOC" | summ)
 echo "bench: paced ~1,000 req/s..." >&2
-DP=$(wrk -t2 -c64 -d"$WRK_SECS"s --latency -s "$T/tokens-paced.lua" "http://$LAN/v1/patients/$NHS" | summ)
-GP=$(wrk -t2 -c64 -d"$WRK_SECS"s --latency -s "$T/pace.lua" "http://$NGX/p.json" | summ)
+DP=$(wrk -t2 -c64 -d"$WRK_SECS"s --latency -s "$T/tokens-paced.lua" "https://$LAN" | summ)
+GP=$(wrk -t2 -c64 -d"$WRK_SECS"s --latency -s "$T/tokens-paced.lua" "https://$NGX" | summ)
 [ "$POUCH" = 1 ] && PP=$(wrk -t2 -c64 -d"$WRK_SECS"s --latency -s "$T/pace.lua" "$PDOC" | summ)
 echo "bench: search..." >&2
-S=$(wrk -t2 -c32 -d"$SEARCH_SECS"s --latency -s "$T/tokens-paced.lua" "http://$LAN/v1/search?family=$FAMILY&postcode=$POSTCODE" | summ)
+cat > "$T/search.lua" <<EOF
+local tokens = {}
+for line in io.lines("$T/tokens.txt") do tokens[#tokens + 1] = line end
+math.randomseed(os.time())
+request = function()
+  return wrk.format(nil, nil, {["Authorization"] = "Bearer " .. tokens[math.random(#tokens)]})
+end
+function delay() return 64 end
+EOF
+S=$(wrk -t2 -c32 -d"$SEARCH_SECS"s --latency -s "$T/search.lua" "https://$LAN/v1/search?family=$FAMILY&postcode=$POSTCODE" | summ)
 RSS=$(awk '/VmHWM/{print int($2/1024)}' "/proc/$UNIT/status")
 BYTES=$(wc -c < "$T/www/p.json")
 read -r dr d50 d99 dbad <<<"$D"; read -r gr g50 g99 _ <<<"$G"
@@ -159,9 +201,9 @@ else
   pratio="—"; pnratio="—"
 fi
 echo
-echo "LAN API benchmark: $N cached summaries, one summary of $BYTES bytes, loopback, wrk 64 connections"
+echo "LAN API benchmark: $N cached summaries, HTTPS, $(wc -l < "$T/tokens.txt") tokens × $PER_TOKEN patients each, nginx answering every path with one summary of $BYTES bytes, loopback, wrk 64 connections"
 echo
-echo "| measure | edge-daemon | nginx (same JSON, static file) | $PHEAD |"
+echo "| measure | edge-daemon (HTTPS) | nginx (HTTPS, same certificate, same JSON as a static file) | $PHEAD |"
 echo "| --- | --- | --- | --- |"
 echo "| closed-loop throughput | $dr req/s (p50 $d50, p99 $d99) | $gr req/s (p50 $g50, p99 $g99) | $PCL |"
 echo "| daemon ÷ nginx | $ratio × | | |"

@@ -30,6 +30,11 @@ fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     f.start_unit(u)?;
     let took = f.wait_records(u, n, Duration::from_secs(600))?;
+    // Ready means searchable too: the baseline finished (its search postings are built then).
+    kerbside_tests::fleet::wait_for(Duration::from_secs(600), || {
+        let s = f.status(u)?;
+        Ok(s["rebaselining"] == false && s["caught_up"] == true)
+    })?;
     let secs = t.elapsed().as_secs_f64().max(took.as_secs_f64());
     let status = f.status(u)?;
     let wire = status["link_bytes_received"].as_u64().unwrap_or(0);
@@ -53,7 +58,7 @@ fn main() -> anyhow::Result<()> {
     println!("| measure | value |");
     println!("| --- | --- |");
     println!("| hub ingest (offline, FHIR NDJSON → summaries + feed) | {ingest_s:.1} s ({:.0} bundles/s) |", n as f64 / ingest_s);
-    println!("| cold sync hub → unit, durable on the unit | {secs:.2} s |");
+    println!("| cold sync hub → unit, durable on the unit and searchable (baseline finished) | {secs:.2} s |");
     println!("| summaries per second | {rate:.0} |");
     println!(
         "| bytes on the wire (UDP, hub → unit) per summary | {:.0} B |",
