@@ -20,7 +20,8 @@
 //! - watchdog: a daemon that stops heartbeating (SIGSTOP) is reset, then power-cycled, by the
 //!   board; the test acts as the power switch (kill -9 at `host-power off`, start at
 //!   `host-power on`) and the daemon comes back to a `Running` board;
-//! - corrupted frames on the UART: counted (`bad-frame`), never acted on, the link carries on;
+//! - corrupted frames on the UART, both ways: counted (`bad-frame` on the board,
+//!   `supervisor.bad_frames` in the daemon's status), never acted on, the link carries on;
 //! - (QEMU only: `hw-sim` has no MCU to crash) a panic in the image, and a hung main loop that the
 //!   MCU's own watchdog resets: the MCU restarts in the safe state, the host rail never drops,
 //!   nothing is shredded, the daemon keeps serving.
@@ -879,7 +880,25 @@ fn corrupted_frames_are_counted_and_never_acted_on(kind: Kind) {
     if let Some(stats) = sim.stats("corrupted-frames") {
         assert_eq!(field(&stats, "bad_frames"), "3", "{stats}");
     }
-    let s = f.status(u).unwrap();
+    // The other way: the board puts a `PowerFail` with a flipped CRC bit and line noise on the
+    // wire to the host (`hw::sim::LINE_NOISE`). The daemon counts two bad frames and does nothing.
+    let before = f.status(u).unwrap();
+    let counted_before = before["supervisor"]["bad_frames"].as_u64().unwrap_or(0);
+    sim.cmd("noise");
+    sim.expect("vehicle noise", Duration::from_secs(5));
+    let s = status_when(&f, u, Duration::from_secs(10), |s| {
+        s["supervisor"]["bad_frames"].as_u64() == Some(counted_before + 2)
+    });
+    assert_eq!(s["supervisor"]["power_fail"], false, "{s:#}");
+    assert_eq!(s["supervisor"]["power_fails"], 0, "{s:#}");
+    assert_eq!(s["supervisor"]["connected"], true, "{s:#}");
+    sim.expect("rx Heartbeat", Duration::from_secs(10));
+    let log = plain_log(&f, u);
+    assert!(
+        !log.contains("POWER FAIL"),
+        "acted on a corrupted PowerFail:\n{log}"
+    );
+    assert_eq!(sim.count("rx ShutdownAck"), 0, "{}", sim.transcript());
     assert_eq!(
         s["audit_problems"].as_array().map(Vec::len),
         Some(0),

@@ -7,7 +7,7 @@
 //!
 //! In: `set KEY VALUE` and `start` (before the supervisor starts: its settings, with `hw-sim`'s
 //! flag names), then `ignition on|off`, `supply MV`, `crank [DIP_MV DIP_MS REDUCED_MV REDUCED_MS]`,
-//! `power-fail`, `power-restore`, `low-battery [MV]`, `tamper`, `status`, `stats`, `panic`,
+//! `power-fail`, `power-restore`, `low-battery [MV]`, `tamper`, `noise`, `status`, `stats`, `panic`,
 //! `hang` (the loop stops: the MCU watchdog must reset it).
 //! Out: `boot ...`, `started`, `t=<ms> state Off -> PowerOnDelay`, `t=<ms> host-power on`,
 //! `t=<ms> tx PowerFail { budget_ms: 8000 }`, `t=<ms> rx ShutdownAck { flushed: true }`,
@@ -47,7 +47,16 @@ pub enum Vehicle {
     LowBattery(u16),
     /// Enclosure opened (a 100 ms pulse of the switch).
     Tamper,
+    /// Two bad frames on the line to the host ([`LINE_NOISE`]).
+    Noise,
 }
+
+/// What `noise` puts on the host link: `hw::sim::LINE_NOISE`, the same bytes as the simulated
+/// board (a `PowerFail` frame with one CRC bit flipped, then line noise).
+pub const LINE_NOISE: [u8; 18] = [
+    0x03, 0x01, 0x09, 0x04, 0x05, 0xdc, 0x1e, 0x01, 0x03, 0x25, 0xc0, 0x00, 0x55, 0xaa, 0x13, 0x37,
+    0xfe, 0x00,
+];
 
 impl fmt::Display for Vehicle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -64,6 +73,7 @@ impl fmt::Display for Vehicle {
             Vehicle::PowerRestore => f.write_str("power-restore"),
             Vehicle::LowBattery(mv) => write!(f, "low-battery {mv}"),
             Vehicle::Tamper => f.write_str("tamper"),
+            Vehicle::Noise => f.write_str("noise"),
         }
     }
 }
@@ -224,6 +234,7 @@ pub fn parse(line: &str) -> Result<Option<Command>, &'static str> {
             10_800,
         )?)),
         "tamper" => Command::Vehicle(Vehicle::Tamper),
+        "noise" => Command::Vehicle(Vehicle::Noise),
         "status" => Command::Status,
         "stats" => Command::Stats,
         "panic" => Command::Panic,

@@ -30,6 +30,15 @@ pub const EVENT_LIMIT: usize = 4_096;
 /// Default simulation tick.
 pub const DEFAULT_TICK_MS: u64 = 10;
 
+/// What the `noise` command puts on the line to the host: a `PowerFail { budget_ms: 7900 }` frame
+/// (seq 9, pinned by the firmware's golden tests) with one CRC bit flipped, then line noise. Two
+/// frames that must fail to decode, be counted, and never be acted on. The MCU image's QEMU
+/// harness sends the same bytes.
+pub const LINE_NOISE: [u8; 18] = [
+    0x03, 0x01, 0x09, 0x04, 0x05, 0xdc, 0x1e, 0x01, 0x03, 0x25, 0xc0, 0x00, // CRC c1 -> c0
+    0x55, 0xaa, 0x13, 0x37, 0xfe, 0x00,
+];
+
 /// Something that happened on the simulated board.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SimEvent {
@@ -291,6 +300,16 @@ impl SimBoard {
             Command::Tamper => {
                 self.vehicle.tamper = true;
                 self.tamper_until_ms = Some(now + 100);
+            }
+            Command::Noise => {
+                if self.last.host_power && !self.last.host_reset {
+                    for b in LINE_NOISE {
+                        if self.output.len() >= OUTPUT_LIMIT {
+                            self.output.pop_front();
+                        }
+                        self.output.push_back(b);
+                    }
+                }
             }
             Command::Wait(_) | Command::Status | Command::Quit => return,
         }

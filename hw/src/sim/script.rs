@@ -11,6 +11,7 @@
 //! power-restore          # input back at the nominal voltage
 //! low-battery            # 10.8 V (optional: low-battery MV)
 //! tamper                 # the enclosure is opened
+//! noise                  # two bad frames on the line to the host (see `sim::LINE_NOISE`)
 //! status                 # print the supervisor status
 //! quit                   # stop the simulator
 //! ```
@@ -46,6 +47,8 @@ pub enum Command {
     LowBattery(u16),
     /// Enclosure opened.
     Tamper,
+    /// Two bad frames on the host link towards the host ([`super::LINE_NOISE`]).
+    Noise,
     /// Let virtual time pass before the next command.
     Wait(u64),
     /// Print the status.
@@ -71,6 +74,7 @@ impl fmt::Display for Command {
             Command::PowerRestore => write!(f, "power-restore"),
             Command::LowBattery(mv) => write!(f, "low-battery {mv}"),
             Command::Tamper => write!(f, "tamper"),
+            Command::Noise => write!(f, "noise"),
             Command::Wait(ms) => write!(f, "wait {ms}"),
             Command::Status => write!(f, "status"),
             Command::Quit => write!(f, "quit"),
@@ -124,6 +128,7 @@ fn parse_words(line: &str) -> Result<Option<Command>, String> {
         "power-restore" => Command::PowerRestore,
         "low-battery" => Command::LowBattery(optional(words.next(), "millivolts", 10_800)?),
         "tamper" => Command::Tamper,
+        "noise" => Command::Noise,
         "wait" => Command::Wait(number(words.next(), "milliseconds")?),
         "status" => Command::Status,
         "quit" | "exit" => Command::Quit,

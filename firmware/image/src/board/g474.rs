@@ -332,8 +332,9 @@ impl embedded_hal::delay::DelayNs for BusyDelay {
     }
 }
 
-/// The panic handler's board part: drive the host's power enable high (PB1; if the pin was never
-/// configured, its external pull-up holds the buck on), leave the key share alone, reset.
+/// The panic handler's board part: drive the host's power enable high (PB1; through the reset the
+/// pin floats and the board's pull-up on the buck's EN holds it, `hw/README.md`), leave the key
+/// share alone, reset.
 pub fn on_panic(_info: &core::panic::PanicInfo<'_>) -> ! {
     // SAFETY: a single write to GPIOB's bit set/reset register sets PB1 high and touches no
     // other pin; nothing else runs after a panic.

@@ -426,6 +426,7 @@ impl VehicleState {
                 TAMPER.store(true, Ordering::Relaxed);
                 self.tamper_until_ms = Some(now.saturating_add(100));
             }
+            Vehicle::Noise => {}
         }
         warm_set(W_SUPPLY, u32::from(self.supply_mv));
         self.tick(now);
@@ -551,7 +552,15 @@ impl Platform for Qemu {
                 Ok(None) => {}
                 Err(e) => self.say(format_args!("error {e}\n")),
                 Ok(Some(Command::Vehicle(v))) => {
-                    self.vehicle.apply(now, v);
+                    if v == Vehicle::Noise {
+                        // On the wire, as a noisy cable would put it; only to a host that is
+                        // powered and out of reset, as the simulated board does.
+                        if rail.0 && !rail.1 {
+                            self.link.write(&harness::LINE_NOISE);
+                        }
+                    } else {
+                        self.vehicle.apply(now, v);
+                    }
                     self.say(format_args!("t={now} vehicle {v}\n"));
                     stepped = true;
                     // One step per command, as the simulated board does.
