@@ -385,8 +385,11 @@ impl Cache {
                 .cache_capacity(32 * 1024 * 1024)
                 .open()
             {
+                // sled reports a held lock as `Other` with the OS error in its message.
                 Err(sled::Error::Io(e))
-                    if e.kind() == std::io::ErrorKind::WouldBlock && tries < 40 =>
+                    if tries < 100
+                        && (e.kind() == std::io::ErrorKind::WouldBlock
+                            || e.to_string().contains("could not acquire lock")) =>
                 {
                     tries += 1;
                     std::thread::sleep(std::time::Duration::from_millis(50));
