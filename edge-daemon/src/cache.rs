@@ -1096,7 +1096,8 @@ struct Bulk {
     spill: std::io::BufWriter<std::fs::File>,
     keys: u64,
     /// The record keys written since the fill began (the cache was empty then), so a record
-    /// not in it is known absent without a random read of the tree. Lent to each apply.
+    /// not in it is known absent without a random read of the tree. Made by the fill's first
+    /// apply and lent to each later one; a rebuild at open has none.
     written: Option<Written>,
 }
 
@@ -1160,7 +1161,7 @@ impl Bulk {
             dir,
             spill: std::io::BufWriter::with_capacity(1 << 20, f),
             keys: 0,
-            written: Some(Written::new()),
+            written: None,
         })
     }
 
@@ -1816,6 +1817,20 @@ mod tests {
         found
     }
 
+    /// A crew's search by one patient's family name and birth date.
+    fn family_and_birth_date(d: &edge_proto::model::Demographics) -> crate::search::SearchQuery {
+        crate::search::SearchQuery {
+            family: Some(d.family.clone()),
+            given: None,
+            birth_date: d
+                .birth_date
+                .as_ref()
+                .and_then(|b| b.day())
+                .map(str::to_owned),
+            postcode: None,
+        }
+    }
+
     /// Postings in sled and in the sorted posting file.
     fn posting_count(cache: &super::Cache) -> usize {
         cache.tree.scan_prefix(super::T_POSTING).count()
@@ -1864,23 +1879,13 @@ mod tests {
     #[test]
     fn a_cold_fill_builds_its_postings_in_key_order_when_it_finishes_and_a_crash_rebuilds_them() {
         use super::*;
-        use crate::search::{SearchIndex, SearchQuery};
+        use crate::search::SearchIndex;
         let people = summaries(600);
         let mut reference = SearchIndex::new();
         for (nhs, _, d) in &people {
             reference.insert(*nhs, d);
         }
-        let q = SearchQuery {
-            family: Some(people[0].2.family.clone()),
-            given: None,
-            birth_date: people[0]
-                .2
-                .birth_date
-                .as_ref()
-                .and_then(|b| b.day())
-                .map(str::to_owned),
-            postcode: None,
-        };
+        let q = family_and_birth_date(&people[0].2);
 
         // Finished: postings built from several sorted runs agree with the reference.
         let dir = tempfile::tempdir().unwrap();
@@ -2178,17 +2183,7 @@ mod tests {
         let cache = Cache::try_open_with(&path, sealer, 64 * 1024).unwrap();
         assert!(!cache.vlog.segments().iter().any(|s| s.0 == seg));
         all_read_back(&cache, &kept);
-        let q = crate::search::SearchQuery {
-            family: Some(kept[3].2.family.clone()),
-            given: None,
-            birth_date: kept[3]
-                .2
-                .birth_date
-                .as_ref()
-                .and_then(|b| b.day())
-                .map(str::to_owned),
-            postcode: None,
-        };
+        let q = family_and_birth_date(&kept[3].2);
         let found = cache.search(&q).map_err(|_| "search").unwrap();
         assert!(found.candidates.iter().any(|c| c.nhs == kept[3].0));
     }
