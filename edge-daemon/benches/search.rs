@@ -18,6 +18,10 @@ use edge_proto::sync::{Apply, ApplyKind, Bytes, Change, SyncState};
 use edge_proto::time::UnixMillis;
 use edge_proto::{assemble, cbor};
 
+/// The daemon's allocator (src/main.rs), so the figures are the daemon's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]

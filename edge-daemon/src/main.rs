@@ -9,6 +9,11 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc rather than glibc malloc: a LAN lookup spent about a fifth of its CPU in glibc's
+/// allocator (BENCHMARKS.md, issue 17), and its per-thread arenas kept freed memory resident.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Kerbside unit daemon: the critical part of the shared care record, on the vehicle, offline.
 #[derive(Debug, Parser)]
 #[command(name = "edge-daemon", version, about, long_about = None)]
