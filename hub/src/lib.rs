@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod operator;
 pub mod oplog;
 pub mod perms;
+pub mod pg;
 pub mod prefetch;
 pub mod renewal;
 pub mod server;

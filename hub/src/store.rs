@@ -14,6 +14,11 @@
 //! The store implements [`HubFeed`] for the sans-IO sync sessions; [`MemFeed`] is the in-memory
 //! reference implementation of the same contract (edge_proto::sync::memfeed).
 //!
+//! [`FeedStore`] is the hub's interface to its store, implemented by [`HubStore`] (sled, the
+//! default) and by [`crate::pg::PgStore`] (PostgreSQL). Both share the ingest's assembly
+//! ([`assemble_chunk`] over a [`ChunkReader`], producing [`ChunkWrites`] that each backend commits
+//! atomically with the feed positions it took under its writer lock) and the on-disk values.
+//!
 //! [`MemFeed`]: edge_proto::sync::MemFeed
 
 use std::collections::BTreeMap;
@@ -41,6 +46,9 @@ pub enum StoreError {
     Corrupt { key: String, why: String },
     #[error("no patient with that NHS number at this hub")]
     UnknownPatient,
+    /// The PostgreSQL store failed (the text never holds the database password).
+    #[error("hub store (PostgreSQL): {0}")]
+    Pg(String),
 }
 
 impl From<StoreError> for FeedError {
@@ -180,18 +188,96 @@ fn u64_of(v: Option<sled::IVec>) -> u64 {
         .unwrap_or(0)
 }
 
-fn decode<T: serde::de::DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, StoreError> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    key: &[u8],
+    v: &[u8],
+) -> Result<T, StoreError> {
     cbor::from_slice(v).map_err(|e| StoreError::Corrupt {
         key: String::from_utf8_lossy(&key[..1]).into_owned(),
         why: e.to_string(),
     })
 }
 
-fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
     cbor::to_vec(v).map_err(|e| StoreError::Corrupt {
         key: "(encode)".into(),
         why: e.to_string(),
     })
+}
+
+/// The hub's interface to its store: what the sync server, the admin API and the CLI call,
+/// whichever backend holds the data (sled: [`HubStore`]; PostgreSQL: [`crate::pg::PgStore`]).
+/// Every backend passes the one conformance suite (`hub/tests/hub/store.rs`).
+pub trait FeedStore: HubFeed + Send + Sync + std::fmt::Debug {
+    /// The highest feed position issued (0 when the feed is empty).
+    fn head(&self) -> Result<u64, StoreError>;
+    /// Patients with a current, non-withdrawn summary.
+    fn patient_count(&self) -> Result<u64, StoreError>;
+    /// The current summary of a patient (also while withdrawn), for the hub's own use.
+    fn summary(&self, nhs: &NhsNumber) -> Result<Option<Summary>, StoreError>;
+    /// The current NHS number a former one redirects to (following merges), if any.
+    fn alias(&self, nhs: &NhsNumber) -> Result<Option<NhsNumber>, StoreError>;
+    /// Ingest FHIR R4 bundles, `(line number, JSON text)`: see [`HubStore::ingest`]. Durable on
+    /// return; memory is bounded by one chunk of [`INGEST_CHUNK`] bundles whatever the input.
+    fn ingest(
+        &self,
+        lines: &mut dyn Iterator<Item = (u64, &str)>,
+        now: UnixMillis,
+        threads: usize,
+        opts: &IngestOptions,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<IngestReport, StoreError>;
+    /// Withdraw a patient from every unit; the new head, or `None` when already withdrawn.
+    fn withdraw(
+        &self,
+        nhs: &NhsNumber,
+        reason: WithdrawReason,
+        now: UnixMillis,
+    ) -> Result<Option<u64>, StoreError>;
+    /// Drop a prefix of feed entries older than `retention_ms`; how many were dropped.
+    fn compact(&self, now: UnixMillis, retention_ms: i64) -> Result<u64, StoreError>;
+    /// A unit's record (default when never seen).
+    fn device(&self, id: &DeviceId) -> Result<DeviceDisk, StoreError>;
+    /// Every unit the hub has a record of, in id order.
+    fn devices(&self) -> Result<Vec<(String, DeviceDisk)>, StoreError>;
+    /// Read-modify-write a unit's record atomically; the record as written.
+    fn update_device(
+        &self,
+        id: &DeviceId,
+        f: &mut dyn FnMut(&mut DeviceDisk),
+    ) -> Result<DeviceDisk, StoreError>;
+    /// Make everything written so far durable.
+    fn flush(&self) -> Result<(), StoreError>;
+    /// The cohort override set at the hub for a unit, parsed.
+    fn cohort_override(&self, id: &DeviceId) -> Result<Option<Vec<CohortSpec>>, StoreError> {
+        Ok(self.device(id)?.cohort_override.map(|specs| {
+            specs
+                .iter()
+                .filter_map(|s| s.parse::<CohortSpec>().ok())
+                .collect()
+        }))
+    }
+}
+
+/// What an ingest chunk reads while it holds its backend's feed writer lock.
+pub(crate) trait ChunkReader {
+    fn cur(&self, nhs: &NhsNumber) -> Result<Option<CurDisk>, StoreError>;
+    fn summary(&self, nhs: &NhsNumber) -> Result<Option<Summary>, StoreError>;
+    /// One step of the alias table, as stored.
+    fn alias_step(&self, nhs: &NhsNumber) -> Result<Option<NhsNumber>, StoreError>;
+}
+
+/// What an ingest chunk writes, in one atomic step, with the feed head after it.
+#[derive(Debug, Default)]
+pub(crate) struct ChunkWrites {
+    /// Former → current NHS number.
+    pub aliases: Vec<(NhsNumber, NhsNumber)>,
+    /// Summaries (CBOR).
+    pub bodies: Vec<(NhsNumber, Vec<u8>)>,
+    pub curs: Vec<(NhsNumber, CurDisk)>,
+    /// New feed entries, positions `head_before + 1 ..= head` in order.
+    pub feed: Vec<(u64, FeedDisk)>,
+    pub head: u64,
 }
 
 /// The hub's store.
@@ -311,27 +397,15 @@ impl HubStore {
     where
         I: IntoIterator<Item = (u64, &'a str)>,
     {
-        let mut report = IngestReport::default();
-        let mut chunk: Vec<(u64, &'a str)> = Vec::with_capacity(INGEST_CHUNK);
-        let mut seen = 0u64;
-        let opts = IngestOptions {
-            now: Some(opts.now.unwrap_or(now)),
-            ..opts.clone()
-        };
-        for item in lines {
-            chunk.push(item);
-            if chunk.len() == INGEST_CHUNK {
-                seen += chunk.len() as u64;
-                self.ingest_chunk(&chunk, now, threads, &opts, &mut report)?;
-                progress(seen, report.accepted);
-                chunk.clear();
-            }
-        }
-        if !chunk.is_empty() {
-            seen += chunk.len() as u64;
-            self.ingest_chunk(&chunk, now, threads, &opts, &mut report)?;
-            progress(seen, report.accepted);
-        }
+        let mut lines = lines.into_iter();
+        let mut report = ingest_lines(
+            &mut lines,
+            now,
+            threads,
+            opts,
+            progress,
+            &mut |parsed, report| self.ingest_chunk(parsed, now, report),
+        )?;
         self.flush()?;
         report.head = self.head()?;
         Ok(report)
@@ -339,157 +413,26 @@ impl HubStore {
 
     fn ingest_chunk(
         &self,
-        chunk: &[(u64, &str)],
+        parsed: Vec<(u64, Parsed)>,
         now: UnixMillis,
-        threads: usize,
-        opts: &IngestOptions,
         report: &mut IngestReport,
     ) -> Result<(), StoreError> {
-        let parsed = parse_parallel(chunk, threads.max(1), opts);
         let _w = self.lock();
-        let mut w = Work {
-            store: self,
-            slots: BTreeMap::new(),
-            aliases: BTreeMap::new(),
-            undo_slots: Vec::new(),
-            undo_aliases: Vec::new(),
-        };
-        let warn = |report: &mut IngestReport, line: u64, warning: String| {
-            report.warnings_total += 1;
-            if report.warnings.len() < MAX_REPORTED_WARNINGS {
-                report.warnings.push(Warning { line, warning });
-            }
-        };
-        for (line, r) in parsed {
-            let ing = match r {
-                Ok(c) => c,
-                Err(e) => {
-                    report.rejected.push(Rejected {
-                        line,
-                        entry: None,
-                        error: e,
-                    });
-                    continue;
-                }
-            };
-            let items = ing
-                .contributions
-                .iter()
-                .flat_map(|c| &c.updates)
-                .filter(|u| matches!(u, edge_proto::fhir::ingest::Update::Item(_)))
-                .count() as u64;
-            // Every contribution of the bundle applies, or none does: the slots and aliases it
-            // touches are saved as it first touches them (not the whole chunk's, which made an
-            // ingest quadratic in the chunk size), and put back if it fails.
-            w.begin_bundle();
-            let mut notes = Vec::new();
-            let mut failed = None;
-            for c in ing.contributions {
-                if let Err(e) = w.apply(c, now, &mut notes) {
-                    failed = Some(e);
-                    break;
-                }
-            }
-            if let Some(e) = failed {
-                w.roll_back_bundle();
-                match e {
-                    ApplyError::Store(e) => return Err(e),
-                    ApplyError::Refused(why) => report.rejected.push(Rejected {
-                        line,
-                        entry: None,
-                        error: why,
-                    }),
-                }
-                continue;
-            }
-            report.accepted += 1;
-            report.items_accepted += items;
-            for r in ing.rejected_items {
-                report.rejected.push(Rejected {
-                    line,
-                    entry: Some(r.entry),
-                    error: r.error,
-                });
-            }
-            for x in ing.warnings.into_iter().chain(notes) {
-                warn(report, line, x);
-            }
-        }
-        let mut head = self.head()?;
+        let w = assemble_chunk(self, parsed, now, self.head()?, report)?;
         let mut batch = sled::Batch::default();
         for (from, to) in &w.aliases {
             batch.insert(&akey(from)[..], to.as_digits().as_bytes());
         }
-        for (nhs, slot) in w.slots {
-            if slot.merged {
-                // Retired into another record: withdrawn from every unit, its number redirects.
-                let Some(c) = slot.cur else { continue };
-                if c.withdrawn.is_some() {
-                    continue;
-                }
-                head += 1;
-                put_withdrawal(&mut batch, head, &nhs, c, WithdrawReason::Merged, now)?;
-                report.changed += 1;
-                continue;
-            }
-            if !slot.changed && slot.ledger {
-                if let Some(s) = &slot.summary {
-                    let bytes = cbor::encode_summary(s).map_err(|e| StoreError::Corrupt {
-                        key: "b".into(),
-                        why: e.to_string(),
-                    })?;
-                    batch.insert(&pkey(b'b', &nhs)[..], bytes);
-                }
-                continue;
-            }
-            let (true, Some(mut s)) = (slot.changed, slot.summary) else {
-                continue;
-            };
-            let cur = slot.cur;
-            let version = cur.as_ref().map_or(0, |c| c.version) + 1;
-            s.version = version;
-            s.assembled_at = now;
-            let bytes = cbor::encode_summary(&s).map_err(|e| StoreError::Corrupt {
-                key: "b".into(),
-                why: e.to_string(),
-            })?;
-            let meta = RecordMeta::of_summary(&s);
-            batch.insert(&pkey(b'b', &nhs)[..], bytes.clone());
-            report.changed += 1;
-            match cur {
-                // Withdrawn (objection): the summary is kept current at the hub, but nothing
-                // goes into the feed and no unit receives it.
-                Some(c) if c.withdrawn.is_some() => {
-                    let c = CurDisk {
-                        version,
-                        meta: meta.into_withdrawn(),
-                        ..c
-                    };
-                    batch.insert(&pkey(b'm', &nhs)[..], encode(&c)?);
-                }
-                cur => {
-                    head += 1;
-                    let entry = FeedDisk {
-                        nhs,
-                        version,
-                        meta: meta.clone(),
-                        previous: cur.map(|c| c.meta),
-                        record: Some(Bytes::from(bytes)),
-                        withdrawn: None,
-                        at: now,
-                    };
-                    batch.insert(&fkey(head)[..], encode(&entry)?);
-                    let c = CurDisk {
-                        seq: head,
-                        version,
-                        meta,
-                        withdrawn: None,
-                    };
-                    batch.insert(&pkey(b'm', &nhs)[..], encode(&c)?);
-                }
-            }
+        for (nhs, bytes) in w.bodies {
+            batch.insert(&pkey(b'b', &nhs)[..], bytes);
         }
-        batch.insert(HEAD, &head.to_be_bytes()[..]);
+        for (nhs, c) in &w.curs {
+            batch.insert(&pkey(b'm', nhs)[..], encode(c)?);
+        }
+        for (seq, e) in &w.feed {
+            batch.insert(&fkey(*seq)[..], encode(e)?);
+        }
+        batch.insert(HEAD, &w.head.to_be_bytes()[..]);
         self.tree.apply_batch(batch)?;
         Ok(())
     }
@@ -514,7 +457,9 @@ impl HubStore {
         }
         let head = self.head()? + 1;
         let mut batch = sled::Batch::default();
-        put_withdrawal(&mut batch, head, nhs, cur, reason, now)?;
+        let (entry, cur) = withdrawal(nhs, cur, reason, now);
+        batch.insert(&fkey(head)[..], encode(&entry)?);
+        batch.insert(&pkey(b'm', nhs)[..], encode(&CurDisk { seq: head, ..cur })?);
         batch.insert(HEAD, &head.to_be_bytes()[..]);
         self.tree.apply_batch(batch)?;
         self.flush()?;
@@ -597,16 +542,15 @@ impl HubStore {
     }
 }
 
-/// Write a patient's withdrawal at feed position `seq`: the feed entry and the new current
-/// state (the next version, no record, the routing facts marked withdrawn).
-fn put_withdrawal(
-    batch: &mut sled::Batch,
-    seq: u64,
+/// A patient's withdrawal: the feed entry and the new current state (the next version, no
+/// record, the routing facts marked withdrawn). The caller sets the state's `seq` to the
+/// position it writes the entry at.
+pub(crate) fn withdrawal(
     nhs: &NhsNumber,
     cur: CurDisk,
     reason: WithdrawReason,
     now: UnixMillis,
-) -> Result<(), StoreError> {
+) -> (FeedDisk, CurDisk) {
     let version = cur.version + 1;
     let meta = cur.meta.clone().into_withdrawn();
     let entry = FeedDisk {
@@ -618,20 +562,238 @@ fn put_withdrawal(
         withdrawn: Some(reason),
         at: now,
     };
-    batch.insert(&fkey(seq)[..], encode(&entry)?);
     let c = CurDisk {
-        seq,
+        seq: cur.seq,
         version,
         meta,
         withdrawn: Some(reason),
     };
-    batch.insert(&pkey(b'm', nhs)[..], encode(&c)?);
-    Ok(())
+    (entry, c)
+}
+
+/// The chunking loop every backend's ingest runs: lines are parsed [`INGEST_CHUNK`] at a time
+/// on `threads` threads (outside any lock), each chunk handed to `commit`, progress reported
+/// after each. Memory is one chunk's, whatever the input size.
+pub(crate) fn ingest_lines<'a>(
+    lines: &mut dyn Iterator<Item = (u64, &'a str)>,
+    now: UnixMillis,
+    threads: usize,
+    opts: &IngestOptions,
+    progress: &mut dyn FnMut(u64, u64),
+    commit: &mut ChunkCommit<'_>,
+) -> Result<IngestReport, StoreError> {
+    let mut report = IngestReport::default();
+    let mut chunk: Vec<(u64, &'a str)> = Vec::with_capacity(INGEST_CHUNK);
+    let mut seen = 0u64;
+    let opts = IngestOptions {
+        now: Some(opts.now.unwrap_or(now)),
+        ..opts.clone()
+    };
+    loop {
+        let next = lines.next();
+        let done = next.is_none();
+        if let Some(item) = next {
+            chunk.push(item);
+        }
+        if chunk.len() == INGEST_CHUNK || (done && !chunk.is_empty()) {
+            seen += chunk.len() as u64;
+            let parsed = parse_parallel(&chunk, threads.max(1), &opts);
+            chunk.clear();
+            commit(parsed, &mut report)?;
+            progress(seen, report.accepted);
+        }
+        if done {
+            return Ok(report);
+        }
+    }
+}
+
+/// Assemble one parsed chunk against what `reader` holds (the caller holds its feed writer
+/// lock): every bundle applies whole or not at all; accepted, rejected and warnings go into
+/// `report`; new feed entries take positions `head + 1 ..`.
+pub(crate) fn assemble_chunk(
+    reader: &dyn ChunkReader,
+    parsed: Vec<(u64, Parsed)>,
+    now: UnixMillis,
+    head: u64,
+    report: &mut IngestReport,
+) -> Result<ChunkWrites, StoreError> {
+    let mut w = Work {
+        store: reader,
+        slots: BTreeMap::new(),
+        aliases: BTreeMap::new(),
+        undo_slots: Vec::new(),
+        undo_aliases: Vec::new(),
+    };
+    let warn = |report: &mut IngestReport, line: u64, warning: String| {
+        report.warnings_total += 1;
+        if report.warnings.len() < MAX_REPORTED_WARNINGS {
+            report.warnings.push(Warning { line, warning });
+        }
+    };
+    for (line, r) in parsed {
+        let ing = match r {
+            Ok(c) => c,
+            Err(e) => {
+                report.rejected.push(Rejected {
+                    line,
+                    entry: None,
+                    error: e,
+                });
+                continue;
+            }
+        };
+        let items = ing
+            .contributions
+            .iter()
+            .flat_map(|c| &c.updates)
+            .filter(|u| matches!(u, edge_proto::fhir::ingest::Update::Item(_)))
+            .count() as u64;
+        // Every contribution of the bundle applies, or none does: the slots and aliases it
+        // touches are saved as it first touches them (not the whole chunk's, which made an
+        // ingest quadratic in the chunk size), and put back if it fails.
+        w.begin_bundle();
+        let mut notes = Vec::new();
+        let mut failed = None;
+        for c in ing.contributions {
+            if let Err(e) = w.apply(c, now, &mut notes) {
+                failed = Some(e);
+                break;
+            }
+        }
+        if let Some(e) = failed {
+            w.roll_back_bundle();
+            match e {
+                ApplyError::Store(e) => return Err(e),
+                ApplyError::Refused(why) => report.rejected.push(Rejected {
+                    line,
+                    entry: None,
+                    error: why,
+                }),
+            }
+            continue;
+        }
+        report.accepted += 1;
+        report.items_accepted += items;
+        for r in ing.rejected_items {
+            report.rejected.push(Rejected {
+                line,
+                entry: Some(r.entry),
+                error: r.error,
+            });
+        }
+        for x in ing.warnings.into_iter().chain(notes) {
+            warn(report, line, x);
+        }
+    }
+    let mut out = ChunkWrites {
+        aliases: w.aliases.into_iter().collect(),
+        head,
+        ..ChunkWrites::default()
+    };
+    for (nhs, slot) in w.slots {
+        if slot.merged {
+            // Retired into another record: withdrawn from every unit, its number redirects.
+            let Some(c) = slot.cur else { continue };
+            if c.withdrawn.is_some() {
+                continue;
+            }
+            out.head += 1;
+            let (entry, c) = withdrawal(&nhs, c, WithdrawReason::Merged, now);
+            out.feed.push((out.head, entry));
+            out.curs.push((nhs, CurDisk { seq: out.head, ..c }));
+            report.changed += 1;
+            continue;
+        }
+        if !slot.changed && slot.ledger {
+            if let Some(s) = &slot.summary {
+                let bytes = cbor::encode_summary(s).map_err(|e| StoreError::Corrupt {
+                    key: "b".into(),
+                    why: e.to_string(),
+                })?;
+                out.bodies.push((nhs, bytes));
+            }
+            continue;
+        }
+        let (true, Some(mut s)) = (slot.changed, slot.summary) else {
+            continue;
+        };
+        let cur = slot.cur;
+        let version = cur.as_ref().map_or(0, |c| c.version) + 1;
+        s.version = version;
+        s.assembled_at = now;
+        let bytes = cbor::encode_summary(&s).map_err(|e| StoreError::Corrupt {
+            key: "b".into(),
+            why: e.to_string(),
+        })?;
+        let meta = RecordMeta::of_summary(&s);
+        out.bodies.push((nhs, bytes.clone()));
+        report.changed += 1;
+        match cur {
+            // Withdrawn (objection): the summary is kept current at the hub, but nothing
+            // goes into the feed and no unit receives it.
+            Some(c) if c.withdrawn.is_some() => {
+                out.curs.push((
+                    nhs,
+                    CurDisk {
+                        version,
+                        meta: meta.into_withdrawn(),
+                        ..c
+                    },
+                ));
+            }
+            cur => {
+                out.head += 1;
+                let entry = FeedDisk {
+                    nhs,
+                    version,
+                    meta: meta.clone(),
+                    previous: cur.map(|c| c.meta),
+                    record: Some(Bytes::from(bytes)),
+                    withdrawn: None,
+                    at: now,
+                };
+                out.feed.push((out.head, entry));
+                out.curs.push((
+                    nhs,
+                    CurDisk {
+                        seq: out.head,
+                        version,
+                        meta,
+                        withdrawn: None,
+                    },
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A stored feed entry as the sync sessions see it.
+pub(crate) fn feed_entry(seq: u64, e: FeedDisk) -> Result<FeedEntry, StoreError> {
+    let body = match (e.record, e.withdrawn) {
+        (_, Some(r)) => FeedBody::Withdrawn(r),
+        (Some(b), None) => FeedBody::Record(b),
+        (None, None) => {
+            return Err(StoreError::Corrupt {
+                key: "f".into(),
+                why: "entry with neither record nor withdrawal".into(),
+            })
+        }
+    };
+    Ok(FeedEntry {
+        seq,
+        nhs: e.nhs,
+        version: e.version,
+        meta: e.meta,
+        previous: e.previous,
+        body,
+    })
 }
 
 /// Follow a chain of aliases from `start` (at most 8 steps, stopping at a loop): the number it
 /// ends at, or `None` when `start` is not an alias.
-fn follow_aliases(
+pub(crate) fn follow_aliases(
     start: &NhsNumber,
     mut step: impl FnMut(&NhsNumber) -> Result<Option<NhsNumber>, StoreError>,
 ) -> Result<Option<NhsNumber>, StoreError> {
@@ -645,7 +807,11 @@ fn follow_aliases(
     Ok(found)
 }
 
-type Parsed = Result<Ingested, String>;
+pub(crate) type Parsed = Result<Ingested, String>;
+
+/// What a backend does with one parsed chunk (see [`ingest_lines`]).
+pub(crate) type ChunkCommit<'c> =
+    dyn FnMut(Vec<(u64, Parsed)>, &mut IngestReport) -> Result<(), StoreError> + 'c;
 
 fn parse_parallel(
     chunk: &[(u64, &str)],
@@ -713,7 +879,7 @@ impl From<StoreError> for ApplyError {
 
 /// The patients a chunk touches, and the aliases it adds, before they are written.
 struct Work<'s> {
-    store: &'s HubStore,
+    store: &'s dyn ChunkReader,
     slots: BTreeMap<NhsNumber, Slot>,
     aliases: BTreeMap<NhsNumber, NhsNumber>,
     /// What the bundle being applied has changed, as it was before (undo log).
@@ -884,25 +1050,7 @@ impl HubFeed for HubStore {
             let e: FeedDisk = decode(&k, &v)?;
             let mut seq = [0u8; 8];
             seq.copy_from_slice(&k[1..9]);
-            let body = match (e.record, e.withdrawn) {
-                (_, Some(r)) => FeedBody::Withdrawn(r),
-                (Some(b), None) => FeedBody::Record(b),
-                (None, None) => {
-                    return Err(StoreError::Corrupt {
-                        key: "f".into(),
-                        why: "entry with neither record nor withdrawal".into(),
-                    }
-                    .into())
-                }
-            };
-            out.push(FeedEntry {
-                seq: u64::from_be_bytes(seq),
-                nhs: e.nhs,
-                version: e.version,
-                meta: e.meta,
-                previous: e.previous,
-                body,
-            });
+            out.push(feed_entry(u64::from_be_bytes(seq), e)?);
         }
         Ok(out)
     }
@@ -974,6 +1122,82 @@ impl HubFeed for HubStore {
             meta: c.meta,
             body,
         }))
+    }
+}
+
+impl ChunkReader for HubStore {
+    fn cur(&self, nhs: &NhsNumber) -> Result<Option<CurDisk>, StoreError> {
+        HubStore::cur(self, nhs)
+    }
+
+    fn summary(&self, nhs: &NhsNumber) -> Result<Option<Summary>, StoreError> {
+        HubStore::summary(self, nhs)
+    }
+
+    fn alias_step(&self, nhs: &NhsNumber) -> Result<Option<NhsNumber>, StoreError> {
+        HubStore::alias_step(self, nhs)
+    }
+}
+
+impl FeedStore for HubStore {
+    fn head(&self) -> Result<u64, StoreError> {
+        HubStore::head(self)
+    }
+
+    fn patient_count(&self) -> Result<u64, StoreError> {
+        HubStore::patient_count(self)
+    }
+
+    fn summary(&self, nhs: &NhsNumber) -> Result<Option<Summary>, StoreError> {
+        HubStore::summary(self, nhs)
+    }
+
+    fn alias(&self, nhs: &NhsNumber) -> Result<Option<NhsNumber>, StoreError> {
+        HubStore::alias(self, nhs)
+    }
+
+    fn ingest(
+        &self,
+        lines: &mut dyn Iterator<Item = (u64, &str)>,
+        now: UnixMillis,
+        threads: usize,
+        opts: &IngestOptions,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<IngestReport, StoreError> {
+        HubStore::ingest(self, lines, now, threads, opts, progress)
+    }
+
+    fn withdraw(
+        &self,
+        nhs: &NhsNumber,
+        reason: WithdrawReason,
+        now: UnixMillis,
+    ) -> Result<Option<u64>, StoreError> {
+        HubStore::withdraw(self, nhs, reason, now)
+    }
+
+    fn compact(&self, now: UnixMillis, retention_ms: i64) -> Result<u64, StoreError> {
+        HubStore::compact(self, now, retention_ms)
+    }
+
+    fn device(&self, id: &DeviceId) -> Result<DeviceDisk, StoreError> {
+        HubStore::device(self, id)
+    }
+
+    fn devices(&self) -> Result<Vec<(String, DeviceDisk)>, StoreError> {
+        HubStore::devices(self)
+    }
+
+    fn update_device(
+        &self,
+        id: &DeviceId,
+        f: &mut dyn FnMut(&mut DeviceDisk),
+    ) -> Result<DeviceDisk, StoreError> {
+        HubStore::update_device(self, id, f)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        HubStore::flush(self)
     }
 }
 

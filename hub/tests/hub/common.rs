@@ -187,13 +187,6 @@ pub fn ingest(store: &HubStore, text: &str, now: UnixMillis) -> IngestReport {
         .unwrap()
 }
 
-/// A store on its own temporary directory.
-pub fn store() -> (TempDir, HubStore) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = HubStore::open(dir.path()).unwrap();
-    (dir, store)
-}
-
 /// A hub (store, audit repository, keys, config) on a temporary directory: `hub.toml` with
 /// one feed `community` (source Y03124), and a fleet inventory file when `units` is given.
 pub struct TestHub {

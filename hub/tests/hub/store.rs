@@ -1,12 +1,204 @@
-//! The hub store: ingest and assembly, the change feed, cohorts, devices, withdrawals,
-//! merged records (aliases) and compaction.
+//! The hub store's conformance suite: ingest and assembly, the change feed, cohorts, devices,
+//! withdrawals, merged records (aliases), compaction and concurrent feed writers. Every test
+//! function here runs against both backends, the embedded sled store and PostgreSQL
+//! (`embedded::` and `postgres::` tests of the same name).
+//!
+//! A PostgreSQL test creates its own database (`kerbside_test_<pid>_<n>`) on
+//! `KERBSIDE_TEST_PG` (default `postgres://postgres@127.0.0.1:5432/postgres`) and drops it
+//! afterwards. Where the server cannot be reached the test is skipped with a note, except in CI
+//! (`CI=true`), where it fails.
 
-use edge_hub::store::{HubStore, StoreError};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use edge_hub::pg::{PgOptions, PgStore};
+use edge_hub::store::{FeedStore, HubStore, IngestReport, StoreError};
 use edge_proto::ids::{CohortSpec, DeviceId};
-use edge_proto::sync::{CohortFilter, FeedBody, HubFeed, WithdrawReason};
+use edge_proto::sync::{CohortFilter, FeedBody, WithdrawReason};
 use edge_proto::time::UnixMillis;
+use tempfile::TempDir;
 
-use crate::common::{bundle, ingest, nhs, nhs_number, store, Patient, T0};
+use crate::common::{bundle, nhs, nhs_number, Patient, T0};
+
+fn ingest(store: &dyn FeedStore, text: &str, now: UnixMillis) -> IngestReport {
+    let mut lines = edge_hub::admin::bundles(text).into_iter();
+    store
+        .ingest(&mut lines, now, 1, &Default::default(), &mut |_, _| {})
+        .unwrap()
+}
+
+/// The server the PostgreSQL tests create their databases on.
+pub fn pg_admin_url() -> String {
+    std::env::var("KERBSIDE_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Run one statement on the admin database; `Err` when the server cannot be reached.
+fn pg_admin(sql: &str) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut cfg: tokio_postgres::Config = pg_admin_url().parse().map_err(|e| format!("{e}"))?;
+        cfg.connect_timeout(std::time::Duration::from_secs(5));
+        let (client, conn) = cfg
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| format!("{e}"))?;
+        let task = tokio::spawn(conn);
+        let r = client.batch_execute(sql).await.map_err(|e| format!("{e}"));
+        drop(client);
+        let _ = task.await;
+        r
+    })
+}
+
+/// A database of its own for one test, dropped with it.
+pub struct TestDb {
+    pub name: String,
+}
+
+impl TestDb {
+    /// `None` (after a printed note) where PostgreSQL cannot be reached outside CI.
+    pub fn create() -> Option<TestDb> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "kerbside_test_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        );
+        match pg_admin(&format!("CREATE DATABASE {name}")) {
+            Ok(()) => Some(TestDb { name }),
+            Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+                panic!("PostgreSQL at {} is required in CI: {e}", pg_admin_url())
+            }
+            Err(e) => {
+                eprintln!(
+                    "note: PostgreSQL test skipped: cannot create a database at {}: {e}",
+                    pg_admin_url()
+                );
+                None
+            }
+        }
+    }
+
+    pub fn options(&self) -> PgOptions {
+        let base = pg_admin_url();
+        let root = base.rsplit_once('/').map_or(base.as_str(), |(r, _)| r);
+        PgOptions::new(format!("{root}/{}", self.name))
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let _ = pg_admin(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
+    }
+}
+
+/// One backend under test.
+pub enum Backend {
+    Embedded {
+        store: Option<HubStore>,
+        dir: TempDir,
+    },
+    Postgres {
+        // Dropped before the database.
+        store: Option<PgStore>,
+        db: TestDb,
+    },
+}
+
+impl Backend {
+    fn embedded() -> Backend {
+        let dir = tempfile::tempdir().unwrap();
+        let store = HubStore::open(dir.path()).unwrap();
+        Backend::Embedded {
+            store: Some(store),
+            dir,
+        }
+    }
+
+    fn postgres() -> Option<Backend> {
+        let db = TestDb::create()?;
+        let store = PgStore::connect(&db.options()).unwrap();
+        Some(Backend::Postgres {
+            store: Some(store),
+            db,
+        })
+    }
+
+    pub fn store(&self) -> &dyn FeedStore {
+        match self {
+            Backend::Embedded { store, .. } => store.as_ref().unwrap(),
+            Backend::Postgres { store, .. } => store.as_ref().unwrap(),
+        }
+    }
+
+    /// Close the store and open it again (a hub restart).
+    pub fn reopen(&mut self) {
+        match self {
+            Backend::Embedded { store, dir } => {
+                drop(store.take());
+                *store = Some(HubStore::open(dir.path()).unwrap());
+            }
+            Backend::Postgres { store, db } => {
+                drop(store.take());
+                *store = Some(PgStore::connect(&db.options()).unwrap());
+            }
+        }
+    }
+
+    /// A second store on the same data, as a second hub would open it (PostgreSQL only: an
+    /// embedded store is one process's).
+    pub fn another(&self) -> Option<Box<dyn FeedStore>> {
+        match self {
+            Backend::Embedded { .. } => None,
+            Backend::Postgres { db, .. } => {
+                Some(Box::new(PgStore::connect(&db.options()).unwrap()))
+            }
+        }
+    }
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(&mut super::Backend::embedded());
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[test]
+                fn $name() {
+                    if let Some(mut b) = super::Backend::postgres() {
+                        super::$name(&mut b);
+                    }
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    ingest_assembles_summaries_and_appends_each_to_the_feed,
+    an_empty_store_has_an_empty_feed,
+    the_same_bundle_again_makes_no_new_version_and_a_changed_one_does,
+    bad_lines_are_rejected_by_line_number_and_the_rest_applied,
+    what_was_ingested_survives_reopening_the_store,
+    cohorts_select_current_records_by_postcode_and_practice_and_page_in_nhs_order,
+    an_objection_withdraws_the_record_from_the_feed_and_every_cohort,
+    a_former_nhs_number_is_merged_into_the_current_record_and_redirects,
+    devices_are_remembered_updated_and_listed,
+    compaction_drops_only_feed_entries_older_than_the_retention,
+    concurrent_ingests_never_let_a_reader_skip,
+);
 
 fn filter(specs: &[CohortSpec]) -> CohortFilter<'_> {
     CohortFilter {
@@ -19,9 +211,8 @@ fn cohort(s: &str) -> Vec<CohortSpec> {
     vec![CohortSpec::parse(s).unwrap()]
 }
 
-#[test]
-fn ingest_assembles_summaries_and_appends_each_to_the_feed() {
-    let (_dir, store) = store();
+fn ingest_assembles_summaries_and_appends_each_to_the_feed(b: &mut Backend) {
+    let store = b.store();
     let (a, b) = (nhs(0), nhs(1));
     let text = format!(
         "{}\n{}\n",
@@ -31,7 +222,7 @@ fn ingest_assembles_summaries_and_appends_each_to_the_feed() {
         }),
         bundle(&Patient::new(&b, "Brown", "N1 9GU"))
     );
-    let r = ingest(&store, &text, T0);
+    let r = ingest(store, &text, T0);
     assert_eq!(r.accepted, 2, "{:?}", r.rejected);
     assert!(r.rejected.is_empty(), "{:?}", r.rejected);
     assert_eq!((r.changed, r.head, r.items_accepted), (2, 2, 3));
@@ -74,25 +265,23 @@ fn ingest_assembles_summaries_and_appends_each_to_the_feed() {
     assert!(store.get(&nhs_number(7)).unwrap().is_none());
 }
 
-#[test]
-fn an_empty_store_has_an_empty_feed() {
-    let (_dir, store) = store();
+fn an_empty_store_has_an_empty_feed(b: &mut Backend) {
+    let store = b.store();
     assert_eq!(store.head().unwrap(), 0);
     assert_eq!(store.patient_count().unwrap(), 0);
     assert_eq!(store.oldest_retained_seq().unwrap(), 1);
     assert!(store.changes_after(0, 10).unwrap().is_empty());
-    let r = ingest(&store, "", T0);
+    let r = ingest(store, "", T0);
     assert_eq!((r.accepted, r.head), (0, 0));
     assert!(r.rejected.is_empty());
 }
 
-#[test]
-fn the_same_bundle_again_makes_no_new_version_and_a_changed_one_does() {
-    let (_dir, store) = store();
+fn the_same_bundle_again_makes_no_new_version_and_a_changed_one_does(b: &mut Backend) {
+    let store = b.store();
     let a = nhs(0);
     let first = bundle(&Patient::new(&a, "Adebayo", "SE15 4JU"));
-    ingest(&store, &first, T0);
-    let again = ingest(&store, &first, T0.plus_ms(1_000));
+    ingest(store, &first, T0);
+    let again = ingest(store, &first, T0.plus_ms(1_000));
     assert_eq!((again.accepted, again.changed, again.head), (1, 0, 1));
     assert_eq!(store.summary(&nhs_number(0)).unwrap().unwrap().version, 1);
 
@@ -100,7 +289,7 @@ fn the_same_bundle_again_makes_no_new_version_and_a_changed_one_does() {
         allergies: &["Peanut allergy", "Penicillin allergy"],
         ..Patient::new(&a, "Adebayo", "SE15 4JU")
     });
-    let r = ingest(&store, &more, T0.plus_ms(2_000));
+    let r = ingest(store, &more, T0.plus_ms(2_000));
     assert_eq!((r.accepted, r.changed, r.head), (1, 1, 2));
     let s = store.summary(&nhs_number(0)).unwrap().unwrap();
     assert_eq!((s.version, s.allergies.entries.len()), (2, 2));
@@ -115,16 +304,15 @@ fn the_same_bundle_again_makes_no_new_version_and_a_changed_one_does() {
     assert_eq!((cur.seq, cur.version), (2, 2));
 }
 
-#[test]
-fn bad_lines_are_rejected_by_line_number_and_the_rest_applied() {
-    let (_dir, store) = store();
+fn bad_lines_are_rejected_by_line_number_and_the_rest_applied(b: &mut Backend) {
+    let store = b.store();
     let a = nhs(0);
     let text = format!(
         "{}\n{{\"resourceType\": \"Bundle\", \"type\": \"collection\", \"entry\": []}}\n\n{}\n",
         bundle(&Patient::new(&a, "Adebayo", "SE15 4JU")),
         r#"{"resourceType": "Patient", "id": "x"}"#,
     );
-    let r = ingest(&store, &text, T0);
+    let r = ingest(store, &text, T0);
     assert_eq!(r.accepted, 1);
     let lines: Vec<u64> = r.rejected.iter().map(|x| x.line).collect();
     assert_eq!(lines, [2, 4], "{:?}", r.rejected);
@@ -136,24 +324,19 @@ fn bad_lines_are_rejected_by_line_number_and_the_rest_applied() {
     assert_eq!(store.patient_count().unwrap(), 1);
 }
 
-#[test]
-fn what_was_ingested_survives_reopening_the_store() {
-    let dir = tempfile::tempdir().unwrap();
+fn what_was_ingested_survives_reopening_the_store(b: &mut Backend) {
     {
-        let store = HubStore::open(dir.path()).unwrap();
+        let store = b.store();
         let a = nhs(0);
-        ingest(
-            &store,
-            &bundle(&Patient::new(&a, "Adebayo", "SE15 4JU")),
-            T0,
-        );
+        ingest(store, &bundle(&Patient::new(&a, "Adebayo", "SE15 4JU")), T0);
         store
-            .update_device(&DeviceId::parse("LAS-AMB-0001").unwrap(), |d| {
+            .update_device(&DeviceId::parse("LAS-AMB-0001").unwrap(), &mut |d| {
                 d.cursor = Some(1)
             })
             .unwrap();
     }
-    let store = HubStore::open(dir.path()).unwrap();
+    b.reopen();
+    let store = b.store();
     assert_eq!(store.head().unwrap(), 1);
     assert_eq!(
         store
@@ -170,9 +353,8 @@ fn what_was_ingested_survives_reopening_the_store() {
     assert_eq!(d.cursor, Some(1));
 }
 
-#[test]
-fn cohorts_select_current_records_by_postcode_and_practice_and_page_in_nhs_order() {
-    let (_dir, store) = store();
+fn cohorts_select_current_records_by_postcode_and_practice_and_page_in_nhs_order(b: &mut Backend) {
+    let store = b.store();
     let (a, b, c) = (nhs(0), nhs(1), nhs(2));
     let text = [
         bundle(&Patient::new(&a, "Adebayo", "SE15 4JU")),
@@ -183,7 +365,7 @@ fn cohorts_select_current_records_by_postcode_and_practice_and_page_in_nhs_order
         bundle(&Patient::new(&c, "Chen", "SE15 6AA")),
     ]
     .join("\n");
-    assert_eq!(ingest(&store, &text, T0).accepted, 3);
+    assert_eq!(ingest(store, &text, T0).accepted, 3);
 
     let all = store
         .current_metas(&filter(&cohort("all")), None, 100)
@@ -239,16 +421,15 @@ fn cohorts_select_current_records_by_postcode_and_practice_and_page_in_nhs_order
     assert!(end.is_empty());
 }
 
-#[test]
-fn an_objection_withdraws_the_record_from_the_feed_and_every_cohort() {
-    let (_dir, store) = store();
+fn an_objection_withdraws_the_record_from_the_feed_and_every_cohort(b: &mut Backend) {
+    let store = b.store();
     let (a, b) = (nhs(0), nhs(1));
     let text = format!(
         "{}\n{}",
         bundle(&Patient::new(&a, "Adebayo", "SE15 4JU")),
         bundle(&Patient::new(&b, "Brown", "SE15 6AA"))
     );
-    ingest(&store, &text, T0);
+    ingest(store, &text, T0);
 
     let seq = store
         .withdraw(&nhs_number(0), WithdrawReason::Objection, T0.plus_ms(1))
@@ -296,7 +477,7 @@ fn an_objection_withdraws_the_record_from_the_feed_and_every_cohort() {
         allergies: &["Peanut allergy", "Latex allergy"],
         ..Patient::new(&a, "Adebayo", "SE15 4JU")
     });
-    let r = ingest(&store, &more, T0.plus_ms(10));
+    let r = ingest(store, &more, T0.plus_ms(10));
     assert_eq!(
         (r.accepted, r.head),
         (1, 3),
@@ -318,19 +499,18 @@ fn an_objection_withdraws_the_record_from_the_feed_and_every_cohort() {
     ));
 }
 
-#[test]
-fn a_former_nhs_number_is_merged_into_the_current_record_and_redirects() {
-    let (_dir, store) = store();
+fn a_former_nhs_number_is_merged_into_the_current_record_and_redirects(b: &mut Backend) {
+    let store = b.store();
     let (old, new) = (nhs(0), nhs(1));
     ingest(
-        &store,
+        store,
         &bundle(&Patient::new(&old, "Adebayo", "SE15 4JU")),
         T0,
     );
     assert_eq!(store.alias(&nhs_number(0)).unwrap(), None);
 
     let r = ingest(
-        &store,
+        store,
         &bundle(&Patient {
             former: Some(&old),
             allergies: &["Latex allergy"],
@@ -389,7 +569,7 @@ fn a_former_nhs_number_is_merged_into_the_current_record_and_redirects() {
 
     // A bundle still sent under the old number is filed under the current one.
     let r = ingest(
-        &store,
+        store,
         &bundle(&Patient::new(&old, "Adebayo", "SE15 4JU")),
         T0.plus_ms(3),
     );
@@ -398,9 +578,8 @@ fn a_former_nhs_number_is_merged_into_the_current_record_and_redirects() {
     assert!(store.summary(&nhs_number(1)).unwrap().is_some());
 }
 
-#[test]
-fn devices_are_remembered_updated_and_listed() {
-    let (_dir, store) = store();
+fn devices_are_remembered_updated_and_listed(b: &mut Backend) {
+    let store = b.store();
     let a = DeviceId::parse("LAS-AMB-0001").unwrap();
     let b = DeviceId::parse("LAS-AMB-0002").unwrap();
     let fresh = store.device(&a).unwrap();
@@ -412,19 +591,21 @@ fn devices_are_remembered_updated_and_listed() {
     assert_eq!(store.cohort_override(&a).unwrap(), None);
 
     let d = store
-        .update_device(&a, |d| {
+        .update_device(&a, &mut |d| {
             d.last_seen = Some(T0);
             d.cursor = Some(42);
             d.records_sent += 5;
         })
         .unwrap();
     assert_eq!((d.cursor, d.records_sent), (Some(42), 5));
-    store.update_device(&a, |d| d.records_sent += 2).unwrap();
+    store
+        .update_device(&a, &mut |d| d.records_sent += 2)
+        .unwrap();
     assert_eq!(store.device(&a).unwrap().records_sent, 7);
     assert_eq!(store.device(&a).unwrap().last_seen, Some(T0));
 
     store
-        .update_device(&b, |d| {
+        .update_device(&b, &mut |d| {
             d.cohort_override = Some(vec![
                 "postcode:SE1,SE15".into(),
                 "flagged".into(),
@@ -449,17 +630,12 @@ fn devices_are_remembered_updated_and_listed() {
     );
 }
 
-#[test]
-fn compaction_drops_only_feed_entries_older_than_the_retention() {
-    let (_dir, store) = store();
+fn compaction_drops_only_feed_entries_older_than_the_retention(b: &mut Backend) {
+    let store = b.store();
     let (a, b) = (nhs(0), nhs(1));
-    ingest(
-        &store,
-        &bundle(&Patient::new(&a, "Adebayo", "SE15 4JU")),
-        T0,
-    );
+    ingest(store, &bundle(&Patient::new(&a, "Adebayo", "SE15 4JU")), T0);
     let later = T0.plus_ms(60_000);
-    ingest(&store, &bundle(&Patient::new(&b, "Brown", "N1 9GU")), later);
+    ingest(store, &bundle(&Patient::new(&b, "Brown", "N1 9GU")), later);
 
     assert_eq!(store.compact(later, 120_000).unwrap(), 0, "both young");
     assert_eq!(store.oldest_retained_seq().unwrap(), 1);
@@ -481,4 +657,180 @@ fn compaction_drops_only_feed_entries_older_than_the_retention() {
         3,
         "head + 1: all dropped"
     );
+}
+
+/// Several writers ingest at once (on PostgreSQL through two stores, as two hubs would) while a
+/// unit reads the feed after its cursor: it must receive every position exactly once, in order,
+/// with no gap, and end at the head with every patient's last version.
+fn concurrent_ingests_never_let_a_reader_skip(b: &mut Backend) {
+    const WRITERS: u32 = 4;
+    const ROUNDS: u32 = 12;
+    const PER: u32 = 5;
+    let second = b.another();
+    let store = b.store();
+    let stores: Vec<&dyn FeedStore> = match &second {
+        Some(s) => vec![store, s.as_ref()],
+        None => vec![store],
+    };
+    let done = AtomicBool::new(false);
+    let received = std::thread::scope(|scope| {
+        let reader = scope.spawn(|| {
+            let mut cursor = 0u64;
+            let mut got = Vec::new();
+            loop {
+                let finished = done.load(Ordering::SeqCst);
+                let batch = store.changes_after(cursor, 7).unwrap();
+                for e in &batch {
+                    assert_eq!(e.seq, cursor + 1, "the feed skipped or repeated a position");
+                    cursor = e.seq;
+                    got.push((e.seq, e.nhs, e.version));
+                }
+                if batch.is_empty() {
+                    if finished {
+                        return got;
+                    }
+                    std::thread::yield_now();
+                }
+            }
+        });
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let s = stores[w as usize % stores.len()];
+                scope.spawn(move || {
+                    for round in 0..ROUNDS {
+                        // Each writer has its own patients, and every writer also touches
+                        // patients shared with the others (a new version each time).
+                        let mut text = String::new();
+                        for i in 0..PER {
+                            let n = nhs(100 + w * PER + i);
+                            let family = format!("Own{round}");
+                            text.push_str(&bundle(&Patient::new(&n, &family, "SE15 4JU")));
+                            text.push('\n');
+                        }
+                        let shared = nhs(round % 3);
+                        let family = format!("Shared{w}x{round}");
+                        text.push_str(&bundle(&Patient::new(&shared, &family, "N1 9GU")));
+                        text.push('\n');
+                        let r = ingest(s, &text, T0.plus_ms(i64::from(round)));
+                        assert_eq!(r.accepted, u64::from(PER) + 1, "{:?}", r.rejected);
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        done.store(true, Ordering::SeqCst);
+        reader.join().unwrap()
+    });
+    let head = store.head().unwrap();
+    assert_eq!(received.len() as u64, head, "the reader got every position");
+    assert_eq!(
+        head,
+        u64::from(WRITERS * ROUNDS * (PER + 1)),
+        "every bundle changed its patient: one position each, none lost"
+    );
+    // The last version the reader saw of each patient is the store's current one.
+    let mut last = std::collections::BTreeMap::new();
+    for (_, n, v) in &received {
+        last.insert(*n, *v);
+    }
+    for (n, v) in last {
+        assert_eq!(store.get(&n).unwrap().unwrap().version, v);
+    }
+    let shared_versions: u64 = (0..3)
+        .map(|i| store.summary(&nhs_number(i)).unwrap().unwrap().version)
+        .sum();
+    assert_eq!(
+        shared_versions,
+        u64::from(WRITERS * ROUNDS),
+        "no shared patient's update was lost between writers"
+    );
+}
+
+mod pg_only {
+    //! What only the PostgreSQL backend has: migrations, connection errors, the URL rules.
+
+    use super::*;
+
+    #[test]
+    fn migrations_apply_once_even_when_hubs_start_together() {
+        let Some(db) = TestDb::create() else { return };
+        let opts = db.options();
+        let outcomes: Vec<_> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..3)
+                .map(|_| s.spawn(|| edge_hub::pg::migrate(&opts).unwrap()))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let applied: usize = outcomes.iter().map(|o| o.applied.len()).sum();
+        assert_eq!(applied, edge_hub::pg::migrate::MIGRATIONS.len());
+        let latest = edge_hub::pg::migrate::latest();
+        assert!(outcomes
+            .iter()
+            .all(|o| o.version == latest && o.unknown.is_empty()));
+        let again = edge_hub::pg::migrate(&opts).unwrap();
+        assert!(again.applied.is_empty());
+        // A newer hub's (additive) migration: this one carries on and says so.
+        pg_admin_on(
+            &db,
+            "INSERT INTO schema_migrations (version, name, sha256) VALUES (9999, 'future', 'x')",
+        );
+        let newer = edge_hub::pg::migrate(&opts).unwrap();
+        assert_eq!(newer.unknown, [9999]);
+        PgStore::open(&opts).unwrap();
+        // A migration whose text differs from the binary's is refused.
+        pg_admin_on(
+            &db,
+            "UPDATE schema_migrations SET sha256 = 'changed' WHERE version = 1",
+        );
+        let e = edge_hub::pg::migrate(&opts).unwrap_err().to_string();
+        assert!(e.contains("differs"), "{e}");
+    }
+
+    fn pg_admin_on(db: &TestDb, sql: &str) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let cfg: tokio_postgres::Config = db.options().url.parse().unwrap();
+            let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            client.batch_execute(sql).await.unwrap();
+        });
+    }
+
+    #[test]
+    fn a_database_without_the_schema_is_refused_until_migrated() {
+        let Some(db) = TestDb::create() else { return };
+        let e = PgStore::open(&db.options()).unwrap_err().to_string();
+        assert!(e.contains("schema"), "{e}");
+        PgStore::connect(&db.options()).unwrap();
+        PgStore::open(&db.options()).unwrap();
+    }
+
+    #[test]
+    fn an_unreachable_database_is_a_clear_error_within_the_timeout() {
+        let mut opts = PgOptions::new("postgres://postgres@127.0.0.1:1/kerbside");
+        opts.connect_timeout = std::time::Duration::from_secs(2);
+        let t = std::time::Instant::now();
+        let e = PgStore::connect(&opts).unwrap_err().to_string();
+        assert!(e.contains("cannot connect to the database"), "{e}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_password_in_the_url_is_refused_and_never_echoed() {
+        let opts = PgOptions::new("postgres://postgres:hunter2secret@127.0.0.1:5432/kerbside");
+        let e = PgStore::connect(&opts).unwrap_err().to_string();
+        assert!(e.contains("password_env"), "{e}");
+        assert!(!e.contains("hunter2secret"), "{e}");
+        let mut opts = PgOptions::new("postgres://postgres@127.0.0.1:1/kerbside");
+        opts.password = Some("hunter2secret".into());
+        opts.connect_timeout = std::time::Duration::from_secs(1);
+        assert!(!format!("{opts:?}").contains("hunter2secret"));
+        let e = PgStore::connect(&opts).unwrap_err().to_string();
+        assert!(!e.contains("hunter2secret"), "{e}");
+    }
 }
