@@ -1,4 +1,4 @@
-//! `edge-hub`: the hub's command line (`synth`, `ingest`, `serve`).
+//! `edge-hub`: the hub's command line (`synth`, `ingest`, `migrate`, `serve`).
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -65,6 +65,14 @@ enum Command {
         #[arg(long)]
         snapshot: bool,
     },
+    /// Bring the PostgreSQL schema named in hub.toml's `[store]` up to this binary's version
+    /// (`serve` does this too, at start). Safe to run while other hubs serve from the database:
+    /// migrations only add, under an advisory lock.
+    Migrate {
+        /// The hub configuration written by `edge-provision hub`.
+        #[arg(long, value_name = "hub.toml")]
+        config: PathBuf,
+    },
     /// Run the hub: QUIC sync server and admin API.
     Serve {
         /// The hub configuration written by `edge-provision hub`.
@@ -112,6 +120,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Migrate { config } => match run_migrate(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("edge-hub migrate: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve { config } => {
             init_logs();
             match run_serve(&config) {
@@ -149,12 +164,19 @@ fn run_ingest(
     let cfg = load_config(config)?;
     let opts = edge_hub::admin::feed_options(&cfg, q).map_err(anyhow::Error::msg)?;
     private_data_dir(&cfg.data_dir)?;
-    let store = edge_hub::store::HubStore::open(&cfg.data_dir).with_context(|| {
-        format!(
-            "cannot open the hub store in {} (a running hub holds it: use POST /admin/ingest instead)",
-            cfg.data_dir.display()
-        )
-    })?;
+    let store: Box<dyn edge_hub::store::FeedStore> = match cfg.store.backend {
+        edge_runtime::config::StoreBackend::Embedded => Box::new(
+            edge_hub::store::HubStore::open(&cfg.data_dir).with_context(|| {
+                format!(
+                    "cannot open the hub store in {} (a running hub holds it: use POST /admin/ingest instead)",
+                    cfg.data_dir.display()
+                )
+            })?,
+        ),
+        edge_runtime::config::StoreBackend::Postgres => Box::new(edge_hub::pg::PgStore::connect(
+            &edge_hub::pg::PgOptions::from_config(&cfg.store)?,
+        )?),
+    };
     let started = Instant::now();
     let mut accepted = 0;
     let mut rejected = 0;
@@ -220,6 +242,39 @@ fn run_ingest(
     Ok(rejected == 0)
 }
 
+/// `edge-hub migrate`: the PostgreSQL schema up to this binary's version.
+fn run_migrate(config: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = load_config(config)?;
+    if cfg.store.backend == edge_runtime::config::StoreBackend::Embedded {
+        println!(
+            "the embedded store (in {}) has no schema to migrate",
+            cfg.data_dir.display()
+        );
+        return Ok(());
+    }
+    let out = edge_hub::pg::migrate(&edge_hub::pg::PgOptions::from_config(&cfg.store)?)?;
+    if out.applied.is_empty() {
+        println!("schema at version {}: nothing to apply", out.version);
+    } else {
+        println!(
+            "schema at version {}: applied {}",
+            out.version,
+            out.applied
+                .iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if !out.unknown.is_empty() {
+        eprintln!(
+            "edge-hub migrate: note: the database has migrations this binary does not know ({:?}): a newer hub applied them; they only add, so this hub still runs",
+            out.unknown
+        );
+    }
+    Ok(())
+}
+
 /// Create the data folder 0700 and narrow what is under it (folders 0700, files 0600).
 fn private_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     edge_hub::perms::create_private_dir(dir)
@@ -274,6 +329,7 @@ fn run_serve(config: &std::path::Path) -> anyhow::Result<()> {
             admin = %admin_addr,
             patients = hub.store.patient_count()?,
             head = hub.store.head()?,
+            store = ?hub.config.store.backend,
             "edge-hub serving"
         );
         // CRL reload, CRL freshness, data-folder modes and feed compaction, periodically (the

@@ -44,7 +44,7 @@ use self::fetch_gate::{FetchGate, Granted, HubEvent};
 use crate::denylist::TokenDenyList;
 use crate::inventory::InventoryCache;
 use crate::metrics::Metrics;
-use crate::store::HubStore;
+use crate::store::{FeedStore, HubStore};
 
 /// Messages read from one unit's streams and not yet taken by its session task, at most.
 /// At the bound the stream readers wait (and stop reading the unit's streams), so QUIC flow
@@ -112,7 +112,12 @@ pub struct Connected {
 /// Everything the serving tasks share.
 pub struct Hub {
     pub config: HubConfig,
-    pub store: Arc<HubStore>,
+    /// Summaries, change feed and unit records: sled in `data_dir`, or PostgreSQL
+    /// (hub.toml's `[store]`).
+    pub store: Arc<dyn FeedStore>,
+    /// The sled database in `data_dir` that still holds the audit repository and the operator
+    /// log (on the PostgreSQL backend too, until their migrations land: docs/issue-18-status.md).
+    pub local: sled::Db,
     pub audit: Arc<crate::audit::AuditRepo>,
     pub head_tx: watch::Sender<u64>,
     pub key: Arc<Ed25519KeyPair>,
@@ -144,15 +149,46 @@ impl std::fmt::Debug for Hub {
     }
 }
 
+/// Open the store hub.toml's `[store]` names, and the local sled database beside it.
+pub fn open_store(config: &HubConfig) -> anyhow::Result<(Arc<dyn FeedStore>, sled::Db)> {
+    match config.store.backend {
+        edge_runtime::config::StoreBackend::Embedded => {
+            let store = HubStore::open(&config.data_dir).with_context(|| {
+                format!(
+                    "cannot open the hub store in {} (is another edge-hub using it?)",
+                    config.data_dir.display()
+                )
+            })?;
+            let local = store.db().clone();
+            Ok((Arc::new(store), local))
+        }
+        edge_runtime::config::StoreBackend::Postgres => {
+            let opts = crate::pg::PgOptions::from_config(&config.store)?;
+            let store = crate::pg::PgStore::connect(&opts)?;
+            std::fs::create_dir_all(&config.data_dir).with_context(|| {
+                format!(
+                    "cannot create the data folder {}",
+                    config.data_dir.display()
+                )
+            })?;
+            let local = sled::Config::new()
+                .path(config.data_dir.join("hub-local.sled"))
+                .open()
+                .with_context(|| {
+                    format!(
+                        "cannot open the hub's local database in {} (is another edge-hub using it?)",
+                        config.data_dir.display()
+                    )
+                })?;
+            Ok((Arc::new(store), local))
+        }
+    }
+}
+
 impl Hub {
     /// Open the hub's store and keys from its config.
     pub fn open(config: HubConfig) -> anyhow::Result<Hub> {
-        let store = HubStore::open(&config.data_dir).with_context(|| {
-            format!(
-                "cannot open the hub store in {} (is another edge-hub using it?)",
-                config.data_dir.display()
-            )
-        })?;
+        let (store, local) = open_store(&config)?;
         let key = edge_runtime::keys::load_ed25519_signing(&config.keys.record_signing)
             .with_context(|| "cannot load the record-signing key".to_string())?;
         let head = store.head()?;
@@ -164,7 +200,7 @@ impl Hub {
                 .clamp(1, 4096),
             ..SessionConfig::default()
         };
-        let audit = Arc::new(crate::audit::AuditRepo::open(store.db())?);
+        let audit = Arc::new(crate::audit::AuditRepo::open(&local)?);
         let inventory_cache = InventoryCache::new(config.inventory.clone());
         let denylist = Arc::new(TokenDenyList::open(&config));
         let gate = FetchGate::new(&config, audit.clone(), denylist.clone());
@@ -202,7 +238,8 @@ impl Hub {
             denylist,
             denylist_tx,
             audit,
-            store: Arc::new(store),
+            store,
+            local,
             head_tx,
             key: Arc::new(key),
             session_config,

@@ -217,9 +217,10 @@ pub trait FeedStore: HubFeed + Send + Sync + std::fmt::Debug {
     fn summary(&self, nhs: &NhsNumber) -> Result<Option<Summary>, StoreError>;
     /// The current NHS number a former one redirects to (following merges), if any.
     fn alias(&self, nhs: &NhsNumber) -> Result<Option<NhsNumber>, StoreError>;
-    /// Ingest FHIR R4 bundles, `(line number, JSON text)`: see [`HubStore::ingest`]. Durable on
+    /// Ingest FHIR R4 bundles, `(line number, JSON text)`: see [`HubStore::ingest`]; callers
+    /// use `ingest` on `dyn FeedStore`, which takes any iterator. Durable on
     /// return; memory is bounded by one chunk of [`INGEST_CHUNK`] bundles whatever the input.
-    fn ingest(
+    fn ingest_from(
         &self,
         lines: &mut dyn Iterator<Item = (u64, &str)>,
         now: UnixMillis,
@@ -240,8 +241,9 @@ pub trait FeedStore: HubFeed + Send + Sync + std::fmt::Debug {
     fn device(&self, id: &DeviceId) -> Result<DeviceDisk, StoreError>;
     /// Every unit the hub has a record of, in id order.
     fn devices(&self) -> Result<Vec<(String, DeviceDisk)>, StoreError>;
-    /// Read-modify-write a unit's record atomically; the record as written.
-    fn update_device(
+    /// Read-modify-write a unit's record atomically; the record as written. Callers use
+    /// `update_device` on `dyn FeedStore`, which takes a closure.
+    fn update_device_with(
         &self,
         id: &DeviceId,
         f: &mut dyn FnMut(&mut DeviceDisk),
@@ -256,6 +258,40 @@ pub trait FeedStore: HubFeed + Send + Sync + std::fmt::Debug {
                 .filter_map(|s| s.parse::<CohortSpec>().ok())
                 .collect()
         }))
+    }
+}
+
+/// The generic conveniences the hub's callers use (the trait's own methods take trait objects
+/// so that it is object-safe).
+impl dyn FeedStore + '_ {
+    /// [`FeedStore::ingest`] over any iterator of `(line number, JSON text)`.
+    pub fn ingest<'a, I>(
+        &self,
+        lines: I,
+        now: UnixMillis,
+        threads: usize,
+        opts: &IngestOptions,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<IngestReport, StoreError>
+    where
+        I: IntoIterator<Item = (u64, &'a str)>,
+    {
+        let mut lines = lines.into_iter();
+        self.ingest_from(&mut lines, now, threads, opts, progress)
+    }
+
+    /// [`FeedStore::update_device`] with a closure called once.
+    pub fn update_device(
+        &self,
+        id: &DeviceId,
+        f: impl FnOnce(&mut DeviceDisk),
+    ) -> Result<DeviceDisk, StoreError> {
+        let mut f = Some(f);
+        self.update_device_with(id, &mut |d| {
+            if let Some(f) = f.take() {
+                f(d);
+            }
+        })
     }
 }
 
@@ -1156,7 +1192,7 @@ impl FeedStore for HubStore {
         HubStore::alias(self, nhs)
     }
 
-    fn ingest(
+    fn ingest_from(
         &self,
         lines: &mut dyn Iterator<Item = (u64, &str)>,
         now: UnixMillis,
@@ -1188,7 +1224,7 @@ impl FeedStore for HubStore {
         HubStore::devices(self)
     }
 
-    fn update_device(
+    fn update_device_with(
         &self,
         id: &DeviceId,
         f: &mut dyn FnMut(&mut DeviceDisk),

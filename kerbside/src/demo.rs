@@ -95,6 +95,7 @@ pub fn run(
             admin: admin.clone(),
             out: dir.join("hub"),
             force: true,
+            store: Default::default(),
         },
         now(),
     )?;

@@ -244,6 +244,8 @@ pub struct HubPlan {
     pub out: PathBuf,
     /// Overwrite an existing bundle's keys.
     pub force: bool,
+    /// hub.toml's `[store]`: the embedded store by default, or a PostgreSQL database.
+    pub store: edge_runtime::config::HubStoreConfig,
 }
 
 /// What `enrol` should produce.
@@ -1058,6 +1060,7 @@ impl Fleet {
             },
             sync: HubSync::default(),
             feeds: Vec::new(),
+            store: plan.store.clone(),
         };
         let toml = format!(
             "# Kerbside hub, written by edge-provision for fleet {}.\n# Paths are relative to this file. The CRL, inventory and token deny list are the fleet's\n# own files, so revocations are seen without copying; copy them here if the hub runs elsewhere.\n\n{}",

@@ -238,6 +238,25 @@ struct HubArgs {
     /// Overwrite an existing hub bundle's keys in --out.
     #[arg(long)]
     force: bool,
+    /// Run the hub on this PostgreSQL database instead of the embedded store:
+    /// postgres://USER@HOST:PORT/DBNAME, without a password (see --database-password-env and
+    /// --database-password-file). Several hubs may share one database.
+    #[arg(long, value_name = "URL")]
+    database: Option<String>,
+    /// The environment variable the hub reads the database password from.
+    #[arg(
+        long,
+        value_name = "VAR",
+        requires = "database",
+        conflicts_with = "database_password_file"
+    )]
+    database_password_env: Option<String>,
+    /// A file whose first line is the database password (keep it 0600).
+    #[arg(long, value_name = "FILE", requires = "database")]
+    database_password_file: Option<PathBuf>,
+    /// PEM root certificates to verify the database server with (TLS is then required).
+    #[arg(long, value_name = "FILE", requires = "database")]
+    database_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -455,6 +474,17 @@ fn run(cli: Cli) -> Result<()> {
                 admin: a.admin,
                 out: a.out.clone(),
                 force: a.force,
+                store: match a.database {
+                    None => Default::default(),
+                    Some(url) => edge_runtime::config::HubStoreConfig {
+                        backend: edge_runtime::config::StoreBackend::Postgres,
+                        url: Some(url),
+                        password_env: a.database_password_env,
+                        password_file: a.database_password_file.map(absolute_path).transpose()?,
+                        ca_file: a.database_ca.map(absolute_path).transpose()?,
+                        pool_size: None,
+                    },
+                },
             };
             let cfg = f.make_hub_bundle(&plan, now)?;
             println!("hub bundle for {} written to {}", cfg.name, a.out.display());
@@ -667,4 +697,9 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A path as given on the command line, made absolute (hub.toml is read from elsewhere).
+fn absolute_path(p: PathBuf) -> anyhow::Result<PathBuf> {
+    std::path::absolute(&p).with_context(|| format!("cannot resolve {}", p.display()))
 }

@@ -84,6 +84,74 @@ pub struct HubConfig {
     /// bundles are full snapshots. `edge-hub ingest --feed NAME`, `POST /admin/ingest?feed=NAME`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub feeds: Vec<HubFeedConfig>,
+    /// Where the summaries, change feed and unit records live (`[store]`): the embedded store
+    /// in `data_dir` unless it names a PostgreSQL database.
+    #[serde(default, skip_serializing_if = "HubStoreConfig::is_embedded_default")]
+    pub store: HubStoreConfig,
+}
+
+/// Which store backend the hub runs on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// sled in `data_dir` (one hub).
+    #[default]
+    Embedded,
+    /// A PostgreSQL database (several hubs may share it).
+    Postgres,
+}
+
+/// `[store]` of `hub.toml`. The database password is never in this file's `url`: it comes from
+/// the environment variable `password_env` names, or from `password_file` (first line).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubStoreConfig {
+    #[serde(default)]
+    pub backend: StoreBackend,
+    /// `postgres://user@host:port/dbname[?sslmode=require]`, without a password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The environment variable holding the database password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// A file (0600) whose first line is the database password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// PEM root certificates to verify the database server with (TLS is then required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Connections in this hub's pool (default 8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_size: Option<u32>,
+}
+
+impl HubStoreConfig {
+    fn is_embedded_default(&self) -> bool {
+        *self == HubStoreConfig::default()
+    }
+
+    /// The database password, from the environment or the file named (`None` when neither is
+    /// set). The error names where it looked, never the value.
+    pub fn password(&self) -> Result<Option<String>, String> {
+        if let Some(var) = &self.password_env {
+            return match std::env::var(var) {
+                Ok(v) if !v.is_empty() => Ok(Some(v)),
+                _ => Err(format!(
+                    "[store] password_env names {var}, which is not set in the environment"
+                )),
+            };
+        }
+        if let Some(file) = &self.password_file {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| format!("[store] password_file {}: {e}", file.display()))?;
+            let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
+            if line.is_empty() {
+                return Err(format!("[store] password_file {} is empty", file.display()));
+            }
+            return Ok(Some(line.to_owned()));
+        }
+        Ok(None)
+    }
 }
 
 /// One `[[feeds]]` entry of `hub.toml`.
@@ -196,6 +264,61 @@ impl Default for HubSync {
 }
 
 impl HubConfig {
+    fn validate_store(&self) -> Result<(), ConfigError> {
+        let (f, st) = (&self.file, &self.store);
+        match (st.backend, &st.url) {
+            (StoreBackend::Postgres, None) => {
+                return Err(ConfigError::new(
+                    f,
+                    "store.url",
+                    "backend = \"postgres\" needs the database's url",
+                ))
+            }
+            (StoreBackend::Embedded, Some(_)) => {
+                return Err(ConfigError::new(
+                    f,
+                    "store.url",
+                    "a url is for backend = \"postgres\" (the embedded store lives in data_dir)",
+                ))
+            }
+            _ => {}
+        }
+        if let Some(url) = &st.url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(ConfigError::new(
+                    f,
+                    "store.url",
+                    "expected postgres://user@host:port/dbname",
+                ));
+            }
+            // user:password@ — the password belongs in password_env or password_file.
+            let auth = url
+                .split_once("://")
+                .map_or("", |(_, rest)| rest.split(['/', '?']).next().unwrap_or(""));
+            if auth
+                .rsplit_once('@')
+                .is_some_and(|(ui, _)| ui.contains(':'))
+            {
+                return Err(ConfigError::new(
+                    f,
+                    "store.url",
+                    "holds a password: give it by password_env or password_file instead",
+                ));
+            }
+        }
+        if st.password_env.is_some() && st.password_file.is_some() {
+            return Err(ConfigError::new(
+                f,
+                "store.password_env",
+                "password_env and password_file: one or the other",
+            ));
+        }
+        if let Some(n) = st.pool_size {
+            range(f, "store.pool_size", u64::from(n), 2, 256)?;
+        }
+        Ok(())
+    }
+
     /// Read, parse, resolve and validate `hub.toml`, and check the files it names exist.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = read_text(path)?;
@@ -228,6 +351,8 @@ impl HubConfig {
             cfg.keys.token_denylist.as_mut(),
             cfg.keys.renewal_ca_cert.as_mut(),
             cfg.keys.renewal_ca_key.as_mut(),
+            cfg.store.password_file.as_mut(),
+            cfg.store.ca_file.as_mut(),
         ]
         .into_iter()
         .flatten()
@@ -241,6 +366,7 @@ impl HubConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         let f = &self.file;
         check_server_name(f, "name", &self.name)?;
+        self.validate_store()?;
         range(f, "tls.crl_reload_s", self.tls.crl_reload_s, 1, 86_400)?;
         if self.keys.renewal_ca_cert.is_some() != self.keys.renewal_ca_key.is_some() {
             return Err(ConfigError::new(
@@ -1150,5 +1276,95 @@ token_verify = "token-verify.pub"
         )
         .unwrap_err();
         assert_eq!(e.key, "name");
+    }
+
+    #[test]
+    fn hub_store_section() {
+        let base = r#"
+name = "hub.kerbside.example"
+listen = "0.0.0.0:4433"
+admin = "127.0.0.1:9443"
+data_dir = "data"
+
+[tls]
+ca = "fleet-ca.crt"
+cert = "hub.crt"
+key = "hub.key"
+crl = "/fleet/crl.pem"
+
+[keys]
+record_signing = "record-signing.key"
+token_verify = "token-verify.pub"
+"#;
+        let p = Path::new("/h/hub.toml");
+        let c = HubConfig::parse(base, p).unwrap();
+        assert_eq!(c.store.backend, StoreBackend::Embedded);
+        assert!(
+            !c.to_toml().unwrap().contains("[store]"),
+            "the default is not written"
+        );
+        let pg = format!(
+            "{base}\n[store]\nbackend = \"postgres\"\nurl = \"postgres://kerbside@db.example:5432/kerbside\"\npassword_file = \"db.pass\"\n"
+        );
+        let c = HubConfig::parse(&pg, p).unwrap();
+        assert_eq!(c.store.backend, StoreBackend::Postgres);
+        assert_eq!(
+            c.store.password_file.as_deref(),
+            Some(Path::new("/h/db.pass"))
+        );
+        let back = HubConfig::parse(&c.to_toml().unwrap(), p).unwrap();
+        assert_eq!(back.store, c.store);
+        for (bad, key) in [
+            (
+                "url = \"postgres://kerbside@db.example:5432/kerbside\"",
+                "store.url",
+            ),
+            (
+                "url = \"postgres://kerbside:s3cret@db.example:5432/kerbside\"",
+                "store.url",
+            ),
+            ("url = \"mysql://db.example/kerbside\"", "store.url"),
+            (
+                "url = \"postgres://kerbside@db.example:5432/kerbside\"\npassword_env = \"PGPASS\"",
+                "store.password_env",
+            ),
+            (
+                "url = \"postgres://k@d/k\"\npool_size = 1",
+                "store.pool_size",
+            ),
+        ] {
+            let text = pg.replace(
+                "url = \"postgres://kerbside@db.example:5432/kerbside\"",
+                bad,
+            );
+            let text = if key == "store.url" && !bad.contains("s3cret") && !bad.contains("mysql") {
+                // a url with the embedded backend
+                text.replace("backend = \"postgres\"", "backend = \"embedded\"")
+            } else {
+                text
+            };
+            let e = HubConfig::parse(&text, p).unwrap_err();
+            assert_eq!(e.key, key, "{bad}: {e}");
+            assert!(!e.to_string().contains("s3cret"), "{e}");
+        }
+        let e =
+            HubConfig::parse(&format!("{base}\n[store]\nbackend = \"postgres\"\n"), p).unwrap_err();
+        assert_eq!(e.key, "store.url");
+        // The password: from the environment or the file, never from the url.
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("db.pass");
+        std::fs::write(&f, "pw-from-file\nignored\n").unwrap();
+        let st = HubStoreConfig {
+            password_file: Some(f),
+            ..c.store.clone()
+        };
+        assert_eq!(st.password().unwrap().as_deref(), Some("pw-from-file"));
+        let st = HubStoreConfig {
+            password_file: None,
+            password_env: Some("KERBSIDE_TEST_SURELY_UNSET_VAR".into()),
+            ..c.store.clone()
+        };
+        let e = st.password().unwrap_err();
+        assert!(e.contains("KERBSIDE_TEST_SURELY_UNSET_VAR"), "{e}");
     }
 }

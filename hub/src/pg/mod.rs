@@ -66,6 +66,26 @@ impl PgOptions {
     }
 }
 
+impl PgOptions {
+    /// From hub.toml's `[store]` (backend = "postgres"): the password read from the
+    /// environment or the file it names.
+    pub fn from_config(
+        cfg: &edge_runtime::config::HubStoreConfig,
+    ) -> Result<PgOptions, StoreError> {
+        let url = cfg
+            .url
+            .clone()
+            .ok_or_else(|| StoreError::Pg("[store] has no url".into()))?;
+        let mut o = PgOptions::new(url);
+        o.password = cfg.password().map_err(StoreError::Pg)?;
+        o.ca_file = cfg.ca_file.clone();
+        if let Some(n) = cfg.pool_size {
+            o.pool_size = n as usize;
+        }
+        Ok(o)
+    }
+}
+
 impl std::fmt::Debug for PgOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgOptions")
@@ -171,9 +191,8 @@ fn block_on<F: Future>(fut: F) -> F::Output {
 /// The hub's store on PostgreSQL.
 pub struct PgStore {
     pool: Pool,
-    /// Makes connections and runs their I/O; shut down in the background on drop (a drop may
-    /// happen inside another runtime).
-    rt: Option<tokio::runtime::Runtime>,
+    /// Makes connections and runs their I/O.
+    rt: OwnedRuntime,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -184,20 +203,31 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
-impl Drop for PgStore {
+/// A runtime shut down in the background when dropped (a drop may happen inside another
+/// runtime, where a blocking shutdown would panic).
+struct OwnedRuntime(Option<tokio::runtime::Runtime>);
+
+impl OwnedRuntime {
+    fn handle(&self) -> Option<&tokio::runtime::Handle> {
+        self.0.as_ref().map(|r| r.handle())
+    }
+}
+
+impl Drop for OwnedRuntime {
     fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
+        if let Some(rt) = self.0.take() {
             rt.shutdown_background();
         }
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, StoreError> {
+fn runtime() -> Result<OwnedRuntime, StoreError> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("hub-pg")
         .enable_all()
         .build()
+        .map(|rt| OwnedRuntime(Some(rt)))
         .map_err(|e| StoreError::Pg(format!("starting the database runtime: {e}")))
 }
 
@@ -206,7 +236,10 @@ pub fn migrate(opts: &PgOptions) -> Result<migrate::Outcome, StoreError> {
     let rt = runtime()?;
     let mut cfg = pg_config(opts)?;
     let tls = tls(opts, &mut cfg)?;
-    let handle = rt.spawn(async move {
+    let Some(h) = rt.handle() else {
+        return Err(StoreError::Pg("the database runtime is gone".into()));
+    };
+    let handle = h.spawn(async move {
         let mut client = match tls {
             Some(t) => {
                 let (client, conn) = cfg.connect(t).await.map_err(connect_error)?;
@@ -221,9 +254,7 @@ pub fn migrate(opts: &PgOptions) -> Result<migrate::Outcome, StoreError> {
         };
         migrate::migrate(&mut client).await
     });
-    let out = block_on(handle).map_err(|e| StoreError::Pg(format!("migration task: {e}")));
-    rt.shutdown_background();
-    out?
+    block_on(handle).map_err(|e| StoreError::Pg(format!("migration task: {e}")))?
 }
 
 fn connect_error(e: impl std::fmt::Display) -> StoreError {
@@ -255,7 +286,7 @@ impl PgStore {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(pg)?;
-        let store = PgStore { pool, rt: Some(rt) };
+        let store = PgStore { pool, rt };
         let c = store.conn()?;
         let version: Option<i32> =
             block_on(c.query_opt("SELECT max(version) FROM schema_migrations", &[]))
@@ -273,7 +304,7 @@ impl PgStore {
 
     /// A pooled connection (made on the store's runtime when the pool has none idle).
     fn conn(&self) -> Result<Object, StoreError> {
-        let Some(rt) = &self.rt else {
+        let Some(rt) = self.rt.handle() else {
             return Err(StoreError::Pg("the store is closed".into()));
         };
         let pool = self.pool.clone();
@@ -587,7 +618,7 @@ impl FeedStore for PgStore {
         follow_aliases(nhs, |at| alias_step_of(client(&c), at))
     }
 
-    fn ingest(
+    fn ingest_from(
         &self,
         lines: &mut dyn Iterator<Item = (u64, &str)>,
         now: UnixMillis,
@@ -681,7 +712,7 @@ impl FeedStore for PgStore {
             .collect()
     }
 
-    fn update_device(
+    fn update_device_with(
         &self,
         id: &DeviceId,
         f: &mut dyn FnMut(&mut DeviceDisk),

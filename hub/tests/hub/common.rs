@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
 use edge_hub::server::Hub;
-use edge_hub::store::{HubStore, IngestReport};
+use edge_hub::store::{FeedStore, IngestReport};
 use edge_proto::audit::{
     AccessData, AuditAction, AuditEvent, AuditOutcome, ClientInfo, Hash32, Purpose, AUDIT_SCHEMA,
     GENESIS,
@@ -180,7 +180,7 @@ pub fn bundle(p: &Patient<'_>) -> String {
 }
 
 /// Ingest NDJSON text at `now` with no feed options; the report.
-pub fn ingest(store: &HubStore, text: &str, now: UnixMillis) -> IngestReport {
+pub fn ingest(store: &dyn FeedStore, text: &str, now: UnixMillis) -> IngestReport {
     let lines = edge_hub::admin::bundles(text);
     store
         .ingest(lines, now, 1, &Default::default(), &mut |_, _| {})

@@ -20,9 +20,9 @@ use tempfile::TempDir;
 use crate::common::{bundle, nhs, nhs_number, Patient, T0};
 
 fn ingest(store: &dyn FeedStore, text: &str, now: UnixMillis) -> IngestReport {
-    let mut lines = edge_hub::admin::bundles(text).into_iter();
+    let lines = edge_hub::admin::bundles(text);
     store
-        .ingest(&mut lines, now, 1, &Default::default(), &mut |_, _| {})
+        .ingest(lines, now, 1, &Default::default(), &mut |_, _| {})
         .unwrap()
 }
 
@@ -330,7 +330,7 @@ fn what_was_ingested_survives_reopening_the_store(b: &mut Backend) {
         let a = nhs(0);
         ingest(store, &bundle(&Patient::new(&a, "Adebayo", "SE15 4JU")), T0);
         store
-            .update_device(&DeviceId::parse("LAS-AMB-0001").unwrap(), &mut |d| {
+            .update_device(&DeviceId::parse("LAS-AMB-0001").unwrap(), |d| {
                 d.cursor = Some(1)
             })
             .unwrap();
@@ -591,21 +591,19 @@ fn devices_are_remembered_updated_and_listed(b: &mut Backend) {
     assert_eq!(store.cohort_override(&a).unwrap(), None);
 
     let d = store
-        .update_device(&a, &mut |d| {
+        .update_device(&a, |d| {
             d.last_seen = Some(T0);
             d.cursor = Some(42);
             d.records_sent += 5;
         })
         .unwrap();
     assert_eq!((d.cursor, d.records_sent), (Some(42), 5));
-    store
-        .update_device(&a, &mut |d| d.records_sent += 2)
-        .unwrap();
+    store.update_device(&a, |d| d.records_sent += 2).unwrap();
     assert_eq!(store.device(&a).unwrap().records_sent, 7);
     assert_eq!(store.device(&a).unwrap().last_seen, Some(T0));
 
     store
-        .update_device(&b, &mut |d| {
+        .update_device(&b, |d| {
             d.cohort_override = Some(vec![
                 "postcode:SE1,SE15".into(),
                 "flagged".into(),

@@ -79,6 +79,7 @@ async fn fixture_with(
                 admin: HostPort::parse("127.0.0.1:9").unwrap(),
                 out: dir.path().join("hub"),
                 force: true,
+                store: Default::default(),
             },
             now,
         )
@@ -128,7 +129,7 @@ async fn fixture_with(
             bundle(&Patient::new(&n, "Tester", "SE15 4JU"))
         })
         .collect();
-    crate::common::ingest(&hub.store, &text.join("\n"), now);
+    crate::common::ingest(&*hub.store, &text.join("\n"), now);
     let (server, _reloader) = make_endpoint(&hub.config).unwrap();
     tokio::spawn(serve_sync(hub.clone(), server.clone()));
 
@@ -319,7 +320,7 @@ async fn a_unit_syncs_fetches_and_uploads_audit_through_the_bounded_queues() {
     // Live push: an ingest wakes the session.
     let n = nhs(41);
     let text = bundle(&Patient::new(&n, "Late", "N1 9GU"));
-    crate::common::ingest(&f.hub.store, &text, edge_hub::server::now());
+    crate::common::ingest(&*f.hub.store, &text, edge_hub::server::now());
     f.hub.notify_head();
     match next_pull(&mut recv, &mut inflate).await {
         ToUnit::Batch(b) => assert!(!b.changes.is_empty()),
