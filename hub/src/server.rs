@@ -193,6 +193,17 @@ impl Hub {
             .with_context(|| "cannot load the record-signing key".to_string())?;
         let head = store.head()?;
         let (head_tx, _) = watch::channel(head);
+        // Another hub on the same database moved the feed: wake this hub's sessions too.
+        let tx = head_tx.clone();
+        store.watch_head(Box::new(move |h| {
+            tx.send_if_modified(|cur| {
+                let newer = h > *cur;
+                if newer {
+                    *cur = h;
+                }
+                newer
+            });
+        }))?;
         let session_config = SessionConfig {
             window_batches: 8,
             batch_records_max: usize::try_from(config.sync.batch_records_max)

@@ -250,6 +250,13 @@ pub trait FeedStore: HubFeed + Send + Sync + std::fmt::Debug {
     ) -> Result<DeviceDisk, StoreError>;
     /// Make everything written so far durable.
     fn flush(&self) -> Result<(), StoreError>;
+    /// Call `on_head` with the feed head whenever another process (another hub on the same
+    /// database) moves it, and once after each reconnection. The embedded store is one
+    /// process's, whose own writers tell the server themselves: nothing to watch.
+    fn watch_head(&self, on_head: HeadWatcher) -> Result<(), StoreError> {
+        let _ = on_head;
+        Ok(())
+    }
     /// The cohort override set at the hub for a unit, parsed.
     fn cohort_override(&self, id: &DeviceId) -> Result<Option<Vec<CohortSpec>>, StoreError> {
         Ok(self.device(id)?.cohort_override.map(|specs| {
@@ -294,6 +301,9 @@ impl dyn FeedStore + '_ {
         })
     }
 }
+
+/// What [`FeedStore::watch_head`] calls with a new feed head.
+pub type HeadWatcher = Box<dyn Fn(u64) + Send + Sync>;
 
 /// What an ingest chunk reads while it holds its backend's feed writer lock.
 pub(crate) trait ChunkReader {

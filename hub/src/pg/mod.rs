@@ -191,6 +191,9 @@ fn block_on<F: Future>(fut: F) -> F::Output {
 /// The hub's store on PostgreSQL.
 pub struct PgStore {
     pool: Pool,
+    /// For the feed-head watch's own connection.
+    cfg: tokio_postgres::Config,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     /// Makes connections and runs their I/O.
     rt: OwnedRuntime,
 }
@@ -277,16 +280,16 @@ impl PgStore {
         let mc = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
-        let manager = match tls {
-            Some(t) => Manager::from_config(cfg, t, mc),
-            None => Manager::from_config(cfg, NoTls, mc),
+        let manager = match tls.clone() {
+            Some(t) => Manager::from_config(cfg.clone(), t, mc),
+            None => Manager::from_config(cfg.clone(), NoTls, mc),
         };
         let pool = Pool::builder(manager)
             .max_size(opts.pool_size.max(2))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(pg)?;
-        let store = PgStore { pool, rt };
+        let store = PgStore { pool, cfg, tls, rt };
         let c = store.conn()?;
         let version: Option<i32> =
             block_on(c.query_opt("SELECT max(version) FROM schema_migrations", &[]))
@@ -533,7 +536,85 @@ fn write_chunk(tx: &Transaction<'_>, w: &ChunkWrites) -> Result<(), StoreError> 
         &[&i64_of(w.head)],
     ))
     .map_err(pg)?;
+    if !w.feed.is_empty() {
+        // Delivered to every listening hub when (and only if) the transaction commits.
+        block_on(tx.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&FEED_CHANNEL, &w.head.to_string()],
+        ))
+        .map_err(pg)?;
+    }
     Ok(())
+}
+
+/// The channel feed writers notify with the new head (`LISTEN kerbside_feed`).
+pub const FEED_CHANNEL: &str = "kerbside_feed";
+
+/// Listen for feed-head notifications on a connection of its own, calling `on_head`: first with
+/// the head as read once listening (so nothing between a reconnection and the LISTEN is
+/// missed), then with each notified head; on any failure wait a second and reconnect.
+async fn watch_head_loop(
+    cfg: tokio_postgres::Config,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    on_head: crate::store::HeadWatcher,
+) {
+    loop {
+        let r = match &tls {
+            Some(t) => listen_once(&cfg, t.clone(), &on_head).await,
+            None => listen_once(&cfg, NoTls, &on_head).await,
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "the feed-head watch lost the database; reconnecting");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn listen_once<T>(
+    cfg: &tokio_postgres::Config,
+    tls: T,
+    on_head: &crate::store::HeadWatcher,
+) -> Result<(), StoreError>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, mut conn) = cfg.connect(tls).await.map_err(connect_error)?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    let pump = tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                    if let Ok(h) = n.payload().parse::<u64>() {
+                        if tx.send(h).is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(pg(e)),
+                None => return Ok(()),
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {FEED_CHANNEL}"))
+        .await
+        .map_err(pg)?;
+    let row = client
+        .query_one("SELECT head FROM feed_head WHERE id = 1", &[])
+        .await
+        .map_err(pg)?;
+    on_head(u64_of(row.get(0)));
+    while let Some(h) = rx.recv().await {
+        on_head(h);
+    }
+    drop(client);
+    pump.await
+        .map_err(|e| StoreError::Pg(format!("feed-head watch: {e}")))?
+        .and(Err(StoreError::Pg(
+            "the feed-head watch connection closed".into(),
+        )))
 }
 
 fn write_curs(tx: &Transaction<'_>, curs: &[(NhsNumber, CurDisk)]) -> Result<(), StoreError> {
@@ -742,6 +823,14 @@ impl FeedStore for PgStore {
 
     /// Every commit is durable already (synchronous_commit).
     fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn watch_head(&self, on_head: crate::store::HeadWatcher) -> Result<(), StoreError> {
+        let Some(rt) = self.rt.handle() else {
+            return Err(StoreError::Pg("the store is closed".into()));
+        };
+        rt.spawn(watch_head_loop(self.cfg.clone(), self.tls.clone(), on_head));
         Ok(())
     }
 }

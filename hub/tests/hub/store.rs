@@ -106,7 +106,7 @@ pub enum Backend {
     },
     Postgres {
         // Dropped before the database.
-        store: Option<PgStore>,
+        store: Option<Box<PgStore>>,
         db: TestDb,
     },
 }
@@ -125,7 +125,7 @@ impl Backend {
         let db = TestDb::create()?;
         let store = PgStore::connect(&db.options()).unwrap();
         Some(Backend::Postgres {
-            store: Some(store),
+            store: Some(Box::new(store)),
             db,
         })
     }
@@ -133,7 +133,7 @@ impl Backend {
     pub fn store(&self) -> &dyn FeedStore {
         match self {
             Backend::Embedded { store, .. } => store.as_ref().unwrap(),
-            Backend::Postgres { store, .. } => store.as_ref().unwrap(),
+            Backend::Postgres { store, .. } => &**store.as_ref().unwrap(),
         }
     }
 
@@ -146,7 +146,7 @@ impl Backend {
             }
             Backend::Postgres { store, db } => {
                 drop(store.take());
-                *store = Some(PgStore::connect(&db.options()).unwrap());
+                *store = Some(Box::new(PgStore::connect(&db.options()).unwrap()));
             }
         }
     }
@@ -797,6 +797,33 @@ mod pg_only {
             tokio::spawn(conn);
             client.batch_execute(sql).await.unwrap();
         });
+    }
+
+    /// Live push across hubs: a change committed through one store is announced to a watcher
+    /// on another (LISTEN/NOTIFY), a withdrawal too.
+    #[test]
+    fn a_change_written_through_one_hub_is_announced_to_another() {
+        let Some(db) = TestDb::create() else { return };
+        let a = PgStore::connect(&db.options()).unwrap();
+        let b = PgStore::connect(&db.options()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        b.watch_head(Box::new(move |h| {
+            let _ = tx.send(h);
+        }))
+        .unwrap();
+        let wait = std::time::Duration::from_secs(10);
+        assert_eq!(rx.recv_timeout(wait).unwrap(), 0, "listening, at the head");
+        let p = nhs(0);
+        ingest(&a, &bundle(&Patient::new(&p, "Adebayo", "SE15 4JU")), T0);
+        assert_eq!(rx.recv_timeout(wait).unwrap(), 1);
+        a.withdraw(&nhs_number(0), WithdrawReason::Objection, T0)
+            .unwrap();
+        assert_eq!(rx.recv_timeout(wait).unwrap(), 2);
+        // Nothing is announced for an ingest that changes nothing.
+        ingest(&a, &bundle(&Patient::new(&p, "Adebayo", "SE15 4JU")), T0);
+        assert!(rx
+            .recv_timeout(std::time::Duration::from_millis(500))
+            .is_err());
     }
 
     #[test]
