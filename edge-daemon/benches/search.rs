@@ -28,11 +28,16 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn peak_rss_mib() -> u64 {
+    rss_mib("VmHWM:")
+}
+
+/// A `/proc/self/status` memory line (`VmRSS:`, `VmHWM:`) in MiB.
+fn rss_mib(line: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(line))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
         })
         .unwrap_or(0)
@@ -115,7 +120,13 @@ fn main() {
             }
         }
         if (i + 1) % 100_000 == 0 {
-            eprintln!("built {} in {:.0} s", i + 1, t.elapsed().as_secs_f64());
+            eprintln!(
+                "built {} in {:.0} s, RSS {} MiB (peak {} MiB)",
+                i + 1,
+                t.elapsed().as_secs_f64(),
+                rss_mib("VmRSS:"),
+                peak_rss_mib()
+            );
         }
     }
     let day = |d: &Demographics| {

@@ -233,6 +233,12 @@ const SEARCH_LAYOUT_FILE: &[u8] = b"pairs-2+file";
 /// Bytes of the keyed hash in a posting's key (a collision only adds a candidate that the
 /// re-check then drops).
 const POSTING_HASH: usize = 8;
+/// sled's page cache. sled keeps every entry it has inserted in memory until this fills (about
+/// 90 B per record, heaptrack), so the cache is what makes the unit's memory grow with its
+/// records: at 32 MiB a 909,090-record cold fill peaked at 218 MiB in process, at 8 MiB at
+/// 164 MiB, with the same apply rate and search latency (most reads miss either way at that
+/// size; the value log and postings are read from the OS page cache). BENCHMARKS.md, issue 17.
+const SLED_CACHE_BYTES: u64 = 8 * 1024 * 1024;
 /// An index key's length (`Sealer::index_key`).
 const ID_LEN: usize = 32;
 
@@ -382,7 +388,7 @@ impl Cache {
         let db = loop {
             match sled::Config::new()
                 .path(path)
-                .cache_capacity(32 * 1024 * 1024)
+                .cache_capacity(SLED_CACHE_BYTES)
                 .open()
             {
                 // sled reports a held lock as `Other` with the OS error in its message.
