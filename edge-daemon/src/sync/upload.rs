@@ -8,10 +8,12 @@
 //! The pipeline: up to [`UploadConfig::pipeline`] batches in flight (the next one is read and
 //! sent while the hub stores and fsyncs the one before); once a read finds the journal empty,
 //! the next read waits for an acknowledgement, an append (the journal owner's wake-up), or the
-//! poll fallback. Events are marked uploaded only up to what the hub acknowledged; an
-//! acknowledgement short of what was sent, a missing acknowledgement after
-//! [`UploadConfig::ack_timeout_ms`], or any stream or journal failure drops the stream and
-//! backs off (doubling from [`UploadConfig::retry_min_ms`] to [`UploadConfig::retry_max_ms`],
+//! poll fallback; after a batch shorter than the most a batch may hold, the next waits out
+//! [`UploadConfig::linger_ms`] so that a steady trickle of events goes in batches rather than
+//! one acknowledgement (and one upload-marker fsync) per event. Events are marked uploaded only
+//! up to what the hub acknowledged; an acknowledgement short of what was sent, a missing
+//! acknowledgement after [`UploadConfig::ack_timeout_ms`], or any stream or journal failure
+//! drops the stream and backs off (doubling from [`UploadConfig::retry_min_ms`] to [`UploadConfig::retry_max_ms`],
 //! back to the minimum after the next acknowledgement that moves the journal) before resending
 //! from the last acknowledged event. The hub's store is idempotent on (device, seq), so a
 //! resend is never counted twice.
@@ -31,12 +33,19 @@ pub struct UploadConfig {
     pub ack_timeout_ms: u64,
     /// With nothing to send, look at the journal again after this long even without a wake-up.
     pub poll_ms: u64,
+    /// After a batch shorter than `max_events`, the next is sent no sooner than this: under a
+    /// steady stream of lookups the uploader otherwise sent a batch of a few events, and
+    /// recorded its acknowledgement (two fsyncs), for nearly every append (a sixth of the
+    /// unit's CPU under lookup load, BENCHMARKS.md issue 17). A full batch is followed at once.
+    pub linger_ms: u64,
     /// The first back-off after a failure.
     pub retry_min_ms: u64,
     /// The longest back-off after repeated failures.
     pub retry_max_ms: u64,
 }
 
+/// How long an audit event may wait to join a batch ([`UploadConfig::linger_ms`]).
+pub const LINGER_MS: u64 = 100;
 /// The poll when nobody wakes the uploader on append (the journal owner has no wake-up).
 pub const POLL_UNWOKEN_MS: u64 = 200;
 /// The safety-net poll when the journal owner wakes the uploader on every append.
@@ -56,6 +65,7 @@ impl UploadConfig {
             } else {
                 POLL_UNWOKEN_MS
             },
+            linger_ms: LINGER_MS,
             retry_min_ms: 1_000,
             retry_max_ms: 30_000,
         }
@@ -131,6 +141,8 @@ pub struct AuditUpload {
     /// Since when the oldest batch in flight has been awaiting its acknowledgement.
     ack_wait_since: u64,
     mark: Option<ToMark>,
+    /// The last batch was short: the next waits until then ([`UploadConfig::linger_ms`]).
+    linger_until: Option<u64>,
     /// Backing off until then.
     retry_at: Option<u64>,
     /// The next back-off.
@@ -150,6 +162,7 @@ impl AuditUpload {
             drained_at: None,
             ack_wait_since: 0,
             mark: None,
+            linger_until: None,
             retry_at: None,
             backoff_ms: cfg.retry_min_ms,
             failures: 0,
@@ -191,6 +204,9 @@ impl AuditUpload {
                 }
                 self.in_flight.push_back((from, last));
                 self.next_from = last.saturating_add(1);
+                let events = last.saturating_sub(from).saturating_add(1);
+                self.linger_until = (events < self.cfg.max_events as u64)
+                    .then(|| now_ms.saturating_add(self.cfg.linger_ms));
             }
             UploadEvent::Drained => self.drained_at = Some(now_ms),
             UploadEvent::Appended => {
@@ -248,7 +264,11 @@ impl AuditUpload {
                 self.drained_at = None;
             }
         }
-        if self.in_flight.len() < self.cfg.pipeline && self.drained_at.is_none() {
+        let lingering = self.linger_until.filter(|&t| now_ms < t);
+        if self.in_flight.len() < self.cfg.pipeline
+            && self.drained_at.is_none()
+            && lingering.is_none()
+        {
             return UploadAction::Send {
                 from: self.next_from,
                 max_events: self.cfg.max_events,
@@ -263,6 +283,9 @@ impl AuditUpload {
             }
             return UploadAction::AwaitAck { until_ms };
         }
+        if let (Some(t), None) = (lingering, self.drained_at) {
+            return UploadAction::Idle { until_ms: t };
+        }
         let at = self.drained_at.unwrap_or(now_ms);
         UploadAction::Idle {
             until_ms: at.saturating_add(self.cfg.poll_ms),
@@ -275,6 +298,7 @@ impl AuditUpload {
         self.in_flight.clear();
         self.mark = None;
         self.drained_at = None;
+        self.linger_until = None;
         self.next_from = self.acked.saturating_add(1);
         self.retry_at = Some(now_ms.saturating_add(self.backoff_ms));
         self.backoff_ms = self.backoff_ms.saturating_mul(2).min(self.cfg.retry_max_ms);
@@ -327,21 +351,28 @@ mod tests {
         assert_eq!(p.on_event(1_250, E::Appended), send(11));
         assert_eq!(
             p.on_event(1_251, E::Sent { from: 11, last: 11 }),
-            send(12),
-            "fill the pipeline"
-        );
-        assert_eq!(
-            p.on_event(1_252, E::Drained),
-            A::AwaitAck { until_ms: 31_251 }
+            A::AwaitAck { until_ms: 31_251 },
+            "a short batch: the next one lingers for more events"
         );
         assert!(p.awaiting_ack());
-        // The ack: record it, then look for more.
+        // An append meanwhile does not cut the linger short.
+        assert_eq!(
+            p.on_event(1_260, E::Appended),
+            A::AwaitAck { until_ms: 31_251 }
+        );
+        // The ack: record it, then look for more once the linger is over.
         assert_eq!(
             p.on_event(1_300, E::Acked { upto_seq: 11 }),
             A::Mark { upto: 11 }
         );
         assert!(!p.awaiting_ack());
-        assert_eq!(p.on_event(1_301, E::Marked), send(12));
+        assert_eq!(
+            p.on_event(1_301, E::Marked),
+            A::Idle {
+                until_ms: 1_251 + LINGER_MS
+            }
+        );
+        assert_eq!(p.on_event(1_251 + LINGER_MS, E::Tick), send(12));
         assert_eq!(p.acked(), 11);
         // Without a wake-up (unwoken config), the poll picks an append up within 200 ms.
         let mut p = AuditUpload::new(UploadConfig::new(false), 0);
@@ -374,28 +405,38 @@ mod tests {
             p.on_event(50, E::Acked { upto_seq: 100 }),
             A::Mark { upto: 100 }
         );
-        // Still one in flight: read the next batch while the hub stores it.
-        assert_eq!(p.on_event(51, E::Marked), send(151));
-        assert_eq!(p.on_event(52, E::Drained), A::AwaitAck { until_ms: 30_050 });
+        // One still in flight, but the last batch was short: linger rather than read a few.
+        assert_eq!(p.on_event(51, E::Marked), A::AwaitAck { until_ms: 30_050 });
         assert_eq!(
             p.on_event(90, E::Acked { upto_seq: 150 }),
             A::Mark { upto: 150 }
         );
-        assert_eq!(p.on_event(91, E::Marked), send(151));
-        assert_eq!(p.on_event(92, E::Drained), A::Idle { until_ms: 5_092 });
+        assert_eq!(
+            p.on_event(91, E::Marked),
+            A::Idle {
+                until_ms: 7 + LINGER_MS
+            }
+        );
+        assert_eq!(p.on_event(7 + LINGER_MS, E::Tick), send(151));
+        let t = 8 + LINGER_MS;
+        assert_eq!(
+            p.on_event(t, E::Drained),
+            A::Idle {
+                until_ms: t + POLL_WOKEN_MS
+            }
+        );
         assert_eq!(p.acked(), 150);
         // The hub acknowledging more than the batch never marks past what was sent.
-        assert_eq!(p.on_event(100, E::Appended), send(151));
+        assert_eq!(p.on_event(t + 10, E::Appended), send(151));
         p.on_event(
-            101,
+            t + 11,
             E::Sent {
                 from: 151,
                 last: 160,
             },
         );
-        p.on_event(102, E::Drained);
         assert_eq!(
-            p.on_event(103, E::Acked { upto_seq: 999 }),
+            p.on_event(t + 13, E::Acked { upto_seq: 999 }),
             A::Mark { upto: 160 }
         );
     }
