@@ -182,21 +182,43 @@ fn run_ingest(
     let mut rejected = 0;
     let mut warnings = 0;
     for file in files {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read {}", file.display()))?;
-        let lines = edge_hub::admin::bundles(&text);
-        let total = lines.len() as u64;
         let name = file.display().to_string();
-        let mut last = Instant::now();
-        let report = store.ingest(lines, edge_hub::server::now(), 2, &opts, &mut |seen, ok| {
-            if last.elapsed().as_millis() >= 500 || seen == total {
-                last = Instant::now();
-                eprintln!(
-                    "edge-hub ingest: {name}: {seen} / {total} bundles ({}%), {ok} accepted",
-                    seen * 100 / total.max(1)
-                );
-            }
-        })?;
+        let (a, r, w) = ingest_file(&*store, file, &name, &opts)?;
+        accepted += a;
+        rejected += r;
+        warnings += w;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!("{{\"accepted\": {accepted}, \"rejected\": {rejected}, \"warnings\": {warnings}, \"seconds\": {secs:.2}}}");
+    eprintln!(
+        "edge-hub ingest: {accepted} bundles accepted, {rejected} rejected in {secs:.1} s ({:.0}/s); {} patients held",
+        accepted as f64 / secs.max(1e-9),
+        store.patient_count()?
+    );
+    drop(store);
+    if let Err(e) = edge_hub::perms::secure_data_dir(&cfg.data_dir) {
+        eprintln!(
+            "edge-hub ingest: warning: cannot narrow the permissions under {}: {e}",
+            cfg.data_dir.display()
+        );
+    }
+    Ok(rejected == 0)
+}
+
+/// Ingest one file, NDJSON streamed [`edge_hub::store::INGEST_CHUNK`] lines at a time (memory
+/// bounded by a chunk whatever the file's size) or one JSON bundle; rejections and warnings
+/// printed by line. Returns (accepted, rejected, warnings).
+fn ingest_file(
+    store: &dyn edge_hub::store::FeedStore,
+    file: &std::path::Path,
+    name: &str,
+    opts: &edge_proto::fhir::ingest::IngestOptions,
+) -> anyhow::Result<(u64, u64, u64)> {
+    use std::io::BufRead as _;
+    let open = || File::open(file).with_context(|| format!("cannot read {}", file.display()));
+    let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    let mut counts = (0u64, 0u64, 0u64);
+    let emit = |report: &edge_hub::store::IngestReport, counts: &mut (u64, u64, u64)| {
         for r in &report.rejected {
             match r.entry {
                 Some(e) => eprintln!(
@@ -221,25 +243,70 @@ fn run_ingest(
                 report.warnings_total - report.warnings.len() as u64
             );
         }
-        accepted += report.accepted;
-        rejected += report.rejected.len() as u64;
-        warnings += report.warnings_total;
+        counts.0 += report.accepted;
+        counts.1 += report.rejected.len() as u64;
+        counts.2 += report.warnings_total;
+    };
+    // NDJSON when the first non-empty line is a JSON value of its own; otherwise one bundle.
+    let ndjson = {
+        let mut first = String::new();
+        let mut r = io::BufReader::new(open()?);
+        loop {
+            first.clear();
+            if r.read_line(&mut first)? == 0 || !first.trim().is_empty() {
+                break;
+            }
+        }
+        first.trim().is_empty()
+            || serde_json::from_str::<serde::de::IgnoredAny>(first.trim()).is_ok()
+    };
+    if !ndjson {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        let report = store.ingest(
+            [(1, text.as_str())],
+            edge_hub::server::now(),
+            2,
+            opts,
+            &mut |_, _| {},
+        )?;
+        emit(&report, &mut counts);
+        return Ok(counts);
     }
-    let secs = started.elapsed().as_secs_f64();
-    println!("{{\"accepted\": {accepted}, \"rejected\": {rejected}, \"warnings\": {warnings}, \"seconds\": {secs:.2}}}");
-    eprintln!(
-        "edge-hub ingest: {accepted} bundles accepted, {rejected} rejected in {secs:.1} s ({:.0}/s); {} patients held",
-        accepted as f64 / secs.max(1e-9),
-        store.patient_count()?
-    );
-    drop(store);
-    if let Err(e) = edge_hub::perms::secure_data_dir(&cfg.data_dir) {
-        eprintln!(
-            "edge-hub ingest: warning: cannot narrow the permissions under {}: {e}",
-            cfg.data_dir.display()
-        );
+    let mut reader = io::BufReader::with_capacity(1 << 20, open()?);
+    let mut chunk: Vec<(u64, String)> = Vec::with_capacity(edge_hub::store::INGEST_CHUNK);
+    let (mut line_no, mut read, mut last) = (0u64, 0u64, Instant::now());
+    loop {
+        let mut line = String::new();
+        let n = reader
+            .read_line(&mut line)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        read += n as u64;
+        if n > 0 {
+            line_no += 1;
+            if !line.trim().is_empty() {
+                chunk.push((line_no, line));
+            }
+        }
+        if chunk.len() == edge_hub::store::INGEST_CHUNK || (n == 0 && !chunk.is_empty()) {
+            let lines = chunk.iter().map(|(l, t)| (*l, t.trim_end()));
+            let report = store.ingest(lines, edge_hub::server::now(), 2, opts, &mut |_, _| {})?;
+            chunk.clear();
+            emit(&report, &mut counts);
+            if last.elapsed().as_millis() >= 500 || n == 0 {
+                last = Instant::now();
+                eprintln!(
+                    "edge-hub ingest: {name}: {} bundles read ({}% of the file), {} accepted",
+                    line_no,
+                    read * 100 / size.max(1),
+                    counts.0
+                );
+            }
+        }
+        if n == 0 {
+            return Ok(counts);
+        }
     }
-    Ok(rejected == 0)
 }
 
 /// `edge-hub migrate`: the PostgreSQL schema up to this binary's version.

@@ -67,17 +67,25 @@ pub async fn migrate(client: &mut Client) -> Result<Outcome, StoreError> {
 }
 
 async fn run(client: &mut Client) -> Result<Outcome, StoreError> {
-    client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (
+    // Created only when missing (IF NOT EXISTS alone logs a NOTICE at every hub start).
+    let exists: bool = client
+        .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
+        .await
+        .map_err(pg)?
+        .get(0);
+    if !exists {
+        client
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (
                  version integer PRIMARY KEY,
                  name text NOT NULL,
                  sha256 text NOT NULL,
                  applied_at timestamptz NOT NULL DEFAULT now()
              )",
-        )
-        .await
-        .map_err(pg)?;
+            )
+            .await
+            .map_err(pg)?;
+    }
     let rows = client
         .query("SELECT version, sha256 FROM schema_migrations", &[])
         .await

@@ -242,22 +242,31 @@ pub fn migrate(opts: &PgOptions) -> Result<migrate::Outcome, StoreError> {
     let Some(h) = rt.handle() else {
         return Err(StoreError::Pg("the database runtime is gone".into()));
     };
-    let handle = h.spawn(async move {
-        let mut client = match tls {
-            Some(t) => {
-                let (client, conn) = cfg.connect(t).await.map_err(connect_error)?;
-                tokio::spawn(conn);
-                client
-            }
-            None => {
-                let (client, conn) = cfg.connect(NoTls).await.map_err(connect_error)?;
-                tokio::spawn(conn);
-                client
-            }
-        };
-        migrate::migrate(&mut client).await
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    h.spawn(async move {
+        let _ = tx.send(migrate_on(cfg, tls).await);
     });
-    block_on(handle).map_err(|e| StoreError::Pg(format!("migration task: {e}")))?
+    rx.recv()
+        .map_err(|_| StoreError::Pg("the migration task ended without an answer".into()))?
+}
+
+async fn migrate_on(
+    cfg: tokio_postgres::Config,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+) -> Result<migrate::Outcome, StoreError> {
+    let mut client = match tls {
+        Some(t) => {
+            let (client, conn) = cfg.connect(t).await.map_err(connect_error)?;
+            tokio::spawn(conn);
+            client
+        }
+        None => {
+            let (client, conn) = cfg.connect(NoTls).await.map_err(connect_error)?;
+            tokio::spawn(conn);
+            client
+        }
+    };
+    migrate::migrate(&mut client).await
 }
 
 fn connect_error(e: impl std::fmt::Display) -> StoreError {
@@ -310,10 +319,17 @@ impl PgStore {
         let Some(rt) = self.rt.handle() else {
             return Err(StoreError::Pg("the store is closed".into()));
         };
+        // Waited for over a channel, not by polling the task's JoinHandle: a JoinHandle polled
+        // from inside another runtime's task obeys that task's co-operative budget, and a
+        // spent budget would make this thread spin.
         let pool = self.pool.clone();
-        let got = block_on(rt.spawn(async move { pool.get().await }))
-            .map_err(|e| StoreError::Pg(format!("database task: {e}")))?;
-        got.map_err(connect_error)
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        rt.spawn(async move {
+            let _ = tx.send(pool.get().await);
+        });
+        rx.recv()
+            .map_err(|_| StoreError::Pg("the database task ended without an answer".into()))?
+            .map_err(connect_error)
     }
 
     /// Lock the feed head for this transaction: `(head, oldest)`. Every feed writer calls this

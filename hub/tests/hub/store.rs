@@ -826,6 +826,33 @@ mod pg_only {
             .is_err());
     }
 
+    /// The hub calls its store from inside tokio tasks, many times per poll: the calls must not
+    /// depend on that task's co-operative budget (a JoinHandle polled there spun forever once
+    /// the budget was spent).
+    #[test]
+    fn calls_from_inside_a_busy_tokio_task_complete() {
+        let Some(db) = TestDb::create() else { return };
+        let store = std::sync::Arc::new(PgStore::connect(&db.options()).unwrap());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let s = store.clone();
+        let n = rt.block_on(async move {
+            tokio::spawn(async move {
+                let mut n = 0;
+                for _ in 0..1_000 {
+                    n += FeedStore::head(&*s).unwrap();
+                }
+                n
+            })
+            .await
+            .unwrap()
+        });
+        assert_eq!(n, 0);
+    }
+
     #[test]
     fn a_database_without_the_schema_is_refused_until_migrated() {
         let Some(db) = TestDb::create() else { return };
