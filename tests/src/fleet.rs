@@ -108,6 +108,11 @@ pub fn mint_operator(fleet: &Path, id: &str, name: &str, role: &str) -> anyhow::
 impl Fleet {
     /// Provision a fleet CA and a hub (not started).
     pub fn new() -> anyhow::Result<Fleet> {
+        Fleet::with_hub_args(&[])
+    }
+
+    /// [`Fleet::new`] with extra `edge-provision hub` arguments (e.g. `--database URL`).
+    pub fn with_hub_args(extra: &[&str]) -> anyhow::Result<Fleet> {
         let tmp = tempfile::tempdir()?;
         let fleet = tmp.path().join("fleet");
         let hub_dir = tmp.path().join("hub");
@@ -131,6 +136,7 @@ impl Fleet {
                     "--admin",
                     &admin,
                 ])
+                .args(extra)
                 .arg("--out")
                 .arg(&hub_dir),
         )?;

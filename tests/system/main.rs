@@ -8,6 +8,7 @@ mod audit;
 mod corpus;
 mod disk_full;
 mod foundation;
+mod hub_pg;
 mod lan;
 mod lan_limits;
 mod prefetch;
