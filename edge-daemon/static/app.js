@@ -1390,9 +1390,17 @@
         text = `Syncing with the hub (${Number(s.records || 0).toLocaleString('en-GB')} records so far): some records may not be on this unit yet.`;
         cls = 'info';
       }
+      // A full disk stops updates from the hub while lookups go on: say so beside anything else
+      // (the records shown may be older than the last sync time suggests).
+      if (!s.shredded && s.storage && s.storage.disk_full) {
+        const full = 'UNIT STORAGE FULL — updates from the hub cannot be saved, so records shown may be out of date: check the “as of” time on each record. Tell the fleet team.';
+        text = text ? `${text} ${full}` : full;
+        cls = 'offline';
+      }
       const parts = [`Unit ${s.device_id || ''}${s.role ? ` (${s.role})` : ''}`.trim(), `link ${s.link === 'down' ? 'DOWN' : 'up'}`];
       if (typeof s.records === 'number') parts.push(`${s.records.toLocaleString('en-GB')} records`);
       parts.push(`last sync ${lastText}`);
+      if (s.storage && s.storage.disk_full) parts.push('storage FULL');
       foot.textContent = parts.join(' · ');
       // Only an ambulance's unit conveys patients.
       $('convey-open').hidden = s.role !== 'vehicle';

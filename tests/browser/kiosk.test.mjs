@@ -786,6 +786,23 @@ test('offline: the banner appears when the hub goes down; cached records still s
   await page.waitForFunction(() => document.getElementById('link-banner').hidden, null, { timeout: 30_000 });
 });
 
+test('a full disk on the unit is said on every screen, and the notice goes when space returns', async () => {
+  // The real unit's status with storage.disk_full set (filling the disk is tests/system/disk_full.rs).
+  await page.route('**/v1/status', async (route) => {
+    const r = await route.fetch();
+    const s = await r.json();
+    s.storage = { ...(s.storage || {}), disk_full: true, free_bytes: 0 };
+    await route.fulfill({ response: r, body: JSON.stringify(s) });
+  });
+  await page.waitForFunction(() => /UNIT STORAGE FULL/.test(document.getElementById('link-banner').textContent), null, { timeout: 15000 });
+  assert.equal(await page.isVisible('#link-banner'), true);
+  assert.match(await page.textContent('#link-banner'), /may be out of date/);
+  assert.match(await page.textContent('#unit-status'), /storage FULL/);
+  await page.unroute('**/v1/status');
+  await page.waitForFunction(() => !/UNIT STORAGE FULL/.test(document.getElementById('link-banner').textContent), null, { timeout: 15000 });
+  assert.doesNotMatch(await page.textContent('#unit-status'), /storage FULL/);
+});
+
 test('keyboard only: sign in, find, read; focus is always visible', async () => {
   const nhs = sample(/no known allergies/);
   await page.click('#problem-back');
