@@ -8,7 +8,9 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use edge_hub::store::{ParsedChunk, INGEST_CHUNK};
 use kerbside_synth as synth;
+use std::io::BufRead as _;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -214,7 +216,6 @@ fn ingest_file(
     name: &str,
     opts: &edge_proto::fhir::ingest::IngestOptions,
 ) -> anyhow::Result<(u64, u64, u64)> {
-    use std::io::BufRead as _;
     let open = || File::open(file).with_context(|| format!("cannot read {}", file.display()));
     let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
     let mut counts = (0u64, 0u64, 0u64);
@@ -273,14 +274,54 @@ fn ingest_file(
         emit(&report, &mut counts);
         return Ok(counts);
     }
-    let mut reader = io::BufReader::with_capacity(1 << 20, open()?);
-    let mut chunk: Vec<(u64, String)> = Vec::with_capacity(edge_hub::store::INGEST_CHUNK);
-    let (mut line_no, mut read, mut last) = (0u64, 0u64, Instant::now());
+    // A reader thread reads and parses chunk n + 1 while this one commits chunk n; the channel
+    // holds one parsed chunk, so at most three are in memory whatever the file's size.
+    let reader = io::BufReader::with_capacity(1 << 20, open()?);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<anyhow::Result<(ParsedChunk, u64, u64)>>(1);
+    std::thread::scope(|scope| {
+        scope.spawn(move || read_and_parse(reader, file, opts, &tx));
+        let mut last = Instant::now();
+        for item in rx {
+            let (chunk, line_no, read) = item?;
+            let mut report = edge_hub::store::IngestReport::default();
+            store.commit_parsed(chunk, edge_hub::server::now(), &mut report)?;
+            emit(&report, &mut counts);
+            if last.elapsed().as_millis() >= 500 {
+                last = Instant::now();
+                eprintln!(
+                    "edge-hub ingest: {name}: {line_no} lines read ({}% of the file), {} accepted",
+                    read * 100 / size.max(1),
+                    counts.0
+                );
+            }
+        }
+        store.flush()?;
+        eprintln!("edge-hub ingest: {name}: done, {} accepted", counts.0);
+        Ok(counts)
+    })
+}
+
+/// The reader side of [`ingest_file`]: chunks of [`INGEST_CHUNK`] non-empty lines, parsed, sent
+/// with the last line number and the bytes read so far. Stops when the receiver is gone.
+fn read_and_parse(
+    mut reader: impl std::io::BufRead,
+    file: &std::path::Path,
+    opts: &edge_proto::fhir::ingest::IngestOptions,
+    tx: &std::sync::mpsc::SyncSender<anyhow::Result<(ParsedChunk, u64, u64)>>,
+) {
+    let mut chunk: Vec<(u64, String)> = Vec::with_capacity(INGEST_CHUNK);
+    let (mut line_no, mut read) = (0u64, 0u64);
     loop {
         let mut line = String::new();
-        let n = reader
-            .read_line(&mut line)
-            .with_context(|| format!("cannot read {}", file.display()))?;
+        let n = match reader.read_line(&mut line) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = tx.send(Err(
+                    anyhow::Error::new(e).context(format!("cannot read {}", file.display()))
+                ));
+                return;
+            }
+        };
         read += n as u64;
         if n > 0 {
             line_no += 1;
@@ -288,23 +329,17 @@ fn ingest_file(
                 chunk.push((line_no, line));
             }
         }
-        if chunk.len() == edge_hub::store::INGEST_CHUNK || (n == 0 && !chunk.is_empty()) {
-            let lines = chunk.iter().map(|(l, t)| (*l, t.trim_end()));
-            let report = store.ingest(lines, edge_hub::server::now(), 2, opts, &mut |_, _| {})?;
+        if chunk.len() == INGEST_CHUNK || (n == 0 && !chunk.is_empty()) {
+            let lines: Vec<(u64, &str)> = chunk.iter().map(|(l, t)| (*l, t.trim_end())).collect();
+            let parsed = ParsedChunk::parse(&lines, edge_hub::server::now(), 2, opts);
+            drop(lines);
             chunk.clear();
-            emit(&report, &mut counts);
-            if last.elapsed().as_millis() >= 500 || n == 0 {
-                last = Instant::now();
-                eprintln!(
-                    "edge-hub ingest: {name}: {} bundles read ({}% of the file), {} accepted",
-                    line_no,
-                    read * 100 / size.max(1),
-                    counts.0
-                );
+            if tx.send(Ok((parsed, line_no, read))).is_err() {
+                return;
             }
         }
         if n == 0 {
-            return Ok(counts);
+            return;
         }
     }
 }

@@ -250,6 +250,14 @@ pub trait FeedStore: HubFeed + Send + Sync + std::fmt::Debug {
     ) -> Result<DeviceDisk, StoreError>;
     /// Make everything written so far durable.
     fn flush(&self) -> Result<(), StoreError>;
+    /// Commit one chunk parsed beforehand ([`ParsedChunk::parse`], which may run on another
+    /// thread meanwhile), adding to `report`. Atomic per chunk; durable after [`Self::flush`].
+    fn commit_parsed(
+        &self,
+        chunk: ParsedChunk,
+        now: UnixMillis,
+        report: &mut IngestReport,
+    ) -> Result<(), StoreError>;
     /// Call `on_head` with the feed head whenever another process (another hub on the same
     /// database) moves it, and once after each reconnection. The embedded store is one
     /// process's, whose own writers tell the server themselves: nothing to watch.
@@ -299,6 +307,43 @@ impl dyn FeedStore + '_ {
                 f(d);
             }
         })
+    }
+}
+
+/// Up to [`INGEST_CHUNK`] bundles parsed into contributions, not yet applied: lets a caller
+/// parse the next chunk while the store commits this one ([`FeedStore::commit_parsed`]).
+#[derive(Debug)]
+pub struct ParsedChunk {
+    parsed: Vec<(u64, Parsed)>,
+}
+
+impl ParsedChunk {
+    /// Parse `(line number, JSON text)` on `threads` threads.
+    pub fn parse(
+        lines: &[(u64, &str)],
+        now: UnixMillis,
+        threads: usize,
+        opts: &IngestOptions,
+    ) -> ParsedChunk {
+        let opts = IngestOptions {
+            now: Some(opts.now.unwrap_or(now)),
+            ..opts.clone()
+        };
+        ParsedChunk {
+            parsed: parse_parallel(lines, threads.max(1), &opts),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.parsed.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.parsed.is_empty()
+    }
+
+    pub(crate) fn into_parsed(self) -> Vec<(u64, Parsed)> {
+        self.parsed
     }
 }
 
@@ -1244,6 +1289,17 @@ impl FeedStore for HubStore {
 
     fn flush(&self) -> Result<(), StoreError> {
         HubStore::flush(self)
+    }
+
+    fn commit_parsed(
+        &self,
+        chunk: ParsedChunk,
+        now: UnixMillis,
+        report: &mut IngestReport,
+    ) -> Result<(), StoreError> {
+        self.ingest_chunk(chunk.parsed, now, report)?;
+        report.head = self.head()?;
+        Ok(())
     }
 }
 

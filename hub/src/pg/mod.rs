@@ -842,6 +842,17 @@ impl FeedStore for PgStore {
         Ok(())
     }
 
+    fn commit_parsed(
+        &self,
+        chunk: crate::store::ParsedChunk,
+        now: UnixMillis,
+        report: &mut IngestReport,
+    ) -> Result<(), StoreError> {
+        self.ingest_chunk(chunk.into_parsed(), now, report)?;
+        report.head = FeedStore::head(self)?;
+        Ok(())
+    }
+
     fn watch_head(&self, on_head: crate::store::HeadWatcher) -> Result<(), StoreError> {
         let Some(rt) = self.rt.handle() else {
             return Err(StoreError::Pg("the store is closed".into()));

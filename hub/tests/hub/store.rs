@@ -11,7 +11,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use edge_hub::pg::{PgOptions, PgStore};
-use edge_hub::store::{FeedStore, HubStore, IngestReport, StoreError};
+use edge_hub::store::{FeedStore, HubStore, IngestReport, ParsedChunk, StoreError};
 use edge_proto::ids::{CohortSpec, DeviceId};
 use edge_proto::sync::{CohortFilter, FeedBody, WithdrawReason};
 use edge_proto::time::UnixMillis;
@@ -198,6 +198,7 @@ conformance!(
     devices_are_remembered_updated_and_listed,
     compaction_drops_only_feed_entries_older_than_the_retention,
     concurrent_ingests_never_let_a_reader_skip,
+    a_chunk_parsed_beforehand_commits_like_an_ingest,
 );
 
 fn filter(specs: &[CohortSpec]) -> CohortFilter<'_> {
@@ -744,6 +745,34 @@ fn concurrent_ingests_never_let_a_reader_skip(b: &mut Backend) {
         u64::from(WRITERS * ROUNDS),
         "no shared patient's update was lost between writers"
     );
+}
+
+/// The pipelined ingest's two halves (`ParsedChunk::parse` on one thread, `commit_parsed` on
+/// another) give what `ingest` gives: versions, feed positions, rejections by line.
+fn a_chunk_parsed_beforehand_commits_like_an_ingest(b: &mut Backend) {
+    let store = b.store();
+    let (a, c) = (nhs(0), nhs(1));
+    let first = bundle(&Patient::new(&a, "Adebayo", "SE15 4JU"));
+    let second = bundle(&Patient::new(&c, "Brown", "N1 9GU"));
+    let lines = [
+        (1, first.as_str()),
+        (2, "{\"resourceType\": \"Patient\"}"),
+        (3, second.as_str()),
+    ];
+    let chunk = ParsedChunk::parse(&lines, T0, 2, &Default::default());
+    assert_eq!(chunk.len(), 3);
+    let mut report = IngestReport::default();
+    store.commit_parsed(chunk, T0, &mut report).unwrap();
+    store.flush().unwrap();
+    assert_eq!((report.accepted, report.changed, report.head), (2, 2, 2));
+    assert_eq!(report.rejected.len(), 1);
+    assert_eq!(report.rejected[0].line, 2);
+    let again = ParsedChunk::parse(&lines[..1], T0, 1, &Default::default());
+    let mut report = IngestReport::default();
+    store.commit_parsed(again, T0, &mut report).unwrap();
+    assert_eq!((report.accepted, report.changed, report.head), (1, 0, 2));
+    assert_eq!(store.changes_after(0, 10).unwrap().len(), 2);
+    assert_eq!(store.summary(&nhs_number(1)).unwrap().unwrap().version, 1);
 }
 
 mod pg_only {
