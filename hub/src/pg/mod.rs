@@ -277,7 +277,16 @@ impl PgStore {
     /// Migrate the database (under the advisory lock) and open a pool on it. Fails clearly,
     /// within the connect timeout, when the database cannot be reached.
     pub fn connect(opts: &PgOptions) -> Result<PgStore, StoreError> {
-        migrate(opts)?;
+        let out = migrate(opts)?;
+        if !out.applied.is_empty() {
+            tracing::info!(version = out.version, applied = ?out.applied, "database schema migrated");
+        }
+        if !out.unknown.is_empty() {
+            tracing::warn!(
+                unknown = ?out.unknown,
+                "the database has schema migrations this hub does not know (a newer hub applied them); they only add, so this hub carries on"
+            );
+        }
         PgStore::open(opts)
     }
 
