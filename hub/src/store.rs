@@ -276,6 +276,48 @@ pub trait FeedStore: HubFeed + Send + Sync + std::fmt::Debug {
     }
 }
 
+/// [`HubFeed::get`] over a store's own reads (`cur`, `alias` — the whole chain — and `body`,
+/// the current summary's bytes), the same for every backend: a former (superseded or merged)
+/// NHS number answers its current record.
+pub(crate) fn current_record(
+    nhs: &NhsNumber,
+    cur: impl Fn(&NhsNumber) -> Result<Option<CurDisk>, StoreError>,
+    alias: impl FnOnce(&NhsNumber) -> Result<Option<NhsNumber>, StoreError>,
+    body: impl FnOnce(&NhsNumber) -> Result<Option<Vec<u8>>, StoreError>,
+) -> Result<Option<CurrentRecord>, StoreError> {
+    let mut c = cur(nhs)?;
+    let mut nhs = *nhs;
+    if c.as_ref()
+        .is_none_or(|c| c.withdrawn == Some(WithdrawReason::Merged))
+    {
+        if let Some(current) = alias(&nhs)? {
+            nhs = current;
+            c = cur(&nhs)?;
+        }
+    }
+    let Some(c) = c else {
+        return Ok(None);
+    };
+    let body = match c.withdrawn {
+        Some(r) => FeedBody::Withdrawn(r),
+        None => match body(&nhs)? {
+            Some(b) => FeedBody::Record(Bytes::from(b)),
+            None => {
+                return Err(StoreError::Corrupt {
+                    key: "b".into(),
+                    why: "current record without a body".into(),
+                })
+            }
+        },
+    };
+    Ok(Some(CurrentRecord {
+        seq: c.seq,
+        version: c.version,
+        meta: c.meta,
+        body,
+    }))
+}
+
 /// The generic conveniences the hub's callers use (the trait's own methods take trait objects
 /// so that it is object-safe).
 impl dyn FeedStore + '_ {
@@ -1180,39 +1222,12 @@ impl HubFeed for HubStore {
 
     /// A former (superseded or merged) NHS number answers its current record.
     fn get(&self, nhs: &NhsNumber) -> Result<Option<CurrentRecord>, FeedError> {
-        let mut c = self.cur(nhs)?;
-        let mut nhs = *nhs;
-        if c.as_ref()
-            .is_none_or(|c| c.withdrawn == Some(WithdrawReason::Merged))
-        {
-            if let Some(current) = self.alias(&nhs)? {
-                nhs = current;
-                c = self.cur(&nhs)?;
-            }
-        }
-        let nhs = &nhs;
-        let Some(c) = c else {
-            return Ok(None);
-        };
-        let body = match c.withdrawn {
-            Some(r) => FeedBody::Withdrawn(r),
-            None => match self.tree.get(pkey(b'b', nhs)).map_err(StoreError::from)? {
-                Some(b) => FeedBody::Record(Bytes::from(b.to_vec())),
-                None => {
-                    return Err(StoreError::Corrupt {
-                        key: "b".into(),
-                        why: "current record without a body".into(),
-                    }
-                    .into())
-                }
-            },
-        };
-        Ok(Some(CurrentRecord {
-            seq: c.seq,
-            version: c.version,
-            meta: c.meta,
-            body,
-        }))
+        Ok(current_record(
+            nhs,
+            |n| self.cur(n),
+            |n| self.alias(n),
+            |n| Ok(self.tree.get(pkey(b'b', n))?.map(|b| b.to_vec())),
+        )?)
     }
 }
 

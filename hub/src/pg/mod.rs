@@ -26,17 +26,16 @@ use edge_proto::ids::DeviceId;
 use edge_proto::model::Summary;
 use edge_proto::nhs::NhsNumber;
 use edge_proto::sync::{
-    Bytes, CohortFilter, CurrentMeta, CurrentRecord, FeedBody, FeedEntry, FeedError, HubFeed,
-    WithdrawReason,
+    CohortFilter, CurrentMeta, CurrentRecord, FeedEntry, FeedError, HubFeed, WithdrawReason,
 };
 use edge_proto::time::UnixMillis;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{GenericClient, NoTls, Transaction};
 
 use crate::store::{
-    assemble_chunk, decode, encode, feed_entry, follow_aliases, ingest_lines, withdrawal,
-    ChunkReader, ChunkWrites, CurDisk, DeviceDisk, FeedDisk, FeedStore, IngestReport, Parsed,
-    StoreError,
+    assemble_chunk, current_record, decode, encode, feed_entry, follow_aliases, ingest_lines,
+    withdrawal, ChunkReader, ChunkWrites, CurDisk, DeviceDisk, FeedDisk, FeedStore, IngestReport,
+    Parsed, StoreError,
 };
 
 /// How to reach the database. The password is never part of `url` (refused there) and never
@@ -944,38 +943,11 @@ impl HubFeed for PgStore {
     fn get(&self, nhs: &NhsNumber) -> Result<Option<CurrentRecord>, FeedError> {
         let c = self.conn()?;
         let c = client(&c);
-        let mut cur = cur_of(c, nhs)?;
-        let mut nhs = *nhs;
-        if cur
-            .as_ref()
-            .is_none_or(|c| c.withdrawn == Some(WithdrawReason::Merged))
-        {
-            if let Some(current) = follow_aliases(&nhs, |at| alias_step_of(c, at))? {
-                nhs = current;
-                cur = cur_of(c, &nhs)?;
-            }
-        }
-        let Some(cur) = cur else {
-            return Ok(None);
-        };
-        let body = match cur.withdrawn {
-            Some(r) => FeedBody::Withdrawn(r),
-            None => match summary_bytes_of(c, &nhs)? {
-                Some(b) => FeedBody::Record(Bytes::from(b)),
-                None => {
-                    return Err(StoreError::Corrupt {
-                        key: "b".into(),
-                        why: "current record without a body".into(),
-                    }
-                    .into())
-                }
-            },
-        };
-        Ok(Some(CurrentRecord {
-            seq: cur.seq,
-            version: cur.version,
-            meta: cur.meta,
-            body,
-        }))
+        Ok(current_record(
+            nhs,
+            |n| cur_of(c, n),
+            |n| follow_aliases(n, |at| alias_step_of(c, at)),
+            |n| summary_bytes_of(c, n),
+        )?)
     }
 }
