@@ -14,6 +14,7 @@
 //! | `t` | `count` | cohort records held (u64 BE; written in every apply's batch) |
 //! | `t` | `search` | the search postings' layout ([`SEARCH_LAYOUT`]); absent → rebuilt at open |
 //! | `x` | kind (1 B) ‖ keyed hash (8 B) ‖ index key (32 B) | empty — a search posting |
+//! | `d` | index key (32 B) | a record's search card (sealed demographics) written since the card files were built; empty: removed since (`cards.rs`) |
 //!
 //! A sealed record's plaintext is `0x01` ‖ raw deflate of the [`CachedRecord`]'s CBOR
 //! (compressed before sealing: ciphertext does not compress, and the CBOR's repeated keys and
@@ -226,10 +227,14 @@ const K_META: &[u8] = b"tmeta";
 const K_COUNT: &[u8] = b"tcount";
 const K_SEARCH: &[u8] = b"tsearch";
 const T_POSTING: &[u8] = b"x";
+/// A search card changed since the card files were built (see `cards.rs`).
+const T_CARD: &[u8] = b"d";
 /// The search postings' layout; a cache without it (or with another) has them rebuilt at open.
 pub const SEARCH_LAYOUT: &[u8] = b"pairs-2";
-/// The layout marker when some postings are in the sorted posting file ([`PostingFile`]).
-const SEARCH_LAYOUT_FILE: &[u8] = b"pairs-2+file";
+/// The layout marker when some postings are in the sorted posting file ([`PostingFile`]) and
+/// the search cards in the card files (`cards.rs`). The earlier `pairs-2+file` (no cards) is
+/// rebuilt once at open.
+const SEARCH_LAYOUT_FILE: &[u8] = b"pairs-2+file+cards";
 /// Bytes of the keyed hash in a posting's key (a collision only adds a candidate that the
 /// re-check then drops).
 const POSTING_HASH: usize = 8;
@@ -282,6 +287,11 @@ enum Stop {
     AfterIndex,
 }
 
+/// The index key of a record stored under `k` (`r` ‖ index key).
+fn id_of(k: &[u8]) -> Option<[u8; ID_LEN]> {
+    k.get(T_RECORD.len()..)?.try_into().ok()
+}
+
 fn split_header(v: &[u8]) -> Option<(u64, u64, &[u8])> {
     let a = u64::from_be_bytes(v.get(..8)?.try_into().ok()?);
     let b = u64::from_be_bytes(v.get(8..16)?.try_into().ok()?);
@@ -306,6 +316,12 @@ pub struct Cache {
     bulk: std::sync::Mutex<Option<Bulk>>,
     /// The postings built in bulk, in key order, outside sled (see [`PostingFile`]).
     posting_file: std::sync::RwLock<Option<PostingFile>>,
+    /// The search cards built in bulk (`cards.rs`): what a search scores candidates from.
+    cards: std::sync::RwLock<Option<crate::cards::CardFile>>,
+    /// The records with a `d` entry in sled (cards changed since the build), so a search
+    /// reads sled only for them: a random read of sled's tree, even one that finds nothing,
+    /// cost more than the rest of scoring a candidate at 909,090 records.
+    cards_changed: std::sync::RwLock<std::collections::HashSet<[u8; ID_LEN]>>,
     /// The data key was destroyed (tamper, wipe): nothing is served or written any more.
     shredded: std::sync::atomic::AtomicBool,
 }
@@ -416,6 +432,8 @@ impl Cache {
             dir: path.to_path_buf(),
             bulk: std::sync::Mutex::new(None),
             posting_file: std::sync::RwLock::new(None),
+            cards: std::sync::RwLock::new(None),
+            cards_changed: std::sync::RwLock::new(std::collections::HashSet::new()),
             shredded: std::sync::atomic::AtomicBool::new(false),
         };
         // A cold fill's unsorted postings do not outlive the process (the layout marker was
@@ -430,16 +448,28 @@ impl Cache {
         }
         let mut layout = cache.tree.get(K_SEARCH)?;
         if layout.as_deref() == Some(SEARCH_LAYOUT_FILE) {
-            match PostingFile::open(path) {
-                Ok(Some(f)) => {
+            match (PostingFile::open(path), crate::cards::CardFile::open(path)) {
+                (Ok(Some(f)), Ok(Some(c))) => {
                     *cache
                         .posting_file
                         .write()
-                        .unwrap_or_else(|p| p.into_inner()) = Some(f)
+                        .unwrap_or_else(|p| p.into_inner()) = Some(f);
+                    *cache.cards.write().unwrap_or_else(|p| p.into_inner()) = Some(c);
                 }
-                Ok(None) | Err(_) => {
-                    warn!("the sorted search postings are missing or unreadable: rebuilding them");
+                _ => {
+                    warn!("the sorted search postings or cards are missing or unreadable: rebuilding them");
                     layout = None;
+                }
+            }
+        }
+        {
+            let mut changed = cache
+                .cards_changed
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            for k in cache.tree.scan_prefix(T_CARD).keys() {
+                if let Some(id) = k?.get(T_CARD.len()..).and_then(|id| id.try_into().ok()) {
+                    changed.insert(id);
                 }
             }
         }
@@ -563,7 +593,15 @@ impl Cache {
             let (k, v) = kv?;
             let rec = self.open_record(T_RECORD, &k, &v)?;
             records += 1;
-            bulk.add(&self.record_postings(&k, &rec))?;
+            let demo = demographics(rec.record.as_slice());
+            bulk.add(&self.postings_of(&k, rec.nhs, demo.as_ref()))?;
+            if let Some(id) = id_of(&k) {
+                let card = match &demo {
+                    Some(d) => Some(self.seal_card(&id, rec.nhs, d)?),
+                    None => None,
+                };
+                bulk.add_cards(&[(id, card)])?;
+            }
             if records.is_multiple_of(100_000) {
                 info!(records, "search postings: rebuilding");
             }
@@ -576,26 +614,51 @@ impl Cache {
     /// posting file (replacing any earlier one; written aside, fsync'd, renamed), then the
     /// layout marker (and `count`, if given), and flush. Sled's tree is not touched: inserting
     /// millions of keys into it, even in order, cost 20 s and 100 MB of its memory at 909k.
-    fn build_postings(&self, bulk: Bulk, count: Option<usize>) -> Result<(), CacheError> {
+    fn build_postings(&self, mut bulk: Bulk, count: Option<usize>) -> Result<(), CacheError> {
+        use std::io::Write;
         let t = std::time::Instant::now();
         let keys = bulk.keys;
+        bulk.spill.flush()?;
         let mut w = PostingFile::writer(&self.dir)?;
-        bulk.merge_sorted(|chunk| w.add(chunk))?;
+        crate::sorted::sort_keys::<POSTING_KEY_LEN>(
+            &bulk.dir,
+            &bulk.dir.join("spill"),
+            "postings",
+            BULK_RUN_KEYS,
+            |chunk| w.add(chunk),
+        )?;
         let file = w.finish()?;
         let inserted = file.keys;
+        let cards = bulk
+            .cards
+            .take()
+            .ok_or(CacheError::SearchBuilding)?
+            .finish()?;
+        drop(bulk);
+        let carded = cards.records();
         *self.posting_file.write().unwrap_or_else(|p| p.into_inner()) = Some(file);
+        *self.cards.write().unwrap_or_else(|p| p.into_inner()) = Some(cards);
         let mut batch = sled::Batch::default();
         if let Some(n) = count {
             batch.insert(K_COUNT, &(n as u64).to_be_bytes());
         }
+        // The new cards reflect every record as it stands: changes noted since go.
+        for k in self.tree.scan_prefix(T_CARD).keys() {
+            batch.remove(k?);
+        }
         batch.insert(K_SEARCH, SEARCH_LAYOUT_FILE);
         self.tree.apply_batch(batch)?;
         self.db.flush()?;
+        self.cards_changed
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         info!(
             postings = inserted,
             gathered = keys,
+            cards = carded,
             ms = t.elapsed().as_millis() as u64,
-            "search postings built in key order"
+            "search postings and cards built in key order"
         );
         Ok(())
     }
@@ -612,11 +675,20 @@ impl Cache {
 
     /// The posting keys of a cohort record stored under `key` (`r` ‖ index key).
     fn record_postings(&self, key: &[u8], rec: &CachedRecord) -> Vec<Vec<u8>> {
+        self.postings_of(key, rec.nhs, demographics(rec.record.as_slice()).as_ref())
+    }
+
+    /// The posting keys of a record stored under `key` with these demographics.
+    fn postings_of(
+        &self,
+        key: &[u8],
+        nhs: NhsNumber,
+        demo: Option<&edge_proto::model::Demographics>,
+    ) -> Vec<Vec<u8>> {
         let Some(id) = key.get(T_RECORD.len()..) else {
             return Vec::new();
         };
-        demographics(rec.record.as_slice())
-            .map(|d| postings(rec.nhs, &d))
+        demo.map(|d| postings(nhs, d))
             .unwrap_or_default()
             .iter()
             .map(|pk| {
@@ -638,6 +710,73 @@ impl Cache {
         k.push(pk.kind);
         k.extend_from_slice(&h[..POSTING_HASH]);
         k
+    }
+
+    /// A record's search card: its NHS number and demographics, sealed under its index key.
+    fn seal_card(
+        &self,
+        id: &[u8; ID_LEN],
+        nhs: NhsNumber,
+        demo: &edge_proto::model::Demographics,
+    ) -> Result<Vec<u8>, CacheError> {
+        let plain = cbor::to_vec(&(nhs, demo)).map_err(|e| CacheError::Decode {
+            table: "encode",
+            why: e.to_string(),
+        })?;
+        self.sealer
+            .seal(crate::cards::CARD_TABLE, id, &plain)
+            .map_err(|_| CacheError::Seal { table: "encode" })
+    }
+
+    /// Open a search card (`None` if it does not open: the record is read instead).
+    fn open_card(
+        &self,
+        id: &[u8; ID_LEN],
+        sealed: &[u8],
+    ) -> Option<(NhsNumber, edge_proto::model::Demographics)> {
+        let plain = self
+            .sealer
+            .open(crate::cards::CARD_TABLE, id, sealed)
+            .ok()?;
+        cbor::from_slice(&plain).ok()
+    }
+
+    /// The patient behind a search card, if there is a card for `id`: `Some(None)` when the
+    /// record was removed, `None` when only the record can say (no card, or one that does not
+    /// open).
+    #[allow(clippy::type_complexity)]
+    fn card(
+        &self,
+        id: &[u8; ID_LEN],
+    ) -> Result<Option<Option<(NhsNumber, edge_proto::model::Demographics)>>, CacheError> {
+        let changed = self
+            .cards_changed
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id);
+        if changed {
+            let mut k = T_CARD.to_vec();
+            k.extend_from_slice(id);
+            if let Some(v) = self.tree.get(&k)? {
+                if v.is_empty() {
+                    return Ok(Some(None));
+                }
+                return Ok(self.open_card(id, &v).map(Some));
+            }
+        }
+        let cards = self.cards.read().unwrap_or_else(|p| p.into_inner());
+        let Some(file) = cards.as_ref() else {
+            return Ok(None);
+        };
+        match file.get(id) {
+            Ok(crate::cards::Found::Card(c)) => Ok(self.open_card(id, &c).map(Some)),
+            Ok(crate::cards::Found::Gone) => Ok(Some(None)),
+            Ok(crate::cards::Found::Absent) => Ok(None),
+            Err(e) => {
+                tracing::debug!(error = %e, "a search card cannot be read: reading the record");
+                Ok(None)
+            }
+        }
     }
 
     fn key(&self, table: &str, nhs: &NhsNumber) -> Vec<u8> {
@@ -954,6 +1093,13 @@ impl Cache {
             added: Vec::new(),
             freed: Vec::new(),
             spill: (baseline && (bulk_active || begin_bulk)).then(Vec::new),
+            cards: (baseline && (bulk_active || begin_bulk)).then(Vec::new),
+            card_file: self
+                .cards
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some(),
+            card_writes: Vec::new(),
             // A fill that begins now starts from an empty cache: nothing is written yet.
             written: if begin_bulk {
                 Some(Written::new())
@@ -970,8 +1116,18 @@ impl Cache {
         if begin_bulk {
             // Until the build, the postings are incomplete: a crash rebuilds them at open.
             txn.batch.remove(K_SEARCH);
-            // An empty cache's old sorted postings name nobody it will hold.
+            // An empty cache's old sorted postings and cards name nobody it will hold.
             *self.posting_file.write().unwrap_or_else(|p| p.into_inner()) = None;
+            *self.cards.write().unwrap_or_else(|p| p.into_inner()) = None;
+            txn.card_file = false;
+            crate::cards::remove(&self.dir);
+            self.cards_changed
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+            for k in self.tree.scan_prefix(T_CARD).keys() {
+                txn.batch.remove(k?);
+            }
         }
         let report = match apply_to(&mut txn, apply) {
             Ok(r) => r,
@@ -986,9 +1142,19 @@ impl Cache {
             added,
             freed,
             spill,
+            cards,
+            card_writes,
             written: bloom,
             ..
         } = txn;
+        if !card_writes.is_empty() {
+            // Before the batch: a search may look for a `d` entry that is not there yet (it
+            // then reads the card files, as before this apply), but never misses one that is.
+            self.cards_changed
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(card_writes);
+        }
         let new_bulk = if begin_bulk {
             match Bulk::create(&self.dir) {
                 Ok(b) => Some(b),
@@ -1035,7 +1201,10 @@ impl Cache {
                 // Lent back only after a durable apply: one that failed may have taken it, and
                 // then the rest of the fill reads the tree (slower, never wrong).
                 b.written = bloom;
-                if let Err(e) = b.add(&keys) {
+                if let Err(e) = b
+                    .add(&keys)
+                    .and_then(|()| b.add_cards(cards.as_deref().unwrap_or_default()))
+                {
                     // Without the spill, the postings come from the records at the next open
                     // (the layout marker stays absent); search stays refused until then.
                     warn!(error = %e, "cold fill: cannot keep the search postings aside");
@@ -1086,8 +1255,6 @@ const BULK_RUN_KEYS: usize = 262_144;
 const BULK_RUN_KEYS: usize = 500;
 /// Every posting key's length: `x` ‖ kind ‖ keyed hash ‖ record index key.
 const POSTING_KEY_LEN: usize = T_POSTING.len() + 1 + POSTING_HASH + ID_LEN;
-/// Postings inserted per sled batch during a build.
-const BULK_INSERT_KEYS: usize = 4096;
 
 type PostingBytes = [u8; POSTING_KEY_LEN];
 
@@ -1105,6 +1272,8 @@ struct Bulk {
     /// not in it is known absent without a random read of the tree. Made by the fill's first
     /// apply and lent to each later one; a rebuild at open has none.
     written: Option<Written>,
+    /// The search cards, gathered as records are written (`None` once the build took them).
+    cards: Option<crate::cards::CardBuild>,
 }
 
 /// A Bloom filter of record index keys: 8 MiB, five probes from the key's own keyed-hash bytes
@@ -1163,12 +1332,25 @@ impl Bulk {
             .write(true)
             .mode(0o600)
             .open(dir.join("spill"))?;
+        let cards = crate::cards::CardBuild::create(cache_dir, &dir)?;
         Ok(Bulk {
             dir,
             spill: std::io::BufWriter::with_capacity(1 << 20, f),
             keys: 0,
             written: None,
+            cards: Some(cards),
         })
+    }
+
+    /// Keep search cards aside (`None`: the record was removed) for the build.
+    fn add_cards(&mut self, cards: &[([u8; ID_LEN], Option<Vec<u8>>)]) -> Result<(), CacheError> {
+        let Some(b) = self.cards.as_mut() else {
+            return Err(CacheError::SearchBuilding);
+        };
+        for (id, card) in cards {
+            b.add(id, card.as_deref())?;
+        }
+        Ok(())
     }
 
     fn add(&mut self, keys: &[Vec<u8>]) -> Result<(), CacheError> {
@@ -1179,93 +1361,11 @@ impl Bulk {
         }
         Ok(())
     }
-
-    /// Hand every distinct key to `sink` in ascending order, [`BULK_INSERT_KEYS`] at a time.
-    fn merge_sorted(
-        mut self,
-        mut sink: impl FnMut(&[PostingBytes]) -> Result<(), CacheError>,
-    ) -> Result<(), CacheError> {
-        use std::io::{BufReader, BufWriter, Read, Write};
-        self.spill.flush()?;
-        let mut reader =
-            BufReader::with_capacity(1 << 20, std::fs::File::open(self.dir.join("spill"))?);
-        let mut runs: Vec<PathBuf> = Vec::new();
-        let mut chunk: Vec<PostingBytes> = Vec::new();
-        let mut eof = false;
-        while !eof {
-            chunk.clear();
-            let mut key = [0u8; POSTING_KEY_LEN];
-            while chunk.len() < BULK_RUN_KEYS {
-                match reader.read_exact(&mut key) {
-                    Ok(()) => chunk.push(key),
-                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                        eof = true;
-                        break;
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            chunk.sort_unstable();
-            chunk.dedup();
-            if eof && runs.is_empty() {
-                // Everything fitted in one run: no merge needed.
-                for part in chunk.chunks(BULK_INSERT_KEYS) {
-                    sink(part)?;
-                }
-                return Ok(());
-            }
-            let path = self.dir.join(format!("run-{}", runs.len()));
-            let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(&path)?);
-            for k in &chunk {
-                w.write_all(k)?;
-            }
-            w.flush()?;
-            runs.push(path);
-        }
-        drop(chunk);
-        let mut readers = Vec::with_capacity(runs.len());
-        let mut heap = std::collections::BinaryHeap::new();
-        for (i, path) in runs.iter().enumerate() {
-            let mut r = BufReader::with_capacity(256 * 1024, std::fs::File::open(path)?);
-            let mut key = [0u8; POSTING_KEY_LEN];
-            if read_key(&mut r, &mut key)? {
-                heap.push(std::cmp::Reverse((key, i)));
-            }
-            readers.push(r);
-        }
-        let mut out: Vec<PostingBytes> = Vec::with_capacity(BULK_INSERT_KEYS);
-        while let Some(std::cmp::Reverse((key, i))) = heap.pop() {
-            if out.last() != Some(&key) {
-                out.push(key);
-                if out.len() == BULK_INSERT_KEYS {
-                    sink(&out)?;
-                    out.clear();
-                }
-            }
-            let mut next = [0u8; POSTING_KEY_LEN];
-            if read_key(&mut readers[i], &mut next)? {
-                heap.push(std::cmp::Reverse((next, i)));
-            }
-        }
-        if !out.is_empty() {
-            sink(&out)?;
-        }
-        Ok(())
-    }
 }
 
 impl Drop for Bulk {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Read one key; `false` at the end of the file.
-fn read_key(r: &mut impl std::io::Read, key: &mut PostingBytes) -> Result<bool, CacheError> {
-    match r.read_exact(key) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
-        Err(e) => Err(e.into()),
     }
 }
 
@@ -1297,7 +1397,7 @@ struct PostingFileWriter {
 }
 
 impl PostingFileWriter {
-    fn add(&mut self, chunk: &[PostingBytes]) -> Result<(), CacheError> {
+    fn add(&mut self, chunk: &[PostingBytes]) -> std::io::Result<()> {
         use std::io::Write;
         for k in chunk {
             if self.keys.is_multiple_of(FENCE) {
@@ -1444,6 +1544,13 @@ struct Txn<'a> {
     freed: Vec<(u32, u64)>,
     /// During a cold fill: the postings, kept aside for the sorted build instead of the batch.
     spill: Option<Vec<Vec<u8>>>,
+    /// During a cold fill: the search cards (`None`: removed), kept aside for the build.
+    #[allow(clippy::type_complexity)]
+    cards: Option<Vec<([u8; ID_LEN], Option<Vec<u8>>)>>,
+    /// The card files exist: a changed card goes to sled (`d`).
+    card_file: bool,
+    /// The records whose `d` entries this apply wrote.
+    card_writes: Vec<[u8; ID_LEN]>,
     /// During a cold fill: the record keys written since it began (others are absent).
     written: Option<Written>,
 }
@@ -1469,6 +1576,19 @@ impl Txn<'_> {
         self.overlay.insert(k, v);
     }
 
+    /// Note a record's new search card (`None`: removed): aside during a cold fill, in sled
+    /// once the card files exist, nowhere before (searches then read the records).
+    fn card(&mut self, id: [u8; ID_LEN], card: Option<Vec<u8>>) {
+        if let Some(cards) = self.cards.as_mut() {
+            cards.push((id, card));
+        } else if self.card_file {
+            let mut k = T_CARD.to_vec();
+            k.extend_from_slice(&id);
+            self.batch.insert(k, card.unwrap_or_default());
+            self.card_writes.push(id);
+        }
+    }
+
     /// The value-log space an index entry being replaced or removed stops using.
     fn free(&mut self, k: &[u8], v: &[u8]) {
         if let Some(p) = split_header(v).and_then(|(_, _, rest)| ptr_of(rest)) {
@@ -1477,19 +1597,25 @@ impl Txn<'_> {
     }
 
     /// Drop the search postings of the record stored under `k` as `v` (a record that no longer
-    /// opens keeps its postings: a search finds nothing behind them and skips them).
-    fn unpost(&mut self, k: &[u8], v: &[u8]) {
+    /// opens keeps its postings: a search finds nothing behind them and skips them). Returns
+    /// the record's NHS number and demographics when it was opened to find them.
+    fn unpost(
+        &mut self,
+        k: &[u8],
+        v: &[u8],
+    ) -> Option<(NhsNumber, Option<edge_proto::model::Demographics>)> {
         self.free(k, v);
         if self.spill.is_some() {
             // A cold fill's postings are not in the tree yet; one left behind for a record
             // replaced within the fill finds the same patient (re-checked at every search).
-            return;
+            return None;
         }
-        if let Ok(rec) = self.cache.open_record(T_RECORD, k, v) {
-            for pk in self.cache.record_postings(k, &rec) {
-                self.batch.remove(pk);
-            }
+        let rec = self.cache.open_record(T_RECORD, k, v).ok()?;
+        let demo = demographics(rec.record.as_slice());
+        for pk in self.cache.postings_of(k, rec.nhs, demo.as_ref()) {
+            self.batch.remove(pk);
         }
+        Some((rec.nhs, demo))
     }
 }
 
@@ -1520,6 +1646,9 @@ impl PostingStore for Cache {
         &self,
         id: [u8; ID_LEN],
     ) -> Result<Option<(NhsNumber, edge_proto::model::Demographics)>, CacheError> {
+        if let Some(found) = self.card(&id)? {
+            return Ok(found);
+        }
         let mut k = T_RECORD.as_bytes().to_vec();
         k.extend_from_slice(&id);
         let Some(rec) = self.read_record(&k)? else {
@@ -1549,9 +1678,10 @@ impl UnitStore for Txn<'_> {
         let k = self.cache.key(T_RECORD, nhs);
         let old = self.read(&k)?;
         let new = old.is_none();
-        if let Some(old) = old {
-            self.unpost(&k, &old);
-        }
+        let was = match old {
+            Some(old) => self.unpost(&k, &old),
+            None => None,
+        };
         let rec = CachedRecord {
             nhs: *nhs,
             version,
@@ -1560,7 +1690,17 @@ impl UnitStore for Txn<'_> {
             synced_at: self.now,
         };
         let sealed = self.cache.seal_record(T_RECORD, &k, &rec)?;
-        let pks = self.cache.record_postings(&k, &rec);
+        let demo = demographics(rec.record.as_slice());
+        let pks = self.cache.postings_of(&k, rec.nhs, demo.as_ref());
+        // Most updates are clinical: the card already says what the new one would.
+        let same_card = was.is_some_and(|(n, d)| n == rec.nhs && d == demo);
+        if let (Some(id), false) = (id_of(&k), same_card) {
+            let card = match &demo {
+                Some(d) => Some(self.cache.seal_card(&id, rec.nhs, d)?),
+                None => None,
+            };
+            self.card(id, card);
+        }
         match self.spill.as_mut() {
             Some(spill) => spill.extend(pks),
             None => {
@@ -1593,6 +1733,9 @@ impl UnitStore for Txn<'_> {
         let held = old.is_some();
         if let Some(old) = old {
             self.unpost(&k, &old);
+            if let Some(id) = id_of(&k) {
+                self.card(id, None);
+            }
         }
         self.write(k, None);
         // Always reported, held or not: an on-demand copy of the patient goes too.
@@ -1619,6 +1762,9 @@ impl UnitStore for Txn<'_> {
         }
         let n = evict.len() as u64;
         for (k, nhs) in evict {
+            if let Some(id) = id_of(&k) {
+                self.card(id, None);
+            }
             self.write(k, None);
             self.ops.push(match nhs {
                 Some(nhs) => Op::Remove(nhs, true),
@@ -1973,6 +2119,192 @@ mod tests {
         assert_eq!(cache.len(), 600);
         assert!(same_answers(&cache, &reference, &people) > 600);
         assert_eq!(posting_count(&cache), postings);
+    }
+
+    /// Every record held has a search card saying exactly what its record says (so a search
+    /// never reads the record), and every record removed has one saying so.
+    fn cards_match_records(
+        cache: &super::Cache,
+        held: &[super::NhsNumber],
+        gone: &[super::NhsNumber],
+    ) {
+        use super::*;
+        for nhs in held {
+            let rec = cache.get(nhs).unwrap().expect("held");
+            let id = id_of(&cache.key(T_RECORD, nhs)).unwrap();
+            let want = demographics(rec.record.as_slice()).map(|d| (*nhs, d));
+            assert_eq!(
+                cache.card(&id).unwrap(),
+                Some(want),
+                "card of a held record"
+            );
+        }
+        for nhs in gone {
+            assert!(cache.get(nhs).unwrap().is_none());
+            let id = id_of(&cache.key(T_RECORD, nhs)).unwrap();
+            assert_eq!(
+                cache.card(&id).unwrap(),
+                Some(None),
+                "card of a removed record"
+            );
+        }
+    }
+
+    fn card_entries(cache: &super::Cache) -> usize {
+        cache.tree.scan_prefix(super::T_CARD).count()
+    }
+
+    #[test]
+    fn search_cards_follow_the_records_through_a_fill_updates_removals_restarts_and_rebuilds() {
+        use super::*;
+        use crate::search::SearchIndex;
+        use edge_proto::sync::{Change, WithdrawReason};
+        let people = summaries(600);
+        let mut reference = SearchIndex::new();
+        for (nhs, _, d) in &people[..500] {
+            reference.insert(*nhs, d);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let sealer = Arc::new(crate::seal::Sealer::ephemeral().unwrap());
+        let (cache, _) = Cache::open(dir.path(), sealer.clone(), KeyState::Fresh).unwrap();
+        let mut seq = 0;
+        // A cold fill in several batches, in which patients 0..20 are sent again later in the
+        // fill reading as patients 300..320 (a newer version): the later card wins.
+        for chunk in people[..400].chunks(100) {
+            baseline(&cache, &mut seq, chunk, false);
+        }
+        let resent: Vec<_> = (0..20)
+            .map(|i| {
+                (
+                    people[i].0,
+                    people[300 + i].1.clone(),
+                    people[300 + i].2.clone(),
+                )
+            })
+            .collect();
+        {
+            use edge_proto::sync::{Apply, ApplyKind, Bytes, SyncState};
+            seq += 1;
+            let apply = Apply {
+                batch_no: seq,
+                kind: ApplyKind::Baseline { epoch: 1 },
+                epoch: 1,
+                changes: resent
+                    .iter()
+                    .map(|(nhs, bytes, _)| Change::Upsert {
+                        seq: 0,
+                        nhs: *nhs,
+                        version: 2,
+                        record: Bytes::from(bytes.clone()),
+                    })
+                    .collect(),
+                state: SyncState::default(),
+            };
+            cache.apply(&apply, UnixMillis(1)).unwrap();
+        }
+        for (nhs, _, d) in &resent {
+            reference.insert(*nhs, d);
+        }
+        baseline(&cache, &mut seq, &people[400..500], true);
+        let sled_dir = dir.path().join("cache.sled");
+        assert!(sled_dir.join(crate::cards::CARD_LOG).exists());
+        assert!(sled_dir.join(crate::cards::CARD_INDEX).exists());
+        // The batch that finishes the fill applies after the build (as its postings do).
+        assert_eq!(
+            card_entries(&cache),
+            100,
+            "only the last batch's cards are in sled"
+        );
+        let held: Vec<_> = people[..500].iter().map(|p| p.0).collect();
+        cards_match_records(&cache, &held, &[]);
+        assert!(same_answers(&cache, &reference, &people[..500]) > 500);
+
+        // After the fill: demographic changes (patients 20..40 now read as 340..360), clinical
+        // updates that leave the demographics alone (40..60: no card written), withdrawals
+        // (60..80) and new patients (500..520).
+        let mut changes = Vec::new();
+        for i in 20..40 {
+            changes.push(Change::Upsert {
+                seq: 0,
+                nhs: people[i].0,
+                version: 2,
+                record: Bytes::from(people[i + 320].1.clone()),
+            });
+            reference.insert(people[i].0, &people[i + 320].2);
+        }
+        for (nhs, bytes, _) in &people[40..60] {
+            let mut summary = cbor::decode_summary(bytes).unwrap();
+            summary.assembled_at = UnixMillis(summary.assembled_at.0 + 1);
+            changes.push(Change::Upsert {
+                seq: 0,
+                nhs: *nhs,
+                version: 2,
+                record: Bytes::from(cbor::encode_summary(&summary).unwrap()),
+            });
+        }
+        for (nhs, _, _) in &people[60..80] {
+            changes.push(Change::Withdraw {
+                seq: 0,
+                nhs: *nhs,
+                version: 9,
+                reason: WithdrawReason::Deleted,
+            });
+            reference.remove(nhs);
+        }
+        for (nhs, bytes, d) in &people[500..520] {
+            changes.push(Change::Upsert {
+                seq: 0,
+                nhs: *nhs,
+                version: 1,
+                record: Bytes::from(bytes.clone()),
+            });
+            reference.insert(*nhs, d);
+        }
+        feed(&cache, &mut seq, changes);
+        assert_eq!(
+            card_entries(&cache),
+            100 + 20 + 20 + 20,
+            "changed, withdrawn and new only"
+        );
+        let held: Vec<_> = people[..520]
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !(60..80).contains(i))
+            .map(|(_, p)| p.0)
+            .collect();
+        let gone: Vec<_> = people[60..80].iter().map(|p| p.0).collect();
+        cards_match_records(&cache, &held, &gone);
+        same_answers(&cache, &reference, &people[..520]);
+
+        // A restart finds the changes noted in sled.
+        drop(cache);
+        let (cache, _) = Cache::open(dir.path(), sealer.clone(), KeyState::Existing).unwrap();
+        cards_match_records(&cache, &held, &gone);
+        same_answers(&cache, &reference, &people[..520]);
+
+        // Damaged card files are rebuilt from the records at open, and the rebuild folds the
+        // changes in (no `d` entries left).
+        drop(cache);
+        let log = sled_dir.join(crate::cards::CARD_LOG);
+        std::fs::write(&log, b"").unwrap();
+        let (cache, opened) = Cache::open(dir.path(), sealer.clone(), KeyState::Existing).unwrap();
+        assert_eq!(opened, Opened::Existing);
+        assert_eq!(card_entries(&cache), 0);
+        cards_match_records(&cache, &held, &[]);
+        same_answers(&cache, &reference, &people[..520]);
+
+        // A cache from before the cards (the earlier layout marker) gets them at open.
+        cache.tree.insert(K_SEARCH, b"pairs-2+file").unwrap();
+        cache.flush().unwrap();
+        drop(cache);
+        crate::cards::remove(&sled_dir);
+        let (cache, _) = Cache::open(dir.path(), sealer, KeyState::Existing).unwrap();
+        assert_eq!(
+            cache.tree.get(K_SEARCH).unwrap().as_deref(),
+            Some(SEARCH_LAYOUT_FILE)
+        );
+        cards_match_records(&cache, &held, &[]);
+        same_answers(&cache, &reference, &people[..520]);
     }
 
     #[test]

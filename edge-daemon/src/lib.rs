@@ -19,12 +19,14 @@
 //! * [`daemon`] — `run`: start everything from a validated `edge.toml`.
 
 pub mod cache;
+mod cards;
 pub mod daemon;
 pub mod disk;
 pub mod journal;
 pub mod lan;
 pub mod seal;
 pub mod search;
+mod sorted;
 pub mod status;
 pub mod supervisor;
 pub mod sync;
