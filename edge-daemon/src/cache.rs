@@ -59,7 +59,7 @@ use tracing::{error, info, warn};
 
 use crate::seal::{KeyState, Sealer};
 use crate::search::{
-    alias_in, postings, search_in, PostingKey, PostingStore, SearchFailed, SearchOutcome,
+    alias_in, postings, search_in, PostingKey, PostingStore, Scored, SearchFailed, SearchOutcome,
     SearchQuery,
 };
 use crate::vlog::{Ptr, ValueLog};
@@ -233,8 +233,9 @@ const T_CARD: &[u8] = b"d";
 pub const SEARCH_LAYOUT: &[u8] = b"pairs-2";
 /// The layout marker when some postings are in the sorted posting file ([`PostingFile`]) and
 /// the search cards in the card files (`cards.rs`). The earlier `pairs-2+file` (no cards) is
-/// rebuilt once at open.
-const SEARCH_LAYOUT_FILE: &[u8] = b"pairs-2+file+cards";
+/// rebuilt once at open. A card holds keys derived by this build's normalisation, phonetic
+/// code and nickname table (`search::Scored`): change any of them and change this marker.
+const SEARCH_LAYOUT_FILE: &[u8] = b"pairs-2+file+cards-1";
 /// Bytes of the keyed hash in a posting's key (a collision only adds a candidate that the
 /// re-check then drops).
 const POSTING_HASH: usize = 8;
@@ -712,43 +713,33 @@ impl Cache {
         k
     }
 
-    /// A record's search card: its NHS number and demographics, sealed under its index key.
+    /// A record's search card: the patient as a search scores them ([`Scored`]: demographics
+    /// and normalised keys), sealed under its index key.
     fn seal_card(
         &self,
         id: &[u8; ID_LEN],
         nhs: NhsNumber,
         demo: &edge_proto::model::Demographics,
     ) -> Result<Vec<u8>, CacheError> {
-        let plain = cbor::to_vec(&(nhs, demo)).map_err(|e| CacheError::Decode {
-            table: "encode",
-            why: e.to_string(),
-        })?;
+        let plain = Scored::new(nhs, demo).encode();
         self.sealer
             .seal(crate::cards::CARD_TABLE, id, &plain)
             .map_err(|_| CacheError::Seal { table: "encode" })
     }
 
     /// Open a search card (`None` if it does not open: the record is read instead).
-    fn open_card(
-        &self,
-        id: &[u8; ID_LEN],
-        sealed: &[u8],
-    ) -> Option<(NhsNumber, edge_proto::model::Demographics)> {
+    fn open_card(&self, id: &[u8; ID_LEN], sealed: &[u8]) -> Option<Scored> {
         let plain = self
             .sealer
             .open(crate::cards::CARD_TABLE, id, sealed)
             .ok()?;
-        cbor::from_slice(&plain).ok()
+        Scored::decode(&plain)
     }
 
     /// The patient behind a search card, if there is a card for `id`: `Some(None)` when the
     /// record was removed, `None` when only the record can say (no card, or one that does not
     /// open).
-    #[allow(clippy::type_complexity)]
-    fn card(
-        &self,
-        id: &[u8; ID_LEN],
-    ) -> Result<Option<Option<(NhsNumber, edge_proto::model::Demographics)>>, CacheError> {
+    fn card(&self, id: &[u8; ID_LEN]) -> Result<Option<Option<Scored>>, CacheError> {
         let changed = self
             .cards_changed
             .read()
@@ -1646,15 +1637,21 @@ impl PostingStore for Cache {
         &self,
         id: [u8; ID_LEN],
     ) -> Result<Option<(NhsNumber, edge_proto::model::Demographics)>, CacheError> {
-        if let Some(found) = self.card(&id)? {
-            return Ok(found);
-        }
         let mut k = T_RECORD.as_bytes().to_vec();
         k.extend_from_slice(&id);
         let Some(rec) = self.read_record(&k)? else {
             return Ok(None);
         };
         Ok(demographics(rec.record.as_slice()).map(|d| (rec.nhs, d)))
+    }
+
+    /// From the record's search card; from the record itself where there is no card (a cache
+    /// without card files, or one that does not open).
+    fn scored(&self, id: [u8; ID_LEN]) -> Result<Option<Scored>, CacheError> {
+        if let Some(found) = self.card(&id)? {
+            return Ok(found);
+        }
+        Ok(self.patient(id)?.map(|(nhs, d)| Scored::new(nhs, &d)))
     }
 }
 
@@ -2132,19 +2129,15 @@ mod tests {
         for nhs in held {
             let rec = cache.get(nhs).unwrap().expect("held");
             let id = id_of(&cache.key(T_RECORD, nhs)).unwrap();
-            let want = demographics(rec.record.as_slice()).map(|d| (*nhs, d));
-            assert_eq!(
-                cache.card(&id).unwrap(),
-                Some(want),
-                "card of a held record"
-            );
+            let want = demographics(rec.record.as_slice()).map(|d| Scored::new(*nhs, &d).encode());
+            let got = cache.card(&id).unwrap().expect("a card, not the record");
+            assert_eq!(got.map(|s| s.encode()), want, "card of a held record");
         }
         for nhs in gone {
             assert!(cache.get(nhs).unwrap().is_none());
             let id = id_of(&cache.key(T_RECORD, nhs)).unwrap();
-            assert_eq!(
-                cache.card(&id).unwrap(),
-                Some(None),
+            assert!(
+                matches!(cache.card(&id).unwrap(), Some(None)),
                 "card of a removed record"
             );
         }

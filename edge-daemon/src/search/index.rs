@@ -212,6 +212,152 @@ impl Entry {
         }
     }
 
+    fn encode(&self, out: &mut Vec<u8>) {
+        fn put_str(out: &mut Vec<u8>, s: &str) {
+            out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            out.extend_from_slice(s.as_bytes());
+        }
+        fn put_opt(out: &mut Vec<u8>, s: &Option<String>) {
+            match s {
+                Some(s) => {
+                    out.push(1);
+                    put_str(out, s);
+                }
+                None => out.push(0),
+            }
+        }
+        fn put_strs(out: &mut Vec<u8>, v: &[String]) {
+            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            for s in v {
+                put_str(out, s);
+            }
+        }
+        out.push(SCORED_FORMAT);
+        put_str(out, &self.nhs.as_digits());
+        put_str(out, &self.family);
+        put_strs(out, &self.given);
+        put_opt(out, &self.birth_date);
+        out.push(match self.gender {
+            Gender::Male => 1,
+            Gender::Female => 2,
+            Gender::Other => 3,
+            Gender::Unknown => 0,
+        });
+        put_opt(out, &self.postcode);
+        put_strs(out, &self.fam.keys);
+        put_strs(out, &self.fam.phon);
+        out.extend_from_slice(&(self.given_toks.len() as u32).to_le_bytes());
+        for t in &self.given_toks {
+            put_str(out, &t.text);
+            put_str(out, &t.phon);
+            out.extend_from_slice(&(t.groups.len() as u32).to_le_bytes());
+            for g in &t.groups {
+                out.extend_from_slice(&g.to_le_bytes());
+            }
+            out.push(u8::from(t.first));
+        }
+        put_opt(out, &self.dob);
+        put_opt(out, &self.pc_full);
+        put_opt(out, &self.pc_district);
+        put_opt(out, &self.name_text);
+        out.push(u8::from(self.deceased));
+    }
+
+    fn decode(b: &[u8]) -> Option<Entry> {
+        struct Rd<'a>(&'a [u8]);
+        impl Rd<'_> {
+            fn take(&mut self, n: usize) -> Option<&[u8]> {
+                if n > self.0.len() {
+                    return None;
+                }
+                let (a, rest) = self.0.split_at(n);
+                self.0 = rest;
+                Some(a)
+            }
+            fn u8(&mut self) -> Option<u8> {
+                self.take(1).map(|b| b[0])
+            }
+            fn len(&mut self) -> Option<usize> {
+                let n = u32::from_le_bytes(self.take(4)?.try_into().ok()?) as usize;
+                // Every element takes at least a byte: a count beyond what is left is damage.
+                (n <= self.0.len()).then_some(n)
+            }
+            fn str(&mut self) -> Option<String> {
+                let n = self.len()?;
+                String::from_utf8(self.take(n)?.to_vec()).ok()
+            }
+            fn opt(&mut self) -> Option<Option<String>> {
+                match self.u8()? {
+                    0 => Some(None),
+                    1 => self.str().map(Some),
+                    _ => None,
+                }
+            }
+            fn strs(&mut self) -> Option<Vec<String>> {
+                let n = self.len()?;
+                (0..n).map(|_| self.str()).collect()
+            }
+            fn flag(&mut self) -> Option<bool> {
+                match self.u8()? {
+                    0 => Some(false),
+                    1 => Some(true),
+                    _ => None,
+                }
+            }
+        }
+        let mut r = Rd(b);
+        if r.u8()? != SCORED_FORMAT {
+            return None;
+        }
+        let nhs = NhsNumber::parse(&r.str()?).ok()?;
+        let family = r.str()?;
+        let given = r.strs()?;
+        let birth_date = r.opt()?;
+        let gender = match r.u8()? {
+            1 => Gender::Male,
+            2 => Gender::Female,
+            3 => Gender::Other,
+            _ => Gender::Unknown,
+        };
+        let postcode = r.opt()?;
+        let fam = NameKeys {
+            keys: r.strs()?,
+            phon: r.strs()?,
+        };
+        let n = r.len()?;
+        let mut given_toks = Vec::with_capacity(n);
+        for _ in 0..n {
+            let text = r.str()?;
+            let phon = r.str()?;
+            let g = r.len()?;
+            let groups = (0..g)
+                .map(|_| Some(u16::from_le_bytes(r.take(2)?.try_into().ok()?)))
+                .collect::<Option<Vec<u16>>>()?;
+            given_toks.push(GivenTok {
+                text,
+                phon,
+                groups,
+                first: r.flag()?,
+            });
+        }
+        let e = Entry {
+            nhs,
+            family,
+            given,
+            birth_date,
+            gender,
+            postcode,
+            fam,
+            given_toks,
+            dob: r.opt()?,
+            pc_full: r.opt()?,
+            pc_district: r.opt()?,
+            name_text: r.opt()?,
+            deceased: r.flag()?,
+        };
+        r.0.is_empty().then_some(e)
+    }
+
     fn candidate(self, score: u32) -> Candidate {
         Candidate {
             nhs: self.nhs,
@@ -279,6 +425,40 @@ fn alias_key(former: &NhsNumber) -> PostingKey {
     }
 }
 
+/// The version of [`Scored`]'s encoding. What it holds is derived by this build's
+/// normalisation, phonetic code and nickname table: a change to any of them must also change
+/// the cache's search layout marker, so stored cards (and postings) are rebuilt at open.
+const SCORED_FORMAT: u8 = 1;
+
+/// A patient as a search scores them: the demographics a candidate shows plus their normalised
+/// search keys (folded name parts, phonetic codes, nickname groups, birth date, postcode parts),
+/// derived once. The unit's cache keeps one per record, encoded, in its search cards, so a
+/// search neither decodes the demographics nor normalises them again per candidate.
+#[derive(Debug)]
+pub struct Scored(Entry);
+
+impl Scored {
+    pub fn new(nhs: NhsNumber, d: &Demographics) -> Scored {
+        Scored(Entry::new(nhs, d))
+    }
+
+    /// A compact binary encoding (length-prefixed fields, one format byte first).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        self.0.encode(&mut out);
+        out
+    }
+
+    /// `None` for anything [`Scored::encode`] did not write (damage, another format).
+    pub fn decode(b: &[u8]) -> Option<Scored> {
+        Entry::decode(b).map(Scored)
+    }
+
+    pub fn nhs(&self) -> NhsNumber {
+        self.0.nhs
+    }
+}
+
 /// Where postings live and how a posted id's demographics are read.
 pub trait PostingStore {
     type Id: Copy + Eq + std::hash::Hash;
@@ -287,6 +467,11 @@ pub trait PostingStore {
     fn ids(&self, key: &PostingKey, out: &mut Vec<Self::Id>) -> Result<(), Self::Error>;
     /// The patient behind an id, if it is still held.
     fn patient(&self, id: Self::Id) -> Result<Option<(NhsNumber, Demographics)>, Self::Error>;
+    /// The patient behind an id as a search scores them (by default derived from
+    /// [`PostingStore::patient`]).
+    fn scored(&self, id: Self::Id) -> Result<Option<Scored>, Self::Error> {
+        Ok(self.patient(id)?.map(|(nhs, d)| Scored::new(nhs, &d)))
+    }
 }
 
 /// Why a search over a [`PostingStore`] failed.
@@ -317,12 +502,11 @@ pub fn search_in<S: PostingStore>(
         if !seen.insert(id) {
             continue;
         }
-        let Some((nhs, d)) = store.patient(id).map_err(SearchFailed::Store)? else {
+        let Some(Scored(e)) = store.scored(id).map_err(SearchFailed::Store)? else {
             continue;
         };
-        let e = Entry::new(nhs, &d);
         if p.agreements(&e) >= 2 {
-            hits.push((p.score(&e), nhs, e));
+            hits.push((p.score(&e), e.nhs, e));
         }
     }
     let matched = hits.len();
@@ -611,4 +795,68 @@ fn given_points(q: &[GivenTok], r: &[GivenTok]) -> u32 {
         }
     }
     best
+}
+
+#[cfg(test)]
+mod scored_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use edge_proto::model::FhirDate;
+
+    fn demo() -> Demographics {
+        Demographics {
+            family: "Smith-Jones".into(),
+            given: vec!["Mary-Ann".into(), "Zoë".into()],
+            birth_date: FhirDate::parse("1950-02-03").ok(),
+            gender: Gender::Female,
+            postcode: Some("SE1 7EH".into()),
+            name_text: None,
+            deceased: true,
+            ..Demographics::default()
+        }
+    }
+
+    #[test]
+    fn a_scored_patient_survives_its_encoding_and_scores_the_same() {
+        let nhs = NhsNumber::parse("9434765919").unwrap();
+        let d = demo();
+        let s = Scored::new(nhs, &d);
+        let bytes = s.encode();
+        let back = Scored::decode(&bytes).unwrap();
+        assert_eq!(back.encode(), bytes);
+        assert_eq!(back.nhs(), nhs);
+        let q = SearchQuery {
+            family: Some("Smith".into()),
+            given: Some("Mary".into()),
+            birth_date: Some("1950-02-03".into()),
+            postcode: Some("SE1".into()),
+        };
+        let p = Prepared::new(&q).unwrap();
+        assert_eq!(p.score(&back.0), p.score(&s.0));
+        assert_eq!(p.agreements(&back.0), p.agreements(&s.0));
+        assert_eq!(
+            format!("{:?}", back.0.candidate(1)),
+            format!("{:?}", Entry::new(nhs, &d).candidate(1))
+        );
+    }
+
+    #[test]
+    fn damaged_encodings_are_refused_without_panicking() {
+        let nhs = NhsNumber::parse("9434765919").unwrap();
+        let bytes = Scored::new(nhs, &demo()).encode();
+        for cut in 0..bytes.len() {
+            assert!(Scored::decode(&bytes[..cut]).is_none(), "cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(Scored::decode(&longer).is_none());
+        for i in 0..bytes.len() {
+            for v in [0u8, 1, 0x7f, 0xff] {
+                let mut b = bytes.clone();
+                b[i] = v;
+                let _ = Scored::decode(&b);
+            }
+        }
+        assert!(Scored::decode(&[SCORED_FORMAT, 0xff, 0xff, 0xff, 0xff]).is_none());
+    }
 }

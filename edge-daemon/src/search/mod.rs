@@ -36,7 +36,8 @@ mod normalise;
 mod phonetic;
 
 pub use index::{
-    alias_in, kind, postings, search_in, PostingKey, PostingStore, SearchFailed, SearchIndex,
+    alias_in, kind, postings, search_in, PostingKey, PostingStore, Scored, SearchFailed,
+    SearchIndex,
 };
 pub use nicknames::{nickname_equivalent, nickname_group_count};
 pub use normalise::{normalise_name, postcode_parts};
