@@ -141,7 +141,38 @@ pub async fn run(cfg: UnitConfig, stop: impl Future<Output = ()>) -> anyhow::Res
         .with_denylist(crate::sync::DenyListSink {
             token_key,
             policy: policy.clone(),
-        });
+        })
+        .with_health(
+            {
+                let (sup, journal, cache, status) = (
+                    supervisor_status.clone(),
+                    journal.clone(),
+                    cache.clone(),
+                    status.clone(),
+                );
+                Arc::new(move || {
+                    let s = sup.get();
+                    edge_proto::sync::UnitHealth {
+                        software: env!("CARGO_PKG_VERSION").to_owned(),
+                        firmware: s.mcu.as_ref().map(|m| m.firmware.clone()),
+                        board_rev: s.mcu.as_ref().map(|m| m.board_rev),
+                        supervisor_mode: s.mode.clone(),
+                        supervisor_connected: s.connected,
+                        supervisor_fault: s.fault.clone(),
+                        supervisor_faults: s.mcu_status.as_ref().map(|m| m.faults),
+                        last_shutdown: s.mcu_status.as_ref().and_then(|m| m.last_shutdown.clone()),
+                        records: cache.len() as u64,
+                        audit_backlog: journal.pending(),
+                        disk_full: status.update(|l| l.disk_full),
+                    }
+                })
+            },
+            {
+                let sup = supervisor_status.clone();
+                let none = cfg.supervisor.mode == edge_runtime::config::SupervisorMode::None;
+                Arc::new(move || none || sup.get().mcu.is_some())
+            },
+        );
     let listener = lan::bind(&cfg).await?;
     tracing::info!(lan = %listener.local_addr()?, tls = cfg.lan.tls, "LAN API listening");
     let sync_task = tokio::spawn(client.run());

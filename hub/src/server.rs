@@ -27,8 +27,9 @@ use edge_proto::audit::{AuditAction, AuditOutcome, Purpose};
 use edge_proto::ids::{CohortSpec, DeviceId, UnitRole};
 use edge_proto::sync::frame::FrameDecoder;
 use edge_proto::sync::{
-    encode_frame, Bytes, DeflateFramer, FetchOutcome, FetchRefusal, HubConfig as SessionConfig,
-    HubSession, RefusalCode, SessionProgress, StreamKind, ToHub, ToUnit, UnitProfile,
+    encode_frame, Bytes, DeflateFramer, FetchOutcome, FetchRefusal, Hello,
+    HubConfig as SessionConfig, HubSession, RefusalCode, SessionProgress, StreamKind, ToHub,
+    ToUnit, UnitProfile,
 };
 use edge_proto::time::UnixMillis;
 use edge_runtime::config::HubConfig;
@@ -743,6 +744,15 @@ async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Re
                         StreamKind::Fetch => fetch = Some(out),
                         StreamKind::Audit => {}
                     }
+                    if let ToHub::Hello(Hello { health: Some(h), .. }) = &msg {
+                        let (h, t) = (edge_proto::sync::UnitHealth::clone(h), now());
+                        let store = hub.store.clone();
+                        let dev = device.clone();
+                        let _ = tokio::task::spawn_blocking(move || {
+                            store.update_device(&dev, |d| d.health = Some((h, t)))
+                        })
+                        .await;
+                    }
                     let store = hub.store.clone();
                     session.handle_message(now(), msg, &*store)
                 }
@@ -1327,6 +1337,15 @@ pub fn device_rows(hub: &Hub) -> anyhow::Result<Vec<serde_json::Value>> {
                     "not_after": not_after.to_rfc3339(),
                     "at": at.to_rfc3339(),
                 })),
+                "health": d.health.as_ref().map(|(h, at)| {
+                    let mut v = serde_json::to_value(h).unwrap_or_default();
+                    if let Some(m) = v.as_object_mut() {
+                        m.insert("at".into(), at.to_rfc3339().into());
+                    }
+                    v
+                }),
+                "software_version": d.health.as_ref().map(|(h, _)| h.software.clone()),
+                "firmware_version": d.health.as_ref().and_then(|(h, _)| h.firmware.clone()),
             }),
         );
     };

@@ -110,6 +110,10 @@ pub struct DeviceDisk {
     /// and when.
     #[serde(default)]
     pub cert_renewed: Option<(String, UnixMillis, UnixMillis)>,
+    /// The health summary from the unit's last hello (software and firmware versions,
+    /// supervisor, records, audit backlog), and when it arrived.
+    #[serde(default)]
+    pub health: Option<(edge_proto::sync::UnitHealth, UnixMillis)>,
 }
 
 /// What an ingest did.

@@ -2034,6 +2034,7 @@ fn hub_refuses_a_wrong_protocol_version_and_a_wrong_device() {
             cohort: vec![],
             baseline: None,
             held: vec![],
+            health: None,
         };
         let err = hub
             .handle_message(UnixMillis(T0), ToHub::Hello(hello), &feed)
@@ -2104,6 +2105,7 @@ fn hub_refuses_protocol_violations() {
             cohort: cohort("all"),
             baseline: None,
             held: vec![],
+            health: None,
         };
         let r = hub.handle_message(UnixMillis(T0), ToHub::Hello(hello), &feed);
         assert!(
@@ -2139,6 +2141,7 @@ fn hub_refuses_protocol_violations() {
         cohort: vec![],
         baseline: None,
         held,
+        health: None,
     };
     assert!(matches!(
         hub.handle_message(UnixMillis(T0), ToHub::Hello(hello), &feed),
@@ -2589,6 +2592,7 @@ mod props {
                 cohort: cohort("all"),
                 baseline,
                 held: vec![],
+                health: None,
             };
             let _ = hub.handle_message(UnixMillis(T0), ToHub::Hello(hello), &feed);
             for (kind, n, i) in ops {
@@ -2603,6 +2607,7 @@ mod props {
                         cohort: vec![],
                         baseline: None,
                         held: vec![],
+                        health: None,
                     }),
                 };
                 let _ = hub.handle_message(UnixMillis(T0), msg, &feed);

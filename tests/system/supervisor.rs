@@ -781,6 +781,7 @@ fn a_daemon_that_stops_heartbeating_is_reset_then_power_cycled(kind: Kind) {
 fn ignition_on_powers_the_host_and_the_daemon_links_up(kind: Kind) {
     let mut f = Fleet::new().unwrap();
     let u = f.enrol("LAS-AMB-0074", &[]).unwrap();
+    f.start_hub().unwrap();
     let mut sim = Board::start(kind, &[], false);
     use_board(&f, u, &sim.pty);
     // Parked: the host stays off.
@@ -827,6 +828,26 @@ fn ignition_on_powers_the_host_and_the_daemon_links_up(kind: Kind) {
         });
         assert_eq!(s["supervisor"]["mcu"]["firmware"], "0.1.0", "{s:#}");
     }
+    // The unit reports the board's firmware and its own software version to the hub in its
+    // hello: the fleet view (`GET /admin/devices`) shows them.
+    let mut row = Value::Null;
+    let shown = wait_for(Duration::from_secs(15), || {
+        row = f.device_row("LAS-AMB-0074")?;
+        Ok(row["firmware_version"] == "0.1.0")
+    });
+    assert!(
+        shown.is_ok(),
+        "the hub never showed the firmware version: {row:#}\n{}",
+        f.hub_log()
+    );
+    assert_eq!(
+        row["software_version"],
+        env!("CARGO_PKG_VERSION"),
+        "the daemon's version: {row:#}"
+    );
+    assert_eq!(row["health"]["supervisor_connected"], true, "{row:#}");
+    assert_eq!(row["health"]["board_rev"], 1, "{row:#}");
+    assert!(row["health"]["at"].is_string(), "{row:#}");
     eprintln!(
         "ignition ({kind:?}): host rail on {:?} after `ignition on` (20 ms debounce, 20 ms delay)",
         powered_at - on

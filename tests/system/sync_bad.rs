@@ -67,6 +67,7 @@ fn hello(device: &str, version: u16) -> Vec<u8> {
         cohort: vec![],
         baseline: None,
         held: vec![],
+        health: None,
     }))
     .unwrap()
 }

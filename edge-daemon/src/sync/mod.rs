@@ -183,7 +183,18 @@ pub struct SyncClient {
     tls_changed: std::sync::atomic::AtomicBool,
     /// Local network changes (watched from [`SyncClient::run`]).
     net: netwatch::NetWatch,
+    /// The health summary sent in each hello (see [`SyncClient::with_health`]).
+    health: Option<HealthSource>,
+    /// Whether the summary is worth sending yet (the supervisor has said who it is).
+    health_ready: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
 }
+
+/// How long the first connection waits for the health summary to be ready (a supervisor that
+/// has not answered by then is reported as such, and the next connection reports it again).
+pub const HEALTH_WAIT: Duration = Duration::from_secs(3);
+
+/// What the unit reports about itself in each hello, read when it connects.
+pub type HealthSource = Arc<dyn Fn() -> edge_proto::sync::UnitHealth + Send + Sync>;
 
 impl std::fmt::Debug for SyncClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -272,6 +283,8 @@ impl SyncClient {
                 cert: std::sync::Mutex::new(cert),
                 tls_changed: std::sync::atomic::AtomicBool::new(false),
                 net: netwatch::NetWatch::never(),
+                health: None,
+                health_ready: None,
             },
             fetcher,
         ))
@@ -285,6 +298,20 @@ impl SyncClient {
 
     /// Take the fleet's token deny list from the hub: verified with `sink.token_key`, applied
     /// to the LAN's access policy.
+    /// Report this health summary (software and firmware versions, supervisor, backlog) to the
+    /// hub in each hello, for the fleet view.
+    /// `ready` says when the summary is complete (the supervisor's hello has arrived): the
+    /// first connection waits for it up to [`HEALTH_WAIT`].
+    pub fn with_health(
+        mut self,
+        source: HealthSource,
+        ready: Arc<dyn Fn() -> bool + Send + Sync>,
+    ) -> Self {
+        self.health = Some(source);
+        self.health_ready = Some(ready);
+        self
+    }
+
     pub fn with_denylist(mut self, sink: DenyListSink) -> Self {
         self.denylist = Some(sink);
         self
@@ -333,6 +360,12 @@ impl SyncClient {
     pub async fn run(mut self) {
         let mut policy = Reconnect::new(&self.config.sync);
         self.net = netwatch::NetWatch::spawn();
+        if let Some(ready) = &self.health_ready {
+            let waited = std::time::Instant::now();
+            while !ready() && waited.elapsed() < HEALTH_WAIT {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         loop {
             let mut out = Outcome::default();
             let r = self
@@ -458,7 +491,7 @@ impl SyncClient {
         debug!(hub = %self.hub_addr, "connected to the hub");
         let (mut pull_send, mut pull_recv) = conn.open_bi().await.map_err(explain)?;
         let state = self.cache.state()?;
-        let session = UnitSession::new(
+        let mut session = UnitSession::new(
             self.config.device_id.clone(),
             state,
             &self.hub_key,
@@ -467,6 +500,9 @@ impl SyncClient {
                 ..SessionConfig::default()
             },
         );
+        if let Some(health) = &self.health {
+            session.set_health(health());
+        }
         let base_rx = self.status.update(|l| {
             l.connects += 1;
             l.link_bytes_received

@@ -203,6 +203,7 @@ fn hello() -> ToHub {
         cohort: vec![],
         baseline: None,
         held: vec![],
+        health: None,
     })
 }
 

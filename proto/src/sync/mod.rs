@@ -36,7 +36,8 @@ pub use unit::{
 };
 pub use wire::{
     Batch, BatchKind, BearerToken, Bytes, Change, FetchOutcome, FetchRefusal, Hello,
-    RebaselineReason, RefusalCode, StreamKind, SyncMode, ToHub, ToUnit, Welcome, WithdrawReason,
+    RebaselineReason, RefusalCode, StreamKind, SyncMode, ToHub, ToUnit, UnitHealth, Welcome,
+    WithdrawReason,
 };
 
 /// The sync protocol version this build speaks (also in the ALPN, [`ALPN`]).

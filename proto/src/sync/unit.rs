@@ -27,7 +27,8 @@ use super::cohort::{cohort_entries, normalize_cohort, same_cohort, MAX_COHORT_EN
 use super::sign::{verify_batch, verify_fetched};
 use super::wire::{
     BaselineProgress, Batch, BatchKind, BearerToken, Bytes, Change, FetchOutcome, FetchRefusal,
-    Held, Hello, RebaselineReason, RefusalCode, SyncMode, ToHub, ToUnit, Welcome, MAX_HELD,
+    Held, Hello, RebaselineReason, RefusalCode, SyncMode, ToHub, ToUnit, UnitHealth, Welcome,
+    MAX_HELD,
 };
 use super::PROTOCOL_VERSION;
 use crate::audit::Purpose;
@@ -300,6 +301,7 @@ impl UnitSession {
             cohort: state.cohort.clone(),
             baseline: state.baseline.clone(),
             held: state.held.clone(),
+            health: None,
         });
         UnitSession {
             device_id,
@@ -352,6 +354,16 @@ impl UnitSession {
     }
 
     /// The next message to send, in order.
+    /// Attach the unit's health summary to the hello, if the hello has not been sent yet.
+    pub fn set_health(&mut self, health: UnitHealth) {
+        for m in self.transmit.iter_mut() {
+            if let ToHub::Hello(h) = m {
+                h.health = Some(Box::new(health));
+                return;
+            }
+        }
+    }
+
     pub fn poll_transmit(&mut self) -> Option<ToHub> {
         self.transmit.pop_front()
     }

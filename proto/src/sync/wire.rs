@@ -276,6 +276,41 @@ pub struct Hello {
     /// Versions received past the last baseline's snapshot, not yet passed by the cursor.
     #[serde(default)]
     pub held: Vec<Held>,
+    /// A small health summary for the fleet view (software and firmware versions, supervisor,
+    /// backlog). Absent from units before it existed; a hub before it ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Box<UnitHealth>>,
+}
+
+/// What a unit reports about itself when it connects (`Hello::health`). Every field has a
+/// default, so a newer unit's summary with fields this hub does not know still decodes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UnitHealth {
+    /// The unit daemon's version (`edge-daemon --version`).
+    pub software: String,
+    /// The supervisor's firmware version, `major.minor.patch`, from its hello on the host
+    /// link (`None`: no supervisor has answered since the daemon started).
+    pub firmware: Option<String>,
+    /// The supervisor's board revision code.
+    pub board_rev: Option<u8>,
+    /// The supervisor link: `none`, `serial` or `sim`.
+    pub supervisor_mode: String,
+    /// The supervisor answered on its link.
+    pub supervisor_connected: bool,
+    /// What is wrong with the supervisor link, if anything.
+    pub supervisor_fault: Option<String>,
+    /// The supervisor's fault bits (0x01 watchdog, 0x02 low battery, 0x04 tamper, 0x08
+    /// certificate expired, 0x10 watchdog limit), from its last status.
+    pub supervisor_faults: Option<u8>,
+    /// Why the supervisor last cut host power, if it has.
+    pub last_shutdown: Option<String>,
+    /// Cohort records held.
+    pub records: u64,
+    /// Audit events on the unit not yet acknowledged by a hub.
+    pub audit_backlog: u64,
+    /// The cache's disk is full: updates cannot be saved.
+    pub disk_full: bool,
 }
 
 /// Why the hub re-baselines a unit.
@@ -558,5 +593,82 @@ impl ToUnit {
             code,
             message: message.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod health_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The hello as units sent it before the health summary existed.
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    struct OldHello {
+        protocol_version: u16,
+        device_id: DeviceId,
+        cursor: u64,
+        epoch: u64,
+        cohort: Vec<CohortSpec>,
+        baseline: Option<BaselineProgress>,
+        #[serde(default)]
+        held: Vec<Held>,
+    }
+
+    fn cbor<T: Serialize>(v: &T) -> Vec<u8> {
+        let mut out = Vec::new();
+        ciborium::into_writer(v, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_hello_with_or_without_health_decodes_on_old_and_new_peers() {
+        let device_id = DeviceId::parse("amb-0042").unwrap();
+        let old = OldHello {
+            protocol_version: 1,
+            device_id: device_id.clone(),
+            cursor: 7,
+            epoch: 2,
+            cohort: Vec::new(),
+            baseline: None,
+            held: Vec::new(),
+        };
+        // An old unit's hello reaches a new hub: no health.
+        let h: Hello = ciborium::from_reader(&cbor(&old)[..]).unwrap();
+        assert_eq!((h.cursor, h.epoch, &h.health), (7, 2, &None));
+        // A new unit's hello without health is byte-for-byte the old one.
+        assert_eq!(cbor(&h), cbor(&old));
+        // A new unit's hello with health reaches an old hub: the rest is read as before.
+        let health = UnitHealth {
+            software: "0.1.0".into(),
+            firmware: Some("1.2.3".into()),
+            board_rev: Some(2),
+            supervisor_mode: "serial".into(),
+            supervisor_connected: true,
+            records: 909_090,
+            audit_backlog: 12,
+            ..UnitHealth::default()
+        };
+        let with = Hello {
+            health: Some(Box::new(health.clone())),
+            ..h
+        };
+        let back: OldHello = ciborium::from_reader(&cbor(&with)[..]).unwrap();
+        assert_eq!(back, old);
+        let back: Hello = ciborium::from_reader(&cbor(&with)[..]).unwrap();
+        assert_eq!(back.health, Some(Box::new(health)));
+        // A later unit's health with a field this hub does not know still decodes.
+        #[derive(Serialize)]
+        struct Later {
+            software: String,
+            firmware: Option<String>,
+            battery_cycles: u32,
+        }
+        let later = Later {
+            software: "9.0.0".into(),
+            firmware: None,
+            battery_cycles: 4,
+        };
+        let got: UnitHealth = ciborium::from_reader(&cbor(&later)[..]).unwrap();
+        assert_eq!(got.software, "9.0.0");
     }
 }
