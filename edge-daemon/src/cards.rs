@@ -47,8 +47,10 @@ const FENCE: u64 = 5;
 const RUN_ENTRIES: usize = 262_144;
 #[cfg(test)]
 const RUN_ENTRIES: usize = 11;
-/// A card is demographics only: a larger one is refused at read (the record is read instead).
+/// A card is demographics only: a larger one is not kept (the record is read instead).
 pub const MAX_CARD: u32 = 64 * 1024;
+/// The length written in place of a card too large to keep.
+const READ_THE_RECORD: u32 = u32::MAX;
 
 /// What the card file says about a record.
 #[derive(Debug, PartialEq, Eq)]
@@ -57,7 +59,7 @@ pub enum Found {
     Card(Vec<u8>),
     /// It was removed during the fill.
     Gone,
-    /// Not in the file.
+    /// Not in the file (or too large to keep there): only the record can say.
     Absent,
 }
 
@@ -69,7 +71,6 @@ pub struct CardBuild {
     log: BufWriter<std::fs::File>,
     offset: u64,
     spill: BufWriter<std::fs::File>,
-    pub cards: u64,
 }
 
 impl CardBuild {
@@ -84,25 +85,24 @@ impl CardBuild {
                 1 << 20,
                 create_private(&build_dir.join("cards-spill"))?,
             ),
-            cards: 0,
         })
     }
 
-    /// Add `id`'s card (`None`: it was removed). A later add for the same id wins.
+    /// Add `id`'s card (`None`: it was removed). A later add for the same id wins. A card
+    /// larger than [`MAX_CARD`] is not kept: its entry says to read the record instead.
     pub fn add(&mut self, id: &[u8; ID_LEN], sealed: Option<&[u8]>) -> std::io::Result<()> {
         let body = sealed.unwrap_or(&[]);
-        let len = u32::try_from(body.len())
-            .ok()
-            .filter(|&n| n <= MAX_CARD)
-            .ok_or_else(|| std::io::Error::other("a search card is too large"))?;
+        let (len, body) = match u32::try_from(body.len()) {
+            Ok(n) if n <= MAX_CARD => (n, body),
+            _ => (READ_THE_RECORD, &[][..]),
+        };
         self.log.write_all(&len.to_be_bytes())?;
         self.log.write_all(body)?;
         let mut e = [0u8; ENTRY_LEN];
         e[..ID_LEN].copy_from_slice(id);
         e[ID_LEN..].copy_from_slice(&self.offset.to_be_bytes());
         self.spill.write_all(&e)?;
-        self.offset += 4 + u64::from(len);
-        self.cards += 1;
+        self.offset += 4 + body.len() as u64;
         Ok(())
     }
 
@@ -251,7 +251,7 @@ impl CardFile {
             for e in bytes.chunks_exact(ENTRY_LEN) {
                 match e[..ID_LEN].cmp(&id[..]) {
                     std::cmp::Ordering::Less => {}
-                    std::cmp::Ordering::Equal => return self.read_card(offset_of_slice(e)),
+                    std::cmp::Ordering::Equal => return self.read_card(offset_of(e)),
                     std::cmp::Ordering::Greater => return Ok(Found::Absent),
                 }
             }
@@ -268,8 +268,10 @@ impl CardFile {
         }
         self.log.read_exact_at(&mut head[..avail], offset)?;
         let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
-        if len == 0 {
-            return Ok(Found::Gone);
+        match len {
+            0 => return Ok(Found::Gone),
+            READ_THE_RECORD => return Ok(Found::Absent),
+            _ => {}
         }
         if len > MAX_CARD || offset + 4 + u64::from(len) > self.log_len {
             return Err(damaged("a search card is cut short or too long"));
@@ -298,11 +300,7 @@ fn id_of(e: &Entry) -> [u8; ID_LEN] {
     id
 }
 
-fn offset_of(e: &Entry) -> u64 {
-    offset_of_slice(e)
-}
-
-fn offset_of_slice(e: &[u8]) -> u64 {
+fn offset_of(e: &[u8]) -> u64 {
     e.get(ID_LEN..ENTRY_LEN)
         .and_then(|o| o.try_into().ok())
         .map_or(u64::MAX, u64::from_be_bytes)
@@ -358,6 +356,9 @@ mod tests {
         b.add(&id(8), None).unwrap();
         let long = vec![b'z'; 3000];
         b.add(&id(9), Some(&long)).unwrap();
+        // A card too large to keep (odd source data): the build goes on, the record is read.
+        b.add(&id(10), Some(&vec![b'y'; MAX_CARD as usize + 1]))
+            .unwrap();
         let f = b.finish().unwrap();
         assert_eq!(f.records(), 100);
         for file in [f, CardFile::open(dir.path()).unwrap().unwrap()] {
@@ -366,6 +367,7 @@ mod tests {
                     7 => Found::Card(b"card 7, second".to_vec()),
                     8 => Found::Gone,
                     9 => Found::Card(long.clone()),
+                    10 => Found::Absent,
                     _ => Found::Card(format!("card {i}").into_bytes()),
                 };
                 assert_eq!(file.get(&id(i)).unwrap(), want, "record {i}");
