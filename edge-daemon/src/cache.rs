@@ -293,6 +293,11 @@ fn id_of(k: &[u8]) -> Option<[u8; ID_LEN]> {
     k.get(T_RECORD.len()..)?.try_into().ok()
 }
 
+/// Where a record's changed search card is kept in sled (`d` ‖ index key).
+fn card_key(id: &[u8; ID_LEN]) -> Vec<u8> {
+    [T_CARD, &id[..]].concat()
+}
+
 fn split_header(v: &[u8]) -> Option<(u64, u64, &[u8])> {
     let a = u64::from_be_bytes(v.get(..8)?.try_into().ok()?);
     let b = u64::from_be_bytes(v.get(8..16)?.try_into().ok()?);
@@ -597,10 +602,7 @@ impl Cache {
             let demo = demographics(rec.record.as_slice());
             bulk.add(&self.postings_of(&k, rec.nhs, demo.as_ref()))?;
             if let Some(id) = id_of(&k) {
-                let card = match &demo {
-                    Some(d) => Some(self.seal_card(&id, rec.nhs, d)?),
-                    None => None,
-                };
+                let card = self.seal_card(&id, rec.nhs, demo.as_ref())?;
                 bulk.add_cards(&[(id, card)])?;
             }
             if records.is_multiple_of(100_000) {
@@ -644,16 +646,10 @@ impl Cache {
             batch.insert(K_COUNT, &(n as u64).to_be_bytes());
         }
         // The new cards reflect every record as it stands: changes noted since go.
-        for k in self.tree.scan_prefix(T_CARD).keys() {
-            batch.remove(k?);
-        }
+        self.forget_changed_cards(&mut batch)?;
         batch.insert(K_SEARCH, SEARCH_LAYOUT_FILE);
         self.tree.apply_batch(batch)?;
         self.db.flush()?;
-        self.cards_changed
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
         info!(
             postings = inserted,
             gathered = keys,
@@ -714,17 +710,35 @@ impl Cache {
     }
 
     /// A record's search card: the patient as a search scores them ([`Scored`]: demographics
-    /// and normalised keys), sealed under its index key.
+    /// and normalised keys), sealed under its index key (`None` for a record without
+    /// demographics, which no search finds).
     fn seal_card(
         &self,
         id: &[u8; ID_LEN],
         nhs: NhsNumber,
-        demo: &edge_proto::model::Demographics,
-    ) -> Result<Vec<u8>, CacheError> {
+        demo: Option<&edge_proto::model::Demographics>,
+    ) -> Result<Option<Vec<u8>>, CacheError> {
+        let Some(demo) = demo else {
+            return Ok(None);
+        };
         let plain = Scored::new(nhs, demo).encode();
         self.sealer
             .seal(crate::cards::CARD_TABLE, id, &plain)
+            .map(Some)
             .map_err(|_| CacheError::Seal { table: "encode" })
+    }
+
+    /// Forget every card change noted in sled (`d`): the card files about to be named reflect
+    /// every record (a build), or there are no records (a cold fill begins).
+    fn forget_changed_cards(&self, batch: &mut sled::Batch) -> Result<(), CacheError> {
+        for k in self.tree.scan_prefix(T_CARD).keys() {
+            batch.remove(k?);
+        }
+        self.cards_changed
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        Ok(())
     }
 
     /// Open a search card (`None` if it does not open: the record is read instead).
@@ -746,9 +760,7 @@ impl Cache {
             .unwrap_or_else(|p| p.into_inner())
             .contains(id);
         if changed {
-            let mut k = T_CARD.to_vec();
-            k.extend_from_slice(id);
-            if let Some(v) = self.tree.get(&k)? {
+            if let Some(v) = self.tree.get(card_key(id))? {
                 if v.is_empty() {
                     return Ok(Some(None));
                 }
@@ -1112,13 +1124,7 @@ impl Cache {
             *self.cards.write().unwrap_or_else(|p| p.into_inner()) = None;
             txn.card_file = false;
             crate::cards::remove(&self.dir);
-            self.cards_changed
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .clear();
-            for k in self.tree.scan_prefix(T_CARD).keys() {
-                txn.batch.remove(k?);
-            }
+            self.forget_changed_cards(&mut txn.batch)?;
         }
         let report = match apply_to(&mut txn, apply) {
             Ok(r) => r,
@@ -1573,9 +1579,7 @@ impl Txn<'_> {
         if let Some(cards) = self.cards.as_mut() {
             cards.push((id, card));
         } else if self.card_file {
-            let mut k = T_CARD.to_vec();
-            k.extend_from_slice(&id);
-            self.batch.insert(k, card.unwrap_or_default());
+            self.batch.insert(card_key(&id), card.unwrap_or_default());
             self.card_writes.push(id);
         }
     }
@@ -1692,10 +1696,7 @@ impl UnitStore for Txn<'_> {
         // Most updates are clinical: the card already says what the new one would.
         let same_card = was.is_some_and(|(n, d)| n == rec.nhs && d == demo);
         if let (Some(id), false) = (id_of(&k), same_card) {
-            let card = match &demo {
-                Some(d) => Some(self.cache.seal_card(&id, rec.nhs, d)?),
-                None => None,
-            };
+            let card = self.cache.seal_card(&id, rec.nhs, demo.as_ref())?;
             self.card(id, card);
         }
         match self.spill.as_mut() {
@@ -1991,12 +1992,24 @@ mod tests {
                 .map_or(0, |f| f.keys as usize)
     }
 
-    /// One baseline step (`Baseline`, or `FinishBaseline` when `finish`).
+    /// One baseline step (`Baseline`, or `FinishBaseline` when `finish`), every record at
+    /// version 1.
     fn baseline(
         cache: &super::Cache,
         seq: &mut u64,
         people: &[(super::NhsNumber, Vec<u8>, edge_proto::model::Demographics)],
         finish: bool,
+    ) -> super::Applied {
+        baseline_at(cache, seq, people, finish, 1)
+    }
+
+    /// [`baseline`] with the records at `version`.
+    fn baseline_at(
+        cache: &super::Cache,
+        seq: &mut u64,
+        people: &[(super::NhsNumber, Vec<u8>, edge_proto::model::Demographics)],
+        finish: bool,
+        version: u64,
     ) -> super::Applied {
         use edge_proto::sync::{Apply, ApplyKind, Bytes, Change, SyncState};
         *seq += 1;
@@ -2016,7 +2029,7 @@ mod tests {
                 .map(|(nhs, bytes, _)| Change::Upsert {
                     seq: 0,
                     nhs: *nhs,
-                    version: 1,
+                    version,
                     record: Bytes::from(bytes.clone()),
                 })
                 .collect(),
@@ -2175,26 +2188,7 @@ mod tests {
                 )
             })
             .collect();
-        {
-            use edge_proto::sync::{Apply, ApplyKind, Bytes, SyncState};
-            seq += 1;
-            let apply = Apply {
-                batch_no: seq,
-                kind: ApplyKind::Baseline { epoch: 1 },
-                epoch: 1,
-                changes: resent
-                    .iter()
-                    .map(|(nhs, bytes, _)| Change::Upsert {
-                        seq: 0,
-                        nhs: *nhs,
-                        version: 2,
-                        record: Bytes::from(bytes.clone()),
-                    })
-                    .collect(),
-                state: SyncState::default(),
-            };
-            cache.apply(&apply, UnixMillis(1)).unwrap();
-        }
+        baseline_at(&cache, &mut seq, &resent, false, 2);
         for (nhs, _, d) in &resent {
             reference.insert(*nhs, d);
         }

@@ -150,22 +150,7 @@ pub async fn run(cfg: UnitConfig, stop: impl Future<Output = ()>) -> anyhow::Res
                     cache.clone(),
                     status.clone(),
                 );
-                Arc::new(move || {
-                    let s = sup.get();
-                    edge_proto::sync::UnitHealth {
-                        software: env!("CARGO_PKG_VERSION").to_owned(),
-                        firmware: s.mcu.as_ref().map(|m| m.firmware.clone()),
-                        board_rev: s.mcu.as_ref().map(|m| m.board_rev),
-                        supervisor_mode: s.mode.clone(),
-                        supervisor_connected: s.connected,
-                        supervisor_fault: s.fault.clone(),
-                        supervisor_faults: s.mcu_status.as_ref().map(|m| m.faults),
-                        last_shutdown: s.mcu_status.as_ref().and_then(|m| m.last_shutdown.clone()),
-                        records: cache.len() as u64,
-                        audit_backlog: journal.pending(),
-                        disk_full: status.update(|l| l.disk_full),
-                    }
-                })
+                Arc::new(move || unit_health(&sup, &journal, &cache, &status))
             },
             {
                 let sup = supervisor_status.clone();
@@ -252,4 +237,27 @@ pub async fn run(cfg: UnitConfig, stop: impl Future<Output = ()>) -> anyhow::Res
     cache.flush()?;
     journal.close().await;
     Ok(())
+}
+
+/// What the unit reports about itself in its sync hello (`UnitHealth`), for the fleet view.
+fn unit_health(
+    sup: &SupervisorStatusCell,
+    journal: &Journal,
+    cache: &Cache,
+    status: &Status,
+) -> edge_proto::sync::UnitHealth {
+    let s = sup.get();
+    edge_proto::sync::UnitHealth {
+        software: env!("CARGO_PKG_VERSION").to_owned(),
+        firmware: s.mcu.as_ref().map(|m| m.firmware.clone()),
+        board_rev: s.mcu.as_ref().map(|m| m.board_rev),
+        supervisor_mode: s.mode,
+        supervisor_connected: s.connected,
+        supervisor_fault: s.fault,
+        supervisor_faults: s.mcu_status.as_ref().map(|m| m.faults),
+        last_shutdown: s.mcu_status.and_then(|m| m.last_shutdown),
+        records: cache.len() as u64,
+        audit_backlog: journal.pending(),
+        disk_full: status.update(|l| l.disk_full),
+    }
 }

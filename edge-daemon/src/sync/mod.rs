@@ -184,9 +184,14 @@ pub struct SyncClient {
     /// Local network changes (watched from [`SyncClient::run`]).
     net: netwatch::NetWatch,
     /// The health summary sent in each hello (see [`SyncClient::with_health`]).
-    health: Option<HealthSource>,
+    health: Option<Health>,
+}
+
+/// Where the hello's health summary comes from.
+struct Health {
+    source: HealthSource,
     /// Whether the summary is worth sending yet (the supervisor has said who it is).
-    health_ready: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
+    ready: Arc<dyn Fn() -> bool + Send + Sync>,
 }
 
 /// How long the first connection waits for the health summary to be ready (a supervisor that
@@ -284,7 +289,6 @@ impl SyncClient {
                 tls_changed: std::sync::atomic::AtomicBool::new(false),
                 net: netwatch::NetWatch::never(),
                 health: None,
-                health_ready: None,
             },
             fetcher,
         ))
@@ -296,22 +300,21 @@ impl SyncClient {
         self
     }
 
-    /// Take the fleet's token deny list from the hub: verified with `sink.token_key`, applied
-    /// to the LAN's access policy.
     /// Report this health summary (software and firmware versions, supervisor, backlog) to the
-    /// hub in each hello, for the fleet view.
-    /// `ready` says when the summary is complete (the supervisor's hello has arrived): the
-    /// first connection waits for it up to [`HEALTH_WAIT`].
+    /// hub in each hello, for the fleet view. `ready` says when the summary is complete (the
+    /// supervisor's hello has arrived): the first connection waits for it up to
+    /// [`HEALTH_WAIT`].
     pub fn with_health(
         mut self,
         source: HealthSource,
         ready: Arc<dyn Fn() -> bool + Send + Sync>,
     ) -> Self {
-        self.health = Some(source);
-        self.health_ready = Some(ready);
+        self.health = Some(Health { source, ready });
         self
     }
 
+    /// Take the fleet's token deny list from the hub: verified with `sink.token_key`, applied
+    /// to the LAN's access policy.
     pub fn with_denylist(mut self, sink: DenyListSink) -> Self {
         self.denylist = Some(sink);
         self
@@ -360,9 +363,9 @@ impl SyncClient {
     pub async fn run(mut self) {
         let mut policy = Reconnect::new(&self.config.sync);
         self.net = netwatch::NetWatch::spawn();
-        if let Some(ready) = &self.health_ready {
+        if let Some(h) = &self.health {
             let waited = std::time::Instant::now();
-            while !ready() && waited.elapsed() < HEALTH_WAIT {
+            while !(h.ready)() && waited.elapsed() < HEALTH_WAIT {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
@@ -500,8 +503,8 @@ impl SyncClient {
                 ..SessionConfig::default()
             },
         );
-        if let Some(health) = &self.health {
-            session.set_health(health());
+        if let Some(h) = &self.health {
+            session.set_health((h.source)());
         }
         let base_rx = self.status.update(|l| {
             l.connects += 1;
