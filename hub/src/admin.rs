@@ -90,7 +90,10 @@ impl FromRef<AdminState> for Arc<Hub> {
 impl AdminState {
     /// The admin state of `hub` with `auth` (see [`AdminAuth::load`]); opens the operator log.
     pub fn open(hub: Arc<Hub>, auth: Arc<AdminAuth>) -> Result<AdminState, StoreError> {
-        let log = Arc::new(OperatorLog::open(&hub.local)?);
+        let log = Arc::new(match &hub.shared {
+            Some(pg) => OperatorLog::postgres(pg.clone()),
+            None => OperatorLog::open(&hub.local)?,
+        });
         Ok(AdminState { hub, auth, log })
     }
 }

@@ -18,6 +18,7 @@
 //! these time-ordered entries (with `p` / `s` entries in device order) are indexed again once,
 //! when the repository is opened.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use edge_proto::audit::{AuditEvent, Hash32, GENESIS};
@@ -56,16 +57,6 @@ pub struct Stored {
     /// New (not replayed) conveyances among the events: the hub may push their patients to
     /// ED kiosks ([`crate::prefetch`]).
     pub conveyances: Vec<AuditEvent>,
-}
-
-/// The audit repository.
-#[derive(Debug)]
-pub struct AuditRepo {
-    db: sled::Db,
-    events: sled::Tree,
-    index: sled::Tree,
-    devices: sled::Tree,
-    write: Mutex<()>,
 }
 
 fn ekey(device: &str, seq: u64) -> Vec<u8> {
@@ -167,10 +158,390 @@ fn corrupt(e: impl std::fmt::Display) -> StoreError {
     }
 }
 
+/// The audit repository: one interface, two backends (the hub's sled database, or the
+/// PostgreSQL database several hubs share: [`crate::pg::PgStore`]'s `audit_*` methods). The
+/// rules of an upload ([`plan_upload`]) and of verification ([`Verifier`]) are shared; only
+/// storage differs.
+#[derive(Debug)]
+pub struct AuditRepo {
+    backend: Backend,
+}
+
+#[derive(Debug)]
+enum Backend {
+    Sled(SledAudit),
+    Pg(std::sync::Arc<crate::pg::PgStore>),
+}
+
+/// Which time-ordered list a page is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum List<'a> {
+    /// Events about a patient (NHS number digits).
+    Patient(&'a str),
+    /// Events by a staff member.
+    Staff(&'a str),
+    /// Break-glass accesses and security alerts from every unit.
+    Alerts,
+}
+
+impl List<'_> {
+    fn prefix(&self) -> Vec<u8> {
+        match self {
+            List::Patient(p) => who_prefix(b'p', p),
+            List::Staff(s) => who_prefix(b's', s),
+            List::Alerts => ALERT_PREFIX.to_vec(),
+        }
+    }
+}
+
+/// A position in a time-ordered list: the entry a page ended on. Its cursor is the same on
+/// both backends (hex of time ‖ device ‖ 0 ‖ seq).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub recorded: UnixMillis,
+    pub device: String,
+    pub seq: u64,
+}
+
+impl Position {
+    pub fn of(e: &AuditEvent) -> Position {
+        Position {
+            recorded: e.recorded,
+            device: e.device_id.as_str().to_owned(),
+            seq: e.seq,
+        }
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        let mut k = tbytes(self.recorded).to_vec();
+        k.extend_from_slice(&ekey(&self.device, self.seq));
+        k
+    }
+
+    /// The cursor a page hands out.
+    pub fn cursor(&self) -> String {
+        encode_cursor(&self.bytes())
+    }
+
+    /// Parse a cursor handed out by [`Position::cursor`].
+    pub fn parse(c: &str) -> Result<Position, BadCursor> {
+        let b = decode_cursor(c)?;
+        let (t, rest) = b.split_at(8);
+        let (dev, seq) = rest.split_at(rest.len() - 8);
+        let dev = dev.strip_suffix(&[0]).ok_or(BadCursor)?;
+        let device = std::str::from_utf8(dev).map_err(|_| BadCursor)?.to_owned();
+        let t = u64::from_be_bytes(t.try_into().map_err(|_| BadCursor)?) ^ (1u64 << 63);
+        let seq = u64::from_be_bytes(seq.try_into().map_err(|_| BadCursor)?);
+        Ok(Position {
+            recorded: UnixMillis(t as i64),
+            device,
+            seq,
+        })
+    }
+}
+
+/// What an upload stores, decided from what is already stored for its seqs (`stored`: seq →
+/// hash of the stored event; events accepted here are added to it). Updates the device's
+/// summary `d`. Returns the events to store, the replayed ones (already stored, identical),
+/// and the outcome. The same rules on both backends.
+pub fn plan_upload<'a>(
+    d: &mut DeviceAudit,
+    device: &DeviceId,
+    events: &'a [AuditEvent],
+    stored: &mut HashMap<u64, Hash32>,
+) -> (Vec<&'a AuditEvent>, Vec<&'a AuditEvent>, Stored) {
+    let mut out = Stored {
+        upto_seq: d.last_seq,
+        ..Stored::default()
+    };
+    let (mut new, mut replayed) = (Vec::new(), Vec::new());
+    let problem = |d: &mut DeviceAudit, out: &mut Stored, p: String| {
+        if d.problems.len() < 1_000 {
+            d.problems.push(p.clone());
+        }
+        out.problems.push(p);
+    };
+    for e in events {
+        if e.device_id != *device {
+            problem(
+                d,
+                &mut out,
+                format!("seq {}: event of another device refused", e.seq),
+            );
+            continue;
+        }
+        if let Some(old) = stored.get(&e.seq) {
+            if *old == e.hash {
+                out.duplicates += 1;
+                replayed.push(e);
+            } else {
+                problem(
+                    d,
+                    &mut out,
+                    format!(
+                        "seq {}: a different event was already stored (kept the first)",
+                        e.seq
+                    ),
+                );
+            }
+            out.upto_seq = out.upto_seq.max(e.seq);
+            continue;
+        }
+        if !e.hash_ok() {
+            problem(
+                d,
+                &mut out,
+                format!("seq {}: hash does not match its content", e.seq),
+            );
+        }
+        if e.seq == d.last_seq + 1 {
+            if e.prev_hash != d.last_hash.unwrap_or(GENESIS) {
+                problem(
+                    d,
+                    &mut out,
+                    format!("seq {}: chain broken (prev_hash does not match)", e.seq),
+                );
+            }
+        } else if e.seq > d.last_seq + 1 {
+            let msg = format!("gap: seq {} to {} missing", d.last_seq + 1, e.seq - 1);
+            problem(d, &mut out, msg);
+        }
+        stored.insert(e.seq, e.hash);
+        new.push(e);
+        if e.seq > d.last_seq {
+            d.last_seq = e.seq;
+            d.last_hash = Some(e.hash);
+        }
+        d.events += 1;
+        out.new += 1;
+        if e.action == edge_proto::audit::AuditAction::Convey && out.conveyances.len() < 1_000 {
+            out.conveyances.push(e.clone());
+        }
+        out.upto_seq = out.upto_seq.max(e.seq);
+    }
+    (new, replayed, out)
+}
+
+/// Re-verification of one device's trail, fed its events in seq order.
+#[derive(Debug, Default)]
+pub struct Verifier {
+    count: u64,
+    first: Option<u64>,
+    last: u64,
+    prev: Option<Hash32>,
+    gaps: Vec<Value>,
+    breaks: Vec<u64>,
+}
+
+impl Verifier {
+    pub fn push(&mut self, e: &AuditEvent) {
+        self.count += 1;
+        if self.first.is_none() {
+            self.first = Some(e.seq);
+            if e.seq != 1 {
+                self.gaps.push(json!({"from": 1, "to": e.seq - 1}));
+            }
+            if e.seq == 1 && e.prev_hash != GENESIS {
+                self.breaks.push(e.seq);
+            }
+        } else if e.seq != self.last + 1 {
+            self.gaps
+                .push(json!({"from": self.last + 1, "to": e.seq - 1}));
+        } else if self.prev.is_some_and(|p| p != e.prev_hash) {
+            self.breaks.push(e.seq);
+        }
+        if !e.hash_ok() {
+            self.breaks.push(e.seq);
+        }
+        self.prev = Some(e.hash);
+        self.last = e.seq;
+    }
+
+    pub fn finish(mut self, device: &str, problems: Vec<String>) -> Value {
+        self.breaks.sort_unstable();
+        self.breaks.dedup();
+        json!({
+            "device_id": device,
+            "events": self.count,
+            "first_seq": self.first,
+            "last_seq": if self.count > 0 { Some(self.last) } else { None },
+            "gaps": self.gaps,
+            "breaks": self.breaks,
+            "chain_ok": self.breaks.is_empty(),
+            "problems_on_arrival": problems,
+        })
+    }
+}
+
 impl AuditRepo {
-    /// Open the repository in the hub's database.
+    /// The repository in the hub's sled database.
     pub fn open(db: &sled::Db) -> Result<AuditRepo, StoreError> {
-        let repo = AuditRepo {
+        Ok(AuditRepo {
+            backend: Backend::Sled(SledAudit::open(db)?),
+        })
+    }
+
+    /// The repository in the PostgreSQL database (shared by every hub on it).
+    pub fn postgres(store: std::sync::Arc<crate::pg::PgStore>) -> AuditRepo {
+        AuditRepo {
+            backend: Backend::Pg(store),
+        }
+    }
+
+    /// Which backend holds the repository ("embedded" or "postgres").
+    pub fn backend(&self) -> &'static str {
+        match &self.backend {
+            Backend::Sled(_) => "embedded",
+            Backend::Pg(_) => "postgres",
+        }
+    }
+
+    /// A device's audit summary.
+    pub fn device(&self, device: &str) -> Result<DeviceAudit, StoreError> {
+        match &self.backend {
+            Backend::Sled(s) => s.device(device),
+            Backend::Pg(p) => p.audit_device(device),
+        }
+    }
+
+    /// Store an upload from `device` (the authenticated unit). Events of another device are
+    /// refused. Durable before returning; each event stored once whichever hub receives it.
+    pub fn store(&self, device: &DeviceId, events: &[AuditEvent]) -> Result<Stored, StoreError> {
+        match &self.backend {
+            Backend::Sled(s) => s.store(device, events),
+            Backend::Pg(p) => p.audit_store(device, events),
+        }
+    }
+
+    /// Events about a patient (`kind = b'p'`, NHS digits) or by a staff member (`b's'`),
+    /// newest first, at most `limit`.
+    pub fn query(&self, kind: u8, who: &str, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+        let list = if kind == b's' {
+            List::Staff(who)
+        } else {
+            List::Patient(who)
+        };
+        Ok(self.list_page(list, None, limit)?.events)
+    }
+
+    /// One page of [`AuditRepo::query`]: at most `limit` events, newest first, after `cursor`
+    /// (the previous page's `next_cursor`). Reads only the entries of this page.
+    pub fn query_page(
+        &self,
+        kind: u8,
+        who: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Result<Page, BadCursor>, StoreError> {
+        let list = if kind == b's' {
+            List::Staff(who)
+        } else {
+            List::Patient(who)
+        };
+        self.cursor_page(list, cursor, limit)
+    }
+
+    /// One page of the alert review list (break-glass accesses and security alerts from every
+    /// unit), newest first, after `cursor`.
+    pub fn alerts_page(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Result<Page, BadCursor>, StoreError> {
+        self.cursor_page(List::Alerts, cursor, limit)
+    }
+
+    fn cursor_page(
+        &self,
+        list: List<'_>,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Result<Page, BadCursor>, StoreError> {
+        let after = match cursor.map(Position::parse).transpose() {
+            Ok(p) => p,
+            Err(b) => return Ok(Err(b)),
+        };
+        self.list_page(list, after.as_ref(), limit).map(Ok)
+    }
+
+    /// At most `limit` events of `list`, newest first, older than `after`.
+    fn list_page(
+        &self,
+        list: List<'_>,
+        after: Option<&Position>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        let limit = limit.max(1);
+        let mut events = match &self.backend {
+            Backend::Sled(s) => s.page(list, after, limit + 1)?,
+            Backend::Pg(p) => p.audit_page(list, after, limit + 1)?,
+        };
+        let more = events.len() > limit;
+        events.truncate(limit);
+        let next_cursor = if more {
+            events.last().map(|e| Position::of(e).cursor())
+        } else {
+            None
+        };
+        Ok(Page {
+            events,
+            next_cursor,
+        })
+    }
+
+    /// Re-verify a device's whole stored trail: continuity from its first seq and the chain.
+    pub fn verify(&self, device: &str) -> Result<Value, StoreError> {
+        let mut v = Verifier::default();
+        match &self.backend {
+            Backend::Sled(s) => s.each_of_device(device, |e| v.push(&e))?,
+            Backend::Pg(p) => p.audit_each_of_device(device, &mut |e| v.push(&e))?,
+        }
+        Ok(v.finish(device, self.device(device)?.problems))
+    }
+
+    /// Every event recorded at or after `since`, at most `limit` (sled: in device and seq
+    /// order; PostgreSQL: in time order).
+    pub fn since(&self, since: UnixMillis, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        self.each_between(since, UnixMillis(i64::MAX), |e| {
+            out.push(e);
+            out.len() < limit
+        })?;
+        Ok(out)
+    }
+
+    /// Call `f` with every event recorded in `[since, until)`, one at a time (nothing is
+    /// collected: an export of the whole repository holds a page of events in memory at most),
+    /// until `f` returns false.
+    pub fn each_between(
+        &self,
+        since: UnixMillis,
+        until: UnixMillis,
+        mut f: impl FnMut(AuditEvent) -> bool,
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sled(s) => s.each_between(since, until, f),
+            Backend::Pg(p) => p.audit_each_between(since, until, &mut f),
+        }
+    }
+}
+
+/// The repository in the hub's sled database.
+#[derive(Debug)]
+struct SledAudit {
+    db: sled::Db,
+    events: sled::Tree,
+    index: sled::Tree,
+    devices: sled::Tree,
+    write: Mutex<()>,
+}
+
+impl SledAudit {
+    fn open(db: &sled::Db) -> Result<SledAudit, StoreError> {
+        let repo = SledAudit {
             db: db.clone(),
             events: db.open_tree("audit_events")?,
             index: db.open_tree("audit_index")?,
@@ -206,96 +577,39 @@ impl AuditRepo {
         Ok(())
     }
 
-    /// A device's audit summary.
-    pub fn device(&self, device: &str) -> Result<DeviceAudit, StoreError> {
+    fn device(&self, device: &str) -> Result<DeviceAudit, StoreError> {
         match self.devices.get(device.as_bytes())? {
             None => Ok(DeviceAudit::default()),
             Some(v) => cbor::from_slice(&v).map_err(corrupt),
         }
     }
 
-    /// Store an upload from `device` (the authenticated unit). Events of another device are
-    /// refused. Durable before returning.
-    pub fn store(&self, device: &DeviceId, events: &[AuditEvent]) -> Result<Stored, StoreError> {
+    fn store(&self, device: &DeviceId, events: &[AuditEvent]) -> Result<Stored, StoreError> {
         let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let dev = device.as_str();
         let mut d = self.device(dev)?;
-        let mut out = Stored {
-            upto_seq: d.last_seq,
-            ..Stored::default()
-        };
+        let mut stored = HashMap::new();
+        for e in events.iter().filter(|e| e.device_id == *device) {
+            if stored.contains_key(&e.seq) {
+                continue;
+            }
+            if let Some(old) = self.load(&ekey(dev, e.seq))? {
+                stored.insert(e.seq, old.hash);
+            }
+        }
+        let (new, replayed, out) = plan_upload(&mut d, device, events, &mut stored);
         let mut ev_batch = sled::Batch::default();
         let mut ix_batch = sled::Batch::default();
-        let problem = |d: &mut DeviceAudit, out: &mut Stored, p: String| {
-            if d.problems.len() < 1_000 {
-                d.problems.push(p.clone());
-            }
-            out.problems.push(p);
-        };
-        for e in events {
-            if e.device_id != *device {
-                problem(
-                    &mut d,
-                    &mut out,
-                    format!("seq {}: event of another device refused", e.seq),
-                );
-                continue;
-            }
-            let k = ekey(dev, e.seq);
-            if let Some(old) = self.events.get(&k)? {
-                let old: AuditEvent = cbor::from_slice(&old).map_err(corrupt)?;
-                if old.hash == e.hash {
-                    out.duplicates += 1;
-                    // Re-index a replayed event: a database written before the three trees
-                    // were committed in one transaction may hold the event without its index
-                    // entries (killed between two trees' writes), and a replay is the moment
-                    // to make "who accessed patient X" whole again. Idempotent.
-                    index_event(&mut ix_batch, dev, e);
-                } else {
-                    problem(
-                        &mut d,
-                        &mut out,
-                        format!(
-                            "seq {}: a different event was already stored (kept the first)",
-                            e.seq
-                        ),
-                    );
-                }
-                out.upto_seq = out.upto_seq.max(e.seq);
-                continue;
-            }
-            if !e.hash_ok() {
-                problem(
-                    &mut d,
-                    &mut out,
-                    format!("seq {}: hash does not match its content", e.seq),
-                );
-            }
-            if e.seq == d.last_seq + 1 {
-                if e.prev_hash != d.last_hash.unwrap_or(GENESIS) {
-                    problem(
-                        &mut d,
-                        &mut out,
-                        format!("seq {}: chain broken (prev_hash does not match)", e.seq),
-                    );
-                }
-            } else if e.seq > d.last_seq + 1 {
-                let msg = format!("gap: seq {} to {} missing", d.last_seq + 1, e.seq - 1);
-                problem(&mut d, &mut out, msg);
-            }
-            let bytes = cbor::to_vec(e).map_err(corrupt)?;
-            ev_batch.insert(k, bytes);
+        for e in new {
+            ev_batch.insert(ekey(dev, e.seq), cbor::to_vec(e).map_err(corrupt)?);
             index_event(&mut ix_batch, dev, e);
-            if e.seq > d.last_seq {
-                d.last_seq = e.seq;
-                d.last_hash = Some(e.hash);
-            }
-            d.events += 1;
-            out.new += 1;
-            if e.action == edge_proto::audit::AuditAction::Convey && out.conveyances.len() < 1_000 {
-                out.conveyances.push(e.clone());
-            }
-            out.upto_seq = out.upto_seq.max(e.seq);
+        }
+        // Re-index a replayed event: a database written before the three trees were committed
+        // in one transaction may hold the event without its index entries (killed between two
+        // trees' writes), and a replay is the moment to make "who accessed patient X" whole
+        // again. Idempotent.
+        for e in replayed {
+            index_event(&mut ix_batch, dev, e);
         }
         // The events, their index entries and the device summary commit together: a hub killed
         // mid-write must never keep an event that "who accessed patient X" cannot find (a replay
@@ -323,151 +637,53 @@ impl AuditRepo {
             .transpose()
     }
 
-    /// Events about a patient (`kind = b'p'`, NHS digits) or by a staff member (`b's'`),
-    /// newest first, at most `limit`.
-    pub fn query(&self, kind: u8, who: &str, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
-        Ok(self
-            .page(&who_prefix(kind, who), None, limit)
-            .map_err(|_| corrupt("cursor"))??
-            .events)
-    }
-
-    /// One page of [`AuditRepo::query`]: at most `limit` events, newest first, after `cursor`
-    /// (the previous page's `next_cursor`). Reads only the index entries of this page.
-    pub fn query_page(
-        &self,
-        kind: u8,
-        who: &str,
-        cursor: Option<&str>,
-        limit: usize,
-    ) -> Result<Result<Page, BadCursor>, StoreError> {
-        match self.page(&who_prefix(kind, who), cursor, limit) {
-            Ok(r) => r.map(Ok),
-            Err(b) => Ok(Err(b)),
-        }
-    }
-
-    /// One page of the alert review list (break-glass accesses and security alerts from every
-    /// unit), newest first, after `cursor`.
-    pub fn alerts_page(
-        &self,
-        cursor: Option<&str>,
-        limit: usize,
-    ) -> Result<Result<Page, BadCursor>, StoreError> {
-        match self.page(ALERT_PREFIX, cursor, limit) {
-            Ok(r) => r.map(Ok),
-            Err(b) => Ok(Err(b)),
-        }
-    }
-
+    /// At most `limit` events of `list`, newest first, older than `after`.
     fn page(
         &self,
-        prefix: &[u8],
-        cursor: Option<&str>,
+        list: List<'_>,
+        after: Option<&Position>,
         limit: usize,
-    ) -> Result<Result<Page, StoreError>, BadCursor> {
-        let end = match cursor {
-            Some(c) => {
-                let mut k = prefix.to_vec();
-                k.extend_from_slice(&decode_cursor(c)?);
-                Some(k)
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        let prefix = list.prefix();
+        let iter = match after {
+            Some(p) => {
+                let mut end = prefix.clone();
+                end.extend_from_slice(&p.bytes());
+                self.index.range(prefix.clone()..end)
             }
-            None => None,
+            None => self.index.scan_prefix(&prefix),
         };
-        Ok(self.page_from(prefix, end, limit.max(1)))
-    }
-
-    fn page_from(
-        &self,
-        prefix: &[u8],
-        end: Option<Vec<u8>>,
-        limit: usize,
-    ) -> Result<Page, StoreError> {
-        let iter = match end {
-            Some(end) => self.index.range(prefix.to_vec()..end),
-            None => self.index.scan_prefix(prefix),
-        };
-        let mut out = Page::default();
-        let mut last: Option<sled::IVec> = None;
+        let mut out = Vec::new();
         for kv in iter.rev() {
             let (k, _) = kv?;
-            if !k.starts_with(prefix) || k.len() < prefix.len() + 8 {
+            if !k.starts_with(&prefix) || k.len() < prefix.len() + 8 {
                 continue;
             }
-            if out.events.len() >= limit {
-                // There is more: the next page starts after the last entry returned.
-                out.next_cursor = last.map(|l| encode_cursor(&l[prefix.len()..]));
+            if out.len() >= limit {
                 break;
             }
             if let Some(e) = self.load(&k[prefix.len() + 8..])? {
-                out.events.push(e);
+                out.push(e);
             }
-            last = Some(k);
         }
         Ok(out)
     }
 
-    /// Re-verify a device's whole stored trail: continuity from its first seq and the chain.
-    pub fn verify(&self, device: &str) -> Result<Value, StoreError> {
+    fn each_of_device(
+        &self,
+        device: &str,
+        mut f: impl FnMut(AuditEvent),
+    ) -> Result<(), StoreError> {
         let mut prefix = device.as_bytes().to_vec();
         prefix.push(0);
-        let mut count = 0u64;
-        let mut first = None;
-        let mut last = 0u64;
-        let mut prev: Option<Hash32> = None;
-        let mut gaps = Vec::new();
-        let mut breaks = Vec::new();
         for kv in self.events.scan_prefix(&prefix) {
             let (_, v) = kv?;
-            let e: AuditEvent = cbor::from_slice(&v).map_err(corrupt)?;
-            count += 1;
-            if first.is_none() {
-                first = Some(e.seq);
-                if e.seq != 1 {
-                    gaps.push(json!({"from": 1, "to": e.seq - 1}));
-                }
-                if e.seq == 1 && e.prev_hash != GENESIS {
-                    breaks.push(e.seq);
-                }
-            } else if e.seq != last + 1 {
-                gaps.push(json!({"from": last + 1, "to": e.seq - 1}));
-            } else if prev.is_some_and(|p| p != e.prev_hash) {
-                breaks.push(e.seq);
-            }
-            if !e.hash_ok() {
-                breaks.push(e.seq);
-            }
-            prev = Some(e.hash);
-            last = e.seq;
+            f(cbor::from_slice(&v).map_err(corrupt)?);
         }
-        breaks.sort_unstable();
-        breaks.dedup();
-        Ok(json!({
-            "device_id": device,
-            "events": count,
-            "first_seq": first,
-            "last_seq": if count > 0 { Some(last) } else { None },
-            "gaps": gaps,
-            "breaks": breaks,
-            "chain_ok": breaks.is_empty(),
-            "problems_on_arrival": self.device(device)?.problems,
-        }))
+        Ok(())
     }
 
-    /// Every event recorded at or after `since`, in device and seq order, at most `limit`.
-    pub fn since(&self, since: UnixMillis, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
-        let mut out = Vec::new();
-        self.each_between(since, UnixMillis(i64::MAX), |e| {
-            out.push(e);
-            out.len() < limit
-        })?;
-        Ok(out)
-    }
-
-    /// Call `f` with every event recorded in `[since, until)`, in device and seq order, one at
-    /// a time (nothing is collected: an export of the whole repository holds one event in
-    /// memory), until `f` returns false.
-    pub fn each_between(
+    fn each_between(
         &self,
         since: UnixMillis,
         until: UnixMillis,
@@ -607,9 +823,10 @@ mod tests {
         assert_eq!(repo.query(b'p', "9990000018", 100).unwrap().len(), 4);
         // What a hub killed between two trees' writes (before they shared one transaction) left
         // behind: events 3 and 4 stored, their index entries not.
+        let index = db.open_tree("audit_index").unwrap();
         for e in &events[2..] {
             let t = e.recorded;
-            repo.index
+            index
                 .remove(ikey(
                     &who_prefix(b'p', "9990000018"),
                     t,
@@ -617,7 +834,7 @@ mod tests {
                     e.seq,
                 ))
                 .unwrap();
-            repo.index
+            index
                 .remove(ikey(
                     &who_prefix(b's', "555000111222"),
                     t,

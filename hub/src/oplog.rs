@@ -1,5 +1,7 @@
-//! The operator log: every admin API call, with the operator's identity, in the sled tree
-//! `operator_log` of the hub's database, read with `GET /admin/operator-log` (privacy role).
+//! The operator log: every admin API call, with the operator's identity, read with
+//! `GET /admin/operator-log` (privacy role). Kept in the sled tree `operator_log` of the hub's
+//! database, or, on PostgreSQL, in the table `operator_log` every hub on the database shares
+//! (`migrations/0002_audit.sql`).
 //!
 //! | tree | key | value |
 //! | --- | --- | --- |
@@ -49,9 +51,9 @@ pub struct OperatorLogEntry {
 
 /// The operator log.
 #[derive(Debug, Clone)]
-pub struct OperatorLog {
-    db: sled::Db,
-    tree: sled::Tree,
+pub enum OperatorLog {
+    Sled { db: sled::Db, tree: sled::Tree },
+    Pg(std::sync::Arc<crate::pg::PgStore>),
 }
 
 /// A page of the log, newest first.
@@ -64,10 +66,15 @@ pub struct LogPage {
 impl OperatorLog {
     /// Open the log in the hub's database.
     pub fn open(db: &sled::Db) -> Result<OperatorLog, StoreError> {
-        Ok(OperatorLog {
+        Ok(OperatorLog::Sled {
             db: db.clone(),
             tree: db.open_tree("operator_log")?,
         })
+    }
+
+    /// The log in the PostgreSQL database (shared by every hub on it).
+    pub fn postgres(store: std::sync::Arc<crate::pg::PgStore>) -> OperatorLog {
+        OperatorLog::Pg(store)
     }
 
     /// Append an entry; durable on return.
@@ -82,39 +89,58 @@ impl OperatorLog {
                 q.push('…');
             }
         }
-        let id = self.db.generate_id()?;
         let bytes = serde_json::to_vec(&e).map_err(|err| StoreError::Corrupt {
             key: "operator_log".into(),
             why: err.to_string(),
         })?;
-        self.tree.insert(id.to_be_bytes(), bytes)?;
-        self.tree.flush()?;
+        match self {
+            OperatorLog::Sled { db, tree } => {
+                let id = db.generate_id()?;
+                tree.insert(id.to_be_bytes(), bytes)?;
+                tree.flush()?;
+            }
+            OperatorLog::Pg(p) => p.oplog_append(&bytes)?,
+        }
         Ok(())
     }
 
     /// At most `limit` entries, newest first, older than `cursor` (a previous page's
     /// `next_cursor`). `Ok(None)` for a cursor this log never handed out.
     pub fn page(&self, cursor: Option<&str>, limit: usize) -> Result<Option<LogPage>, StoreError> {
-        let iter = match cursor {
-            None => self.tree.iter(),
-            Some(c) => match c.parse::<u64>() {
-                Ok(id) => self.tree.range(..id.to_be_bytes()),
-                Err(_) => return Ok(None),
-            },
+        let before = match cursor.map(str::parse::<u64>).transpose() {
+            Ok(c) => c,
+            Err(_) => return Ok(None),
         };
         let limit = limit.max(1);
+        // One more than a page: whether there is a next one.
+        let rows: Vec<(u64, Vec<u8>)> = match self {
+            OperatorLog::Sled { tree, .. } => {
+                let iter = match before {
+                    None => tree.iter(),
+                    Some(id) => tree.range(..id.to_be_bytes()),
+                };
+                let mut rows = Vec::new();
+                for kv in iter.rev() {
+                    let (k, v) = kv?;
+                    let Ok(id) = <[u8; 8]>::try_from(k.as_ref()) else {
+                        continue;
+                    };
+                    rows.push((u64::from_be_bytes(id), v.to_vec()));
+                    if rows.len() > limit {
+                        break;
+                    }
+                }
+                rows
+            }
+            OperatorLog::Pg(p) => p.oplog_page(before, limit + 1)?,
+        };
         let mut out = LogPage::default();
-        let mut last = None;
-        for kv in iter.rev() {
-            let (k, v) = kv?;
-            if out.entries.len() >= limit {
-                out.next_cursor = last.map(|id: u64| id.to_string());
+        for (i, (_, v)) in rows.iter().enumerate() {
+            if i == limit {
+                out.next_cursor = Some(rows[i - 1].0.to_string());
                 break;
             }
-            let Ok(id) = <[u8; 8]>::try_from(k.as_ref()) else {
-                continue;
-            };
-            match serde_json::from_slice(&v) {
+            match serde_json::from_slice(v) {
                 Ok(e) => out.entries.push(e),
                 Err(err) => {
                     return Err(StoreError::Corrupt {
@@ -123,18 +149,20 @@ impl OperatorLog {
                     })
                 }
             }
-            last = Some(u64::from_be_bytes(id));
         }
         Ok(Some(out))
     }
 
     /// How many entries the log holds.
-    pub fn len(&self) -> usize {
-        self.tree.len()
+    pub fn len(&self) -> Result<usize, StoreError> {
+        match self {
+            OperatorLog::Sled { tree, .. } => Ok(tree.len()),
+            OperatorLog::Pg(p) => p.oplog_len(),
+        }
     }
 
     /// Whether the log is empty.
-    pub fn is_empty(&self) -> bool {
-        self.tree.is_empty()
+    pub fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.len()? == 0)
     }
 }

@@ -116,9 +116,12 @@ pub struct Hub {
     /// Summaries, change feed and unit records: sled in `data_dir`, or PostgreSQL
     /// (hub.toml's `[store]`).
     pub store: Arc<dyn FeedStore>,
-    /// The sled database in `data_dir` that still holds the audit repository and the operator
-    /// log (on the PostgreSQL backend too, until their migrations land: docs/issue-18-status.md).
+    /// The sled database in `data_dir`: the whole store on the embedded backend; on
+    /// PostgreSQL it holds nothing the hubs share.
     pub local: sled::Db,
+    /// The PostgreSQL database, when that is the backend: the audit repository and the
+    /// operator log live there too, shared by every hub on it.
+    pub shared: Option<Arc<crate::pg::PgStore>>,
     pub audit: Arc<crate::audit::AuditRepo>,
     pub head_tx: watch::Sender<u64>,
     pub key: Arc<Ed25519KeyPair>,
@@ -150,8 +153,21 @@ impl std::fmt::Debug for Hub {
     }
 }
 
-/// Open the store hub.toml's `[store]` names, and the local sled database beside it.
-pub fn open_store(config: &HubConfig) -> anyhow::Result<(Arc<dyn FeedStore>, sled::Db)> {
+/// What [`open_store`] opens.
+pub struct Stores {
+    /// Summaries, change feed and unit records.
+    pub feed: Arc<dyn FeedStore>,
+    /// The sled database in `data_dir` (the whole store on the embedded backend).
+    pub local: sled::Db,
+    /// The audit repository: in `local`, or in PostgreSQL beside the feed.
+    pub audit: crate::audit::AuditRepo,
+    /// The PostgreSQL database every hub on it shares, when that is the backend.
+    pub shared: Option<Arc<crate::pg::PgStore>>,
+}
+
+/// Open the store hub.toml's `[store]` names, the local sled database beside it, and the audit
+/// repository (in the sled database, or in PostgreSQL beside the feed).
+pub fn open_store(config: &HubConfig) -> anyhow::Result<Stores> {
     match config.store.backend {
         edge_runtime::config::StoreBackend::Embedded => {
             let store = HubStore::open(&config.data_dir).with_context(|| {
@@ -161,11 +177,17 @@ pub fn open_store(config: &HubConfig) -> anyhow::Result<(Arc<dyn FeedStore>, sle
                 )
             })?;
             let local = store.db().clone();
-            Ok((Arc::new(store), local))
+            let audit = crate::audit::AuditRepo::open(&local)?;
+            Ok(Stores {
+                feed: Arc::new(store),
+                local,
+                audit,
+                shared: None,
+            })
         }
         edge_runtime::config::StoreBackend::Postgres => {
             let opts = crate::pg::PgOptions::from_config(&config.store)?;
-            let store = crate::pg::PgStore::connect(&opts)?;
+            let store = Arc::new(crate::pg::PgStore::connect(&opts)?);
             std::fs::create_dir_all(&config.data_dir).with_context(|| {
                 format!(
                     "cannot create the data folder {}",
@@ -181,7 +203,13 @@ pub fn open_store(config: &HubConfig) -> anyhow::Result<(Arc<dyn FeedStore>, sle
                         config.data_dir.display()
                     )
                 })?;
-            Ok((Arc::new(store), local))
+            let audit = crate::audit::AuditRepo::postgres(store.clone());
+            Ok(Stores {
+                feed: store.clone(),
+                local,
+                audit,
+                shared: Some(store),
+            })
         }
     }
 }
@@ -189,7 +217,12 @@ pub fn open_store(config: &HubConfig) -> anyhow::Result<(Arc<dyn FeedStore>, sle
 impl Hub {
     /// Open the hub's store and keys from its config.
     pub fn open(config: HubConfig) -> anyhow::Result<Hub> {
-        let (store, local) = open_store(&config)?;
+        let Stores {
+            feed: store,
+            local,
+            audit,
+            shared,
+        } = open_store(&config)?;
         let key = edge_runtime::keys::load_ed25519_signing(&config.keys.record_signing)
             .with_context(|| "cannot load the record-signing key".to_string())?;
         let head = store.head()?;
@@ -212,7 +245,7 @@ impl Hub {
                 .clamp(1, 4096),
             ..SessionConfig::default()
         };
-        let audit = Arc::new(crate::audit::AuditRepo::open(&local)?);
+        let audit = Arc::new(audit);
         let inventory_cache = InventoryCache::new(config.inventory.clone());
         let denylist = Arc::new(TokenDenyList::open(&config));
         let gate = FetchGate::new(&config, audit.clone(), denylist.clone());
@@ -252,6 +285,7 @@ impl Hub {
             audit,
             store,
             local,
+            shared,
             head_tx,
             key: Arc::new(key),
             session_config,

@@ -143,7 +143,10 @@ fn a_hub_on_postgres_ingests_and_syncs_across_kill_9() {
     // Migrations: applied once, then nothing to do.
     let out = edge_hub(&["migrate"], &hub_toml(&f));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains("applied 1"), "{text}");
+    assert!(
+        out.status.success() && text.contains("applied 1, 2"),
+        "{text}"
+    );
     let out = edge_hub(&["migrate"], &hub_toml(&f));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("nothing to apply"), "{text}");
@@ -211,6 +214,34 @@ fn a_hub_on_postgres_ingests_and_syncs_across_kill_9() {
     .unwrap();
     assert_eq!(db.assert_feed_whole(), u64::from(N));
 
+    // Audit of record in the database: reads on the unit are uploaded into `audit_event`,
+    // each once, and "who accessed patient X" answers from there.
+    let nhs = kerbside_tests::fleet::nhs_numbers(&data).unwrap();
+    let tok = f
+        .clinician_token(0xA0D17, "555000111222", "PARAMEDIC, Test")
+        .unwrap();
+    for p in &nhs[..5] {
+        let (code, body) = kerbside_tests::fleet::lookup(&f.units[u].lan, &tok, p, &[]).unwrap();
+        assert_eq!(code, 200, "{body}");
+    }
+    let reads_of = |p: &str| {
+        db.n(&format!(
+            "SELECT count(*) FROM audit_event WHERE device = 'LAS-AMB-0001' AND patient = '{p}'"
+        ))
+    };
+    wait_for(Duration::from_secs(30), || Ok(reads_of(&nhs[0]) == 1))
+        .unwrap_or_else(|e| panic!("{e}\n--- hub log\n{}", f.hub_log()));
+    wait_for(Duration::from_secs(30), || Ok(reads_of(&nhs[4]) == 1)).unwrap();
+    assert_eq!(
+        db.n("SELECT count(*) FROM audit_device WHERE device = 'LAS-AMB-0001'"),
+        1
+    );
+    let (code, body) = f
+        .admin("GET", &format!("/admin/audit?patient={}", nhs[0]), None)
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("555000111222"), "{body}");
+
     // PostgreSQL restarted under the running hub: the hub reconnects by itself and a change
     // ingested afterwards reaches the unit.
     if restart_postgres() {
@@ -230,6 +261,10 @@ fn a_hub_on_postgres_ingests_and_syncs_across_kill_9() {
         f.wait_records(u, u64::from(N) + 10, Duration::from_secs(60))
             .unwrap();
         assert_eq!(db.assert_feed_whole(), u64::from(N) + 10);
+        // Audit still reaches the database after its restart.
+        let (code, _) = kerbside_tests::fleet::lookup(&f.units[u].lan, &tok, &nhs[5], &[]).unwrap();
+        assert_eq!(code, 200);
+        wait_for(Duration::from_secs(60), || Ok(reads_of(&nhs[5]) == 1)).unwrap();
         eprintln!("PostgreSQL restarted under the hub; a later ingest reached the unit");
     }
     let log = f.hub_log();

@@ -16,11 +16,18 @@ pub struct Migration {
 }
 
 /// Every migration this binary knows, in version order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "feed",
-    sql: include_str!("migrations/0001_feed.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "feed",
+        sql: include_str!("migrations/0001_feed.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "audit",
+        sql: include_str!("migrations/0002_audit.sql"),
+    },
+];
 
 /// The advisory lock every hub's migration run holds ("kerbside" in ASCII).
 pub const LOCK_KEY: i64 = 0x6b65_7262_7369_6465;

@@ -10,6 +10,7 @@
 //! Feed positions are taken under `SELECT … FROM feed_head … FOR UPDATE`, held to commit, so
 //! they commit in order and a unit reading `seq > cursor` never skips one (ARCHITECTURE.md).
 
+pub mod audit;
 pub mod migrate;
 
 use std::collections::HashMap;

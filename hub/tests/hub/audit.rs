@@ -1,32 +1,129 @@
-//! The audit repository: idempotent on (device, seq), conflicting replays kept-first and
-//! reported, gaps and chain breaks stored and reported, verification, and the patient and
-//! staff queries.
+//! The audit repository's conformance suite: idempotent on (device, seq), conflicting replays
+//! kept-first and reported, gaps and chain breaks stored and reported, verification, the
+//! patient, staff and alert lists page by page. Every test runs against both backends, the
+//! hub's sled database and PostgreSQL (`embedded::` and `postgres::` tests of the same name;
+//! PostgreSQL as in `store.rs`: a database of its own per test, failing in CI when the server
+//! cannot be reached). PostgreSQL-only: two hubs storing one unit's uploads at once store each
+//! event exactly once.
+
+use std::sync::Arc;
 
 use edge_hub::audit::{event_fhir, event_json, AuditRepo};
+use edge_hub::pg::PgStore;
 use edge_proto::audit::GENESIS;
 use edge_proto::ids::DeviceId;
 use edge_proto::time::UnixMillis;
 use tempfile::TempDir;
 
 use crate::common::{chain, event, nhs};
+use crate::store::TestDb;
 
 const DEV: &str = "LAS-AMB-0001";
 const STAFF: &str = "555000111222";
 
-fn repo() -> (TempDir, sled::Db, AuditRepo) {
-    let dir = tempfile::tempdir().unwrap();
-    let db = sled::open(dir.path()).unwrap();
-    let repo = AuditRepo::open(&db).unwrap();
-    (dir, db, repo)
+/// One backend under test.
+pub enum Backend {
+    Embedded {
+        repo: Option<AuditRepo>,
+        dir: TempDir,
+    },
+    Postgres {
+        // Dropped before the database.
+        repo: Option<AuditRepo>,
+        db: TestDb,
+    },
 }
+
+fn sled_repo(dir: &TempDir) -> AuditRepo {
+    AuditRepo::open(&sled::open(dir.path()).unwrap()).unwrap()
+}
+
+fn pg_repo(db: &TestDb) -> AuditRepo {
+    AuditRepo::postgres(Arc::new(PgStore::connect(&db.options()).unwrap()))
+}
+
+impl Backend {
+    fn embedded() -> Backend {
+        let dir = tempfile::tempdir().unwrap();
+        Backend::Embedded {
+            repo: Some(sled_repo(&dir)),
+            dir,
+        }
+    }
+
+    fn postgres() -> Option<Backend> {
+        let db = TestDb::create()?;
+        Some(Backend::Postgres {
+            repo: Some(pg_repo(&db)),
+            db,
+        })
+    }
+
+    fn repo(&self) -> &AuditRepo {
+        match self {
+            Backend::Embedded { repo, .. } | Backend::Postgres { repo, .. } => {
+                repo.as_ref().unwrap()
+            }
+        }
+    }
+
+    /// Close the repository and open it again (a hub restart).
+    fn reopen(&mut self) {
+        match self {
+            Backend::Embedded { repo, dir } => {
+                drop(repo.take());
+                *repo = Some(sled_repo(dir));
+            }
+            Backend::Postgres { repo, db } => {
+                drop(repo.take());
+                *repo = Some(pg_repo(db));
+            }
+        }
+    }
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(&mut super::Backend::embedded());
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[test]
+                fn $name() {
+                    if let Some(mut b) = super::Backend::postgres() {
+                        super::$name(&mut b);
+                    }
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    storing_is_idempotent_on_device_and_seq,
+    a_conflicting_replay_keeps_the_first_event_and_is_reported,
+    a_gap_is_stored_and_reported_and_closes_when_the_missing_events_arrive,
+    a_trail_that_does_not_start_at_one_is_a_gap,
+    a_broken_chain_is_reported_on_arrival_and_by_verification,
+    a_tampered_event_fails_its_hash,
+    events_of_another_device_are_refused,
+    patient_and_staff_queries_find_their_events_newest_first,
+    lists_page_newest_first_with_cursors_and_refuse_a_bad_cursor,
+    stored_events_survive_reopening_the_database,
+);
 
 fn dev() -> DeviceId {
     DeviceId::parse(DEV).unwrap()
 }
 
-#[test]
-fn storing_is_idempotent_on_device_and_seq() {
-    let (_dir, _db, repo) = repo();
+fn storing_is_idempotent_on_device_and_seq(b: &mut Backend) {
+    let repo = b.repo();
     let events = chain(DEV, 3, &nhs(0), STAFF);
     let first = repo.store(&dev(), &events).unwrap();
     assert_eq!((first.new, first.duplicates, first.upto_seq), (3, 0, 3));
@@ -57,9 +154,8 @@ fn storing_is_idempotent_on_device_and_seq() {
     assert_eq!(v["gaps"].as_array().unwrap().len(), 0);
 }
 
-#[test]
-fn a_conflicting_replay_keeps_the_first_event_and_is_reported() {
-    let (_dir, _db, repo) = repo();
+fn a_conflicting_replay_keeps_the_first_event_and_is_reported(b: &mut Backend) {
+    let repo = b.repo();
     let events = chain(DEV, 2, &nhs(0), STAFF);
     repo.store(&dev(), &events).unwrap();
     // Another event claiming seq 2: about another patient.
@@ -91,9 +187,8 @@ fn a_conflicting_replay_keeps_the_first_event_and_is_reported() {
     assert_eq!(v["problems_on_arrival"].as_array().unwrap().len(), 1);
 }
 
-#[test]
-fn a_gap_is_stored_and_reported_and_closes_when_the_missing_events_arrive() {
-    let (_dir, _db, repo) = repo();
+fn a_gap_is_stored_and_reported_and_closes_when_the_missing_events_arrive(b: &mut Backend) {
+    let repo = b.repo();
     let events = chain(DEV, 5, &nhs(0), STAFF);
     let out = repo
         .store(
@@ -121,9 +216,8 @@ fn a_gap_is_stored_and_reported_and_closes_when_the_missing_events_arrive() {
     assert_eq!(repo.device(DEV).unwrap().last_seq, 5);
 }
 
-#[test]
-fn a_trail_that_does_not_start_at_one_is_a_gap() {
-    let (_dir, _db, repo) = repo();
+fn a_trail_that_does_not_start_at_one_is_a_gap(b: &mut Backend) {
+    let repo = b.repo();
     let events = chain(DEV, 3, &nhs(0), STAFF);
     let out = repo.store(&dev(), &events[2..]).unwrap();
     assert_eq!(out.problems, ["gap: seq 1 to 2 missing"]);
@@ -131,9 +225,8 @@ fn a_trail_that_does_not_start_at_one_is_a_gap() {
     assert_eq!(v["gaps"], serde_json::json!([{"from": 1, "to": 2}]));
 }
 
-#[test]
-fn a_broken_chain_is_reported_on_arrival_and_by_verification() {
-    let (_dir, _db, repo) = repo();
+fn a_broken_chain_is_reported_on_arrival_and_by_verification(b: &mut Backend) {
+    let repo = b.repo();
     let e1 = event(DEV, 1, GENESIS, Some(&nhs(0)), STAFF, 1_700_000_000_001);
     // Sealed after the wrong predecessor.
     let e2 = event(DEV, 2, GENESIS, Some(&nhs(0)), STAFF, 1_700_000_000_002);
@@ -151,9 +244,8 @@ fn a_broken_chain_is_reported_on_arrival_and_by_verification() {
     assert_eq!(v["chain_ok"], false);
 }
 
-#[test]
-fn a_tampered_event_fails_its_hash() {
-    let (_dir, _db, repo) = repo();
+fn a_tampered_event_fails_its_hash(b: &mut Backend) {
+    let repo = b.repo();
     let mut events = chain(DEV, 2, &nhs(0), STAFF);
     events[1].staff_name = Some("someone else".into());
     let out = repo.store(&dev(), &events).unwrap();
@@ -170,9 +262,8 @@ fn a_tampered_event_fails_its_hash() {
     assert_eq!(v["chain_ok"], false);
 }
 
-#[test]
-fn events_of_another_device_are_refused() {
-    let (_dir, _db, repo) = repo();
+fn events_of_another_device_are_refused(b: &mut Backend) {
+    let repo = b.repo();
     let other = chain("LAS-AMB-0002", 1, &nhs(0), STAFF);
     let out = repo.store(&dev(), &other).unwrap();
     assert_eq!((out.new, out.upto_seq), (0, 0));
@@ -186,9 +277,8 @@ fn events_of_another_device_are_refused() {
     assert_eq!(repo.verify(DEV).unwrap()["events"], 0);
 }
 
-#[test]
-fn patient_and_staff_queries_find_their_events_newest_first() {
-    let (_dir, _db, repo) = repo();
+fn patient_and_staff_queries_find_their_events_newest_first(b: &mut Backend) {
+    let repo = b.repo();
     let (p, q) = (nhs(0), nhs(1));
     // Device 1: seq 1 about p by A, seq 2 about q by B, seq 3 about p by B (newest).
     let e1 = event(DEV, 1, GENESIS, Some(&p), "A1", 1_000);
@@ -249,20 +339,139 @@ fn patient_and_staff_queries_find_their_events_newest_first() {
     assert_eq!(repo.since(UnixMillis(0), 2).unwrap().len(), 2, "limit");
 }
 
-#[test]
-fn stored_events_survive_reopening_the_database() {
-    let dir = tempfile::tempdir().unwrap();
+fn stored_events_survive_reopening_the_database(b: &mut Backend) {
     let events = chain(DEV, 3, &nhs(0), STAFF);
-    {
-        let db = sled::open(dir.path()).unwrap();
-        let repo = AuditRepo::open(&db).unwrap();
-        repo.store(&dev(), &events).unwrap();
-    }
-    let db = sled::open(dir.path()).unwrap();
-    let repo = AuditRepo::open(&db).unwrap();
+    b.repo().store(&dev(), &events).unwrap();
+    b.reopen();
+    let repo = b.repo();
     assert_eq!(repo.device(DEV).unwrap().last_seq, 3);
     let out = repo.store(&dev(), &events).unwrap();
     assert_eq!((out.new, out.duplicates), (0, 3));
+    assert_eq!(repo.query(b'p', &nhs(0), 100).unwrap().len(), 3);
+}
+
+fn lists_page_newest_first_with_cursors_and_refuse_a_bad_cursor(b: &mut Backend) {
+    let repo = b.repo();
+    // 25 reads of one patient by one staff member from two devices, interleaved in time, and
+    // two break-glass reads among them.
+    let mut a = Vec::new();
+    let mut c = Vec::new();
+    let mut prev = (GENESIS, GENESIS);
+    for i in 0..25u64 {
+        let t = 1_700_000_000_000 + i as i64 * 10;
+        if i % 2 == 0 {
+            let mut e = event(DEV, a.len() as u64 + 1, prev.0, Some(&nhs(0)), STAFF, t);
+            if i == 4 || i == 20 {
+                e.action = edge_proto::audit::AuditAction::BreakGlass;
+                e.seal(e.seq, prev.0).unwrap();
+            }
+            prev.0 = e.hash;
+            a.push(e);
+        } else {
+            let e = event(
+                "LAS-AMB-0002",
+                c.len() as u64 + 1,
+                prev.1,
+                Some(&nhs(0)),
+                STAFF,
+                t,
+            );
+            prev.1 = e.hash;
+            c.push(e);
+        }
+    }
+    repo.store(&dev(), &a).unwrap();
+    repo.store(&DeviceId::parse("LAS-AMB-0002").unwrap(), &c)
+        .unwrap();
+    for kind in [b'p', b's'] {
+        let who = if kind == b'p' {
+            nhs(0)
+        } else {
+            STAFF.to_owned()
+        };
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let page = repo
+                .query_page(kind, &who, cursor.as_deref(), 10)
+                .unwrap()
+                .unwrap();
+            pages += 1;
+            seen.extend(page.events.iter().map(|e| e.recorded.0));
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(pages, 3, "10 + 10 + 5");
+        let mut want: Vec<i64> = (0..25).map(|i| 1_700_000_000_000 + i * 10).collect();
+        want.reverse();
+        assert_eq!(seen, want, "every event once, newest first, across devices");
+    }
+    let page = repo.alerts_page(None, 1).unwrap().unwrap();
+    assert_eq!(page.events[0].recorded.0, 1_700_000_000_200);
+    let rest = repo
+        .alerts_page(page.next_cursor.as_deref(), 10)
+        .unwrap()
+        .unwrap();
+    assert_eq!(rest.events.len(), 1);
+    assert_eq!(rest.events[0].recorded.0, 1_700_000_000_040);
+    assert!(rest.next_cursor.is_none());
+    assert!(repo.alerts_page(Some("zz"), 10).unwrap().is_err());
+    assert!(repo
+        .query_page(b'p', &nhs(0), Some("00ff"), 10)
+        .unwrap()
+        .is_err());
+    // The export walk: every event in the range, once.
+    let mut n = 0;
+    repo.each_between(
+        UnixMillis(1_700_000_000_050),
+        UnixMillis(1_700_000_000_150),
+        |_| {
+            n += 1;
+            true
+        },
+    )
+    .unwrap();
+    assert_eq!(n, 10);
+}
+
+/// Two hubs on one database receive the same unit's uploads at once (the unit failed over and
+/// replays what the first hub had not acknowledged): every event is stored exactly once, with
+/// no problem reported, and the chain verifies.
+#[test]
+fn two_hubs_store_one_units_uploads_exactly_once() {
+    let Some(db) = TestDb::create() else { return };
+    let hubs = [pg_repo(&db), pg_repo(&db)];
+    let events = chain(DEV, 400, &nhs(0), STAFF);
+    std::thread::scope(|s| {
+        for (i, hub) in hubs.iter().enumerate() {
+            for round in 0..2 {
+                let events = &events;
+                s.spawn(move || {
+                    // Batches of 25, in order, as a unit uploads; each hub twice over.
+                    for batch in events.chunks(25) {
+                        let out = hub.store(&dev(), batch).unwrap();
+                        assert!(
+                            out.problems.is_empty(),
+                            "hub {i} round {round}: {:?}",
+                            out.problems
+                        );
+                    }
+                });
+            }
+        }
+    });
+    let d = hubs[1].device(DEV).unwrap();
+    assert_eq!((d.events, d.last_seq), (400, 400));
+    assert!(d.problems.is_empty(), "{:?}", d.problems);
+    assert_eq!(hubs[0].query(b'p', &nhs(0), 1_000).unwrap().len(), 400);
+    let v = hubs[0].verify(DEV).unwrap();
+    assert_eq!(
+        (v["events"].as_u64(), v["chain_ok"].as_bool()),
+        (Some(400), Some(true))
+    );
 }
 
 #[test]
@@ -279,4 +488,65 @@ fn events_render_as_json_and_as_fhir_audit_events() {
     assert_eq!(f["entity"][0]["what"]["identifier"]["value"], nhs(0));
     assert_eq!(f["agent"][0]["who"]["identifier"]["value"], STAFF);
     assert_eq!(f["source"]["observer"]["display"], DEV);
+}
+
+fn log_entry(i: usize) -> edge_hub::oplog::OperatorLogEntry {
+    edge_hub::oplog::OperatorLogEntry {
+        at: format!("2026-12-05T09:{:02}:00Z", i % 60),
+        operator_id: Some("IG-0001".into()),
+        operator_name: Some("PRIVACY, Officer".into()),
+        role: Some("privacy".into()),
+        token_id: Some(format!("{i:032x}")),
+        method: "GET".into(),
+        route: "/admin/audit".into(),
+        query: Some(format!("patient={}", nhs(i as u32 % 3))),
+        status: 200,
+        refused: None,
+        target: None,
+    }
+}
+
+/// Append 25 entries through `logs` in turn; page them 10 at a time from each; every entry
+/// once, newest first; a cursor that is not a number is refused.
+fn operator_log_pages(logs: &[edge_hub::oplog::OperatorLog]) {
+    for i in 0..25 {
+        logs[i % logs.len()].append(log_entry(i)).unwrap();
+    }
+    for log in logs {
+        assert_eq!(log.len().unwrap(), 25);
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = log.page(cursor.as_deref(), 10).unwrap().unwrap();
+            seen.extend(page.entries.iter().map(|e| e.token_id.clone().unwrap()));
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        let want: Vec<String> = (0..25).rev().map(|i| format!("{i:032x}")).collect();
+        assert_eq!(seen, want);
+        assert!(log.page(Some("x"), 10).unwrap().is_none());
+    }
+}
+
+#[test]
+fn the_operator_log_pages_newest_first_in_sled() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::open(dir.path()).unwrap();
+    operator_log_pages(&[edge_hub::oplog::OperatorLog::open(&db).unwrap()]);
+}
+
+/// Two hubs on one database write one operator log, and each reads all of it.
+#[test]
+fn the_operator_log_in_postgres_is_one_log_for_every_hub() {
+    let Some(db) = TestDb::create() else { return };
+    let logs: Vec<_> = (0..2)
+        .map(|_| {
+            edge_hub::oplog::OperatorLog::postgres(Arc::new(
+                PgStore::connect(&db.options()).unwrap(),
+            ))
+        })
+        .collect();
+    operator_log_pages(&logs);
 }
