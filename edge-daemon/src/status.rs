@@ -50,6 +50,8 @@ pub struct Live {
     /// The last batch could not be written because the unit's disk is full; the sync waits for
     /// room and resumes by itself.
     pub disk_full: bool,
+    /// The hub the link is with (its name and address), or the one being tried while down.
+    pub hub: Option<String>,
 }
 
 impl Default for Live {
@@ -76,6 +78,7 @@ impl Default for Live {
             cert_renewal_error: None,
             prefetched: 0,
             disk_full: false,
+            hub: None,
         }
     }
 }
@@ -94,6 +97,9 @@ pub struct StatusView {
     pub device_id: String,
     pub role: String,
     pub link: Link,
+    /// The hub the link is with, or the one being tried while the link is down (`NAME
+    /// (HOST:PORT)`); a unit with several hubs moves between them.
+    pub hub: Option<String>,
     pub last_sync_at: Option<String>,
     pub cursor: u64,
     pub records: usize,
@@ -156,6 +162,7 @@ impl Status {
             device_id: self.device_id.as_str().to_owned(),
             role: self.role.to_string(),
             link: l.link,
+            hub: l.hub,
             last_sync_at: l.last_sync_at.map(UnixMillis::to_rfc3339),
             cursor: l.cursor,
             records,

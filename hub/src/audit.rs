@@ -413,6 +413,16 @@ impl AuditRepo {
         }
     }
 
+    /// Seal `e` as the next event of `device`'s own chain (the hub's: fetches it answered) and
+    /// store it, atomically: hubs sharing a database, even under one name, append to the
+    /// chain in turn.
+    pub fn append(&self, device: &DeviceId, e: AuditEvent) -> Result<Stored, StoreError> {
+        match &self.backend {
+            Backend::Sled(s) => s.append(device, e),
+            Backend::Pg(p) => p.audit_append(device, e),
+        }
+    }
+
     /// Events about a patient (`kind = b'p'`, NHS digits) or by a staff member (`b's'`),
     /// newest first, at most `limit`.
     pub fn query(&self, kind: u8, who: &str, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
@@ -586,6 +596,19 @@ impl SledAudit {
 
     fn store(&self, device: &DeviceId, events: &[AuditEvent]) -> Result<Stored, StoreError> {
         let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        self.store_locked(device, events)
+    }
+
+    fn append(&self, device: &DeviceId, mut e: AuditEvent) -> Result<Stored, StoreError> {
+        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let d = self.device(device.as_str())?;
+        e.seal(d.last_seq + 1, d.last_hash.unwrap_or(GENESIS))
+            .map_err(corrupt)?;
+        self.store_locked(device, std::slice::from_ref(&e))
+    }
+
+    /// [`SledAudit::store`] with the write lock held.
+    fn store_locked(&self, device: &DeviceId, events: &[AuditEvent]) -> Result<Stored, StoreError> {
         let dev = device.as_str();
         let mut d = self.device(dev)?;
         let mut stored = HashMap::new();

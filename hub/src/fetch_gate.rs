@@ -70,8 +70,6 @@ pub struct FetchGate {
     token_key: Option<[u8; 32]>,
     denylist: Arc<TokenDenyList>,
     budget: Mutex<FetchBudget>,
-    /// Serialises the hub's appends to its own chain.
-    chain: Mutex<()>,
     audit: Arc<AuditRepo>,
 }
 
@@ -122,7 +120,6 @@ impl FetchGate {
                 staff_per_hour: config.sync.fetch_staff_per_hour,
                 ceiling_factor: config.sync.fetch_ceiling_factor,
             })),
-            chain: Mutex::new(()),
             audit,
         }
     }
@@ -205,14 +202,12 @@ impl FetchGate {
 
     /// Append one event to the hub's own chain in the audit repository (durable on return).
     pub fn record(&self, now: UnixMillis, ev: &HubEvent<'_>) -> anyhow::Result<()> {
-        let _g = self.chain.lock().unwrap_or_else(|p| p.into_inner());
-        let d = self.audit.device(self.hub_device.as_str())?;
         let mut id = [0u8; 16];
         use ring::rand::SecureRandom;
         ring::rand::SystemRandom::new()
             .fill(&mut id)
             .map_err(|_| anyhow::anyhow!("no randomness for an event id"))?;
-        let mut e = AuditEvent {
+        let e = AuditEvent {
             schema: AUDIT_SCHEMA,
             event_id: uuid_from_bytes(id),
             device_id: self.hub_device.clone(),
@@ -244,11 +239,11 @@ impl FetchGate {
             incident_ref: None,
             offline: false,
         };
-        e.seal(d.last_seq + 1, d.last_hash.unwrap_or(GENESIS))
-            .map_err(|e| anyhow::anyhow!("cannot seal a hub audit event: {e}"))?;
-        let st = self.audit.store(&self.hub_device, &[e])?;
+        // Sealed with the chain's next seq inside the repository's lock (a row lock on
+        // PostgreSQL): hubs sharing the database append to the chain in turn.
+        let st = self.audit.append(&self.hub_device, e)?;
         anyhow::ensure!(
-            st.problems.is_empty() && st.upto_seq == d.last_seq + 1,
+            st.problems.is_empty() && st.new == 1,
             "the hub's own audit chain refused an event: {:?}",
             st.problems
         );

@@ -313,6 +313,7 @@ mod tests {
             role: UnitRole::Vehicle,
             hub: "127.0.0.1:4433".parse().unwrap(),
             hub_name: "127.0.0.1".into(),
+            more_hubs: Vec::new(),
             lan: "127.0.0.1:8443".parse().unwrap(),
             lan_names: Vec::new(),
             callsign: None,

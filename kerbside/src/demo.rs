@@ -107,6 +107,7 @@ pub fn run(
             role: UnitRole::Vehicle,
             hub: hub_quic.clone(),
             hub_name: "127.0.0.1".into(),
+            more_hubs: Vec::new(),
             lan: HostPort::parse(&lan.to_string())?,
             lan_names: vec!["127.0.0.1".into(), "localhost".into()],
             callsign: Some("DEMO 1".into()),

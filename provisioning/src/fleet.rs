@@ -259,6 +259,9 @@ pub struct EnrolPlan {
     pub hub: HostPort,
     /// The hub's certificate name.
     pub hub_name: String,
+    /// Further hubs on the same database the unit fails over to, in order (`hubs` in
+    /// edge.toml, after `hub`).
+    pub more_hubs: Vec<HubLink>,
     /// The unit's LAN listen address (its host is the LAN certificate's SAN).
     pub lan: HostPort,
     /// Extra names for the LAN certificate.
@@ -1256,6 +1259,21 @@ impl Fleet {
             )));
         }
         san_for(&plan.hub_name)?;
+        for h in &plan.more_hubs {
+            if h.addr.port() == 0 {
+                return Err(FleetError::Invalid(format!(
+                    "--hub {}: port 0 is not a real port",
+                    h.addr
+                )));
+            }
+            san_for(&h.name)?;
+        }
+        if plan.more_hubs.len() + 1 > edge_runtime::config::MAX_HUBS {
+            return Err(FleetError::Invalid(format!(
+                "at most {} hubs",
+                edge_runtime::config::MAX_HUBS
+            )));
+        }
         if let Some(c) = &plan.callsign {
             if c.trim().is_empty() || c.len() > 32 || c.chars().any(char::is_control) {
                 return Err(FleetError::Invalid(
@@ -1340,6 +1358,16 @@ impl Fleet {
             hub: HubLink {
                 addr: plan.hub.clone(),
                 name: plan.hub_name.clone(),
+            },
+            hubs: if plan.more_hubs.is_empty() {
+                Vec::new()
+            } else {
+                let mut all = vec![HubLink {
+                    addr: plan.hub.clone(),
+                    name: plan.hub_name.clone(),
+                }];
+                all.extend(plan.more_hubs.iter().cloned());
+                all
             },
             lan,
             tls: UnitTls {

@@ -270,12 +270,15 @@ struct EnrolArgs {
     /// vehicle or kiosk.
     #[arg(long)]
     role: UnitRole,
-    /// The hub's QUIC address, HOST:PORT.
-    #[arg(long, value_name = "HOST:PORT")]
-    hub: HostPort,
-    /// The name in the hub's certificate (the hub bundle's --name).
-    #[arg(long, value_name = "NAME")]
-    hub_name: String,
+    /// The hub's QUIC address, HOST:PORT. Repeat it for several hubs sharing one database
+    /// (hubs = [...] in edge.toml): the unit tries them in this order, stays with one while it
+    /// answers and fails over to the next, resuming from its cursor.
+    #[arg(long, value_name = "HOST:PORT", required = true)]
+    hub: Vec<HostPort>,
+    /// The name in the hub's certificate (the hub bundle's --name): once for every hub, or
+    /// once per --hub, in the same order.
+    #[arg(long, value_name = "NAME", required = true)]
+    hub_name: Vec<String>,
     /// The unit's LAN API listen address, HOST:PORT; the host goes into its LAN certificate.
     #[arg(long, value_name = "HOST:PORT")]
     lan: HostPort,
@@ -497,12 +500,17 @@ fn run(cli: Cli) -> Result<()> {
             if a.supervisor == SupervisorMode::Serial && a.supervisor_device.is_none() {
                 anyhow::bail!("--supervisor serial needs --supervisor-device PATH");
             }
+            let mut hubs = hub_links(&a.hub, &a.hub_name)?.into_iter();
+            let Some(first) = hubs.next() else {
+                anyhow::bail!("give the hub with --hub HOST:PORT and --hub-name NAME");
+            };
             let mut f = open(&a.fleet)?;
             let plan = EnrolPlan {
                 device_id: a.device_id.clone(),
                 role: a.role,
-                hub: a.hub,
-                hub_name: a.hub_name,
+                hub: first.addr,
+                hub_name: first.name,
+                more_hubs: hubs.collect(),
                 lan: a.lan,
                 lan_names: a.lan_name,
                 callsign: a.callsign,
@@ -702,4 +710,34 @@ fn main() -> ExitCode {
 /// A path as given on the command line, made absolute (hub.toml is read from elsewhere).
 fn absolute_path(p: PathBuf) -> anyhow::Result<PathBuf> {
     std::path::absolute(&p).with_context(|| format!("cannot resolve {}", p.display()))
+}
+
+/// Pair `--hub` addresses with `--hub-name` names: one name for all, or one per hub in order.
+fn hub_links(
+    addrs: &[HostPort],
+    names: &[String],
+) -> anyhow::Result<Vec<edge_runtime::config::HubLink>> {
+    let name_of = |i: usize| -> anyhow::Result<String> {
+        match names {
+            [one] => Ok(one.clone()),
+            _ if names.len() == addrs.len() => Ok(names[i].clone()),
+            _ => anyhow::bail!(
+                "{} --hub but {} --hub-name: give --hub-name once for every hub, or once per --hub in the same order",
+                addrs.len(),
+                names.len()
+            ),
+        }
+    };
+    let mut out = Vec::with_capacity(addrs.len());
+    for (i, addr) in addrs.iter().enumerate() {
+        let link = edge_runtime::config::HubLink {
+            addr: addr.clone(),
+            name: name_of(i)?,
+        };
+        if out.contains(&link) {
+            anyhow::bail!("--hub {addr} (named {}) is given twice", link.name);
+        }
+        out.push(link);
+    }
+    Ok(out)
 }

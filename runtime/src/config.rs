@@ -490,8 +490,14 @@ pub struct UnitConfig {
     /// The unit's cohorts as enrolled. Informational: the hub uses the certificate's.
     #[serde(default, with = "cohort_strings")]
     pub cohorts: Vec<CohortSpec>,
-    /// The hub to sync with.
+    /// The hub to sync with (the first one tried).
     pub hub: HubLink,
+    /// Every hub the unit may sync with, in the order it tries them, when it has several (hubs
+    /// sharing one PostgreSQL database): the first is `[hub]`. The unit stays with a hub while
+    /// it answers and moves to the next when it does not, resuming from its cursor. Empty:
+    /// `[hub]` alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hubs: Vec<HubLink>,
     /// The LAN API listener for tablets and the kiosk page.
     pub lan: LanConfig,
     /// The unit's fleet certificate and key for the hub link.
@@ -735,7 +741,19 @@ pub struct SupervisorConfig {
     pub device: Option<PathBuf>,
 }
 
+/// The most hubs a unit lists.
+pub const MAX_HUBS: usize = 8;
+
 impl UnitConfig {
+    /// The hubs the unit syncs with, in the order it tries them: `hubs`, or `[hub]` alone.
+    pub fn hub_links(&self) -> Vec<HubLink> {
+        if self.hubs.is_empty() {
+            vec![self.hub.clone()]
+        } else {
+            self.hubs.clone()
+        }
+    }
+
     /// Read, parse, resolve and validate `edge.toml`, and check the files it names exist.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = read_text(path)?;
@@ -784,6 +802,35 @@ impl UnitConfig {
         check_server_name(f, "hub.name", &self.hub.name)?;
         if self.hub.addr.port() == 0 {
             return Err(ConfigError::new(f, "hub.addr", "port 0 is not a real port"));
+        }
+        if self.hubs.len() > MAX_HUBS {
+            return Err(ConfigError::new(
+                f,
+                "hubs",
+                format!("at most {MAX_HUBS} hubs, got {}", self.hubs.len()),
+            ));
+        }
+        if let Some(first) = self.hubs.first() {
+            if *first != self.hub {
+                return Err(ConfigError::new(
+                    f,
+                    "hubs",
+                    "the first entry must be [hub] (the hub tried first)",
+                ));
+            }
+        }
+        for (i, h) in self.hubs.iter().enumerate() {
+            check_server_name(f, &format!("hubs[{i}].name"), &h.name)?;
+            if h.addr.port() == 0 {
+                return Err(ConfigError::new(
+                    f,
+                    &format!("hubs[{i}].addr"),
+                    "port 0 is not a real port",
+                ));
+            }
+            if self.hubs[..i].contains(h) {
+                return Err(ConfigError::new(f, &format!("hubs[{i}]"), "listed twice"));
+            }
         }
         if self.lan.tls {
             if self.lan.cert.is_none() || self.lan.key.is_none() {

@@ -34,7 +34,7 @@ use edge_proto::sync::{
     UnitConfig as SessionConfig, UnitEvent, UnitSession,
 };
 use edge_runtime::clock::{SharedClock, SystemClock};
-use edge_runtime::config::UnitConfig;
+use edge_runtime::config::{HubLink, UnitConfig};
 use quinn::crypto::rustls::QuicClientConfig;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, info, warn};
@@ -164,6 +164,12 @@ pub struct SyncClient {
     pub status: Arc<Status>,
     hub_key: [u8; 32],
     endpoint: quinn::Endpoint,
+    /// The hubs the unit may sync with, in order ([`UnitConfig::hub_links`]).
+    hubs: Vec<HubLink>,
+    /// Which of `hubs` the next attempt goes to: the unit stays with a hub while it answers
+    /// and moves to the next after an attempt that did not get a session.
+    hub_at: usize,
+    /// The address of the hub last tried.
     hub_addr: SocketAddr,
     fetch_rx: mpsc::Receiver<FetchRequest>,
     /// The audit journal, uploaded on its own stream (issue 6).
@@ -205,6 +211,7 @@ impl std::fmt::Debug for SyncClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SyncClient")
             .field("hub", &self.hub_addr)
+            .field("hubs", &self.hubs.len())
             .finish()
     }
 }
@@ -253,14 +260,21 @@ impl SyncClient {
         let cert = renew::CertState::read(&config.tls.cert)
             .with_context(|| format!("cannot read {}", config.tls.cert.display()))?;
         status.update(|l| l.cert_not_after = Some(cert.not_after));
-        let bind: SocketAddr = if config.hub.addr.ip().is_some_and(|ip| ip.is_ipv6()) {
+        let hubs = config.hub_links();
+        // The first hub's address decides the socket's family; a hub of the other family is
+        // reached by rebinding when it is tried ([`SyncClient::connect`]). A name that does
+        // not resolve yet is tried again at each attempt.
+        let hub_addr = resolve(&hubs[0]).unwrap_or_else(|e| {
+            warn!(error = %format!("{e:#}"), "cannot resolve the first hub's address yet; trying at each attempt");
+            SocketAddr::from(([0, 0, 0, 0], hubs[0].addr.port()))
+        });
+        let bind: SocketAddr = if hub_addr.is_ipv6() {
             "[::]:0".parse()?
         } else {
             "0.0.0.0:0".parse()?
         };
         let mut endpoint = quinn::Endpoint::client(bind).context("cannot open a UDP socket")?;
         endpoint.set_default_client_config(client);
-        let hub_addr = resolve(&config)?;
         let hub_key = edge_runtime::keys::load_ed25519_public(&config.keys.record_verify)
             .context("cannot load the hub's record-verification key")?;
         let (tx, fetch_rx) = mpsc::channel(64);
@@ -277,6 +291,8 @@ impl SyncClient {
                 status,
                 hub_key,
                 endpoint,
+                hubs,
+                hub_at: 0,
                 hub_addr,
                 fetch_rx,
                 journal: None,
@@ -397,6 +413,13 @@ impl SyncClient {
                     warn!(error = %format!("{e:#}"), "the hub refused the unit; retrying later")
                 }
             }
+            // Several hubs: an attempt that got no session moves to the next hub (one that is
+            // down, unreachable or refusing); a session that ended tries the same hub first.
+            if self.hubs.len() > 1 && !out.established {
+                self.hub_at = (self.hub_at + 1) % self.hubs.len();
+                let next = &self.hubs[self.hub_at];
+                debug!(hub = %next.name, "trying the next hub");
+            }
             let at = Duration::from_millis(self.clock.mono_ms());
             let wait =
                 Duration::from_millis(Reconnect::delay_ms(policy.after(out, at), random_u64()));
@@ -458,9 +481,17 @@ impl SyncClient {
                 }
             }
         }
+        let hub = self.hubs[self.hub_at % self.hubs.len()].clone();
+        self.status
+            .update(|l| l.hub = Some(format!("{} ({})", hub.name, hub.addr)));
+        self.hub_addr = resolve(&hub)?;
+        let local_v6 = self.endpoint.local_addr().is_ok_and(|a| a.is_ipv6());
+        if local_v6 != self.hub_addr.is_ipv6() {
+            self.rebind();
+        }
         let mut connecting = self
             .endpoint
-            .connect(self.hub_addr, &self.config.hub.name)
+            .connect(self.hub_addr, &hub.name)
             .context("cannot start a connection")?;
         // A link that is down costs one datagram per attempt. Once the hub has answered, the
         // handshake is given time to finish: a slow handshake is never abandoned half-way.
@@ -491,7 +522,11 @@ impl SyncClient {
         stall_timeout: Duration,
     ) -> anyhow::Result<()> {
         let conn = self.connect(out).await?;
-        debug!(hub = %self.hub_addr, "connected to the hub");
+        if self.hubs.len() > 1 {
+            info!(hub = %self.hubs[self.hub_at % self.hubs.len()].name, addr = %self.hub_addr, "connected to the hub");
+        } else {
+            debug!(hub = %self.hub_addr, "connected to the hub");
+        }
         let (mut pull_send, mut pull_recv) = conn.open_bi().await.map_err(explain)?;
         let state = self.cache.state()?;
         let mut session = UnitSession::new(

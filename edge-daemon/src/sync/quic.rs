@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use anyhow::Context;
-use edge_runtime::config::UnitConfig;
+use edge_runtime::config::HubLink;
 
 /// True when the hub answered and refused, rather than not answering.
 pub(super) fn is_refusal(e: &quinn::ConnectionError) -> bool {
@@ -17,12 +17,13 @@ pub(super) fn is_refusal(e: &quinn::ConnectionError) -> bool {
     )
 }
 
-pub(super) fn resolve(config: &UnitConfig) -> anyhow::Result<SocketAddr> {
-    if let Some(a) = config.hub.addr.socket_addr() {
+/// The address of one hub (`[hub]` or an entry of `hubs`), resolved now.
+pub(super) fn resolve(hub: &HubLink) -> anyhow::Result<SocketAddr> {
+    if let Some(a) = hub.addr.socket_addr() {
         return Ok(a);
     }
     use std::net::ToSocketAddrs;
-    let text = format!("{}:{}", config.hub.addr.host(), config.hub.addr.port());
+    let text = format!("{}:{}", hub.addr.host(), hub.addr.port());
     text.to_socket_addrs()
         .with_context(|| format!("cannot resolve the hub address {text}"))?
         .next()

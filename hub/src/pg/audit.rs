@@ -74,6 +74,31 @@ impl PgStore {
         device: &DeviceId,
         events: &[AuditEvent],
     ) -> Result<Stored, StoreError> {
+        self.audit_tx(device, &mut |_| Ok(events.to_vec()))
+    }
+
+    /// Seal `e` as the next event of `device`'s chain and store it, under the device's row
+    /// lock: hubs sharing the database (and a name) append to one chain in turn.
+    pub fn audit_append(&self, device: &DeviceId, e: AuditEvent) -> Result<Stored, StoreError> {
+        let mut e = Some(e);
+        self.audit_tx(device, &mut |d| {
+            let mut e = e.take().ok_or_else(|| corrupt("sealed twice"))?;
+            e.seal(
+                d.last_seq + 1,
+                d.last_hash.unwrap_or(edge_proto::audit::GENESIS),
+            )
+            .map_err(corrupt)?;
+            Ok(vec![e])
+        })
+    }
+
+    /// One upload transaction: lock the device's row, take the events `make` gives for the
+    /// summary as stored, apply [`plan_upload`], insert, update the summary, commit.
+    fn audit_tx(
+        &self,
+        device: &DeviceId,
+        make: &mut dyn FnMut(&DeviceAudit) -> Result<Vec<AuditEvent>, StoreError>,
+    ) -> Result<Stored, StoreError> {
         let dev = device.as_str();
         let mut c = self.conn()?;
         let tx = block_on(client_mut(&mut c).transaction()).map_err(pg)?;
@@ -90,6 +115,7 @@ impl PgStore {
         ))
         .map_err(pg)?;
         let mut d = device_of(&row)?;
+        let events = make(&d)?;
         let seqs: Vec<i64> = events
             .iter()
             .filter(|e| e.device_id == *device)
@@ -104,7 +130,7 @@ impl PgStore {
         {
             stored.insert(u64_of(r.get(0)), hash_of(r.get::<_, &[u8]>(1))?);
         }
-        let (new, _replayed, out) = plan_upload(&mut d, device, events, &mut stored);
+        let (new, _replayed, out) = plan_upload(&mut d, device, &events, &mut stored);
         if !new.is_empty() {
             let mut seq = Vec::with_capacity(new.len());
             let mut recorded = Vec::with_capacity(new.len());

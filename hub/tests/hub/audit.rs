@@ -116,6 +116,7 @@ conformance!(
     patient_and_staff_queries_find_their_events_newest_first,
     lists_page_newest_first_with_cursors_and_refuse_a_bad_cursor,
     stored_events_survive_reopening_the_database,
+    appends_seal_the_next_event_of_the_chain_one_at_a_time,
 );
 
 fn dev() -> DeviceId {
@@ -435,6 +436,72 @@ fn lists_page_newest_first_with_cursors_and_refuse_a_bad_cursor(b: &mut Backend)
     )
     .unwrap();
     assert_eq!(n, 10);
+}
+
+/// An event to append: sealed by the repository.
+fn unsealed(i: u64) -> edge_proto::audit::AuditEvent {
+    let mut e = event(
+        "hub-127.0.0.1",
+        1,
+        GENESIS,
+        Some(&nhs(0)),
+        STAFF,
+        1_700_000_000_000 + i as i64,
+    );
+    e.seq = 0;
+    e
+}
+
+fn appends_seal_the_next_event_of_the_chain_one_at_a_time(b: &mut Backend) {
+    let repo = b.repo();
+    let hub = DeviceId::parse("hub-127.0.0.1").unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let hub = &hub;
+            s.spawn(move || {
+                for i in 0..25 {
+                    let out = repo.append(hub, unsealed(t * 100 + i)).unwrap();
+                    assert_eq!(out.new, 1);
+                    assert!(out.problems.is_empty(), "{:?}", out.problems);
+                }
+            });
+        }
+    });
+    let v = repo.verify("hub-127.0.0.1").unwrap();
+    assert_eq!(
+        (v["events"].as_u64(), v["chain_ok"].as_bool()),
+        (Some(100), Some(true))
+    );
+    assert_eq!(v["gaps"].as_array().unwrap().len(), 0);
+}
+
+/// Two hubs on one database, under one name, append fetch events to their shared chain at
+/// once: every event is stored, in one unbroken chain.
+#[test]
+fn two_hubs_under_one_name_append_to_one_chain_in_turn() {
+    let Some(db) = TestDb::create() else { return };
+    let hubs = [pg_repo(&db), pg_repo(&db)];
+    let dev = DeviceId::parse("hub-127.0.0.1").unwrap();
+    std::thread::scope(|s| {
+        for (h, repo) in hubs.iter().enumerate() {
+            for t in 0..2u64 {
+                let dev = &dev;
+                s.spawn(move || {
+                    for i in 0..30 {
+                        let out = repo
+                            .append(dev, unsealed(h as u64 * 1000 + t * 100 + i))
+                            .unwrap();
+                        assert!(out.problems.is_empty(), "{:?}", out.problems);
+                    }
+                });
+            }
+        }
+    });
+    let v = hubs[0].verify("hub-127.0.0.1").unwrap();
+    assert_eq!(
+        (v["events"].as_u64(), v["chain_ok"].as_bool()),
+        (Some(120), Some(true))
+    );
 }
 
 /// Two hubs on one database receive the same unit's uploads at once (the unit failed over and

@@ -91,6 +91,7 @@ async fn fixture_with(
                 role: UnitRole::Vehicle,
                 hub: listen.clone(),
                 hub_name: "127.0.0.1".into(),
+                more_hubs: Vec::new(),
                 lan: HostPort::parse("127.0.0.1:9").unwrap(),
                 lan_names: vec!["127.0.0.1".into()],
                 callsign: None,
