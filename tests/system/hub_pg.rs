@@ -297,3 +297,140 @@ fn an_unreachable_database_is_a_clear_error_and_a_non_zero_exit() {
         );
     }
 }
+
+/// The other hub of a two-hub test: its bundle and address, swapped into the [`Fleet`] to start,
+/// stop or call it with the fleet's helpers.
+struct OtherHub {
+    dir: std::path::PathBuf,
+    admin: String,
+    quic: String,
+    child: Option<std::process::Child>,
+}
+
+impl OtherHub {
+    /// Make `f` address this hub (and this hold the one `f` addressed); call again to swap back.
+    fn swap(&mut self, f: &mut Fleet) {
+        std::mem::swap(&mut self.dir, &mut f.hub_dir);
+        std::mem::swap(&mut self.admin, &mut f.admin);
+        std::mem::swap(&mut self.quic, &mut f.hub_quic);
+        std::mem::swap(&mut self.child, &mut f.hub);
+    }
+}
+
+/// Several hubs on one database (issue 18 item 4): a unit enrolled with two hubs syncs from the
+/// first; the first is killed (SIGKILL) and the unit resumes from its cursor on the second,
+/// which has every change the first wrote (one feed) and receives the unit's audit (one
+/// repository); then the other way round.
+#[test]
+fn a_unit_fails_over_between_two_hubs_on_one_database() {
+    let Some(db) = Db::create() else { return };
+    let mut f = Fleet::with_hub_args(&["--database", &db.url()]).unwrap();
+    let mut b = OtherHub {
+        dir: f.path("hub-b"),
+        admin: format!("127.0.0.1:{}", kerbside_tests::fleet::tcp_port().unwrap()),
+        quic: format!("127.0.0.1:{}", kerbside_tests::fleet::udp_port().unwrap()),
+        child: None,
+    };
+    kerbside_tests::fleet::run_ok(
+        Command::new(bin("edge-provision").unwrap())
+            .args(["hub", "--fleet"])
+            .arg(&f.fleet)
+            .args([
+                "--name",
+                "127.0.0.1",
+                "--listen",
+                &b.quic,
+                "--admin",
+                &b.admin,
+            ])
+            .args(["--database", &db.url(), "--out"])
+            .arg(&b.dir),
+    )
+    .unwrap();
+    let out = edge_hub(&["migrate"], &hub_toml(&f));
+    assert!(out.status.success());
+    const N: u32 = 300;
+    let data = f.synth("a.ndjson", N + 20, 9).unwrap();
+    let text = std::fs::read_to_string(&data).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let first = f.path("first.ndjson");
+    std::fs::write(&first, lines[..N as usize].join("\n") + "\n").unwrap();
+    f.ingest_offline(&first).unwrap();
+
+    // Enrolled with both hubs, one --hub-name for both.
+    let b_quic = b.quic.clone();
+    let u = f.enrol("LAS-AMB-0001", &["--hub", &b_quic]).unwrap();
+    let toml = std::fs::read_to_string(f.units[u].dir.join("edge.toml")).unwrap();
+    assert!(toml.contains(&b_quic), "both hubs in edge.toml: {toml}");
+    f.start_hub().unwrap();
+    b.swap(&mut f);
+    f.start_hub().unwrap();
+    b.swap(&mut f);
+    f.start_unit(u).unwrap();
+    f.wait_records(u, u64::from(N), Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}\n{}", f.unit_log(u)));
+    let on = |f: &Fleet| {
+        f.status(u).unwrap()["hub"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    assert!(on(&f).contains(&f.hub_quic), "on the first hub: {}", on(&f));
+
+    // The first hub dies; a change ingested through the second reaches the unit there.
+    f.stop_hub(true).unwrap();
+    let killed = Instant::now();
+    b.swap(&mut f);
+    let more = lines[N as usize..(N + 10) as usize].join("\n") + "\n";
+    let (code, body) = f.admin("POST", "/admin/ingest", Some(&more)).unwrap();
+    assert_eq!(code, 200, "{body}");
+    f.wait_records(u, u64::from(N) + 10, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}\n{}", f.unit_log(u)));
+    eprintln!(
+        "first hub killed: the unit had the second hub's change {:?} later",
+        killed.elapsed()
+    );
+    assert!(
+        on(&f).contains(&f.hub_quic),
+        "on the second hub: {}",
+        on(&f)
+    );
+    let row = f.device_row("LAS-AMB-0001").unwrap();
+    assert_eq!(row["connected"], true, "{row}");
+
+    // A read on the unit is audited through the second hub, once.
+    let nhs = kerbside_tests::fleet::nhs_numbers(&data).unwrap();
+    let tok = f
+        .clinician_token(0xFA11, "555000111333", "PARAMEDIC, Failover")
+        .unwrap();
+    let (code, _) = kerbside_tests::fleet::lookup(&f.units[u].lan, &tok, &nhs[0], &[]).unwrap();
+    assert_eq!(code, 200);
+    let reads = || {
+        db.n(&format!(
+            "SELECT count(*) FROM audit_event WHERE device = 'LAS-AMB-0001' AND patient = '{}'",
+            nhs[0]
+        ))
+    };
+    wait_for(Duration::from_secs(30), || Ok(reads() == 1)).unwrap();
+
+    // And back: the first hub returns, the second dies.
+    b.swap(&mut f);
+    f.start_hub().unwrap();
+    b.swap(&mut f);
+    f.stop_hub(true).unwrap();
+    b.swap(&mut f);
+    let last = lines[(N + 10) as usize..].join("\n") + "\n";
+    let (code, body) = f.admin("POST", "/admin/ingest", Some(&last)).unwrap();
+    assert_eq!(code, 200, "{body}");
+    f.wait_records(u, u64::from(N) + 20, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}\n{}", f.unit_log(u)));
+    assert!(
+        on(&f).contains(&f.hub_quic),
+        "back on the first hub: {}",
+        on(&f)
+    );
+    assert_eq!(db.assert_feed_whole(), u64::from(N) + 20);
+    assert_eq!(reads(), 1, "the read stored once");
+    f.stop_unit(u, false).unwrap();
+    f.stop_hub(false).unwrap();
+}
