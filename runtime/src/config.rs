@@ -1171,6 +1171,37 @@ reconnect_max_ms = 5000
     }
 
     #[test]
+    fn edge_lists_several_hubs_first_hub_first() {
+        assert_eq!(parse(EDGE).unwrap().hub_links().len(), 1, "[hub] alone");
+        let two = EDGE.replace(
+            "cohorts = [",
+            "hubs = [{ addr = \"127.0.0.1:4433\", name = \"127.0.0.1\" }, { addr = \"10.0.2.10:4433\", name = \"hub-b.example\" }]\ncohorts = [",
+        );
+        let c = parse(&two).unwrap();
+        let links = c.hub_links();
+        assert_eq!(links.len(), 2);
+        assert_eq!(links[0], c.hub);
+        assert_eq!(links[1].name, "hub-b.example");
+        let again =
+            UnitConfig::parse(&c.to_toml().unwrap(), Path::new("/b/unit/edge.toml")).unwrap();
+        assert_eq!(again, c, "round trip");
+        let wrong_first = two.replacen("127.0.0.1:4433\", name", "10.0.9.9:4433\", name", 1);
+        let e = parse(&wrong_first).unwrap_err();
+        assert!(e.to_string().contains("first entry must be [hub]"), "{e}");
+        let twice = two.replace(
+            "10.0.2.10:4433\", name = \"hub-b.example",
+            "127.0.0.1:4433\", name = \"127.0.0.1",
+        );
+        let e = parse(&twice).unwrap_err();
+        assert!(e.to_string().contains("listed twice"), "{e}");
+        let bad_name = two.replace("hub-b.example", "not a name!");
+        assert!(parse(&bad_name)
+            .unwrap_err()
+            .to_string()
+            .contains("hubs[1].name"));
+    }
+
+    #[test]
     fn edge_errors_name_file_key_and_problem() {
         let cases = [
             (

@@ -675,3 +675,68 @@ fn help_explains_the_workshop_flow() {
     assert!(cli_ok(&["operator", "--help"]).contains("privacy"));
     assert!(!cli(&["frobnicate"]).status.success());
 }
+
+/// `--hub` repeated: every hub in edge.toml in order, with one `--hub-name` for all or one per
+/// hub; a count that matches neither, or a hub given twice, is refused and writes nothing.
+#[test]
+fn enrol_with_several_hubs() {
+    let w = Workshop::new();
+    let out = w.path("two");
+    let fleet = s(&w.fleet).to_owned();
+    let base = |out: &str| -> Vec<String> {
+        enrol_args(&fleet, out)
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut args = base(s(&out));
+    args.extend(["--hub", "10.0.2.10:4433"].map(String::from));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    cli_ok(&refs);
+    let u = UnitConfig::load(&out.join("edge.toml")).unwrap();
+    let links = u.hub_links();
+    assert_eq!(links.len(), 2);
+    assert_eq!(links[0], u.hub);
+    assert_eq!(
+        (links[1].addr.to_string().as_str(), links[1].name.as_str()),
+        ("10.0.2.10:4433", "127.0.0.1"),
+        "one --hub-name for both"
+    );
+
+    // One name per hub.
+    let out = w.path("named");
+    let mut args = base(s(&out));
+    if let Some(i) = args.iter().position(|a| a == "LAS-AMB-0500") {
+        args[i] = "LAS-AMB-0501".into();
+    }
+    args.extend(["--hub", "10.0.2.10:4433", "--hub-name", "hub-b.example"].map(String::from));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    cli_ok(&refs);
+    let u = UnitConfig::load(&out.join("edge.toml")).unwrap();
+    assert_eq!(u.hub_links()[1].name, "hub-b.example");
+
+    // Three hubs and two names; the same hub twice.
+    for (extra, says) in [
+        (
+            vec![
+                "--hub",
+                "10.0.2.10:4433",
+                "--hub",
+                "10.0.3.10:4433",
+                "--hub-name",
+                "b.example",
+            ],
+            "--hub-name once for every hub",
+        ),
+        (vec!["--hub", "127.0.0.1:4433"], "given twice"),
+    ] {
+        let out = w.path("refused");
+        let mut args = base(s(&out));
+        if let Some(i) = args.iter().position(|a| a == "LAS-AMB-0500") {
+            args[i] = "LAS-AMB-0502".into();
+        }
+        args.extend(extra.into_iter().map(String::from));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        refused(&w, &refs, &out, says);
+    }
+}
