@@ -158,6 +158,7 @@ fn real_feed_corpus_through_hub_and_unit() {
     f.start_hub().unwrap();
     f.start_unit(u).unwrap();
     let mut failures: Vec<String> = Vec::new();
+    let mut redirected: Vec<(String, String, String)> = Vec::new();
     let mut head = 0u64;
     for (name, case) in &cases {
         for (i, step) in case["steps"].as_array().unwrap().iter().enumerate() {
@@ -262,6 +263,37 @@ fn real_feed_corpus_through_hub_and_unit() {
                     failures.push(format!("{name}: {what}: {why}"));
                 }
             }
+            // A lookup by a former number answered with the current record.
+            if let (Some(asked), Some(current)) = (e["lookup"].as_str(), doc["nhs_number"].as_str())
+            {
+                if code == 200 && asked != current {
+                    redirected.push((name.clone(), asked.to_owned(), current.to_owned()));
+                }
+            }
+        }
+    }
+    // Such a lookup is audited under the current number and says which number was asked.
+    assert!(
+        !redirected.is_empty(),
+        "the corpus has lookups by a former number"
+    );
+    for (name, asked, current) in &redirected {
+        let mut last = String::new();
+        let found = wait_for(Duration::from_secs(30), || {
+            let (code, body) = f.admin("GET", &format!("/admin/audit?patient={current}"), None)?;
+            let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            let hit = code == 200
+                && v["events"].as_array().into_iter().flatten().any(|ev| {
+                    ev["patient"].as_str() == Some(current.as_str())
+                        && ev["data"]["asked_nhs"].to_string().contains(asked.as_str())
+                });
+            last = body;
+            Ok(hit)
+        });
+        if found.is_err() {
+            failures.push(format!(
+                "{name}: the lookup of {asked} is not audited under {current} with asked_nhs: {last}"
+            ));
         }
     }
     assert!(
