@@ -31,7 +31,7 @@ use tracing::{info, warn};
 
 use crate::operator::{AdminAuth, Refusal};
 use crate::oplog::{OperatorLog, OperatorLogEntry};
-use crate::server::{device_rows, now, Hub};
+use crate::server::{blocking, device_rows, now, Hub};
 use crate::store::StoreError;
 
 /// The most one `POST /admin/ingest` may carry (64 MiB). The body is read as it arrives and
@@ -408,7 +408,8 @@ async fn ingest(
                 "ingest over the admin API"
             );
             hub.metrics.ingest(&report);
-            hub.notify_head();
+            let h = hub.clone();
+            let _ = blocking(move || h.notify_head()).await;
             Json(
                 json!({"accepted": report.accepted, "rejected": report.rejected,
                 "warnings": report.warnings, "warnings_total": report.warnings_total,
@@ -422,9 +423,9 @@ async fn ingest(
 }
 
 async fn devices(State(hub): State<Arc<Hub>>) -> Response {
-    match device_rows(&hub) {
-        Ok(rows) => Json(rows).into_response(),
-        Err(e) => internal(e),
+    match blocking(move || device_rows(&hub)).await {
+        Ok(Ok(rows)) => Json(rows).into_response(),
+        Ok(Err(e)) | Err(e) => internal(e),
     }
 }
 
@@ -456,7 +457,8 @@ async fn objection(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
     let resp = match r {
         Ok(Ok(seq)) => {
             info!("objection recorded: summary withdrawn from every unit");
-            hub.notify_head();
+            let h = hub.clone();
+            let _ = blocking(move || h.notify_head()).await;
             Json(json!({"withdrawn": true, "seq": seq, "already": seq.is_none()})).into_response()
         }
         Ok(Err(StoreError::UnknownPatient)) => error(
@@ -518,13 +520,21 @@ async fn cohort(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
         );
     }
     let target = format!("cohort {id} = {}", req.cohort.join(" "));
-    let resp = match known_device(&hub, &id) {
-        Ok(true) => match hub.set_cohort(&id, specs) {
-            Ok(()) => Json(json!({"device_id": id.as_str(), "cohort": req.cohort})).into_response(),
-            Err(e) => internal(e),
-        },
-        Ok(false) => unknown_device(),
-        Err(e) => internal(e),
+    let (h, dev) = (hub.clone(), id.clone());
+    let r = blocking(move || -> anyhow::Result<bool> {
+        if !known_device(&h, &dev)? {
+            return Ok(false);
+        }
+        h.set_cohort(&dev, specs)?;
+        Ok(true)
+    })
+    .await;
+    let resp = match r {
+        Ok(Ok(true)) => {
+            Json(json!({"device_id": id.as_str(), "cohort": req.cohort})).into_response()
+        }
+        Ok(Ok(false)) => unknown_device(),
+        Ok(Err(e)) | Err(e) => internal(e),
     };
     with_target(resp, target)
 }
@@ -743,17 +753,22 @@ async fn wipe(State(hub): State<Arc<Hub>>, body: Bytes) -> Response {
     let target = format!("wipe {id}{}", if req.cancel { " (cancelled)" } else { "" });
     // A mistyped id must not order a wipe of nothing, or create a phantom device: the unit
     // must be in the fleet inventory or already known to this hub.
-    let resp = match known_device(&hub, &id) {
-        Ok(true) => {
-            warn!(device = %id, cancel = req.cancel, "remote wipe ordered");
-            match hub.order_wipe(&id, req.cancel) {
-                Ok(()) => Json(json!({"device_id": id.as_str(), "wipe_ordered": !req.cancel}))
-                    .into_response(),
-                Err(e) => internal(e),
-            }
+    let (h, dev, cancel) = (hub.clone(), id.clone(), req.cancel);
+    let r = blocking(move || -> anyhow::Result<bool> {
+        if !known_device(&h, &dev)? {
+            return Ok(false);
         }
-        Ok(false) => unknown_device(),
-        Err(e) => internal(e),
+        warn!(device = %dev, cancel, "remote wipe ordered");
+        h.order_wipe(&dev, cancel)?;
+        Ok(true)
+    })
+    .await;
+    let resp = match r {
+        Ok(Ok(true)) => {
+            Json(json!({"device_id": id.as_str(), "wipe_ordered": !req.cancel})).into_response()
+        }
+        Ok(Ok(false)) => unknown_device(),
+        Ok(Err(e)) | Err(e) => internal(e),
     };
     with_target(resp, target)
 }

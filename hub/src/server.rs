@@ -45,7 +45,7 @@ use self::fetch_gate::{FetchGate, Granted, HubEvent};
 use crate::denylist::TokenDenyList;
 use crate::inventory::InventoryCache;
 use crate::metrics::Metrics;
-use crate::store::{FeedStore, HubStore};
+use crate::store::{FeedStore, HubStore, StoreError};
 
 /// Messages read from one unit's streams and not yet taken by its session task, at most.
 /// At the bound the stream readers wait (and stop reading the unit's streams), so QUIC flow
@@ -626,17 +626,26 @@ async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Re
         },
         None => None,
     };
-    let cohort = match hub.store.cohort_override(&device)? {
+    let (override_cohort, wipe_ordered) = {
+        let store = hub.store.clone();
+        let device = device.clone();
+        blocking(move || -> Result<_, StoreError> {
+            let cohort = store.cohort_override(&device)?;
+            store.update_device(&device, |d| {
+                d.last_seen = Some(t);
+                if let Some((_, why)) = refusal {
+                    d.last_refusal = Some(format!("{t}: {why}"));
+                }
+            })?;
+            Ok((cohort, store.device(&device)?.wipe_requested.is_some()))
+        })
+        .await??
+    };
+    let cohort = match override_cohort {
         Some(c) => c,
         None if ident.cohorts.is_empty() => vec![CohortSpec::All],
         None => ident.cohorts.clone(),
     };
-    hub.store.update_device(&device, |d| {
-        d.last_seen = Some(t);
-        if let Some((_, why)) = refusal {
-            d.last_refusal = Some(format!("{t}: {why}"));
-        }
-    })?;
 
     let (in_tx, mut in_rx) = mpsc::channel::<Input>(INPUT_QUEUE);
     // Audit uploads go straight to the repository (never to a refused unit).
@@ -677,7 +686,6 @@ async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Re
         .next_connection
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (cohort_tx, mut cohort_rx) = watch::channel(None);
-    let wipe_ordered = hub.store.device(&device)?.wipe_requested.is_some();
     let remote = conn.remote_address();
     let (prefetch_tx, mut prefetch_rx) = mpsc::channel(PREFETCH_QUEUE);
     for p in hub.prefetch.take(&device, t) {
@@ -728,7 +736,9 @@ async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Re
                 Some(Input::Msg(ToHub::Hello(_), StreamKind::Pull, out)) if wipe_ordered => {
                     warn!(device = %device, "sending the unit its wipe order");
                     let _ = out.send(ToUnit::Wipe { reason: "ordered by the fleet operator".into() }).await;
-                    let _ = hub.store.update_device(&device, |d| d.wipe_sent = Some(now()));
+                    let store = hub.store.clone();
+                    let dev = device.clone();
+                    let _ = blocking(move || store.update_device(&dev, |d| d.wipe_sent = Some(now()))).await;
                     // Keep the connection: the unit's pending audit events still upload.
                     continue;
                 }
@@ -886,13 +896,19 @@ async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Re
             saved_cursor = progress.acked_cursor;
             let delta = progress.records_sent - reported_sent;
             reported_sent = progress.records_sent;
-            let _ = hub.store.update_device(&device, |d| {
-                if saved_cursor.is_some() {
-                    d.cursor = saved_cursor;
-                }
-                d.last_seen = Some(now());
-                d.records_sent += delta;
-            });
+            let store = hub.store.clone();
+            let dev = device.clone();
+            let cursor = saved_cursor;
+            let _ = blocking(move || {
+                store.update_device(&dev, |d| {
+                    if cursor.is_some() {
+                        d.cursor = cursor;
+                    }
+                    d.last_seen = Some(now());
+                    d.records_sent += delta;
+                })
+            })
+            .await;
         }
         if let Some(c) = hub.connected().get_mut(&device) {
             if c.connection == connection {
@@ -948,9 +964,11 @@ async fn renew(
         Ok(r) => {
             info!(device = %device, serial = %r.serial, expires = %r.not_after.to_rfc3339(), "renewed a unit's certificate");
             hub.metrics.renewal("renewed");
-            let _ = hub.store.update_device(device, |d| {
-                d.cert_renewed = Some((r.serial.clone(), r.not_after, t));
-            });
+            let store = hub.store.clone();
+            let dev = device.clone();
+            let renewed = (r.serial.clone(), r.not_after, t);
+            let _ = blocking(move || store.update_device(&dev, |d| d.cert_renewed = Some(renewed)))
+                .await;
             ToUnit::Certificate {
                 chain: r.chain.into_iter().map(Bytes::from).collect(),
             }
@@ -1252,9 +1270,15 @@ async fn stream_reader(
                             for ev in std::mem::take(&mut st.conveyances) {
                                 tokio::spawn(conveyance(hub.clone(), ev));
                             }
-                            let _ = hub.store.update_device(device, |d| {
-                                d.audit_received_seq = d.audit_received_seq.max(st.upto_seq);
-                            });
+                            let store = hub.store.clone();
+                            let dev = device.clone();
+                            let upto = st.upto_seq;
+                            let _ = blocking(move || {
+                                store.update_device(&dev, |d| {
+                                    d.audit_received_seq = d.audit_received_seq.max(upto);
+                                })
+                            })
+                            .await;
                             if let Some(o) = &out {
                                 // Bounded: a unit not reading its acks stops being read.
                                 let _ = o
@@ -1333,6 +1357,17 @@ async fn stream_writer(
         }
     }
     let _ = send.finish();
+}
+
+/// Run store work — a sled read or write, or a PostgreSQL round trip, which can wait up to the
+/// connect timeout while the database is away — on the blocking pool, never on an async
+/// worker: a stalled database must not stall the units' sessions.
+pub async fn blocking<R: Send + 'static>(
+    f: impl FnOnce() -> R + Send + 'static,
+) -> anyhow::Result<R> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| anyhow::anyhow!("a store task failed: {e}"))
 }
 
 /// `GET /admin/devices` rows.
