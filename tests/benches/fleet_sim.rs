@@ -3,8 +3,11 @@
 //! pushed to connected units, and audit uploads whose chains the hub verifies. Reports hub CPU
 //! time and memory per unit, and checks every unit converged to its cohort.
 //!
-//! `cargo bench -p kerbside-tests --bench fleet_sim [-- UNITS]` (default 500 units, 20,000
-//! patients).
+//! `cargo bench -p kerbside-tests --bench fleet_sim [-- UNITS] [--postgres]` (default 500 units,
+//! 20,000 patients). With `--postgres` the hub's sessions read the real PostgreSQL store
+//! (`edge_hub::pg::PgStore`, a database of its own on `postgres://postgres@127.0.0.1:5432`,
+//! dropped afterwards; `KERBSIDE_TEST_PG` names another server) instead of the in-memory feed:
+//! patients go in through the hub's own ingest and live changes are re-ingested bundles.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -16,8 +19,8 @@ use edge_proto::fhir::ingest::parse_bundle_json;
 use edge_proto::ids::{CohortSpec, DeviceId, PostcodeDistrict, StaffRole};
 use edge_proto::model::Summary;
 use edge_proto::sync::{
-    apply_to, in_cohort, HubConfig, HubSession, MemFeed, MemStore, SyncState, UnitConfig,
-    UnitEvent, UnitProfile, UnitSession,
+    apply_to, in_cohort, CurrentRecord, FeedBody, HubConfig, HubFeed, HubSession, MemFeed,
+    MemStore, SyncState, UnitConfig, UnitEvent, UnitProfile, UnitSession,
 };
 use edge_proto::time::UnixMillis;
 use ring::signature::{Ed25519KeyPair, KeyPair};
@@ -53,7 +56,12 @@ struct Unit {
 
 /// Move messages both ways and apply batches until nothing moves. Returns hub CPU seconds
 /// spent inside hub calls (approximated by wall time inside them on this single thread).
-fn pump(u: &mut Unit, feed: &MemFeed, now: UnixMillis, hub_time: &mut f64) -> anyhow::Result<()> {
+fn pump(
+    u: &mut Unit,
+    feed: &dyn HubFeed,
+    now: UnixMillis,
+    hub_time: &mut f64,
+) -> anyhow::Result<()> {
     loop {
         let mut moved = false;
         while let Some(m) = u.unit.poll_transmit() {
@@ -82,22 +90,123 @@ fn pump(u: &mut Unit, feed: &MemFeed, now: UnixMillis, hub_time: &mut f64) -> an
     }
 }
 
+/// A database of its own for the `--postgres` run, dropped at the end.
+struct BenchDb {
+    name: String,
+    admin: String,
+}
+
+impl BenchDb {
+    fn psql(url: &str, sql: &str) -> anyhow::Result<()> {
+        let st = std::process::Command::new("psql")
+            .args([url, "-v", "ON_ERROR_STOP=1", "-qAtc", sql])
+            .status()?;
+        anyhow::ensure!(st.success(), "psql {sql}: {st}");
+        Ok(())
+    }
+
+    fn create() -> anyhow::Result<BenchDb> {
+        let admin = std::env::var("KERBSIDE_TEST_PG")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("kerbside_fleet_sim_{}", std::process::id());
+        BenchDb::psql(&admin, &format!("CREATE DATABASE {name}"))?;
+        Ok(BenchDb { name, admin })
+    }
+
+    fn url(&self) -> String {
+        let root = self
+            .admin
+            .rsplit_once('/')
+            .map_or(self.admin.as_str(), |(r, _)| r);
+        format!("{root}/{}", self.name)
+    }
+}
+
+impl Drop for BenchDb {
+    fn drop(&mut self) {
+        let _ = BenchDb::psql(
+            &self.admin,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+    }
+}
+
+/// The hub's feed under test: in memory, or the PostgreSQL store.
+enum Feed {
+    Mem(MemFeed),
+    Pg {
+        store: Box<edge_hub::pg::PgStore>,
+        _db: BenchDb,
+    },
+}
+
+impl Feed {
+    fn hub(&self) -> &dyn HubFeed {
+        match self {
+            Feed::Mem(m) => m,
+            Feed::Pg { store, .. } => &**store,
+        }
+    }
+
+    /// Ingest bundles (PostgreSQL: through the hub's ingest; in memory: as assembled
+    /// summaries).
+    fn ingest(&mut self, lines: &[String], now: UnixMillis) -> anyhow::Result<Vec<Summary>> {
+        use edge_hub::store::FeedStore;
+        match self {
+            Feed::Mem(m) => {
+                let mut out = Vec::new();
+                for line in lines {
+                    let s = from_contribution(&parse_bundle_json(line)?, now);
+                    m.upsert_summary(&s)?;
+                    out.push(s);
+                }
+                Ok(out)
+            }
+            Feed::Pg { store: p, .. } => {
+                let text = lines.join("\n");
+                let store: &dyn FeedStore = &**p;
+                let report = store.ingest(
+                    edge_hub::admin::bundles(&text),
+                    now,
+                    1,
+                    &Default::default(),
+                    &mut |_, _| {},
+                )?;
+                anyhow::ensure!(report.rejected.is_empty(), "{:?}", report.rejected);
+                let mut out = Vec::new();
+                for line in lines {
+                    out.push(from_contribution(&parse_bundle_json(line)?, now));
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let units_n: usize = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(500);
+    let on_pg = std::env::args().any(|a| a == "--postgres");
     let patients = 20_000u32;
     let dir = tempfile::tempdir()?;
     let path = kerbside_tests::synth(dir.path(), patients, 11, 2)?;
     let text = std::fs::read_to_string(&path)?;
-    let mut feed = MemFeed::new();
-    let mut summaries: Vec<Summary> = Vec::new();
-    for line in text.lines() {
-        let s = from_contribution(&parse_bundle_json(line)?, UnixMillis(1));
-        feed.upsert_summary(&s)?;
-        summaries.push(s);
-    }
+    let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let mut feed = if on_pg {
+        let db = BenchDb::create()?;
+        let store = edge_hub::pg::PgStore::connect(&edge_hub::pg::PgOptions::new(db.url()))?;
+        Feed::Pg {
+            store: Box::new(store),
+            _db: db,
+        }
+    } else {
+        Feed::Mem(MemFeed::new())
+    };
+    let t = Instant::now();
+    let mut summaries = feed.ingest(&lines, UnixMillis(1))?;
+    let load_s = t.elapsed().as_secs_f64();
     let districts: Vec<PostcodeDistrict> = summaries
         .iter()
         .filter_map(|s| {
@@ -151,25 +260,38 @@ fn main() -> anyhow::Result<()> {
     let mut hub_time = 0.0;
     let t = Instant::now();
     for u in &mut units {
-        pump(u, &feed, now, &mut hub_time)?;
+        pump(u, feed.hub(), now, &mut hub_time)?;
     }
     let cold_s = t.elapsed().as_secs_f64();
     let cold_hub = hub_time;
     // Live changes: 1,000 new versions pushed to every connected unit.
     let t = Instant::now();
     hub_time = 0.0;
-    let len = summaries.len();
-    for k in 0..1_000usize {
-        let s = &mut summaries[(k * 17) % len];
-        s.version += 1;
-        s.assembled_at = now;
-        feed.upsert_summary(s)?;
+    let t_ingest = Instant::now();
+    match &mut feed {
+        Feed::Mem(m) => {
+            let len = summaries.len();
+            for k in 0..1_000usize {
+                let s = &mut summaries[(k * 17) % len];
+                s.version += 1;
+                s.assembled_at = now;
+                m.upsert_summary(s)?;
+            }
+        }
+        Feed::Pg { .. } => {
+            let len = lines.len();
+            let changed: Vec<String> = (0..1_000usize)
+                .map(|k| lines[(k * 17) % len].replacen("\"given\":[\"", "\"given\":[\"Z", 1))
+                .collect();
+            feed.ingest(&changed, now)?;
+        }
     }
+    let change_ingest_s = t_ingest.elapsed().as_secs_f64();
     for u in &mut units {
         let t0 = Instant::now();
-        u.hub.notify_new_changes(now, &feed)?;
+        u.hub.notify_new_changes(now, feed.hub())?;
         hub_time += t0.elapsed().as_secs_f64();
-        pump(u, &feed, now, &mut hub_time)?;
+        pump(u, feed.hub(), now, &mut hub_time)?;
     }
     let live_s = t.elapsed().as_secs_f64();
     let live_hub = hub_time;
@@ -214,11 +336,20 @@ fn main() -> anyhow::Result<()> {
     let cpu = cpu_s() - cpu0;
     let rss = rss_mib() - rss0;
     // Every unit equals the hub's current view of its cohort.
+    let mut current: Vec<CurrentRecord> = Vec::new();
+    let mut seen = BTreeSet::new();
+    for s in &summaries {
+        if seen.insert(s.nhs_number) {
+            if let Some(c) = feed.hub().get(&s.nhs_number)? {
+                current.push(c);
+            }
+        }
+    }
     let mut records = 0usize;
     for u in &units {
-        let want: BTreeSet<_> = feed
-            .current()
-            .filter(|c| in_cohort(&u.cohort, &c.meta))
+        let want: BTreeSet<_> = current
+            .iter()
+            .filter(|c| matches!(c.body, FeedBody::Record(_)) && in_cohort(&u.cohort, &c.meta))
             .map(|c| (c.meta.nhs, c.version))
             .collect();
         let have: BTreeSet<_> = u
@@ -230,8 +361,13 @@ fn main() -> anyhow::Result<()> {
         anyhow::ensure!(want == have, "unit {} did not converge", u.unit.device_id());
         records += have.len();
     }
+    let backend = if on_pg {
+        "PostgreSQL store (edge_hub::pg::PgStore)"
+    } else {
+        "in-memory feed"
+    };
     println!(
-        "Fleet simulation: {units_n} units, {patients} patients, in process (sans-IO sessions)\n"
+        "Fleet simulation: {units_n} units, {patients} patients, in process (sans-IO sessions), hub feed: {backend}\n"
     );
     println!("| measure | value |");
     println!("| --- | --- |");
@@ -239,6 +375,11 @@ fn main() -> anyhow::Result<()> {
         "| records held across the fleet after cold sync | {records} ({:.0} per unit) |",
         records as f64 / units_n as f64
     );
+    println!(
+        "| loading the feed ({} bundles) | {load_s:.2} s |",
+        lines.len()
+    );
+    println!("| ingesting 1,000 changed bundles | {change_ingest_s:.2} s |");
     println!("| cold sync of every unit | {cold_s:.2} s wall, hub sessions {cold_hub:.2} s ({:.1} ms per unit) |", cold_hub * 1000.0 / units_n as f64);
     println!("| 1,000 live changes pushed to every unit | {live_s:.2} s wall, hub {live_hub:.2} s ({:.2} ms per unit) |", live_hub * 1000.0 / units_n as f64);
     println!("| audit: 20 events per unit chained and verified | {audit_s:.2} s |");
