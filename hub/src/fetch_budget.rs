@@ -145,17 +145,6 @@ impl Window {
     fn holds(&self, nhs: &NhsNumber) -> bool {
         self.fetched.iter().any(|(_, n)| n == nhs)
     }
-    fn alert_due(&mut self, kind: AlertKind, now: UnixMillis) -> bool {
-        let k = key(kind);
-        let due = self
-            .last_alert
-            .get(&k)
-            .is_none_or(|t| now.0.saturating_sub(t.0) >= ALERT_EVERY_MS);
-        if due {
-            self.last_alert.insert(k, now);
-        }
-        due
-    }
     fn idle(&self, now: UnixMillis) -> bool {
         self.fetched.is_empty()
             && self
@@ -207,40 +196,28 @@ impl FetchBudget {
         }
         let u = self.units.entry(device.to_owned()).or_default();
         u.expire(now);
+        let unit = Side {
+            count: u.fetched.len(),
+            holds: u.holds(nhs),
+            last_alert: [u.last_alert.get(&0).copied(), u.last_alert.get(&1).copied()],
+        };
         let s = self.staff.entry(staff.to_owned()).or_default();
         s.expire(now);
-        // What each count would be with this fetch served.
-        let u_next = u.fetched.len() + usize::from(!u.holds(nhs));
-        let s_next = s.fetched.len() + usize::from(!s.holds(nhs));
-        let u_refuse = u_next > cfg.ceiling(Who::Unit);
-        let s_refuse = s_next > cfg.ceiling(Who::Staff);
-        let serve = !u_refuse && !s_refuse;
-        let mut alerts = Vec::new();
-        let mut over_budget = false;
-        for (who, w, next, refuse) in [
-            (Who::Unit, &mut *u, u_next, u_refuse),
-            (Who::Staff, &mut *s, s_next, s_refuse),
-        ] {
-            let budget = cfg.budget(who);
-            if next <= budget {
-                continue;
-            }
-            over_budget = true;
-            let kind = if refuse {
-                AlertKind::Ceiling
-            } else {
-                AlertKind::OverBudget
+        let staff_side = Side {
+            count: s.fetched.len(),
+            holds: s.holds(nhs),
+            last_alert: [s.last_alert.get(&0).copied(), s.last_alert.get(&1).copied()],
+        };
+        let d = decide(cfg, now, &unit, &staff_side);
+        for a in &d.alerts {
+            let w = match a.who {
+                Who::Unit => self.units.entry(device.to_owned()).or_default(),
+                Who::Staff => self.staff.entry(staff.to_owned()).or_default(),
             };
-            if w.alert_due(kind, now) {
-                alerts.push(Alert {
-                    who,
-                    kind,
-                    count: if serve { next } else { next - 1 },
-                    budget,
-                });
-            }
+            w.last_alert.insert(key(a.kind), now);
         }
-        if serve {
+        if d.serve {
+            let u = self.units.entry(device.to_owned()).or_default();
             if !u.holds(nhs) {
                 u.fetched.push_back((now, *nhs));
             }
@@ -249,11 +226,71 @@ impl FetchBudget {
                 s.fetched.push_back((now, *nhs));
             }
         }
-        Decision {
-            serve,
-            over_budget,
-            alerts,
+        d
+    }
+}
+
+/// What one side (the unit, or the staff member) has fetched in the window, as the budget
+/// needs it: kept in memory ([`FetchBudget`]) or in the shared database (PostgreSQL hubs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Side {
+    /// Distinct patients fetched in the window.
+    pub count: usize,
+    /// This patient is one of them (fetching it again does not count twice).
+    pub holds: bool,
+    /// When each kind of alert ([`AlertKind::OverBudget`], [`AlertKind::Ceiling`]) was last
+    /// raised.
+    pub last_alert: [Option<UnixMillis>; 2],
+}
+
+impl AlertKind {
+    /// Index into [`Side::last_alert`] (and the database's `kind` column).
+    pub fn index(self) -> usize {
+        usize::from(key(self))
+    }
+}
+
+/// The budget's rule, pure: the decision on one fetch given what each side has fetched. Every
+/// alert returned is due (past [`ALERT_EVERY_MS`] since the last of its kind for that side);
+/// the caller records it as raised at `now`, and counts the patient for both sides when the
+/// fetch is served.
+pub fn decide(cfg: BudgetConfig, now: UnixMillis, unit: &Side, staff: &Side) -> Decision {
+    let u_next = unit.count + usize::from(!unit.holds);
+    let s_next = staff.count + usize::from(!staff.holds);
+    let u_refuse = u_next > cfg.ceiling(Who::Unit);
+    let s_refuse = s_next > cfg.ceiling(Who::Staff);
+    let serve = !u_refuse && !s_refuse;
+    let mut alerts = Vec::new();
+    let mut over_budget = false;
+    for (who, side, next, refuse) in [
+        (Who::Unit, unit, u_next, u_refuse),
+        (Who::Staff, staff, s_next, s_refuse),
+    ] {
+        let budget = cfg.budget(who);
+        if next <= budget {
+            continue;
         }
+        over_budget = true;
+        let kind = if refuse {
+            AlertKind::Ceiling
+        } else {
+            AlertKind::OverBudget
+        };
+        let due = side.last_alert[kind.index()]
+            .is_none_or(|t| now.0.saturating_sub(t.0) >= ALERT_EVERY_MS);
+        if due {
+            alerts.push(Alert {
+                who,
+                kind,
+                count: if serve { next } else { next - 1 },
+                budget,
+            });
+        }
+    }
+    Decision {
+        serve,
+        over_budget,
+        alerts,
     }
 }
 

@@ -70,6 +70,11 @@ pub struct FetchGate {
     token_key: Option<[u8; 32]>,
     denylist: Arc<TokenDenyList>,
     budget: Mutex<FetchBudget>,
+    /// The database every hub shares, when on PostgreSQL: the budget is counted there, so a
+    /// unit or staff member has one budget across hubs. `budget` above is the fallback while
+    /// the database cannot be reached.
+    shared: Option<Arc<crate::pg::PgStore>>,
+    budget_config: BudgetConfig,
     audit: Arc<AuditRepo>,
 }
 
@@ -103,7 +108,13 @@ impl FetchGate {
         config: &HubConfig,
         audit: Arc<AuditRepo>,
         denylist: Arc<TokenDenyList>,
+        shared: Option<Arc<crate::pg::PgStore>>,
     ) -> FetchGate {
+        let budget_config = BudgetConfig {
+            unit_per_hour: config.sync.fetch_unit_per_hour,
+            staff_per_hour: config.sync.fetch_staff_per_hour,
+            ceiling_factor: config.sync.fetch_ceiling_factor,
+        };
         let token_key = match edge_runtime::keys::load_ed25519_public(&config.keys.token_verify) {
             Ok(k) => Some(k),
             Err(e) => {
@@ -115,11 +126,9 @@ impl FetchGate {
             hub_device: hub_device_id(&config.name),
             token_key,
             denylist,
-            budget: Mutex::new(FetchBudget::new(BudgetConfig {
-                unit_per_hour: config.sync.fetch_unit_per_hour,
-                staff_per_hour: config.sync.fetch_staff_per_hour,
-                ceiling_factor: config.sync.fetch_ceiling_factor,
-            })),
+            budget: Mutex::new(FetchBudget::new(budget_config)),
+            shared,
+            budget_config,
             audit,
         }
     }
@@ -177,12 +186,30 @@ impl FetchGate {
                 };
             }
         };
-        let d = self.budget.lock().unwrap_or_else(|p| p.into_inner()).check(
-            now,
-            device.as_str(),
-            &claims.staff_id,
-            &nhs,
-        );
+        let local = || {
+            self.budget.lock().unwrap_or_else(|p| p.into_inner()).check(
+                now,
+                device.as_str(),
+                &claims.staff_id,
+                &nhs,
+            )
+        };
+        let d = match &self.shared {
+            None => local(),
+            Some(pg) => match pg.fetch_check(
+                self.budget_config,
+                now,
+                device.as_str(),
+                &claims.staff_id,
+                &nhs,
+            ) {
+                Ok(d) => d,
+                Err(e) => {
+                    warn!(error = %e, "cannot reach the shared fetch budget; counting on this hub alone until it returns");
+                    local()
+                }
+            },
+        };
         let result = if d.serve {
             Ok(Granted {
                 claims: claims.clone(),

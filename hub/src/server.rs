@@ -248,7 +248,7 @@ impl Hub {
         let audit = Arc::new(audit);
         let inventory_cache = InventoryCache::new(config.inventory.clone());
         let denylist = Arc::new(TokenDenyList::open(&config));
-        let gate = FetchGate::new(&config, audit.clone(), denylist.clone());
+        let gate = FetchGate::new(&config, audit.clone(), denylist.clone(), shared.clone());
         let (denylist_tx, _) = watch::channel(denylist.bytes());
         let renewal = match (&config.keys.renewal_ca_cert, &config.keys.renewal_ca_key) {
             (Some(cert), Some(key)) => Some(
@@ -751,7 +751,14 @@ async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Re
                 Some(Input::Msg(ToHub::Fetch { request_id, nhs, token, purpose }, StreamKind::Fetch, out)) => {
                     fetch = Some(out);
                     let t = now();
-                    let v = hub.gate.admit(t, &device, &token, purpose, nhs);
+                    // Off the async workers: on PostgreSQL the budget is a database transaction.
+                    let v = {
+                        let (h, dev, tok) = (hub.clone(), device.clone(), token.clone());
+                        match blocking(move || h.gate.admit(t, &dev, &tok, purpose, nhs)).await {
+                            Ok(v) => v,
+                            Err(e) => break Err(e),
+                        }
+                    };
                     for a in &v.alerts {
                         budget_alert(&hub, &device, v.claims.as_ref(), purpose, a, remote).await;
                     }

@@ -27,6 +27,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "audit",
         sql: include_str!("migrations/0002_audit.sql"),
     },
+    Migration {
+        version: 3,
+        name: "fetch_budget",
+        sql: include_str!("migrations/0003_fetch_budget.sql"),
+    },
 ];
 
 /// The advisory lock every hub's migration run holds ("kerbside" in ASCII).

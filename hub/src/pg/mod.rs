@@ -11,6 +11,7 @@
 //! they commit in order and a unit reading `seq > cursor` never skips one (ARCHITECTURE.md).
 
 pub mod audit;
+pub mod budget;
 pub mod migrate;
 
 use std::collections::HashMap;

@@ -617,3 +617,58 @@ fn the_operator_log_in_postgres_is_one_log_for_every_hub() {
         .collect();
     operator_log_pages(&logs);
 }
+
+/// The fetch budget shared by hubs on one database decides exactly as the in-memory budget of
+/// one hub would, whichever hub each fetch arrives at: distinct patients counted once, alerts
+/// at most once per ten minutes, refusal at the ceiling, the window sliding after an hour.
+#[test]
+fn the_fetch_budget_in_postgres_is_one_budget_for_every_hub() {
+    use edge_hub::server::fetch_budget::{BudgetConfig, FetchBudget};
+    let Some(db) = TestDb::create() else { return };
+    let hubs = [
+        PgStore::connect(&db.options()).unwrap(),
+        PgStore::connect(&db.options()).unwrap(),
+    ];
+    let cfg = BudgetConfig {
+        unit_per_hour: 3,
+        staff_per_hour: 4,
+        ceiling_factor: 2,
+    };
+    let mut one_hub = FetchBudget::new(cfg);
+    let t0 = 1_800_000_000_000i64;
+    // (minutes after t0, unit, staff, patient)
+    let mut fetches: Vec<(i64, &str, &str, u32)> = Vec::new();
+    for i in 0..9 {
+        fetches.push((i, "LAS-AMB-0001", "S1", i as u32));
+    }
+    fetches.push((9, "LAS-AMB-0001", "S1", 2)); // already counted: not again
+    fetches.push((10, "LAS-AMB-0002", "S1", 20)); // another unit, same staff member
+    fetches.push((11, "LAS-AMB-0002", "S2", 21));
+    fetches.push((15, "LAS-AMB-0001", "S2", 30)); // over the unit's budget 10+ min later: alert again
+    fetches.push((70, "LAS-AMB-0001", "S1", 40)); // the window has moved on
+    fetches.push((71, "LAS-AMB-0001", "S1", 41));
+    let mut seen = Vec::new();
+    for (k, (min, unit, staff, p)) in fetches.into_iter().enumerate() {
+        let now = UnixMillis(t0 + min * 60_000);
+        let patient = crate::common::nhs_number(p);
+        let want = one_hub.check(now, unit, staff, &patient);
+        let got = hubs[k % 2]
+            .fetch_check(cfg, now, unit, staff, &patient)
+            .unwrap();
+        assert_eq!(
+            got, want,
+            "fetch {k} ({min} min, {unit}, {staff}, patient {p})"
+        );
+        seen.push(want);
+    }
+    // The sequence exercised each outcome: served quietly, served over budget with an alert,
+    // over budget with the alert held back, refused at the ceiling.
+    assert!(seen.iter().any(|d| d.serve && !d.over_budget));
+    assert!(seen
+        .iter()
+        .any(|d| d.serve && d.over_budget && !d.alerts.is_empty()));
+    assert!(seen
+        .iter()
+        .any(|d| d.serve && d.over_budget && d.alerts.is_empty()));
+    assert!(seen.iter().any(|d| !d.serve && !d.alerts.is_empty()));
+}
