@@ -434,3 +434,129 @@ fn a_unit_fails_over_between_two_hubs_on_one_database() {
     f.stop_unit(u, false).unwrap();
     f.stop_hub(false).unwrap();
 }
+
+/// Faults on PostgreSQL (issue 18 item 7): a hub killed (SIGKILL) while a unit uploads a large
+/// audit backlog loses no event and stores none twice; a hub killed during an admin-API ingest
+/// leaves whole chunks only, and the same ingest sent again completes with each patient once.
+#[test]
+fn kill_9_during_audit_upload_and_admin_ingest_loses_nothing_on_postgres() {
+    let Some(db) = Db::create() else { return };
+    let mut f = Fleet::with_hub_args(&["--database", &db.url()]).unwrap();
+    const N: u32 = 2_000;
+    let data = f.synth("a.ndjson", N, 13).unwrap();
+    f.ingest_offline(&data).unwrap();
+    let u = f.enrol("LAS-AMB-0001", &[]).unwrap();
+    f.start_hub().unwrap();
+    f.start_unit(u).unwrap();
+    f.wait_records(u, u64::from(N), Duration::from_secs(60))
+        .unwrap();
+
+    // The hub goes away; the crew keeps reading: a backlog of audit events on the unit.
+    f.stop_hub(false).unwrap();
+    let nhs = kerbside_tests::fleet::nhs_numbers(&data).unwrap();
+    let reads = 1_500usize;
+    for (k, chunk) in nhs
+        .iter()
+        .cycle()
+        .take(reads)
+        .collect::<Vec<_>>()
+        .chunks(10)
+        .enumerate()
+    {
+        let tok = f
+            .clinician_token(0xB0_0000 + k as u128, "555000111777", "PARAMEDIC, Backlog")
+            .unwrap();
+        for p in chunk {
+            let (code, body) =
+                kerbside_tests::fleet::lookup(&f.units[u].lan, &tok, p, &[]).unwrap();
+            assert_eq!(code, 200, "{body}");
+        }
+    }
+    let pending = f.status(u).unwrap()["audit_pending"].as_u64().unwrap_or(0);
+    assert!(
+        pending >= reads as u64,
+        "{pending} events waiting for the hub"
+    );
+    let stored = || db.n("SELECT count(*) FROM audit_event WHERE device = 'LAS-AMB-0001'");
+    let before = stored();
+
+    // The hub returns and is killed as soon as the upload has begun.
+    f.start_hub().unwrap();
+    let t = Instant::now();
+    while stored() == before && t.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    f.stop_hub(true).unwrap();
+    let at_kill = stored();
+    eprintln!(
+        "hub killed with {} of {pending} backlog events stored",
+        at_kill - before
+    );
+    f.start_hub().unwrap();
+    wait_for(Duration::from_secs(60), || {
+        Ok(f.status(u)?["audit_pending"].as_u64() == Some(0))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", f.unit_log(u)));
+    let last_seq = f.status(u).unwrap()["audit_uploaded_seq"].as_u64().unwrap();
+    assert_eq!(
+        stored(),
+        last_seq,
+        "every event of the unit stored, each once"
+    );
+    let (code, body) = f
+        .admin("GET", "/admin/audit/verify?device=LAS-AMB-0001", None)
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["chain_ok"], true, "{v}");
+    assert_eq!(v["gaps"].as_array().map(Vec::len), Some(0), "{v}");
+
+    // An admin-API ingest killed part-way: whole chunks or nothing; sent again, complete.
+    const M: u32 = 10_000;
+    let more = f.synth("b.ndjson", N + M, 13).unwrap();
+    let text = std::fs::read_to_string(&more).unwrap();
+    let body: String = text
+        .lines()
+        .skip(N as usize)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let head0 = db.n("SELECT head FROM feed_head");
+    let admin = f.admin.clone();
+    let token = f.fleet_token.clone();
+    let send = {
+        let body = body.clone();
+        std::thread::spawn(move || {
+            kerbside_tests::fleet::http_with(
+                "POST",
+                &format!("http://{admin}/admin/ingest"),
+                Some(&body),
+                &[("Authorization", &format!("Bearer {token}"))],
+            )
+        })
+    };
+    let t = Instant::now();
+    while db.n("SELECT head FROM feed_head") == head0 && t.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    f.stop_hub(true).unwrap();
+    let _ = send.join();
+    let partial = db.assert_feed_whole() - head0;
+    eprintln!("admin ingest killed with {partial} of {M} feed entries committed");
+    assert!(partial < u64::from(M), "killed part-way ({partial})");
+    f.start_hub().unwrap();
+    let (code, answer) = f.admin("POST", "/admin/ingest", Some(&body)).unwrap();
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(
+        db.assert_feed_whole(),
+        head0 + u64::from(M),
+        "each new patient once"
+    );
+    assert_eq!(
+        db.n("SELECT count(*) FROM patient_current WHERE NOT withdrawn"),
+        u64::from(N + M)
+    );
+    f.wait_records(u, u64::from(N + M), Duration::from_secs(120))
+        .unwrap();
+    f.stop_unit(u, false).unwrap();
+    f.stop_hub(false).unwrap();
+}
