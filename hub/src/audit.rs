@@ -92,7 +92,7 @@ fn ikey(prefix: &[u8], recorded: UnixMillis, device: &str, seq: u64) -> Vec<u8> 
     k
 }
 
-fn is_alert(e: &AuditEvent) -> bool {
+pub(crate) fn is_alert(e: &AuditEvent) -> bool {
     use edge_proto::audit::AuditAction;
     matches!(e.action, AuditAction::BreakGlass | AuditAction::Alert)
 }
@@ -151,7 +151,7 @@ fn encode_cursor(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn corrupt(e: impl std::fmt::Display) -> StoreError {
+pub(crate) fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt {
         key: "audit".into(),
         why: e.to_string(),

@@ -17,18 +17,11 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::{block_on, client, client_mut, i64_of, pg, u64_of, PgStore};
-use crate::audit::{plan_upload, DeviceAudit, List, Position, Stored};
+use crate::audit::{corrupt, is_alert, plan_upload, DeviceAudit, List, Position, Stored};
 use crate::store::StoreError;
 
 /// Events read per round trip when walking a device's trail or a date range.
 const PAGE: i64 = 2_000;
-
-fn corrupt(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt {
-        key: "audit".into(),
-        why: e.to_string(),
-    }
-}
 
 fn hash_of(b: &[u8]) -> Result<Hash32, StoreError> {
     <[u8; 32]>::try_from(b)
@@ -47,11 +40,6 @@ fn device_of(r: &Row) -> Result<DeviceAudit, StoreError> {
 
 fn event_of(r: &Row, col: usize) -> Result<AuditEvent, StoreError> {
     cbor::from_slice(r.get::<_, &[u8]>(col)).map_err(corrupt)
-}
-
-fn is_alert(e: &AuditEvent) -> bool {
-    use edge_proto::audit::AuditAction;
-    matches!(e.action, AuditAction::BreakGlass | AuditAction::Alert)
 }
 
 impl PgStore {

@@ -82,29 +82,6 @@ impl Backend {
     }
 }
 
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[test]
-                fn $name() {
-                    super::$name(&mut super::Backend::embedded());
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[test]
-                fn $name() {
-                    if let Some(mut b) = super::Backend::postgres() {
-                        super::$name(&mut b);
-                    }
-                }
-            )*
-        }
-    };
-}
-
 conformance!(
     storing_is_idempotent_on_device_and_seq,
     a_conflicting_replay_keeps_the_first_event_and_is_reported,

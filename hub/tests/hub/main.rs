@@ -8,6 +8,33 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+/// A conformance suite: each named test function, taking `&mut Backend`, runs against both
+/// backends of the module that invokes this (`embedded::` and `postgres::` tests of the same
+/// name; `Backend::postgres()` is `None`, after a note, where PostgreSQL cannot be reached
+/// outside CI).
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(&mut super::Backend::embedded());
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[test]
+                fn $name() {
+                    if let Some(mut b) = super::Backend::postgres() {
+                        super::$name(&mut b);
+                    }
+                }
+            )*
+        }
+    };
+}
+
 mod admin;
 mod admin_auth;
 mod audit;

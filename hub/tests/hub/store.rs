@@ -163,29 +163,6 @@ impl Backend {
     }
 }
 
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[test]
-                fn $name() {
-                    super::$name(&mut super::Backend::embedded());
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[test]
-                fn $name() {
-                    if let Some(mut b) = super::Backend::postgres() {
-                        super::$name(&mut b);
-                    }
-                }
-            )*
-        }
-    };
-}
-
 conformance!(
     ingest_assembles_summaries_and_appends_each_to_the_feed,
     an_empty_store_has_an_empty_feed,
