@@ -52,18 +52,34 @@ impl TokenDenyList {
         let Some(path) = &self.path else {
             return Ok(false);
         };
+        let bytes = edge_runtime::fsutil::read_limited(path, edge_runtime::fsutil::MAX_FILE_BYTES)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        self.take(&bytes)
+            .map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// The file configured (`[keys] token_denylist`), if any.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        self.path.as_deref()
+    }
+
+    /// Verify a signed list with the fleet's shift-token key, without taking it.
+    pub fn verify(&self, bytes: &[u8]) -> Result<DenyList, String> {
         let Some(key) = &self.key else {
-            return Err(format!(
-                "{}: no shift-token key ([keys] token_verify) to verify it with",
-                path.display()
-            ));
+            return Err("no shift-token key ([keys] token_verify) to verify it with".into());
         };
-        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let list = verify_denylist(&bytes, key).map_err(|e| format!("{}: {e}", path.display()))?;
+        verify_denylist(bytes, key).map_err(|e| e.to_string())
+    }
+
+    /// Take a signed list (a file's bytes, or the copy hubs share in their database):
+    /// `Ok(true)` when it is valid and newer than the one in force; an older, equal or invalid
+    /// one leaves the list in force.
+    pub fn take(&self, bytes: &[u8]) -> Result<bool, String> {
+        let list = self.verify(bytes)?;
         let mut cur = self.held.write().unwrap_or_else(|p| p.into_inner());
         let newer = cur.as_ref().is_none_or(|(c, _)| list.supersedes(c));
         if newer {
-            *cur = Some((list, Bytes::from(bytes)));
+            *cur = Some((list, Bytes::from(bytes.to_vec())));
         }
         Ok(newer)
     }

@@ -50,6 +50,9 @@ struct State {
 #[derive(Debug)]
 pub struct InventoryCache {
     path: Option<PathBuf>,
+    /// Set when hubs share a database: the inventory in force is the database's copy
+    /// ([`InventoryCache::install`]) and the file is never consulted here.
+    shared: Mutex<Option<Option<Arc<Inventory>>>>,
     state: Mutex<State>,
     /// Held while the file is read and parsed (one reader at a time, outside `state`).
     reading: Mutex<()>,
@@ -60,6 +63,7 @@ impl InventoryCache {
     pub fn new(path: Option<PathBuf>) -> InventoryCache {
         InventoryCache {
             path,
+            shared: Mutex::new(None),
             state: Mutex::new(State::default()),
             reading: Mutex::new(()),
         }
@@ -76,6 +80,14 @@ impl InventoryCache {
     /// rather than wait for the parse (except before the first read, when there is no copy
     /// to answer from and every caller waits for it).
     pub fn get(&self) -> Option<Arc<Inventory>> {
+        if let Some(shared) = self
+            .shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            return shared.clone();
+        }
         let path = self.path.as_ref()?;
         let stamp = Stamp::of(path);
         let first = {
@@ -119,6 +131,18 @@ impl InventoryCache {
             }
         }
         st.good.clone()
+    }
+
+    /// From now on the inventory in force is the one the hubs' shared database holds: `inv`
+    /// (`None`: the database holds none yet, so there is no inventory, as when none is
+    /// configured). The file is no longer consulted by [`InventoryCache::get`].
+    pub fn install(&self, inv: Option<Arc<Inventory>>) {
+        *self.shared.lock().unwrap_or_else(|p| p.into_inner()) = Some(inv);
+    }
+
+    /// The file configured (`inventory` in hub.toml), if any.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
     }
 
     /// How many times the file has been read (each change of the file costs one).

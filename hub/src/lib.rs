@@ -22,6 +22,7 @@
 pub mod admin;
 pub mod audit;
 pub mod denylist;
+pub mod fleet_docs;
 pub mod inventory;
 pub mod metrics;
 pub mod operator;

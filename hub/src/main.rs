@@ -419,6 +419,14 @@ fn run_serve(config: &std::path::Path) -> anyhow::Result<()> {
             .unwrap_or(i64::MAX / 2000)
             .saturating_mul(1000);
         let hub = std::sync::Arc::new(hub);
+        if let Some(db) = hub.shared.clone() {
+            // Hubs sharing a database: offer this hub's fleet files, then take the database's
+            // CRL, deny list and inventory before the first unit is let in.
+            let h = hub.clone();
+            tokio::task::spawn_blocking(move || h.fleet_docs.step(&h, &db))
+                .await
+                .context("the first fleet-document step")?;
+        }
         if let Err(e) = edge_hub::perms::secure_data_dir(&hub.config.data_dir) {
             tracing::warn!(error = %e, "cannot narrow the permissions of the hub's data folder");
         }
@@ -497,7 +505,15 @@ fn run_serve(config: &std::path::Path) -> anyhow::Result<()> {
 
 /// Read the CRL's `nextUpdate`; warn (once per reload) when it has passed.
 fn check_crl(hub: &edge_hub::server::Hub, auth: &edge_hub::operator::AdminAuth) {
-    let st = auth.check_crl(&hub.config.tls.crl, edge_hub::server::now());
+    // The CRL in force: the database's copy when hubs share one, else the file.
+    let st = match &hub.reloader {
+        Some(r) => auth.check_crl_in_force(
+            r.crl_in_force().map_err(|e| e.to_string()),
+            &hub.config.tls.crl,
+            edge_hub::server::now(),
+        ),
+        None => auth.check_crl(&hub.config.tls.crl, edge_hub::server::now()),
+    };
     if st.expired {
         tracing::warn!(
             crl = %hub.config.tls.crl.display(),

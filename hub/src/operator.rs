@@ -356,7 +356,22 @@ impl AdminAuth {
 
     /// Read the CRL's `nextUpdate` and record whether it has passed at `now`.
     pub fn check_crl(&self, path: &Path, now: UnixMillis) -> CrlStatus {
-        let status = match crl_next_update(path) {
+        self.check_crl_in_force(
+            edge_runtime::keys::read(path).map_err(|e| e.to_string()),
+            path,
+            now,
+        )
+    }
+
+    /// [`AdminAuth::check_crl`] of the CRL in force (`crl`: its bytes, or why they cannot be
+    /// had), wherever it came from (`what`: the file, or the copy hubs share in their database).
+    pub fn check_crl_in_force(
+        &self,
+        crl: Result<impl AsRef<[u8]>, String>,
+        what: &Path,
+        now: UnixMillis,
+    ) -> CrlStatus {
+        let status = match crl.and_then(|b| crl_next_update_of(b.as_ref(), what)) {
             Ok(next) => CrlStatus {
                 next_update: next,
                 expired: next.is_some_and(|n| now >= n),
@@ -379,7 +394,13 @@ impl AdminAuth {
 
 /// The earliest `nextUpdate` of the CRLs in a PEM file (`None` when none has one).
 pub fn crl_next_update(path: &Path) -> Result<Option<UnixMillis>, String> {
-    let crls = edge_runtime::keys::load_crls(path).map_err(|e| e.to_string())?;
+    let bytes = edge_runtime::keys::read(path).map_err(|e| e.to_string())?;
+    crl_next_update_of(&bytes, path)
+}
+
+/// [`crl_next_update`] of a CRL's bytes (`path`: where they came from, for errors).
+pub fn crl_next_update_of(bytes: &[u8], path: &Path) -> Result<Option<UnixMillis>, String> {
+    let crls = edge_runtime::keys::parse_crls(bytes, path).map_err(|e| e.to_string())?;
     let mut next: Option<UnixMillis> = None;
     for der in &crls {
         let (_, crl) = x509_parser::parse_x509_crl(der.as_ref())

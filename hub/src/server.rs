@@ -130,6 +130,8 @@ pub struct Hub {
     pub reloader: Option<CrlReloader>,
     /// The fleet inventory, re-read only when the file changes (see [`Hub::inventory`]).
     pub inventory_cache: InventoryCache,
+    /// The CRL, deny list and inventory shared through the database (hubs on PostgreSQL).
+    pub fleet_docs: crate::fleet_docs::FleetDocs,
     /// What `/metrics` exposes.
     pub metrics: Metrics,
     /// Shift-token checks, fetch budget and the hub's own audit events for fetches.
@@ -278,6 +280,7 @@ impl Hub {
             prefetch: crate::prefetch::Pending::default(),
             config,
             inventory_cache,
+            fleet_docs: crate::fleet_docs::FleetDocs::default(),
             metrics,
             gate,
             denylist,
@@ -513,14 +516,34 @@ pub async fn watch_revocations(hub: Arc<Hub>) {
         let step = tokio::task::spawn_blocking(move || {
             let (mut crl_s, mut dl_s, mut inv, mut full, mut dl_at) = state;
             let mut changed = false;
-            let s = stamp(&crl_path);
-            if s != crl_s {
-                crl_s = s;
-                changed = true;
-                if let Some(r) = &h.reloader {
-                    match r.reload() {
-                        Ok(x) => info!(revoked = x.revoked_serials, "CRL changed: reloaded"),
-                        Err(e) => warn!(error = %e, "the CRL changed but cannot be reloaded; keeping the previous one"),
+            if let Some(db) = &h.shared {
+                // Hubs sharing a database decide on its copies; the files only feed them in.
+                changed |= h.fleet_docs.step(&h, db).any();
+            } else {
+                let s = stamp(&crl_path);
+                if s != crl_s {
+                    crl_s = s;
+                    changed = true;
+                    if let Some(r) = &h.reloader {
+                        match r.reload() {
+                            Ok(x) => info!(revoked = x.revoked_serials, "CRL changed: reloaded"),
+                            Err(e) => warn!(error = %e, "the CRL changed but cannot be reloaded; keeping the previous one"),
+                        }
+                    }
+                }
+                let s = dl_path.as_deref().and_then(stamp);
+                if s != dl_s || dl_at.elapsed() >= reread {
+                    dl_s = s;
+                    dl_at = std::time::Instant::now();
+                    match h.denylist.reload() {
+                        Ok(true) => {
+                            info!("token deny list changed: passing it to every unit");
+                            h.denylist_tx.send_replace(h.denylist.bytes());
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            warn!(error = %e, "cannot take the token deny list; keeping the previous one")
+                        }
                     }
                 }
             }
@@ -533,21 +556,6 @@ pub async fn watch_revocations(hub: Arc<Hub>) {
             if !same {
                 inv = i;
                 changed = true;
-            }
-            let s = dl_path.as_deref().and_then(stamp);
-            if s != dl_s || dl_at.elapsed() >= reread {
-                dl_s = s;
-                dl_at = std::time::Instant::now();
-                match h.denylist.reload() {
-                    Ok(true) => {
-                        info!("token deny list changed: passing it to every unit");
-                        h.denylist_tx.send_replace(h.denylist.bytes());
-                    }
-                    Ok(false) => {}
-                    Err(e) => {
-                        warn!(error = %e, "cannot take the token deny list; keeping the previous one")
-                    }
-                }
             }
             if changed || full.elapsed() >= REVALIDATE_EVERY {
                 full = std::time::Instant::now();

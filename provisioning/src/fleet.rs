@@ -625,6 +625,7 @@ impl Fleet {
             fleet_id: fleet_id.clone(),
             created_at: now,
             crl_number: 1,
+            revision: 1,
             hubs: Vec::new(),
             units: Vec::new(),
             revoked: Vec::new(),
@@ -968,7 +969,10 @@ impl Fleet {
         Ok(self.inventory.crl_number)
     }
 
-    fn save_inventory(&self) -> Result<(), FleetError> {
+    /// Write the inventory, one revision on from the last (hubs sharing a database keep the
+    /// highest revision they have seen).
+    fn save_inventory(&mut self) -> Result<(), FleetError> {
+        self.inventory.revision += 1;
         let json = serde_json::to_vec_pretty(&self.inventory)
             .map_err(|e| FleetError::Invalid(format!("inventory: {e}")))?;
         let path = self.dir.join(files::INVENTORY);

@@ -28,6 +28,10 @@ pub struct Inventory {
     pub created_at: UnixMillis,
     /// The number of the last CRL written (monotonic).
     pub crl_number: u64,
+    /// Bumped by every save (monotonic): hubs sharing a database keep the inventory with the
+    /// highest revision (a file written before this field existed reads as 0).
+    #[serde(default)]
+    pub revision: u64,
     /// Hub certificates issued.
     #[serde(default)]
     pub hubs: Vec<HubRecord>,
@@ -178,18 +182,29 @@ impl Inventory {
                     source,
                 }
             })?;
-        let inv: Inventory = serde_json::from_slice(&bytes).map_err(|e| LoadError::Invalid {
+        Inventory::from_slice(&bytes).map_err(|problem| LoadError::Invalid {
             path: path.to_owned(),
-            problem: format!("not a fleet inventory: {e}"),
-        })?;
+            problem,
+        })
+    }
+
+    /// Parse an inventory (a file's bytes, or the copy hubs share in their database); refuses
+    /// more than 16 MiB and formats this build does not know.
+    pub fn from_slice(bytes: &[u8]) -> Result<Inventory, String> {
+        if bytes.len() as u64 > crate::fsutil::MAX_FILE_BYTES {
+            return Err(format!(
+                "an inventory of {} bytes is over the {} limit",
+                bytes.len(),
+                crate::fsutil::MAX_FILE_BYTES
+            ));
+        }
+        let inv: Inventory =
+            serde_json::from_slice(bytes).map_err(|e| format!("not a fleet inventory: {e}"))?;
         if inv.format != INVENTORY_FORMAT {
-            return Err(LoadError::Invalid {
-                path: path.to_owned(),
-                problem: format!(
-                    "inventory format {} is not supported (expected {INVENTORY_FORMAT})",
-                    inv.format
-                ),
-            });
+            return Err(format!(
+                "inventory format {} is not supported (expected {INVENTORY_FORMAT})",
+                inv.format
+            ));
         }
         Ok(inv)
     }

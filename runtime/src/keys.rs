@@ -51,7 +51,8 @@ impl LoadError {
     }
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
+/// A key or certificate file's bytes (at most 16 MiB).
+pub fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
     read_limited(path, MAX_FILE_BYTES).map_err(|source| LoadError::Read {
         path: path.to_owned(),
         source,
@@ -203,22 +204,31 @@ pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, LoadError
 /// file is refused here rather than failing every handshake later.
 pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, LoadError> {
     let bytes = read(path)?;
+    parse_crls(&bytes, path)
+}
+
+/// The revocation list(s) in `bytes` (PEM `X509 CRL` or DER), each parsed; `what` names where
+/// they came from in errors (a file, or the copy hubs share in their database).
+pub fn parse_crls(
+    bytes: &[u8],
+    what: &Path,
+) -> Result<Vec<CertificateRevocationListDer<'static>>, LoadError> {
     let crls = if bytes.trim_ascii_start().starts_with(b"-----") {
-        CertificateRevocationListDer::pem_slice_iter(&bytes)
+        CertificateRevocationListDer::pem_slice_iter(bytes)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| LoadError::invalid(path, format!("not a PEM CRL file: {e}")))?
+            .map_err(|e| LoadError::invalid(what, format!("not a PEM CRL file: {e}")))?
     } else {
-        vec![CertificateRevocationListDer::from(bytes)]
+        vec![CertificateRevocationListDer::from(bytes.to_vec())]
     };
     if crls.is_empty() {
         return Err(LoadError::invalid(
-            path,
+            what,
             "holds no revocation list (BEGIN X509 CRL)",
         ));
     }
     for c in &crls {
         x509_parser::parse_x509_crl(c.as_ref()).map_err(|e| {
-            LoadError::invalid(path, format!("the revocation list is corrupt: {e}"))
+            LoadError::invalid(what, format!("the revocation list is corrupt: {e}"))
         })?;
     }
     Ok(crls)

@@ -44,7 +44,7 @@ use rustls::{
 
 use crate::config::{HubConfig, UnitConfig};
 use crate::identity::{server_role, ServerRole};
-use crate::keys::{load_certs, load_crls, load_private_key, LoadError};
+use crate::keys::{load_certs, load_crls, load_private_key, parse_crls, read, LoadError};
 
 pub use crate::identity::{peer_identity, IdentityError, UnitIdentity};
 
@@ -124,6 +124,9 @@ pub struct ReloadSummary {
 #[derive(Debug, Clone)]
 pub struct CrlReloader {
     files: Arc<HubTlsFiles>,
+    /// The CRL in force when it did not come from `files.crl`: hubs sharing a database take
+    /// the fleet's CRL from there ([`CrlReloader::use_crl`]); every later reload keeps it.
+    crl_bytes: Arc<RwLock<Option<Arc<[u8]>>>>,
     provider: Arc<CryptoProvider>,
     verifier: Arc<ReloadableClientVerifier>,
     server_cert: Arc<ReloadableServerCert>,
@@ -134,10 +137,46 @@ impl CrlReloader {
     /// handshake from now on. On any error nothing changes (the previous material stays in use,
     /// so a half-written or corrupt file never locks the fleet out) and the error says why.
     pub fn reload(&self) -> Result<ReloadSummary, TlsError> {
-        let m = HubMaterial::load(&self.files, &self.provider)?;
+        let crl = self
+            .crl_bytes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let m = HubMaterial::load(&self.files, &self.provider, crl.as_deref())?;
         self.verifier.swap(m.verifier);
         self.server_cert.swap(m.certified);
         Ok(m.summary)
+    }
+
+    /// Check a CRL (`bytes`, PEM or DER) against the CA bundle without using it: what
+    /// [`CrlReloader::use_crl`] would take, or why not.
+    pub fn check_crl(&self, bytes: &[u8]) -> Result<ReloadSummary, TlsError> {
+        let ca_certs = load_certs(&self.files.ca)?;
+        let crls = parse_crls(bytes, &self.files.crl)?;
+        check_crls(&self.files, &ca_certs, &crls)
+    }
+
+    /// Use `bytes` as the fleet CRL from now on, in place of the file (and on every later
+    /// [`CrlReloader::reload`]). On any error nothing changes.
+    pub fn use_crl(&self, bytes: &[u8]) -> Result<ReloadSummary, TlsError> {
+        let m = HubMaterial::load(&self.files, &self.provider, Some(bytes))?;
+        *self.crl_bytes.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::from(bytes));
+        self.verifier.swap(m.verifier);
+        self.server_cert.swap(m.certified);
+        Ok(m.summary)
+    }
+
+    /// The CRL in force, as bytes: the one given to [`CrlReloader::use_crl`], else the file's.
+    pub fn crl_in_force(&self) -> Result<Arc<[u8]>, TlsError> {
+        if let Some(b) = self
+            .crl_bytes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Ok(b);
+        }
+        Ok(Arc::from(read(&self.files.crl)?))
     }
 
     /// The CRL file this reloader reads.
@@ -173,7 +212,7 @@ pub fn hub_server_config_from(
     files: HubTlsFiles,
 ) -> Result<(Arc<ServerConfig>, CrlReloader), TlsError> {
     let provider = provider();
-    let m = HubMaterial::load(&files, &provider)?;
+    let m = HubMaterial::load(&files, &provider, None)?;
     let verifier = Arc::new(ReloadableClientVerifier {
         inner: RwLock::new(m.verifier),
     });
@@ -191,6 +230,7 @@ pub fn hub_server_config_from(
     config.alpn_protocols = vec![ALPN_SYNC.to_vec()];
     let reloader = CrlReloader {
         files: Arc::new(files),
+        crl_bytes: Arc::new(RwLock::new(None)),
         provider,
         verifier,
         server_cert,
@@ -212,10 +252,18 @@ struct HubMaterial {
 }
 
 impl HubMaterial {
-    fn load(files: &HubTlsFiles, provider: &Arc<CryptoProvider>) -> Result<Self, TlsError> {
+    /// `crl`: the CRL's bytes when they do not come from `files.crl`.
+    fn load(
+        files: &HubTlsFiles,
+        provider: &Arc<CryptoProvider>,
+        crl: Option<&[u8]>,
+    ) -> Result<Self, TlsError> {
         let ca_certs = load_certs(&files.ca)?;
         let roots = root_store(&files.ca, &ca_certs)?;
-        let crls = load_crls(&files.crl)?;
+        let crls = match crl {
+            Some(b) => parse_crls(b, &files.crl)?,
+            None => load_crls(&files.crl)?,
+        };
         let summary = check_crls(files, &ca_certs, &crls)?;
         let verifier =
             WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())

@@ -144,7 +144,7 @@ fn a_hub_on_postgres_ingests_and_syncs_across_kill_9() {
     let out = edge_hub(&["migrate"], &hub_toml(&f));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        out.status.success() && text.contains("applied 1, 2, 3"),
+        out.status.success() && text.contains("applied 1, 2, 3, 4"),
         "{text}"
     );
     let out = edge_hub(&["migrate"], &hub_toml(&f));
@@ -558,5 +558,135 @@ fn kill_9_during_audit_upload_and_admin_ingest_loses_nothing_on_postgres() {
     f.wait_records(u, u64::from(N + M), Duration::from_secs(120))
         .unwrap();
     f.stop_unit(u, false).unwrap();
+    f.stop_hub(false).unwrap();
+}
+
+/// Hubs on one database decide on one CRL, token deny list and inventory (issue 18 item 2):
+/// hub B's own files are stale copies taken before the unit was enrolled, and only hub A reads
+/// the fleet directory. B still admits the unit (the database's inventory lists it); the unit
+/// is revoked and an operator's tokens revoked in the fleet directory while A is down; when A
+/// starts it offers the newer files to the database, and B — where the unit is connected —
+/// closes the unit's connection and refuses the operator, though its own files never changed.
+#[test]
+fn a_revocation_reaching_one_hub_reaches_every_hub_on_the_database() {
+    let Some(db) = Db::create() else { return };
+    let mut f = Fleet::with_hub_args(&["--database", &db.url()]).unwrap();
+    let mut b = OtherHub {
+        dir: f.path("hub-b"),
+        admin: format!("127.0.0.1:{}", kerbside_tests::fleet::tcp_port().unwrap()),
+        quic: format!("127.0.0.1:{}", kerbside_tests::fleet::udp_port().unwrap()),
+        child: None,
+    };
+    kerbside_tests::fleet::run_ok(
+        Command::new(bin("edge-provision").unwrap())
+            .args(["hub", "--fleet"])
+            .arg(&f.fleet)
+            .args([
+                "--name",
+                "127.0.0.1",
+                "--listen",
+                &b.quic,
+                "--admin",
+                &b.admin,
+            ])
+            .args(["--database", &db.url(), "--out"])
+            .arg(&b.dir),
+    )
+    .unwrap();
+    // Hub B reads stale copies of the fleet's files, taken now.
+    let stale = f.path("hub-b-stale");
+    std::fs::create_dir_all(&stale).unwrap();
+    let b_toml = b.dir.join("hub.toml");
+    let mut text = std::fs::read_to_string(&b_toml).unwrap();
+    for name in ["crl.pem", "inventory.json", "token-denylist.cbor"] {
+        std::fs::copy(f.fleet.join(name), stale.join(name)).unwrap();
+        let from = f.fleet.join(name).display().to_string();
+        assert!(text.contains(&from), "{name} in hub.toml: {text}");
+        text = text.replace(&from, &stale.join(name).display().to_string());
+    }
+    std::fs::write(&b_toml, text).unwrap();
+    let stale_crl = std::fs::read(stale.join("crl.pem")).unwrap();
+    assert!(edge_hub(&["migrate"], &hub_toml(&f)).status.success());
+    let data = f.synth("a.ndjson", 50, 11).unwrap();
+    f.ingest_offline(&data).unwrap();
+    let b_quic = b.quic.clone();
+    let u = f.enrol("LAS-AMB-0007", &["--hub", &b_quic]).unwrap();
+
+    // A offers the fleet's files (the unit now in the inventory), then stops; the unit
+    // connects to B, whose own inventory file does not list it.
+    f.start_hub().unwrap();
+    wait_for(Duration::from_secs(30), || {
+        Ok(db.n("SELECT count(*) FROM fleet_document") == 3)
+    })
+    .unwrap();
+    f.stop_hub(false).unwrap();
+    b.swap(&mut f);
+    f.start_hub().unwrap();
+    f.start_unit(u).unwrap();
+    f.wait_records(u, 50, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", f.unit_log(u), f.hub_log()));
+    assert_eq!(f.device_row("LAS-AMB-0007").unwrap()["connected"], true);
+    let (code, body) = f.admin("GET", "/admin/alerts", None).unwrap();
+    assert_eq!(code, 200, "the privacy officer is let in: {body}");
+
+    // Revoked in the fleet directory, which only A reads; A is down.
+    let crl_before = db.n("SELECT version FROM fleet_document WHERE kind = 'crl'");
+    kerbside_tests::fleet::run_ok(
+        Command::new(bin("edge-provision").unwrap())
+            .args(["revoke", "--fleet"])
+            .arg(&f.fleet)
+            .args(["--device-id", "LAS-AMB-0007"]),
+    )
+    .unwrap();
+    kerbside_tests::fleet::run_ok(
+        Command::new(bin("edge-provision").unwrap())
+            .args(["token-revoke", "--fleet"])
+            .arg(&f.fleet)
+            .args(["--operator-id", "IG-0001"]),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        f.device_row("LAS-AMB-0007").unwrap()["connected"],
+        true,
+        "nothing has told B yet"
+    );
+
+    // A starts: B closes the unit's connection and refuses the revoked operator.
+    b.swap(&mut f);
+    f.start_hub().unwrap();
+    let t = Instant::now();
+    b.swap(&mut f);
+    wait_for(Duration::from_secs(30), || {
+        let row = f.device_row("LAS-AMB-0007")?;
+        Ok(row["connected"] == false && row["revoked"] == true)
+    })
+    .unwrap_or_else(|e| panic!("{e}: still connected at B: {}", f.hub_log()));
+    eprintln!(
+        "revocation through hub A's files → closed at hub B: {:?}",
+        t.elapsed()
+    );
+    assert!(
+        db.n("SELECT version FROM fleet_document WHERE kind = 'crl'") > crl_before,
+        "the newer CRL is the database's"
+    );
+    wait_for(Duration::from_secs(30), || {
+        let (code, _) = f.admin("GET", "/admin/alerts", None)?;
+        Ok(code == 401 || code == 403)
+    })
+    .unwrap_or_else(|e| panic!("{e}: the revoked operator still let in at B"));
+    // Its reconnections are refused at both hubs.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(f.device_row("LAS-AMB-0007").unwrap()["connected"], false);
+    let log = f.hub_log();
+    assert!(
+        log.contains("the fleet CRL from the database is in force"),
+        "{log}"
+    );
+    // B's own files never changed.
+    assert_eq!(std::fs::read(stale.join("crl.pem")).unwrap(), stale_crl);
+    f.stop_unit(u, false).unwrap();
+    f.stop_hub(false).unwrap();
+    b.swap(&mut f);
     f.stop_hub(false).unwrap();
 }

@@ -32,6 +32,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "fetch_budget",
         sql: include_str!("migrations/0003_fetch_budget.sql"),
     },
+    Migration {
+        version: 4,
+        name: "fleet_documents",
+        sql: include_str!("migrations/0004_fleet_documents.sql"),
+    },
 ];
 
 /// The advisory lock every hub's migration run holds ("kerbside" in ASCII).

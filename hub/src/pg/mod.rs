@@ -12,6 +12,7 @@
 
 pub mod audit;
 pub mod budget;
+pub mod fleet;
 pub mod migrate;
 
 use std::collections::HashMap;

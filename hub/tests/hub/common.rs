@@ -254,6 +254,7 @@ pub fn write_inventory(path: &Path, units: &[(&str, bool)]) {
         fleet_id: "test-fleet".into(),
         created_at: UnixMillis(0),
         crl_number: 1,
+        revision: 1,
         hubs: vec![],
         units: units
             .iter()

@@ -792,6 +792,65 @@ mod pg_only {
         assert!(e.contains("differs"), "{e}");
     }
 
+    /// The fleet documents (CRL, deny list, inventory) hubs share: a copy is replaced only by
+    /// a higher version, whichever hub offers it and in whatever order.
+    #[test]
+    fn a_fleet_document_only_ever_moves_forward_whichever_hub_offers_it() {
+        use edge_hub::pg::fleet::Stored;
+        let Some(db) = TestDb::create() else { return };
+        let a = PgStore::connect(&db.options()).unwrap();
+        let b = PgStore::connect(&db.options()).unwrap();
+        let t = edge_proto::time::UnixMillis(1_800_000_000_000);
+        assert_eq!(a.fleet_document("crl").unwrap(), None);
+        assert_eq!(
+            a.store_fleet_document("crl", 5, b"five", "a", t).unwrap(),
+            Stored::Stored
+        );
+        assert_eq!(
+            b.store_fleet_document("crl", 5, b"five", "b", t).unwrap(),
+            Stored::Same
+        );
+        assert_eq!(
+            b.store_fleet_document("crl", 4, b"four", "b", t).unwrap(),
+            Stored::Older { held: 5 }
+        );
+        assert_eq!(
+            b.store_fleet_document("crl", 5, b"other five", "b", t)
+                .unwrap(),
+            Stored::Conflict
+        );
+        assert_eq!(
+            b.fleet_document("crl").unwrap(),
+            Some((5, b"five".to_vec()))
+        );
+        // Kinds are independent.
+        assert_eq!(
+            b.store_fleet_document("inventory", 1, b"{}", "b", t)
+                .unwrap(),
+            Stored::Stored
+        );
+        // Racing offers of versions 6..=29 from two hubs end at the highest, whatever the order.
+        std::thread::scope(|s| {
+            for (hub, odd) in [(&a, 1), (&b, 0)] {
+                s.spawn(move || {
+                    for v in (6u64..30).rev().filter(|v| v % 2 == odd) {
+                        hub.store_fleet_document("crl", v, v.to_string().as_bytes(), "x", t)
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        let held = a.fleet_documents().unwrap();
+        assert_eq!(
+            held.iter()
+                .map(|h| (h.kind.as_str(), h.version))
+                .collect::<Vec<_>>(),
+            [("crl", 29), ("inventory", 1)]
+        );
+        assert_eq!(held[0].sha256.len(), 32);
+        assert_eq!(a.fleet_document("crl").unwrap(), Some((29, b"29".to_vec())));
+    }
+
     fn pg_admin_on(db: &TestDb, sql: &str) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
