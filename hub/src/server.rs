@@ -774,7 +774,7 @@ async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Re
                         Ok(g) => {
                             granted.insert(request_id, g);
                             let msg = ToHub::Fetch { request_id, nhs, token, purpose };
-                            session.handle_message(t, msg, &*hub.store)
+                            off_worker(&hub, || session.handle_message(t, msg, &*hub.store))
                         }
                         Err(reason) => {
                             debug!(device = %device, reason = reason.as_str(), "refused a fetch");
@@ -813,7 +813,7 @@ async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Re
                         .await;
                     }
                     let store = hub.store.clone();
-                    session.handle_message(now(), msg, &*store)
+                    off_worker(&hub, || session.handle_message(now(), msg, &*store))
                 }
                 Some(Input::StreamError(e)) => break Err(anyhow::anyhow!("stream: {e}")),
                 None => break Ok(()),
@@ -826,7 +826,7 @@ async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Re
             }
             changed = head_rx.changed() => {
                 if changed.is_err() { break Ok(()); }
-                session.notify_new_changes(now(), &*hub.store)
+                off_worker(&hub, || session.notify_new_changes(now(), &*hub.store))
             }
             Ok(()) = denylist_rx.changed() => {
                 if let Some(list) = denylist_rx.borrow_and_update().clone() {
@@ -838,7 +838,7 @@ async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Re
             Ok(()) = cohort_rx.changed() => {
                 let Some(c) = cohort_rx.borrow_and_update().clone() else { continue };
                 info!(device = %device, "cohort changed by the operator: re-baselining the unit");
-                session.set_cohort(now(), &c, &*hub.store)
+                off_worker(&hub, || session.set_cohort(now(), &c, &*hub.store))
             }
             _ = conn.closed() => break Ok(()),
         };
@@ -1372,6 +1372,21 @@ async fn stream_writer(
         }
     }
     let _ = send.finish();
+}
+
+/// Run a unit session's step, which reads the feed synchronously, where it is — but on a hub
+/// on PostgreSQL (each read a database round trip) hand this async worker's other tasks to
+/// another worker first (`block_in_place`), so one unit's reads never hold up the rest. The
+/// embedded store's reads are memory-speed and run as they are (as they do on a runtime that
+/// is not multi-threaded, where there is no other worker to hand to).
+fn off_worker<R>(hub: &Hub, f: impl FnOnce() -> R) -> R {
+    let multi = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if hub.shared.is_some() && multi {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
 }
 
 /// Run store work — a sled read or write, or a PostgreSQL round trip, which can wait up to the

@@ -37,6 +37,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "fleet_documents",
         sql: include_str!("migrations/0004_fleet_documents.sql"),
     },
+    Migration {
+        version: 5,
+        name: "lz4",
+        sql: include_str!("migrations/0005_lz4.sql"),
+    },
 ];
 
 /// The advisory lock every hub's migration run holds ("kerbside" in ASCII).

@@ -953,4 +953,41 @@ impl HubFeed for PgStore {
             |n| summary_bytes_of(c, n),
         )?)
     }
+
+    /// One round trip for the lot (a baseline reads dozens at a time); a number that is not a
+    /// current record of its own (merged, or a former number) is read alone, as by `get`.
+    fn get_many(&self, nhs: &[NhsNumber]) -> Result<Vec<Option<CurrentRecord>>, FeedError> {
+        if nhs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let digits: Vec<String> = nhs.iter().map(|n| n.as_digits().to_string()).collect();
+        let rows = {
+            let c = self.conn()?;
+            block_on(client(&c).query(
+                "SELECT c.nhs, c.cur, s.body FROM patient_current c                  LEFT JOIN patient_summary s ON s.nhs = c.nhs WHERE c.nhs = ANY($1)",
+                &[&digits],
+            ))
+            .map_err(pg)?
+        };
+        let mut found: HashMap<String, (CurDisk, Option<Vec<u8>>)> = HashMap::new();
+        for r in &rows {
+            let cur: CurDisk = decode(b"m", r.get::<_, &[u8]>(1))?;
+            found.insert(r.get(0), (cur, r.get(2)));
+        }
+        let mut out = Vec::with_capacity(nhs.len());
+        for (n, d) in nhs.iter().zip(&digits) {
+            match found.remove(d) {
+                Some((cur, body)) if cur.withdrawn != Some(WithdrawReason::Merged) => {
+                    out.push(current_record(
+                        n,
+                        |_| Ok(Some(cur.clone())),
+                        |_| Ok(None),
+                        |_| Ok(body),
+                    )?);
+                }
+                _ => out.push(self.get(n)?),
+            }
+        }
+        Ok(out)
+    }
 }

@@ -533,6 +533,12 @@ fn a_former_nhs_number_is_merged_into_the_current_record_and_redirects(b: &mut B
     let via_old = store.get(&nhs_number(0)).unwrap().unwrap();
     assert_eq!(via_old.meta.nhs, nhs_number(1));
     assert!(matches!(via_old.body, FeedBody::Record(_)));
+    // Read together (a baseline's read-ahead), each answers as it does alone: the former
+    // number its current record, an unknown number nothing, a number asked twice twice.
+    let asked = [nhs_number(0), nhs_number(1), nhs_number(7), nhs_number(1)];
+    let alone: Vec<_> = asked.iter().map(|n| store.get(n).unwrap()).collect();
+    assert_eq!(alone[2], None);
+    assert_eq!(store.get_many(&asked).unwrap(), alone);
 
     // An objection given under the old number withdraws the current record.
     let seq = store

@@ -82,4 +82,9 @@ pub trait HubFeed {
     ) -> Result<Vec<CurrentMeta>, FeedError>;
     /// A patient's current version or withdrawal.
     fn get(&self, nhs: &NhsNumber) -> Result<Option<CurrentRecord>, FeedError>;
+    /// [`HubFeed::get`] of each of `nhs`, in order. A feed on a database answers them in one
+    /// round trip; the default asks one at a time.
+    fn get_many(&self, nhs: &[NhsNumber]) -> Result<Vec<Option<CurrentRecord>>, FeedError> {
+        nhs.iter().map(|n| self.get(n)).collect()
+    }
 }

@@ -11,7 +11,7 @@
 //! A unit the hub does not know never gets a session: the driver sends
 //! `ToUnit::refused(RefusalCode::UnknownUnit, ..)` and closes.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use ring::signature::Ed25519KeyPair;
@@ -19,7 +19,7 @@ use ring::signature::Ed25519KeyPair;
 use super::cohort::{
     cohort_entries, in_cohort, normalize_cohort, same_cohort, CohortFilter, MAX_COHORT_ENTRIES,
 };
-use super::feed::{FeedBody, FeedEntry, FeedError, HubFeed};
+use super::feed::{CurrentMeta, CurrentRecord, FeedBody, FeedEntry, FeedError, HubFeed};
 use super::sign::{sign_batch, sign_fetched};
 use super::wire::{
     BaselineKey, Batch, BatchKind, Bytes, Change, FetchOutcome, FetchRefusal, Hello,
@@ -612,25 +612,31 @@ impl HubSession {
             let limit = cfg.scan_entries_max.saturating_sub(examined).clamp(1, 1024);
             let metas = feed.current_metas(&filter, run.after_nhs.as_ref(), limit)?;
             let exhausted = metas.len() < limit;
-            for m in metas {
+            // Records are read a few dozen at a time ([`HubFeed::get_many`]: one round trip
+            // on a database-backed feed), just ahead of where the scan needs them.
+            let mut read: HashMap<NhsNumber, Option<CurrentRecord>> = HashMap::new();
+            for (i, m) in metas.iter().enumerate() {
                 let nhs = m.meta.nhs;
-                let sent_in_pass_0 = m.meta.critical
-                    && (m.seq <= run.snapshot_seq
-                        || run.sent_after_snapshot.get(&nhs) == Some(&m.version));
-                let change = if run.pass == 1 && sent_in_pass_0 {
+                let change = if run.pass == 1 && sent_in_pass_0(run, m) {
                     None // unchanged since pass 0 saw it, so sent (or kept) there
-                } else if run
-                    .keep_base
-                    .as_ref()
-                    .is_some_and(|(c, cohort)| m.seq <= *c && in_cohort(cohort, &m.meta))
-                {
+                } else if kept(run, m) {
                     Some(Change::Keep {
                         seq: m.seq,
                         nhs,
                         version: m.version,
                     })
                 } else {
-                    match feed.get(&nhs)? {
+                    if !read.contains_key(&nhs) {
+                        let want: Vec<NhsNumber> = metas[i..]
+                            .iter()
+                            .filter(|m| !(run.pass == 1 && sent_in_pass_0(run, m)) && !kept(run, m))
+                            .take(READ_AHEAD)
+                            .map(|m| m.meta.nhs)
+                            .collect();
+                        let got = feed.get_many(&want)?;
+                        read.extend(want.into_iter().zip(got));
+                    }
+                    match read.remove(&nhs).flatten() {
                         Some(cur) => match cur.body {
                             FeedBody::Record(record) if in_cohort(&run.cohort, &cur.meta) => {
                                 Some(Change::Upsert {
@@ -836,4 +842,22 @@ impl HubSession {
         self.scanned_to = last;
         Ok(true)
     }
+}
+
+/// How many records a baseline scan reads in one [`HubFeed::get_many`].
+const READ_AHEAD: usize = 64;
+
+/// Pass 1 of a baseline: this critical record was unchanged since pass 0 saw it, so it was
+/// sent (or kept) there.
+fn sent_in_pass_0(run: &BaselineRun, m: &CurrentMeta) -> bool {
+    m.meta.critical
+        && (m.seq <= run.snapshot_seq
+            || run.sent_after_snapshot.get(&m.meta.nhs) == Some(&m.version))
+}
+
+/// The unit keeps this record from its previous cohort's copy (nothing to send but a `Keep`).
+fn kept(run: &BaselineRun, m: &CurrentMeta) -> bool {
+    run.keep_base
+        .as_ref()
+        .is_some_and(|(c, cohort)| m.seq <= *c && in_cohort(cohort, &m.meta))
 }
