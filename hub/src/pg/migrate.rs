@@ -42,6 +42,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "lz4",
         sql: include_str!("migrations/0005_lz4.sql"),
     },
+    Migration {
+        version: 6,
+        name: "cohort_columns",
+        sql: include_str!("migrations/0006_cohort_columns.sql"),
+    },
 ];
 
 /// The advisory lock every hub's migration run holds ("kerbside" in ASCII).

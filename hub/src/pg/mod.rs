@@ -25,7 +25,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use edge_proto::cbor;
 use edge_proto::fhir::ingest::IngestOptions;
-use edge_proto::ids::DeviceId;
+use edge_proto::ids::{CohortSpec, DeviceId};
 use edge_proto::model::Summary;
 use edge_proto::nhs::NhsNumber;
 use edge_proto::sync::{
@@ -289,7 +289,17 @@ impl PgStore {
                 "the database has schema migrations this hub does not know (a newer hub applied them); they only add, so this hub carries on"
             );
         }
-        PgStore::open(opts)
+        let store = PgStore::open(opts)?;
+        let mut c = store.conn()?;
+        let filled = backfill_routing(client_mut(&mut c))?;
+        if filled > 0 {
+            tracing::info!(
+                patients = filled,
+                "filled in the routing columns of patients written before schema version 6"
+            );
+        }
+        drop(c);
+        Ok(store)
     }
 
     /// Open a pool on an already migrated database; refuses one older than this binary.
@@ -656,15 +666,75 @@ fn write_curs(tx: &Transaction<'_>, curs: &[(NhsNumber, CurDisk)]) -> Result<(),
         .iter()
         .map(|(_, c)| encode(c))
         .collect::<Result<Vec<_>, _>>()?;
+    let (district, practice, flagged, critical) = routing_columns(curs.iter().map(|(_, c)| c));
     block_on(tx.execute(
-        "INSERT INTO patient_current (nhs, seq, version, withdrawn, cur)
-         SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::bool[], $5::bytea[])
+        "INSERT INTO patient_current (nhs, seq, version, withdrawn, cur, district, practice, flagged, critical)
+         SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::bool[], $5::bytea[],
+                              $6::text[], $7::text[], $8::bool[], $9::bool[])
          ON CONFLICT (nhs) DO UPDATE SET seq = EXCLUDED.seq, version = EXCLUDED.version,
-             withdrawn = EXCLUDED.withdrawn, cur = EXCLUDED.cur",
-        &[&nhs, &seq, &version, &withdrawn, &cur],
+             withdrawn = EXCLUDED.withdrawn, cur = EXCLUDED.cur, district = EXCLUDED.district,
+             practice = EXCLUDED.practice, flagged = EXCLUDED.flagged, critical = EXCLUDED.critical",
+        &[&nhs, &seq, &version, &withdrawn, &cur, &district, &practice, &flagged, &critical],
     ))
     .map_err(pg)?;
     Ok(())
+}
+
+/// The routing columns of `patient_current` (migration 6) for each current state.
+#[allow(clippy::type_complexity)]
+fn routing_columns<'a>(
+    curs: impl Iterator<Item = &'a CurDisk>,
+) -> (
+    Vec<Option<String>>,
+    Vec<Option<String>>,
+    Vec<bool>,
+    Vec<bool>,
+) {
+    let (mut d, mut p, mut f, mut c) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for cur in curs {
+        d.push(
+            cur.meta
+                .postcode_district
+                .as_ref()
+                .map(|x| x.as_str().to_owned()),
+        );
+        p.push(cur.meta.gp_practice.as_ref().map(|x| x.as_str().to_owned()));
+        f.push(cur.meta.flagged);
+        c.push(cur.meta.critical);
+    }
+    (d, p, f, c)
+}
+
+/// Fill in the routing columns of rows written before migration 6 (or by an older hub), a few
+/// thousand at a time; returns how many. Cohort queries read such rows anyway (and filter them
+/// here), so this only makes them cheaper.
+fn backfill_routing(c: &mut tokio_postgres::Client) -> Result<u64, StoreError> {
+    let mut done = 0u64;
+    loop {
+        let rows = block_on(c.query(
+            "SELECT nhs, cur FROM patient_current WHERE flagged IS NULL ORDER BY nhs LIMIT 5000",
+            &[],
+        ))
+        .map_err(pg)?;
+        if rows.is_empty() {
+            return Ok(done);
+        }
+        let mut nhs = Vec::with_capacity(rows.len());
+        let mut curs = Vec::with_capacity(rows.len());
+        for r in &rows {
+            nhs.push(r.get::<_, String>(0));
+            curs.push(decode::<CurDisk>(b"m", r.get::<_, &[u8]>(1))?);
+        }
+        let (district, practice, flagged, critical) = routing_columns(curs.iter());
+        block_on(c.execute(
+            "UPDATE patient_current p SET district = u.d, practice = u.p, flagged = u.f, critical = u.c
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::bool[]) AS u(nhs, d, p, f, c)
+             WHERE p.nhs = u.nhs",
+            &[&nhs, &district, &practice, &flagged, &critical],
+        ))
+        .map_err(pg)?;
+        done += rows.len() as u64;
+    }
 }
 
 fn write_feed(tx: &Transaction<'_>, feed: &[(u64, FeedDisk)]) -> Result<(), StoreError> {
@@ -873,35 +943,10 @@ impl FeedStore for PgStore {
     }
 }
 
-impl HubFeed for PgStore {
-    fn head_seq(&self) -> Result<u64, FeedError> {
-        Ok(FeedStore::head(self)?)
-    }
-
-    fn oldest_retained_seq(&self) -> Result<u64, FeedError> {
-        let c = self.conn()?;
-        let row = block_on(c.query_one("SELECT head, oldest FROM feed_head WHERE id = 1", &[]))
-            .map_err(pg)?;
-        let (head, oldest) = (u64_of(row.get(0)), u64_of(row.get(1)));
-        Ok(oldest.max(1).min(head + 1))
-    }
-
-    fn changes_after(&self, after_seq: u64, limit: usize) -> Result<Vec<FeedEntry>, FeedError> {
-        let c = self.conn()?;
-        let rows = block_on(c.query(
-            "SELECT seq, entry FROM feed WHERE seq > $1 ORDER BY seq LIMIT $2",
-            &[&i64_of(after_seq), &i64_of(limit as u64)],
-        ))
-        .map_err(pg)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            let e: FeedDisk = decode(b"f", r.get::<_, &[u8]>(1))?;
-            out.push(feed_entry(u64_of(r.get(0)), e)?);
-        }
-        Ok(out)
-    }
-
-    fn current_metas(
+impl PgStore {
+    /// Every live patient in NHS order, filtered here (the `all` cohort, where an index
+    /// would not narrow anything).
+    fn current_metas_scan(
         &self,
         filter: &CohortFilter<'_>,
         after: Option<&NhsNumber>,
@@ -938,6 +983,112 @@ impl HubFeed for PgStore {
             }
             if !full {
                 return Ok(out);
+            }
+        }
+    }
+}
+
+impl HubFeed for PgStore {
+    fn head_seq(&self) -> Result<u64, FeedError> {
+        Ok(FeedStore::head(self)?)
+    }
+
+    fn oldest_retained_seq(&self) -> Result<u64, FeedError> {
+        let c = self.conn()?;
+        let row = block_on(c.query_one("SELECT head, oldest FROM feed_head WHERE id = 1", &[]))
+            .map_err(pg)?;
+        let (head, oldest) = (u64_of(row.get(0)), u64_of(row.get(1)));
+        Ok(oldest.max(1).min(head + 1))
+    }
+
+    fn changes_after(&self, after_seq: u64, limit: usize) -> Result<Vec<FeedEntry>, FeedError> {
+        let c = self.conn()?;
+        let rows = block_on(c.query(
+            "SELECT seq, entry FROM feed WHERE seq > $1 ORDER BY seq LIMIT $2",
+            &[&i64_of(after_seq), &i64_of(limit as u64)],
+        ))
+        .map_err(pg)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let e: FeedDisk = decode(b"f", r.get::<_, &[u8]>(1))?;
+            out.push(feed_entry(u64_of(r.get(0)), e)?);
+        }
+        Ok(out)
+    }
+
+    /// Each element of the cohort (a district, a practice, `flagged`) is one ordered range
+    /// scan of its index (migration 6), merged in NHS order; so a unit reads its cohort, not
+    /// the hub's every patient. Rows without routing columns (written before migration 6) are
+    /// read too and filtered here, as is everything (a second check).
+    fn current_metas(
+        &self,
+        filter: &CohortFilter<'_>,
+        after: Option<&NhsNumber>,
+        limit: usize,
+    ) -> Result<Vec<CurrentMeta>, FeedError> {
+        if filter.specs.iter().any(|s| matches!(s, CohortSpec::All)) {
+            return self.current_metas_scan(filter, after, limit);
+        }
+        let mut districts: Vec<String> = Vec::new();
+        let mut practices: Vec<String> = Vec::new();
+        let mut flagged = false;
+        for s in filter.specs {
+            match s {
+                CohortSpec::All => {}
+                CohortSpec::Flagged => flagged = true,
+                CohortSpec::Postcode(v) => {
+                    districts.extend(v.iter().map(|d| d.as_str().to_owned()))
+                }
+                CohortSpec::Practice(v) => {
+                    practices.extend(v.iter().map(|p| p.as_str().to_owned()))
+                }
+            }
+        }
+        let c = self.conn()?;
+        let mut from = after.map(|a| a.as_digits().to_string()).unwrap_or_default();
+        let page = i64_of(limit.max(1) as u64);
+        let mut out = Vec::with_capacity(limit.min(4096));
+        // Rows of another cohort come back only when unrouted (written before migration 6):
+        // a page short only because of them is read on from its last row.
+        loop {
+            let rows = block_on(client(&c).query(
+                "SELECT DISTINCT ON (x.nhs) x.nhs, x.cur FROM (
+                     SELECT l.nhs, l.cur FROM unnest($1::text[]) AS d(v), LATERAL (
+                         SELECT nhs, cur FROM patient_current
+                         WHERE district = d.v AND NOT withdrawn AND nhs > $3 AND ($5 = false OR critical)
+                         ORDER BY nhs LIMIT $4) l
+                     UNION ALL
+                     SELECT l.nhs, l.cur FROM unnest($2::text[]) AS p(v), LATERAL (
+                         SELECT nhs, cur FROM patient_current
+                         WHERE practice = p.v AND NOT withdrawn AND nhs > $3 AND ($5 = false OR critical)
+                         ORDER BY nhs LIMIT $4) l
+                     UNION ALL
+                     (SELECT nhs, cur FROM patient_current
+                      WHERE $6 AND flagged AND NOT withdrawn AND nhs > $3 AND ($5 = false OR critical)
+                      ORDER BY nhs LIMIT $4)
+                     UNION ALL
+                     (SELECT nhs, cur FROM patient_current
+                      WHERE flagged IS NULL AND NOT withdrawn AND nhs > $3
+                      ORDER BY nhs LIMIT $4)
+                 ) x ORDER BY x.nhs LIMIT $4",
+                &[&districts, &practices, &from, &page, &filter.critical_only, &flagged],
+            ))
+            .map_err(pg)?;
+            for r in &rows {
+                let cur: CurDisk = decode(b"m", r.get::<_, &[u8]>(1))?;
+                if filter.matches(&cur.meta) && out.len() < limit {
+                    out.push(CurrentMeta {
+                        seq: cur.seq,
+                        version: cur.version,
+                        meta: cur.meta,
+                    });
+                }
+            }
+            match rows.last() {
+                Some(last) if rows.len() as i64 == page && out.len() < limit => {
+                    from = last.get::<_, String>(0);
+                }
+                _ => return Ok(out),
             }
         }
     }

@@ -629,7 +629,9 @@ impl HubSession {
                     if !read.contains_key(&nhs) {
                         let want: Vec<NhsNumber> = metas[i..]
                             .iter()
-                            .filter(|m| !(run.pass == 1 && sent_in_pass_0(run, m)) && !kept(run, m))
+                            .filter(|m| {
+                                !(kept(run, m) || (run.pass == 1 && sent_in_pass_0(run, m)))
+                            })
                             .take(READ_AHEAD)
                             .map(|m| m.meta.nhs)
                             .collect();
