@@ -168,7 +168,11 @@ fn run_ingest(
     private_data_dir(&cfg.data_dir)?;
     let store: Box<dyn edge_hub::store::FeedStore> = match cfg.store.backend {
         edge_runtime::config::StoreBackend::Embedded => Box::new(
-            edge_hub::store::HubStore::open(&cfg.data_dir).with_context(|| {
+            edge_hub::store::HubStore::open_with_cache(
+                &cfg.data_dir,
+                edge_hub::store::INGEST_CACHE_BYTES,
+            )
+            .with_context(|| {
                 format!(
                     "cannot open the hub store in {} (a running hub holds it: use POST /admin/ingest instead)",
                     cfg.data_dir.display()

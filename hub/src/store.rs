@@ -417,6 +417,13 @@ pub(crate) struct ChunkWrites {
     pub head: u64,
 }
 
+/// sled's page cache for a serving hub.
+pub const SERVE_CACHE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// sled's page cache for an offline ingest (`edge-hub ingest`): it mostly writes, and its
+/// memory must stay under 300 MiB whatever the input's size.
+pub const INGEST_CACHE_BYTES: u64 = 8 * 1024 * 1024;
+
 /// The hub's store.
 #[derive(Debug)]
 pub struct HubStore {
@@ -429,10 +436,16 @@ pub struct HubStore {
 impl HubStore {
     /// Open (or create) the store in `dir`. Fails clearly if another process holds it.
     pub fn open(dir: &Path) -> Result<HubStore, StoreError> {
+        HubStore::open_with_cache(dir, SERVE_CACHE_BYTES)
+    }
+
+    /// [`HubStore::open`] with sled's page cache at `cache_bytes` (an offline ingest, which
+    /// mostly writes, takes [`INGEST_CACHE_BYTES`] so its memory stays bounded).
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<HubStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
         let db = sled::Config::new()
             .path(dir.join("hub.sled"))
-            .cache_capacity(256 * 1024 * 1024)
+            .cache_capacity(cache_bytes)
             .open()?;
         let tree = db.open_tree("hub")?;
         Ok(HubStore {

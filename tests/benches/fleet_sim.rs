@@ -8,6 +8,12 @@
 //! (`edge_hub::pg::PgStore`, a database of its own on `postgres://postgres@127.0.0.1:5432`,
 //! dropped afterwards; `KERBSIDE_TEST_PG` names another server) instead of the in-memory feed:
 //! patients go in through the hub's own ingest and live changes are re-ingested bundles.
+//!
+//! `cargo bench -p kerbside-tests --bench fleet_sim -- --catchup [PATIENTS]` (default 909,090,
+//! always on PostgreSQL): the day-offline catch-up. PATIENTS go into the PostgreSQL store, ten
+//! units with three-district cohorts cold-sync, then a day's churn (1 % of patients changed)
+//! is ingested while they are away, and each unit catches up from its cursor. Reports the
+//! hub's time per unit for both, and the extrapolation to 7.5 million patients.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -184,6 +190,13 @@ impl Feed {
 }
 
 fn main() -> anyhow::Result<()> {
+    if let Some(i) = std::env::args().position(|a| a == "--catchup") {
+        let patients = std::env::args()
+            .nth(i + 1)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(909_090u32);
+        return catchup(patients);
+    }
     let units_n: usize = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())
@@ -385,6 +398,197 @@ fn main() -> anyhow::Result<()> {
     println!("| audit: 20 events per unit chained and verified | {audit_s:.2} s |");
     println!("| process CPU (hub + units, everything above) | {cpu:.1} s |");
     println!("| memory growth (hub sessions + units' in-memory caches) | {rss:.0} MiB ({:.2} MiB per unit) |", rss / units_n as f64);
+    println!("| every unit equals the hub's view of its cohort | yes |");
+    Ok(())
+}
+
+/// Stream `path` into the store `chunk` lines at a time (progress on stderr).
+fn ingest_file(
+    store: &dyn edge_hub::store::FeedStore,
+    path: &std::path::Path,
+    now: UnixMillis,
+) -> anyhow::Result<u64> {
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(std::fs::File::open(path)?).lines();
+    let mut done = 0u64;
+    let t = Instant::now();
+    loop {
+        let chunk: Vec<String> = lines.by_ref().take(2_000).collect::<Result<_, _>>()?;
+        if chunk.is_empty() {
+            return Ok(done);
+        }
+        let text = chunk.join("\n");
+        let r = store.ingest(
+            edge_hub::admin::bundles(&text),
+            now,
+            1,
+            &Default::default(),
+            &mut |_, _| {},
+        )?;
+        anyhow::ensure!(r.rejected.is_empty(), "{:?}", r.rejected);
+        done += chunk.len() as u64;
+        if done % 100_000 < 2_000 {
+            eprintln!(
+                "fleet_sim --catchup: ingested {done} patients ({:.0}/s)",
+                done as f64 / t.elapsed().as_secs_f64()
+            );
+        }
+    }
+}
+
+/// A unit that was offline for a day of 1 % churn catches up (see the module docs).
+fn catchup(patients: u32) -> anyhow::Result<()> {
+    use edge_hub::store::FeedStore;
+    const UNITS: usize = 10;
+    let dir = tempfile::tempdir()?;
+    let path = kerbside_tests::synth(dir.path(), patients, 11, 2)?;
+    let db = BenchDb::create()?;
+    let store = edge_hub::pg::PgStore::connect(&edge_hub::pg::PgOptions::new(db.url()))?;
+    let t = Instant::now();
+    ingest_file(&store, &path, UnixMillis(1))?;
+    let load_s = t.elapsed().as_secs_f64();
+    let everyone = store.current_metas(
+        &edge_proto::sync::CohortFilter {
+            specs: &[CohortSpec::All],
+            critical_only: false,
+        },
+        None,
+        usize::MAX,
+    )?;
+    let districts: Vec<PostcodeDistrict> = everyone
+        .iter()
+        .filter_map(|m| m.meta.postcode_district.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    drop(everyone);
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| anyhow::anyhow!("keygen"))?;
+    let key =
+        Arc::new(Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| anyhow::anyhow!("key"))?);
+    let pk = key.public_key().as_ref().to_vec();
+    let now = UnixMillis(1_800_000_000_000);
+    let mut units: Vec<Unit> = (0..UNITS)
+        .map(|i| {
+            let picks: Vec<PostcodeDistrict> = (0..3)
+                .map(|k| districts[(i * 7 + k * 13) % districts.len()].clone())
+                .collect();
+            let cohort = vec![CohortSpec::Postcode(picks), CohortSpec::Flagged];
+            let id = DeviceId::parse(&format!("LAS-AMB-{i:04}")).unwrap_or_else(|_| unreachable!());
+            Unit {
+                hub: HubSession::new(
+                    UnitProfile {
+                        device_id: id.clone(),
+                        cohort: cohort.clone(),
+                    },
+                    key.clone(),
+                    HubConfig {
+                        window_batches: 8,
+                        ..HubConfig::default()
+                    },
+                ),
+                unit: UnitSession::new(id, SyncState::default(), &pk, UnitConfig::default()),
+                store: MemStore::default(),
+                cohort,
+            }
+        })
+        .collect();
+    let mut cold = 0.0;
+    for u in &mut units {
+        pump(u, &store, now, &mut cold)?;
+    }
+    let held: usize = units.iter().map(|u| u.store.records.len()).sum();
+    let sent_before: Vec<(u64, u64)> = units
+        .iter()
+        .map(|u| {
+            (
+                u.hub.progress().records_sent,
+                u.hub.progress().record_bytes_sent,
+            )
+        })
+        .collect();
+    // A day's churn while the units are away: 1 % of patients, each a changed bundle.
+    let churn: Vec<String> = {
+        use std::io::BufRead;
+        std::io::BufReader::new(std::fs::File::open(&path)?)
+            .lines()
+            .step_by(100)
+            .map(|l| l.map(|l| l.replacen("\"given\":[\"", "\"given\":[\"Z", 1)))
+            .collect::<Result<_, _>>()?
+    };
+    let head0 = store.head()?;
+    let t = Instant::now();
+    let text = churn.join("\n");
+    let r = (&store as &dyn FeedStore).ingest(
+        edge_hub::admin::bundles(&text),
+        now,
+        1,
+        &Default::default(),
+        &mut |_, _| {},
+    )?;
+    anyhow::ensure!(r.rejected.is_empty(), "{:?}", r.rejected);
+    let churn_s = t.elapsed().as_secs_f64();
+    let changes = store.head()? - head0;
+    // Each unit comes back and catches up from its cursor.
+    let mut catch = 0.0;
+    let t = Instant::now();
+    for u in &mut units {
+        let t0 = Instant::now();
+        u.hub.notify_new_changes(now, &store)?;
+        catch += t0.elapsed().as_secs_f64();
+        pump(u, &store, now, &mut catch)?;
+    }
+    let catch_wall = t.elapsed().as_secs_f64();
+    let (mut recs, mut bytes) = (0u64, 0u64);
+    for (u, (r0, b0)) in units.iter().zip(&sent_before) {
+        recs += u.hub.progress().records_sent - r0;
+        bytes += u.hub.progress().record_bytes_sent - b0;
+    }
+    // Every unit equals the hub's view of its cohort.
+    for u in &units {
+        let f = edge_proto::sync::CohortFilter {
+            specs: &u.cohort,
+            critical_only: false,
+        };
+        let want: BTreeSet<_> = store
+            .current_metas(&f, None, usize::MAX)?
+            .into_iter()
+            .map(|m| (m.meta.nhs, m.version))
+            .collect();
+        let have: BTreeSet<_> = u
+            .store
+            .records
+            .iter()
+            .map(|(n, r)| (*n, r.version))
+            .collect();
+        anyhow::ensure!(want == have, "unit {} did not converge", u.unit.device_id());
+    }
+    let per_unit_ms = catch * 1000.0 / UNITS as f64;
+    let scale = 7_500_000.0 / f64::from(patients);
+    println!("Catch-up after a day offline: {patients} patients on PostgreSQL, {UNITS} units (three postcode districts + flagged each)\n");
+    println!("| measure | value |");
+    println!("| --- | --- |");
+    println!("| loading {patients} patients (hub ingest, one chunk after another) | {load_s:.1} s ({:.0}/s) |", f64::from(patients) / load_s);
+    println!(
+        "| records held after cold sync | {held} ({:.0} per unit) |",
+        held as f64 / UNITS as f64
+    );
+    println!(
+        "| cold sync, hub time | {:.2} s ({:.0} ms per unit) |",
+        cold,
+        cold * 1000.0 / UNITS as f64
+    );
+    println!(
+        "| the day's churn: {} changed bundles ingested | {churn_s:.2} s, {changes} feed entries |",
+        churn.len()
+    );
+    println!("| catch-up of every unit | {catch_wall:.2} s wall; hub {catch:.2} s = {per_unit_ms:.0} ms per unit |");
+    println!(
+        "| sent in the catch-up | {:.0} records, {:.0} KiB per unit |",
+        recs as f64 / UNITS as f64,
+        bytes as f64 / 1024.0 / UNITS as f64
+    );
+    println!("| extrapolated to 7.5 M patients (×{scale:.2}: 75,000 changes a day) | ≈ {:.1} s of hub time per unit |", per_unit_ms * scale / 1000.0);
     println!("| every unit equals the hub's view of its cohort | yes |");
     Ok(())
 }

@@ -14,14 +14,22 @@ trap 'psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $DB
 psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE $DB"
 "$T/edge-hub" synth --patients "$N" --seed 1 --out "$W/p.ndjson" 2>/dev/null
 "$T/edge-provision" ca init --fleet "$W/fleet" >/dev/null
+# CPU seconds the whole machine has been busy (user, nice, system, irq, softirq from
+# /proc/stat): around an ingest, minus the hub's own, it is the database server's share (plus
+# whatever else ran: keep the machine otherwise idle).
+busy() {
+  awk -v t="$(getconf CLK_TCK)" '/^cpu / {printf "%.1f", ($2 + $3 + $4 + $7 + $8) / t}' /proc/stat
+}
 for kind in ${BACKENDS:-postgres embedded}; do
   args=()
   [ "$kind" = postgres ] && args=(--database "postgres://postgres@127.0.0.1:5432/$DB")
   "$T/edge-provision" hub --fleet "$W/fleet" --name 127.0.0.1 --listen 127.0.0.1:4433 \
     --admin 127.0.0.1:9443 --out "$W/hub-$kind" "${args[@]}" >/dev/null
+  before=$(busy)
   /usr/bin/time -f "%e s wall, %U s user, %S s sys, peak RSS %M KiB" \
     "$T/edge-hub" ingest --config "$W/hub-$kind/hub.toml" "$W/p.ndjson" \
     2> >(grep -E "wall|accepted, " >&2) | sed "s/^/$kind: /"
+  echo "$kind: the machine was busy $(echo "$(busy) - $before" | bc) s of CPU in all (hub + database + anything else)"
 done
 bytes=$(psql -h 127.0.0.1 -U postgres -d "$DB" -Atc "select pg_database_size(current_database())")
 echo "postgres: database $((bytes / 1048576)) MiB, $((bytes / N)) bytes per patient"
