@@ -10,6 +10,12 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use edge_hub::store::{ParsedChunk, INGEST_CHUNK};
 use kerbside_synth as synth;
+
+/// mimalloc rather than glibc malloc: an ingest spent about 40 % of the hub's CPU in glibc's
+/// allocator (parsing each bundle into a JSON tree and mapping it allocates a great deal;
+/// BENCHMARKS.md "Hub ingest into PostgreSQL"), as the unit's LAN lookups did before it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::io::BufRead as _;
 
 #[derive(Debug, Parser)]
