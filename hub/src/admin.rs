@@ -140,9 +140,11 @@ pub fn admin_router(state: AdminState) -> Router {
         .route("/admin/alerts", get(alerts))
         .route("/admin/wipe", post(wipe))
         .route("/admin/operator-log", get(operator_log))
+        .route("/admin/whoami", get(whoami))
         .route_layer(guarded);
     Router::new()
         .merge(admin)
+        .merge(crate::console::router())
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(scrape))
         .route_layer(tracked)
@@ -229,6 +231,7 @@ fn check(st: &AdminState, method: &str, route: &str, headers: &HeaderMap) -> Che
         .map_err(|r| Box::new((r, None)))?;
     match crate::operator::required_role(route) {
         Some(role) if role == claims.role => Ok(claims),
+        None if route == "/admin/whoami" => Ok(claims),
         need => Err(Box::new((
             Refusal {
                 status: 403,
@@ -420,6 +423,17 @@ async fn ingest(
         Ok(Err(e)) => internal(e),
         Err(e) => internal(e),
     }
+}
+
+/// `GET /admin/whoami`: the operator the token names, for any role (the console's sign-in).
+async fn whoami(axum::Extension(Operator(c)): axum::Extension<Operator>) -> Response {
+    Json(json!({
+        "operator_id": c.operator_id,
+        "operator_name": c.operator_name,
+        "role": c.role.as_str(),
+        "expires_at": c.expires_at.to_rfc3339(),
+    }))
+    .into_response()
 }
 
 async fn devices(State(hub): State<Arc<Hub>>) -> Response {

@@ -21,6 +21,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod console;
 pub mod denylist;
 pub mod fleet_docs;
 pub mod inventory;

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use edge_proto::audit::{AuditAction, AuditOutcome, Purpose};
-use edge_proto::ids::{CohortSpec, DeviceId, UnitRole};
+use edge_proto::ids::{CohortSpec, DeviceId};
 use edge_proto::sync::frame::FrameDecoder;
 use edge_proto::sync::{
     encode_frame, Bytes, DeflateFramer, FetchOutcome, FetchRefusal, Hello,
@@ -1408,8 +1408,26 @@ pub fn device_rows(hub: &Hub) -> anyhow::Result<Vec<serde_json::Value>> {
         hub.store.devices()?.into_iter().collect();
     let inventory = hub.inventory();
     let connected = hub.connected();
-    let mut push = |id: &str, role: Option<UnitRole>, revoked: bool| {
+    let mut push = |id: &str, unit: Option<&edge_runtime::inventory::UnitRecord>, revoked: bool| {
+        let role = unit.map(|u| u.role);
         let d = known.get(id).cloned().unwrap_or_default();
+        // The certificate in use: the one the hub renewed last, else the one issued at
+        // enrolment.
+        let cert_not_after = d
+            .cert_renewed
+            .as_ref()
+            .map(|(_, not_after, _)| *not_after)
+            .or_else(|| unit.map(|u| u.cert.not_after));
+        let cohort: Option<String> =
+            d.cohort_override.as_ref().map(|c| c.join(" ")).or_else(|| {
+                unit.map(|u| {
+                    u.cohorts
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+            });
         let live = DeviceId::parse(id)
             .ok()
             .and_then(|dev| connected.get(&dev).map(|c| c.progress.clone()));
@@ -1419,6 +1437,10 @@ pub fn device_rows(hub: &Hub) -> anyhow::Result<Vec<serde_json::Value>> {
             serde_json::json!({
                 "device_id": id,
                 "role": role.map(|r| r.to_string()),
+                "callsign": unit.and_then(|u| u.callsign.clone()),
+                "site": unit.and_then(|u| u.site.as_ref().map(|s| s.as_str().to_owned())),
+                "cohort": cohort,
+                "cert_not_after": cert_not_after.map(|t| t.to_rfc3339()),
                 "last_seen": d.last_seen.map(|t| t.to_rfc3339()),
                 "cursor": cursor,
                 "head": head,
@@ -1450,7 +1472,7 @@ pub fn device_rows(hub: &Hub) -> anyhow::Result<Vec<serde_json::Value>> {
     };
     if let Some(inv) = &inventory {
         for u in &inv.units {
-            push(u.device_id.as_str(), Some(u.role), u.revoked());
+            push(u.device_id.as_str(), Some(u), u.revoked());
         }
     }
     let listed: std::collections::HashSet<String> = inventory

@@ -131,6 +131,31 @@ pub fn run(
         },
         now(),
     )?;
+    // Operator tokens for the hub's console and admin API, one per role.
+    let mut operators = Vec::new();
+    for (id, name, role) in [
+        (
+            "OPS-DEMO",
+            "DEMO, Fleet engineer",
+            edge_proto::token::OperatorRole::Fleet,
+        ),
+        (
+            "IG-DEMO",
+            "DEMO, Privacy officer",
+            edge_proto::token::OperatorRole::Privacy,
+        ),
+    ] {
+        let (t, _) = fleet.mint_operator_token(
+            &edge_provision::fleet::OperatorRequest {
+                operator_id: id.into(),
+                name: name.into(),
+                role,
+                hours: 8,
+            },
+            now(),
+        )?;
+        operators.push(t);
+    }
     drop(fleet);
     // The demo serves plain HTTP on loopback (allowed there), so a browser needs no CA.
     let edge_toml = unit_dir.join("edge.toml");
@@ -250,6 +275,7 @@ pub fn run(
         }
 
         print_banner(lan, &token, &samples, &dir, t0.elapsed());
+        print_console(&admin_addr, &operators);
 
         // Keys: h = hub offline/online; Ctrl-C = stop.
         let (key_tx, mut key_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
@@ -333,6 +359,16 @@ fn samples(hub: &Hub, scan: usize) -> anyhow::Result<Vec<(NhsNumber, String)>> {
         }
     }
     Ok(out)
+}
+
+/// The console's address and the demo's operator tokens.
+fn print_console(admin: &std::net::SocketAddr, operators: &[String]) {
+    println!("  Fleet and privacy console (hub):  http://{admin}/console");
+    println!("  Operator tokens for it (8 hours), fleet engineer then privacy officer:");
+    for t in operators {
+        println!("  OPERATOR_TOKEN={t}");
+    }
+    println!();
 }
 
 fn print_banner(

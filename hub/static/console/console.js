@@ -1,0 +1,471 @@
+// Kerbside fleet and privacy console (docs/console.md). Framework-free; every figure comes
+// from the hub's admin API with the operator's token, which the hub checks (and the role) on
+// every call. The token lives in this tab's sessionStorage only.
+'use strict';
+
+const KEY = 'kerbside-operator-token';
+const REFRESH_MS = 10000;
+const CERT_WARN_MS = 48 * 3600 * 1000;
+
+const $ = (id) => document.getElementById(id);
+let me = null; // whoami
+let devices = [];
+let sortKey = 'device_id';
+let sortDir = 1;
+let refreshTimer = null;
+
+// ------------------------------------------------------------------ helpers
+
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === 'class') e.className = v;
+    else if (k === 'text') e.textContent = v;
+    else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v === true ? '' : String(v));
+  }
+  for (const c of children) {
+    if (c === null || c === undefined) continue;
+    e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return e;
+}
+
+function say(text, isError) {
+  const s = $('status');
+  s.textContent = text || '';
+  s.className = isError ? 'error' : '';
+}
+
+function ago(iso) {
+  if (!iso) return 'never';
+  const ms = Date.now() - Date.parse(iso);
+  if (!Number.isFinite(ms)) return iso;
+  const s = Math.max(0, Math.round(ms / 1000));
+  if (s < 90) return `${s} s ago`;
+  if (s < 5400) return `${Math.round(s / 60)} min ago`;
+  if (s < 172800) return `${Math.round(s / 3600)} h ago`;
+  return `${Math.round(s / 86400)} days ago`;
+}
+
+function when(iso) {
+  if (!iso) return '';
+  const d = new Date(iso);
+  return Number.isNaN(d.getTime()) ? iso : d.toLocaleString('en-GB', { timeZone: 'Europe/London' });
+}
+
+/// NHS number check as typed: 10 digits, modulus 11 check digit.
+function nhsProblem(text) {
+  const d = text.replace(/\s+/g, '');
+  if (!/^\d{10}$/.test(d)) return 'An NHS number is 10 digits.';
+  let sum = 0;
+  for (let i = 0; i < 9; i++) sum += Number(d[i]) * (10 - i);
+  let check = 11 - (sum % 11);
+  if (check === 11) check = 0;
+  if (check === 10 || check !== Number(d[9])) return 'This is not a valid NHS number (the check digit does not match).';
+  return null;
+}
+
+async function api(method, path, body) {
+  const token = sessionStorage.getItem(KEY);
+  const headers = { Authorization: `Bearer ${token}` };
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  let resp;
+  try {
+    resp = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), cache: 'no-store' });
+  } catch (e) {
+    return { ok: false, status: 0, body: { message: `The hub cannot be reached: ${e.message}` } };
+  }
+  const type = resp.headers.get('content-type') || '';
+  let data = null;
+  if (type.includes('json')) {
+    try { data = await resp.json(); } catch { data = null; }
+  } else {
+    data = { text: await resp.text() };
+  }
+  if (resp.status === 401) {
+    signOut(`Signed out: ${(data && data.message) || 'the hub no longer accepts this token'}`);
+  }
+  return { ok: resp.ok, status: resp.status, body: data || {} };
+}
+
+function refusalText(r) {
+  const m = (r.body && (r.body.message || r.body.error)) || `HTTP ${r.status}`;
+  return r.status === 403 ? `Refused: ${m}` : m;
+}
+
+// ------------------------------------------------------------------ sign-in and views
+
+function signOut(message) {
+  sessionStorage.removeItem(KEY);
+  me = null;
+  if (refreshTimer) clearInterval(refreshTimer);
+  refreshTimer = null;
+  $('who').hidden = true;
+  $('tabs').hidden = true;
+  for (const id of ['fleet', 'privacy']) $(id).hidden = true;
+  $('sign-in').hidden = false;
+  const err = $('sign-in-error');
+  err.hidden = !message;
+  err.textContent = message || '';
+  say('');
+}
+
+async function signIn() {
+  const r = await api('GET', '/admin/whoami');
+  if (!r.ok) {
+    if (r.status !== 401) signOut(refusalText(r));
+    return;
+  }
+  me = r.body;
+  $('sign-in').hidden = true;
+  $('sign-in-error').hidden = true;
+  $('who').hidden = false;
+  $('who-text').textContent = `${me.operator_name} (${me.operator_id}) · role ${me.role} · token expires ${when(me.expires_at)}`;
+  $('tabs').hidden = false;
+  for (const a of document.querySelectorAll('#tabs a')) a.hidden = a.dataset.role !== me.role;
+  if (!location.hash || location.hash === '#') location.hash = `#${me.role}`;
+  route();
+}
+
+function route() {
+  if (!me) return;
+  const view = (location.hash || '').slice(1) || me.role;
+  for (const id of ['fleet', 'privacy']) {
+    $(id).hidden = id !== view;
+    const tab = $(`tab-${id}`);
+    if (id === view) tab.setAttribute('aria-current', 'page'); else tab.removeAttribute('aria-current');
+  }
+  if (refreshTimer) clearInterval(refreshTimer);
+  refreshTimer = null;
+  say('');
+  if (view === 'fleet') {
+    loadFleet();
+    refreshTimer = setInterval(loadFleet, REFRESH_MS);
+  } else if (view === 'privacy') {
+    loadPrivacy();
+  }
+}
+
+// ------------------------------------------------------------------ fleet
+
+function derive(d) {
+  const h = d.health || {};
+  const lag = (d.head != null && d.cursor != null) ? Math.max(0, d.head - d.cursor) : null;
+  let state = 'active';
+  if (d.revoked) state = 'revoked';
+  else if (d.wipe_sent) state = 'wiped';
+  else if (d.wipe_requested) state = 'wipe ordered';
+  const certMs = d.cert_not_after ? Date.parse(d.cert_not_after) - Date.now() : null;
+  let supervisor = 'no report';
+  if (d.health) {
+    if (h.supervisor_mode === 'none') supervisor = 'none fitted';
+    else if (!h.supervisor_connected) supervisor = 'not answering';
+    else if (h.supervisor_faults) supervisor = `faults 0x${h.supervisor_faults.toString(16)}`;
+    else supervisor = 'ok';
+    if (h.disk_full) supervisor += '; DISK FULL';
+  }
+  return {
+    ...d,
+    lag,
+    records: d.health ? h.records : null,
+    backlog: d.health ? h.audit_backlog : null,
+    state,
+    certMs,
+    supervisor,
+  };
+}
+
+function cmp(a, b) {
+  const x = a[sortKey];
+  const y = b[sortKey];
+  if (x == null && y == null) return 0;
+  if (x == null) return 1;
+  if (y == null) return -1;
+  return (typeof x === 'number' && typeof y === 'number' ? x - y : String(x).localeCompare(String(y))) * sortDir;
+}
+
+async function loadFleet() {
+  const r = await api('GET', '/admin/devices');
+  if (!r.ok) {
+    if (r.status !== 401) say(refusalText(r), true);
+    return;
+  }
+  devices = (r.body.devices || r.body || []).map(derive);
+  $('fleet-updated').textContent = `Updated ${new Date().toLocaleTimeString('en-GB')}`;
+  renderFleet();
+}
+
+function tag(text, kind) {
+  return el('span', { class: `tag ${kind}` }, text);
+}
+
+function renderFleet() {
+  const f = $('fleet-filter').value.trim().toLowerCase();
+  const rows = devices
+    .filter((d) => !f || [d.device_id, d.role, d.callsign, d.site, d.cohort, d.state, d.software_version, d.supervisor]
+      .some((v) => v && String(v).toLowerCase().includes(f)))
+    .sort(cmp);
+  const connected = devices.filter((d) => d.connected).length;
+  const behind = devices.filter((d) => d.lag > 0).length;
+  const certSoon = devices.filter((d) => d.certMs !== null && d.certMs < CERT_WARN_MS && d.state === 'active').length;
+  $('fleet-summary').replaceChildren(
+    el('span', {}, el('strong', {}, String(devices.length)), ' units'),
+    el('span', {}, el('strong', {}, String(connected)), ' connected'),
+    el('span', {}, el('strong', {}, String(behind)), ' behind the feed'),
+    el('span', {}, el('strong', {}, String(certSoon)), ' certificates expiring within 48 h'),
+  );
+  for (const th of document.querySelectorAll('#fleet-table th')) {
+    const b = th.querySelector('button');
+    if (b && b.dataset.sort === sortKey) th.setAttribute('aria-sort', sortDir > 0 ? 'ascending' : 'descending');
+    else th.removeAttribute('aria-sort');
+  }
+  const body = document.querySelector('#fleet-table tbody');
+  body.replaceChildren(...rows.map((d) => {
+    const link = d.connected
+      ? tag(d.live ? 'connected, live' : 'connected, syncing', 'ok')
+      : el('span', {}, tag('offline', 'off'), ` last seen ${ago(d.last_seen)}`);
+    let cert = '';
+    if (d.cert_not_after) {
+      const kind = d.certMs < 0 ? 'bad' : d.certMs < CERT_WARN_MS ? 'warn' : 'ok';
+      const text = d.certMs < 0 ? 'EXPIRED' : d.certMs < CERT_WARN_MS ? 'expires < 48 h' : 'valid';
+      cert = el('span', {}, tag(text, kind), ` ${when(d.cert_not_after)}`);
+    }
+    const stateKind = d.state === 'active' ? 'ok' : 'bad';
+    const actions = el('td', { class: 'actions' });
+    if (d.state === 'active') {
+      actions.append(
+        el('button', { type: 'button', onclick: () => setCohort(d), 'aria-label': `Set cohort of ${d.device_id}` }, 'Set cohort…'),
+        el('button', { type: 'button', class: 'danger', onclick: () => wipe(d), 'aria-label': `Wipe ${d.device_id}` }, 'Wipe…'),
+      );
+    }
+    actions.append(el('details', {},
+      el('summary', {}, 'Revoke / renew'),
+      el('p', {}, 'Run by the CA\'s custodian on the fleet directory:'),
+      el('pre', {}, `edge-provision revoke --fleet FLEET --device-id ${d.device_id}\nedge-provision renew --fleet FLEET --device-id ${d.device_id}`)));
+    return el('tr', {},
+      el('th', { scope: 'row' }, d.device_id),
+      el('td', {}, d.role || '—'),
+      el('td', {}, [d.callsign, d.site].filter(Boolean).join(' / ') || '—'),
+      el('td', {}, d.cohort || '—'),
+      el('td', {}, link),
+      el('td', {}, d.lag === null ? '—' : d.lag > 0 ? tag(String(d.lag), 'warn') : '0'),
+      el('td', {}, d.records == null ? '—' : el('span', {}, String(d.records), el('br'), el('span', { class: 'muted' }, `reported ${ago(d.health && d.health.at)}`))),
+      el('td', {}, d.backlog == null ? '—' : d.backlog > 0 ? tag(String(d.backlog), 'warn') : '0'),
+      el('td', {}, cert || '—'),
+      el('td', {}, tag(d.state, stateKind)),
+      el('td', {}, d.supervisor),
+      el('td', {}, d.software_version || '—'),
+      actions);
+  }));
+}
+
+function confirmDialog({ title, text, extra, typed, ok }) {
+  return new Promise((resolve) => {
+    const dlg = $('confirm');
+    $('confirm-h').textContent = title;
+    $('confirm-text').textContent = text;
+    $('confirm-extra').replaceChildren(...(extra ? [extra] : []));
+    $('confirm-typed-label').textContent = `Type ${typed} to confirm`;
+    const input = $('confirm-typed');
+    const okBtn = $('confirm-ok');
+    okBtn.textContent = ok;
+    input.value = '';
+    okBtn.disabled = true;
+    input.oninput = () => { okBtn.disabled = input.value.trim() !== typed; };
+    $('confirm-cancel').onclick = () => { dlg.close(); resolve(false); };
+    $('confirm-form').onsubmit = (e) => {
+      e.preventDefault();
+      if (input.value.trim() !== typed) return;
+      dlg.close();
+      resolve(true);
+    };
+    dlg.showModal();
+    (extra && extra.querySelector('input') ? extra.querySelector('input') : input).focus();
+  });
+}
+
+async function setCohort(d) {
+  const field = el('input', { id: 'cohort-specs', value: d.cohort || '', 'aria-describedby': 'cohort-hint' });
+  const extra = el('div', {},
+    el('label', { for: 'cohort-specs' }, 'New cohort'),
+    field,
+    el('p', { id: 'cohort-hint', class: 'hint' }, 'Space-separated: all, flagged, postcode:SE1,SE5, practice:F84001. The unit re-baselines at once.'));
+  const yes = await confirmDialog({ title: `Set the cohort of ${d.device_id}`, text: 'The unit will hold only the records of this cohort.', extra, typed: d.device_id, ok: 'Set cohort' });
+  if (!yes) return;
+  const cohort = field.value.trim().split(/\s+/).filter(Boolean);
+  const r = await api('POST', '/admin/cohort', { device_id: d.device_id, cohort });
+  say(r.ok ? `Cohort of ${d.device_id} set to ${cohort.join(' ')} (recorded in the operator log).` : refusalText(r), !r.ok);
+  loadFleet();
+}
+
+async function wipe(d) {
+  const yes = await confirmDialog({
+    title: `Wipe ${d.device_id}`,
+    text: 'The unit erases its cached records and keys at its next connection and stops answering. This cannot be undone on the unit.',
+    typed: d.device_id,
+    ok: 'Wipe unit',
+  });
+  if (!yes) return;
+  const r = await api('POST', '/admin/wipe', { device_id: d.device_id });
+  say(r.ok ? `Wipe of ${d.device_id} ordered (recorded in the operator log).` : refusalText(r), !r.ok);
+  loadFleet();
+}
+
+// ------------------------------------------------------------------ privacy
+
+function eventsTable(events, caption) {
+  if (!events.length) return el('p', {}, `${caption}: none.`);
+  return el('div', { class: 'table-wrap' }, el('table', {},
+    el('caption', {}, caption),
+    el('thead', {}, el('tr', {}, ...['When', 'Unit', 'Staff', 'Role', 'Purpose', 'Action', 'Outcome', 'Patient', 'Break-glass reason']
+      .map((h) => el('th', { scope: 'col' }, h)))),
+    el('tbody', {}, ...events.map((e) => el('tr', {},
+      el('td', {}, when(e.recorded)),
+      el('td', {}, e.device_id || ''),
+      el('td', {}, [e.staff_name, e.staff_id].filter(Boolean).join(' · ')),
+      el('td', {}, e.role || ''),
+      el('td', {}, e.purpose || ''),
+      el('td', {}, e.action || ''),
+      el('td', {}, [e.outcome, e.outcome_reason].filter(Boolean).join(': ')),
+      el('td', {}, e.patient || ''),
+      el('td', {}, e.break_glass_reason || '')))),
+  ));
+}
+
+function showResult(node) {
+  const r = $('privacy-result');
+  r.replaceChildren(node);
+  r.focus();
+}
+
+async function loadPrivacy() {
+  const a = await api('GET', '/admin/alerts?limit=100');
+  if (!a.ok) {
+    if (a.status !== 401) {
+      say(refusalText(a), true);
+      $('alerts').replaceChildren(el('p', { class: 'error' }, refusalText(a)));
+    }
+    return;
+  }
+  const hubAlerts = (a.body.hub_alerts || []).map((h) => el('p', { class: 'error' }, h.message));
+  $('alerts').replaceChildren(...hubAlerts, eventsTable(a.body.alerts || [], 'Break-glass accesses and security alerts, newest first'));
+  const l = await api('GET', '/admin/operator-log?limit=50');
+  if (l.ok) {
+    const entries = l.body.entries || [];
+    $('oplog').replaceChildren(entries.length ? el('div', { class: 'table-wrap' }, el('table', {},
+      el('caption', {}, 'Admin calls, newest first (who, what, outcome)'),
+      el('thead', {}, el('tr', {}, ...['When', 'Operator', 'Role', 'Call', 'Target', 'Status'].map((h) => el('th', { scope: 'col' }, h)))),
+      el('tbody', {}, ...entries.map((e) => el('tr', {},
+        el('td', {}, when(e.at)),
+        el('td', {}, [e.operator_name, e.operator_id].filter(Boolean).join(' · ') || '(no token)'),
+        el('td', {}, e.role || ''),
+        el('td', {}, `${e.method} ${e.route}`),
+        el('td', {}, e.target || ''),
+        el('td', {}, e.refused ? `${e.status} refused (${e.refused})` : String(e.status))))))) : el('p', {}, 'No admin calls yet.'));
+  }
+}
+
+function wireNhs(inputId) {
+  const input = $(inputId);
+  const hint = $(`${inputId.replace(/-nhs$/, '')}-hint`);
+  const base = hint ? hint.textContent : '';
+  input.addEventListener('input', () => {
+    const p = input.value.trim() ? nhsProblem(input.value) : null;
+    input.setAttribute('aria-invalid', p ? 'true' : 'false');
+    if (hint) { hint.textContent = p || base; hint.className = p ? 'hint error' : 'hint'; }
+  });
+}
+
+async function query(kind, value) {
+  const r = await api('GET', `/admin/audit?${kind}=${encodeURIComponent(value)}&limit=200`);
+  if (!r.ok) { say(refusalText(r), true); return; }
+  const what = kind === 'patient' ? `Accesses to patient ${value}` : `Accesses by staff member ${value}`;
+  showResult(eventsTable(r.body.events || [], what));
+  say(`${(r.body.events || []).length} events (this query is recorded in the operator log).`);
+}
+
+function wirePrivacy() {
+  wireNhs('q-patient-nhs');
+  wireNhs('q-objection-nhs');
+  $('q-patient').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const v = $('q-patient-nhs').value.replace(/\s+/g, '');
+    const p = nhsProblem(v);
+    if (p) { say(p, true); return; }
+    query('patient', v);
+  });
+  $('q-staff').addEventListener('submit', (e) => {
+    e.preventDefault();
+    query('staff', $('q-staff-id').value.trim());
+  });
+  $('q-verify').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const id = $('q-verify-id').value.trim();
+    const r = await api('GET', `/admin/audit/verify?device=${encodeURIComponent(id)}`);
+    if (!r.ok) { say(refusalText(r), true); return; }
+    const v = r.body;
+    const gaps = (v.gaps || []).map((g) => Array.isArray(g) ? `${g[0]}–${g[1]}` : JSON.stringify(g));
+    showResult(el('div', {},
+      el('p', {}, tag(v.chain_ok && !gaps.length ? 'chain intact' : 'PROBLEMS', v.chain_ok && !gaps.length ? 'ok' : 'bad'),
+        ` ${id}: ${v.events} events, seq ${v.first_seq ?? '—'} to ${v.last_seq ?? '—'}.`),
+      gaps.length ? el('p', { class: 'error' }, `Missing events (gaps): ${gaps.join(', ')}`) : el('p', {}, 'No gaps.'),
+      (v.breaks || []).length ? el('p', { class: 'error' }, `Chain breaks at seq ${v.breaks.join(', ')}`) : null));
+  });
+  $('q-export').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const since = $('q-export-since').value;
+    const until = $('q-export-until').value;
+    const untilNext = new Date(Date.parse(`${until}T00:00:00Z`) + 86400000).toISOString();
+    const url = `/admin/audit/export?since=${encodeURIComponent(`${since}T00:00:00Z`)}&until=${encodeURIComponent(untilNext)}`;
+    let resp;
+    try {
+      resp = await fetch(url, { headers: { Authorization: `Bearer ${sessionStorage.getItem(KEY)}` }, cache: 'no-store' });
+    } catch (err) { say(`The hub cannot be reached: ${err.message}`, true); return; }
+    if (!resp.ok) {
+      const body = await resp.json().catch(() => ({}));
+      if (resp.status === 401) { signOut(`Signed out: ${body.message || 'the hub no longer accepts this token'}`); return; }
+      say(refusalText({ status: resp.status, body }), true);
+      return;
+    }
+    // NDJSON, one FHIR AuditEvent a line, as the hub streams it.
+    const blob = await resp.blob();
+    const a = el('a', { href: URL.createObjectURL(blob), download: `audit-events-${since}-to-${until}.ndjson` }, `Download the FHIR AuditEvents recorded ${since} to ${until} (${blob.size} bytes, NDJSON)`);
+    showResult(el('p', {}, a));
+  });
+  $('q-objection').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const v = $('q-objection-nhs').value.replace(/\s+/g, '');
+    const p = nhsProblem(v);
+    if (p) { say(p, true); return; }
+    const yes = await confirmDialog({ title: `Record an objection for ${v}`, text: 'The record is withdrawn from the hub\'s feed and from every unit at its next sync.', typed: v, ok: 'Record objection' });
+    if (!yes) return;
+    const r = await api('POST', '/admin/objection', { nhs_number: v });
+    say(r.ok ? `Objection recorded for ${v}; every unit drops the record at its next sync.` : refusalText(r), !r.ok);
+  });
+}
+
+// ------------------------------------------------------------------ start
+
+document.addEventListener('DOMContentLoaded', () => {
+  $('sign-in-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const t = $('token').value.trim();
+    if (!t) return;
+    sessionStorage.setItem(KEY, t);
+    $('token').value = '';
+    signIn();
+  });
+  $('sign-out').addEventListener('click', () => signOut('Signed out.'));
+  $('fleet-filter').addEventListener('input', renderFleet);
+  for (const b of document.querySelectorAll('#fleet-table th button')) {
+    b.addEventListener('click', () => {
+      if (sortKey === b.dataset.sort) sortDir = -sortDir; else { sortKey = b.dataset.sort; sortDir = 1; }
+      renderFleet();
+    });
+  }
+  wirePrivacy();
+  window.addEventListener('hashchange', route);
+  if (sessionStorage.getItem(KEY)) signIn(); else signOut();
+});
