@@ -141,6 +141,7 @@ pub fn admin_router(state: AdminState) -> Router {
         .route("/admin/wipe", post(wipe))
         .route("/admin/operator-log", get(operator_log))
         .route("/admin/whoami", get(whoami))
+        .route("/admin/feeds", get(feeds))
         .route_layer(guarded);
     Router::new()
         .merge(admin)
@@ -332,6 +333,7 @@ pub fn feed_options(
 
 async fn ingest(
     State(hub): State<Arc<Hub>>,
+    op: Option<axum::Extension<Operator>>,
     q: Result<Query<IngestQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     body: Body,
@@ -346,6 +348,7 @@ async fn ingest(
             )
         }
     };
+    let feed_label = json!({"feed": q.feed, "source": q.source, "snapshot": q.snapshot});
     let opts = match feed_options(&hub.config, &q) {
         Ok(o) => o,
         Err(why) => return error(StatusCode::BAD_REQUEST, "bad_request", why),
@@ -411,6 +414,7 @@ async fn ingest(
                 "ingest over the admin API"
             );
             hub.metrics.ingest(&report);
+            remember_ingest(&hub, op.as_ref().map(|o| &o.0 .0), &feed_label, &report);
             let h = hub.clone();
             let _ = blocking(move || h.notify_head()).await;
             Json(
@@ -423,6 +427,44 @@ async fn ingest(
         Ok(Err(e)) => internal(e),
         Err(e) => internal(e),
     }
+}
+
+/// Keep an admin-API ingest's outcome for `GET /admin/feeds` (the latest
+/// [`crate::server::RECENT_INGESTS`], each with its first rejected lines and warnings).
+fn remember_ingest(
+    hub: &Hub,
+    op: Option<&OperatorClaims>,
+    feed: &serde_json::Value,
+    report: &crate::store::IngestReport,
+) {
+    let n = crate::server::RECENT_INGEST_LINES;
+    let entry = json!({
+        "at": now().to_rfc3339(),
+        "operator_id": op.map(|o| o.operator_id.clone()),
+        "feed": feed["feed"],
+        "source": feed["source"],
+        "snapshot": feed["snapshot"],
+        "accepted": report.accepted,
+        "rejected_total": report.rejected.len(),
+        "rejected": report.rejected.iter().take(n).collect::<Vec<_>>(),
+        "warnings_total": report.warnings_total,
+        "warnings": report.warnings.iter().take(n).collect::<Vec<_>>(),
+        "changed": report.changed,
+    });
+    let mut q = hub.recent_ingests.lock().unwrap_or_else(|p| p.into_inner());
+    q.push_back(entry);
+    while q.len() > crate::server::RECENT_INGESTS {
+        q.pop_front();
+    }
+}
+
+/// `GET /admin/feeds`: this hub's latest admin-API ingests, newest first, with the lines each
+/// rejected and warned about.
+async fn feeds(State(hub): State<Arc<Hub>>) -> Response {
+    let q = hub.recent_ingests.lock().unwrap_or_else(|p| p.into_inner());
+    let ingests: Vec<serde_json::Value> = q.iter().rev().cloned().collect();
+    Json(json!({"ingests": ingests, "scope": "this hub's admin-API ingests since it started"}))
+        .into_response()
 }
 
 /// `GET /admin/whoami`: the operator the token names, for any role (the console's sign-in).

@@ -80,6 +80,12 @@ pub mod close_code {
     pub const SUPERSEDED: u32 = 5;
 }
 
+/// How many of its latest admin-API ingests a hub keeps for `GET /admin/feeds`.
+pub const RECENT_INGESTS: usize = 50;
+
+/// How many rejected lines and warnings each of those keeps (the counts are whole).
+pub const RECENT_INGEST_LINES: usize = 100;
+
 /// How often the hub looks for a changed CRL, inventory or deny list (one `stat` each).
 pub const REVALIDATE_POLL: Duration = Duration::from_secs(1);
 
@@ -132,6 +138,9 @@ pub struct Hub {
     pub inventory_cache: InventoryCache,
     /// The CRL, deny list and inventory shared through the database (hubs on PostgreSQL).
     pub fleet_docs: crate::fleet_docs::FleetDocs,
+    /// This hub's latest admin-API ingests, newest last (`GET /admin/feeds`), at most
+    /// [`RECENT_INGESTS`].
+    pub recent_ingests: Mutex<std::collections::VecDeque<serde_json::Value>>,
     /// What `/metrics` exposes.
     pub metrics: Metrics,
     /// Shift-token checks, fetch budget and the hub's own audit events for fetches.
@@ -281,6 +290,7 @@ impl Hub {
             config,
             inventory_cache,
             fleet_docs: crate::fleet_docs::FleetDocs::default(),
+            recent_ingests: Mutex::new(std::collections::VecDeque::new()),
             metrics,
             gate,
             denylist,

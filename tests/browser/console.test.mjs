@@ -188,6 +188,8 @@ test('a fleet engineer sees every unit, sorts and filters, and cannot read audit
   assert.equal(await page.locator('#fleet-table tbody tr').count(), 0);
   await page.fill('#fleet-filter', 'demo');
   assert.equal(await page.locator('#fleet-table tbody tr').count(), 1);
+  // The fleet's freshness chart: the live unit's copy is current.
+  await page.waitForFunction((u) => (document.querySelector('#freshness svg title')?.textContent || '').includes(`${u} live`), UNIT);
   await shot('console-fleet');
   await axe('console, fleet view');
   // The privacy view, asked for directly: the hub refuses and the page says so.
@@ -195,6 +197,34 @@ test('a fleet engineer sees every unit, sorts and filters, and cannot read audit
   await page.waitForFunction(() => /Refused: .*privacy operator role/.test(document.getElementById('status').textContent));
   const r = await adminGet(`/admin/audit?patient=${firstPatient}`, fleetToken);
   assert.equal(r.status, 403);
+});
+
+test('the feeds view shows each ingest with its rejected lines and why', async () => {
+  const good = fs.readFileSync(path.join(here, 'cases.ndjson'), 'utf8').split('\n').find((l) => l.trim());
+  const body = [good, '{"resourceType": "Bundle", "type": "collection", "entry": []}', 'this is not JSON'].join('\n');
+  const r = await fetch(`${admin}/admin/ingest?source=RJ1`, {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${fleetToken}`, 'Content-Type': 'application/x-ndjson' },
+    body,
+  });
+  const report = await r.json();
+  assert.equal(r.status, 200, JSON.stringify(report));
+  assert.equal(report.accepted, 1, JSON.stringify(report));
+  await signIn(fleetToken);
+  await page.waitForSelector('#tab-feeds');
+  await page.click('#tab-feeds');
+  await page.waitForFunction(() => /1 accepted/.test(document.getElementById('feeds-list').textContent));
+  const text = await page.textContent('#feeds-list');
+  assert.match(text, /source RJ1/);
+  assert.match(text, /2 rejected/);
+  const rows = await page.$$eval('#feeds-list details table tbody tr', (trs) => trs.map((tr) => tr.textContent));
+  assert.ok(rows.some((t) => t.startsWith('2')), JSON.stringify(rows));
+  assert.ok(rows.some((t) => t.startsWith('3')), JSON.stringify(rows));
+  await shot('console-feeds');
+  await axe('console, feeds view');
+  // A privacy officer is refused the feeds.
+  const p = await adminGet('/admin/feeds', privacyToken);
+  assert.equal(p.status, 403);
 });
 
 test('setting a cohort needs the unit id typed, and is recorded in the operator log', async () => {

@@ -5,6 +5,8 @@
 
 const KEY = 'kerbside-operator-token';
 const REFRESH_MS = 10000;
+const VIEWS = ['fleet', 'feeds', 'privacy'];
+const SVG = 'http://www.w3.org/2000/svg';
 const CERT_WARN_MS = 48 * 3600 * 1000;
 
 const $ = (id) => document.getElementById(id);
@@ -104,7 +106,7 @@ function signOut(message) {
   refreshTimer = null;
   $('who').hidden = true;
   $('tabs').hidden = true;
-  for (const id of ['fleet', 'privacy']) $(id).hidden = true;
+  for (const id of VIEWS) $(id).hidden = true;
   $('sign-in').hidden = false;
   const err = $('sign-in-error');
   err.hidden = !message;
@@ -132,7 +134,7 @@ async function signIn() {
 function route() {
   if (!me) return;
   const view = (location.hash || '').slice(1) || me.role;
-  for (const id of ['fleet', 'privacy']) {
+  for (const id of VIEWS) {
     $(id).hidden = id !== view;
     const tab = $(`tab-${id}`);
     if (id === view) tab.setAttribute('aria-current', 'page'); else tab.removeAttribute('aria-current');
@@ -143,6 +145,8 @@ function route() {
   if (view === 'fleet') {
     loadFleet();
     refreshTimer = setInterval(loadFleet, REFRESH_MS);
+  } else if (view === 'feeds') {
+    loadFeeds();
   } else if (view === 'privacy') {
     loadPrivacy();
   }
@@ -197,6 +201,54 @@ async function loadFleet() {
   renderFleet();
 }
 
+/// Seconds since the unit's copy was last brought up to date: 0 while connected and live.
+function copyAge(d) {
+  if (d.connected && d.live) return 0;
+  if (!d.last_seen) return null;
+  return Math.max(0, (Date.now() - Date.parse(d.last_seen)) / 1000);
+}
+
+function ageText(s) {
+  if (s === null) return 'never synced';
+  if (s === 0) return 'live';
+  if (s < 5400) return `${Math.round(s / 60)} min`;
+  if (s < 172800) return `${Math.round(s / 3600)} h`;
+  return `${Math.round(s / 86400)} days`;
+}
+
+function svg(tagName, attrs, ...children) {
+  const e = document.createElementNS(SVG, tagName);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
+  for (const c of children) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return e;
+}
+
+/// The fleet's freshness as horizontal bars (an image with a text alternative: the table has
+/// the same figures).
+function renderFreshness() {
+  const list = devices
+    .filter((d) => d.state === 'active')
+    .map((d) => ({ id: d.device_id, age: copyAge(d) }))
+    .sort((a, b) => (b.age ?? Infinity) - (a.age ?? Infinity))
+    .slice(0, 20);
+  const max = Math.max(3600, ...list.map((x) => x.age ?? 0));
+  const rowH = 22;
+  const width = 640;
+  const labelW = 150;
+  const chart = svg('svg', { role: 'img', viewBox: `0 0 ${width} ${Math.max(1, list.length) * rowH + 4}`, width, height: Math.max(1, list.length) * rowH + 4, 'aria-labelledby': 'freshness-title' },
+    svg('title', { id: 'freshness-title' }, `Copy age per unit: ${list.map((x) => `${x.id} ${ageText(x.age)}`).join('; ') || 'no units'}`));
+  list.forEach((x, i) => {
+    const y = i * rowH + 2;
+    const w = x.age === null ? width - labelW - 90 : Math.max(2, ((x.age) / max) * (width - labelW - 90));
+    const fill = x.age === null || x.age > 86400 ? '#b10e1e' : x.age > 3600 ? '#7a4a00' : '#00703c';
+    chart.append(
+      svg('text', { x: 0, y: y + 15, 'font-size': 13, fill: '#0b0c0c' }, x.id),
+      svg('rect', { x: labelW, y: y + 3, width: w, height: rowH - 8, fill }),
+      svg('text', { x: labelW + w + 6, y: y + 15, 'font-size': 13, fill: '#0b0c0c' }, ageText(x.age)));
+  });
+  $('freshness').replaceChildren(chart);
+}
+
 function tag(text, kind) {
   return el('span', { class: `tag ${kind}` }, text);
 }
@@ -221,6 +273,7 @@ function renderFleet() {
     if (b && b.dataset.sort === sortKey) th.setAttribute('aria-sort', sortDir > 0 ? 'ascending' : 'descending');
     else th.removeAttribute('aria-sort');
   }
+  renderFreshness();
   const body = document.querySelector('#fleet-table tbody');
   body.replaceChildren(...rows.map((d) => {
     const link = d.connected
@@ -311,6 +364,38 @@ async function wipe(d) {
   const r = await api('POST', '/admin/wipe', { device_id: d.device_id });
   say(r.ok ? `Wipe of ${d.device_id} ordered (recorded in the operator log).` : refusalText(r), !r.ok);
   loadFleet();
+}
+
+// ------------------------------------------------------------------ feeds
+
+function lines(items, key, caption) {
+  if (!items.length) return null;
+  return el('div', { class: 'table-wrap' }, el('table', {},
+    el('caption', {}, caption),
+    el('thead', {}, el('tr', {}, el('th', { scope: 'col' }, 'Line'), el('th', { scope: 'col' }, 'Item'), el('th', { scope: 'col' }, key === 'error' ? 'Why it was rejected' : 'Warning'))),
+    el('tbody', {}, ...items.map((x) => el('tr', {}, el('td', {}, String(x.line)), el('td', {}, x.entry == null ? '' : String(x.entry)), el('td', {}, x[key] || ''))))));
+}
+
+async function loadFeeds() {
+  const r = await api('GET', '/admin/feeds');
+  if (!r.ok) {
+    if (r.status !== 401) { say(refusalText(r), true); $('feeds-list').replaceChildren(el('p', { class: 'error' }, refusalText(r))); }
+    return;
+  }
+  const ingests = r.body.ingests || [];
+  if (!ingests.length) { $('feeds-list').replaceChildren(el('p', {}, 'No ingests over the admin API since this hub started.')); return; }
+  $('feeds-list').replaceChildren(...ingests.map((g) => {
+    const name = [g.feed && `feed ${g.feed}`, g.source && `source ${g.source}`, g.snapshot && 'snapshot'].filter(Boolean).join(', ') || 'no feed named';
+    const kind = g.rejected_total > 0 ? 'bad' : g.warnings_total > 0 ? 'warn' : 'ok';
+    return el('article', { class: 'card ingest' },
+      el('h3', {}, `${when(g.at)} · ${name}`),
+      el('p', {}, tag(`${g.accepted} accepted`, 'ok'), ' ', tag(`${g.rejected_total} rejected`, g.rejected_total ? 'bad' : 'off'), ' ',
+        tag(`${g.warnings_total} warnings`, g.warnings_total ? 'warn' : 'off'), ` · ${g.changed} summaries changed · by ${g.operator_id || '?'}`),
+      kind === 'ok' ? null : el('details', { open: g.rejected_total > 0 },
+        el('summary', {}, 'Lines'),
+        lines(g.rejected || [], 'error', `Rejected lines (${g.rejected.length} of ${g.rejected_total} shown)`),
+        lines(g.warnings || [], 'warning', `Warnings (${g.warnings.length} of ${g.warnings_total} shown)`)));
+  }));
 }
 
 // ------------------------------------------------------------------ privacy
