@@ -79,6 +79,8 @@ pub struct AdminState {
     pub hub: Arc<Hub>,
     pub auth: Arc<AdminAuth>,
     pub log: Arc<OperatorLog>,
+    /// The privacy officer's reviews of alerts.
+    pub reviews: Arc<crate::review::Reviews>,
 }
 
 impl FromRef<AdminState> for Arc<Hub> {
@@ -94,7 +96,16 @@ impl AdminState {
             Some(pg) => OperatorLog::postgres(pg.clone()),
             None => OperatorLog::open(&hub.local)?,
         });
-        Ok(AdminState { hub, auth, log })
+        let reviews = Arc::new(match &hub.shared {
+            Some(pg) => crate::review::Reviews::Pg(pg.clone()),
+            None => crate::review::Reviews::open(&hub.local)?,
+        });
+        Ok(AdminState {
+            hub,
+            auth,
+            log,
+            reviews,
+        })
     }
 }
 
@@ -138,6 +149,7 @@ pub fn admin_router(state: AdminState) -> Router {
         .route("/admin/audit/verify", get(audit_verify))
         .route("/admin/audit/export", get(audit_export))
         .route("/admin/alerts", get(alerts))
+        .route("/admin/alerts/review", post(review_alert))
         .route("/admin/wipe", post(wipe))
         .route("/admin/operator-log", get(operator_log))
         .route("/admin/whoami", get(whoami))
@@ -771,8 +783,29 @@ async fn alerts(
     let repo = st.hub.audit.clone();
     match tokio::task::spawn_blocking(move || repo.alerts_page(q.cursor.as_deref(), limit)).await {
         Ok(Ok(Ok(page))) => {
-            let v: Vec<serde_json::Value> =
-                page.events.iter().map(crate::audit::event_json).collect();
+            let keys: Vec<(String, u64)> = page
+                .events
+                .iter()
+                .map(|e| (e.device_id.as_str().to_owned(), e.seq))
+                .collect();
+            let reviews = st.reviews.clone();
+            let found = match blocking(move || reviews.of(&keys)).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => return internal(e),
+                Err(e) => return internal(e),
+            };
+            let v: Vec<serde_json::Value> = page
+                .events
+                .iter()
+                .map(|e| {
+                    let mut j = crate::audit::event_json(e);
+                    if let Some(m) = j.as_object_mut() {
+                        let r = found.get(&(e.device_id.as_str().to_owned(), e.seq));
+                        m.insert("review".into(), json!(r));
+                    }
+                    j
+                })
+                .collect();
             Json(json!({"alerts": v, "next_cursor": page.next_cursor, "hub_alerts": hub_alerts}))
                 .into_response()
         }
@@ -780,6 +813,95 @@ async fn alerts(
         Ok(Err(e)) => internal(e),
         Err(e) => internal(e),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReviewReq {
+    device_id: String,
+    seq: u64,
+    note: String,
+}
+
+/// `POST /admin/alerts/review` `{"device_id", "seq", "note"}`: mark a break-glass access or
+/// security alert reviewed, with a note (1 to 2,000 characters). One review per event: a second
+/// is refused with 409 `already_reviewed`.
+async fn review_alert(
+    State(st): State<AdminState>,
+    axum::Extension(Operator(op)): axum::Extension<Operator>,
+    body: Bytes,
+) -> Response {
+    let req: ReviewReq = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("the body is {{\"device_id\", \"seq\", \"note\"}}: {e}"),
+            )
+        }
+    };
+    let note = req.note.trim().to_owned();
+    if note.is_empty() || note.chars().count() > crate::review::MAX_NOTE_CHARS {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!(
+                "a review needs a note of 1 to {} characters",
+                crate::review::MAX_NOTE_CHARS
+            ),
+        );
+    }
+    let target = format!("review {}#{}", req.device_id, req.seq);
+    let repo = st.hub.audit.clone();
+    let (dev, seq) = (req.device_id.clone(), req.seq);
+    let event = match blocking(move || repo.event(&dev, seq)).await {
+        Ok(Ok(e)) => e,
+        Ok(Err(e)) => return internal(e),
+        Err(e) => return internal(e),
+    };
+    let Some(event) = event else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "unknown_event",
+            format!(
+                "the hub holds no audit event {}",
+                target.trim_start_matches("review ")
+            ),
+        );
+    };
+    if !crate::audit::is_alert(&event) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "not_an_alert",
+            "only break-glass accesses and security alerts are reviewed",
+        );
+    }
+    let review = crate::review::Review {
+        reviewed_at: now().to_rfc3339(),
+        operator_id: op.operator_id.clone(),
+        operator_name: op.operator_name.clone(),
+        note,
+    };
+    let reviews = st.reviews.clone();
+    let (dev, r) = (req.device_id.clone(), review.clone());
+    let stored = match blocking(move || reviews.record(&dev, seq, &r)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return internal(e),
+        Err(e) => return internal(e),
+    };
+    let mut resp = if stored {
+        info!(operator = %op.operator_id, "an alert was marked reviewed");
+        Json(json!({"reviewed": true, "review": review})).into_response()
+    } else {
+        error(
+            StatusCode::CONFLICT,
+            "already_reviewed",
+            "this alert has been reviewed already",
+        )
+    };
+    resp.extensions_mut().insert(OpTarget(target));
+    resp
 }
 
 #[derive(Deserialize)]

@@ -500,6 +500,18 @@ impl AuditRepo {
     }
 
     /// Re-verify a device's whole stored trail: continuity from its first seq and the chain.
+    /// One stored event, if the repository holds it.
+    pub fn event(&self, device: &str, seq: u64) -> Result<Option<AuditEvent>, StoreError> {
+        match &self.backend {
+            Backend::Sled(s) => s
+                .events
+                .get(ekey(device, seq))?
+                .map(|v| cbor::from_slice(&v).map_err(corrupt))
+                .transpose(),
+            Backend::Pg(p) => p.audit_event(device, seq),
+        }
+    }
+
     pub fn verify(&self, device: &str) -> Result<Value, StoreError> {
         let mut v = Verifier::default();
         match &self.backend {

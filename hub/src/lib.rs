@@ -32,5 +32,6 @@ pub mod perms;
 pub mod pg;
 pub mod prefetch;
 pub mod renewal;
+pub mod review;
 pub mod server;
 pub mod store;

@@ -123,6 +123,7 @@ pub fn required_role(route: &str) -> Option<OperatorRole> {
         | "/admin/audit/verify"
         | "/admin/audit/export"
         | "/admin/alerts"
+        | "/admin/alerts/review"
         | "/admin/objection"
         | "/admin/operator-log" => Some(OperatorRole::Privacy),
         _ => None,

@@ -275,6 +275,50 @@ test('a privacy officer finds who accessed a patient, checks a chain, and cannot
   await page.click('#q-verify button[type=submit]');
   await page.waitForFunction(() => /chain intact/.test(document.getElementById('privacy-result').textContent));
   assert.match(await page.textContent('#privacy-result'), /No gaps/);
+  // A break-glass read on the unit reaches the review list; the officer marks it reviewed with
+  // a note, once.
+  const bg = await fetch(`${lan}/v1/patients/${firstPatient}`, {
+    headers: { Authorization: `Bearer ${shiftToken}`, 'X-Purpose-Of-Use': 'ETREAT', 'X-Break-Glass-Reason': 'console test: unconscious, no other source' },
+  });
+  assert.equal(bg.status, 200);
+  await waitFor(async () => {
+    const q = await adminGet('/admin/alerts', privacyToken);
+    return q.status === 200 && q.body.alerts.some((e) => e.break_glass_reason && e.break_glass_reason.startsWith('console test'));
+  }, 'the break-glass access to reach the hub', 60_000);
+  await page.reload();
+  await page.waitForSelector('#alerts button');
+  const before = await page.textContent('#alerts');
+  assert.match(before, /console test: unconscious/);
+  const pendingBefore = Number(/(\d+) awaiting review/.exec(before)[1]);
+  assert.ok(pendingBefore >= 1, before);
+  await page.click('#alerts button');
+  await page.waitForSelector('#confirm[open]');
+  assert.equal(await page.isDisabled('#confirm-ok'), true, 'a review needs a note');
+  await page.fill('#review-note', 'Checked with the crew lead: patient unconscious, appropriate.');
+  assert.equal(await page.isDisabled('#confirm-ok'), false);
+  await page.click('#confirm-ok');
+  await page.waitForFunction(() => /reviewed by DEMO, Privacy officer/.test(document.getElementById('alerts').textContent));
+  assert.match(await page.textContent('#alerts'), /Checked with the crew lead/);
+  const reviewed = (await adminGet('/admin/alerts', privacyToken)).body.alerts.find((e) => e.review);
+  assert.equal(reviewed.review.operator_id, 'IG-DEMO');
+  const again = await fetch(`${admin}/admin/alerts/review`, {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${privacyToken}`, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ device_id: reviewed.device_id, seq: reviewed.seq, note: 'again' }),
+  });
+  assert.equal(again.status, 409, 'one review per alert');
+  const empty = await fetch(`${admin}/admin/alerts/review`, {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${privacyToken}`, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ device_id: reviewed.device_id, seq: reviewed.seq, note: '  ' }),
+  });
+  assert.equal(empty.status, 400, 'a review needs a note');
+  const byFleet = await fetch(`${admin}/admin/alerts/review`, {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${fleetToken}`, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ device_id: reviewed.device_id, seq: reviewed.seq, note: 'not mine to review' }),
+  });
+  assert.equal(byFleet.status, 403, 'a fleet engineer cannot review');
   // An export of today's events downloads as NDJSON of FHIR AuditEvents.
   const today = new Date().toISOString().slice(0, 10);
   await page.fill('#q-export-since', today);

@@ -145,7 +145,7 @@ fn a_hub_on_postgres_ingests_and_syncs_across_kill_9() {
     let out = edge_hub(&["migrate"], &hub_toml(&f));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        out.status.success() && text.contains("applied 1, 2, 3, 4, 5, 6"),
+        out.status.success() && text.contains("applied 1, 2, 3, 4, 5, 6, 7"),
         "{text}"
     );
     let out = edge_hub(&["migrate"], &hub_toml(&f));

@@ -43,6 +43,61 @@ fn event_of(r: &Row, col: usize) -> Result<AuditEvent, StoreError> {
 }
 
 impl PgStore {
+    /// One stored event, if the repository holds it.
+    pub fn audit_event(&self, device: &str, seq: u64) -> Result<Option<AuditEvent>, StoreError> {
+        let c = self.conn()?;
+        let row = block_on(client(&c).query_opt(
+            "SELECT body FROM audit_event WHERE device = $1 AND seq = $2",
+            &[&device, &i64::try_from(seq).unwrap_or(i64::MAX)],
+        ))
+        .map_err(pg)?;
+        row.map(|r| event_of(&r, 0)).transpose()
+    }
+
+    /// Store a review of an event unless it has one; `true` when stored.
+    pub fn review_insert(&self, device: &str, seq: u64, review: &[u8]) -> Result<bool, StoreError> {
+        let c = self.conn()?;
+        let n = block_on(client(&c).execute(
+            "INSERT INTO audit_review (device, seq, review) VALUES ($1, $2, $3) \
+             ON CONFLICT (device, seq) DO NOTHING",
+            &[&device, &i64::try_from(seq).unwrap_or(i64::MAX), &review],
+        ))
+        .map_err(pg)?;
+        Ok(n == 1)
+    }
+
+    /// The reviews of these events (those that have one).
+    pub fn reviews_of(
+        &self,
+        keys: &[(String, u64)],
+    ) -> Result<Vec<(String, u64, Vec<u8>)>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let devices: Vec<&str> = keys.iter().map(|(d, _)| d.as_str()).collect();
+        let seqs: Vec<i64> = keys
+            .iter()
+            .map(|(_, s)| i64::try_from(*s).unwrap_or(i64::MAX))
+            .collect();
+        let c = self.conn()?;
+        let rows = block_on(client(&c).query(
+            "SELECT r.device, r.seq, r.review FROM audit_review r \
+             JOIN unnest($1::text[], $2::int8[]) AS k(device, seq) ON r.device = k.device AND r.seq = k.seq",
+            &[&devices, &seqs],
+        ))
+        .map_err(pg)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<_, String>(0),
+                    u64::try_from(r.get::<_, i64>(1)).unwrap_or(0),
+                    r.get::<_, Vec<u8>>(2),
+                )
+            })
+            .collect())
+    }
+
     /// A device's audit summary (empty for a device never heard from).
     pub fn audit_device(&self, device: &str) -> Result<DeviceAudit, StoreError> {
         let c = self.conn()?;

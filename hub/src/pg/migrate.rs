@@ -47,6 +47,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "cohort_columns",
         sql: include_str!("migrations/0006_cohort_columns.sql"),
     },
+    Migration {
+        version: 7,
+        name: "audit_review",
+        sql: include_str!("migrations/0007_audit_review.sql"),
+    },
 ];
 
 /// The advisory lock every hub's migration run holds ("kerbside" in ASCII).

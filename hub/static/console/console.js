@@ -314,28 +314,38 @@ function renderFleet() {
   }));
 }
 
-function confirmDialog({ title, text, extra, typed, ok }) {
+/// A modal confirmation. With `typed`, the button stays disabled until that text is typed
+/// exactly; without it, until `valid()` (checked as the extra fields change) holds.
+function confirmDialog({ title, text, extra, typed, ok, valid }) {
   return new Promise((resolve) => {
     const dlg = $('confirm');
     $('confirm-h').textContent = title;
     $('confirm-text').textContent = text;
     $('confirm-extra').replaceChildren(...(extra ? [extra] : []));
-    $('confirm-typed-label').textContent = `Type ${typed} to confirm`;
     const input = $('confirm-typed');
+    const label = $('confirm-typed-label');
+    label.hidden = !typed;
+    input.hidden = !typed;
+    label.textContent = typed ? `Type ${typed} to confirm` : '';
     const okBtn = $('confirm-ok');
     okBtn.textContent = ok;
     input.value = '';
-    okBtn.disabled = true;
-    input.oninput = () => { okBtn.disabled = input.value.trim() !== typed; };
+    const check = () => {
+      okBtn.disabled = typed ? input.value.trim() !== typed : !(valid && valid());
+    };
+    check();
+    input.oninput = check;
+    if (extra) extra.oninput = check;
     $('confirm-cancel').onclick = () => { dlg.close(); resolve(false); };
     $('confirm-form').onsubmit = (e) => {
       e.preventDefault();
-      if (input.value.trim() !== typed) return;
+      if (okBtn.disabled) return;
       dlg.close();
       resolve(true);
     };
     dlg.showModal();
-    (extra && extra.querySelector('input') ? extra.querySelector('input') : input).focus();
+    const first = extra && extra.querySelector('input, textarea');
+    (first || input).focus();
   });
 }
 
@@ -400,12 +410,13 @@ async function loadFeeds() {
 
 // ------------------------------------------------------------------ privacy
 
-function eventsTable(events, caption) {
+function eventsTable(events, caption, extra) {
   if (!events.length) return el('p', {}, `${caption}: none.`);
+  const heads = ['When', 'Unit', 'Staff', 'Role', 'Purpose', 'Action', 'Outcome', 'Patient', 'Break-glass reason'];
+  if (extra) heads.push(extra.head);
   return el('div', { class: 'table-wrap' }, el('table', {},
     el('caption', {}, caption),
-    el('thead', {}, el('tr', {}, ...['When', 'Unit', 'Staff', 'Role', 'Purpose', 'Action', 'Outcome', 'Patient', 'Break-glass reason']
-      .map((h) => el('th', { scope: 'col' }, h)))),
+    el('thead', {}, el('tr', {}, ...heads.map((h) => el('th', { scope: 'col' }, h)))),
     el('tbody', {}, ...events.map((e) => el('tr', {},
       el('td', {}, when(e.recorded)),
       el('td', {}, e.device_id || ''),
@@ -415,8 +426,36 @@ function eventsTable(events, caption) {
       el('td', {}, e.action || ''),
       el('td', {}, [e.outcome, e.outcome_reason].filter(Boolean).join(': ')),
       el('td', {}, e.patient || ''),
-      el('td', {}, e.break_glass_reason || '')))),
+      el('td', {}, e.break_glass_reason || ''),
+      extra ? el('td', {}, extra.cell(e)) : null))),
   ));
+}
+
+/// The review cell of an alert: who reviewed it, when and their note; or the button to do so.
+function reviewCell(e) {
+  if (e.review) {
+    return el('span', {}, tag('reviewed', 'ok'), ` by ${e.review.operator_name} (${e.review.operator_id}), ${when(e.review.reviewed_at)}: `, el('q', {}, e.review.note));
+  }
+  return el('button', { type: 'button', onclick: () => review(e), 'aria-label': `Mark the ${e.action} by ${e.staff_id || 'unknown staff'} on ${e.device_id} (event ${e.seq}) reviewed` }, 'Mark reviewed…');
+}
+
+async function review(e) {
+  const note = el('textarea', { id: 'review-note', rows: 4, maxlength: 2000, 'aria-describedby': 'review-hint' });
+  const extra = el('div', {},
+    el('label', { for: 'review-note' }, 'Note (what was checked, with whom, the outcome)'),
+    note,
+    el('p', { id: 'review-hint', class: 'hint' }, 'Required. Kept with the review and in the operator log; the audit event itself never changes.'));
+  const yes = await confirmDialog({
+    title: `Review: ${e.action} on ${e.device_id} by ${e.staff_name || e.staff_id || 'unknown staff'}`,
+    text: `${when(e.recorded)} · patient ${e.patient || '—'} · reason given: ${e.break_glass_reason || '(none)'}`,
+    extra,
+    ok: 'Mark reviewed',
+    valid: () => note.value.trim().length > 0,
+  });
+  if (!yes) return;
+  const r = await api('POST', '/admin/alerts/review', { device_id: e.device_id, seq: e.seq, note: note.value.trim() });
+  say(r.ok ? `Marked reviewed (recorded in the operator log).` : refusalText(r), !r.ok);
+  loadPrivacy();
 }
 
 function showResult(node) {
@@ -435,7 +474,11 @@ async function loadPrivacy() {
     return;
   }
   const hubAlerts = (a.body.hub_alerts || []).map((h) => el('p', { class: 'error' }, h.message));
-  $('alerts').replaceChildren(...hubAlerts, eventsTable(a.body.alerts || [], 'Break-glass accesses and security alerts, newest first'));
+  const alerts = a.body.alerts || [];
+  const pending = alerts.filter((x) => !x.review).length;
+  $('alerts').replaceChildren(...hubAlerts,
+    el('p', {}, el('strong', {}, String(pending)), ` awaiting review of the ${alerts.length} shown`),
+    eventsTable(alerts, 'Break-glass accesses and security alerts, newest first', { head: 'Review', cell: reviewCell }));
   const l = await api('GET', '/admin/operator-log?limit=50');
   if (l.ok) {
     const entries = l.body.entries || [];

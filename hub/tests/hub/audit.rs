@@ -649,3 +649,56 @@ fn the_fetch_budget_in_postgres_is_one_budget_for_every_hub() {
         .any(|d| d.serve && d.over_budget && d.alerts.is_empty()));
     assert!(seen.iter().any(|d| !d.serve && !d.alerts.is_empty()));
 }
+
+/// Reviews of alerts (the console's "mark reviewed"): one per event, found again by key, on
+/// both backends; an event is read back by (device, seq).
+fn reviews_keep_one_per_alert(repo: &AuditRepo, reviews: &edge_hub::review::Reviews) {
+    let mut events = chain(DEV, 3, &nhs(0), STAFF);
+    events[1].action = edge_proto::audit::AuditAction::BreakGlass;
+    let prev = events[0].hash;
+    events[1].seal(2, prev).unwrap();
+    let h = events[1].hash;
+    events[2].seal(3, h).unwrap();
+    repo.store(&dev(), &events).unwrap();
+    assert_eq!(repo.event(DEV, 2).unwrap().unwrap().hash, events[1].hash);
+    assert_eq!(repo.event(DEV, 9).unwrap(), None);
+    assert_eq!(repo.event("LAS-AMB-0404", 2).unwrap(), None);
+    let r = edge_hub::review::Review {
+        reviewed_at: "2026-12-05T12:00:00Z".into(),
+        operator_id: "IG-0001".into(),
+        operator_name: "OFFICER, Privacy".into(),
+        note: "checked with the crew".into(),
+    };
+    assert!(reviews.record(DEV, 2, &r).unwrap());
+    let other = edge_hub::review::Review {
+        note: "a second opinion".into(),
+        ..r.clone()
+    };
+    assert!(
+        !reviews.record(DEV, 2, &other).unwrap(),
+        "one review per alert"
+    );
+    let found = reviews
+        .of(&[(DEV.to_owned(), 2), (DEV.to_owned(), 3)])
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[&(DEV.to_owned(), 2)], r);
+}
+
+#[test]
+fn reviews_keep_one_per_alert_embedded() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::open(dir.path()).unwrap();
+    let repo = AuditRepo::open(&db).unwrap();
+    let reviews = edge_hub::review::Reviews::open(&db).unwrap();
+    reviews_keep_one_per_alert(&repo, &reviews);
+}
+
+#[test]
+fn reviews_keep_one_per_alert_postgres() {
+    let Some(db) = TestDb::create() else { return };
+    let store = Arc::new(PgStore::connect(&db.options()).unwrap());
+    let repo = AuditRepo::postgres(store.clone());
+    let reviews = edge_hub::review::Reviews::Pg(store);
+    reviews_keep_one_per_alert(&repo, &reviews);
+}
