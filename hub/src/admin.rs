@@ -144,6 +144,7 @@ pub fn admin_router(state: AdminState) -> Router {
         .route("/admin/ingest", post(ingest))
         .route("/admin/devices", get(devices))
         .route("/admin/objection", post(objection))
+        .route("/admin/objection/status", get(objection_status))
         .route("/admin/cohort", post(cohort))
         .route("/admin/audit", get(audit_query))
         .route("/admin/audit/verify", get(audit_verify))
@@ -813,6 +814,54 @@ async fn alerts(
         Ok(Err(e)) => internal(e),
         Err(e) => internal(e),
     }
+}
+
+#[derive(Deserialize)]
+struct ObjectionStatusQuery {
+    seq: u64,
+}
+
+/// `GET /admin/objection/status?seq=S`: which units have dropped the record an objection
+/// withdrew at feed position `S` (the `seq` `POST /admin/objection` answered): a unit has, once
+/// it has acknowledged every change up to `S`. Revoked units are listed apart (they sync no
+/// more; a wipe is their remedy).
+async fn objection_status(
+    State(hub): State<Arc<Hub>>,
+    q: Result<Query<ObjectionStatusQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = q else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "give seq=N, the position POST /admin/objection answered",
+        );
+    };
+    let rows = match blocking(move || device_rows(&hub)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return internal(e),
+        Err(e) => return internal(e),
+    };
+    let mut pending = 0u64;
+    let units: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|d| {
+            let cursor = d["cursor"].as_u64();
+            let revoked = d["revoked"].as_bool().unwrap_or(false);
+            let dropped = cursor.is_some_and(|c| c >= q.seq);
+            if !dropped && !revoked {
+                pending += 1;
+            }
+            json!({
+                "device_id": d["device_id"],
+                "dropped": dropped,
+                "revoked": revoked,
+                "cursor": cursor,
+                "connected": d["connected"],
+                "last_seen": d["last_seen"],
+            })
+        })
+        .collect();
+    Json(json!({"seq": q.seq, "pending": pending, "units": units})).into_response()
 }
 
 #[derive(Deserialize)]

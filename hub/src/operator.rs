@@ -125,6 +125,7 @@ pub fn required_role(route: &str) -> Option<OperatorRole> {
         | "/admin/alerts"
         | "/admin/alerts/review"
         | "/admin/objection"
+        | "/admin/objection/status"
         | "/admin/operator-log" => Some(OperatorRole::Privacy),
         _ => None,
     }

@@ -39,6 +39,7 @@ let shiftToken;
 let fleetToken;
 let privacyToken;
 let firstPatient;
+let objectedPatient;
 let browser;
 let page;
 const pageProblems = [];
@@ -124,7 +125,9 @@ before(async () => {
   admin = m[1];
   [fleetToken, privacyToken] = [...demoOut.matchAll(/OPERATOR_TOKEN=(\S+)/g)].map((x) => x[1]);
   shiftToken = /export TOKEN=(\S+)/.exec(demoOut)[1];
-  firstPatient = /^\s+(\d{10})\s/m.exec(demoOut.split('Patients to try:')[1])[1];
+  const tried = [...demoOut.split('Patients to try:')[1].matchAll(/^\s+(\d{10})\s/gm)].map((x) => x[1]);
+  [firstPatient, objectedPatient] = tried;
+  assert.ok(objectedPatient && objectedPatient !== firstPatient, demoOut);
   browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
   const context = await browser.newContext({ viewport: { width: 1366, height: 768 } });
   page = await context.newPage();
@@ -330,6 +333,19 @@ test('a privacy officer finds who accessed a patient, checks a chain, and cannot
   const lines = text.split('\n').filter(Boolean).map((l) => JSON.parse(l));
   assert.ok(lines.length >= 1 && lines.every((e) => e.resourceType === 'AuditEvent'), text.slice(0, 500));
   assert.ok(lines.some((e) => JSON.stringify(e).includes(firstPatient)), 'the read is in the export');
+  // An objection, typed twice over: the record goes from the unit, and the page says when.
+  const held = await fetch(`${lan}/v1/patients/${objectedPatient}`, { headers: { Authorization: `Bearer ${shiftToken}` } });
+  assert.equal(held.status, 200, 'the unit holds the record before the objection');
+  await page.fill('#q-objection-nhs', objectedPatient);
+  await page.click('#q-objection button[type=submit]');
+  await page.waitForSelector('#confirm[open]');
+  await page.fill('#confirm-typed', objectedPatient.slice(0, 9));
+  assert.equal(await page.isDisabled('#confirm-ok'), true);
+  await page.fill('#confirm-typed', objectedPatient);
+  await page.click('#confirm-ok');
+  await page.waitForFunction((n) => document.getElementById('privacy-result').textContent.includes(`Every unit has dropped the record of ${n}`), objectedPatient, { timeout: 60_000 });
+  const gone = await fetch(`${lan}/v1/patients/${objectedPatient}`, { headers: { Authorization: `Bearer ${shiftToken}` } });
+  assert.notEqual(gone.status, 200, 'the unit no longer answers the record');
   // The operator log shows the fleet engineer's cohort change.
   await page.waitForFunction(() => /POST \/admin\/cohort/.test(document.getElementById('oplog').textContent));
   await shot('console-privacy');

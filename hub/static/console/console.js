@@ -514,6 +514,31 @@ async function query(kind, value) {
   say(`${(r.body.events || []).length} events (this query is recorded in the operator log).`);
 }
 
+let objectionTimer = null;
+
+/// Which units have dropped a withdrawn record, refreshed until every unit has (or the view
+/// changes).
+async function watchObjection(nhs, seq) {
+  if (objectionTimer) clearTimeout(objectionTimer);
+  const r = await api('GET', `/admin/objection/status?seq=${seq}`);
+  if (!r.ok) { say(refusalText(r), true); return; }
+  const units = r.body.units || [];
+  const head = r.body.pending === 0
+    ? el('p', {}, tag('done', 'ok'), ` Every unit has dropped the record of ${nhs}.`)
+    : el('p', {}, tag(`${r.body.pending} pending`, 'warn'), ` units still hold the record of ${nhs} until they next sync (checked every 5 seconds).`);
+  const box = $('privacy-result');
+  box.replaceChildren(head, el('div', { class: 'table-wrap' }, el('table', {},
+    el('caption', {}, `Objection for ${nhs}: withdrawn at feed position ${seq}`),
+    el('thead', {}, el('tr', {}, ...['Unit', 'Record dropped', 'Link'].map((h) => el('th', { scope: 'col' }, h)))),
+    el('tbody', {}, ...units.map((u) => el('tr', {},
+      el('th', { scope: 'row' }, u.device_id),
+      el('td', {}, u.revoked ? tag('revoked (wipe it)', 'bad') : u.dropped ? tag('dropped', 'ok') : tag('not yet', 'warn')),
+      el('td', {}, u.connected ? 'connected' : `last seen ${ago(u.last_seen)}`)))))));
+  if (r.body.pending > 0 && !$('privacy').hidden) {
+    objectionTimer = setTimeout(() => watchObjection(nhs, seq), 5000);
+  }
+}
+
 function wirePrivacy() {
   wireNhs('q-patient-nhs');
   wireNhs('q-objection-nhs');
@@ -571,6 +596,8 @@ function wirePrivacy() {
     if (!yes) return;
     const r = await api('POST', '/admin/objection', { nhs_number: v });
     say(r.ok ? `Objection recorded for ${v}; every unit drops the record at its next sync.` : refusalText(r), !r.ok);
+    if (r.ok && r.body.seq != null) watchObjection(v, r.body.seq);
+    else if (r.ok) showResult(el('p', {}, `${v} was already withdrawn.`));
   });
 }
 
