@@ -1442,6 +1442,11 @@ pub fn device_rows(hub: &Hub) -> anyhow::Result<Vec<serde_json::Value>> {
             .ok()
             .and_then(|dev| connected.get(&dev).map(|c| c.progress.clone()));
         let cursor = live.as_ref().and_then(|p| p.acked_cursor).or(d.cursor);
+        // The oldest change the unit has not acknowledged: when it was written.
+        let oldest_missing_at = match cursor {
+            Some(c) if c < head => hub.store.written_at(c + 1).ok().flatten(),
+            _ => None,
+        };
         rows.insert(
             id.to_owned(),
             serde_json::json!({
@@ -1454,6 +1459,7 @@ pub fn device_rows(hub: &Hub) -> anyhow::Result<Vec<serde_json::Value>> {
                 "last_seen": d.last_seen.map(|t| t.to_rfc3339()),
                 "cursor": cursor,
                 "head": head,
+                "oldest_missing_at": oldest_missing_at.map(|t| t.to_rfc3339()),
                 "audit_received_seq": d.audit_received_seq,
                 "revoked": revoked,
                 "connected": live.is_some(),

@@ -215,6 +215,8 @@ pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
 pub trait FeedStore: HubFeed + Send + Sync + std::fmt::Debug {
     /// The highest feed position issued (0 when the feed is empty).
     fn head(&self) -> Result<u64, StoreError>;
+    /// When the feed entry at `seq` was written (`None`: no such entry, or compacted away).
+    fn written_at(&self, seq: u64) -> Result<Option<UnixMillis>, StoreError>;
     /// Patients with a current, non-withdrawn summary.
     fn patient_count(&self) -> Result<u64, StoreError>;
     /// The current summary of a patient (also while withdrawn), for the hub's own use.
@@ -1265,6 +1267,13 @@ impl ChunkReader for HubStore {
 impl FeedStore for HubStore {
     fn head(&self) -> Result<u64, StoreError> {
         HubStore::head(self)
+    }
+
+    fn written_at(&self, seq: u64) -> Result<Option<UnixMillis>, StoreError> {
+        self.tree
+            .get(fkey(seq))?
+            .map(|v| decode::<FeedDisk>(b"f", &v).map(|e| e.at))
+            .transpose()
     }
 
     fn patient_count(&self) -> Result<u64, StoreError> {

@@ -774,6 +774,13 @@ impl FeedStore for PgStore {
         Ok(u64_of(row.get(0)))
     }
 
+    fn written_at(&self, seq: u64) -> Result<Option<UnixMillis>, StoreError> {
+        let c = self.conn()?;
+        let row = block_on(c.query_opt("SELECT at FROM feed WHERE seq = $1", &[&i64_of(seq)]))
+            .map_err(pg)?;
+        Ok(row.map(|r| UnixMillis(r.get(0))))
+    }
+
     fn patient_count(&self) -> Result<u64, StoreError> {
         let c = self.conn()?;
         let row = block_on(c.query_one(

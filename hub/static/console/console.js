@@ -303,7 +303,9 @@ function renderFleet() {
       el('td', {}, [d.callsign, d.site].filter(Boolean).join(' / ') || '—'),
       el('td', {}, d.cohort || '—'),
       el('td', {}, link),
-      el('td', {}, d.lag === null ? '—' : d.lag > 0 ? tag(String(d.lag), 'warn') : '0'),
+      el('td', {}, d.lag === null ? '—' : d.lag > 0
+        ? el('span', {}, tag(String(d.lag), 'warn'), d.oldest_missing_at ? el('span', { class: 'muted' }, ` oldest from ${ago(d.oldest_missing_at)}`) : null)
+        : '0'),
       el('td', {}, d.records == null ? '—' : el('span', {}, String(d.records), el('br'), el('span', { class: 'muted' }, `reported ${ago(d.health && d.health.at)}`))),
       el('td', {}, d.backlog == null ? '—' : d.backlog > 0 ? tag(String(d.backlog), 'warn') : '0'),
       el('td', {}, cert || '—'),

@@ -241,6 +241,9 @@ fn ingest_assembles_summaries_and_appends_each_to_the_feed(b: &mut Backend) {
     assert_eq!((cur.seq, cur.version), (2, 1));
     assert!(matches!(cur.body, FeedBody::Record(_)));
     assert!(store.get(&nhs_number(7)).unwrap().is_none());
+    // When each entry was written (the console's "oldest change not yet at the unit").
+    assert_eq!(store.written_at(1).unwrap(), Some(T0));
+    assert_eq!(store.written_at(999).unwrap(), None);
 }
 
 fn an_empty_store_has_an_empty_feed(b: &mut Backend) {
