@@ -22,7 +22,7 @@
 //! the fleet directory, and the files reach one hub or all of them — and a revocation that
 //! reaches any hub's file reaches every hub within a couple of seconds.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 
 use crate::pg::fleet::Stored;
 use crate::pg::PgStore;
-use crate::server::Hub;
+use crate::server::{stamp, Hub};
 
 /// One kind of fleet document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,11 +78,6 @@ impl Kind {
 
 /// What identifies one version of a file: modification time and length.
 type Stamp = Option<(Option<SystemTime>, u64)>;
-
-fn stamp(path: &Path) -> Stamp {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok(), m.len()))
-}
 
 /// The version a valid document carries, or why it is not valid.
 fn check(kind: Kind, hub: &Hub, bytes: &[u8]) -> Result<u64, String> {

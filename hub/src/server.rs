@@ -497,7 +497,7 @@ struct ConnSnapshot {
 }
 
 /// A file's identity for change detection: modification time and length.
-fn stamp(path: &std::path::Path) -> Option<(Option<std::time::SystemTime>, u64)> {
+pub(crate) fn stamp(path: &std::path::Path) -> Option<(Option<std::time::SystemTime>, u64)> {
     let m = std::fs::metadata(path).ok()?;
     Some((m.modified().ok(), m.len()))
 }

@@ -60,6 +60,27 @@ struct Unit {
     cohort: Vec<CohortSpec>,
 }
 
+/// Unit `i` (`LAS-AMB-000i`) with `cohort`: its hub session and its own session and cache.
+fn new_unit(i: usize, cohort: Vec<CohortSpec>, key: &Arc<Ed25519KeyPair>, pk: &[u8]) -> Unit {
+    let id = DeviceId::parse(&format!("LAS-AMB-{i:04}")).unwrap_or_else(|_| unreachable!());
+    Unit {
+        hub: HubSession::new(
+            UnitProfile {
+                device_id: id.clone(),
+                cohort: cohort.clone(),
+            },
+            key.clone(),
+            HubConfig {
+                window_batches: 8,
+                ..HubConfig::default()
+            },
+        ),
+        unit: UnitSession::new(id, SyncState::default(), pk, UnitConfig::default()),
+        store: MemStore::default(),
+        cohort,
+    }
+}
+
 /// Move messages both ways and apply batches until nothing moves. Returns hub CPU seconds
 /// spent inside hub calls (approximated by wall time inside them on this single thread).
 fn pump(
@@ -250,23 +271,7 @@ fn main() -> anyhow::Result<()> {
                     .collect();
                 vec![CohortSpec::Postcode(picks), CohortSpec::Flagged]
             };
-            let id = DeviceId::parse(&format!("LAS-AMB-{i:04}")).unwrap_or_else(|_| unreachable!());
-            Unit {
-                hub: HubSession::new(
-                    UnitProfile {
-                        device_id: id.clone(),
-                        cohort: cohort.clone(),
-                    },
-                    key.clone(),
-                    HubConfig {
-                        window_batches: 8,
-                        ..HubConfig::default()
-                    },
-                ),
-                unit: UnitSession::new(id, SyncState::default(), &pk, UnitConfig::default()),
-                store: MemStore::default(),
-                cohort,
-            }
+            new_unit(i, cohort, &key, &pk)
         })
         .collect();
     // Cold sync of every unit.
@@ -474,23 +479,7 @@ fn catchup(patients: u32) -> anyhow::Result<()> {
                 .map(|k| districts[(i * 7 + k * 13) % districts.len()].clone())
                 .collect();
             let cohort = vec![CohortSpec::Postcode(picks), CohortSpec::Flagged];
-            let id = DeviceId::parse(&format!("LAS-AMB-{i:04}")).unwrap_or_else(|_| unreachable!());
-            Unit {
-                hub: HubSession::new(
-                    UnitProfile {
-                        device_id: id.clone(),
-                        cohort: cohort.clone(),
-                    },
-                    key.clone(),
-                    HubConfig {
-                        window_batches: 8,
-                        ..HubConfig::default()
-                    },
-                ),
-                unit: UnitSession::new(id, SyncState::default(), &pk, UnitConfig::default()),
-                store: MemStore::default(),
-                cohort,
-            }
+            new_unit(i, cohort, &key, &pk)
         })
         .collect();
     let mut cold = 0.0;

@@ -329,6 +329,33 @@ struct OtherHub {
 }
 
 impl OtherHub {
+    /// A second hub bundle of `f`'s fleet (`hub-b`), on the same database, on ports of its own.
+    fn provision(f: &Fleet, db: &Db) -> OtherHub {
+        let b = OtherHub {
+            dir: f.path("hub-b"),
+            admin: format!("127.0.0.1:{}", kerbside_tests::fleet::tcp_port().unwrap()),
+            quic: format!("127.0.0.1:{}", kerbside_tests::fleet::udp_port().unwrap()),
+            child: None,
+        };
+        kerbside_tests::fleet::run_ok(
+            Command::new(bin("edge-provision").unwrap())
+                .args(["hub", "--fleet"])
+                .arg(&f.fleet)
+                .args([
+                    "--name",
+                    "127.0.0.1",
+                    "--listen",
+                    &b.quic,
+                    "--admin",
+                    &b.admin,
+                ])
+                .args(["--database", &db.url(), "--out"])
+                .arg(&b.dir),
+        )
+        .unwrap();
+        b
+    }
+
     /// Make `f` address this hub (and this hold the one `f` addressed); call again to swap back.
     fn swap(&mut self, f: &mut Fleet) {
         std::mem::swap(&mut self.dir, &mut f.hub_dir);
@@ -346,28 +373,7 @@ impl OtherHub {
 fn a_unit_fails_over_between_two_hubs_on_one_database() {
     let Some(db) = Db::create() else { return };
     let mut f = Fleet::with_hub_args(&["--database", &db.url()]).unwrap();
-    let mut b = OtherHub {
-        dir: f.path("hub-b"),
-        admin: format!("127.0.0.1:{}", kerbside_tests::fleet::tcp_port().unwrap()),
-        quic: format!("127.0.0.1:{}", kerbside_tests::fleet::udp_port().unwrap()),
-        child: None,
-    };
-    kerbside_tests::fleet::run_ok(
-        Command::new(bin("edge-provision").unwrap())
-            .args(["hub", "--fleet"])
-            .arg(&f.fleet)
-            .args([
-                "--name",
-                "127.0.0.1",
-                "--listen",
-                &b.quic,
-                "--admin",
-                &b.admin,
-            ])
-            .args(["--database", &db.url(), "--out"])
-            .arg(&b.dir),
-    )
-    .unwrap();
+    let mut b = OtherHub::provision(&f, &db);
     let out = edge_hub(&["migrate"], &hub_toml(&f));
     assert!(out.status.success());
     const N: u32 = 300;
@@ -592,28 +598,7 @@ fn kill_9_during_audit_upload_and_admin_ingest_loses_nothing_on_postgres() {
 fn a_revocation_reaching_one_hub_reaches_every_hub_on_the_database() {
     let Some(db) = Db::create() else { return };
     let mut f = Fleet::with_hub_args(&["--database", &db.url()]).unwrap();
-    let mut b = OtherHub {
-        dir: f.path("hub-b"),
-        admin: format!("127.0.0.1:{}", kerbside_tests::fleet::tcp_port().unwrap()),
-        quic: format!("127.0.0.1:{}", kerbside_tests::fleet::udp_port().unwrap()),
-        child: None,
-    };
-    kerbside_tests::fleet::run_ok(
-        Command::new(bin("edge-provision").unwrap())
-            .args(["hub", "--fleet"])
-            .arg(&f.fleet)
-            .args([
-                "--name",
-                "127.0.0.1",
-                "--listen",
-                &b.quic,
-                "--admin",
-                &b.admin,
-            ])
-            .args(["--database", &db.url(), "--out"])
-            .arg(&b.dir),
-    )
-    .unwrap();
+    let mut b = OtherHub::provision(&f, &db);
     // Hub B reads stale copies of the fleet's files, taken now.
     let stale = f.path("hub-b-stale");
     std::fs::create_dir_all(&stale).unwrap();

@@ -957,30 +957,30 @@ mod pg_only {
         );
     }
 
-    fn pg_count(db: &TestDb, sql: &str) -> i64 {
+    /// A client of its own on the test's database (outside the store), with the runtime
+    /// that drives it.
+    fn pg_client(db: &TestDb) -> (tokio::runtime::Runtime, tokio_postgres::Client) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        rt.block_on(async {
+        let client = rt.block_on(async {
             let cfg: tokio_postgres::Config = db.options().url.parse().unwrap();
             let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
             tokio::spawn(conn);
-            client.query_one(sql, &[]).await.unwrap().get(0)
-        })
+            client
+        });
+        (rt, client)
+    }
+
+    fn pg_count(db: &TestDb, sql: &str) -> i64 {
+        let (rt, c) = pg_client(db);
+        rt.block_on(c.query_one(sql, &[])).unwrap().get(0)
     }
 
     fn pg_admin_on(db: &TestDb, sql: &str) {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let cfg: tokio_postgres::Config = db.options().url.parse().unwrap();
-            let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
-            tokio::spawn(conn);
-            client.batch_execute(sql).await.unwrap();
-        });
+        let (rt, c) = pg_client(db);
+        rt.block_on(c.batch_execute(sql)).unwrap();
     }
 
     /// Live push across hubs: a change committed through one store is announced to a watcher
