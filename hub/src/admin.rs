@@ -81,6 +81,8 @@ pub struct AdminState {
     pub log: Arc<OperatorLog>,
     /// The privacy officer's reviews of alerts.
     pub reviews: Arc<crate::review::Reviews>,
+    /// The units' sampled history (lag, audit backlog, link) for the console.
+    pub history: Arc<crate::history::History>,
 }
 
 impl FromRef<AdminState> for Arc<Hub> {
@@ -100,11 +102,13 @@ impl AdminState {
             Some(pg) => crate::review::Reviews::Pg(pg.clone()),
             None => crate::review::Reviews::open(&hub.local)?,
         });
+        let history = Arc::new(crate::history::History::of_hub(&hub)?);
         Ok(AdminState {
             hub,
             auth,
             log,
             reviews,
+            history,
         })
     }
 }
@@ -155,6 +159,7 @@ pub fn admin_router(state: AdminState) -> Router {
         .route("/admin/operator-log", get(operator_log))
         .route("/admin/whoami", get(whoami))
         .route("/admin/feeds", get(feeds))
+        .route("/admin/history", get(history))
         .route_layer(guarded);
     Router::new()
         .merge(admin)
@@ -427,7 +432,19 @@ async fn ingest(
                 "ingest over the admin API"
             );
             hub.metrics.ingest(&report);
-            remember_ingest(&hub, op.as_ref().map(|o| &o.0 .0), &feed_label, &report);
+            let entry = crate::ingest_log::entry(
+                now(),
+                op.as_ref().map(|o| o.0 .0.operator_id.as_str()),
+                "admin-api",
+                &feed_label,
+                &report,
+            );
+            let h = hub.clone();
+            match blocking(move || h.ingest_log.record(&entry)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(error = %e, "cannot keep the ingest's report for the console"),
+                Err(e) => warn!(error = %e, "cannot keep the ingest's report for the console"),
+            }
             let h = hub.clone();
             let _ = blocking(move || h.notify_head()).await;
             Json(
@@ -442,42 +459,89 @@ async fn ingest(
     }
 }
 
-/// Keep an admin-API ingest's outcome for `GET /admin/feeds` (the latest
-/// [`crate::server::RECENT_INGESTS`], each with its first rejected lines and warnings).
-fn remember_ingest(
-    hub: &Hub,
-    op: Option<&OperatorClaims>,
-    feed: &serde_json::Value,
-    report: &crate::store::IngestReport,
-) {
-    let n = crate::server::RECENT_INGEST_LINES;
-    let entry = json!({
-        "at": now().to_rfc3339(),
-        "operator_id": op.map(|o| o.operator_id.clone()),
-        "feed": feed["feed"],
-        "source": feed["source"],
-        "snapshot": feed["snapshot"],
-        "accepted": report.accepted,
-        "rejected_total": report.rejected.len(),
-        "rejected": report.rejected.iter().take(n).collect::<Vec<_>>(),
-        "warnings_total": report.warnings_total,
-        "warnings": report.warnings.iter().take(n).collect::<Vec<_>>(),
-        "changed": report.changed,
-    });
-    let mut q = hub.recent_ingests.lock().unwrap_or_else(|p| p.into_inner());
-    q.push_back(entry);
-    while q.len() > crate::server::RECENT_INGESTS {
-        q.pop_front();
+/// `GET /admin/feeds`: the latest ingests (admin API and offline, every hub on the store),
+/// newest first, with the lines each rejected and warned about.
+async fn feeds(State(hub): State<Arc<Hub>>) -> Response {
+    let h = hub.clone();
+    match blocking(move || h.ingest_log.latest(crate::server::RECENT_INGESTS)).await {
+        Ok(Ok(ingests)) => Json(json!({"ingests": ingests, "scope": "the latest ingests into this hub's store, over the admin API or offline"}))
+            .into_response(),
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
     }
 }
 
-/// `GET /admin/feeds`: this hub's latest admin-API ingests, newest first, with the lines each
-/// rejected and warned about.
-async fn feeds(State(hub): State<Arc<Hub>>) -> Response {
-    let q = hub.recent_ingests.lock().unwrap_or_else(|p| p.into_inner());
-    let ingests: Vec<serde_json::Value> = q.iter().rev().cloned().collect();
-    Json(json!({"ingests": ingests, "scope": "this hub's admin-API ingests since it started"}))
-        .into_response()
+#[derive(Deserialize)]
+struct HistoryQuery {
+    device: Option<String>,
+    hours: Option<u32>,
+}
+
+/// `GET /admin/history[?device=ID][&hours=N]`: the last N hours (1-26, default 24) of sampled
+/// history — one unit's samples with `device`, else the fleet's totals per sample time.
+async fn history(
+    State(st): State<AdminState>,
+    q: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = q else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "expected ?device=ID and/or ?hours=1..26",
+        );
+    };
+    let hours = q.hours.unwrap_or(24);
+    if !(1..=26).contains(&hours) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "hours must be 1 to 26 (the hub keeps 26 hours)",
+        );
+    }
+    if let Some(d) = &q.device {
+        if let Err(e) = DeviceId::parse(d) {
+            return error(StatusCode::BAD_REQUEST, "invalid_device_id", e.to_string());
+        }
+    }
+    let since = crate::server::now().0 - i64::from(hours) * 3_600_000;
+    let every_s = st.hub.config.sync.history_every_s;
+    let h = st.history.clone();
+    let device = q.device.clone();
+    match blocking(move || h.since(device.as_deref(), since)).await {
+        Ok(Ok(samples)) => {
+            let at = |ms: i64| edge_proto::time::UnixMillis(ms).to_rfc3339();
+            let body = match q.device {
+                Some(d) => json!({
+                    "device_id": d,
+                    "every_s": every_s,
+                    "since": at(since),
+                    "samples": samples.iter().map(|s| json!({
+                        "at": at(s.at),
+                        "lag": s.lag,
+                        "behind_s": s.behind_s,
+                        "audit_backlog": s.audit_backlog,
+                        "records": s.records,
+                        "connected": s.connected,
+                    })).collect::<Vec<_>>(),
+                }),
+                None => json!({
+                    "every_s": every_s,
+                    "since": at(since),
+                    "points": crate::history::fleet_points(&samples).iter().map(|p| json!({
+                        "at": at(p.at),
+                        "units": p.units,
+                        "connected": p.connected,
+                        "behind": p.behind,
+                        "max_lag": p.max_lag,
+                        "audit_backlog": p.audit_backlog,
+                    })).collect::<Vec<_>>(),
+                }),
+            };
+            Json(body).into_response()
+        }
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
+    }
 }
 
 /// `GET /admin/whoami`: the operator the token names, for any role (the console's sign-in).

@@ -24,6 +24,8 @@ pub mod audit;
 pub mod console;
 pub mod denylist;
 pub mod fleet_docs;
+pub mod history;
+pub mod ingest_log;
 pub mod inventory;
 pub mod metrics;
 pub mod operator;

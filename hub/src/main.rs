@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use edge_hub::store::{ParsedChunk, INGEST_CHUNK};
+use edge_hub::store::ParsedChunk;
 use kerbside_synth as synth;
 
 /// mimalloc rather than glibc malloc: an ingest spent about 40 % of the hub's CPU in glibc's
@@ -172,9 +172,14 @@ fn run_ingest(
     let cfg = load_config(config)?;
     let opts = edge_hub::admin::feed_options(&cfg, q).map_err(anyhow::Error::msg)?;
     private_data_dir(&cfg.data_dir)?;
-    let store: Box<dyn edge_hub::store::FeedStore> = match cfg.store.backend {
-        edge_runtime::config::StoreBackend::Embedded => Box::new(
-            edge_hub::store::HubStore::open_with_cache(
+    // The store, and the ingest log beside it (the console's Feeds view shows offline ingests
+    // too).
+    let (store, log): (
+        std::sync::Arc<dyn edge_hub::store::FeedStore>,
+        edge_hub::ingest_log::IngestLog,
+    ) = match cfg.store.backend {
+        edge_runtime::config::StoreBackend::Embedded => {
+            let s = edge_hub::store::HubStore::open_with_cache(
                 &cfg.data_dir,
                 edge_hub::store::INGEST_CACHE_BYTES,
             )
@@ -183,11 +188,16 @@ fn run_ingest(
                     "cannot open the hub store in {} (a running hub holds it: use POST /admin/ingest instead)",
                     cfg.data_dir.display()
                 )
-            })?,
-        ),
-        edge_runtime::config::StoreBackend::Postgres => Box::new(edge_hub::pg::PgStore::connect(
-            &edge_hub::pg::PgOptions::from_config(&cfg.store)?,
-        )?),
+            })?;
+            let log = edge_hub::ingest_log::IngestLog::open(s.db())?;
+            (std::sync::Arc::new(s), log)
+        }
+        edge_runtime::config::StoreBackend::Postgres => {
+            let s = std::sync::Arc::new(edge_hub::pg::PgStore::connect(
+                &edge_hub::pg::PgOptions::from_config(&cfg.store)?,
+            )?);
+            (s.clone(), edge_hub::ingest_log::IngestLog::Pg(s))
+        }
     };
     let started = Instant::now();
     let mut accepted = 0;
@@ -195,10 +205,17 @@ fn run_ingest(
     let mut warnings = 0;
     for file in files {
         let name = file.display().to_string();
-        let (a, r, w) = ingest_file(&*store, file, &name, &opts)?;
+        let (a, r, w, report) = ingest_file(&*store, file, &name, &opts)?;
         accepted += a;
         rejected += r;
         warnings += w;
+        let label = serde_json::json!({"feed": q.feed, "source": q.source, "snapshot": q.snapshot, "file": name});
+        let mut entry =
+            edge_hub::ingest_log::entry(edge_hub::server::now(), None, "offline", &label, &report);
+        entry["rejected_total"] = r.into();
+        if let Err(e) = log.record(&entry) {
+            eprintln!("edge-hub ingest: warning: cannot keep {name}'s report for the console: {e}");
+        }
     }
     let secs = started.elapsed().as_secs_f64();
     println!("{{\"accepted\": {accepted}, \"rejected\": {rejected}, \"warnings\": {warnings}, \"seconds\": {secs:.2}}}");
@@ -208,6 +225,7 @@ fn run_ingest(
         store.patient_count()?
     );
     drop(store);
+    drop(log);
     if let Err(e) = edge_hub::perms::secure_data_dir(&cfg.data_dir) {
         eprintln!(
             "edge-hub ingest: warning: cannot narrow the permissions under {}: {e}",
@@ -219,17 +237,32 @@ fn run_ingest(
 
 /// Ingest one file, NDJSON streamed [`edge_hub::store::INGEST_CHUNK`] lines at a time (memory
 /// bounded by a chunk whatever the file's size) or one JSON bundle; rejections and warnings
-/// printed by line. Returns (accepted, rejected, warnings).
+/// printed by line. Returns (accepted, rejected, warnings) and the whole file's report for the
+/// ingest log (its first rejected lines and warnings; the counts are whole).
 fn ingest_file(
     store: &dyn edge_hub::store::FeedStore,
     file: &std::path::Path,
     name: &str,
     opts: &edge_proto::fhir::ingest::IngestOptions,
-) -> anyhow::Result<(u64, u64, u64)> {
+) -> anyhow::Result<(u64, u64, u64, edge_hub::store::IngestReport)> {
     let open = || File::open(file).with_context(|| format!("cannot read {}", file.display()));
     let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
     let mut counts = (0u64, 0u64, 0u64);
-    let emit = |report: &edge_hub::store::IngestReport, counts: &mut (u64, u64, u64)| {
+    // The whole file's report for the ingest log: the counts, and the first lines.
+    let mut whole = edge_hub::store::IngestReport::default();
+    let keep = edge_hub::server::RECENT_INGEST_LINES;
+    let mut emit = |report: &edge_hub::store::IngestReport, counts: &mut (u64, u64, u64)| {
+        whole.accepted += report.accepted;
+        whole.changed += report.changed;
+        whole.warnings_total += report.warnings_total;
+        let room = keep.saturating_sub(whole.rejected.len());
+        whole
+            .rejected
+            .extend(report.rejected.iter().take(room).cloned());
+        let room = keep.saturating_sub(whole.warnings.len());
+        whole
+            .warnings
+            .extend(report.warnings.iter().take(room).cloned());
         for r in &report.rejected {
             match r.entry {
                 Some(e) => eprintln!(
@@ -282,14 +315,16 @@ fn ingest_file(
             &mut |_, _| {},
         )?;
         emit(&report, &mut counts);
-        return Ok(counts);
+        let (a, r, w) = counts;
+        return Ok((a, r, w, whole));
     }
     // A reader thread reads and parses chunk n + 1 while this one commits chunk n; the channel
     // holds one parsed chunk, so at most three are in memory whatever the file's size.
     let reader = io::BufReader::with_capacity(1 << 20, open()?);
+    let chunk_lines = store.ingest_chunk_lines();
     let (tx, rx) = std::sync::mpsc::sync_channel::<anyhow::Result<(ParsedChunk, u64, u64)>>(1);
-    std::thread::scope(|scope| {
-        scope.spawn(move || read_and_parse(reader, file, opts, &tx));
+    let counts = std::thread::scope(|scope| -> anyhow::Result<(u64, u64, u64)> {
+        scope.spawn(move || read_and_parse(reader, file, opts, chunk_lines, &tx));
         let mut last = Instant::now();
         for item in rx {
             let (chunk, line_no, read) = item?;
@@ -308,18 +343,21 @@ fn ingest_file(
         store.flush()?;
         eprintln!("edge-hub ingest: {name}: done, {} accepted", counts.0);
         Ok(counts)
-    })
+    })?;
+    let (a, r, w) = counts;
+    Ok((a, r, w, whole))
 }
 
-/// The reader side of [`ingest_file`]: chunks of [`INGEST_CHUNK`] non-empty lines, parsed, sent
+/// The reader side of [`ingest_file`]: chunks of `chunk_lines` non-empty lines, parsed, sent
 /// with the last line number and the bytes read so far. Stops when the receiver is gone.
 fn read_and_parse(
     mut reader: impl std::io::BufRead,
     file: &std::path::Path,
     opts: &edge_proto::fhir::ingest::IngestOptions,
+    chunk_lines: usize,
     tx: &std::sync::mpsc::SyncSender<anyhow::Result<(ParsedChunk, u64, u64)>>,
 ) {
-    let mut chunk: Vec<(u64, String)> = Vec::with_capacity(INGEST_CHUNK);
+    let mut chunk: Vec<(u64, String)> = Vec::with_capacity(chunk_lines);
     let (mut line_no, mut read) = (0u64, 0u64);
     loop {
         let mut line = String::new();
@@ -339,7 +377,7 @@ fn read_and_parse(
                 chunk.push((line_no, line));
             }
         }
-        if chunk.len() == INGEST_CHUNK || (n == 0 && !chunk.is_empty()) {
+        if chunk.len() >= chunk_lines || (n == 0 && !chunk.is_empty()) {
             let lines: Vec<(u64, &str)> = chunk.iter().map(|(l, t)| (*l, t.trim_end())).collect();
             let parsed = ParsedChunk::parse(&lines, edge_hub::server::now(), 2, opts);
             drop(lines);
@@ -481,6 +519,7 @@ fn run_serve(config: &std::path::Path) -> anyhow::Result<()> {
             });
         }
         tokio::spawn(edge_hub::server::serve_sync(hub.clone(), endpoint.clone()));
+        edge_hub::history::spawn_sampler(hub.clone()).context("cannot open the units' history")?;
         let state = edge_hub::admin::AdminState::open(hub.clone(), auth.clone())
             .context("cannot open the operator log")?;
         let app = edge_hub::admin::admin_router(state);

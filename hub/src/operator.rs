@@ -116,9 +116,8 @@ pub fn bearer(value: &str) -> Option<&str> {
 /// `/metrics`).
 pub fn required_role(route: &str) -> Option<OperatorRole> {
     match route {
-        "/admin/ingest" | "/admin/devices" | "/admin/cohort" | "/admin/wipe" | "/admin/feeds" => {
-            Some(OperatorRole::Fleet)
-        }
+        "/admin/ingest" | "/admin/devices" | "/admin/cohort" | "/admin/wipe" | "/admin/feeds"
+        | "/admin/history" => Some(OperatorRole::Fleet),
         "/admin/audit"
         | "/admin/audit/verify"
         | "/admin/audit/export"

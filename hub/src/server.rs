@@ -80,7 +80,7 @@ pub mod close_code {
     pub const SUPERSEDED: u32 = 5;
 }
 
-/// How many of its latest admin-API ingests a hub keeps for `GET /admin/feeds`.
+/// How many of the latest ingests `GET /admin/feeds` answers.
 pub const RECENT_INGESTS: usize = 50;
 
 /// How many rejected lines and warnings each of those keeps (the counts are whole).
@@ -138,9 +138,9 @@ pub struct Hub {
     pub inventory_cache: InventoryCache,
     /// The CRL, deny list and inventory shared through the database (hubs on PostgreSQL).
     pub fleet_docs: crate::fleet_docs::FleetDocs,
-    /// This hub's latest admin-API ingests, newest last (`GET /admin/feeds`), at most
-    /// [`RECENT_INGESTS`].
-    pub recent_ingests: Mutex<std::collections::VecDeque<serde_json::Value>>,
+    /// The feeds' latest ingests (`GET /admin/feeds`), on this hub's store (shared by the hubs
+    /// on one database).
+    pub ingest_log: crate::ingest_log::IngestLog,
     /// What `/metrics` exposes.
     pub metrics: Metrics,
     /// Shift-token checks, fetch budget and the hub's own audit events for fetches.
@@ -290,7 +290,10 @@ impl Hub {
             config,
             inventory_cache,
             fleet_docs: crate::fleet_docs::FleetDocs::default(),
-            recent_ingests: Mutex::new(std::collections::VecDeque::new()),
+            ingest_log: match &shared {
+                Some(pg) => crate::ingest_log::IngestLog::Pg(pg.clone()),
+                None => crate::ingest_log::IngestLog::open(&local)?,
+            },
             metrics,
             gate,
             denylist,
@@ -818,7 +821,11 @@ async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Re
                         let store = hub.store.clone();
                         let dev = device.clone();
                         let _ = tokio::task::spawn_blocking(move || {
-                            store.update_device(&dev, |d| d.health = Some((h, t)))
+                            store.update_device(&dev, |d| {
+                                d.audit_head_reported =
+                                    Some(d.audit_received_seq.saturating_add(h.audit_backlog));
+                                d.health = Some((h, t));
+                            })
                         })
                         .await;
                     }
@@ -1461,6 +1468,7 @@ pub fn device_rows(hub: &Hub) -> anyhow::Result<Vec<serde_json::Value>> {
                 "head": head,
                 "oldest_missing_at": oldest_missing_at.map(|t| t.to_rfc3339()),
                 "audit_received_seq": d.audit_received_seq,
+                "audit_backlog": d.audit_head_reported.map(|h| h.saturating_sub(d.audit_received_seq)),
                 "revoked": revoked,
                 "connected": live.is_some(),
                 "live": live.as_ref().is_some_and(|p| p.live),

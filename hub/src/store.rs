@@ -114,6 +114,12 @@ pub struct DeviceDisk {
     /// supervisor, records, audit backlog), and when it arrived.
     #[serde(default)]
     pub health: Option<(edge_proto::sync::UnitHealth, UnixMillis)>,
+    /// The unit's audit journal head as far as the hub knows: at its last hello, the highest
+    /// sequence stored from it plus the backlog it reported. The backlog now is this minus
+    /// [`Self::audit_received_seq`] (events written since the hello are not counted until the
+    /// next one; a connected unit uploads them within seconds).
+    #[serde(default)]
+    pub audit_head_reported: Option<u64>,
 }
 
 /// What an ingest did.
@@ -264,6 +270,11 @@ pub trait FeedStore: HubFeed + Send + Sync + std::fmt::Debug {
         now: UnixMillis,
         report: &mut IngestReport,
     ) -> Result<(), StoreError>;
+    /// How many bundles an offline ingest commits at a time (atomically): [`INGEST_CHUNK`],
+    /// unless the backend's memory needs fewer.
+    fn ingest_chunk_lines(&self) -> usize {
+        INGEST_CHUNK
+    }
     /// Call `on_head` with the feed head whenever another process (another hub on the same
     /// database) moves it, and once after each reconnection. The embedded store is one
     /// process's, whose own writers tell the server themselves: nothing to watch.
@@ -1264,7 +1275,15 @@ impl ChunkReader for HubStore {
     }
 }
 
+/// [`FeedStore::ingest_chunk_lines`] for the embedded store: sled rewrites a whole node for
+/// every insert and frees the old copies only when the batch that replaced them ends, so a
+/// batch's memory grows with its size (heaptrack: ~140 MB of node copies at 2,000 bundles).
+pub const SLED_INGEST_CHUNK: usize = 250;
+
 impl FeedStore for HubStore {
+    fn ingest_chunk_lines(&self) -> usize {
+        SLED_INGEST_CHUNK
+    }
     fn head(&self) -> Result<u64, StoreError> {
         HubStore::head(self)
     }

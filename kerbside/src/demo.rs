@@ -88,7 +88,7 @@ pub fn run(
     let mut fleet = Fleet::open(&fleet_dir)?;
     let hub_quic = HostPort::parse(&format!("127.0.0.1:{}", free_udp()?))?;
     let admin = HostPort::parse(&format!("127.0.0.1:{}", free_tcp()?))?;
-    let hub_cfg = fleet.make_hub_bundle(
+    let mut hub_cfg = fleet.make_hub_bundle(
         &HubPlan {
             name: "127.0.0.1".into(),
             listen: hub_quic.clone(),
@@ -99,6 +99,9 @@ pub fn run(
         },
         now(),
     )?;
+    // The console's unit history every 10 s rather than every 5 min, so its charts fill while
+    // someone looks at the demo.
+    hub_cfg.sync.history_every_s = 10;
     let device = DeviceId::parse("LAS-DEMO-0001")?;
     let unit_dir = dir.join("unit");
     fleet.enrol(
@@ -200,6 +203,14 @@ pub fn run(
             })
             .await??;
             say(&format!("hub loaded {} patients", report.accepted));
+            let label = serde_json::json!({"file": "synthetic Londoners (kerbside-synth)"});
+            hub.ingest_log.record(&edge_hub::ingest_log::entry(
+                now(),
+                None,
+                "offline",
+                &label,
+                &report,
+            ))?;
         }
         for (path, text) in extra {
             let store = hub.store.clone();
@@ -215,6 +226,14 @@ pub fn run(
             })
             .await??;
             let name = path.display();
+            let label = serde_json::json!({"source": INGEST_DEFAULT_SOURCE, "file": name.to_string()});
+            hub.ingest_log.record(&edge_hub::ingest_log::entry(
+                now(),
+                None,
+                "offline",
+                &label,
+                &report,
+            ))?;
             for r in &report.rejected {
                 let entry = r.entry.map(|e| format!(" entry {e}")).unwrap_or_default();
                 say(&format!("{name}: line {}{entry} rejected: {}", r.line, r.error));
@@ -244,6 +263,7 @@ pub fn run(
         tokio::spawn(async move {
             let _ = axum::serve(admin_listener, edge_hub::admin::router(admin_hub)).await;
         });
+        edge_hub::history::spawn_sampler(hub.clone())?;
 
         // The unit.
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -423,6 +423,10 @@ struct OperatorArgs {
     /// Lifetime in hours (1-12).
     #[arg(long, default_value_t = 8)]
     hours: u32,
+    /// Back-date the token: issued at this RFC 3339 instant rather than now (for testing a
+    /// console's or a script's handling of an expired token; it never extends a lifetime).
+    #[arg(long, value_name = "RFC3339", hide = true)]
+    issued_at: Option<String>,
 }
 
 fn now() -> UnixMillis {
@@ -673,7 +677,19 @@ fn run(cli: Cli) -> Result<()> {
                 role: a.role,
                 hours: a.hours,
             };
-            let (token, claims) = f.mint_operator_token(&req, now)?;
+            let issued = match &a.issued_at {
+                None => now,
+                Some(t) => {
+                    let t = UnixMillis::parse_rfc3339(t)
+                        .map_err(|e| anyhow::anyhow!("--issued-at {t}: {e}"))?;
+                    anyhow::ensure!(
+                        t.0 <= now.0,
+                        "--issued-at may only back-date a token, not date it in the future"
+                    );
+                    t
+                }
+            };
+            let (token, claims) = f.mint_operator_token(&req, issued)?;
             eprintln!(
                 "operator token {} for {} ({}), role {}, expires {}",
                 claims.token_id,

@@ -249,6 +249,9 @@ pub struct HubSync {
     /// The hard ceiling, as a multiple of the budgets: past it the hub refuses fetches (and
     /// alerts).
     pub fetch_ceiling_factor: u32,
+    /// How often the hub samples every unit's lag, audit backlog and link for the console's
+    /// day of history (seconds, 1-3600; one sample per unit per period, kept 26 hours).
+    pub history_every_s: u64,
 }
 
 impl Default for HubSync {
@@ -259,6 +262,7 @@ impl Default for HubSync {
             fetch_unit_per_hour: 60,
             fetch_staff_per_hour: 60,
             fetch_ceiling_factor: 10,
+            history_every_s: 300,
         }
     }
 }
@@ -402,6 +406,13 @@ impl HubConfig {
             u64::from(self.sync.batch_records_max),
             1,
             10_000,
+        )?;
+        range(
+            f,
+            "sync.history_every_s",
+            self.sync.history_every_s,
+            1,
+            3600,
         )?;
         range(
             f,

@@ -31,7 +31,9 @@ for kind in ${BACKENDS:-postgres embedded}; do
     2> >(grep -E "wall|accepted, " >&2) | sed "s/^/$kind: /"
   echo "$kind: the machine was busy $(echo "$(busy) - $before" | bc) s of CPU in all (hub + database + anything else)"
 done
-bytes=$(psql -h 127.0.0.1 -U postgres -d "$DB" -Atc "select pg_database_size(current_database())")
-echo "postgres: database $((bytes / 1048576)) MiB, $((bytes / N)) bytes per patient"
+if [ -d "$W/hub-postgres" ]; then
+  bytes=$(psql -h 127.0.0.1 -U postgres -d "$DB" -Atc "select pg_database_size(current_database())")
+  echo "postgres: database $((bytes / 1048576)) MiB, $((bytes / N)) bytes per patient"
+fi
 [ -d "$W/hub-embedded/data" ] && echo "embedded: data_dir $(du -sm "$W/hub-embedded/data" | cut -f1) MiB"
 true

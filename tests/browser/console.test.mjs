@@ -12,7 +12,7 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -26,6 +26,7 @@ const root = path.resolve(here, '..', '..');
 const require = createRequire(import.meta.url);
 const AXE = require.resolve('axe-core/axe.min.js');
 const BIN = process.env.KERBSIDE_BIN || path.join(root, 'target', 'release', 'kerbside');
+const PROVISION = process.env.EDGE_PROVISION_BIN || path.join(root, 'target', 'release', 'edge-provision');
 const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 const SHOTS = process.env.SCREENSHOT_DIR || path.join(root, 'target', 'screenshots');
 const UNIT = 'LAS-DEMO-0001';
@@ -202,6 +203,62 @@ test('a fleet engineer sees every unit, sorts and filters, and cannot read audit
   assert.equal(r.status, 403);
 });
 
+test("a unit's page charts its lag and audit backlog as the hub sampled them", async () => {
+  await signIn(fleetToken);
+  await page.waitForSelector('#fleet:not([hidden])');
+  // The fleet's audit backlog over time, from the hub's samples (every 10 s in the demo).
+  await page.waitForSelector('#fleet-backlog-chart title', { state: 'attached' });
+  const fleetHist = await adminGet('/admin/history', fleetToken);
+  assert.equal(fleetHist.status, 200);
+  assert.ok(fleetHist.body.points.length >= 1 && fleetHist.body.points.every((p) => p.units >= 1), JSON.stringify(fleetHist.body));
+  assert.equal(fleetHist.body.every_s, 10);
+  await page.click(`#fleet-table a[href="#unit/${UNIT}"]`);
+  await page.waitForSelector('#unit:not([hidden])');
+  assert.equal(await page.textContent('#unit-h'), `Unit ${UNIT}`);
+  await page.waitForFunction(() => /connected/.test(document.getElementById('unit-facts').textContent));
+  // A sample taken while the unit was connected (the demo's unit connects after the hub's first
+  // sample), shown in the table and the charts.
+  await page.click('#unit-samples-wrap summary');
+  await waitFor(async () => (await page.$$eval('#unit-samples tbody tr', (trs) => trs.map((t) => t.textContent))).some((t) => /connected/.test(t)),
+    'a sample of the connected unit', 40_000);
+  const lagTitle = await page.textContent('#unit-lag-chart title');
+  assert.match(lagTitle, new RegExp(`Changes behind for ${UNIT}: now \\d+ changes`), lagTitle);
+  assert.match(await page.textContent('#unit-backlog-chart title'), /Audit backlog for .*: now \d+ events/);
+  const h = await adminGet(`/admin/history?device=${UNIT}`, fleetToken);
+  assert.equal(h.status, 200);
+  const connected = h.body.samples.filter((x) => x.connected);
+  assert.ok(connected.length >= 1, JSON.stringify(h.body));
+  assert.ok(connected.every((x) => Number.isInteger(x.lag) && Number.isInteger(x.audit_backlog) && Number.isInteger(x.records)), JSON.stringify(connected));
+  await shot('console-unit');
+  await axe('console, unit page');
+  // Bad questions get clear errors; a privacy officer is refused the fleet's history.
+  assert.equal((await adminGet('/admin/history?hours=0', fleetToken)).status, 400);
+  assert.equal((await adminGet('/admin/history?device=no%20such', fleetToken)).status, 400);
+  assert.equal((await adminGet('/admin/history', privacyToken)).status, 403);
+});
+
+test('an expired operator token is refused at sign-in and signs a session out', async () => {
+  assert.ok(fs.existsSync(PROVISION), `no edge-provision binary at ${PROVISION}: build it with cargo build --release -p edge-provision`);
+  // A token that expired an hour ago, minted by the real tool on the demo's fleet.
+  const issued = new Date(Date.now() - 2 * 3600e3).toISOString().replace(/\.\d+Z$/, 'Z');
+  const expired = execFileSync(PROVISION, ['operator', '--fleet', path.join(dir, 'fleet'), '--operator-id', 'OPS-OLD',
+    '--name', 'OLD, Token', '--role', 'fleet', '--hours', '1', '--issued-at', issued], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
+    .trim().split('\n').pop();
+  assert.equal((await adminGet('/admin/devices', expired)).status, 401);
+  await signIn(expired);
+  await page.waitForSelector('#sign-in-error:not([hidden])');
+  assert.match(await page.textContent('#sign-in-error'), /Signed out: .*expired/i);
+  assert.equal(await page.isVisible('#fleet'), false);
+  // Signed in, then the token in the tab is past its expiry: the next call signs the tab out.
+  await signIn(fleetToken);
+  await page.waitForSelector('#fleet:not([hidden])');
+  await page.evaluate((t) => sessionStorage.setItem('kerbside-operator-token', t), expired);
+  await page.click('#tab-feeds');
+  await page.waitForSelector('#sign-in:not([hidden])');
+  assert.match(await page.textContent('#sign-in-error'), /Signed out: .*expired/i);
+  assert.equal(await page.evaluate(() => sessionStorage.length), 0, 'the expired token is not kept');
+});
+
 test('the feeds view shows each ingest with its rejected lines and why', async () => {
   const good = fs.readFileSync(path.join(here, 'cases.ndjson'), 'utf8').split('\n').find((l) => l.trim());
   const body = [good, '{"resourceType": "Bundle", "type": "collection", "entry": []}', 'this is not JSON'].join('\n');
@@ -216,13 +273,18 @@ test('the feeds view shows each ingest with its rejected lines and why', async (
   await signIn(fleetToken);
   await page.waitForSelector('#tab-feeds');
   await page.click('#tab-feeds');
-  await page.waitForFunction(() => /1 accepted/.test(document.getElementById('feeds-list').textContent));
-  const text = await page.textContent('#feeds-list');
+  await page.waitForFunction(() => /source RJ1/.test(document.querySelector('#feeds-list article')?.textContent || ''));
+  // The newest first: this ingest, by the fleet engineer over the admin API.
+  const text = await page.textContent('#feeds-list article:first-child');
+  assert.match(text, /1 accepted/);
+  assert.match(text, /admin API, by OPS-DEMO/);
   assert.match(text, /source RJ1/);
   assert.match(text, /2 rejected/);
-  const rows = await page.$$eval('#feeds-list details table tbody tr', (trs) => trs.map((tr) => tr.textContent));
+  const rows = await page.$$eval('#feeds-list article:first-child details table tbody tr', (trs) => trs.map((tr) => tr.textContent));
   assert.ok(rows.some((t) => t.startsWith('2')), JSON.stringify(rows));
   assert.ok(rows.some((t) => t.startsWith('3')), JSON.stringify(rows));
+  // The demo's own loads, made offline before the hub served, are there too.
+  assert.match(await page.textContent('#feeds-list'), /offline \(edge-hub ingest synthetic Londoners/);
   await shot('console-feeds');
   await axe('console, feeds view');
   // A privacy officer is refused the feeds.

@@ -52,6 +52,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "audit_review",
         sql: include_str!("migrations/0007_audit_review.sql"),
     },
+    Migration {
+        version: 8,
+        name: "unit_history",
+        sql: include_str!("migrations/0008_unit_history.sql"),
+    },
 ];
 
 /// The advisory lock every hub's migration run holds ("kerbside" in ASCII).

@@ -13,6 +13,7 @@
 pub mod audit;
 pub mod budget;
 pub mod fleet;
+pub mod history;
 pub mod migrate;
 
 use std::collections::HashMap;

@@ -5,7 +5,7 @@
 
 const KEY = 'kerbside-operator-token';
 const REFRESH_MS = 10000;
-const VIEWS = ['fleet', 'feeds', 'privacy'];
+const VIEWS = ['fleet', 'unit', 'feeds', 'privacy'];
 const SVG = 'http://www.w3.org/2000/svg';
 const CERT_WARN_MS = 48 * 3600 * 1000;
 
@@ -133,11 +133,13 @@ async function signIn() {
 
 function route() {
   if (!me) return;
-  const view = (location.hash || '').slice(1) || me.role;
+  const hash = decodeURIComponent((location.hash || '').slice(1)) || me.role;
+  const [view, arg] = hash.startsWith('unit/') ? ['unit', hash.slice(5)] : [hash, null];
   for (const id of VIEWS) {
     $(id).hidden = id !== view;
     const tab = $(`tab-${id}`);
-    if (id === view) tab.setAttribute('aria-current', 'page'); else tab.removeAttribute('aria-current');
+    if (!tab) continue;
+    if (id === view || (view === 'unit' && id === 'fleet')) tab.setAttribute('aria-current', 'page'); else tab.removeAttribute('aria-current');
   }
   if (refreshTimer) clearInterval(refreshTimer);
   refreshTimer = null;
@@ -145,6 +147,9 @@ function route() {
   if (view === 'fleet') {
     loadFleet();
     refreshTimer = setInterval(loadFleet, REFRESH_MS);
+  } else if (view === 'unit') {
+    loadUnit(arg);
+    refreshTimer = setInterval(() => loadUnit(arg), REFRESH_MS);
   } else if (view === 'feeds') {
     loadFeeds();
   } else if (view === 'privacy') {
@@ -174,7 +179,7 @@ function derive(d) {
     ...d,
     lag,
     records: d.health ? h.records : null,
-    backlog: d.health ? h.audit_backlog : null,
+    backlog: d.audit_backlog != null ? d.audit_backlog : d.health ? h.audit_backlog : null,
     state,
     certMs,
     supervisor,
@@ -199,6 +204,117 @@ async function loadFleet() {
   devices = (r.body.devices || r.body || []).map(derive);
   $('fleet-updated').textContent = `Updated ${new Date().toLocaleTimeString('en-GB')}`;
   renderFleet();
+  const h = await api('GET', '/admin/history');
+  if (h.ok) {
+    $('backlog-every').textContent = everyText(h.body.every_s);
+    const pts = h.body.points || [];
+    $('fleet-backlog').replaceChildren(lineChart(pts.map((p) => ({ t: Date.parse(p.at), v: p.audit_backlog })), {
+      id: 'fleet-backlog-chart',
+      what: 'Audit backlog across the fleet',
+      unit: 'events',
+      since: Date.parse(h.body.since),
+    }));
+  }
+}
+
+function everyText(s) {
+  if (s == null) return '';
+  return s % 60 === 0 ? `${s / 60} min` : `${s} s`;
+}
+
+/// A small line chart of `points` ({t: ms, v: number or null}) from `since` to now: an image
+/// with a text alternative (its title: the latest value, the highest and when; the figures are
+/// also in a table where it matters). A null value is a gap (not known then).
+function lineChart(points, { id, what, unit, since }) {
+  const W = 560; const H = 170; const L = 52; const R = 12; const T = 12; const B = 30;
+  const now = Date.now();
+  const t0 = Math.min(since, ...points.map((p) => p.t));
+  const known = points.filter((p) => p.v != null);
+  const max = Math.max(1, ...known.map((p) => p.v));
+  const x = (t) => L + ((t - t0) / Math.max(1, now - t0)) * (W - L - R);
+  const y = (v) => T + (1 - v / max) * (H - T - B);
+  const latest = known.length ? known[known.length - 1] : null;
+  const peak = known.reduce((a, p) => (a && a.v >= p.v ? a : p), null);
+  const alt = !known.length
+    ? `${what}: no samples yet.`
+    : `${what}: now ${latest.v} ${unit} (at ${new Date(latest.t).toLocaleTimeString('en-GB')}); highest ${peak.v} ${unit} at ${new Date(peak.t).toLocaleString('en-GB')}; ${known.length} samples.`;
+  const chart = svg('svg', { role: 'img', viewBox: `0 0 ${W} ${H}`, width: W, height: H, 'aria-labelledby': `${id}-title`, id },
+    svg('title', { id: `${id}-title` }, alt),
+    svg('line', { x1: L, y1: H - B, x2: W - R, y2: H - B, stroke: '#505a5f' }),
+    svg('line', { x1: L, y1: T, x2: L, y2: H - B, stroke: '#505a5f' }),
+    svg('text', { x: L - 6, y: T + 10, 'font-size': 12, 'text-anchor': 'end', fill: '#0b0c0c' }, String(max)),
+    svg('text', { x: L - 6, y: H - B, 'font-size': 12, 'text-anchor': 'end', fill: '#0b0c0c' }, '0'));
+  // Hour ticks: every 6 hours over a day, every hour over a shorter span.
+  const span = now - t0;
+  const step = span > 8 * 3600e3 ? 6 * 3600e3 : span > 2 * 3600e3 ? 3600e3 : 15 * 60e3;
+  for (let t = Math.ceil(t0 / step) * step; t <= now; t += step) {
+    chart.append(
+      svg('line', { x1: x(t), y1: H - B, x2: x(t), y2: H - B + 4, stroke: '#505a5f' }),
+      svg('text', { x: x(t), y: H - B + 17, 'font-size': 12, 'text-anchor': 'middle', fill: '#0b0c0c' },
+        new Date(t).toLocaleTimeString('en-GB', { hour: '2-digit', minute: '2-digit', timeZone: 'Europe/London' })));
+  }
+  let d = '';
+  let pen = false;
+  for (const p of points) {
+    if (p.v == null) { pen = false; continue; }
+    d += `${pen ? 'L' : 'M'}${x(p.t).toFixed(1)},${y(p.v).toFixed(1)} `;
+    pen = true;
+  }
+  if (d) chart.append(svg('path', { d, fill: 'none', stroke: '#1d70b8', 'stroke-width': 2 }));
+  for (const p of known.length <= 60 ? known : [latest]) {
+    chart.append(svg('circle', { cx: x(p.t), cy: y(p.v), r: 3, fill: '#1d70b8' }));
+  }
+  if (!known.length) {
+    chart.append(svg('text', { x: (L + W) / 2, y: H / 2, 'font-size': 14, 'text-anchor': 'middle', fill: '#505a5f' }, 'No samples yet'));
+  }
+  return chart;
+}
+
+// ------------------------------------------------------------------ one unit
+
+async function loadUnit(id) {
+  $('unit-h').textContent = `Unit ${id}`;
+  const [r, h] = await Promise.all([api('GET', '/admin/devices'), api('GET', `/admin/history?device=${encodeURIComponent(id)}`)]);
+  if (!r.ok || !h.ok) {
+    const bad = r.ok ? h : r;
+    if (bad.status !== 401) say(refusalText(bad), true);
+    return;
+  }
+  devices = (r.body.devices || r.body || []).map(derive);
+  const d = devices.find((x) => x.device_id === id);
+  if (!d) {
+    $('unit-facts').replaceChildren(el('dt', {}, 'Unit'), el('dd', { class: 'error' }, `${id} is not in the fleet inventory and has never connected to this hub.`));
+    return;
+  }
+  const facts = [
+    ['Role', d.role || '—'],
+    ['Callsign / site', [d.callsign, d.site].filter(Boolean).join(' / ') || '—'],
+    ['Cohort', d.cohort || '—'],
+    ['Link', d.connected ? (d.live ? 'connected, live' : 'connected, syncing') : `offline, last seen ${ago(d.last_seen)}`],
+    ['Changes behind', d.lag == null ? 'unknown (no cursor acknowledged yet)' : d.lag > 0 ? `${d.lag}${d.oldest_missing_at ? `, the oldest written ${ago(d.oldest_missing_at)}` : ''}` : 'none'],
+    ['Records held', d.records == null ? 'not reported' : `${d.records} when it last connected (${ago(d.health && d.health.at)})`],
+    ['Audit backlog', d.backlog == null ? 'not reported' : `${d.backlog} events`],
+    ['Certificate', d.cert_not_after ? `until ${when(d.cert_not_after)}` : '—'],
+    ['State', d.state],
+    ['Supervisor', d.supervisor],
+    ['Software', [d.software_version, d.firmware_version && `firmware ${d.firmware_version}`].filter(Boolean).join(', ') || '—'],
+  ];
+  $('unit-facts').replaceChildren(...facts.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, v)]));
+  const samples = h.body.samples || [];
+  const since = Date.parse(h.body.since);
+  $('unit-lag').replaceChildren(lineChart(samples.map((s) => ({ t: Date.parse(s.at), v: s.lag })), { id: 'unit-lag-chart', what: `Changes behind for ${id}`, unit: 'changes', since }));
+  $('unit-backlog').replaceChildren(lineChart(samples.map((s) => ({ t: Date.parse(s.at), v: s.audit_backlog })), { id: 'unit-backlog-chart', what: `Audit backlog for ${id}`, unit: 'events', since }));
+  const shown = samples.slice(-288).reverse();
+  $('unit-samples').replaceChildren(!shown.length ? el('p', {}, `No samples yet: the hub samples every ${everyText(h.body.every_s)}.`) : el('div', { class: 'table-wrap' }, el('table', {},
+    el('caption', {}, `Sampled every ${everyText(h.body.every_s)}, newest first${samples.length > shown.length ? ` (the latest ${shown.length} of ${samples.length})` : ''}.`),
+    el('thead', {}, el('tr', {}, ...['Time', 'Link', 'Changes behind', 'Oldest missing change', 'Audit backlog', 'Records'].map((x) => el('th', { scope: 'col' }, x)))),
+    el('tbody', {}, ...shown.map((s) => el('tr', {},
+      el('td', {}, when(s.at)),
+      el('td', {}, s.connected ? 'connected' : 'offline'),
+      el('td', {}, s.lag == null ? '—' : String(s.lag)),
+      el('td', {}, s.behind_s == null ? '—' : s.behind_s < 90 ? `${s.behind_s} s` : ageText(s.behind_s)),
+      el('td', {}, s.audit_backlog == null ? '—' : String(s.audit_backlog)),
+      el('td', {}, s.records == null ? '—' : String(s.records))))))));
 }
 
 /// Seconds since the unit's copy was last brought up to date: 0 while connected and live.
@@ -298,7 +414,7 @@ function renderFleet() {
       el('p', {}, 'Run by the CA\'s custodian on the fleet directory:'),
       el('pre', {}, `edge-provision revoke --fleet FLEET --device-id ${d.device_id}\nedge-provision renew --fleet FLEET --device-id ${d.device_id}`)));
     return el('tr', {},
-      el('th', { scope: 'row' }, d.device_id),
+      el('th', { scope: 'row' }, el('a', { href: `#unit/${encodeURIComponent(d.device_id)}` }, d.device_id)),
       el('td', {}, d.role || '—'),
       el('td', {}, [d.callsign, d.site].filter(Boolean).join(' / ') || '—'),
       el('td', {}, d.cohort || '—'),
@@ -306,7 +422,7 @@ function renderFleet() {
       el('td', {}, d.lag === null ? '—' : d.lag > 0
         ? el('span', {}, tag(String(d.lag), 'warn'), d.oldest_missing_at ? el('span', { class: 'muted' }, ` oldest from ${ago(d.oldest_missing_at)}`) : null)
         : '0'),
-      el('td', {}, d.records == null ? '—' : el('span', {}, String(d.records), el('br'), el('span', { class: 'muted' }, `reported ${ago(d.health && d.health.at)}`))),
+      el('td', {}, d.records == null ? '—' : el('span', {}, String(d.records), el('br'), el('span', { class: 'muted' }, `at connection, ${ago(d.health && d.health.at)}`))),
       el('td', {}, d.backlog == null ? '—' : d.backlog > 0 ? tag(String(d.backlog), 'warn') : '0'),
       el('td', {}, cert || '—'),
       el('td', {}, tag(d.state, stateKind)),
@@ -395,14 +511,15 @@ async function loadFeeds() {
     return;
   }
   const ingests = r.body.ingests || [];
-  if (!ingests.length) { $('feeds-list').replaceChildren(el('p', {}, 'No ingests over the admin API since this hub started.')); return; }
+  if (!ingests.length) { $('feeds-list').replaceChildren(el('p', {}, 'No ingests recorded yet.')); return; }
   $('feeds-list').replaceChildren(...ingests.map((g) => {
     const name = [g.feed && `feed ${g.feed}`, g.source && `source ${g.source}`, g.snapshot && 'snapshot'].filter(Boolean).join(', ') || 'no feed named';
     const kind = g.rejected_total > 0 ? 'bad' : g.warnings_total > 0 ? 'warn' : 'ok';
     return el('article', { class: 'card ingest' },
       el('h3', {}, `${when(g.at)} · ${name}`),
       el('p', {}, tag(`${g.accepted} accepted`, 'ok'), ' ', tag(`${g.rejected_total} rejected`, g.rejected_total ? 'bad' : 'off'), ' ',
-        tag(`${g.warnings_total} warnings`, g.warnings_total ? 'warn' : 'off'), ` · ${g.changed} summaries changed · by ${g.operator_id || '?'}`),
+        tag(`${g.warnings_total} warnings`, g.warnings_total ? 'warn' : 'off'), ` · ${g.changed} summaries changed · `,
+        g.via === 'offline' ? `offline (edge-hub ingest${g.file ? ` ${g.file}` : ''})` : `admin API, by ${g.operator_id || '?'}`),
       kind === 'ok' ? null : el('details', { open: g.rejected_total > 0 },
         el('summary', {}, 'Lines'),
         lines(g.rejected || [], 'error', `Rejected lines (${g.rejected.length} of ${g.rejected_total} shown)`),

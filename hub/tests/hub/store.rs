@@ -1070,3 +1070,149 @@ mod pg_only {
         assert!(!e.contains("hunter2secret"), "{e}");
     }
 }
+
+/// The units' sampled history (the console's charts), on both backends: one sample per unit per
+/// bucket, a connected unit's sample preferred to a disconnected one's (a hub the unit is on
+/// knows its live cursor), read by unit or for the fleet in time order, dropped after a day.
+mod history {
+    use std::sync::Arc;
+
+    use edge_hub::history::{fleet_points, History, Sample, KEEP_MS};
+    use edge_hub::pg::PgStore;
+
+    use super::TestDb;
+
+    fn s(dev: &str, at: i64, lag: u64, backlog: u64, connected: bool) -> Sample {
+        Sample {
+            device_id: dev.into(),
+            at,
+            lag: Some(lag),
+            behind_s: (lag > 0).then_some(60),
+            audit_backlog: Some(backlog),
+            records: Some(100),
+            connected,
+        }
+    }
+
+    fn keeps_a_day_one_sample_per_unit_and_bucket(h: &History) {
+        let t0 = 1_800_000_000_000;
+        let t1 = t0 + 300_000;
+        h.record(
+            &[
+                s("LAS-AMB-0001", t0, 5, 2, false),
+                s("LAS-AMB-0002", t0, 0, 0, true),
+            ],
+            t0,
+        )
+        .unwrap();
+        // Another hub's samples of the same bucket: the connected view wins, either way round.
+        h.record(
+            &[
+                s("LAS-AMB-0001", t0, 0, 0, true),
+                s("LAS-AMB-0002", t0, 9, 9, false),
+            ],
+            t0,
+        )
+        .unwrap();
+        h.record(&[s("LAS-AMB-0001", t1, 3, 7, false)], t1).unwrap();
+        let one = h.since(Some("LAS-AMB-0001"), 0).unwrap();
+        assert_eq!(
+            one,
+            vec![
+                s("LAS-AMB-0001", t0, 0, 0, true),
+                s("LAS-AMB-0001", t1, 3, 7, false)
+            ]
+        );
+        let all = h.since(None, 0).unwrap();
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[1], s("LAS-AMB-0002", t0, 0, 0, true));
+        assert_eq!(h.since(None, t1).unwrap().len(), 1);
+        let points = fleet_points(&all);
+        assert_eq!(points.len(), 2);
+        assert_eq!(
+            (points[0].units, points[0].connected, points[0].behind),
+            (2, 2, 0)
+        );
+        assert_eq!(
+            (points[1].audit_backlog, points[1].max_lag, points[1].behind),
+            (7, 3, 1)
+        );
+        // A day later the first bucket is gone, the second kept.
+        h.record(&[], t0 + KEEP_MS + 1).unwrap();
+        let left = h.since(None, 0).unwrap();
+        assert_eq!(left, vec![s("LAS-AMB-0001", t1, 3, 7, false)]);
+    }
+
+    /// The feeds' ingest log: the latest [`KEEP`](edge_hub::ingest_log::KEEP), newest first,
+    /// with the report's counts and first lines.
+    fn the_ingest_log_keeps_the_latest_newest_first(log: &edge_hub::ingest_log::IngestLog) {
+        use edge_hub::store::{IngestReport, Rejected};
+        let keep = edge_hub::ingest_log::KEEP;
+        for i in 0..keep + 5 {
+            let report = IngestReport {
+                accepted: i as u64,
+                rejected: (0..150)
+                    .map(|l| Rejected {
+                        line: l,
+                        entry: None,
+                        error: "not JSON".into(),
+                    })
+                    .take(if i == keep + 4 { 150 } else { 0 })
+                    .collect(),
+                ..IngestReport::default()
+            };
+            let label = serde_json::json!({"feed": "rj1-epr", "file": format!("f{i}.ndjson")});
+            let via = if i % 2 == 0 { "offline" } else { "admin-api" };
+            log.record(&edge_hub::ingest_log::entry(
+                edge_proto::time::UnixMillis(1_800_000_000_000 + i as i64),
+                (via == "admin-api").then_some("OPS-0001"),
+                via,
+                &label,
+                &report,
+            ))
+            .unwrap();
+        }
+        let latest = log.latest(3).unwrap();
+        assert_eq!(latest.len(), 3);
+        assert_eq!(latest[0]["accepted"], (keep + 4) as u64);
+        assert_eq!(latest[0]["file"], format!("f{}.ndjson", keep + 4));
+        assert_eq!(latest[0]["via"], "offline");
+        assert_eq!(latest[0]["rejected_total"], 150);
+        assert_eq!(latest[0]["rejected"].as_array().unwrap().len(), 100);
+        assert_eq!(latest[1]["operator_id"], "OPS-0001");
+        assert_eq!(latest[2]["accepted"], (keep + 2) as u64);
+        let all = log.latest(10_000).unwrap();
+        assert_eq!(all.len(), keep, "only the latest are kept");
+        assert_eq!(all[keep - 1]["accepted"], 5);
+    }
+
+    #[test]
+    fn the_ingest_log_keeps_the_latest_newest_first_embedded() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        the_ingest_log_keeps_the_latest_newest_first(
+            &edge_hub::ingest_log::IngestLog::open(&db).unwrap(),
+        );
+    }
+
+    #[test]
+    fn the_ingest_log_keeps_the_latest_newest_first_postgres() {
+        let Some(db) = TestDb::create() else { return };
+        let store = Arc::new(PgStore::connect(&db.options()).unwrap());
+        the_ingest_log_keeps_the_latest_newest_first(&edge_hub::ingest_log::IngestLog::Pg(store));
+    }
+
+    #[test]
+    fn keeps_a_day_one_sample_per_unit_and_bucket_embedded() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        keeps_a_day_one_sample_per_unit_and_bucket(&History::open(&db).unwrap());
+    }
+
+    #[test]
+    fn keeps_a_day_one_sample_per_unit_and_bucket_postgres() {
+        let Some(db) = TestDb::create() else { return };
+        let store = Arc::new(PgStore::connect(&db.options()).unwrap());
+        keeps_a_day_one_sample_per_unit_and_bucket(&History::Pg(store));
+    }
+}
