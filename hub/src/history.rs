@@ -147,13 +147,14 @@ impl History {
             History::Sled(t) => {
                 let mut out = Vec::new();
                 for kv in t.range(key(since, "")..) {
-                    let (_, v) = kv?;
-                    let s: Sample = serde_json::from_slice(&v).map_err(corrupt)?;
-                    if device.is_none_or(|d| d == s.device_id) {
-                        out.push(s);
-                        if out.len() >= MAX_ROWS {
-                            break;
-                        }
+                    let (k, v) = kv?;
+                    // The unit id is the key's tail: skip other units without decoding.
+                    if device.is_some_and(|d| k.get(8..) != Some(d.as_bytes())) {
+                        continue;
+                    }
+                    out.push(serde_json::from_slice(&v).map_err(corrupt)?);
+                    if out.len() >= MAX_ROWS {
+                        break;
                     }
                 }
                 Ok(out)
