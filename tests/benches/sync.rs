@@ -3,7 +3,8 @@
 //! sent raw over one QUIC stream between the same certificates.
 //!
 //! `cargo bench -p kerbside-tests --bench sync [-- PATIENTS]` (default 100,000). Prints a
-//! Markdown table for BENCHMARKS.md.
+//! Markdown table for BENCHMARKS.md. `KERBSIDE_BATCH=N` sets the hub's records per sync batch
+//! (`[sync] batch_records_max`, default 500).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +20,27 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or(100_000);
     let mut f = Fleet::new()?;
     let u = f.enrol("LAS-AMB-BENCH", &[])?;
+    // KERBSIDE_BATCH=N: the hub's records per sync batch (`[sync] batch_records_max`).
+    if let Ok(b) = std::env::var("KERBSIDE_BATCH") {
+        let p = f.hub_dir.join("hub.toml");
+        let text = std::fs::read_to_string(&p)?;
+        let text = match text.find("batch_records_max") {
+            Some(_) => text
+                .lines()
+                .map(|l| {
+                    if l.starts_with("batch_records_max") {
+                        format!("batch_records_max = {b}")
+                    } else {
+                        l.to_owned()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
+            None => format!("{text}\n[sync]\nbatch_records_max = {b}\n"),
+        };
+        std::fs::write(&p, text)?;
+        eprintln!("hub batch_records_max = {b}");
+    }
     let t = Instant::now();
     let data = f.synth("bench.ndjson", u32::try_from(n)?, 7)?;
     eprintln!("synth {n}: {:.1} s", t.elapsed().as_secs_f64());
