@@ -391,6 +391,9 @@ struct Shared {
     state: Mutex<State>,
     /// Serialises `mark_uploaded` and `prune` (never held by the writer).
     maintenance: Mutex<()>,
+    /// The open two-slot upload marker and the slot its next write goes to (taken under
+    /// `maintenance`); `None` until the first mark, or after a failed write.
+    marker: Mutex<Option<(File, usize)>>,
     counters: Counters,
 }
 
@@ -500,6 +503,7 @@ impl Journal {
             cipher,
             state: Mutex::new(state),
             maintenance: Mutex::new(()),
+            marker: Mutex::new(None),
             counters: Counters::default(),
         });
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
@@ -604,6 +608,68 @@ impl Journal {
         scan::read_from(&self.shared, from_seq, max_events, max_bytes)
     }
 
+    /// Write the upload marker (caller holds `maintenance`): in place, into the slot that does
+    /// not hold the current marker, then `fdatasync` ([`format::UPLOADED_FILE_BYTES`]). The
+    /// first write after open checks the file: a one-slot file (the earlier format), a missing
+    /// or unreadable one is replaced atomically by a two-slot file holding this marker.
+    fn write_marker(&self, bytes: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt as _;
+        let path = self.shared.config.dir.join(UPLOADED_FILE);
+        let mut m = self.shared.marker.lock().unwrap_or_else(|e| e.into_inner());
+        if m.is_none() {
+            let current = std::fs::read(&path).ok().and_then(|b| {
+                (b.len() == format::UPLOADED_FILE_BYTES)
+                    .then(|| format::decode_uploaded_file(&b).ok())
+                    .flatten()
+            });
+            match current {
+                Some((_, _, slot)) => {
+                    let f = std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open(&path)?;
+                    *m = Some((f, 1 - slot));
+                }
+                None => {
+                    let mut both = bytes.to_vec();
+                    both.resize(format::UPLOADED_FILE_BYTES, 0);
+                    edge_runtime::fsutil::write_atomic(
+                        &path,
+                        &both,
+                        edge_runtime::fsutil::MODE_PRIVATE,
+                    )?;
+                    self.shared
+                        .counters
+                        .dir_fsyncs
+                        .fetch_add(1, Ordering::Relaxed);
+                    let f = std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open(&path)?;
+                    *m = Some((f, 1));
+                    return Ok(());
+                }
+            }
+        }
+        let Some((f, slot)) = m.as_mut() else {
+            return Err(io::Error::other("no upload marker file"));
+        };
+        let written = f
+            .write_all_at(bytes, (*slot * format::UPLOADED_BYTES) as u64)
+            .and_then(|()| f.sync_data());
+        match written {
+            Ok(()) => {
+                *slot = 1 - *slot;
+                Ok(())
+            }
+            Err(e) => {
+                // Start again from what is on disk at the next mark.
+                *m = None;
+                Err(e)
+            }
+        }
+    }
+
     /// Record, durably, that the hub has acknowledged every event up to `upto_seq`. The cursor
     /// only moves forward; marking a seq at or below it is a no-op.
     pub fn mark_uploaded(&self, upto_seq: u64) -> Result<(), JournalError> {
@@ -633,16 +699,8 @@ impl Journal {
             .find(|e| e.seq == upto_seq)
             .map(|e| e.hash);
         let bytes = format::encode_uploaded(upto_seq, hash);
-        edge_runtime::fsutil::write_atomic(
-            &self.shared.config.dir.join(UPLOADED_FILE),
-            &bytes,
-            edge_runtime::fsutil::MODE_PRIVATE,
-        )
-        .map_err(|e| JournalError::io("writing the upload marker", e))?;
-        self.shared
-            .counters
-            .dir_fsyncs
-            .fetch_add(1, Ordering::Relaxed);
+        self.write_marker(&bytes)
+            .map_err(|e| JournalError::io("writing the upload marker", e))?;
         self.shared.state().uploaded_seq = upto_seq;
         tracing::debug!(upto_seq, "audit journal: upload cursor moved");
         Ok(())

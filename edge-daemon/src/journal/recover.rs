@@ -15,7 +15,7 @@ use edge_proto::audit::{AuditEvent, ChainError, Hash32, GENESIS};
 use edge_proto::cbor;
 use edge_proto::ids::DeviceId;
 
-use super::format::{self, decode_uploaded, UPLOADED_BYTES, UPLOADED_FILE};
+use super::format::{self, decode_uploaded_file, UPLOADED_FILE, UPLOADED_FILE_BYTES};
 use super::scan::{ScanItem, Scanner};
 use super::{
     JournalConfig, JournalError, Problem, ProblemKind, RecordCipher, Recovery, SegmentMeta,
@@ -279,10 +279,10 @@ fn read_uploaded(dir: &Path) -> Result<(u64, Option<Hash32>), String> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, None)),
         Err(e) => return Err(e.to_string()),
     };
-    let mut b = Vec::with_capacity(UPLOADED_BYTES);
+    let mut b = Vec::with_capacity(UPLOADED_FILE_BYTES);
     (&mut f)
-        .take(UPLOADED_BYTES as u64 + 1)
+        .take(UPLOADED_FILE_BYTES as u64 + 1)
         .read_to_end(&mut b)
         .map_err(|e| e.to_string())?;
-    decode_uploaded(&b)
+    decode_uploaded_file(&b).map(|(seq, hash, _)| (seq, hash))
 }
