@@ -258,6 +258,7 @@ fn unit_health(
         last_shutdown: s.mcu_status.and_then(|m| m.last_shutdown),
         records: cache.len() as u64,
         audit_backlog: journal.pending(),
+        audit_last_seq: Some(journal.last_seq()),
         disk_full: status.update(|l| l.disk_full),
     }
 }

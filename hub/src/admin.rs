@@ -507,41 +507,43 @@ async fn history(
     let every_s = st.hub.config.sync.history_every_s;
     let h = st.history.clone();
     let device = q.device.clone();
-    match blocking(move || h.since(device.as_deref(), since)).await {
-        Ok(Ok(samples)) => {
-            let at = |ms: i64| edge_proto::time::UnixMillis(ms).to_rfc3339();
-            let body = match q.device {
-                Some(d) => json!({
-                    "device_id": d,
-                    "every_s": every_s,
-                    "since": at(since),
-                    "samples": samples.iter().map(|s| json!({
-                        "at": at(s.at),
-                        "lag": s.lag,
-                        "behind_s": s.behind_s,
-                        "audit_backlog": s.audit_backlog,
-                        "records": s.records,
-                        "connected": s.connected,
-                    })).collect::<Vec<_>>(),
-                }),
-                None => json!({
-                    "every_s": every_s,
-                    "since": at(since),
-                    "points": crate::history::fleet_points(&samples).iter().map(|p| json!({
-                        "at": at(p.at),
-                        "units": p.units,
-                        "connected": p.connected,
-                        "behind": p.behind,
-                        "max_lag": p.max_lag,
-                        "audit_backlog": p.audit_backlog,
-                    })).collect::<Vec<_>>(),
-                }),
-            };
-            Json(body).into_response()
-        }
-        Ok(Err(e)) => internal(e),
-        Err(e) => internal(e),
-    }
+    let at = |ms: i64| edge_proto::time::UnixMillis(ms).to_rfc3339();
+    let body = match device {
+        Some(d) => match blocking(move || h.since(Some(&d), since)).await {
+            Ok(Ok(samples)) => json!({
+                "device_id": q.device,
+                "every_s": every_s,
+                "since": at(since),
+                "samples": samples.iter().map(|s| json!({
+                    "at": at(s.at),
+                    "lag": s.lag,
+                    "behind_s": s.behind_s,
+                    "audit_backlog": s.audit_backlog,
+                    "records": s.records,
+                    "connected": s.connected,
+                })).collect::<Vec<_>>(),
+            }),
+            Ok(Err(e)) => return internal(e),
+            Err(e) => return internal(e),
+        },
+        None => match blocking(move || h.fleet(since)).await {
+            Ok(Ok(points)) => json!({
+                "every_s": every_s,
+                "since": at(since),
+                "points": points.iter().map(|p| json!({
+                    "at": at(p.at),
+                    "units": p.units,
+                    "connected": p.connected,
+                    "behind": p.behind,
+                    "max_lag": p.max_lag,
+                    "audit_backlog": p.audit_backlog,
+                })).collect::<Vec<_>>(),
+            }),
+            Ok(Err(e)) => return internal(e),
+            Err(e) => return internal(e),
+        },
+    };
+    Json(body).into_response()
 }
 
 /// `GET /admin/whoami`: the operator the token names, for any role (the console's sign-in).

@@ -19,8 +19,9 @@ use crate::store::StoreError;
 /// How long samples are kept (26 hours: a day's charts, whatever the time zone's shift).
 pub const KEEP_MS: i64 = 26 * 3600 * 1000;
 
-/// Most samples one query returns (a day at one a minute for one unit is 1,440; the fleet's
-/// totals are grouped by bucket before this applies).
+/// Most samples one unit's query returns (a day at one a minute is 1,440; at the shortest
+/// period, one a second, the latest are kept). The fleet's totals are grouped by bucket as
+/// they are read, whatever the number of units.
 pub const MAX_ROWS: usize = 100_000;
 
 /// One unit at one moment.
@@ -76,19 +77,26 @@ fn corrupt(e: impl std::fmt::Display) -> StoreError {
     }
 }
 
+impl FleetPoint {
+    fn add(&mut self, s: &Sample) {
+        self.units += 1;
+        self.connected += u64::from(s.connected);
+        self.behind += u64::from(s.lag.unwrap_or(0) > 0);
+        self.audit_backlog += s.audit_backlog.unwrap_or(0);
+        self.max_lag = self.max_lag.max(s.lag.unwrap_or(0));
+    }
+}
+
 /// Totals per bucket, oldest first.
 pub fn fleet_points(samples: &[Sample]) -> Vec<FleetPoint> {
     let mut by: std::collections::BTreeMap<i64, FleetPoint> = std::collections::BTreeMap::new();
     for s in samples {
-        let p = by.entry(s.at).or_insert_with(|| FleetPoint {
-            at: s.at,
-            ..FleetPoint::default()
-        });
-        p.units += 1;
-        p.connected += u64::from(s.connected);
-        p.behind += u64::from(s.lag.unwrap_or(0) > 0);
-        p.audit_backlog += s.audit_backlog.unwrap_or(0);
-        p.max_lag = p.max_lag.max(s.lag.unwrap_or(0));
+        by.entry(s.at)
+            .or_insert_with(|| FleetPoint {
+                at: s.at,
+                ..FleetPoint::default()
+            })
+            .add(s);
     }
     by.into_values().collect()
 }
@@ -141,7 +149,31 @@ impl History {
         }
     }
 
-    /// Samples since `since` (Unix ms), oldest first: one unit's, or every unit's.
+    /// The fleet's totals per bucket since `since` (Unix ms), oldest first, over every sample
+    /// (grouped as they are read: no limit on the number of units).
+    pub fn fleet(&self, since: i64) -> Result<Vec<FleetPoint>, StoreError> {
+        match self {
+            History::Sled(t) => {
+                let mut by: std::collections::BTreeMap<i64, FleetPoint> =
+                    std::collections::BTreeMap::new();
+                for kv in t.range(key(since, "")..) {
+                    let (_, v) = kv?;
+                    let s: Sample = serde_json::from_slice(&v).map_err(corrupt)?;
+                    by.entry(s.at)
+                        .or_insert_with(|| FleetPoint {
+                            at: s.at,
+                            ..FleetPoint::default()
+                        })
+                        .add(&s);
+                }
+                Ok(by.into_values().collect())
+            }
+            History::Pg(p) => p.history_fleet(since),
+        }
+    }
+
+    /// Samples since `since` (Unix ms), oldest first: one unit's, or every unit's (the latest
+    /// [`MAX_ROWS`] when there are more).
     pub fn since(&self, device: Option<&str>, since: i64) -> Result<Vec<Sample>, StoreError> {
         match self {
             History::Sled(t) => {
@@ -153,10 +185,9 @@ impl History {
                         continue;
                     }
                     out.push(serde_json::from_slice(&v).map_err(corrupt)?);
-                    if out.len() >= MAX_ROWS {
-                        break;
-                    }
                 }
+                let extra = out.len().saturating_sub(MAX_ROWS);
+                out.drain(..extra);
                 Ok(out)
             }
             History::Pg(p) => p.history_since(device, since, MAX_ROWS),
@@ -198,9 +229,14 @@ pub fn spawn_sampler(hub: Arc<crate::server::Hub>) -> anyhow::Result<()> {
     let every_ms =
         i64::try_from(hub.config.sync.history_every_s.clamp(1, 3600)).unwrap_or(300) * 1000;
     tokio::spawn(async move {
+        let mut last_at: Option<i64> = None;
         loop {
             let now = crate::server::now().0;
-            let at = now - now.rem_euclid(every_ms);
+            // This period's bucket, and never the one just sampled again (a wake a little
+            // early, or a clock stepped back).
+            let at =
+                (now - now.rem_euclid(every_ms)).max(last_at.map_or(i64::MIN, |l| l + every_ms));
+            last_at = Some(at);
             let (h, hist) = (hub.clone(), history.clone());
             let done = crate::server::blocking(move || -> anyhow::Result<usize> {
                 let samples = take(&h, at, now)?;
@@ -216,7 +252,8 @@ pub fn spawn_sampler(hub: Arc<crate::server::Hub>) -> anyhow::Result<()> {
             }
             let now = crate::server::now().0;
             let next = at + every_ms;
-            let wait = u64::try_from(next - now).unwrap_or(0).max(200);
+            // At most one period (a clock stepped back must not stop the sampling for hours).
+            let wait = u64::try_from((next - now).clamp(200, every_ms)).unwrap_or(200);
             tokio::time::sleep(Duration::from_millis(wait)).await;
         }
     });

@@ -18,7 +18,9 @@ pub const KEEP: usize = 200;
 /// Where the log is kept.
 #[derive(Debug)]
 pub enum IngestLog {
-    Sled(sled::Tree),
+    /// The log's tree, and its database (for ids that never repeat, even between two writers
+    /// at once or across restarts).
+    Sled(sled::Tree, sled::Db),
     Pg(Arc<crate::pg::PgStore>),
 }
 
@@ -59,7 +61,7 @@ pub fn entry(
 impl IngestLog {
     /// The log in a sled database.
     pub fn open(db: &sled::Db) -> Result<IngestLog, StoreError> {
-        Ok(IngestLog::Sled(db.open_tree("ingest_log")?))
+        Ok(IngestLog::Sled(db.open_tree("ingest_log")?, db.clone()))
     }
 
     /// The log where `hub` keeps it: the shared database, else its sled database.
@@ -73,14 +75,8 @@ impl IngestLog {
     /// Add an entry (durable on return) and drop all but the latest [`KEEP`].
     pub fn record(&self, entry: &serde_json::Value) -> Result<(), StoreError> {
         match self {
-            IngestLog::Sled(t) => {
-                let id = match t.last()? {
-                    Some((k, _)) => <[u8; 8]>::try_from(k.as_ref())
-                        .map(u64::from_be_bytes)
-                        .map_err(|_| corrupt("a key is not 8 bytes"))?
-                        .saturating_add(1),
-                    None => 1,
-                };
+            IngestLog::Sled(t, db) => {
+                let id = db.generate_id()?;
                 t.insert(
                     id.to_be_bytes(),
                     serde_json::to_vec(entry).map_err(corrupt)?,
@@ -101,7 +97,7 @@ impl IngestLog {
     /// The latest `n` entries, newest first.
     pub fn latest(&self, n: usize) -> Result<Vec<serde_json::Value>, StoreError> {
         match self {
-            IngestLog::Sled(t) => t
+            IngestLog::Sled(t, _) => t
                 .iter()
                 .values()
                 .rev()

@@ -822,8 +822,13 @@ async fn handle_connection(hub: Arc<Hub>, conn: quinn::Connection) -> anyhow::Re
                         let dev = device.clone();
                         let _ = tokio::task::spawn_blocking(move || {
                             store.update_device(&dev, |d| {
-                                d.audit_head_reported =
-                                    Some(d.audit_received_seq.saturating_add(h.audit_backlog));
+                                // The unit's journal head as it says; from a unit too old
+                                // to say, what the hub has stored plus the backlog it
+                                // reported (which counts events whose acknowledgement was
+                                // lost, so it can only over-count).
+                                d.audit_head_reported = Some(h.audit_last_seq.unwrap_or_else(
+                                    || d.audit_received_seq.saturating_add(h.audit_backlog),
+                                ));
                                 d.health = Some((h, t));
                             })
                         })

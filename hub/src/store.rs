@@ -114,8 +114,9 @@ pub struct DeviceDisk {
     /// supervisor, records, audit backlog), and when it arrived.
     #[serde(default)]
     pub health: Option<(edge_proto::sync::UnitHealth, UnixMillis)>,
-    /// The unit's audit journal head as far as the hub knows: at its last hello, the highest
-    /// sequence stored from it plus the backlog it reported. The backlog now is this minus
+    /// The unit's audit journal head as far as the hub knows: the highest sequence in its
+    /// journal at its last hello (from a unit too old to report it, the highest stored from it
+    /// plus the backlog it reported). The backlog now is this minus
     /// [`Self::audit_received_seq`] (events written since the hello are not counted until the
     /// next one; a connected unit uploads them within seconds).
     #[serde(default)]

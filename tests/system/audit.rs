@@ -101,6 +101,11 @@ fn offline_accesses_reach_the_hub_exactly_once() {
     let s = f.status(u).unwrap();
     assert_eq!(v["last_seq"], s["audit_uploaded_seq"], "{v} {s}");
     assert_eq!(v["events"], v["last_seq"]);
+    // The fleet view's audit backlog: the journal head the unit gave in its hello, less what
+    // the hub has stored — none left.
+    let row = f.device_row("LAS-AMB-0030").unwrap();
+    assert_eq!(row["health"]["audit_last_seq"], v["last_seq"], "{row:#}");
+    assert_eq!(row["audit_backlog"], 0, "{row:#}");
     // The FHIR export carries them too.
     let (code, body) = f.admin("GET", "/admin/audit/export", None).unwrap();
     assert_eq!(code, 200);

@@ -34,7 +34,33 @@ impl PgStore {
         block_on(tx.commit()).map_err(pg)
     }
 
-    /// Samples from `since`, oldest first (then by unit), at most `limit`.
+    /// The fleet's totals per bucket from `since`, oldest first, grouped in the database.
+    pub fn history_fleet(&self, since: i64) -> Result<Vec<crate::history::FleetPoint>, StoreError> {
+        let c = self.conn()?;
+        let rows = block_on(client(&c).query(
+            "SELECT bucket, count(*), count(*) FILTER (WHERE connected), \
+             count(*) FILTER (WHERE coalesce((sample->>'lag')::bigint, 0) > 0), \
+             coalesce(sum((sample->>'audit_backlog')::bigint), 0)::bigint, \
+             coalesce(max((sample->>'lag')::bigint), 0)::bigint \
+             FROM unit_history WHERE bucket >= $1 GROUP BY bucket ORDER BY bucket",
+            &[&since],
+        ))
+        .map_err(pg)?;
+        let u = |v: i64| u64::try_from(v).unwrap_or(0);
+        Ok(rows
+            .iter()
+            .map(|r| crate::history::FleetPoint {
+                at: r.get(0),
+                units: u(r.get(1)),
+                connected: u(r.get(2)),
+                behind: u(r.get(3)),
+                audit_backlog: u(r.get(4)),
+                max_lag: u(r.get(5)),
+            })
+            .collect())
+    }
+
+    /// Samples from `since`, oldest first (then by unit), the latest `limit`.
     pub fn history_since(
         &self,
         device: Option<&str>,
@@ -45,16 +71,17 @@ impl PgStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = match device {
             Some(d) => block_on(client(&c).query(
-                "SELECT sample FROM unit_history WHERE device = $1 AND bucket >= $2 ORDER BY bucket LIMIT $3",
+                "SELECT sample FROM unit_history WHERE device = $1 AND bucket >= $2 ORDER BY bucket DESC LIMIT $3",
                 &[&d, &since, &limit],
             )),
             None => block_on(client(&c).query(
-                "SELECT sample FROM unit_history WHERE bucket >= $1 ORDER BY bucket, device LIMIT $2",
+                "SELECT sample FROM unit_history WHERE bucket >= $1 ORDER BY bucket DESC, device DESC LIMIT $2",
                 &[&since, &limit],
             )),
         }
         .map_err(pg)?;
         rows.iter()
+            .rev()
             .map(|r| serde_json::from_value(r.get::<_, serde_json::Value>(0)).map_err(corrupt))
             .collect()
     }

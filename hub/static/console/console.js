@@ -15,6 +15,8 @@ let devices = [];
 let sortKey = 'device_id';
 let sortDir = 1;
 let refreshTimer = null;
+let fleetHistoryAt = 0; // when the fleet's history was last read (ms)
+let fleetHistoryEvery = 10; // its sampling period (s), as the hub said
 
 // ------------------------------------------------------------------ helpers
 
@@ -133,8 +135,10 @@ async function signIn() {
 
 function route() {
   if (!me) return;
-  const hash = decodeURIComponent((location.hash || '').slice(1)) || me.role;
-  const [view, arg] = hash.startsWith('unit/') ? ['unit', hash.slice(5)] : [hash, null];
+  let hash;
+  try { hash = decodeURIComponent((location.hash || '').slice(1)) || me.role; } catch { hash = me.role; }
+  let [view, arg] = hash.startsWith('unit/') && hash.length > 5 ? ['unit', hash.slice(5)] : [hash, null];
+  if (!VIEWS.includes(view) || (view === 'unit' && !arg)) view = me.role;
   for (const id of VIEWS) {
     $(id).hidden = id !== view;
     const tab = $(`tab-${id}`);
@@ -204,8 +208,12 @@ async function loadFleet() {
   devices = (r.body.devices || r.body || []).map(derive);
   $('fleet-updated').textContent = `Updated ${new Date().toLocaleTimeString('en-GB')}`;
   renderFleet();
+  // The fleet's history changes once a sampling period: ask again only when one has passed.
+  if (Date.now() - fleetHistoryAt < fleetHistoryEvery * 1000) return;
   const h = await api('GET', '/admin/history');
   if (h.ok) {
+    fleetHistoryAt = Date.now();
+    fleetHistoryEvery = Math.max(10, h.body.every_s || 10);
     $('backlog-every').textContent = everyText(h.body.every_s);
     const pts = h.body.points || [];
     $('fleet-backlog').replaceChildren(lineChart(pts.map((p) => ({ t: Date.parse(p.at), v: p.audit_backlog })), {
@@ -228,9 +236,9 @@ function everyText(s) {
 function lineChart(points, { id, what, unit, since }) {
   const W = 560; const H = 170; const L = 52; const R = 12; const T = 12; const B = 30;
   const now = Date.now();
-  const t0 = Math.min(since, ...points.map((p) => p.t));
+  const t0 = points.reduce((m, p) => Math.min(m, p.t), since);
   const known = points.filter((p) => p.v != null);
-  const max = Math.max(1, ...known.map((p) => p.v));
+  const max = known.reduce((m, p) => Math.max(m, p.v), 1);
   const x = (t) => L + ((t - t0) / Math.max(1, now - t0)) * (W - L - R);
   const y = (v) => T + (1 - v / max) * (H - T - B);
   const latest = known.length ? known[known.length - 1] : null;

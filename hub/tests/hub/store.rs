@@ -1128,6 +1128,12 @@ mod history {
         assert_eq!(all[1], s("LAS-AMB-0002", t0, 0, 0, true));
         assert_eq!(h.since(None, t1).unwrap().len(), 1);
         let points = fleet_points(&all);
+        assert_eq!(
+            h.fleet(0).unwrap(),
+            points,
+            "grouped as read, the same totals"
+        );
+        assert_eq!(h.fleet(t1).unwrap(), points[1..]);
         assert_eq!(points.len(), 2);
         assert_eq!(
             (points[0].units, points[0].connected, points[0].behind),

@@ -309,6 +309,10 @@ pub struct UnitHealth {
     pub records: u64,
     /// Audit events on the unit not yet acknowledged by a hub.
     pub audit_backlog: u64,
+    /// The highest sequence number in the unit's audit journal (`None` from units before it
+    /// was reported): with what it has stored, the hub knows the backlog exactly, whatever
+    /// acknowledgements were lost.
+    pub audit_last_seq: Option<u64>,
     /// The cache's disk is full: updates cannot be saved.
     pub disk_full: bool,
 }
