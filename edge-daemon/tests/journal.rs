@@ -433,10 +433,10 @@ fn upload_cursor_survives_reopen() {
     assert_eq!(j.uploaded_seq(), 20);
 }
 
-/// The upload marker is two slots overwritten in place in turn (no rename, no directory
-/// fsync per acknowledgement): the same file throughout, a torn write to one slot leaves the
-/// previous marker in the other, and a one-slot marker from an earlier version is read and
-/// replaced.
+/// The upload marker is two slots, each in its own 4 KiB block, overwritten in place in turn
+/// (no rename, no directory fsync per acknowledgement): the same file throughout, a torn write
+/// to one slot leaves the previous marker in the other, and a one-slot marker from an earlier
+/// version is read and replaced.
 #[test]
 fn the_upload_marker_is_rewritten_in_place_and_survives_a_torn_slot() {
     use std::os::unix::fs::MetadataExt as _;
@@ -447,7 +447,7 @@ fn the_upload_marker_is_rewritten_in_place_and_survives_a_torn_slot() {
     append_n(&j, 1, 6);
     j.mark_uploaded(2).unwrap();
     let ino = fs::metadata(&marker).unwrap().ino();
-    assert_eq!(fs::metadata(&marker).unwrap().len(), 98);
+    assert_eq!(fs::metadata(&marker).unwrap().len(), 8192);
     j.mark_uploaded(3).unwrap();
     j.mark_uploaded(4).unwrap();
     assert_eq!(
@@ -473,7 +473,7 @@ fn the_upload_marker_is_rewritten_in_place_and_survives_a_torn_slot() {
     j.mark_uploaded(5).unwrap();
     let b = fs::read(&marker).unwrap();
     let mut torn_again = b.clone();
-    torn_again[49 + 20] ^= 0xff; // slot 1 still holds 3: spoil it, 5 must survive in slot 0
+    torn_again[4096 + 20] ^= 0xff; // slot 1 still holds 3: spoil it, 5 must survive in slot 0
     fs::write(&marker, &torn_again).unwrap();
     j.close_blocking();
     let (j, _) = open(&cfg);
@@ -486,7 +486,7 @@ fn the_upload_marker_is_rewritten_in_place_and_survives_a_torn_slot() {
     assert!(rec.is_clean(), "{:?}", kinds(&rec));
     assert_eq!(j.uploaded_seq(), 5);
     j.mark_uploaded(6).unwrap();
-    assert_eq!(fs::metadata(&marker).unwrap().len(), 98);
+    assert_eq!(fs::metadata(&marker).unwrap().len(), 8192);
     j.close_blocking();
     let (j, _) = open(&cfg);
     assert_eq!((j.uploaded_seq(), j.pending()), (6, 0));

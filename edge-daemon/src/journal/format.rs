@@ -103,24 +103,27 @@ pub(super) fn encode_uploaded(seq: u64, hash: Option<Hash32>) -> Vec<u8> {
     out
 }
 
-/// The upload marker file: two slots of [`UPLOADED_BYTES`], overwritten in place in turn, so
-/// moving the cursor is one `pwrite` and one `fdatasync` of a file whose size and blocks never
-/// change (no rename, no directory fsync, no filesystem-journal commit beside the audit
-/// journal's own appends). The valid slot with the higher seq is the marker; a torn write
-/// spoils only the slot being written, leaving the previous marker in the other. A file of one
-/// slot (the earlier format) is read as that slot.
-pub(super) const UPLOADED_FILE_BYTES: usize = 2 * UPLOADED_BYTES;
+/// The upload marker file: two slots, each a marker of [`UPLOADED_BYTES`] at the start of its
+/// own 4 KiB block ([`UPLOADED_SLOT_STRIDE`]), overwritten in place in turn, so moving the
+/// cursor is one `pwrite` and one `fdatasync` of a file whose size and blocks never change (no
+/// rename, no directory fsync, no filesystem-journal commit beside the audit journal's own
+/// appends). The valid slot with the higher seq is the marker. A write torn by power loss
+/// spoils at most the block being written — on flash that may lose a whole page, which is why
+/// the slots never share one — leaving the previous marker in the other. A file of one marker
+/// (the earlier format) is read as that slot.
+pub(super) const UPLOADED_SLOT_STRIDE: usize = 4096;
+pub(super) const UPLOADED_FILE_BYTES: usize = 2 * UPLOADED_SLOT_STRIDE;
 
 /// The marker in a file of one or two slots; which slot holds it (0 for a one-slot file).
 pub(super) fn decode_uploaded_file(b: &[u8]) -> Result<(u64, Option<Hash32>, usize), String> {
     match b.len() {
         UPLOADED_BYTES => decode_uploaded(b).map(|(s, h)| (s, h, 0)),
         UPLOADED_FILE_BYTES => {
-            let slots = [
-                decode_uploaded(&b[..UPLOADED_BYTES]),
-                decode_uploaded(&b[UPLOADED_BYTES..]),
-            ];
-            match slots {
+            let at = |i: usize| {
+                let o = i * UPLOADED_SLOT_STRIDE;
+                decode_uploaded(&b[o..o + UPLOADED_BYTES])
+            };
+            match [at(0), at(1)] {
                 [Ok(a), Ok(c)] if c.0 > a.0 => Ok((c.0, c.1, 1)),
                 [Ok(a), _] => Ok((a.0, a.1, 0)),
                 [Err(_), Ok(c)] => Ok((c.0, c.1, 1)),

@@ -628,11 +628,15 @@ impl Journal {
                         .read(true)
                         .write(true)
                         .open(&path)?;
+                    // The file's directory entry may be one an earlier attempt renamed into
+                    // place but could not sync: make it durable before relying on it.
+                    self.shared.sync_dir()?;
                     *m = Some((f, 1 - slot));
                 }
                 None => {
                     let mut both = bytes.to_vec();
                     both.resize(format::UPLOADED_FILE_BYTES, 0);
+                    // Slot 0 holds this marker; slot 1 (zeros) is invalid until written.
                     edge_runtime::fsutil::write_atomic(
                         &path,
                         &both,
@@ -655,7 +659,7 @@ impl Journal {
             return Err(io::Error::other("no upload marker file"));
         };
         let written = f
-            .write_all_at(bytes, (*slot * format::UPLOADED_BYTES) as u64)
+            .write_all_at(bytes, (*slot * format::UPLOADED_SLOT_STRIDE) as u64)
             .and_then(|()| f.sync_data());
         match written {
             Ok(()) => {
