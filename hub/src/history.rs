@@ -77,26 +77,24 @@ fn corrupt(e: impl std::fmt::Display) -> StoreError {
     }
 }
 
-impl FleetPoint {
-    fn add(&mut self, s: &Sample) {
-        self.units += 1;
-        self.connected += u64::from(s.connected);
-        self.behind += u64::from(s.lag.unwrap_or(0) > 0);
-        self.audit_backlog += s.audit_backlog.unwrap_or(0);
-        self.max_lag = self.max_lag.max(s.lag.unwrap_or(0));
-    }
+/// Add `s` to its bucket's totals.
+fn tally(by: &mut std::collections::BTreeMap<i64, FleetPoint>, s: &Sample) {
+    let p = by.entry(s.at).or_insert_with(|| FleetPoint {
+        at: s.at,
+        ..FleetPoint::default()
+    });
+    p.units += 1;
+    p.connected += u64::from(s.connected);
+    p.behind += u64::from(s.lag.unwrap_or(0) > 0);
+    p.audit_backlog += s.audit_backlog.unwrap_or(0);
+    p.max_lag = p.max_lag.max(s.lag.unwrap_or(0));
 }
 
 /// Totals per bucket, oldest first.
 pub fn fleet_points(samples: &[Sample]) -> Vec<FleetPoint> {
-    let mut by: std::collections::BTreeMap<i64, FleetPoint> = std::collections::BTreeMap::new();
+    let mut by = std::collections::BTreeMap::new();
     for s in samples {
-        by.entry(s.at)
-            .or_insert_with(|| FleetPoint {
-                at: s.at,
-                ..FleetPoint::default()
-            })
-            .add(s);
+        tally(&mut by, s);
     }
     by.into_values().collect()
 }
@@ -154,17 +152,10 @@ impl History {
     pub fn fleet(&self, since: i64) -> Result<Vec<FleetPoint>, StoreError> {
         match self {
             History::Sled(t) => {
-                let mut by: std::collections::BTreeMap<i64, FleetPoint> =
-                    std::collections::BTreeMap::new();
+                let mut by = std::collections::BTreeMap::new();
                 for kv in t.range(key(since, "")..) {
                     let (_, v) = kv?;
-                    let s: Sample = serde_json::from_slice(&v).map_err(corrupt)?;
-                    by.entry(s.at)
-                        .or_insert_with(|| FleetPoint {
-                            at: s.at,
-                            ..FleetPoint::default()
-                        })
-                        .add(&s);
+                    tally(&mut by, &serde_json::from_slice(&v).map_err(corrupt)?);
                 }
                 Ok(by.into_values().collect())
             }

@@ -203,14 +203,11 @@ pub fn run(
             })
             .await??;
             say(&format!("hub loaded {} patients", report.accepted));
-            let label = serde_json::json!({"file": "synthetic Londoners (kerbside-synth)"});
-            hub.ingest_log.record(&edge_hub::ingest_log::entry(
-                now(),
-                None,
-                "offline",
-                &label,
+            log_offline(
+                &hub,
+                serde_json::json!({"file": "synthetic Londoners (kerbside-synth)"}),
                 &report,
-            ))?;
+            )?;
         }
         for (path, text) in extra {
             let store = hub.store.clone();
@@ -226,14 +223,11 @@ pub fn run(
             })
             .await??;
             let name = path.display();
-            let label = serde_json::json!({"source": INGEST_DEFAULT_SOURCE, "file": name.to_string()});
-            hub.ingest_log.record(&edge_hub::ingest_log::entry(
-                now(),
-                None,
-                "offline",
-                &label,
+            log_offline(
+                &hub,
+                serde_json::json!({"source": INGEST_DEFAULT_SOURCE, "file": name.to_string()}),
                 &report,
-            ))?;
+            )?;
             for r in &report.rejected {
                 let entry = r.entry.map(|e| format!(" entry {e}")).unwrap_or_default();
                 say(&format!("{name}: line {}{entry} rejected: {}", r.line, r.error));
@@ -456,4 +450,15 @@ async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default())
+}
+
+/// Keep a load the demo made before its hub served in the hub's ingest log, as an offline
+/// `edge-hub ingest` run is (the console's Feeds view).
+fn log_offline(
+    hub: &Hub,
+    label: serde_json::Value,
+    report: &edge_hub::store::IngestReport,
+) -> anyhow::Result<()> {
+    let entry = edge_hub::ingest_log::entry(now(), None, "offline", &label, report);
+    Ok(hub.ingest_log.record(&entry)?)
 }
