@@ -49,6 +49,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use edge_proto::cbor;
+
+use crate::index::{self as idx, Fill, Loc, SortedIndex};
 use edge_proto::nhs::NhsNumber;
 use edge_proto::sync::sign::record_digest;
 use edge_proto::sync::store::StoredVersion;
@@ -229,6 +231,11 @@ const K_SEARCH: &[u8] = b"tsearch";
 const T_POSTING: &[u8] = b"x";
 /// A search card changed since the card files were built (see `cards.rs`).
 const T_CARD: &[u8] = b"d";
+/// A cold fill's index entries not yet in a sorted run (`i` ‖ sequence; `index.rs`).
+const T_FILL: &[u8] = b"i";
+/// The cohort records' sorted index file, and the folder of a cold fill's runs (`index.rs`).
+const INDEX_FILE: &str = "index.sorted";
+const FILL_DIR: &str = "index-fill";
 /// The search postings' layout; a cache without it (or with another) has them rebuilt at open.
 pub const SEARCH_LAYOUT: &[u8] = b"pairs-2";
 /// The layout marker when some postings are in the sorted posting file ([`PostingFile`]) and
@@ -293,6 +300,32 @@ fn id_of(k: &[u8]) -> Option<[u8; ID_LEN]> {
     k.get(T_RECORD.len()..)?.try_into().ok()
 }
 
+/// The id of a cohort record's key (`r` ‖ id); `None` for any other key.
+fn record_id(k: &[u8]) -> Option<[u8; ID_LEN]> {
+    k.strip_prefix(T_RECORD.as_bytes())?.try_into().ok()
+}
+
+fn record_key(id: &[u8; ID_LEN]) -> Vec<u8> {
+    [T_RECORD.as_bytes(), &id[..]].concat()
+}
+
+/// An index entry's value as sled holds it.
+fn loc_value(l: Loc) -> Vec<u8> {
+    header(l.version, l.epoch, log_ref(l.ptr))
+}
+
+fn fill_key(seq: u64) -> Vec<u8> {
+    [T_FILL, &seq.to_be_bytes()[..]].concat()
+}
+
+/// The record index outside sled: the sorted file, and a cold fill's state while one runs (or
+/// until its merge succeeds). See `index.rs` and [`Cache::index_get`].
+#[derive(Default)]
+struct IndexState {
+    file: Option<Arc<SortedIndex>>,
+    fill: Option<Fill>,
+}
+
 /// Where a record's changed search card is kept in sled (`d` ‖ index key).
 fn card_key(id: &[u8; ID_LEN]) -> Vec<u8> {
     [T_CARD, &id[..]].concat()
@@ -328,6 +361,10 @@ pub struct Cache {
     /// reads sled only for them: a random read of sled's tree, even one that finds nothing,
     /// cost more than the rest of scoring a candidate at 909,090 records.
     cards_changed: std::sync::RwLock<std::collections::HashSet<[u8; ID_LEN]>>,
+    /// The record index outside sled (`index.rs`): sled holds only what changed after it.
+    index: std::sync::RwLock<IndexState>,
+    /// The next fill blob's sequence.
+    fill_seq: std::sync::atomic::AtomicU64,
     /// The data key was destroyed (tamper, wipe): nothing is served or written any more.
     shredded: std::sync::atomic::AtomicBool,
 }
@@ -440,6 +477,8 @@ impl Cache {
             posting_file: std::sync::RwLock::new(None),
             cards: std::sync::RwLock::new(None),
             cards_changed: std::sync::RwLock::new(std::collections::HashSet::new()),
+            index: std::sync::RwLock::new(IndexState::default()),
+            fill_seq: std::sync::atomic::AtomicU64::new(0),
             shredded: std::sync::atomic::AtomicBool::new(false),
         };
         // A cold fill's unsorted postings do not outlive the process (the layout marker was
@@ -448,7 +487,8 @@ impl Cache {
         // The state and the first record must open under this key (a cache sealed under
         // another key is moved aside by `open`); every other record is checked when it is read.
         let _ = cache.state()?;
-        if let Some(kv) = cache.tree.scan_prefix(T_RECORD).next() {
+        cache.recover_index()?;
+        if let Some(kv) = cache.record_scan()?.next() {
             let (k, v) = kv?;
             cache.open_record(T_RECORD, &k, &v)?;
         }
@@ -503,7 +543,7 @@ impl Cache {
     /// nothing points into (left by a compaction interrupted after its index moved).
     fn count_live(&self) -> Result<(), CacheError> {
         let mut live: HashMap<u32, u64> = HashMap::new();
-        for kv in self.tree.scan_prefix(T_RECORD) {
+        for kv in self.record_scan()? {
             let (k, v) = kv?;
             if let Some(p) = split_header(&v).and_then(|(_, _, rest)| ptr_of(rest)) {
                 *live.entry(p.seg).or_default() += entry_bytes(&k, p);
@@ -525,6 +565,10 @@ impl Cache {
 
     /// Rewrite the first closed value-log segment that is more than half dead, if any.
     fn maybe_compact(&self) -> Result<(), CacheError> {
+        // A fill's later entries would be shadowed by the moved ones written to sled.
+        if self.index_state().fill.is_some() {
+            return Ok(());
+        }
         let active = self.vlog.active();
         let victim = {
             let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
@@ -545,7 +589,7 @@ impl Cache {
         let mut batch = sled::Batch::default();
         let mut moved = Vec::new();
         for (key, p) in self.vlog.entries(seg)? {
-            let Some(v) = self.tree.get(&key)? else {
+            let Some(v) = self.index_get(&key)? else {
                 continue;
             };
             let Some((version, epoch, rest)) = split_header(&v) else {
@@ -595,7 +639,7 @@ impl Cache {
         self.tree.apply_batch(batch)?;
         let mut bulk = Bulk::create(&self.dir)?;
         let mut records = 0usize;
-        for kv in self.tree.scan_prefix(T_RECORD) {
+        for kv in self.record_scan()? {
             let (k, v) = kv?;
             let rec = self.open_record(T_RECORD, &k, &v)?;
             records += 1;
@@ -663,6 +707,8 @@ impl Cache {
     /// End a cold fill's deferred postings, if one is under way: build them now. A failure
     /// leaves the layout marker absent, so they are rebuilt from the records at the next open.
     fn finish_bulk(&self) -> Result<(), CacheError> {
+        // The index first: a failure leaves the fill (and the bulk) to be finished next time.
+        self.merge_fill()?;
         let taken = self.bulk.lock().unwrap_or_else(|p| p.into_inner()).take();
         match taken {
             Some(b) => self.build_postings(b, None),
@@ -929,9 +975,8 @@ impl Cache {
     pub fn contains(&self, nhs: &NhsNumber) -> bool {
         !self.is_shredded()
             && self
-                .tree
-                .contains_key(self.key(T_RECORD, nhs))
-                .unwrap_or(false)
+                .index_get(&self.key(T_RECORD, nhs))
+                .is_ok_and(|v| v.is_some())
     }
 
     /// Bytes free on the filesystem holding the cache (`None` if it cannot be read).
@@ -985,7 +1030,7 @@ impl Cache {
         let mut tries = 0;
         loop {
             tries += 1;
-            let Some(v) = self.tree.get(k)? else {
+            let Some(v) = self.index_get(k)? else {
                 return Ok(None);
             };
             match self.open_record(T_RECORD, k, &v) {
@@ -1084,6 +1129,9 @@ impl Cache {
             .is_some();
         if bulk_active && !baseline {
             self.finish_bulk()?;
+        } else if !bulk_active {
+            // A fill whose merge failed (the disk full?) is merged before anything else.
+            self.merge_fill()?;
         }
         let begin_bulk =
             baseline && !bulk_active && self.records.load(std::sync::atomic::Ordering::SeqCst) == 0;
@@ -1097,6 +1145,11 @@ impl Cache {
             freed: Vec::new(),
             spill: (baseline && (bulk_active || begin_bulk)).then(Vec::new),
             cards: (baseline && (bulk_active || begin_bulk)).then(Vec::new),
+            fill: (baseline && (bulk_active || begin_bulk)).then(Vec::new),
+            has_base: {
+                let st = self.index_state();
+                st.file.is_some() || st.fill.is_some()
+            },
             card_file: self
                 .cards
                 .read()
@@ -1116,7 +1169,17 @@ impl Cache {
                 None
             },
         };
+        let mut new_fill = None;
         if begin_bulk {
+            // The record index: the old file goes before the fill writes anything, with the
+            // removals sled held over it; the fill's state is installed once this apply is
+            // durable (its first batch reads nothing: every key is new).
+            self.drop_index_file()?;
+            txn.has_base = false;
+            for k in self.tree.scan_prefix(T_RECORD).keys() {
+                txn.batch.remove(k?);
+            }
+            new_fill = Some(Fill::create(&self.dir.join(FILL_DIR))?);
             // Until the build, the postings are incomplete: a crash rebuilds them at open.
             txn.batch.remove(K_SEARCH);
             // An empty cache's old sorted postings and cards name nobody it will hold.
@@ -1142,8 +1205,16 @@ impl Cache {
             cards,
             card_writes,
             written: bloom,
+            fill,
             ..
         } = txn;
+        let fill = fill.unwrap_or_default();
+        if !fill.is_empty() {
+            let seq = self
+                .fill_seq
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            batch.insert(fill_key(seq), idx::encode_blob(&fill));
+        }
         if !card_writes.is_empty() {
             // Before the batch: a search may look for a `d` entry that is not there yet (it
             // then reads the card files, as before this apply), but never misses one that is.
@@ -1188,6 +1259,9 @@ impl Cache {
         self.db.flush()?;
         self.records
             .store(records, std::sync::atomic::Ordering::SeqCst);
+        if new_fill.is_some() || !fill.is_empty() {
+            self.fill_took(new_fill, &fill);
+        }
         if let Some(keys) = spill {
             let mut guard = self.bulk.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(b) = new_bulk {
@@ -1239,6 +1313,248 @@ impl Cache {
     pub fn flush(&self) -> Result<(), CacheError> {
         self.db.flush()?;
         Ok(())
+    }
+}
+
+/// The record index: sled over the sorted file (`index.rs`).
+impl Cache {
+    fn index_state(&self) -> std::sync::RwLockReadGuard<'_, IndexState> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A key's value: sled's if it has one (an empty value under `r` is a removal), else, for
+    /// a cohort record, a running fill's entry, else the sorted file's.
+    fn index_get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, CacheError> {
+        if let Some(v) = self.tree.get(k)? {
+            return Ok((!v.is_empty()).then(|| v.to_vec()));
+        }
+        let Some(id) = record_id(k) else {
+            return Ok(None);
+        };
+        let st = self.index_state();
+        if let Some(fill) = &st.fill {
+            if let Some(loc) = fill.get(&id)? {
+                return Ok(loc.map(loc_value));
+            }
+        }
+        if let Some(file) = &st.file {
+            if let Some(e) = file.get(&id)? {
+                return Ok(e.loc.map(loc_value));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every cohort record's key and index value, in key order: sled's entries over the sorted
+    /// file's. Not for use while a fill's state exists (its entries are not included): the
+    /// callers run at open, after [`Cache::recover_index`], or after a fill has been merged.
+    fn record_scan(&self) -> Result<RecordScan, CacheError> {
+        let file = self.index_state().file.clone();
+        let file = match file {
+            Some(f) => Some(f.iter()?.peekable()),
+            None => None,
+        };
+        Ok(RecordScan {
+            sled: self.tree.scan_prefix(T_RECORD).peekable(),
+            file,
+        })
+    }
+
+    /// Open the sorted index file, and merge into it any fill a crash interrupted (its runs
+    /// and its blobs in sled). A damaged file fails the open (the cache is then moved aside
+    /// and filled again from the hub).
+    fn recover_index(&self) -> Result<(), CacheError> {
+        let file = SortedIndex::open(&self.dir.join(INDEX_FILE))?;
+        let mut blobs = Vec::new();
+        let mut next = 0u64;
+        for kv in self.tree.scan_prefix(T_FILL) {
+            let (k, v) = kv?;
+            let seq = k
+                .get(T_FILL.len()..)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes);
+            match (seq, idx::decode_blob(&v)) {
+                (Some(seq), Some(es)) => {
+                    next = next.max(seq + 1);
+                    blobs.extend(es);
+                }
+                _ => {
+                    return Err(CacheError::Decode {
+                        table: "i",
+                        why: "a cold fill's index entries".into(),
+                    })
+                }
+            }
+        }
+        self.fill_seq
+            .store(next, std::sync::atomic::Ordering::SeqCst);
+        let fill = Fill::recover(&self.dir.join(FILL_DIR), blobs)?;
+        let interrupted = fill.as_ref().map(|f| f.entries());
+        {
+            let mut st = self.index.write().unwrap_or_else(|p| p.into_inner());
+            st.file = file.map(Arc::new);
+            st.fill = fill;
+        }
+        if let Some(entries) = interrupted {
+            self.merge_fill()?;
+            info!(
+                entries,
+                "record index: an interrupted cold fill's entries merged into the sorted file"
+            );
+        }
+        Ok(())
+    }
+
+    /// Merge the fill's state, if any, into a new sorted index file; then drop its blobs and
+    /// runs. A failure leaves everything as it was (the fill is still read, and merged later).
+    fn merge_fill(&self) -> Result<(), CacheError> {
+        let t = std::time::Instant::now();
+        let merged = {
+            let st = self.index_state();
+            let Some(fill) = st.fill.as_ref() else {
+                return Ok(());
+            };
+            idx::merge(st.file.as_deref(), fill, &self.dir.join(INDEX_FILE))?
+        };
+        let entries = merged.len();
+        let dir = {
+            let mut st = self.index.write().unwrap_or_else(|p| p.into_inner());
+            st.file = Some(Arc::new(merged));
+            st.fill.take().map(|f| f.dir().to_path_buf())
+        };
+        let mut batch = sled::Batch::default();
+        for k in self.tree.scan_prefix(T_FILL).keys() {
+            batch.remove(k?);
+        }
+        self.tree.apply_batch(batch)?;
+        self.db.flush()?;
+        if let Some(dir) = dir {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                warn!(error = %e, "record index: cannot remove a merged fill's runs");
+            }
+        }
+        info!(
+            entries,
+            ms = t.elapsed().as_millis() as u64,
+            "record index: the cold fill's entries written in key order"
+        );
+        Ok(())
+    }
+
+    /// Before a cold fill writes anything: the old index file goes (an empty cache's entries
+    /// are all removed in sled; a crash later must not find them under the fill's runs).
+    fn drop_index_file(&self) -> Result<(), CacheError> {
+        self.index.write().unwrap_or_else(|p| p.into_inner()).file = None;
+        match std::fs::remove_file(self.dir.join(INDEX_FILE)) {
+            Ok(()) => std::fs::File::open(&self.dir)?.sync_all()?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    /// After a durable apply: the fill's new entries join its table, and a full table is
+    /// written as a run (then the blobs it covers go from sled).
+    fn fill_took(&self, new: Option<Fill>, entries: &[idx::Entry]) {
+        {
+            let mut st = self.index.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(f) = new {
+                st.fill = Some(f);
+            }
+            match st.fill.as_mut() {
+                Some(f) => f.insert(entries),
+                None => return,
+            }
+        }
+        let run = {
+            let st = self.index_state();
+            match st.fill.as_ref() {
+                Some(f) if f.wants_run() => f.write_run(),
+                _ => return,
+            }
+        };
+        match run {
+            Ok(run) => {
+                if let Some(f) = self
+                    .index
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .fill
+                    .as_mut()
+                {
+                    f.took_run(run);
+                }
+                // Durable with the next batch; until then a crash finds the same entries twice.
+                let mut batch = sled::Batch::default();
+                for k in self.tree.scan_prefix(T_FILL).keys().flatten() {
+                    batch.remove(k);
+                }
+                if let Err(e) = self.tree.apply_batch(batch) {
+                    warn!(error = %e, "record index: cannot drop the fill entries a run now holds");
+                }
+            }
+            // Kept in memory and in sled; tried again after the next batch.
+            Err(e) => warn!(error = %e, "record index: cannot write a fill run"),
+        }
+    }
+}
+
+/// [`Cache::record_scan`]'s iterator.
+struct RecordScan {
+    sled: std::iter::Peekable<sled::Iter>,
+    file: Option<std::iter::Peekable<idx::Entries>>,
+}
+
+impl Iterator for RecordScan {
+    type Item = Result<(Vec<u8>, Vec<u8>), CacheError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if matches!(self.sled.peek(), Some(Err(_))) {
+                return self.sled.next().and_then(|r| r.err()).map(|e| Err(e.into()));
+            }
+            if matches!(self.file.as_mut().and_then(|f| f.peek()), Some(Err(_))) {
+                return self
+                    .file
+                    .as_mut()
+                    .and_then(|f| f.next())
+                    .and_then(|r| r.err())
+                    .map(|e| Err(e.into()));
+            }
+            let sled_key = match self.sled.peek() {
+                Some(Ok((k, _))) => Some(k.to_vec()),
+                _ => None,
+            };
+            let file_key = match self.file.as_mut().and_then(|f| f.peek()) {
+                Some(Ok(e)) => Some(record_key(&e.id)),
+                _ => None,
+            };
+            let take_file = match (&sled_key, &file_key) {
+                (None, None) => return None,
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some(s), Some(f)) => match s.cmp(f) {
+                    std::cmp::Ordering::Less => false,
+                    std::cmp::Ordering::Equal => {
+                        // sled's entry (a newer version, or a removal) replaces the file's.
+                        self.file.as_mut().and_then(|f| f.next());
+                        false
+                    }
+                    std::cmp::Ordering::Greater => true,
+                },
+            };
+            if take_file {
+                if let Some(Ok(idx::Entry { id, loc: Some(l) })) =
+                    self.file.as_mut().and_then(|f| f.next())
+                {
+                    return Some(Ok((record_key(&id), loc_value(l))));
+                }
+            } else if let Some(Ok((k, v))) = self.sled.next() {
+                if !v.is_empty() {
+                    return Some(Ok((k.to_vec(), v.to_vec())));
+                }
+            }
+        }
     }
 }
 
@@ -1550,6 +1866,12 @@ struct Txn<'a> {
     card_writes: Vec<[u8; ID_LEN]>,
     /// During a cold fill: the record keys written since it began (others are absent).
     written: Option<Written>,
+    /// During a cold fill: the record index entries this apply writes (to the fill's state and
+    /// a blob in sled's batch, not to sled's tree; `index.rs`).
+    fill: Option<Vec<idx::Entry>>,
+    /// A sorted index or a fill's state exists: a removed record needs an empty value in sled
+    /// to hide the entry beneath.
+    has_base: bool,
 }
 
 impl Txn<'_> {
@@ -1560,17 +1882,44 @@ impl Txn<'_> {
         if self.written.as_ref().is_some_and(|w| !w.maybe(k)) {
             return Ok(None);
         }
-        Ok(self.cache.tree.get(k)?.map(|v| v.to_vec()))
+        self.cache.index_get(k)
     }
-    fn write(&mut self, k: Vec<u8>, v: Option<Vec<u8>>) {
+    fn write(&mut self, k: Vec<u8>, v: Option<Vec<u8>>) -> Result<(), CacheError> {
         if let (Some(w), Some(_)) = (self.written.as_mut(), &v) {
             w.insert(&k);
         }
-        match &v {
-            Some(v) => self.batch.insert(k.clone(), v.clone()),
-            None => self.batch.remove(k.clone()),
+        let id = record_id(&k);
+        match (self.fill.as_mut(), id) {
+            (Some(fill), Some(id)) => {
+                let loc = match &v {
+                    None => None,
+                    Some(v) => Some(
+                        split_header(v)
+                            .and_then(|(version, epoch, rest)| {
+                                ptr_of(rest).map(|ptr| Loc {
+                                    version,
+                                    epoch,
+                                    ptr,
+                                })
+                            })
+                            .ok_or(CacheError::Decode {
+                                table: "r",
+                                why: "a cold fill's record is not in the value log".into(),
+                            })?,
+                    ),
+                };
+                fill.push(idx::Entry { id, loc });
+            }
+            _ => match &v {
+                Some(v) => self.batch.insert(k.clone(), v.clone()),
+                None if id.is_some() && self.has_base => {
+                    self.batch.insert(k.clone(), &[] as &[u8])
+                }
+                None => self.batch.remove(k.clone()),
+            },
         }
         self.overlay.insert(k, v);
+        Ok(())
     }
 
     /// Note a record's new search card (`None`: removed): aside during a cold fill, in sled
@@ -1709,7 +2058,7 @@ impl UnitStore for Txn<'_> {
         }
         let p = self.cache.vlog.append(&k, &sealed)?;
         self.added.push((p.seg, entry_bytes(&k, p)));
-        self.write(k, Some(header(version, epoch, log_ref(p))));
+        self.write(k, Some(header(version, epoch, log_ref(p))))?;
         self.ops.push(Op::Put(*nhs, new));
         Ok(())
     }
@@ -1719,7 +2068,7 @@ impl UnitStore for Txn<'_> {
         if let Some(v) = self.read(&k)? {
             if let Some((version, _, sealed)) = split_header(&v) {
                 let nv = header(version, epoch, sealed.to_vec());
-                self.write(k, Some(nv));
+                self.write(k, Some(nv))?;
             }
         }
         Ok(())
@@ -1735,7 +2084,7 @@ impl UnitStore for Txn<'_> {
                 self.card(id, None);
             }
         }
-        self.write(k, None);
+        self.write(k, None)?;
         // Always reported, held or not: an on-demand copy of the patient goes too.
         self.ops.push(Op::Remove(*nhs, held));
         Ok(())
@@ -1743,9 +2092,14 @@ impl UnitStore for Txn<'_> {
 
     fn evict_other_epochs(&mut self, epoch: u64) -> Result<u64, CacheError> {
         let mut evict = Vec::new();
-        for kv in self.cache.tree.scan_prefix(T_RECORD) {
-            let (k, _) = kv?;
-            if let Some(v) = self.read(&k)? {
+        for kv in self.cache.record_scan()? {
+            let (k, scanned) = kv?;
+            // This apply's own writes first; otherwise the value the scan found.
+            let v = match self.overlay.get(&k) {
+                Some(v) => v.clone(),
+                None => Some(scanned),
+            };
+            if let Some(v) = v {
                 if split_header(&v).is_some_and(|(_, e, _)| e != epoch) {
                     self.free(&k, &v);
                     let rec = self.cache.open_record(T_RECORD, &k, &v).ok();
@@ -1763,7 +2117,7 @@ impl UnitStore for Txn<'_> {
             if let Some(id) = id_of(&k) {
                 self.card(id, None);
             }
-            self.write(k, None);
+            self.write(k, None)?;
             self.ops.push(match nhs {
                 Some(nhs) => Op::Remove(nhs, true),
                 None => Op::Dropped,
@@ -1782,8 +2136,7 @@ impl UnitStore for Txn<'_> {
             .sealer
             .seal("s", K_STATE, &plain)
             .map_err(|_| CacheError::Seal { table: "s" })?;
-        self.write(K_STATE.to_vec(), Some(sealed));
-        Ok(())
+        self.write(K_STATE.to_vec(), Some(sealed))
     }
 }
 
@@ -2511,6 +2864,229 @@ mod tests {
         let q = family_and_birth_date(&kept[3].2);
         let found = cache.search(&q).map_err(|_| "search").unwrap();
         assert!(found.candidates.iter().any(|c| c.nhs == kept[3].0));
+    }
+
+    /// One baseline step with these changes (`FinishBaseline` when `finish`).
+    fn baseline_changes(
+        cache: &super::Cache,
+        seq: &mut u64,
+        changes: Vec<edge_proto::sync::Change>,
+        finish: bool,
+    ) -> super::Applied {
+        use edge_proto::sync::{Apply, ApplyKind, SyncState};
+        *seq += 1;
+        let apply = Apply {
+            batch_no: *seq,
+            kind: if finish {
+                ApplyKind::FinishBaseline {
+                    epoch: 1,
+                    snapshot_seq: 10_000,
+                }
+            } else {
+                ApplyKind::Baseline { epoch: 1 }
+            },
+            epoch: 1,
+            changes,
+            state: SyncState::default(),
+        };
+        cache.apply(&apply, super::UnixMillis(1)).unwrap()
+    }
+
+    fn withdraws(
+        people: &[(super::NhsNumber, Vec<u8>, edge_proto::model::Demographics)],
+    ) -> Vec<edge_proto::sync::Change> {
+        people
+            .iter()
+            .map(|(nhs, _, _)| edge_proto::sync::Change::Withdraw {
+                seq: 0,
+                nhs: *nhs,
+                version: 50,
+                reason: edge_proto::sync::WithdrawReason::Deleted,
+            })
+            .collect()
+    }
+
+    /// Every patient reads back at its expected version, or is absent, and the count agrees.
+    fn holds(
+        cache: &super::Cache,
+        people: &[(super::NhsNumber, Vec<u8>, edge_proto::model::Demographics)],
+        want: &std::collections::HashMap<super::NhsNumber, u64>,
+    ) {
+        for (nhs, bytes, _) in people {
+            let got = cache.get(nhs).unwrap();
+            match want.get(nhs) {
+                Some(v) => {
+                    let got = got.expect("held");
+                    assert_eq!(got.version, *v);
+                    assert_eq!(got.record.as_slice(), &bytes[..]);
+                    assert!(cache.contains(nhs));
+                }
+                None => {
+                    assert!(got.is_none(), "a removed patient reads back");
+                    assert!(!cache.contains(nhs));
+                }
+            }
+        }
+        assert_eq!(cache.len(), want.len());
+        assert_eq!(cache.record_scan().unwrap().count(), want.len());
+    }
+
+    /// The record index of a cold fill goes to a sorted file, not sled's tree (issue 17's
+    /// memory bound); what changes later goes to sled over it. Updates and removals inside the
+    /// fill, a crash mid-fill (runs and blobs merged at open), updates and removals after it,
+    /// value-log compaction of records the file points at, restarts, and a second cold fill
+    /// after everything was removed all read back exactly; nothing removed comes back.
+    #[test]
+    fn a_cold_fills_record_index_is_a_sorted_file_that_survives_crashes_changes_and_compaction()
+    {
+        use super::*;
+        let people = summaries(120);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.sled");
+        let sealer = Arc::new(crate::seal::Sealer::ephemeral().unwrap());
+        let open = || Cache::try_open_with(&path, sealer.clone(), 64 * 1024).unwrap();
+        let sled_records =
+            |c: &Cache| c.tree.scan_prefix(T_RECORD.as_bytes()).count();
+        let mut want: HashMap<NhsNumber, u64> = HashMap::new();
+        let cache = open();
+        let mut seq = 0;
+        for chunk in people[..60].chunks(10) {
+            baseline_changes(&cache, &mut seq, upserts(chunk, 1), false);
+        }
+        // Changed and withdrawn while the fill runs.
+        baseline_changes(&cache, &mut seq, upserts(&people[..10], 2), false);
+        baseline_changes(&cache, &mut seq, withdraws(&people[10..13]), false);
+        for (nhs, _, _) in &people[..60] {
+            want.insert(*nhs, 1);
+        }
+        for (nhs, _, _) in &people[..10] {
+            want.insert(*nhs, 2);
+        }
+        for (nhs, _, _) in &people[10..13] {
+            want.remove(nhs);
+        }
+        assert_eq!(sled_records(&cache), 0, "the fill's entries are not in sled");
+        assert!(
+            std::fs::read_dir(path.join(FILL_DIR)).unwrap().count() >= 3,
+            "the fill wrote runs"
+        );
+        assert!(cache.tree.scan_prefix(T_FILL).count() > 0, "and blobs");
+        for (nhs, bytes, _) in &people[..60] {
+            match want.get(nhs) {
+                Some(v) => {
+                    let got = cache.get(nhs).unwrap().expect("held during the fill");
+                    assert_eq!((got.version, got.record.as_slice()), (*v, &bytes[..]));
+                }
+                None => assert!(cache.get(nhs).unwrap().is_none()),
+            }
+        }
+        assert_eq!(cache.len(), want.len());
+
+        // A crash mid-fill: the next open merges its runs and blobs into the file.
+        drop(cache);
+        let cache = open();
+        assert!(path.join(INDEX_FILE).exists());
+        assert!(!path.join(FILL_DIR).exists());
+        assert_eq!(cache.tree.scan_prefix(T_FILL).count(), 0);
+        holds(&cache, &people, &want);
+        // The rest of the baseline (into a cache that is no longer empty: sled), then its end.
+        for chunk in people[60..].chunks(20) {
+            baseline_changes(&cache, &mut seq, upserts(chunk, 1), false);
+        }
+        baseline_changes(&cache, &mut seq, Vec::new(), true);
+        for (nhs, _, _) in &people[60..] {
+            want.insert(*nhs, 1);
+        }
+        holds(&cache, &people, &want);
+
+        // After the fill: updates and removals go to sled over the file, and survive a restart.
+        feed(&cache, &mut seq, upserts(&people[20..30], 5));
+        feed(&cache, &mut seq, withdraws(&people[30..35]));
+        for (nhs, _, _) in &people[20..30] {
+            want.insert(*nhs, 5);
+        }
+        for (nhs, _, _) in &people[30..35] {
+            want.remove(nhs);
+        }
+        holds(&cache, &people, &want);
+        let removal = cache.key(T_RECORD, &people[31].0);
+        assert_eq!(
+            cache.tree.get(&removal).unwrap().as_deref(),
+            Some(&[][..]),
+            "a removal hides the file's entry"
+        );
+        drop(cache);
+        let cache = open();
+        holds(&cache, &people, &want);
+
+        // Compaction moves values the file points at: the moved entries go to sled.
+        for round in 0..6u64 {
+            feed(&cache, &mut seq, upserts(&people[40..60], 10 + round));
+        }
+        for _ in 0..20 {
+            feed(&cache, &mut seq, Vec::new());
+        }
+        for (nhs, _, _) in &people[40..60] {
+            want.insert(*nhs, 15);
+        }
+        assert!(
+            people[..60].iter().any(|(nhs, _, _)| want.get(nhs) == Some(&1)
+                && cache
+                    .tree
+                    .get(cache.key(T_RECORD, nhs))
+                    .unwrap()
+                    .is_some_and(|v| !v.is_empty())),
+            "compaction moved a value the file points at"
+        );
+        holds(&cache, &people, &want);
+        drop(cache);
+        let cache = open();
+        holds(&cache, &people, &want);
+
+        // Everything withdrawn, then a new cold fill of a few: the old file goes first, and a
+        // crash mid-way brings none of the old patients back.
+        let held: Vec<_> = people
+            .iter()
+            .filter(|p| want.contains_key(&p.0))
+            .cloned()
+            .collect();
+        feed(&cache, &mut seq, withdraws(&held));
+        want.clear();
+        holds(&cache, &people, &want);
+        baseline_changes(&cache, &mut seq, upserts(&people[100..106], 7), false);
+        baseline_changes(&cache, &mut seq, upserts(&people[106..110], 7), false);
+        assert_eq!(sled_records(&cache), 0, "the old removals went with the old file");
+        for (nhs, _, _) in &people[100..110] {
+            want.insert(*nhs, 7);
+        }
+        drop(cache);
+        let cache = open();
+        holds(&cache, &people, &want);
+    }
+
+    /// A damaged index file fails the open, so the cache is moved aside and filled again from
+    /// the hub rather than served from a file that may point at the wrong record.
+    #[test]
+    fn a_damaged_record_index_moves_the_cache_aside() {
+        use super::*;
+        let people = summaries(30);
+        let dir = tempfile::tempdir().unwrap();
+        let sealer = Arc::new(crate::seal::Sealer::ephemeral().unwrap());
+        let (cache, _) =
+            Cache::open(dir.path(), sealer.clone(), crate::seal::KeyState::Existing).unwrap();
+        let mut seq = 0;
+        baseline(&cache, &mut seq, &people, false);
+        baseline_changes(&cache, &mut seq, Vec::new(), true);
+        all_read_back(&cache, &people);
+        drop(cache);
+        let file = dir.path().join("cache.sled").join(INDEX_FILE);
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes[100] ^= 0x20;
+        std::fs::write(&file, &bytes).unwrap();
+        let (cache, opened) =
+            Cache::open(dir.path(), sealer, crate::seal::KeyState::Existing).unwrap();
+        assert!(matches!(opened, Opened::Rebuilt { .. }), "{opened:?}");
+        assert_eq!(cache.len(), 0);
     }
 
     fn walkdir(d: &std::path::Path) -> Vec<std::path::PathBuf> {

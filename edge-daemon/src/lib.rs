@@ -20,6 +20,7 @@
 
 pub mod cache;
 mod cards;
+pub mod index;
 pub mod daemon;
 pub mod disk;
 pub mod journal;
