@@ -1511,7 +1511,11 @@ impl Iterator for RecordScan {
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             if matches!(self.sled.peek(), Some(Err(_))) {
-                return self.sled.next().and_then(|r| r.err()).map(|e| Err(e.into()));
+                return self
+                    .sled
+                    .next()
+                    .and_then(|r| r.err())
+                    .map(|e| Err(e.into()));
             }
             if matches!(self.file.as_mut().and_then(|f| f.peek()), Some(Err(_))) {
                 return self
@@ -1912,9 +1916,7 @@ impl Txn<'_> {
             }
             _ => match &v {
                 Some(v) => self.batch.insert(k.clone(), v.clone()),
-                None if id.is_some() && self.has_base => {
-                    self.batch.insert(k.clone(), &[] as &[u8])
-                }
+                None if id.is_some() && self.has_base => self.batch.insert(k.clone(), &[] as &[u8]),
                 None => self.batch.remove(k.clone()),
             },
         }
@@ -2937,16 +2939,14 @@ mod tests {
     /// value-log compaction of records the file points at, restarts, and a second cold fill
     /// after everything was removed all read back exactly; nothing removed comes back.
     #[test]
-    fn a_cold_fills_record_index_is_a_sorted_file_that_survives_crashes_changes_and_compaction()
-    {
+    fn a_cold_fills_record_index_is_a_sorted_file_that_survives_crashes_changes_and_compaction() {
         use super::*;
         let people = summaries(120);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cache.sled");
         let sealer = Arc::new(crate::seal::Sealer::ephemeral().unwrap());
         let open = || Cache::try_open_with(&path, sealer.clone(), 64 * 1024).unwrap();
-        let sled_records =
-            |c: &Cache| c.tree.scan_prefix(T_RECORD.as_bytes()).count();
+        let sled_records = |c: &Cache| c.tree.scan_prefix(T_RECORD.as_bytes()).count();
         let mut want: HashMap<NhsNumber, u64> = HashMap::new();
         let cache = open();
         let mut seq = 0;
@@ -2965,7 +2965,11 @@ mod tests {
         for (nhs, _, _) in &people[10..13] {
             want.remove(nhs);
         }
-        assert_eq!(sled_records(&cache), 0, "the fill's entries are not in sled");
+        assert_eq!(
+            sled_records(&cache),
+            0,
+            "the fill's entries are not in sled"
+        );
         assert!(
             std::fs::read_dir(path.join(FILL_DIR)).unwrap().count() >= 3,
             "the fill wrote runs"
@@ -3030,12 +3034,14 @@ mod tests {
             want.insert(*nhs, 15);
         }
         assert!(
-            people[..60].iter().any(|(nhs, _, _)| want.get(nhs) == Some(&1)
-                && cache
-                    .tree
-                    .get(cache.key(T_RECORD, nhs))
-                    .unwrap()
-                    .is_some_and(|v| !v.is_empty())),
+            people[..60]
+                .iter()
+                .any(|(nhs, _, _)| want.get(nhs) == Some(&1)
+                    && cache
+                        .tree
+                        .get(cache.key(T_RECORD, nhs))
+                        .unwrap()
+                        .is_some_and(|v| !v.is_empty())),
             "compaction moved a value the file points at"
         );
         holds(&cache, &people, &want);
@@ -3055,7 +3061,11 @@ mod tests {
         holds(&cache, &people, &want);
         baseline_changes(&cache, &mut seq, upserts(&people[100..106], 7), false);
         baseline_changes(&cache, &mut seq, upserts(&people[106..110], 7), false);
-        assert_eq!(sled_records(&cache), 0, "the old removals went with the old file");
+        assert_eq!(
+            sled_records(&cache),
+            0,
+            "the old removals went with the old file"
+        );
         for (nhs, _, _) in &people[100..110] {
             want.insert(*nhs, 7);
         }

@@ -417,7 +417,7 @@ impl Fill {
             .iter()
             .map(|(id, loc)| Entry { id: *id, loc: *loc })
             .collect();
-        v.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        v.sort_unstable_by_key(|e| e.id);
         v
     }
 
@@ -447,11 +447,7 @@ impl Fill {
 
 /// Merge `fill` over `base` into a new index file at `path` (newest wins: the fill's memory,
 /// then its runs newest first, then the base; removals dropped).
-pub fn merge(
-    base: Option<&SortedIndex>,
-    fill: &Fill,
-    path: &Path,
-) -> std::io::Result<SortedIndex> {
+pub fn merge(base: Option<&SortedIndex>, fill: &Fill, path: &Path) -> std::io::Result<SortedIndex> {
     use std::cmp::Reverse;
     // Sources by precedence: 0 = newest.
     let mut sources: Vec<Box<dyn Iterator<Item = std::io::Result<Entry>>>> = Vec::new();
@@ -539,7 +535,10 @@ mod tests {
                 id: id(1),
                 loc: Some(loc(5)),
             },
-            Entry { id: id(2), loc: None },
+            Entry {
+                id: id(2),
+                loc: None,
+            },
         ];
         assert_eq!(decode_blob(&encode_blob(&es)).unwrap(), es);
         assert!(decode_blob(&[0u8; ENTRY_LEN + 1]).is_none());
@@ -574,9 +573,12 @@ mod tests {
         for round in 0..40u64 {
             x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
             let n = (x >> 8) % 50;
-            let e = if x % 5 == 0 {
+            let e = if x.is_multiple_of(5) {
                 reference.remove(&id(n));
-                Entry { id: id(n), loc: None }
+                Entry {
+                    id: id(n),
+                    loc: None,
+                }
             } else {
                 reference.insert(id(n), loc(100 + round));
                 Entry {

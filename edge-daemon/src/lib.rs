@@ -20,9 +20,9 @@
 
 pub mod cache;
 mod cards;
-pub mod index;
 pub mod daemon;
 pub mod disk;
+pub mod index;
 pub mod journal;
 pub mod lan;
 pub mod seal;
