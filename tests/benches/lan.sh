@@ -6,6 +6,10 @@
 #   tests/benches/lan.sh [PATIENTS]        (default 100000; needs root for apt-get the first time;
 #                                           the pouchdb column needs node/npm, else it is skipped)
 #   WRK_SECS=15                            seconds per wrk run (search runs for 2/3 of it)
+#   SPLIT=1                                the servers (daemon, hub, nginx with one worker,
+#                                          pouchdb-server) on CPU 0, wrk (one thread) on CPU 1,
+#                                          from when the cold sync is done: the load generator
+#                                          off the unit's core, as tablets reach a unit
 #
 # Real processes: edge-provision bundles, edge-hub serve, edge-daemon run (HTTPS, as a tablet
 # reaches it; nginx is given the unit's own certificate), PATIENTS cached. Load from wrk (64
@@ -28,6 +32,16 @@ if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then
 fi
 if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then echo "need wrk and nginx (apt-get install wrk nginx)"; exit 1; fi
 WRK_SECS=${WRK_SECS:-15}
+SPLIT=${SPLIT:-0}
+if [ "$SPLIT" = 1 ]; then
+  command -v taskset >/dev/null || { echo "SPLIT=1 needs taskset (util-linux)"; exit 1; }
+  [ "$(nproc)" -ge 2 ] || { echo "SPLIT=1 needs two CPUs"; exit 1; }
+  WRK=(taskset -c 1 wrk -t1); NGX_WORKERS=1
+else
+  WRK=(wrk -t2); NGX_WORKERS=2
+fi
+# Pin a process and all its threads (and its children's) to CPU 0 in SPLIT mode.
+pin() { [ "$SPLIT" = 1 ] || return 0; for p in "$@"; do taskset -a -p -c 0 "$p" >/dev/null; for c in $(pgrep -P "$p" || true); do taskset -a -p -c 0 "$c" >/dev/null; done; done; }
 SEARCH_SECS=$(( WRK_SECS * 2 / 3 > 0 ? WRK_SECS * 2 / 3 : 1 ))
 PSB=$PWD/tests/benches/couch/node_modules/.bin/pouchdb-server
 POUCH=0
@@ -60,7 +74,7 @@ TOKEN=$("$BIN/edge-provision" token --fleet "$T/fleet" --staff-id 555000111222 -
 echo "bench: synth + ingest $N patients..." >&2
 "$BIN/edge-hub" synth --patients "$N" --seed 7 --out "$T/synth.ndjson" >/dev/null 2>&1
 "$BIN/edge-hub" ingest --config "$T/hub/hub.toml" "$T/synth.ndjson" >/dev/null 2>&1
-"$BIN/edge-hub" serve --config "$T/hub/hub.toml" 2>"$T/hub.log" & PIDS+=($!)
+"$BIN/edge-hub" serve --config "$T/hub/hub.toml" 2>"$T/hub.log" & HUB=$!; PIDS+=("$HUB")
 sleep 1
 "$BIN/edge-daemon" run --config "$T/unit/edge.toml" 2>"$T/unit.log" & UNIT=$!; PIDS+=("$UNIT")
 for _ in $(seq 1 600); do
@@ -68,6 +82,7 @@ for _ in $(seq 1 600); do
   [ "$r" = "$N" ] && break; sleep 1
 done
 [ "$r" = "$N" ] || { echo "unit did not sync ($r of $N)"; exit 1; }
+pin "$UNIT" "$HUB"
 NHS=$(python3 -c '
 import sys,json
 for line in open(sys.argv[1]):
@@ -80,7 +95,7 @@ mkdir -p "$T/www"
 curl -sk -H "Authorization: Bearer $TOKEN" "https://$LAN/v1/patients/$NHS" > "$T/www/p.json"
 read -r FAMILY POSTCODE < <(python3 -c 'import sys,json;d=json.load(open(sys.argv[1]));print(d["patient"]["family"].replace(" ","%20"), d["patient"]["postcode"].split()[0])' "$T/www/p.json")
 cat > "$T/nginx.conf" <<EOF
-worker_processes 2;
+worker_processes $NGX_WORKERS;
 pid $T/nginx.pid;
 error_log $T/nginx.err;
 events { worker_connections 1024; }
@@ -98,6 +113,7 @@ http {
 EOF
 nginx -c "$T/nginx.conf" -p "$T"
 PIDS+=("$(cat "$T/nginx.pid" 2>/dev/null || echo)")
+pin "$(cat "$T/nginx.pid")"
 PDOC="http://$PDB/summaries/$NHS"
 if [ "$POUCH" = 1 ]; then
   echo "bench: pouchdb-server with the same summary as a document..." >&2
@@ -106,6 +122,7 @@ if [ "$POUCH" = 1 ]; then
   mkdir -p "$T/pouch"
   (cd "$T/pouch" && exec "$PSB" -m -p "${PDB##*:}" >/dev/null 2>&1) & PID_POUCH=$!; PIDS+=("$PID_POUCH")
   for _ in $(seq 1 100); do curl -s "http://$PDB/" >/dev/null && break; sleep 0.2; done
+  pin "$PID_POUCH"
   # A db of up to 5,000 summaries (kerbside-summaries, _id = NHS number), then the daemon's own
   # JSON for the looked-up patient as the document wrk fetches.
   python3 - "$PDB" "$NHS" "$T/docs.ndjson" "$T/www/p.json" <<'PY'
@@ -169,9 +186,9 @@ summ() { # wrk output -> "req/s p50 p99 non2xx"
 SYNC_RSS=$(awk '/VmHWM/{print int($2/1024)}' "/proc/$UNIT/status")
 echo 5 > "/proc/$UNIT/clear_refs" 2>/dev/null || echo "bench: cannot reset the peak RSS; the figure includes the cold sync" >&2
 echo "bench: closed-loop throughput (64 connections, $WRK_SECS s)..." >&2
-D=$(wrk -t2 -c64 -d"$WRK_SECS"s --latency -s "$T/tokens.lua" "https://$LAN" | summ)
-G=$(wrk -t2 -c64 -d"$WRK_SECS"s --latency -s "$T/tokens.lua" "https://$NGX" | summ)
-[ "$POUCH" = 1 ] && P=$(wrk -t2 -c64 -d"$WRK_SECS"s --latency "$PDOC" | summ)
+D=$("${WRK[@]}" -c64 -d"$WRK_SECS"s --latency -s "$T/tokens.lua" "https://$LAN" | summ)
+G=$("${WRK[@]}" -c64 -d"$WRK_SECS"s --latency -s "$T/tokens.lua" "https://$NGX" | summ)
+[ "$POUCH" = 1 ] && P=$("${WRK[@]}" -c64 -d"$WRK_SECS"s --latency "$PDOC" | summ)
 # The closed loop left ~100,000 audit events to upload: measure the paced latency in the steady
 # state, once the unit has uploaded them (a unit whose uploader is catching up shares the cores
 # and the disk with it), and say how long that took.
@@ -187,9 +204,9 @@ drained() {
 }
 DRAIN=$(drained)
 echo "bench: paced ~1,000 req/s (the audit backlog took ${DRAIN} s to upload)..." >&2
-DP=$(wrk -t2 -c64 -d"$WRK_SECS"s --latency -s "$T/tokens-paced.lua" "https://$LAN" | summ)
-GP=$(wrk -t2 -c64 -d"$WRK_SECS"s --latency -s "$T/tokens-paced.lua" "https://$NGX" | summ)
-[ "$POUCH" = 1 ] && PP=$(wrk -t2 -c64 -d"$WRK_SECS"s --latency -s "$T/pace.lua" "$PDOC" | summ)
+DP=$("${WRK[@]}" -c64 -d"$WRK_SECS"s --latency -s "$T/tokens-paced.lua" "https://$LAN" | summ)
+GP=$("${WRK[@]}" -c64 -d"$WRK_SECS"s --latency -s "$T/tokens-paced.lua" "https://$NGX" | summ)
+[ "$POUCH" = 1 ] && PP=$("${WRK[@]}" -c64 -d"$WRK_SECS"s --latency -s "$T/pace.lua" "$PDOC" | summ)
 echo "bench: search..." >&2
 cat > "$T/search.lua" <<EOF
 local tokens = {}
@@ -200,7 +217,7 @@ request = function()
 end
 function delay() return 64 end
 EOF
-S=$(wrk -t2 -c32 -d"$SEARCH_SECS"s --latency -s "$T/search.lua" "https://$LAN/v1/search?family=$FAMILY&postcode=$POSTCODE" | summ)
+S=$("${WRK[@]}" -c32 -d"$SEARCH_SECS"s --latency -s "$T/search.lua" "https://$LAN/v1/search?family=$FAMILY&postcode=$POSTCODE" | summ)
 RSS=$(awk '/VmHWM/{print int($2/1024)}' "/proc/$UNIT/status")
 BYTES=$(wc -c < "$T/www/p.json")
 read -r dr d50 d99 dbad <<<"$D"; read -r gr g50 g99 _ <<<"$G"
@@ -219,7 +236,7 @@ else
   pratio="—"; pnratio="—"
 fi
 echo
-echo "LAN API benchmark: $N cached summaries, HTTPS, $(wc -l < "$T/tokens.txt") tokens × $PER_TOKEN patients each, nginx answering every path with one summary of $BYTES bytes, loopback, wrk 64 connections"
+echo "LAN API benchmark: $N cached summaries, HTTPS, $(wc -l < "$T/tokens.txt") tokens × $PER_TOKEN patients each, nginx answering every path with one summary of $BYTES bytes, loopback, wrk 64 connections$([ "$SPLIT" = 1 ] && echo "; SPLIT: servers on CPU 0 (nginx one worker), wrk one thread on CPU 1")"
 echo
 echo "| measure | edge-daemon (HTTPS) | nginx (HTTPS, same certificate, same JSON as a static file) | $PHEAD |"
 echo "| --- | --- | --- | --- |"
