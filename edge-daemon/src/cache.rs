@@ -236,6 +236,14 @@ const T_FILL: &[u8] = b"i";
 /// The cohort records' sorted index file, and the folder of a cold fill's runs (`index.rs`).
 const INDEX_FILE: &str = "index.sorted";
 const FILL_DIR: &str = "index-fill";
+/// Record entries in sled (changes since the sorted index file was written, removals
+/// included) past which they are merged into a new file, so sled's memory stays bounded by
+/// churn rather than growing with it (≈ 6 MiB of sled state at this many; a merge at 909,090
+/// records reads and writes ≈ 60 MB once). See `Cache::remerge`.
+#[cfg(not(test))]
+const REMERGE_AT: usize = 65_536;
+#[cfg(test)]
+const REMERGE_AT: usize = 16;
 /// The search postings' layout; a cache without it (or with another) has them rebuilt at open.
 pub const SEARCH_LAYOUT: &[u8] = b"pairs-2";
 /// The layout marker when some postings are in the sorted posting file ([`PostingFile`]) and
@@ -365,6 +373,8 @@ pub struct Cache {
     index: std::sync::RwLock<IndexState>,
     /// The next fill blob's sequence.
     fill_seq: std::sync::atomic::AtomicU64,
+    /// Record entries in sled (≈: counted at open, then each write added), for [`REMERGE_AT`].
+    sled_records: std::sync::atomic::AtomicUsize,
     /// The data key was destroyed (tamper, wipe): nothing is served or written any more.
     shredded: std::sync::atomic::AtomicBool,
 }
@@ -479,6 +489,7 @@ impl Cache {
             cards_changed: std::sync::RwLock::new(std::collections::HashSet::new()),
             index: std::sync::RwLock::new(IndexState::default()),
             fill_seq: std::sync::atomic::AtomicU64::new(0),
+            sled_records: std::sync::atomic::AtomicUsize::new(0),
             shredded: std::sync::atomic::AtomicBool::new(false),
         };
         // A cold fill's unsorted postings do not outlive the process (the layout marker was
@@ -618,6 +629,8 @@ impl Cache {
         }
         self.tree.apply_batch(batch)?;
         self.db.flush()?;
+        self.sled_records
+            .fetch_add(moved.len(), std::sync::atomic::Ordering::SeqCst);
         if stop == Stop::AfterIndex {
             return Ok(moved.len());
         }
@@ -1132,6 +1145,12 @@ impl Cache {
         } else if !bulk_active {
             // A fill whose merge failed (the disk full?) is merged before anything else.
             self.merge_fill()?;
+            if self.sled_records.load(std::sync::atomic::Ordering::SeqCst) >= REMERGE_AT {
+                if let Err(e) = self.remerge() {
+                    // Nothing changed: the entries stay in sled and are read from there.
+                    warn!(error = %e, "record index: cannot merge sled's changes into the file");
+                }
+            }
         }
         let begin_bulk =
             baseline && !bulk_active && self.records.load(std::sync::atomic::Ordering::SeqCst) == 0;
@@ -1150,6 +1169,7 @@ impl Cache {
                 let st = self.index_state();
                 st.file.is_some() || st.fill.is_some()
             },
+            sled_record_writes: 0,
             card_file: self
                 .cards
                 .read()
@@ -1206,6 +1226,7 @@ impl Cache {
             card_writes,
             written: bloom,
             fill,
+            sled_record_writes,
             ..
         } = txn;
         let fill = fill.unwrap_or_default();
@@ -1259,6 +1280,13 @@ impl Cache {
         self.db.flush()?;
         self.records
             .store(records, std::sync::atomic::Ordering::SeqCst);
+        if begin_bulk {
+            self.sled_records
+                .store(sled_record_writes, std::sync::atomic::Ordering::SeqCst);
+        } else {
+            self.sled_records
+                .fetch_add(sled_record_writes, std::sync::atomic::Ordering::SeqCst);
+        }
         if new_fill.is_some() || !fill.is_empty() {
             self.fill_took(new_fill, &fill);
         }
@@ -1388,6 +1416,9 @@ impl Cache {
         }
         self.fill_seq
             .store(next, std::sync::atomic::Ordering::SeqCst);
+        let in_sled = self.tree.scan_prefix(T_RECORD).keys().count();
+        self.sled_records
+            .store(in_sled, std::sync::atomic::Ordering::SeqCst);
         let fill = Fill::recover(&self.dir.join(FILL_DIR), blobs)?;
         let interrupted = fill.as_ref().map(|f| f.entries());
         {
@@ -1437,6 +1468,65 @@ impl Cache {
             entries,
             ms = t.elapsed().as_millis() as u64,
             "record index: the cold fill's entries written in key order"
+        );
+        Ok(())
+    }
+
+    /// Merge sled's record entries (changes and removals since the file was written) into a
+    /// new sorted index file, then remove them from sled: what keeps sled's memory bounded by
+    /// churn, and what moves a cache written before the index file existed out of sled. Only
+    /// from `apply` (the one writer), never while a fill's state exists. A crash after the new
+    /// file's rename leaves sled's entries over a file that already says the same.
+    fn remerge(&self) -> Result<(), CacheError> {
+        let t = std::time::Instant::now();
+        // An entry sled cannot hand to the file (a record sealed inline by an older version)
+        // stays in sled; everything else goes.
+        let mut keep = Vec::new();
+        let mut remove = Vec::new();
+        for kv in self.tree.scan_prefix(T_RECORD) {
+            let (k, v) = kv?;
+            let in_log = split_header(&v)
+                .and_then(|(_, _, rest)| ptr_of(rest))
+                .is_some();
+            if v.is_empty() || in_log {
+                remove.push(k);
+            } else {
+                keep.push(k);
+            }
+        }
+        let entries = self.record_scan()?.filter_map(|kv| match kv {
+            Err(e) => Some(Err(std::io::Error::other(e.to_string()))),
+            Ok((k, v)) => {
+                let id = record_id(&k)?;
+                let (version, epoch, rest) = split_header(&v)?;
+                let ptr = ptr_of(rest)?;
+                Some(Ok(idx::Entry {
+                    id,
+                    loc: Some(Loc {
+                        version,
+                        epoch,
+                        ptr,
+                    }),
+                }))
+            }
+        });
+        let file = SortedIndex::write(&self.dir.join(INDEX_FILE), entries, false)?;
+        let written = file.len();
+        self.index.write().unwrap_or_else(|p| p.into_inner()).file = Some(Arc::new(file));
+        let mut batch = sled::Batch::default();
+        let moved = remove.len();
+        for k in remove {
+            batch.remove(k);
+        }
+        self.tree.apply_batch(batch)?;
+        self.db.flush()?;
+        self.sled_records
+            .store(keep.len(), std::sync::atomic::Ordering::SeqCst);
+        info!(
+            entries = written,
+            from_sled = moved,
+            ms = t.elapsed().as_millis() as u64,
+            "record index: sled's changes merged into the sorted file"
         );
         Ok(())
     }
@@ -1876,6 +1966,8 @@ struct Txn<'a> {
     /// A sorted index or a fill's state exists: a removed record needs an empty value in sled
     /// to hide the entry beneath.
     has_base: bool,
+    /// Record entries this apply writes to sled's tree.
+    sled_record_writes: usize,
 }
 
 impl Txn<'_> {
@@ -1914,11 +2006,16 @@ impl Txn<'_> {
                 };
                 fill.push(idx::Entry { id, loc });
             }
-            _ => match &v {
-                Some(v) => self.batch.insert(k.clone(), v.clone()),
-                None if id.is_some() && self.has_base => self.batch.insert(k.clone(), &[] as &[u8]),
-                None => self.batch.remove(k.clone()),
-            },
+            _ => {
+                self.sled_record_writes += usize::from(id.is_some());
+                match &v {
+                    Some(v) => self.batch.insert(k.clone(), v.clone()),
+                    None if id.is_some() && self.has_base => {
+                        self.batch.insert(k.clone(), &[] as &[u8])
+                    }
+                    None => self.batch.remove(k.clone()),
+                }
+            }
         }
         self.overlay.insert(k, v);
         Ok(())
@@ -3023,7 +3120,9 @@ mod tests {
         let cache = open();
         holds(&cache, &people, &want);
 
-        // Compaction moves values the file points at: the moved entries go to sled.
+        // Compaction moves values the file points at (the moved entries go to sled, and from
+        // there into a new file once enough have gathered: `remerge`).
+        let first_segments: Vec<u32> = cache.vlog.segments().iter().map(|s| s.0).collect();
         for round in 0..6u64 {
             feed(&cache, &mut seq, upserts(&people[40..60], 10 + round));
         }
@@ -3033,16 +3132,16 @@ mod tests {
         for (nhs, _, _) in &people[40..60] {
             want.insert(*nhs, 15);
         }
+        let now: Vec<u32> = cache.vlog.segments().iter().map(|s| s.0).collect();
         assert!(
-            people[..60]
-                .iter()
-                .any(|(nhs, _, _)| want.get(nhs) == Some(&1)
-                    && cache
-                        .tree
-                        .get(cache.key(T_RECORD, nhs))
-                        .unwrap()
-                        .is_some_and(|v| !v.is_empty())),
-            "compaction moved a value the file points at"
+            first_segments.iter().any(|s| !now.contains(s)),
+            "a segment the fill wrote was compacted away: {first_segments:?} -> {now:?}"
+        );
+        // sled holds only the changes since the last merge into the file.
+        let in_sled = sled_records(&cache);
+        assert!(
+            in_sled < REMERGE_AT + 20,
+            "{in_sled} record entries left in sled"
         );
         holds(&cache, &people, &want);
         drop(cache);
