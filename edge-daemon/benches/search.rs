@@ -3,7 +3,8 @@
 //! `Cache::apply` (the sync path: a baseline, as a new unit's cold fill), then times searches.
 //!
 //! `cargo bench -p edge-daemon --bench search [-- PATIENTS]` (default 100,000). Prints a
-//! Markdown table for BENCHMARKS.md.
+//! Markdown table for BENCHMARKS.md. `CHURN=n` then applies n updates as live-feed batches
+//! (past 65,536, sled's changes are merged into a new record index file).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -230,4 +231,61 @@ fn main() {
         "| process peak RSS (generator included) | {} MiB |",
         peak_rss_mib()
     );
+    // CHURN=n: then n of the records change (a new version each, in live-feed batches of 512),
+    // enough past 65,536 for sled's changes to be merged into a new index file (the apply that
+    // does it is the slowest one); its time and the memory around it.
+    let churn: u64 = std::env::var("CHURN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+        .min(n);
+    if churn > 0 {
+        let before = rss_mib("VmRSS:");
+        let mut slowest = Duration::ZERO;
+        let mut total = Duration::ZERO;
+        let mut seq = n;
+        for i in 0..churn {
+            line.clear();
+            gen.patient(i, &mut line);
+            let c = parse_bundle_json(line.trim_end()).unwrap();
+            let s = assemble::from_contribution(&c, UnixMillis(0));
+            seq += 1;
+            changes.push(Change::Upsert {
+                seq,
+                nhs: s.nhs_number,
+                version: 2,
+                record: Bytes::from(cbor::encode_summary(&s).unwrap()),
+            });
+            if changes.len() == 512 || i + 1 == churn {
+                let first = seq + 1 - changes.len() as u64;
+                let apply = Apply {
+                    batch_no: seq,
+                    kind: ApplyKind::Feed {
+                        first_seq: first,
+                        last_seq: seq,
+                    },
+                    epoch: 1,
+                    changes: std::mem::take(&mut changes),
+                    state: SyncState {
+                        cursor: seq,
+                        ..SyncState::default()
+                    },
+                };
+                let a = Instant::now();
+                cache.apply(&apply, UnixMillis(2)).unwrap();
+                let took = a.elapsed();
+                slowest = slowest.max(took);
+                total += took;
+            }
+        }
+        println!(
+            "| CHURN={churn}: updates applied (batches of 512, fsync each) | {:.1} s ({:.0}/s); slowest apply {:.0} ms (a value-log segment compacted, or sled's changes merged into the index file); RSS {} → {} MiB, peak {} MiB |",
+            total.as_secs_f64(),
+            churn as f64 / total.as_secs_f64(),
+            slowest.as_secs_f64() * 1e3,
+            before,
+            rss_mib("VmRSS:"),
+            peak_rss_mib()
+        );
+    }
 }
