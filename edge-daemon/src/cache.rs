@@ -233,6 +233,9 @@ const T_POSTING: &[u8] = b"x";
 const T_CARD: &[u8] = b"d";
 /// A cold fill's index entries not yet in a sorted run (`i` ‖ sequence; `index.rs`).
 const T_FILL: &[u8] = b"i";
+/// Present from a cold fill's first batch until the batch that removes its blobs after the
+/// merge: runs found on disk without it are an earlier fill's leftovers, never read.
+const K_FILLING: &[u8] = b"tfilling";
 /// The cohort records' sorted index file, and the folder of a cold fill's runs (`index.rs`).
 const INDEX_FILE: &str = "index.sorted";
 const FILL_DIR: &str = "index-fill";
@@ -626,7 +629,7 @@ impl Cache {
                         return Err(e.into());
                     }
                 };
-                moved.push(entry_bytes(key, np));
+                moved.push((np.seg, entry_bytes(key, np)));
                 batch.insert(key.clone(), header(version, epoch, log_ref(np)));
                 n += 1;
             }
@@ -640,16 +643,21 @@ impl Cache {
             self.tree.apply_batch(batch)?;
             self.sled_records
                 .fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+            // Counted where they now are, chunk by chunk (a later chunk may fail).
+            let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+            for (s, b) in &moved[moved.len() - n..] {
+                *live.entry(*s).or_default() += b;
+            }
         }
         self.db.flush()?;
         if stop == Stop::AfterIndex {
             return Ok(moved.len());
         }
         self.vlog.remove(seg)?;
-        let active = self.vlog.active();
-        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        live.remove(&seg);
-        *live.entry(active).or_default() += moved.iter().sum::<u64>();
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&seg);
         Ok(moved.len())
     }
 
@@ -731,8 +739,11 @@ impl Cache {
     /// End a cold fill's deferred postings, if one is under way: build them now. A failure
     /// leaves the layout marker absent, so they are rebuilt from the records at the next open.
     fn finish_bulk(&self) -> Result<(), CacheError> {
-        // The index first: a failure leaves the fill (and the bulk) to be finished next time.
-        self.merge_fill()?;
+        // The index first. A failure (no room?) leaves the fill as a layer reads and scans go
+        // through, merged at a later apply.
+        if let Err(e) = self.merge_fill() {
+            warn!(error = %e, "record index: cannot merge the cold fill's entries yet");
+        }
         let taken = self.bulk.lock().unwrap_or_else(|p| p.into_inner()).take();
         match taken {
             Some(b) => self.build_postings(b, None),
@@ -1154,9 +1165,13 @@ impl Cache {
         if bulk_active && !baseline {
             self.finish_bulk()?;
         } else if !bulk_active {
-            // A fill whose merge failed (the disk full?) is merged before anything else.
-            self.merge_fill()?;
-            if self.sled_records.load(std::sync::atomic::Ordering::SeqCst) >= REMERGE_AT {
+            let fill_left = self.index_state().fill.is_some();
+            if fill_left {
+                // A fill whose merge failed (no room?): tried again; read through until then.
+                if let Err(e) = self.merge_fill() {
+                    warn!(error = %e, "record index: cannot merge the cold fill's entries yet");
+                }
+            } else if self.sled_records.load(std::sync::atomic::Ordering::SeqCst) >= REMERGE_AT {
                 if let Err(e) = self.remerge() {
                     // Nothing changed: the entries stay in sled and are read from there.
                     warn!(error = %e, "record index: cannot merge sled's changes into the file");
@@ -1207,10 +1222,9 @@ impl Cache {
             // durable (its first batch reads nothing: every key is new).
             self.drop_index_file()?;
             txn.has_base = false;
-            for k in self.tree.scan_prefix(T_RECORD).keys() {
-                txn.batch.remove(k?);
-            }
+            self.drop_fill_and_removals()?;
             new_fill = Some(Fill::create(&self.dir.join(FILL_DIR))?);
+            txn.batch.insert(K_FILLING, &[1u8] as &[u8]);
             // Until the build, the postings are incomplete: a crash rebuilds them at open.
             txn.batch.remove(K_SEARCH);
             // An empty cache's old sorted postings and cards name nobody it will hold.
@@ -1384,15 +1398,18 @@ impl Cache {
         Ok(None)
     }
 
-    /// Every cohort record's key and index value, in key order: sled's entries over the sorted
-    /// file's. Not for use while a fill's state exists (its entries are not included): the
-    /// callers run at open, after [`Cache::recover_index`], or after a fill has been merged.
+    /// Every cohort record's key and index value, in key order: sled's entries over a fill's
+    /// (one whose merge has not succeeded yet) over the sorted file's.
     fn record_scan(&self) -> Result<RecordScan, CacheError> {
-        let file = self.index_state().file.clone();
-        let file = match file {
-            Some(f) => Some(f.iter()?.peekable()),
-            None => None,
+        let file: Option<Box<dyn Iterator<Item = std::io::Result<idx::Entry>> + Send>> = {
+            let st = self.index_state();
+            match (&st.fill, &st.file) {
+                (Some(fill), base) => Some(Box::new(idx::merged(base.as_deref(), fill)?)),
+                (None, Some(f)) => Some(Box::new(f.iter()?)),
+                (None, None) => None,
+            }
         };
+        let file = file.map(Iterator::peekable);
         Ok(RecordScan {
             sled: self.tree.scan_prefix(T_RECORD).peekable(),
             file,
@@ -1430,7 +1447,15 @@ impl Cache {
         let in_sled = self.tree.scan_prefix(T_RECORD).keys().count();
         self.sled_records
             .store(in_sled, std::sync::atomic::Ordering::SeqCst);
-        let fill = Fill::recover(&self.dir.join(FILL_DIR), blobs)?;
+        let fill_dir = self.dir.join(FILL_DIR);
+        let filling = self.tree.contains_key(K_FILLING)? || !blobs.is_empty();
+        let fill = if filling {
+            Fill::recover(&fill_dir, blobs)?
+        } else {
+            // A merged fill's runs whose removal did not reach the disk: never read again.
+            idx::remove_runs(&fill_dir)?;
+            None
+        };
         let interrupted = fill.as_ref().map(|f| f.entries());
         {
             let mut st = self.index.write().unwrap_or_else(|p| p.into_inner());
@@ -1438,11 +1463,26 @@ impl Cache {
             st.fill = fill;
         }
         if let Some(entries) = interrupted {
-            self.merge_fill()?;
-            info!(
-                entries,
-                "record index: an interrupted cold fill's entries merged into the sorted file"
-            );
+            match self.merge_fill() {
+                Ok(()) => info!(
+                    entries,
+                    "record index: an interrupted cold fill's entries merged into the sorted file"
+                ),
+                // Damaged runs: the cache is moved aside and filled again.
+                Err(CacheError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    return Err(CacheError::Io(e))
+                }
+                // No room to write the file (say): the fill stays a layer that reads and
+                // scans go through, merged at a later apply.
+                Err(e) => {
+                    warn!(error = %e, "record index: cannot merge an interrupted cold fill yet; reading it as it is")
+                }
+            }
+        } else if filling {
+            // A marker with nothing behind it (the fill's first batch, then a crash).
+            let mut batch = sled::Batch::default();
+            batch.remove(K_FILLING);
+            self.tree.apply_batch(batch)?;
         }
         Ok(())
     }
@@ -1464,15 +1504,19 @@ impl Cache {
             st.file = Some(Arc::new(merged));
             st.fill.take().map(|f| f.dir().to_path_buf())
         };
+        // The blobs and the marker go in one batch: from then on the runs are never read
+        // (the next open removes any that are left), so a removal the fill recorded in memory
+        // can never be undone by an older run.
         let mut batch = sled::Batch::default();
         for k in self.tree.scan_prefix(T_FILL).keys() {
             batch.remove(k?);
         }
+        batch.remove(K_FILLING);
         self.tree.apply_batch(batch)?;
         self.db.flush()?;
         if let Some(dir) = dir {
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                warn!(error = %e, "record index: cannot remove a merged fill's runs");
+            if let Err(e) = idx::remove_runs(&dir) {
+                warn!(error = %e, "record index: cannot remove a merged fill's runs (removed at the next start)");
             }
         }
         info!(
@@ -1536,14 +1580,47 @@ impl Cache {
             self.tree.apply_batch(batch)?;
         }
         self.db.flush()?;
+        // Entries that cannot move (sealed inline) are not counted: they would trigger a merge
+        // at every apply.
         self.sled_records
-            .store(keep.len(), std::sync::atomic::Ordering::SeqCst);
+            .store(0, std::sync::atomic::Ordering::SeqCst);
+        let _ = keep;
         info!(
             entries = written,
             from_sled = moved,
             ms = t.elapsed().as_millis() as u64,
             "record index: sled's changes merged into the sorted file"
         );
+        Ok(())
+    }
+
+    /// Before a cold fill writes anything, after the old file went: a fill left unmerged (its
+    /// runs durably, then its blobs) and then sled's removals, which hide nothing any more
+    /// (the cache holds no record). In small batches (sled's copies); in this order, so a
+    /// crash part-way leaves removals over whatever of the old fill is still there.
+    fn drop_fill_and_removals(&self) -> Result<(), CacheError> {
+        self.index.write().unwrap_or_else(|p| p.into_inner()).fill = None;
+        idx::remove_runs(&self.dir.join(FILL_DIR))?;
+        for prefix in [T_FILL, T_RECORD.as_bytes()] {
+            loop {
+                let keys: Vec<sled::IVec> = self
+                    .tree
+                    .scan_prefix(prefix)
+                    .keys()
+                    .take(REMERGE_BATCH)
+                    .collect::<Result<_, _>>()?;
+                if keys.is_empty() {
+                    break;
+                }
+                let mut batch = sled::Batch::default();
+                for k in keys {
+                    batch.remove(k);
+                }
+                self.tree.apply_batch(batch)?;
+            }
+        }
+        self.sled_records
+            .store(0, std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
 
@@ -1608,7 +1685,8 @@ impl Cache {
 /// [`Cache::record_scan`]'s iterator.
 struct RecordScan {
     sled: std::iter::Peekable<sled::Iter>,
-    file: Option<std::iter::Peekable<idx::Entries>>,
+    #[allow(clippy::type_complexity)]
+    file: Option<std::iter::Peekable<Box<dyn Iterator<Item = std::io::Result<idx::Entry>> + Send>>>,
 }
 
 impl Iterator for RecordScan {
@@ -3186,6 +3264,60 @@ mod tests {
         }
         drop(cache);
         let cache = open();
+        holds(&cache, &people, &want);
+    }
+
+    /// The runs of a fill that has been merged are never read again, even when their removal
+    /// did not reach the disk before a crash: a withdrawal the fill held only in memory (and a
+    /// blob) must not be undone by an older run at the next open. Scans during a fill see it.
+    #[test]
+    fn a_merged_fills_leftover_runs_never_bring_back_a_withdrawn_record() {
+        use super::*;
+        let people = summaries(12);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.sled");
+        let sealer = Arc::new(crate::seal::Sealer::ephemeral().unwrap());
+        let cache = Cache::try_open_with(&path, sealer.clone(), 64 * 1024).unwrap();
+        let mut seq = 0;
+        for chunk in people.chunks(6) {
+            baseline_changes(&cache, &mut seq, upserts(chunk, 1), false);
+        }
+        // people[0] is in a run; its withdrawal is in the fill's memory and a blob.
+        baseline_changes(&cache, &mut seq, withdraws(&people[..1]), false);
+        let mut want: std::collections::HashMap<NhsNumber, u64> =
+            people[1..].iter().map(|p| (p.0, 1)).collect();
+        assert_eq!(
+            cache.record_scan().unwrap().count(),
+            want.len(),
+            "a scan sees the fill"
+        );
+        let runs = path.join(FILL_DIR);
+        let kept = dir.path().join("runs-copy");
+        std::fs::create_dir_all(&kept).unwrap();
+        let mut n = 0;
+        for e in std::fs::read_dir(&runs).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), kept.join(e.file_name())).unwrap();
+            n += 1;
+        }
+        assert!(n >= 2, "the fill wrote runs");
+        baseline_changes(&cache, &mut seq, Vec::new(), true);
+        holds(&cache, &people, &want);
+        drop(cache);
+        // As if the runs' removal had not reached the disk.
+        std::fs::create_dir_all(&runs).unwrap();
+        for e in std::fs::read_dir(&kept).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), runs.join(e.file_name())).unwrap();
+        }
+        let cache = Cache::try_open_with(&path, sealer.clone(), 64 * 1024).unwrap();
+        holds(&cache, &people, &want);
+        assert!(!runs.exists(), "leftover runs are removed at open");
+        // And a later change still lands over the file.
+        feed(&cache, &mut seq, upserts(&people[1..2], 4));
+        want.insert(people[1].0, 4);
+        drop(cache);
+        let cache = Cache::try_open_with(&path, sealer, 64 * 1024).unwrap();
         holds(&cache, &people, &want);
     }
 

@@ -287,17 +287,39 @@ impl SortedIndex {
 
     /// Every entry in id order (read sequentially from a fresh handle).
     pub fn iter(&self) -> std::io::Result<Entries> {
+        // A handle of its own on this file (not the path, which a later merge may replace),
+        // read with positioned reads so the shared offset is not involved.
         Ok(Entries {
-            r: BufReader::with_capacity(256 * 1024, File::open(&self.path)?),
+            r: BufReader::with_capacity(
+                256 * 1024,
+                At {
+                    file: self.file.try_clone()?,
+                    at: 0,
+                },
+            ),
             left: self.entries,
             path: self.path.clone(),
         })
     }
 }
 
+/// A file read from an offset of its own.
+struct At {
+    file: File,
+    at: u64,
+}
+
+impl Read for At {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read_at(buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
 /// A [`SortedIndex`]'s entries in order.
 pub struct Entries {
-    r: BufReader<File>,
+    r: BufReader<At>,
     left: u64,
     path: PathBuf,
 }
@@ -327,6 +349,20 @@ pub struct Fill {
     runs: Vec<Arc<SortedIndex>>,
 }
 
+/// Remove a fill's run folder, durably (its parent fsync'd).
+pub fn remove_runs(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {
+            if let Some(parent) = dir.parent() {
+                File::open(parent)?.sync_all()?;
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 fn run_name(i: usize) -> String {
     format!("run-{i:06}")
 }
@@ -334,11 +370,8 @@ fn run_name(i: usize) -> String {
 impl Fill {
     /// A new, empty fill whose runs go in `dir` (anything there is removed).
     pub fn create(dir: &Path) -> std::io::Result<Fill> {
-        match std::fs::remove_dir_all(dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
+        // Durably gone first: an old fill's runs must never reappear beside this one's.
+        remove_runs(dir)?;
         std::fs::create_dir_all(dir)?;
         Ok(Fill {
             dir: dir.to_path_buf(),
@@ -448,9 +481,21 @@ impl Fill {
 /// Merge `fill` over `base` into a new index file at `path` (newest wins: the fill's memory,
 /// then its runs newest first, then the base; removals dropped).
 pub fn merge(base: Option<&SortedIndex>, fill: &Fill, path: &Path) -> std::io::Result<SortedIndex> {
+    let it = merged(base, fill)?;
+    // A read error ends the write before its rename: nothing at `path` changes.
+    SortedIndex::write(path, it, false)
+}
+
+/// `fill` over `base`, in id order, newest wins; removals are kept (a caller that scans the
+/// cache skips them). The iterator owns what it reads (handles and a sorted copy of the
+/// fill's table), so it outlives any lock the caller held to get here.
+pub fn merged(
+    base: Option<&SortedIndex>,
+    fill: &Fill,
+) -> std::io::Result<impl Iterator<Item = std::io::Result<Entry>>> {
     use std::cmp::Reverse;
     // Sources by precedence: 0 = newest.
-    let mut sources: Vec<Box<dyn Iterator<Item = std::io::Result<Entry>>>> = Vec::new();
+    let mut sources: Vec<Box<dyn Iterator<Item = std::io::Result<Entry>> + Send>> = Vec::new();
     sources.push(Box::new(fill.sorted_mem().into_iter().map(Ok)));
     for r in fill.runs.iter().rev() {
         sources.push(Box::new(r.iter()?));
@@ -468,39 +513,39 @@ pub fn merge(base: Option<&SortedIndex>, fill: &Fill, path: &Path) -> std::io::R
         heads.push(head);
     }
     let mut failed = false;
-    let merged = std::iter::from_fn(|| -> Option<std::io::Result<Entry>> {
-        if failed {
-            return None;
-        }
-        let Reverse((id, i)) = heap.pop()?;
-        let e = heads[i].take()?;
-        // The first source popped for an id is its newest; the same id elsewhere is older.
-        let mut advance = vec![i];
-        while let Some(Reverse((nid, j))) = heap.peek().copied() {
-            if nid != id {
-                break;
+    Ok(std::iter::from_fn(
+        move || -> Option<std::io::Result<Entry>> {
+            if failed {
+                return None;
             }
-            heap.pop();
-            advance.push(j);
-        }
-        for j in advance {
-            match sources[j].next().transpose() {
-                Ok(next) => {
-                    if let Some(n) = next {
-                        heap.push(Reverse((n.id, j)));
+            let Reverse((id, i)) = heap.pop()?;
+            let e = heads[i].take()?;
+            // The first source popped for an id is its newest; the same id elsewhere is older.
+            let mut advance = vec![i];
+            while let Some(Reverse((nid, j))) = heap.peek().copied() {
+                if nid != id {
+                    break;
+                }
+                heap.pop();
+                advance.push(j);
+            }
+            for j in advance {
+                match sources[j].next().transpose() {
+                    Ok(next) => {
+                        if let Some(n) = next {
+                            heap.push(Reverse((n.id, j)));
+                        }
+                        heads[j] = next;
                     }
-                    heads[j] = next;
-                }
-                Err(x) => {
-                    failed = true;
-                    return Some(Err(x));
+                    Err(x) => {
+                        failed = true;
+                        return Some(Err(x));
+                    }
                 }
             }
-        }
-        Some(Ok(e))
-    });
-    // A read error ends the write before its rename: nothing at `path` changes.
-    SortedIndex::write(path, merged, false)
+            Some(Ok(e))
+        },
+    ))
 }
 
 #[cfg(test)]
