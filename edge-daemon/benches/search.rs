@@ -58,6 +58,45 @@ fn time_queries(cache: &Cache, qs: &[SearchQuery]) -> (Duration, Duration, Durat
     (pct(&t, 0.5), pct(&t, 0.99), t[t.len() - 1], found)
 }
 
+/// Patient `i` of the synthetic population as an upsert at `seq` and `version`, with its
+/// demographics.
+fn upsert(
+    gen: &kerbside_synth::Generator,
+    line: &mut String,
+    i: u64,
+    seq: u64,
+    version: u64,
+) -> (Change, Demographics) {
+    line.clear();
+    gen.patient(i, line);
+    let c = parse_bundle_json(line.trim_end()).unwrap();
+    let s = assemble::from_contribution(&c, UnixMillis(0));
+    let change = Change::Upsert {
+        seq,
+        nhs: s.nhs_number,
+        version,
+        record: Bytes::from(cbor::encode_summary(&s).unwrap()),
+    };
+    (change, s.patient)
+}
+
+/// Apply one step of `changes` ending at `seq` (the cursor), timed.
+fn step(cache: &Cache, kind: ApplyKind, seq: u64, changes: Vec<Change>, now: i64) -> Duration {
+    let apply = Apply {
+        batch_no: seq,
+        kind,
+        epoch: 1,
+        changes,
+        state: SyncState {
+            cursor: seq,
+            ..SyncState::default()
+        },
+    };
+    let a = Instant::now();
+    cache.apply(&apply, UnixMillis(now)).unwrap();
+    a.elapsed()
+}
+
 fn main() {
     let n: u64 = std::env::args()
         .skip(1)
@@ -75,47 +114,29 @@ fn main() {
     let mut changes = Vec::new();
     let mut line = String::new();
     for i in 0..n {
-        line.clear();
-        gen.patient(i, &mut line);
-        let c = parse_bundle_json(line.trim_end()).unwrap();
-        let s = assemble::from_contribution(&c, UnixMillis(0));
-        if i % 50 == 0 {
-            sample.push(s.patient.clone());
-        }
         let seq = i + 1;
-        changes.push(Change::Upsert {
-            seq,
-            nhs: s.nhs_number,
-            version: 1,
-            record: Bytes::from(cbor::encode_summary(&s).unwrap()),
-        });
+        let (change, patient) = upsert(&gen, &mut line, i, seq, 1);
+        if i % 50 == 0 {
+            sample.push(patient);
+        }
+        changes.push(change);
         if changes.len() == 512 || i + 1 == n {
             // A cold fill, as a new unit gets it: baseline batches, the last one finishing it
             // (the search postings are built, in key order, at that point).
-            let apply = Apply {
-                batch_no: seq,
-                kind: if i + 1 == n {
-                    ApplyKind::FinishBaseline {
-                        epoch: 1,
-                        snapshot_seq: seq,
-                    }
-                } else {
-                    ApplyKind::Baseline { epoch: 1 }
-                },
-                epoch: 1,
-                changes: std::mem::take(&mut changes),
-                state: SyncState {
-                    cursor: seq,
-                    ..SyncState::default()
-                },
+            let kind = if i + 1 == n {
+                ApplyKind::FinishBaseline {
+                    epoch: 1,
+                    snapshot_seq: seq,
+                }
+            } else {
+                ApplyKind::Baseline { epoch: 1 }
             };
-            let a = Instant::now();
-            cache.apply(&apply, UnixMillis(1)).unwrap();
-            apply_time += a.elapsed();
+            let took = step(&cache, kind, seq, std::mem::take(&mut changes), 1);
+            apply_time += took;
             if i + 1 == n {
                 eprintln!(
                     "finishing the baseline (postings built, other epochs evicted): {:.1} s, peak RSS {} MiB",
-                    a.elapsed().as_secs_f64(),
+                    took.as_secs_f64(),
                     peak_rss_mib()
                 );
             }
@@ -245,35 +266,14 @@ fn main() {
         let mut total = Duration::ZERO;
         let mut seq = n;
         for i in 0..churn {
-            line.clear();
-            gen.patient(i, &mut line);
-            let c = parse_bundle_json(line.trim_end()).unwrap();
-            let s = assemble::from_contribution(&c, UnixMillis(0));
             seq += 1;
-            changes.push(Change::Upsert {
-                seq,
-                nhs: s.nhs_number,
-                version: 2,
-                record: Bytes::from(cbor::encode_summary(&s).unwrap()),
-            });
+            changes.push(upsert(&gen, &mut line, i, seq, 2).0);
             if changes.len() == 512 || i + 1 == churn {
-                let first = seq + 1 - changes.len() as u64;
-                let apply = Apply {
-                    batch_no: seq,
-                    kind: ApplyKind::Feed {
-                        first_seq: first,
-                        last_seq: seq,
-                    },
-                    epoch: 1,
-                    changes: std::mem::take(&mut changes),
-                    state: SyncState {
-                        cursor: seq,
-                        ..SyncState::default()
-                    },
+                let kind = ApplyKind::Feed {
+                    first_seq: seq + 1 - changes.len() as u64,
+                    last_seq: seq,
                 };
-                let a = Instant::now();
-                cache.apply(&apply, UnixMillis(2)).unwrap();
-                let took = a.elapsed();
+                let took = step(&cache, kind, seq, std::mem::take(&mut changes), 2);
                 slowest = slowest.max(took);
                 total += took;
             }

@@ -1536,17 +1536,15 @@ impl Cache {
         let t = std::time::Instant::now();
         // An entry sled cannot hand to the file (a record sealed inline by an older version)
         // stays in sled; everything else goes.
-        let mut keep = Vec::new();
         let mut remove = Vec::new();
         for kv in self.tree.scan_prefix(T_RECORD) {
             let (k, v) = kv?;
-            let in_log = split_header(&v)
-                .and_then(|(_, _, rest)| ptr_of(rest))
-                .is_some();
-            if v.is_empty() || in_log {
+            if v.is_empty()
+                || split_header(&v)
+                    .and_then(|(_, _, rest)| ptr_of(rest))
+                    .is_some()
+            {
                 remove.push(k);
-            } else {
-                keep.push(k);
             }
         }
         let entries = self.record_scan()?.filter_map(|kv| match kv {
@@ -1584,7 +1582,6 @@ impl Cache {
         // at every apply.
         self.sled_records
             .store(0, std::sync::atomic::Ordering::SeqCst);
-        let _ = keep;
         info!(
             entries = written,
             from_sled = moved,
@@ -2557,31 +2554,7 @@ mod tests {
         finish: bool,
         version: u64,
     ) -> super::Applied {
-        use edge_proto::sync::{Apply, ApplyKind, Bytes, Change, SyncState};
-        *seq += 1;
-        let apply = Apply {
-            batch_no: *seq,
-            kind: if finish {
-                ApplyKind::FinishBaseline {
-                    epoch: 1,
-                    snapshot_seq: 10_000,
-                }
-            } else {
-                ApplyKind::Baseline { epoch: 1 }
-            },
-            epoch: 1,
-            changes: people
-                .iter()
-                .map(|(nhs, bytes, _)| Change::Upsert {
-                    seq: 0,
-                    nhs: *nhs,
-                    version,
-                    record: Bytes::from(bytes.clone()),
-                })
-                .collect(),
-            state: SyncState::default(),
-        };
-        cache.apply(&apply, super::UnixMillis(1)).unwrap()
+        baseline_changes(cache, seq, upserts(people, version), finish)
     }
 
     #[test]

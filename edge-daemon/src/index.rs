@@ -273,15 +273,16 @@ impl SortedIndex {
         let mut buf = [0u8; FENCE as usize * ENTRY_LEN];
         let bytes = &mut buf[..n * ENTRY_LEN];
         self.file.read_exact_at(bytes, start * ENTRY_LEN as u64)?;
-        let found = bytes
+        // The block's entries are in id order (checked at open).
+        match bytes
             .chunks_exact(ENTRY_LEN)
-            .collect::<Vec<_>>()
-            .binary_search_by(|e| e[..ID_LEN].cmp(&id[..]));
-        match found {
-            Ok(i) => Entry::decode(&bytes[i * ENTRY_LEN..(i + 1) * ENTRY_LEN])
+            .find(|e| e[..ID_LEN] >= id[..])
+            .filter(|e| e[..ID_LEN] == id[..])
+        {
+            Some(e) => Entry::decode(e)
                 .map(Some)
                 .ok_or_else(|| corrupt(&self.path, "bad index entry")),
-            Err(_) => Ok(None),
+            None => Ok(None),
         }
     }
 
