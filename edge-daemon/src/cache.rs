@@ -16,10 +16,12 @@
 //! | `x` | kind (1 B) ‖ keyed hash (8 B) ‖ index key (32 B) | empty — a search posting |
 //! | `d` | index key (32 B) | a record's search card (sealed demographics) written since the card files were built; empty: removed since (`cards.rs`) |
 //!
-//! A sealed record's plaintext is `0x01` ‖ raw deflate of the [`CachedRecord`]'s CBOR
-//! (compressed before sealing: ciphertext does not compress, and the CBOR's repeated keys and
-//! codes shrink ≈ 3 ×); a record written before compression is the bare CBOR (a map, first byte
-//! `0xA0`–`0xBF`) and still opens.
+//! A sealed record's plaintext is `0x02` ‖ the [`CachedRecord`]'s CBOR as an LZ4 block (its
+//! length first, 4 bytes little-endian): compressed before sealing, since ciphertext does not
+//! compress and the CBOR's repeated keys and codes shrink ≈ 2 ×. Records written by earlier
+//! versions still open: `0x01` ‖ raw deflate (LZ4 writes and reads a record for a fraction of
+//! deflate's CPU, for ≈ 9 % more bytes; BENCHMARKS.md, issue 17's eighth step), and the bare
+//! CBOR from before compression (a map, first byte `0xA0`–`0xBF`).
 //!
 //! Nothing about the cohort is held in memory per record: the record count is a counter, "is
 //! this patient held" is a key lookup, and the demographic search reads postings from disk.
@@ -153,34 +155,68 @@ pub struct CacheMeta {
     pub hub_offset_ms: i64,
 }
 
-/// First byte of a compressed record plaintext (see the module docs).
-const COMPRESSED: u8 = 0x01;
+/// First byte of a record plaintext written as raw deflate (versions before LZ4; see the module
+/// docs).
+const DEFLATED: u8 = 0x01;
+/// First byte of a record plaintext written as an LZ4 block (see the module docs).
+const LZ4: u8 = 0x02;
 /// A record inflates to at most this (the frame limit: no record is larger on the wire).
 const MAX_PLAIN: u64 = edge_proto::sync::MAX_FRAME_BYTES as u64;
 
-/// One deflate and one inflate state, reused record after record: a fresh zlib state per
-/// record is ≈ 300 KB allocated and freed, which glibc's per-thread arenas turned into hundreds
-/// of MiB of resident memory during a cold sync.
+/// Record compression: LZ4 for what is written, and one inflate state, reused record after
+/// record, for records written as deflate by earlier versions (a fresh zlib state per record is
+/// ≈ 300 KB allocated and freed, which glibc's per-thread arenas turned into hundreds of MiB of
+/// resident memory during a cold sync).
 struct Codec {
-    z: std::sync::Mutex<flate2::Compress>,
     unz: std::sync::Mutex<flate2::Decompress>,
 }
 
 impl Codec {
     fn new() -> Codec {
         Codec {
-            z: std::sync::Mutex::new(flate2::Compress::new(flate2::Compression::fast(), false)),
             unz: std::sync::Mutex::new(flate2::Decompress::new(false)),
         }
     }
 
-    /// Raw deflate at the fastest level, after the [`COMPRESSED`] marker.
+    /// [`LZ4`] ‖ length (4 B, little-endian) ‖ the LZ4 block of `plain`.
+    fn compress(&self, plain: &[u8]) -> std::io::Result<Vec<u8>> {
+        let len = u32::try_from(plain.len())
+            .ok()
+            .filter(|&n| u64::from(n) <= MAX_PLAIN)
+            .ok_or_else(|| std::io::Error::other("record past the size limit"))?;
+        let mut out = vec![0u8; 5 + lz4_flex::block::get_maximum_output_size(plain.len())];
+        out[0] = LZ4;
+        out[1..5].copy_from_slice(&len.to_le_bytes());
+        let n =
+            lz4_flex::block::compress_into(plain, &mut out[5..]).map_err(std::io::Error::other)?;
+        out.truncate(5 + n);
+        Ok(out)
+    }
+
+    /// Decompress an LZ4 record (after its marker), refusing one that declares more than
+    /// [`MAX_PLAIN`] before allocating for it.
+    fn unlz4(&self, z: &[u8]) -> Result<Vec<u8>, String> {
+        let (len, block) = z.split_first_chunk::<4>().ok_or("short LZ4 record")?;
+        let len = u32::from_le_bytes(*len);
+        if u64::from(len) > MAX_PLAIN {
+            return Err("declares more than the record size limit".into());
+        }
+        let mut out = vec![0u8; len as usize];
+        let n = lz4_flex::block::decompress_into(block, &mut out)
+            .map_err(|e| format!("does not decompress: {e}"))?;
+        if n != out.len() {
+            return Err("decompresses short of its declared length".into());
+        }
+        Ok(out)
+    }
+
+    /// Raw deflate at the fastest level, after the [`DEFLATED`] marker: what versions before LZ4
+    /// wrote (kept for tests that make such records).
+    #[cfg(test)]
     fn deflate(&self, plain: &[u8]) -> std::io::Result<Vec<u8>> {
-        let mut z = self.z.lock().unwrap_or_else(|p| p.into_inner());
-        z.reset();
-        // Deflate never grows data by more than a few bytes per 16 KiB stored block.
+        let mut z = flate2::Compress::new(flate2::Compression::fast(), false);
         let mut out = Vec::with_capacity(plain.len() + plain.len() / 1024 + 64);
-        out.push(COMPRESSED);
+        out.push(DEFLATED);
         match z.compress_vec(plain, &mut out, flate2::FlushCompress::Finish) {
             Ok(flate2::Status::StreamEnd) => Ok(out),
             Ok(_) => Err(std::io::Error::other("deflate did not finish")),
@@ -892,7 +928,11 @@ impl Cache {
             .open(table, key, sealed)
             .map_err(|_| CacheError::Seal { table })?;
         let plain = match plain.split_first() {
-            Some((&COMPRESSED, z)) => self
+            Some((&LZ4, z)) => self
+                .codec
+                .unlz4(z)
+                .map_err(|why| CacheError::Decode { table, why })?,
+            Some((&DEFLATED, z)) => self
                 .codec
                 .inflate(z)
                 .map_err(|why| CacheError::Decode { table, why })?,
@@ -921,10 +961,13 @@ impl Cache {
             table: "encode",
             why: e.to_string(),
         })?;
-        let z = self.codec.deflate(&plain).map_err(|e| CacheError::Decode {
-            table: "encode",
-            why: e.to_string(),
-        })?;
+        let z = self
+            .codec
+            .compress(&plain)
+            .map_err(|e| CacheError::Decode {
+                table: "encode",
+                why: e.to_string(),
+            })?;
         self.sealer
             .seal(table, key, &z)
             .map_err(|_| CacheError::Seal { table: "encode" })
@@ -2214,6 +2257,7 @@ impl UnitStore for Txn<'_> {
         version: u64,
         epoch: u64,
         record: &Bytes,
+        digest: Option<[u8; 32]>,
     ) -> Result<(), CacheError> {
         let k = self.cache.key(T_RECORD, nhs);
         let old = self.read(&k)?;
@@ -2225,7 +2269,8 @@ impl UnitStore for Txn<'_> {
         let rec = CachedRecord {
             nhs: *nhs,
             version,
-            digest: record_digest(record.as_slice()),
+            // Verifying the batch hashed the record already: not a second SHA-256 per record.
+            digest: digest.unwrap_or_else(|| record_digest(record.as_slice())),
             record: record.clone(),
             synced_at: self.now,
         };
@@ -2361,7 +2406,7 @@ mod tests {
             sealed.len(),
             plain.len()
         );
-        let v = header(2, 1, sealed);
+        let v = header(2, 1, sealed.clone());
         assert_eq!(
             cache
                 .open_record(T_RECORD, &k, &v)
@@ -2373,6 +2418,44 @@ mod tests {
         // A record sealed before compression (bare CBOR) still opens.
         let old = header(2, 1, sealer.seal(T_RECORD, &k, &plain).unwrap());
         assert_eq!(cache.open_record(T_RECORD, &k, &old).unwrap().version, 2);
+        // So does one written as deflate, by the versions before LZ4.
+        let deflated = cache.codec.deflate(&plain).unwrap();
+        let old = header(2, 1, sealer.seal(T_RECORD, &k, &deflated).unwrap());
+        assert_eq!(
+            cache
+                .open_record(T_RECORD, &k, &old)
+                .unwrap()
+                .record
+                .as_slice(),
+            &body[..]
+        );
+        // What is written now is LZ4: the marker is the first byte of the sealed plaintext.
+        assert_eq!(sealer.open(T_RECORD, &k, &sealed).unwrap()[0], LZ4);
+    }
+
+    #[test]
+    fn an_lz4_record_that_lies_about_its_length_or_is_cut_is_refused() {
+        let codec = super::Codec::new();
+        let plain: Vec<u8> = (0..5_000u32).map(|i| (i % 13) as u8).collect();
+        let z = codec.compress(&plain).unwrap();
+        assert_eq!(codec.unlz4(&z[1..]).unwrap(), plain);
+        // Declares 9 MiB: refused before anything is allocated for it.
+        let mut lie = z.clone();
+        lie[1..5].copy_from_slice(&(9u32 << 20).to_le_bytes());
+        assert!(codec.unlz4(&lie[1..]).is_err());
+        // Declares more or less than the block holds.
+        let mut more = z.clone();
+        more[1..5].copy_from_slice(&5_001u32.to_le_bytes());
+        assert!(codec.unlz4(&more[1..]).is_err());
+        let mut less = z.clone();
+        less[1..5].copy_from_slice(&4_999u32.to_le_bytes());
+        assert!(codec.unlz4(&less[1..]).is_err());
+        assert!(codec.unlz4(&z[1..z.len() / 2]).is_err(), "truncated");
+        assert!(codec.unlz4(&z[1..3]).is_err(), "no length");
+        assert!(
+            codec.compress(&vec![0u8; 9 << 20]).is_err(),
+            "past the limit"
+        );
     }
 
     #[test]
@@ -2425,6 +2508,8 @@ mod tests {
             },
             epoch: 0,
             changes,
+            // Left to the store to compute (the baseline below passes them, as the session does).
+            record_digests: Vec::new(),
             state: SyncState {
                 cursor: *seq,
                 ..SyncState::default()
@@ -3052,6 +3137,17 @@ mod tests {
                 ApplyKind::Baseline { epoch: 1 }
             },
             epoch: 1,
+            // As the session passes them: computed while verifying the batch. Every read checks
+            // a record against its stored digest, so a wrong one here fails the tests.
+            record_digests: changes
+                .iter()
+                .map(|c| match c {
+                    edge_proto::sync::Change::Upsert { record, .. } => {
+                        Some(super::record_digest(record.as_slice()))
+                    }
+                    _ => None,
+                })
+                .collect(),
             changes,
             state: SyncState::default(),
         };

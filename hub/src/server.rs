@@ -3,8 +3,9 @@
 //!
 //! Each unit connection gets a task owning one sans-IO [`HubSession`]. The unit opens its
 //! streams (pull first, fetch when a tablet asks for a patient outside the cache); frames from
-//! the unit are plain, frames to the unit on the pull stream are deflate-compressed
-//! ([`DeflateFramer`]), fetch answers are plain. Each stream has its own writer task, so a bulk
+//! the unit are plain, frames to the unit on the pull stream are compressed with the codec the
+//! unit's hello offers ([`PullFramer`]: zstd, or deflate for a unit from before zstd), fetch
+//! answers are plain. Each stream has its own writer task, so a bulk
 //! catch-up never delays a fetch answer. When the feed grows (ingest, objection) a `watch`
 //! channel wakes every session, which pushes what concerns its unit (live push).
 //!
@@ -27,9 +28,9 @@ use edge_proto::audit::{AuditAction, AuditOutcome, Purpose};
 use edge_proto::ids::{CohortSpec, DeviceId};
 use edge_proto::sync::frame::FrameDecoder;
 use edge_proto::sync::{
-    encode_frame, Bytes, DeflateFramer, FetchOutcome, FetchRefusal, Hello,
-    HubConfig as SessionConfig, HubSession, RefusalCode, SessionProgress, StreamKind, ToHub,
-    ToUnit, UnitProfile,
+    encode_frame, Bytes, FetchOutcome, FetchRefusal, Hello, HubConfig as SessionConfig, HubSession,
+    PullCompression, PullFramer, RefusalCode, SessionProgress, StreamKind, ToHub, ToUnit,
+    UnitProfile,
 };
 use edge_proto::time::UnixMillis;
 use edge_runtime::config::HubConfig;
@@ -1288,7 +1289,7 @@ async fn stream_reader(
                     if out.is_none() {
                         let (tx, rx) = mpsc::channel(OUTPUT_QUEUE);
                         if let Some(s) = send.take() {
-                            tokio::spawn(stream_writer(s, rx, false));
+                            tokio::spawn(stream_writer(s, rx, None));
                         }
                         out = Some(tx);
                     }
@@ -1349,7 +1350,16 @@ async fn stream_reader(
                     if out.is_none() {
                         let (tx, rx) = mpsc::channel(OUTPUT_QUEUE);
                         if let Some(s) = send.take() {
-                            tokio::spawn(stream_writer(s, rx, k == StreamKind::Pull));
+                            // The pull stream is compressed with the codec its hello asks for
+                            // (zstd, or deflate for a unit from before zstd); the rest are plain.
+                            let codec = match &msg {
+                                ToHub::Hello(h) if k == StreamKind::Pull => {
+                                    Some(PullCompression::choose(&h.compression))
+                                }
+                                _ if k == StreamKind::Pull => Some(PullCompression::Deflate),
+                                _ => None,
+                            };
+                            tokio::spawn(stream_writer(s, rx, codec));
                         }
                         out = Some(tx);
                     }
@@ -1373,14 +1383,19 @@ async fn stream_reader(
 async fn stream_writer(
     mut send: quinn::SendStream,
     mut rx: mpsc::Receiver<ToUnit>,
-    compressed: bool,
+    codec: Option<PullCompression>,
 ) {
-    let mut framer = DeflateFramer::new();
+    let mut framer = match codec.map(PullFramer::new).transpose() {
+        Ok(f) => f,
+        Err(e) => {
+            warn!(error = %e, "cannot start a unit's stream compressor");
+            return;
+        }
+    };
     while let Some(msg) = rx.recv().await {
-        let bytes = if compressed {
-            framer.encode(&msg)
-        } else {
-            encode_frame(&msg)
+        let bytes = match framer.as_mut() {
+            Some(f) => f.encode(&msg),
+            None => encode_frame(&msg),
         };
         let bytes = match bytes {
             Ok(b) => b,

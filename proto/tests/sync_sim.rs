@@ -2035,6 +2035,7 @@ fn hub_refuses_a_wrong_protocol_version_and_a_wrong_device() {
             baseline: None,
             held: vec![],
             health: None,
+            compression: Vec::new(),
         };
         let err = hub
             .handle_message(UnixMillis(T0), ToHub::Hello(hello), &feed)
@@ -2106,6 +2107,7 @@ fn hub_refuses_protocol_violations() {
             baseline: None,
             held: vec![],
             health: None,
+            compression: Vec::new(),
         };
         let r = hub.handle_message(UnixMillis(T0), ToHub::Hello(hello), &feed);
         assert!(
@@ -2142,6 +2144,7 @@ fn hub_refuses_protocol_violations() {
         baseline: None,
         held,
         health: None,
+        compression: Vec::new(),
     };
     assert!(matches!(
         hub.handle_message(UnixMillis(T0), ToHub::Hello(hello), &feed),
@@ -2593,6 +2596,7 @@ mod props {
                 baseline,
                 held: vec![],
                 health: None,
+                compression: Vec::new(),
             };
             let _ = hub.handle_message(UnixMillis(T0), ToHub::Hello(hello), &feed);
             for (kind, n, i) in ops {
@@ -2608,6 +2612,7 @@ mod props {
                         baseline: None,
                         held: vec![],
                         health: None,
+                        compression: Vec::new(),
                     }),
                 };
                 let _ = hub.handle_message(UnixMillis(T0), msg, &feed);

@@ -68,6 +68,7 @@ fn hello(device: &str, version: u16) -> Vec<u8> {
         baseline: None,
         held: vec![],
         health: None,
+        compression: Vec::new(),
     }))
     .unwrap()
 }

@@ -13,8 +13,8 @@ use edge_proto::ids::StaffRole;
 use edge_proto::ids::{CohortSpec, DeviceId, UnitRole};
 use edge_proto::sync::frame::FrameDecoder;
 use edge_proto::sync::{
-    encode_frame, BearerToken, FetchOutcome, FetchRefusal, Hello, InflateDeframer, ToHub, ToUnit,
-    PROTOCOL_VERSION,
+    encode_frame, BearerToken, FetchOutcome, FetchRefusal, Hello, InflateDeframer, PullCompression,
+    ToHub, ToUnit, PROTOCOL_VERSION,
 };
 use edge_provision::fleet::{EnrolPlan, Fleet, HubPlan, InitOptions, TokenRequest};
 use edge_runtime::HostPort;
@@ -205,6 +205,7 @@ fn hello() -> ToHub {
         baseline: None,
         held: vec![],
         health: None,
+        compression: Vec::new(),
     })
 }
 
@@ -251,6 +252,8 @@ async fn a_unit_syncs_fetches_and_uploads_audit_through_the_bounded_queues() {
     let records = pull_until_live(&mut send, &mut recv, &mut inflate).await;
     assert_eq!(records, 40);
     assert_eq!(f.hub.units_connected(), 1);
+    // This hello offers no codec, as a unit from before zstd: the hub sent deflate.
+    assert_eq!(inflate.codec(), Some(PullCompression::Deflate));
 
     // Fetch: one found, one not.
     let (mut fsend, mut frecv) = conn.open_bi().await.unwrap();
@@ -345,6 +348,30 @@ async fn a_unit_syncs_fetches_and_uploads_audit_through_the_bounded_queues() {
     }
     assert_eq!(f.hub.units_connected(), 0);
     f.server.close(0u32.into(), b"");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unit_that_offers_zstd_is_sent_zstd_and_one_that_offers_an_unknown_codec_deflate() {
+    let f = fixture(40, 1_250_000).await;
+    for (offered, want) in [
+        (vec!["zstd".to_owned()], PullCompression::Zstd),
+        (vec!["codec-from-2030".to_owned()], PullCompression::Deflate),
+    ] {
+        let conn = f.connect().await;
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let ToHub::Hello(mut h) = hello() else {
+            unreachable!()
+        };
+        h.compression = offered;
+        send.write_all(&encode_frame(&ToHub::Hello(h)).unwrap())
+            .await
+            .unwrap();
+        let mut inflate = InflateDeframer::new();
+        let records = pull_until_live(&mut send, &mut recv, &mut inflate).await;
+        assert_eq!(records, 40);
+        assert_eq!(inflate.codec(), Some(want));
+        conn.close(0u32.into(), b"done");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,7 +24,7 @@ pub mod unit;
 pub mod wire;
 
 pub use cohort::{in_cohort, CohortFilter, RecordMeta};
-pub use compress::{DeflateFramer, InflateDeframer};
+pub use compress::{DeflateFramer, InflateDeframer, PullCompression, PullFramer, ZstdFramer};
 pub use feed::{CurrentMeta, CurrentRecord, FeedBody, FeedEntry, FeedError, HubFeed};
 pub use frame::{encode_frame, FrameDecoder, FrameError, MAX_FRAME_BYTES};
 pub use hub::{HubConfig, HubError, HubSession, SessionProgress, UnitProfile};

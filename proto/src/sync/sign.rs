@@ -44,6 +44,11 @@ fn nhs_bytes(n: &NhsNumber) -> [u8; 10] {
 
 /// The digest of one change, as covered by its batch's signature.
 pub fn change_digest(c: &Change) -> [u8; 32] {
+    change_digest_and_record(c).0
+}
+
+/// The digest of one change and, for an upsert, its record's digest (computed on the way).
+fn change_digest_and_record(c: &Change) -> ([u8; 32], Option<[u8; 32]>) {
     let mut m = Vec::with_capacity(96);
     m.extend_from_slice(b"kerbside sync change v1\0");
     let (kind, seq, nhs, version) = match c {
@@ -59,12 +64,17 @@ pub fn change_digest(c: &Change) -> [u8; 32] {
     m.extend_from_slice(&seq.to_be_bytes());
     m.extend_from_slice(&nhs_bytes(nhs));
     m.extend_from_slice(&version.to_be_bytes());
+    let mut record_sha = None;
     match c {
-        Change::Upsert { record, .. } => m.extend_from_slice(&record_digest(record.as_slice())),
+        Change::Upsert { record, .. } => {
+            let d = record_digest(record.as_slice());
+            m.extend_from_slice(&d);
+            record_sha = Some(d);
+        }
         Change::Withdraw { reason, .. } => m.push(u8::from(*reason)),
         Change::Keep { .. } => {}
     }
-    sha256(&m)
+    (sha256(&m), record_sha)
 }
 
 fn push_key(m: &mut Vec<u8>, k: &BaselineKey) {
@@ -73,6 +83,14 @@ fn push_key(m: &mut Vec<u8>, k: &BaselineKey) {
 }
 
 fn batch_message(kind: &BatchKind, changes: &[Change]) -> Vec<u8> {
+    batch_message_and_digests(kind, changes).0
+}
+
+/// The signed message of a batch, and each change's record digest (`None` but for upserts).
+fn batch_message_and_digests(
+    kind: &BatchKind,
+    changes: &[Change],
+) -> (Vec<u8>, Vec<Option<[u8; 32]>>) {
     let mut m = Vec::with_capacity(64 + 32 * changes.len());
     m.extend_from_slice(b"kerbside sync batch v1\0");
     match kind {
@@ -112,10 +130,13 @@ fn batch_message(kind: &BatchKind, changes: &[Change]) -> Vec<u8> {
     // A batch never holds 2^32 changes (frames are bounded); saturate rather than wrap.
     let n = u32::try_from(changes.len()).unwrap_or(u32::MAX);
     m.extend_from_slice(&n.to_be_bytes());
+    let mut records = Vec::with_capacity(changes.len());
     for c in changes {
-        m.extend_from_slice(&change_digest(c));
+        let (d, r) = change_digest_and_record(c);
+        m.extend_from_slice(&d);
+        records.push(r);
     }
-    m
+    (m, records)
 }
 
 /// Sign a batch (hub side).
@@ -130,9 +151,23 @@ pub fn verify_batch(
     changes: &[Change],
     signature: &[u8],
 ) -> Result<(), BadSignature> {
+    verify_batch_digests(hub_public_key, kind, changes, signature).map(|_| ())
+}
+
+/// [`verify_batch`], also returning each change's record digest ([`record_digest`]; `None`
+/// but for upserts), which verifying computes anyway: the unit stores it beside the record
+/// instead of hashing every record a second time.
+pub fn verify_batch_digests(
+    hub_public_key: &[u8],
+    kind: &BatchKind,
+    changes: &[Change],
+    signature: &[u8],
+) -> Result<Vec<Option<[u8; 32]>>, BadSignature> {
+    let (m, digests) = batch_message_and_digests(kind, changes);
     UnparsedPublicKey::new(&ED25519, hub_public_key)
-        .verify(&batch_message(kind, changes), signature)
-        .map_err(|_| BadSignature)
+        .verify(&m, signature)
+        .map_err(|_| BadSignature)?;
+    Ok(digests)
 }
 
 fn fetched_message(nhs: &NhsNumber, version: u64, record: &[u8]) -> Vec<u8> {

@@ -37,12 +37,15 @@ pub struct StoredVersion {
 pub trait UnitStore {
     type Error;
     fn stored(&mut self, nhs: &NhsNumber) -> Result<Option<StoredVersion>, Self::Error>;
+    /// Store `record`; `digest` is its [`record_digest`](super::sign::record_digest) when the
+    /// caller already has it (from verifying the batch), `None` to compute it if needed.
     fn put(
         &mut self,
         nhs: &NhsNumber,
         version: u64,
         epoch: u64,
         record: &Bytes,
+        digest: Option<[u8; 32]>,
     ) -> Result<(), Self::Error>;
     fn set_epoch(&mut self, nhs: &NhsNumber, epoch: u64) -> Result<(), Self::Error>;
     fn remove(&mut self, nhs: &NhsNumber) -> Result<(), Self::Error>;
@@ -55,7 +58,7 @@ pub trait UnitStore {
 pub fn apply_to<S: UnitStore>(store: &mut S, apply: &Apply) -> Result<ApplyReport, S::Error> {
     let mut r = ApplyReport::default();
     let baseline = matches!(apply.kind, ApplyKind::Baseline { .. });
-    for c in &apply.changes {
+    for (i, c) in apply.changes.iter().enumerate() {
         let stored = store.stored(c.nhs())?;
         let newer_held = stored.is_some_and(|s| s.version > c.version());
         match c {
@@ -66,7 +69,8 @@ pub fn apply_to<S: UnitStore>(store: &mut S, apply: &Apply) -> Result<ApplyRepor
                 ..
             } => {
                 if baseline || !newer_held {
-                    store.put(nhs, *version, apply.epoch, record)?;
+                    let digest = apply.record_digests.get(i).copied().flatten();
+                    store.put(nhs, *version, apply.epoch, record, digest)?;
                     r.written += 1;
                 } else {
                     r.stale_skipped += 1;
@@ -132,6 +136,7 @@ impl UnitStore for MemStore {
         version: u64,
         epoch: u64,
         record: &Bytes,
+        _digest: Option<[u8; 32]>,
     ) -> Result<(), Self::Error> {
         self.records.insert(
             *nhs,

@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use super::cohort::{cohort_entries, normalize_cohort, same_cohort, MAX_COHORT_ENTRIES};
-use super::sign::{verify_batch, verify_fetched};
+use super::sign::{verify_batch_digests, verify_fetched};
 use super::wire::{
     BaselineProgress, Batch, BatchKind, BearerToken, Bytes, Change, FetchOutcome, FetchRefusal,
     Held, Hello, RebaselineReason, RefusalCode, SyncMode, ToHub, ToUnit, UnitHealth, Welcome,
@@ -116,6 +116,9 @@ pub struct Apply {
     pub epoch: u64,
     /// Verified changes.
     pub changes: Vec<Change>,
+    /// Each change's record digest as verifying the batch computed it (`None` but for upserts;
+    /// may be empty, and then the store computes what it needs).
+    pub record_digests: Vec<Option<[u8; 32]>>,
     /// The sync state to store in the same transaction.
     pub state: SyncState,
 }
@@ -302,6 +305,8 @@ impl UnitSession {
             baseline: state.baseline.clone(),
             held: state.held.clone(),
             health: None,
+            // Every unit's pull reader (`InflateDeframer`) reads zstd as well as deflate.
+            compression: vec![super::compress::ZSTD.to_owned()],
         });
         UnitSession {
             device_id,
@@ -896,11 +901,11 @@ impl UnitSession {
                 )
             }
         };
-        verify_batch(&self.hub_key, &b.kind, &b.changes, b.signature.as_slice()).map_err(|_| {
-            ProtocolError::BadSignature {
-                batch_no: b.batch_no,
-            }
-        })?;
+        let digests =
+            verify_batch_digests(&self.hub_key, &b.kind, &b.changes, b.signature.as_slice())
+                .map_err(|_| ProtocolError::BadSignature {
+                    batch_no: b.batch_no,
+                })?;
         if matches!(kind, ApplyKind::FinishBaseline { .. }) {
             self.phase = Phase::Incremental;
         }
@@ -914,6 +919,7 @@ impl UnitSession {
             kind,
             epoch,
             changes: b.changes,
+            record_digests: digests,
             state: self.projected.clone(),
         }));
         Ok(())

@@ -280,6 +280,12 @@ pub struct Hello {
     /// backlog). Absent from units before it existed; a hub before it ignores it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<Box<UnitHealth>>,
+    /// The pull-stream codecs this unit can read besides deflate, by name (`"zstd"`; see
+    /// [`super::compress`]). Absent from units before zstd (the hub then sends deflate); a hub
+    /// before it ignores it and sends deflate, which the unit tells apart by itself. Names, not
+    /// an enum, so a newer unit's list never fails an older hub's decode.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compression: Vec<String>,
 }
 
 /// What a unit reports about itself when it connects (`Hello::health`). Every field has a
@@ -654,12 +660,22 @@ mod health_tests {
         };
         let with = Hello {
             health: Some(Box::new(health.clone())),
+            compression: vec!["zstd".into(), "codec-from-2030".into()],
             ..h
         };
         let back: OldHello = ciborium::from_reader(&cbor(&with)[..]).unwrap();
         assert_eq!(back, old);
         let back: Hello = ciborium::from_reader(&cbor(&with)[..]).unwrap();
         assert_eq!(back.health, Some(Box::new(health)));
+        // The codec list survives, and a name this hub does not know is simply not chosen.
+        assert_eq!(
+            crate::sync::PullCompression::choose(&back.compression),
+            crate::sync::PullCompression::Zstd
+        );
+        assert_eq!(
+            crate::sync::PullCompression::choose(&["codec-from-2030".to_owned()]),
+            crate::sync::PullCompression::Deflate
+        );
         // A later unit's health with a field this hub does not know still decodes.
         #[derive(Serialize)]
         struct Later {
