@@ -19,7 +19,7 @@ mod quic;
 mod renew;
 pub mod upload;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -237,7 +237,27 @@ struct Conn {
     min_rtt: Duration,
     /// Renewal of the unit's certificate was asked for on this connection.
     renew_asked: bool,
+    /// The apply running on the blocking pool, while this task reads, decodes and verifies the
+    /// batches after it (see [`MAX_APPLIES_QUEUED`]).
+    applying: Option<Applying>,
+    /// Verified applies waiting for it, in order.
+    queued: VecDeque<Apply>,
+    /// An apply failed (a full disk, say): nothing after it may be written, or the stored
+    /// cursor would pass the batch that was not.
+    apply_failed: bool,
 }
+
+/// One batch being written to the cache.
+struct Applying {
+    batch_no: u64,
+    task: tokio::task::JoinHandle<Result<crate::cache::Applied, crate::cache::CacheError>>,
+}
+
+/// Verified batches held decoded behind the running apply before the pull stream stops being
+/// read (QUIC flow control then holds the hub back). One is enough to overlap decoding,
+/// signature and digest checks of the next batch with the write and fsync of this one; each
+/// held batch is ≈ 1.2 MB decoded (500 summaries), so the bound keeps the unit's memory flat.
+const MAX_APPLIES_QUEUED: usize = 1;
 
 impl Conn {
     /// Hand the uploader's news to the watchdog.
@@ -555,6 +575,9 @@ impl SyncClient {
             waiting: HashMap::new(),
             base_rx,
             renew_asked: false,
+            applying: None,
+            queued: VecDeque::new(),
+            apply_failed: false,
         };
         // Audit upload on its own stream, not waiting for the pull.
         let uploader = self.journal.clone().map(|journal| {
@@ -613,7 +636,19 @@ impl SyncClient {
                 .unwrap_or(Duration::from_secs(3600));
             let flow = tokio::select! {
                 biased;
-                r = pull_recv.read(&mut buf) => match r {
+                r = async { c.applying.as_mut().map(|a| &mut a.task).expect("guarded").await },
+                    if c.applying.is_some() =>
+                {
+                    match self.finish_apply(&mut c, r).await {
+                        Ok(()) => {
+                            self.start_apply(&mut c);
+                            out.progressed = true;
+                            Flow::Go
+                        }
+                        Err(e) => Flow::End(Err(e)),
+                    }
+                }
+                r = pull_recv.read(&mut buf), if c.queued.len() < MAX_APPLIES_QUEUED => match r {
                     Ok(Some(n)) => {
                         c.watch.on_event(self.clock.mono_ms(), LinkEvent::Heard);
                         pull_in.push(&buf[..n])?;
@@ -664,12 +699,21 @@ impl SyncClient {
             out.progressed = true;
         }
         c.session.connection_lost();
-        // Applies handed out before the loss were verified: apply them (saves re-sending).
+        // Applies handed out before the loss were verified: finish the running one and apply
+        // the rest, in order (saves re-sending). Nothing is started after one fails.
+        let mut failed = c.apply_failed;
+        if let Some(a) = c.applying.as_mut().filter(|_| !failed) {
+            let r = (&mut a.task).await;
+            failed = self.finish_apply(&mut c, r).await.is_err();
+        }
+        while let Some(apply) = c.queued.pop_front().filter(|_| !failed) {
+            failed = self.apply_batch(&mut c, apply).await.is_err();
+        }
+        c.queued.clear();
         while let Some(ev) = c.session.poll_event() {
             match ev {
                 UnitEvent::Apply(apply) => {
-                    let applied = self.apply_batch(&mut c, apply).await;
-                    if applied.is_err() {
+                    if failed || self.apply_batch(&mut c, apply).await.is_err() {
                         break;
                     }
                 }
@@ -718,6 +762,11 @@ impl SyncClient {
         c.min_rtt = c.min_rtt.min(c.conn.rtt());
         c.drain_signals();
         let now = self.clock.mono_ms();
+        if c.applying.is_some() {
+            // Writing a batch (a cold fill's last one builds the search files: seconds) keeps
+            // the pull stream unread on purpose; that is not the hub going quiet.
+            c.watch.on_event(now, LinkEvent::Heard);
+        }
         c.watch
             .on_event(now, LinkEvent::Acks(c.conn.stats().frame_rx.acks));
         c.watch.on_event(
@@ -801,10 +850,10 @@ impl SyncClient {
     ) -> anyhow::Result<()> {
         match ev {
             UnitEvent::Apply(apply) => {
-                self.apply_batch(c, apply).await?;
-                // Time spent applying is not time the hub was silent.
-                c.watch.on_event(self.clock.mono_ms(), LinkEvent::Heard);
-                out.progressed = true;
+                // Written in order on the blocking pool while this task goes on reading and
+                // verifying the next batches (finished in the connection loop).
+                c.queued.push_back(apply);
+                self.start_apply(c);
             }
             UnitEvent::BeginRebaseline { epoch, reason } => {
                 info!(epoch, reason = ?reason, "the hub is re-baselining this unit's cache");
@@ -944,14 +993,60 @@ impl SyncClient {
     /// are one durable write), report it to the session (which then acknowledges it to the
     /// hub), update the status, and drop any on-demand copy of a patient the batch withdrew or
     /// evicted. The one place a batch is applied, connected or just after the link was lost.
-    async fn apply_batch(&self, c: &mut Conn, apply: Apply) -> anyhow::Result<()> {
+    /// Start the next queued apply on the blocking pool, unless one is running.
+    fn start_apply(&self, c: &mut Conn) {
+        if c.applying.is_some() {
+            return;
+        }
+        let Some(apply) = c.queued.pop_front() else {
+            return;
+        };
         let cache = self.cache.clone();
         let t = self.clock.wall();
-        let batch_no = apply.batch_no;
-        let applied = match tokio::task::spawn_blocking(move || cache.apply(&apply, t))
-            .await
-            .context("apply task")?
-        {
+        c.applying = Some(Applying {
+            batch_no: apply.batch_no,
+            task: tokio::task::spawn_blocking(move || cache.apply(&apply, t)),
+        });
+    }
+
+    /// Apply one batch and wait for it (after the connection is lost: nothing to overlap).
+    async fn apply_batch(&self, c: &mut Conn, apply: Apply) -> anyhow::Result<()> {
+        c.queued.push_front(apply);
+        self.start_apply(c);
+        let r = match c.applying.as_mut() {
+            Some(a) => (&mut a.task).await,
+            None => return Ok(()),
+        };
+        self.finish_apply(c, r).await
+    }
+
+    /// The running apply ended with `r`: tell the session (which acknowledges the batch) and
+    /// the status.
+    async fn finish_apply(
+        &self,
+        c: &mut Conn,
+        r: Result<Result<crate::cache::Applied, crate::cache::CacheError>, tokio::task::JoinError>,
+    ) -> anyhow::Result<()> {
+        let Some(Applying { batch_no, .. }) = c.applying.take() else {
+            return Ok(());
+        };
+        // Time spent applying is not time the hub was silent.
+        c.watch.on_event(self.clock.mono_ms(), LinkEvent::Heard);
+        let r = self.finish_apply_inner(c, batch_no, r).await;
+        if r.is_err() {
+            c.apply_failed = true;
+            c.queued.clear();
+        }
+        r
+    }
+
+    async fn finish_apply_inner(
+        &self,
+        c: &mut Conn,
+        batch_no: u64,
+        r: Result<Result<crate::cache::Applied, crate::cache::CacheError>, tokio::task::JoinError>,
+    ) -> anyhow::Result<()> {
+        let applied = match r.context("apply task")? {
             Ok(a) => a,
             Err(e) if e.is_disk_full() => {
                 if !self
