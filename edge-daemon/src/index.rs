@@ -292,7 +292,7 @@ impl SortedIndex {
         // read with positioned reads so the shared offset is not involved.
         Ok(Entries {
             r: BufReader::with_capacity(
-                256 * 1024,
+                crate::sorted::MERGE_READ_BUF,
                 At {
                     file: self.file.try_clone()?,
                     at: 0,

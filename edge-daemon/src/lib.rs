@@ -18,6 +18,7 @@
 //!   firmware's `step(now, inputs)` and the serial driver.
 //! * [`daemon`] — `run`: start everything from a validated `edge.toml`.
 
+pub mod allocator;
 pub mod cache;
 mod cards;
 pub mod daemon;

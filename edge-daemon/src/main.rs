@@ -40,6 +40,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    edge_daemon::allocator::tune();
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => {

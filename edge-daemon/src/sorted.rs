@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 /// Keys handed to the sink at a time.
 pub const SINK_KEYS: usize = 4096;
 
+/// Read buffer per run in a merge (and per source in the record index's merge).
+pub const MERGE_READ_BUF: usize = 64 * 1024;
+
 /// Sort the `N`-byte keys in `spill` (a whole number of keys; a trailing partial key is an
 /// error) and hand them to `sink` in ascending order, [`SINK_KEYS`] at a time, identical keys
 /// once. Runs of `run_keys` keys (the memory bound: `run_keys × N` bytes) are written as
@@ -58,7 +61,9 @@ pub fn sort_keys<const N: usize>(
         let mut readers = Vec::with_capacity(runs.len());
         let mut heap = std::collections::BinaryHeap::new();
         for (i, path) in runs.iter().enumerate() {
-            let mut r = BufReader::with_capacity(256 * 1024, std::fs::File::open(path)?);
+            // One reader per run: the merge's memory grows with the run count (14 runs of
+            // postings at 909,090), so each buffer is small; the kernel reads ahead anyway.
+            let mut r = BufReader::with_capacity(MERGE_READ_BUF, std::fs::File::open(path)?);
             let mut key = [0u8; N];
             if read_key(&mut r, &mut key)? {
                 heap.push(std::cmp::Reverse((key, i)));

@@ -636,7 +636,12 @@ impl SyncClient {
                 .unwrap_or(Duration::from_secs(3600));
             let flow = tokio::select! {
                 biased;
-                r = async { c.applying.as_mut().map(|a| &mut a.task).expect("guarded").await },
+                r = async {
+                    match c.applying.as_mut() {
+                        Some(a) => (&mut a.task).await,
+                        None => std::future::pending().await,
+                    }
+                },
                     if c.applying.is_some() =>
                 {
                     match self.finish_apply(&mut c, r).await {
@@ -712,8 +717,10 @@ impl SyncClient {
         c.queued.clear();
         while let Some(ev) = c.session.poll_event() {
             match ev {
+                UnitEvent::Apply(_) if failed => break,
                 UnitEvent::Apply(apply) => {
-                    if failed || self.apply_batch(&mut c, apply).await.is_err() {
+                    failed = self.apply_batch(&mut c, apply).await.is_err();
+                    if failed {
                         break;
                     }
                 }
