@@ -21,7 +21,8 @@ pub fn tune() {
         return;
     }
     // SAFETY: `mi_option_set` accepts any option number and value (it ignores an option it
-    // does not know) and is thread-safe.
+    // does not know). It is not documented as thread-safe: `tune` is called first thing in
+    // `main`, before any other thread exists.
     #[allow(unsafe_code)]
     unsafe {
         libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS);

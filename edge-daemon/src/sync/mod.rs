@@ -255,8 +255,9 @@ struct Applying {
 
 /// Verified batches held decoded behind the running apply before the pull stream stops being
 /// read (QUIC flow control then holds the hub back). One is enough to overlap decoding,
-/// signature and digest checks of the next batch with the write and fsync of this one; each
-/// held batch is ≈ 1.2 MB decoded (500 summaries), so the bound keeps the unit's memory flat.
+/// signature and digest checks of the next batch with the write and fsync of this one. The
+/// bound is checked before each read, and a read (at most 256 KiB, ≈ 2 MB decoded) is decoded
+/// whole, so at most one read's batches more can be held: memory stays flat either way.
 const MAX_APPLIES_QUEUED: usize = 1;
 
 impl Conn {
@@ -604,101 +605,107 @@ impl SyncClient {
         let mut fetch_buf = vec![0u8; 64 * 1024];
         let mut watchdog = tokio::time::interval(WATCHDOG_TICK);
         watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let result: anyhow::Result<()> = 'conn: loop {
-            // Handle the session's events (applies in order, durable before the ack).
-            while let Some(ev) = c.session.poll_event() {
-                self.on_session_event(&mut c, ev, out).await?;
-            }
-            // Send what the session has queued.
-            while let Some(msg) = c.session.poll_transmit() {
-                let bytes = encode_frame(&msg)?;
-                match msg.stream() {
-                    StreamKind::Pull | StreamKind::Audit => pull_send.write_all(&bytes).await?,
-                    StreamKind::Fetch => {
-                        if fetch_stream.is_none() {
-                            fetch_stream = Some(c.conn.open_bi().await.map_err(explain)?);
+        // Every way out of the loop, `?` included, comes to the code after it, which finishes
+        // the running apply: none may outlive this connection (the next one's applies would
+        // overlap it, and the cache has one writer).
+        let result: anyhow::Result<()> = async {
+            'conn: loop {
+                // Handle the session's events (applies in order, durable before the ack).
+                while let Some(ev) = c.session.poll_event() {
+                    self.on_session_event(&mut c, ev, out).await?;
+                }
+                // Send what the session has queued.
+                while let Some(msg) = c.session.poll_transmit() {
+                    let bytes = encode_frame(&msg)?;
+                    match msg.stream() {
+                        StreamKind::Pull | StreamKind::Audit => pull_send.write_all(&bytes).await?,
+                        StreamKind::Fetch => {
+                            if fetch_stream.is_none() {
+                                fetch_stream = Some(c.conn.open_bi().await.map_err(explain)?);
+                            }
+                            if let Some((send, _)) = fetch_stream.as_mut() {
+                                send.write_all(&bytes).await?;
+                            }
                         }
-                        if let Some((send, _)) = fetch_stream.as_mut() {
-                            send.write_all(&bytes).await?;
+                    }
+                }
+                if c.session.is_ended() {
+                    break 'conn Ok(());
+                }
+                let sleep_for = c
+                    .session
+                    .poll_timeout()
+                    .map(|t| {
+                        Duration::from_millis(u64::try_from(t.0 - self.clock.wall().0).unwrap_or(0))
+                    })
+                    .unwrap_or(Duration::from_secs(3600));
+                let flow = tokio::select! {
+                    biased;
+                    r = async {
+                        match c.applying.as_mut() {
+                            Some(a) => (&mut a.task).await,
+                            None => std::future::pending().await,
+                        }
+                    },
+                        if c.applying.is_some() =>
+                    {
+                        match self.finish_apply(&mut c, r).await {
+                            Ok(()) => {
+                                self.start_apply(&mut c);
+                                out.progressed = true;
+                                Flow::Go
+                            }
+                            Err(e) => Flow::End(Err(e)),
                         }
                     }
-                }
-            }
-            if c.session.is_ended() {
-                break 'conn Ok(());
-            }
-            let sleep_for = c
-                .session
-                .poll_timeout()
-                .map(|t| {
-                    Duration::from_millis(u64::try_from(t.0 - self.clock.wall().0).unwrap_or(0))
-                })
-                .unwrap_or(Duration::from_secs(3600));
-            let flow = tokio::select! {
-                biased;
-                r = async {
-                    match c.applying.as_mut() {
-                        Some(a) => (&mut a.task).await,
-                        None => std::future::pending().await,
-                    }
-                },
-                    if c.applying.is_some() =>
-                {
-                    match self.finish_apply(&mut c, r).await {
-                        Ok(()) => {
-                            self.start_apply(&mut c);
-                            out.progressed = true;
-                            Flow::Go
+                    r = pull_recv.read(&mut buf), if c.queued.len() < MAX_APPLIES_QUEUED => match r {
+                        Ok(Some(n)) => {
+                            c.watch.on_event(self.clock.mono_ms(), LinkEvent::Heard);
+                            pull_in.push(&buf[..n])?;
+                            self.on_pull(&mut c, &mut pull_in, out).await
                         }
-                        Err(e) => Flow::End(Err(e)),
+                        Ok(None) => Flow::End(Err(anyhow::anyhow!("the hub closed the sync stream"))),
+                        Err(e) => Flow::End(Err(anyhow::anyhow!("sync stream: {e}"))),
+                    },
+                    r = read_fetch(&mut fetch_stream, &mut fetch_buf) => match r {
+                        Ok(Some(n)) => {
+                            c.watch.on_event(self.clock.mono_ms(), LinkEvent::Heard);
+                            fetch_in.push(&fetch_buf[..n])?;
+                            self.on_fetch_answers(&mut c, &mut fetch_in)?
+                        }
+                        Ok(None) => Flow::End(Err(anyhow::anyhow!("the hub closed the fetch stream"))),
+                        Err(e) => Flow::End(Err(anyhow::anyhow!("fetch stream: {e}"))),
+                    },
+                    Some(req) = self.fetch_rx.recv() => {
+                        let id = c.session.fetch(
+                            self.clock.wall(),
+                            req.nhs,
+                            req.on_behalf.token,
+                            req.on_behalf.purpose,
+                        );
+                        c.waiting.insert(id, req.reply);
+                        Flow::Go
                     }
-                }
-                r = pull_recv.read(&mut buf), if c.queued.len() < MAX_APPLIES_QUEUED => match r {
-                    Ok(Some(n)) => {
-                        c.watch.on_event(self.clock.mono_ms(), LinkEvent::Heard);
-                        pull_in.push(&buf[..n])?;
-                        self.on_pull(&mut c, &mut pull_in, out).await
+                    e = c.conn.closed() => {
+                        out.refused = !out.established && is_refusal(&e);
+                        Flow::End(Err(explain(e)))
                     }
-                    Ok(None) => Flow::End(Err(anyhow::anyhow!("the hub closed the sync stream"))),
-                    Err(e) => Flow::End(Err(anyhow::anyhow!("sync stream: {e}"))),
-                },
-                r = read_fetch(&mut fetch_stream, &mut fetch_buf) => match r {
-                    Ok(Some(n)) => {
-                        c.watch.on_event(self.clock.mono_ms(), LinkEvent::Heard);
-                        fetch_in.push(&fetch_buf[..n])?;
-                        self.on_fetch_answers(&mut c, &mut fetch_in)?
+                    _ = tokio::time::sleep(sleep_for) => {
+                        c.session.handle_timeout(self.clock.wall());
+                        Flow::Go
                     }
-                    Ok(None) => Flow::End(Err(anyhow::anyhow!("the hub closed the fetch stream"))),
-                    Err(e) => Flow::End(Err(anyhow::anyhow!("fetch stream: {e}"))),
-                },
-                Some(req) = self.fetch_rx.recv() => {
-                    let id = c.session.fetch(
-                        self.clock.wall(),
-                        req.nhs,
-                        req.on_behalf.token,
-                        req.on_behalf.purpose,
-                    );
-                    c.waiting.insert(id, req.reply);
-                    Flow::Go
+                    _ = watchdog.tick() => self.on_watchdog(&mut c, out),
+                    Ok(()) = self.net.changes.changed() => {
+                        self.rebind();
+                        Flow::Go
+                    }
+                };
+                if let Flow::End(r) = flow {
+                    break 'conn r;
                 }
-                e = c.conn.closed() => {
-                    out.refused = !out.established && is_refusal(&e);
-                    Flow::End(Err(explain(e)))
-                }
-                _ = tokio::time::sleep(sleep_for) => {
-                    c.session.handle_timeout(self.clock.wall());
-                    Flow::Go
-                }
-                _ = watchdog.tick() => self.on_watchdog(&mut c, out),
-                Ok(()) = self.net.changes.changed() => {
-                    self.rebind();
-                    Flow::Go
-                }
-            };
-            if let Flow::End(r) = flow {
-                break 'conn r;
             }
-        };
+        }
+        .await;
         c.drain_signals();
         if c.watch.progressed() {
             out.progressed = true;
@@ -813,6 +820,13 @@ impl SyncClient {
         loop {
             match pull_in.next_message::<ToUnit>() {
                 Ok(Some(ToUnit::Wipe { reason })) => {
+                    // A running apply passed its shredded check already: let it end before the
+                    // key goes, and write nothing after it.
+                    if let Some(a) = c.applying.take() {
+                        let _ = a.task.await;
+                    }
+                    c.queued.clear();
+                    c.apply_failed = true;
                     self.wipe(&reason);
                     let e = c.conn.closed().await;
                     return Flow::End(Err(explain(e)));
