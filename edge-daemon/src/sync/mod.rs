@@ -711,26 +711,11 @@ impl SyncClient {
             out.progressed = true;
         }
         c.session.connection_lost();
-        // Applies handed out before the loss were verified: finish the running one and apply
-        // the rest, in order (saves re-sending). Nothing is started after one fails.
-        let mut failed = c.apply_failed;
-        if let Some(a) = c.applying.as_mut().filter(|_| !failed) {
-            let r = (&mut a.task).await;
-            failed = self.finish_apply(&mut c, r).await.is_err();
-        }
-        while let Some(apply) = c.queued.pop_front().filter(|_| !failed) {
-            failed = self.apply_batch(&mut c, apply).await.is_err();
-        }
-        c.queued.clear();
+        // Applies handed out before the loss were verified: they go behind the queued ones, and
+        // the running one and all of them are written in order (saves re-sending).
         while let Some(ev) = c.session.poll_event() {
             match ev {
-                UnitEvent::Apply(_) if failed => break,
-                UnitEvent::Apply(apply) => {
-                    failed = self.apply_batch(&mut c, apply).await.is_err();
-                    if failed {
-                        break;
-                    }
-                }
+                UnitEvent::Apply(apply) => c.queued.push_back(apply),
                 UnitEvent::Fetched {
                     request_id, result, ..
                 } => {
@@ -741,6 +726,7 @@ impl SyncClient {
                 _ => {}
             }
         }
+        self.drain_applies(&mut c).await;
         for (_, w) in c.waiting.drain() {
             let _ = w.send(FetchResult::NotConnected);
         }
@@ -1014,9 +1000,9 @@ impl SyncClient {
     /// are one durable write), report it to the session (which then acknowledges it to the
     /// hub), update the status, and drop any on-demand copy of a patient the batch withdrew or
     /// evicted. The one place a batch is applied, connected or just after the link was lost.
-    /// Start the next queued apply on the blocking pool, unless one is running.
+    /// Start the next queued apply on the blocking pool, unless one is running or one failed.
     fn start_apply(&self, c: &mut Conn) {
-        if c.applying.is_some() {
+        if c.applying.is_some() || c.apply_failed {
             return;
         }
         let Some(apply) = c.queued.pop_front() else {
@@ -1030,15 +1016,18 @@ impl SyncClient {
         });
     }
 
-    /// Apply one batch and wait for it (after the connection is lost: nothing to overlap).
-    async fn apply_batch(&self, c: &mut Conn, apply: Apply) -> anyhow::Result<()> {
-        c.queued.push_front(apply);
-        self.start_apply(c);
-        let r = match c.applying.as_mut() {
-            Some(a) => (&mut a.task).await,
-            None => return Ok(()),
-        };
-        self.finish_apply(c, r).await
+    /// Finish the running apply and every queued one, in order, stopping at the first that
+    /// fails (after the connection is lost: nothing left to overlap).
+    async fn drain_applies(&self, c: &mut Conn) {
+        loop {
+            self.start_apply(c);
+            let Some(a) = c.applying.as_mut() else {
+                return;
+            };
+            let r = (&mut a.task).await;
+            // A failure sets `apply_failed`, which stops `start_apply`.
+            let _ = self.finish_apply(c, r).await;
+        }
     }
 
     /// The running apply ended with `r`: tell the session (which acknowledges the batch) and

@@ -7,8 +7,8 @@
 //! Two codecs, negotiated: a unit lists what it can read in its hello
 //! ([`super::Hello::compression`]) and the hub picks ([`PullCompression::choose`]).
 //! - **zstd** ([`ZstdFramer`], level 3, a 256 KiB window), when the unit offers it: a third of
-//!   deflate's CPU on the hub and ≈ 11 % fewer bytes on the link (274 against 308 B a summary;
-//!   BENCHMARKS.md, issue 17's eighth step). The window and hash tables are capped so a hub
+//!   deflate's CPU on the hub and ≈ 11 % fewer bytes on the link (278 against 313 B a summary,
+//!   `cargo bench -p edge-daemon --bench codecs`). The window and hash tables are capped so a hub
 //!   session's compressor stays under ≈ 1 MiB.
 //! - **deflate** ([`DeflateFramer`], level 6, `Z_SYNC_FLUSH`), for units from before zstd (they
 //!   send no `compression` list) — and every hub from before zstd sends it whatever the unit
@@ -175,29 +175,26 @@ impl ZstdFramer {
     /// The compressed bytes that carry `msg` (a whole frame, flushed).
     pub fn encode<T: Serialize>(&mut self, msg: &T) -> Result<Vec<u8>, FrameError> {
         let frame = encode_frame(msg)?;
-        let mut out: Vec<u8> = Vec::with_capacity(frame.len() / 4 + 1024);
-        let mut input = InBuffer::around(&frame);
-        while input.pos() < frame.len() {
-            if out.capacity() - out.len() < 1024 {
-                out.reserve(frame.len() / 4 + 1024);
-            }
-            let pos = out.len();
-            let mut o = OutBuffer::around_pos(&mut out, pos);
-            self.z
-                .run(&mut input, &mut o)
-                .map_err(|e| zstd_err("zstd", e))?;
-        }
-        loop {
-            if out.capacity() - out.len() < 1024 {
-                out.reserve(4096);
-            }
-            let pos = out.len();
-            let mut o = OutBuffer::around_pos(&mut out, pos);
-            if self.z.flush(&mut o).map_err(|e| zstd_err("zstd", e))? == 0 {
-                break;
-            }
-        }
+        let mut out = Vec::with_capacity(frame.len() / 4 + 1024);
+        zstd_flushed(&mut self.z, &frame, &mut out).map_err(|e| zstd_err("zstd", e))?;
         Ok(out)
+    }
+}
+
+/// Compress all of `input` onto `out` and flush, so that everything written so far decodes.
+fn zstd_flushed(z: &mut ZEncoder<'_>, input: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
+    let mut at = InBuffer::around(input);
+    loop {
+        if out.capacity() - out.len() < 1024 {
+            out.reserve((input.len() - at.pos()) / 4 + 1024);
+        }
+        let pos = out.len();
+        let mut o = OutBuffer::around_pos(out, pos);
+        if at.pos() < input.len() {
+            z.run(&mut at, &mut o)?;
+        } else if z.flush(&mut o)? == 0 {
+            return Ok(());
+        }
     }
 }
 
@@ -405,15 +402,8 @@ mod tests {
         raw.extend_from_slice(&raw.clone());
         let mut z = ZEncoder::new(3).unwrap();
         z.set_parameter(CParameter::WindowLog(24)).unwrap();
-        let mut out: Vec<u8> = Vec::with_capacity(raw.len() + 4096);
-        let mut input = InBuffer::around(&raw);
-        while input.pos() < raw.len() {
-            let pos = out.len();
-            z.run(&mut input, &mut OutBuffer::around_pos(&mut out, pos))
-                .unwrap();
-        }
-        let pos = out.len();
-        while z.flush(&mut OutBuffer::around_pos(&mut out, pos)).unwrap() > 0 {}
+        let mut out = Vec::new();
+        zstd_flushed(&mut z, &raw, &mut out).unwrap();
         let mut dec = InflateDeframer::new();
         dec.push(&out).unwrap();
         let err = dec.next_message::<Vec<u8>>().unwrap_err();
@@ -447,15 +437,8 @@ mod tests {
         assert!(dec.next_message::<Vec<u8>>().is_err());
         // The same through zstd (one frame, the zeros squeezed to nothing).
         let mut z = ZEncoder::new(19).unwrap();
-        let mut zout: Vec<u8> = Vec::with_capacity(1 << 20);
-        let mut input = InBuffer::around(&raw);
-        while input.pos() < raw.len() {
-            let pos = zout.len();
-            z.run(&mut input, &mut OutBuffer::around_pos(&mut zout, pos))
-                .unwrap();
-        }
-        let pos = zout.len();
-        while z.flush(&mut OutBuffer::around_pos(&mut zout, pos)).unwrap() > 0 {}
+        let mut zout = Vec::new();
+        zstd_flushed(&mut z, &raw, &mut zout).unwrap();
         assert!(zout.len() < 4096, "{} B", zout.len());
         let mut dec = InflateDeframer::new();
         dec.push(&zout).unwrap();
