@@ -161,14 +161,24 @@ pub async fn run(cfg: UnitConfig, stop: impl Future<Output = ()>) -> anyhow::Res
     let listener = lan::bind(&cfg).await?;
     tracing::info!(lan = %listener.local_addr()?, tls = cfg.lan.tls, "LAN API listening");
     let sync_task = tokio::spawn(client.run());
-    // On-demand copies expire (edge.toml cache.on_demand_ttl_s): removed from disk hourly, and
-    // never served past their expiry in between.
+    // Hourly housekeeping. On-demand copies expire (edge.toml cache.on_demand_ttl_s): removed
+    // from disk hourly, and never served past their expiry in between. Uploaded audit segments
+    // past their retention are pruned (the uploader also prunes after every acknowledgement;
+    // this covers a unit that stays out of coverage while its uploaded events age out).
     {
         let cache = cache.clone();
+        let journal = journal.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
             loop {
                 tick.tick().await;
+                let j = journal.clone();
+                let pruned =
+                    tokio::task::spawn_blocking(move || j.prune(edge_runtime::clock::wall_now()))
+                        .await;
+                if let Ok(Err(e)) = pruned {
+                    tracing::warn!(error = %e, "cannot prune uploaded audit segments");
+                }
                 let c = cache.clone();
                 match tokio::task::spawn_blocking(move || c.expire_fetched(crate::sync::now()))
                     .await

@@ -717,6 +717,8 @@ pub struct AuditConfig {
     pub disk_budget_bytes: u64,
     /// How long acknowledged (uploaded) audit segments are kept locally.
     pub retention_s: u64,
+    /// Size at which the journal starts a new segment file (the unit of pruning).
+    pub segment_bytes: u64,
 }
 
 impl Default for AuditConfig {
@@ -724,6 +726,7 @@ impl Default for AuditConfig {
         AuditConfig {
             disk_budget_bytes: 256 * 1024 * 1024,
             retention_s: 90 * 86_400,
+            segment_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -969,6 +972,15 @@ impl UnitConfig {
             self.audit.retention_s,
             60,
             10 * 365 * 86_400,
+        )?;
+        // At least four segments fit in the budget, so that pruning acknowledged segments
+        // (from three quarters of the budget) always has one to free.
+        range(
+            f,
+            "audit.segment_bytes",
+            self.audit.segment_bytes,
+            64 << 10,
+            (self.audit.disk_budget_bytes / 4).clamp(64 << 10, 1 << 30),
         )?;
         if self.supervisor.mode == SupervisorMode::Serial && self.supervisor.device.is_none() {
             return Err(ConfigError::new(

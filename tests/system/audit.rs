@@ -114,6 +114,86 @@ fn offline_accesses_reach_the_hub_exactly_once() {
     assert_eq!(first["resourceType"], "AuditEvent");
 }
 
+/// A busy unit never fills its journal with events the hub already holds: acknowledged
+/// segments are pruned as the journal passes three quarters of its budget, so the unit keeps
+/// answering (an access it cannot record is refused: a full journal would stop every lookup).
+#[test]
+fn a_busy_unit_prunes_what_the_hub_holds_and_keeps_answering() {
+    const BUDGET: u64 = 1 << 20;
+    const LOOKUPS: usize = 4_000;
+    let mut f = Fleet::new().unwrap();
+    let u = f.enrol("LAS-AMB-0033", &[]).unwrap();
+    let cfg = f.units[u].dir.join("edge.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let (head, tail) = text.split_once("[audit]\n").expect("edge.toml has [audit]");
+    let tail: String = tail
+        .lines()
+        .filter(|l| !l.starts_with("disk_budget_bytes") && !l.starts_with("segment_bytes"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let text =
+        format!("{head}[audit]\ndisk_budget_bytes = {BUDGET}\nsegment_bytes = 65536\n{tail}");
+    std::fs::write(&cfg, text).unwrap();
+    let data = f.synth("a.ndjson", 50, 11).unwrap();
+    f.ingest_offline(&data).unwrap();
+    f.start_hub().unwrap();
+    f.start_unit(u).unwrap();
+    f.wait_records(u, 50, Duration::from_secs(30)).unwrap();
+    let nhs = nhs_numbers(&data).unwrap();
+    // Four crews' tokens, so no token passes its rate limit (a burst of 2,000).
+    let base = u128::try_from(kerbside_tests::fleet::now_ms()).unwrap();
+    let toks: Vec<String> = (0..4)
+        .map(|k| {
+            f.clinician_token(base + k, "555000111222", "PARAMEDIC, Test")
+                .unwrap()
+        })
+        .collect();
+    let lan = f.units[u].lan.clone();
+    let journal = f.units[u].dir.join("data").join("journal");
+    let on_disk = || -> u64 {
+        std::fs::read_dir(&journal)
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+            .map(|e| e.metadata().unwrap().len())
+            .sum()
+    };
+    let mut most = 0;
+    for i in 0..LOOKUPS {
+        // A handful of patients, as one crew's shift: many distinct ones would trip the
+        // bulk-browse defence, which is not what is tested here.
+        let code = lookup(&lan, &toks[i % 4], &nhs[i % 5]);
+        assert_eq!(code, Some(200), "lookup {i} (journal {} bytes)", on_disk());
+        if i % 100 == 0 {
+            most = most.max(on_disk());
+        }
+    }
+    wait_for(Duration::from_secs(60), || {
+        Ok(f.status(u)?["audit_pending"] == 0)
+    })
+    .unwrap();
+    // More was recorded than the budget holds, and what stayed on disk fits it.
+    let v = verify(&f, "LAS-AMB-0033");
+    assert_eq!(v["chain_ok"], true, "{v}");
+    assert_eq!(v["gaps"].as_array().unwrap().len(), 0, "{v}");
+    assert!(v["events"].as_u64().unwrap() > LOOKUPS as u64, "{v}");
+    let total = on_disk();
+    assert!(
+        most <= BUDGET && total <= BUDGET,
+        "journal {most} / {total} bytes, budget {BUDGET}"
+    );
+    // The first segment (seq 1 on) went: pruned, not merely never written.
+    assert!(
+        !journal.join(format!("{:020}.seg", 1)).exists(),
+        "the first segment is still there"
+    );
+    assert!(
+        f.unit_log(u).contains("pruned uploaded segments"),
+        "the unit pruned: {}",
+        f.unit_log(u)
+    );
+}
+
 #[test]
 fn kill_minus_nine_during_append_and_upload_loses_nothing_answered() {
     let mut f = Fleet::new().unwrap();

@@ -108,7 +108,7 @@ impl JournalConfig {
     pub fn for_unit(data_dir: &Path, audit: &edge_runtime::config::AuditConfig) -> Self {
         JournalConfig {
             dir: data_dir.join("journal"),
-            segment_bytes: Self::DEFAULT_SEGMENT_BYTES,
+            segment_bytes: audit.segment_bytes,
             disk_budget_bytes: audit.disk_budget_bytes,
             retention: Duration::from_secs(audit.retention_s),
         }

@@ -213,13 +213,24 @@ impl Uploader {
         }
     }
 
-    /// Record the hub's acknowledgement up to `upto` in the journal and the status.
+    /// Record the hub's acknowledgement up to `upto` in the journal and the status, then prune
+    /// what the hub now holds and the journal no longer needs (by retention, or early once the
+    /// journal is above three quarters of its budget): without this, a busy unit's journal
+    /// would fill with events the hub already has and the unit would refuse every access.
     async fn mark(&self, upto: u64) -> anyhow::Result<()> {
         let j = self.journal.clone();
-        tokio::task::spawn_blocking(move || j.mark_uploaded(upto))
-            .await
-            .context("audit mark task")?
-            .context("cannot record the upload")?;
+        let now = self.clock.wall();
+        let pruned = tokio::task::spawn_blocking(move || {
+            j.mark_uploaded(upto)?;
+            Ok::<_, crate::journal::JournalError>(j.prune(now))
+        })
+        .await
+        .context("audit mark task")?
+        .context("cannot record the upload")?;
+        if let Err(e) = pruned {
+            // The upload is recorded; a failed prune is retried after the next acknowledgement.
+            warn!(error = %e, "cannot prune uploaded audit segments");
+        }
         // Read the journal under the status lock (see the auditor's append): the figures shown
         // are never older than the last writer's.
         let pending = self.status.update(|l| {
