@@ -433,6 +433,66 @@ fn upload_cursor_survives_reopen() {
     assert_eq!(j.uploaded_seq(), 20);
 }
 
+/// The uploader's reads of recent events come from memory (the writer keeps the last
+/// `TAIL_EVENTS` it committed): the same events, and the same byte budget, as reading the
+/// segments back after a reopen; a read older than memory keeps goes to disk and continues
+/// through memory; what was pruned is read from neither.
+#[test]
+fn recent_events_read_from_memory_are_those_on_disk() {
+    let d = tempfile::tempdir().unwrap();
+    let mut cfg = config(d.path());
+    cfg.segment_bytes = 64 * 1024;
+    cfg.disk_budget_bytes = 64 << 20;
+    let (j, _) = open(&cfg);
+    let n = 5_000u64; // more than memory keeps (4,096)
+    let evs = append_n(&j, 1, n);
+    let size = |e: &AuditEvent| edge_proto::cbor::to_vec(e).unwrap().len();
+    let three: usize = evs[(n - 101) as usize..(n - 98) as usize]
+        .iter()
+        .map(size)
+        .sum();
+    let reads = |j: &Journal| -> Vec<Vec<AuditEvent>> {
+        [
+            (1, usize::MAX, usize::MAX), // older than memory: disk, then memory
+            (n - 100, 10, usize::MAX),   // in memory
+            (n - 100, 1_000, three),     // in memory, by bytes
+            (n, 100, 1),                 // at least one
+            (n + 1, 100, usize::MAX),    // past the end
+        ]
+        .iter()
+        .map(|&(from, k, b)| j.read_from(from, k, b).unwrap())
+        .collect()
+    };
+    let live = reads(&j);
+    assert_eq!(live[0], evs);
+    assert_eq!(live[1], evs[(n - 101) as usize..(n - 91) as usize]);
+    assert_eq!(live[2], evs[(n - 101) as usize..(n - 98) as usize]);
+    assert_eq!(live[3], evs[(n - 1) as usize..]);
+    assert!(live[4].is_empty());
+    j.close_blocking();
+    let (j, _) = open(&cfg);
+    assert_eq!(reads(&j), live, "the same from disk after a reopen");
+    // Pruned (uploaded, past retention): gone from disk and from memory alike.
+    let more = append_n(&j, n + 1, n);
+    j.mark_uploaded(2 * n - 50).unwrap();
+    let far = UnixMillis(i64::MAX / 2);
+    assert!(j.prune(far).unwrap().segments_removed > 0);
+    let left = j.read_from(1, usize::MAX, usize::MAX).unwrap();
+    let first = left[0].seq;
+    assert!(first > n + 1 && first <= 2 * n - 50, "first left {first}");
+    assert_eq!(left.last(), more.last());
+    assert_eq!(left.len() as u64, 2 * n - first + 1);
+    // A read from a pruned seq that memory kept starts where the disk does.
+    assert!(n + 1_000 < first);
+    assert_eq!(
+        j.read_from(n + 1_000, usize::MAX, usize::MAX).unwrap(),
+        left
+    );
+    j.close_blocking();
+    let (j, _) = open(&cfg);
+    assert_eq!(j.read_from(1, usize::MAX, usize::MAX).unwrap(), left);
+}
+
 /// The upload marker is two slots, each in its own 4 KiB block, overwritten in place in turn
 /// (no rename, no directory fsync per acknowledgement): the same file throughout, a torn write
 /// to one slot leaves the previous marker in the other, and a one-slot marker from an earlier

@@ -372,7 +372,14 @@ struct State {
     uploaded_seq: u64,
     problems: Vec<Problem>,
     failed: Option<String>,
+    /// The last [`TAIL_EVENTS`] events committed since open, with their CBOR length, in seq
+    /// order and gap-free: the uploader reads a live unit's events from here instead of reading
+    /// back, decrypting and decoding what was just written (`scan::read_from`).
+    tail: std::collections::VecDeque<(AuditEvent, usize)>,
 }
+
+/// Events kept in memory for the uploader (about 1 KiB each).
+pub(super) const TAIL_EVENTS: usize = 4096;
 
 #[derive(Default)]
 struct Counters {
@@ -496,6 +503,7 @@ impl Journal {
             uploaded_seq: loaded.uploaded_seq,
             problems: recovery.problems.clone(),
             failed: None,
+            tail: std::collections::VecDeque::new(),
         };
         let current = Current::resume(state.segments.last(), config.segment_bytes)?;
         let shared = Arc::new(Shared {
@@ -747,7 +755,14 @@ impl Journal {
                 n += 1;
             }
             st.total_bytes = remaining;
-            st.segments.drain(..n).collect()
+            let victims: Vec<SegmentMeta> = st.segments.drain(..n).collect();
+            // What is no longer on disk is no longer read from memory either.
+            if let Some(gone) = victims.iter().filter_map(|s| s.last_seq).max() {
+                while st.tail.front().is_some_and(|(e, _)| e.seq <= gone) {
+                    st.tail.pop_front();
+                }
+            }
+            victims
         };
         if victims.is_empty() {
             return Ok(report);

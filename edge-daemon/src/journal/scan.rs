@@ -180,6 +180,22 @@ pub(super) fn read_from(
     }
     let plan: Vec<(PathBuf, u64, u64)> = {
         let st = shared.state();
+        // Events written since open are read from memory (the same events: the writer keeps
+        // what it committed), unless `from_seq` is older than what memory keeps.
+        if st.tail.front().is_some_and(|(e, _)| e.seq <= from_seq) {
+            let mut bytes = 0usize;
+            for (event, len) in st.tail.iter().filter(|(e, _)| e.seq >= from_seq) {
+                if !out.is_empty() && bytes.saturating_add(*len) > max_bytes {
+                    break;
+                }
+                bytes = bytes.saturating_add(*len);
+                out.push(event.clone());
+                if out.len() >= max_events {
+                    break;
+                }
+            }
+            return Ok(out);
+        }
         let segs = &st.segments;
         let first = segs
             .partition_point(|s| s.first_seq <= from_seq)

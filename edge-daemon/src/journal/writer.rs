@@ -94,6 +94,8 @@ struct Staged {
     event: Box<AuditEvent>,
     reply: Reply,
     offset_in_buf: usize,
+    /// The event's CBOR length (before sealing), as the uploader counts bytes.
+    plain_len: usize,
 }
 
 /// The writer thread's state: the one owner of the current segment file.
@@ -211,7 +213,7 @@ impl Writer {
                 let _ = reply.send(Err(JournalError::SeqExhausted));
                 continue;
             };
-            let frame = match self.frame(&mut event, seq, prev) {
+            let (frame, plain_len) = match self.frame(&mut event, seq, prev) {
                 Ok(f) => f,
                 Err(e) => {
                     let _ = reply.send(Err(e));
@@ -253,6 +255,7 @@ impl Writer {
                 event,
                 reply,
                 offset_in_buf: buf.len(),
+                plain_len,
             });
             buf.extend_from_slice(&frame);
             used += frame_len;
@@ -264,13 +267,13 @@ impl Writer {
         }
     }
 
-    /// Seal the event as `seq` after `prev` and frame it.
+    /// Seal the event as `seq` after `prev` and frame it; also its CBOR length.
     fn frame(
         &self,
         event: &mut AuditEvent,
         seq: u64,
         prev: Hash32,
-    ) -> Result<Vec<u8>, JournalError> {
+    ) -> Result<(Vec<u8>, usize), JournalError> {
         event
             .seal(seq, prev)
             .map_err(|e| JournalError::Encode(e.to_string()))?;
@@ -282,7 +285,7 @@ impl Writer {
         if sealed.len() > MAX_PAYLOAD_BYTES {
             return Err(JournalError::TooLarge(sealed.len()));
         }
-        Ok(format::encode_record(seq, &sealed))
+        Ok((format::encode_record(seq, &sealed), plain.len()))
     }
 
     /// Create the segment whose first record is `seq`, and make its name durable.
@@ -434,6 +437,12 @@ impl Writer {
                 seg.bytes = cur.len;
             }
             st.total_bytes += buf.len() as u64;
+            for s in staged.iter() {
+                if st.tail.len() >= super::TAIL_EVENTS {
+                    st.tail.pop_front();
+                }
+                st.tail.push_back(((*s.event).clone(), s.plain_len));
+            }
             if let Some(last) = staged.last() {
                 st.last_seq = last.event.seq;
                 st.last_hash = last.event.hash;

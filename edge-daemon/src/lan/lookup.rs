@@ -170,14 +170,14 @@ async fn read_patient(
         };
         return s.audit.refuse(a, r).await;
     }
-    // A former (superseded or merged) number answers the current record, saying so.
-    let target = if s.cache.contains(&nhs) {
-        nhs
-    } else {
-        s.cache.alias(&nhs).unwrap_or(nhs)
+    // A former (superseded or merged) number answers the current record, saying so. The
+    // cohort is probed once: the probe that finds the record is the read that serves it.
+    let (target, probed) = match s.cache.get(&nhs) {
+        Ok(None) => (s.cache.alias(&nhs).unwrap_or(nhs), None),
+        held => (nhs, Some(held)),
     };
     let on_behalf = crate::sync::FetchAs::bearer(&h, caller.purpose);
-    let found = match find(&s, &target, on_behalf).await {
+    let found = match find(&s, &target, probed, on_behalf).await {
         Ok(f) => f,
         Err(r) => return s.audit.refuse(a, r).await,
     };
@@ -365,17 +365,19 @@ impl<'a> LanAnswer<'a> {
     }
 }
 
-/// Find a patient: the cohort cache, then an unexpired on-demand copy, then a fetch from the
-/// hub. A stored value that fails its AEAD tag or digest is never served: it is treated as a
-/// miss and fetched afresh (and repaired at the next sync).
+/// Find a patient: the cohort cache (`probed`, when the caller has read it already), then an
+/// unexpired on-demand copy, then a fetch from the hub. A stored value that fails its AEAD tag
+/// or digest is never served: it is treated as a miss and fetched afresh (and repaired at the
+/// next sync).
 async fn find(
     s: &AppState,
     nhs: &NhsNumber,
+    probed: Option<Result<Option<CachedRecord>, CacheError>>,
     on_behalf: crate::sync::FetchAs,
 ) -> Result<Found, Refusal> {
     let t = s.clock.wall();
     let damaged = |e: &CacheError| matches!(e, CacheError::Seal { .. } | CacheError::Decode { .. });
-    let held = match s.cache.get(nhs) {
+    let held = match probed.unwrap_or_else(|| s.cache.get(nhs)) {
         Ok(Some(r)) => Some((r, false)),
         Err(e) if damaged(&e) => {
             warn!(error = %e, "a cached record failed its integrity check; fetching it again");
