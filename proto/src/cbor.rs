@@ -48,6 +48,21 @@ pub fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CborError> {
     cbor4ii::serde::from_slice(bytes).map_err(|e| CborError::Malformed(e.to_string()))
 }
 
+/// Decode one value from the start of untrusted `bytes` (never panics; the caller bounds the
+/// size, as the sync framing does with its own limit); also how many bytes follow it.
+pub fn from_slice_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), CborError> {
+    use cbor4ii::core::dec::{Read, Reference};
+    let mut de = cbor4ii::serde::Deserializer::new(cbor4ii::core::utils::SliceReader::new(bytes));
+    let v = T::deserialize(&mut de).map_err(|e| CborError::Malformed(e.to_string()))?;
+    let mut rest = de.into_inner();
+    let trailing = match rest.fill(usize::MAX) {
+        Ok(Reference::Long(b)) => b.len(),
+        Ok(Reference::Short(b)) => b.len(),
+        Err(never) => match never {},
+    };
+    Ok((v, trailing))
+}
+
 /// Encode a summary (always with the current schema version).
 pub fn encode_summary(s: &Summary) -> Result<Vec<u8>, CborError> {
     if s.schema == SCHEMA_VERSION {

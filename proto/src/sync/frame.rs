@@ -55,12 +55,14 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
             max: MAX_FRAME_BYTES,
         });
     }
-    let mut rest = body;
-    let v = ciborium::from_reader(&mut rest).map_err(|e| FrameError::Malformed(e.to_string()))?;
-    if !rest.is_empty() {
+    let (v, trailing) = crate::cbor::from_slice_prefix(body).map_err(|e| match e {
+        crate::cbor::CborError::Malformed(m) => FrameError::Malformed(m),
+        other => FrameError::Malformed(other.to_string()),
+    })?;
+    // (`body` is within MAX_FRAME_BYTES, checked above.)
+    if trailing > 0 {
         return Err(FrameError::Malformed(format!(
-            "{} trailing bytes after the message",
-            rest.len()
+            "{trailing} trailing bytes after the message"
         )));
     }
     Ok(v)

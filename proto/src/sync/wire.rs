@@ -691,4 +691,26 @@ mod health_tests {
         let got: UnitHealth = ciborium::from_reader(&cbor(&later)[..]).unwrap();
         assert_eq!(got.software, "9.0.0");
     }
+
+    /// A frame body is exactly one message: bytes after it are refused, and a message decodes
+    /// the same with the decoder the frames use as with `ciborium`, which wrote it.
+    #[test]
+    fn a_frame_body_is_one_message_and_nothing_after_it() {
+        use crate::sync::frame::{decode_body, FrameError};
+        let m = ToUnit::AuditAck {
+            upto_seq: 42,
+            problems: vec!["gap at 7".into()],
+        };
+        let body = cbor(&m);
+        assert_eq!(decode_body::<ToUnit>(&body).unwrap(), m);
+        let back: ToUnit = ciborium::from_reader(&body[..]).unwrap();
+        assert_eq!(back, m);
+        let mut longer = body.clone();
+        longer.extend_from_slice(&[0xf6, 0xf6, 0xf6]);
+        match decode_body::<ToUnit>(&longer) {
+            Err(FrameError::Malformed(why)) => assert!(why.contains("3 trailing bytes"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(decode_body::<ToUnit>(&body[..body.len() - 1]).is_err());
+    }
 }
