@@ -624,7 +624,12 @@ impl SledAudit {
         let dev = device.as_str();
         let mut d = self.device(dev)?;
         let mut stored = HashMap::new();
-        for e in events.iter().filter(|e| e.device_id == *device) {
+        // Only a seq at or below the highest stored can be stored already (the device summary
+        // commits with its events): a live unit's uploads, all above it, read nothing back.
+        for e in events
+            .iter()
+            .filter(|e| e.device_id == *device && e.seq <= d.last_seq)
+        {
             if stored.contains_key(&e.seq) {
                 continue;
             }
