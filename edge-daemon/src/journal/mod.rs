@@ -374,8 +374,9 @@ struct State {
     failed: Option<String>,
     /// The last [`TAIL_EVENTS`] events committed since open, with their CBOR length, in seq
     /// order and gap-free: the uploader reads a live unit's events from here instead of reading
-    /// back, decrypting and decoding what was just written (`scan::read_from`).
-    tail: std::collections::VecDeque<(AuditEvent, usize)>,
+    /// back, decrypting and decoding what was just written (`scan::read_from`). Shared, so the
+    /// lock (which every append's status update takes) is held for pointer copies, not clones.
+    tail: std::collections::VecDeque<(Arc<AuditEvent>, usize)>,
 }
 
 /// Events kept in memory for the uploader (about 1 KiB each).

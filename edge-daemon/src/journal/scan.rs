@@ -182,18 +182,22 @@ pub(super) fn read_from(
         let st = shared.state();
         // Events written since open are read from memory (the same events: the writer keeps
         // what it committed), unless `from_seq` is older than what memory keeps.
+        // (The lock is held for pointer copies only; the events are cloned after it.)
         if st.tail.front().is_some_and(|(e, _)| e.seq <= from_seq) {
+            let mut picked = Vec::new();
             let mut bytes = 0usize;
             for (event, len) in st.tail.iter().filter(|(e, _)| e.seq >= from_seq) {
-                if !out.is_empty() && bytes.saturating_add(*len) > max_bytes {
+                if !picked.is_empty() && bytes.saturating_add(*len) > max_bytes {
                     break;
                 }
                 bytes = bytes.saturating_add(*len);
-                out.push(event.clone());
-                if out.len() >= max_events {
+                picked.push(std::sync::Arc::clone(event));
+                if picked.len() >= max_events {
                     break;
                 }
             }
+            drop(st);
+            out.extend(picked.iter().map(|e| AuditEvent::clone(e)));
             return Ok(out);
         }
         let segs = &st.segments;

@@ -420,6 +420,11 @@ impl Writer {
         let base = cur.len;
         cur.len += buf.len() as u64;
         let n = staged.len() as u64;
+        // The copies the uploader will read, made before the shared state is locked.
+        let fresh: Vec<(Arc<AuditEvent>, usize)> = staged
+            .iter()
+            .map(|s| (Arc::new((*s.event).clone()), s.plain_len))
+            .collect();
         {
             let mut st = self.shared.state();
             if let Some(seg) = st
@@ -437,11 +442,11 @@ impl Writer {
                 seg.bytes = cur.len;
             }
             st.total_bytes += buf.len() as u64;
-            for s in staged.iter() {
+            for e in fresh {
                 if st.tail.len() >= super::TAIL_EVENTS {
                     st.tail.pop_front();
                 }
-                st.tail.push_back(((*s.event).clone(), s.plain_len));
+                st.tail.push_back(e);
             }
             if let Some(last) = staged.last() {
                 st.last_seq = last.event.seq;
