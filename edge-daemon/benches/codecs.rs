@@ -1,7 +1,8 @@
 //! The codecs the cold sync uses, on synthetic summaries: the pull stream (deflate 6 against
 //! zstd as the hub configures it, 1,000 summaries per flushed message, as the hub sends
 //! batches) and one record at a time before sealing (deflate at its fastest level, as units
-//! wrote until LZ4, against the LZ4 block the cache writes now). Prints a Markdown table.
+//! wrote until LZ4, against the LZ4 block the cache writes now), and decoding a summary's CBOR
+//! with `ciborium` against the decoder `edge_proto::cbor` uses. Prints a Markdown table.
 //!
 //! `cargo bench -p edge-daemon --bench codecs [-- SUMMARIES]` (default 20,000).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -105,6 +106,23 @@ fn main() {
         per(enc, count),
         per(de, count),
         deflated.iter().map(Vec::len).sum::<usize>() / count
+    );
+
+    // Decoding a summary (a LAN lookup; sync frames and audit events go the same way).
+    let t = Instant::now();
+    for r in &recs {
+        let _: edge_proto::model::Summary = ciborium::from_reader(&r[..]).unwrap();
+    }
+    let slow = t.elapsed();
+    let t = Instant::now();
+    for r in &recs {
+        cbor::decode_summary(r).unwrap();
+    }
+    let fast = t.elapsed();
+    println!(
+        "| summary CBOR decode: ciborium / cbor4ii (edge_proto::cbor) | | {:.2} / {:.2} | |",
+        per(slow, count),
+        per(fast, count)
     );
 
     let t = Instant::now();

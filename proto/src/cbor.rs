@@ -3,10 +3,12 @@
 //! Encoding is `ciborium`'s (the bytes that record digests and audit hashes are computed over);
 //! decoding is `cbor4ii`'s serde deserializer over a slice, 2.2 × faster on a summary (a LAN
 //! lookup, every sync batch, every audit event the hub takes in), with the same 256-deep
-//! recursion limit. The two agree on everything `ciborium` writes for these types
-//! (`tests::both_decoders_agree_*`); one thing the faster decoder does not take is a float
-//! written in a narrower width than its type, which `ciborium` does for floats — no wire or
-//! stored type has a float (`tests::no_wire_type_has_a_float`).
+//! recursion limit (`cargo bench -p edge-daemon --bench codecs`). The two agree on everything
+//! `ciborium` writes for these types (`proto/tests/export_corpus.rs`:
+//! `every_corpus_summary_decodes_the_same_with_both_decoders`, and every round-trip test); one
+//! thing the faster decoder does not take is a float written in a narrower width than its type,
+//! which `ciborium` does for floats — no wire or stored type has a float (the same corpus test
+//! checks).
 //!
 //! Decoding is bounded ([`MAX_CBOR_BYTES`]) and never panics; unknown fields are ignored so a
 //! newer writer's records decode on an older reader. Summaries carry an explicit schema version
@@ -45,7 +47,7 @@ pub fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CborError> {
     if bytes.len() > MAX_CBOR_BYTES {
         return Err(CborError::TooLarge(bytes.len()));
     }
-    cbor4ii::serde::from_slice(bytes).map_err(|e| CborError::Malformed(e.to_string()))
+    from_slice_prefix(bytes).map(|(v, _)| v)
 }
 
 /// Decode one value from the start of untrusted `bytes` (never panics; the caller bounds the
