@@ -10,14 +10,27 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use kerbside_tests::bin;
 use kerbside_tests::fleet::{wait_for, Fleet};
 
-/// A throwaway database.
+/// A throwaway database. It holds a share of [`CLUSTER`] for its whole life, so the one test
+/// that stops and restarts PostgreSQL (which takes the lock alone) never does so under another
+/// test's hub: the tests of this file run in parallel in one process.
 struct Db {
     name: String,
+    _cluster: Cluster,
+}
+
+/// Shared by every test that uses the cluster; taken alone by the test that restarts it.
+static CLUSTER: RwLock<()> = RwLock::new(());
+
+#[allow(dead_code)] // held for its drop
+enum Cluster {
+    Shared(RwLockReadGuard<'static, ()>),
+    Alone(RwLockWriteGuard<'static, ()>),
 }
 
 fn psql(db: &str, sql: &str) -> Result<String, String> {
@@ -34,7 +47,22 @@ fn psql(db: &str, sql: &str) -> Result<String, String> {
 }
 
 impl Db {
+    /// A database on a cluster other tests may use at the same time.
     fn create() -> Option<Db> {
+        Db::create_with(Cluster::Shared(
+            CLUSTER.read().unwrap_or_else(|e| e.into_inner()),
+        ))
+    }
+
+    /// A database on a cluster no other test uses until this one is dropped: for a test that
+    /// stops PostgreSQL.
+    fn create_alone() -> Option<Db> {
+        Db::create_with(Cluster::Alone(
+            CLUSTER.write().unwrap_or_else(|e| e.into_inner()),
+        ))
+    }
+
+    fn create_with(cluster: Cluster) -> Option<Db> {
         static N: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "kerbside_sys_{}_{}",
@@ -42,7 +70,10 @@ impl Db {
             N.fetch_add(1, Ordering::SeqCst)
         );
         match psql("postgres", &format!("CREATE DATABASE {name}")) {
-            Ok(_) => Some(Db { name }),
+            Ok(_) => Some(Db {
+                name,
+                _cluster: cluster,
+            }),
             Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
                 panic!("PostgreSQL on 127.0.0.1:5432 is required in CI: {e}")
             }
@@ -125,7 +156,8 @@ fn edge_hub(args: &[&str], config: &Path) -> std::process::Output {
 
 #[test]
 fn a_hub_on_postgres_ingests_and_syncs_across_kill_9() {
-    let Some(db) = Db::create() else { return };
+    // This test stops PostgreSQL part-way: no other test may be using it then.
+    let Some(db) = Db::create_alone() else { return };
     let secret = "pw-0f-the-test-db-1234";
     let tmp = tempfile::tempdir().unwrap();
     let pw = tmp.path().join("db.pass");
