@@ -222,6 +222,17 @@ fn main() {
             }
         }
     }
+    // For a profiler: `SEARCH_BENCH_REPEAT=N` runs the worst shape N more times first.
+    let repeat: usize = std::env::var("SEARCH_BENCH_REPEAT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if repeat > 0 {
+        eprintln!("running the worst shape {repeat} more times (SEARCH_BENCH_REPEAT)");
+        for _ in 0..repeat {
+            time_queries(&cache, &worst);
+        }
+    }
     let (m50, m99, mmax, found) = time_queries(&cache, &mixed);
     let (w50, w99, wmax, _) = time_queries(&cache, &worst);
     let worst_matched = cache.search(&worst[0]).map(|o| o.matched).unwrap_or(0);

@@ -282,9 +282,12 @@ impl Entry {
                 // Every element takes at least a byte: a count beyond what is left is damage.
                 (n <= self.0.len()).then_some(n)
             }
-            fn str(&mut self) -> Option<String> {
+            fn text(&mut self) -> Option<&str> {
                 let n = self.len()?;
-                String::from_utf8(self.take(n)?.to_vec()).ok()
+                std::str::from_utf8(self.take(n)?).ok()
+            }
+            fn str(&mut self) -> Option<String> {
+                self.text().map(str::to_owned)
             }
             fn opt(&mut self) -> Option<Option<String>> {
                 match self.u8()? {
@@ -309,7 +312,7 @@ impl Entry {
         if r.u8()? != SCORED_FORMAT {
             return None;
         }
-        let nhs = NhsNumber::parse(&r.str()?).ok()?;
+        let nhs = NhsNumber::parse(r.text()?).ok()?;
         let family = r.str()?;
         let given = r.strs()?;
         let birth_date = r.opt()?;
