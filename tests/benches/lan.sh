@@ -215,21 +215,25 @@ DP=$("${WRK[@]}" -c64 -d"$WRK_SECS"s --latency -s "$T/tokens-paced.lua" "https:/
 GP=$("${WRK[@]}" -c64 -d"$WRK_SECS"s --latency -s "$T/tokens-paced.lua" "https://$NGX" | summ)
 [ "$POUCH" = 1 ] && PP=$("${WRK[@]}" -c64 -d"$WRK_SECS"s --latency -s "$T/pace.lua" "$PDOC" | summ)
 echo "bench: search..." >&2
-cat > "$T/search.lua" <<EOF
+# A search script whose connections wait a random 0..$1 ms between requests.
+search_lua() {
+  cat <<EOF
 local tokens = {}
 for line in io.lines("$T/tokens.txt") do tokens[#tokens + 1] = line end
 math.randomseed(os.time())
 request = function()
   return wrk.format(nil, nil, {["Authorization"] = "Bearer " .. tokens[math.random(#tokens)]})
 end
-function delay() return math.random(0, 128) end
+function delay() return math.random(0, $1) end
 EOF
+}
+search_lua 128 > "$T/search.lua"
+search_lua 1280 > "$T/search-slow.lua"
 SEARCH_URL="https://$LAN/v1/search?family=$FAMILY&postcode=$POSTCODE"
 S=$("${WRK[@]}" -c32 -d"$SEARCH_SECS"s --latency -s "$T/search.lua" "$SEARCH_URL" | summ)
 # The same search at a tenth of the rate: what one search costs when it does not queue behind
 # others for the two cores (a unit's tablets search a few times a minute, not 500 times a
 # second).
-sed 's/math.random(0, 128)/math.random(0, 1280)/' "$T/search.lua" > "$T/search-slow.lua"
 SS=$("${WRK[@]}" -c32 -d"$SEARCH_SECS"s --latency -s "$T/search-slow.lua" "$SEARCH_URL" | summ)
 MATCHED=$(curl -sk -H "Authorization: Bearer $(head -1 "$T/tokens.txt")" "$SEARCH_URL" | python3 -c 'import sys,json;print(json.load(sys.stdin).get("matched","?"))' 2>/dev/null || echo "?")
 RSS=$(awk '/VmHWM/{print int($2/1024)}' "/proc/$UNIT/status")
@@ -246,13 +250,14 @@ BYTES=$(wc -c < "$T/www/p.json")
 read -r dr d50 d99 dbad <<<"$D"; read -r gr g50 g99 _ <<<"$G"
 read -r dpr dp50 dp99 dpbad <<<"$DP"; read -r gpr gp50 gp99 _ <<<"$GP"; read -r _ s50 s99 sbad <<<"$S"
 read -r ssr ss50 ss99 ssbad <<<"$SS"; read -r dar da50 da99 dabad <<<"$DA"; read -r dapr dap50 dap99 dapbad <<<"$DAP"
-ratio=$(python3 -c "print(f'{float(\"$dr\")/float(\"$gr\"):.2f}')")
+div() { python3 -c "print(f'{float(\"$1\")/float(\"$2\"):.2f}')"; }
+ratio=$(div "$dr" "$gr"); aratio=$(div "$dar" "$gr")
 if [ "$POUCH" = 1 ]; then
   read -r pr p50 p99 _ <<<"$P"; read -r ppr pp50 pp99 _ <<<"$PP"
   PBYTES=$(wc -c < "$T/pouch.json")
   PRSS=$(awk '/VmHWM/{print int($2/1024)}' "/proc/$PID_POUCH/status" 2>/dev/null || echo "?")
-  pratio=$(python3 -c "print(f'{float(\"$dr\")/float(\"$pr\"):.2f}')")
-  pnratio=$(python3 -c "print(f'{float(\"$pr\")/float(\"$gr\"):.2f}')")
+  pratio=$(div "$dr" "$pr")
+  pnratio=$(div "$pr" "$gr")
   PHEAD="pouchdb-server GET /db/doc (in memory, $PBYTES-byte document)"
   PCL="$pr req/s (p50 $p50, p99 $p99)"; PPACED="$ppr req/s, $pp50, $pp99"; PRSSC="$PRSS MiB"
 else
@@ -272,7 +277,7 @@ echo "| the closed loop's audit events uploaded to the hub before the paced run 
 echo "| paced ≈ 1,000 req/s: achieved, p50, p99 | $dpr req/s, $dp50, $dp99 | $gpr req/s, $gp50, $gp99 | $PPACED |"
 echo "| search (family + postcode district; $MATCHED matched) paced ≈ 500 req/s: p50, p99 | $s50, $s99 | — | — |"
 echo "| the same search paced ≈ 50 req/s ($ssr req/s achieved): p50, p99 | $ss50, $ss99 | — | — |"
-echo "| the unit alone (hub stopped, link down): closed loop | $dar req/s (p50 $da50, p99 $da99); $(python3 -c "print(f'{float(\"$dar\")/float(\"$gr\"):.2f}')") × nginx | | |"
+echo "| the unit alone (hub stopped, link down): closed loop | $dar req/s (p50 $da50, p99 $da99); $aratio × nginx | | |"
 echo "| the unit alone: paced ≈ 1,000 req/s: achieved, p50, p99 | $dapr req/s, $dap50, $dap99 | | |"
 echo "| daemon answers that were not 2xx (closed loop / paced / search / slow search / alone / alone paced) | $dbad / $dpbad / $sbad / $ssbad / $dabad / $dapbad | | |"
 echo "| peak RSS under this load | $RSS MiB (cold sync before it: $SYNC_RSS MiB) | | $PRSSC |"
