@@ -199,7 +199,7 @@ pub async fn run(cfg: UnitConfig, stop: impl Future<Output = ()>) -> anyhow::Res
         Some(cache.clone()),
         Some(journal.clone()),
     ));
-    let state = AppState {
+    let state = AppState::new(lan::Shared {
         cache: cache.clone(),
         status: status.clone(),
         fetcher,
@@ -217,7 +217,7 @@ pub async fn run(cfg: UnitConfig, stop: impl Future<Output = ()>) -> anyhow::Res
         metrics,
         supervisor: supervisor_status.clone(),
         writes_stopped: writes_stopped.clone(),
-    };
+    });
     tokio::spawn(lan::flush_preauth(state.clone()));
     let app = lan::router(state);
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);

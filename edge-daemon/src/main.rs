@@ -11,6 +11,9 @@ use clap::{Parser, Subcommand};
 
 /// mimalloc rather than glibc malloc: a LAN lookup spent about a fifth of its CPU in glibc's
 /// allocator (BENCHMARKS.md, issue 17), and its per-thread arenas kept freed memory resident.
+/// The `system-allocator` feature leaves glibc's malloc in place, for heap profilers that
+/// interpose it (`heaptrack`; BENCHMARKS.md, issue 17).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

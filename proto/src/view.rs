@@ -666,6 +666,33 @@ pub fn clinical_view(s: &Summary, now: UnixMillis, break_glass: bool) -> View {
     }
 }
 
+/// Whether [`redact`] would remove anything: some item is restricted and the glass is not
+/// broken.
+pub fn withholds(s: &Summary, break_glass: bool) -> bool {
+    fn any<T: Item>(sec: &Section<T>) -> bool {
+        sec.entries.iter().any(|e| e.provenance().restricted)
+    }
+    !break_glass
+        && (any(&s.allergies)
+            || any(&s.medications)
+            || any(&s.conditions)
+            || any(&s.resuscitation)
+            || any(&s.care_plans)
+            || any(&s.alerts))
+}
+
+/// What this caller may see of the summary's items: the summary itself when nothing is
+/// withheld from them (no copy; its ledger is still in it), else [`redact`]'s copy. For
+/// readers of its items and sections (the sources, the FHIR document), never for an answer
+/// that serialises the summary whole.
+pub fn shown_items(s: &Summary, break_glass: bool) -> std::borrow::Cow<'_, Summary> {
+    if withholds(s, break_glass) {
+        std::borrow::Cow::Owned(redact(s, break_glass))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
 /// The summary with restricted items removed (unless `break_glass`), for answers that carry the
 /// summary itself (the FHIR `$summary`): a section left empty by it says `withheld`.
 pub fn redact(s: &Summary, break_glass: bool) -> Summary {

@@ -350,6 +350,49 @@ fn restricted_items_are_withheld_and_expired_flags_are_past() {
 }
 
 #[test]
+fn shown_items_copies_only_when_something_is_withheld() {
+    use edge_proto::view::{redact, shown_items, withholds};
+    use std::borrow::Cow;
+    let restricted = {
+        let c = json!({"resourceType": "Condition", "code": {"text": "Restricted item"}});
+        let mut e = item("c1", c, None, "2025-03-01T12:00:00Z");
+        e["resource"]["meta"]["security"] = json!([{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"}]);
+        e
+    };
+    let plain = item(
+        "c2",
+        json!({"resourceType": "Condition", "code": {"text": "Asthma"}}),
+        None,
+        "2025-03-01T12:00:00Z",
+    );
+    let with = summary(&[bundle(
+        "2025-03-02T10:00:00Z",
+        vec![restricted, plain.clone()],
+    )]);
+    let without = summary(&[bundle("2025-03-02T10:00:00Z", vec![plain])]);
+    assert!(withholds(&with, false));
+    assert!(
+        !withholds(&with, true),
+        "the glass broken withholds nothing"
+    );
+    assert!(!withholds(&without, false));
+    // Something withheld: the redacted copy, the restricted item gone.
+    let shown = shown_items(&with, false);
+    assert!(matches!(shown, Cow::Owned(_)));
+    assert_eq!(
+        shown.conditions.entries,
+        redact(&with, false).conditions.entries
+    );
+    assert_eq!(shown.conditions.entries.len(), 1);
+    // Nothing withheld: the summary itself, whose items are what redact would have kept.
+    for (s, bg) in [(&with, true), (&without, false), (&without, true)] {
+        let shown = shown_items(s, bg);
+        assert!(matches!(shown, Cow::Borrowed(_)));
+        assert_eq!(shown.conditions.entries, redact(s, bg).conditions.entries);
+    }
+}
+
+#[test]
 fn only_care_plan_types_are_care_plans_and_replaced_ones_hide() {
     let doc = |ty: &str, display: &str| {
         json!({"resourceType": "DocumentReference", "status": "current",

@@ -196,8 +196,9 @@ async fn read_patient(
     let (age, stale) = freshness(&s, &found);
     a.outcome = AuditOutcome::Ok;
     a.data.version = Some(found.summary.version);
-    // What this caller may see: restricted items removed unless the glass was broken.
-    let shown = edge_proto::view::redact(&found.summary, break_glass);
+    // What this caller may see: restricted items removed unless the glass was broken (no
+    // copy of the summary when nothing is withheld, as for most records).
+    let shown = edge_proto::view::shown_items(&found.summary, break_glass);
     a.data.sections = sections(&shown);
     a.data.cache_age_s = Some(age);
     let reply = reply(

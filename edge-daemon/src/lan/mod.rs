@@ -50,9 +50,29 @@ pub use policy::AccessPolicy;
 pub use refusal::Refusal;
 pub use serve::{bind, serve};
 
-/// What every handler shares.
+/// What every handler shares: one `Arc`, so the clones axum makes for every request (each
+/// middleware layer and the handler) are one reference count each, not a copy of every field
+/// (a profile of the closed-loop lookup had the field-by-field clone and drop at 1.4 % of the
+/// daemon's CPU).
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> AppState {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The fields of [`AppState`].
+#[derive(Debug)]
+pub struct Shared {
     pub cache: Arc<Cache>,
     pub status: Arc<Status>,
     pub fetcher: Fetcher,
