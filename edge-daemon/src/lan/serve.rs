@@ -84,6 +84,25 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         r
     }
 
+    /// Forwarded, so that hyper hands an answer's head and body to TLS in one call (its
+    /// queued write strategy) and they leave as one `writev`; without it, each answer went out
+    /// in two TLS records and two system calls.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
