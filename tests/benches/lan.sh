@@ -53,37 +53,12 @@ else
   echo "bench: npm or pouchdb-server unavailable: the pouchdb column is skipped" >&2
 fi
 cargo build --release --workspace --bins -q
-BIN=$PWD/target/release
-T=$(mktemp -d -t kerbside-lanbench.XXXXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$T"; }
-trap cleanup EXIT
-port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1]);s.close()'; }
-uport() { python3 -c 'import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(("127.0.0.1",0));print(s.getsockname()[1]);s.close()'; }
-HUB_Q=127.0.0.1:$(uport); ADMIN=127.0.0.1:$(port); LAN=127.0.0.1:$(port); NGX=127.0.0.1:$(port); PDB=127.0.0.1:$(port)
-"$BIN/edge-provision" ca init --fleet "$T/fleet" >/dev/null 2>&1
-"$BIN/edge-provision" hub --fleet "$T/fleet" --name 127.0.0.1 --listen "$HUB_Q" --admin "$ADMIN" --out "$T/hub" >/dev/null 2>&1
-"$BIN/edge-provision" enrol --fleet "$T/fleet" --device-id LAS-AMB-BENCH --role vehicle --hub "$HUB_Q" --hub-name 127.0.0.1 --lan "$LAN" --out "$T/unit" >/dev/null 2>&1
-# wrk's 64 connections stand for many tablets but all come from 127.0.0.1: raise the per-address
-# in-flight limit (16 by default, for one tablet) so it is not what is measured.
-sed -i 's/^max_requests_per_client = .*/max_requests_per_client = 128/' "$T/unit/edge.toml"
-grep -q '^max_requests_per_client = 128' "$T/unit/edge.toml" || { echo "bench: could not raise max_requests_per_client"; exit 1; }
-LAN_CERT=$(python3 -c 'import sys,tomllib;c=tomllib.load(open(sys.argv[1],"rb"))["lan"];print(c["cert"]);print(c["key"])' "$T/unit/edge.toml")
-CERT=$(sed -n 1p <<<"$LAN_CERT"); KEY=$(sed -n 2p <<<"$LAN_CERT")
-case "$CERT" in /*) ;; *) CERT=$T/unit/$CERT;; esac
-case "$KEY" in /*) ;; *) KEY=$T/unit/$KEY;; esac
-TOKEN=$("$BIN/edge-provision" token --fleet "$T/fleet" --staff-id 555000111222 --name "PARAMEDIC, Bench" --role clinical --device-id LAS-AMB-BENCH --hours 12 2>/dev/null | tail -1)
-echo "bench: synth + ingest $N patients..." >&2
-"$BIN/edge-hub" synth --patients "$N" --seed 7 --out "$T/synth.ndjson" >/dev/null 2>&1
-"$BIN/edge-hub" ingest --config "$T/hub/hub.toml" "$T/synth.ndjson" >/dev/null 2>&1
-"$BIN/edge-hub" serve --config "$T/hub/hub.toml" 2>"$T/hub.log" & HUB=$!; PIDS+=("$HUB")
-sleep 1
-"$BIN/edge-daemon" run --config "$T/unit/edge.toml" 2>"$T/unit.log" & UNIT=$!; PIDS+=("$UNIT")
-for _ in $(seq 1 600); do
-  r=$(curl -sk "https://$LAN/v1/status" | python3 -c 'import sys,json;print(json.load(sys.stdin).get("records",0))' 2>/dev/null || echo 0)
-  [ "$r" = "$N" ] && break; sleep 1
-done
-[ "$r" = "$N" ] || { echo "unit did not sync ($r of $N)"; exit 1; }
+# shellcheck source=tests/benches/unit-setup.sh
+source tests/benches/unit-setup.sh
+NGX=127.0.0.1:$(port); PDB=127.0.0.1:$(port)
+hub_ingest_and_serve
+start_unit
+wait_ready
 pin "$UNIT" "$HUB"
 NHS=$(python3 -c '
 import sys,json
@@ -143,48 +118,11 @@ req("PUT", f"{base}/{nhs}", json.load(open(pj)))
 PY
   curl -sf "$PDOC" > "$T/pouch.json"
 fi
-# Pacing: each connection waits a random 0–128 ms (mean 64) after each answer, so the 64
-# connections arrive independently at ≈ 1,000 req/s in all, as tablets do. A fixed 64 ms kept
-# the connections in step after their first requests: the load was a burst of 64 requests
-# every 64 ms, and its p99 measured the queue inside a burst (BENCHMARKS.md, issue 17 tenth
-# step).
-cat > "$T/pace.lua" <<'EOF'
-function delay() return math.random(0, 128) end
-EOF
-echo "bench: minting ${TOKENS:-1000} shift tokens..." >&2
-for _ in $(seq 1 "${TOKENS:-1000}"); do
-  "$BIN/edge-provision" token --fleet "$T/fleet" --staff-id 555000111222 --name "PARAMEDIC, Bench" --role clinical --device-id LAS-AMB-BENCH --hours 12 2>/dev/null | tail -1
-done > "$T/tokens.txt"
-# Each token's own patients: PER_TOKEN NHS numbers from the cohort, none shared.
+# Each token's own patients: PER_TOKEN NHS numbers from the cohort, none shared; wrk scripts
+# with a random token and one of its own patients per request, paced or not (unit-setup.sh).
+# The same scripts drive nginx (the token header is ignored there).
 PER_TOKEN=${PER_TOKEN:-15}
-python3 - "$T/synth.ndjson" "$(( ${TOKENS:-1000} * PER_TOKEN ))" > "$T/patients.txt" <<'PY'
-import json, sys
-want = int(sys.argv[2])
-n = 0
-for line in open(sys.argv[1]):
-    for e in json.loads(line)["entry"]:
-        r = e["resource"]
-        if r["resourceType"] == "Patient":
-            print(r["identifier"][0]["value"]); n += 1
-            break
-    if n >= want:
-        break
-PY
-# wrk scripts: a random token and one of its own patients per request (+ pacing for the paced
-# runs). The same script drives nginx (its token header is ignored there).
-cat > "$T/tokens.lua" <<EOF
-local tokens, patients = {}, {}
-for line in io.lines("$T/tokens.txt") do tokens[#tokens + 1] = line end
-for line in io.lines("$T/patients.txt") do patients[#patients + 1] = line end
-local per = $PER_TOKEN
-math.randomseed(os.time())
-request = function()
-  local t = math.random(#tokens)
-  local p = patients[((t - 1) * per + math.random(per) - 1) % #patients + 1]
-  return wrk.format(nil, "/v1/patients/" .. p, {["Authorization"] = "Bearer " .. tokens[t]})
-end
-EOF
-{ cat "$T/tokens.lua"; cat "$T/pace.lua"; } > "$T/tokens-paced.lua"
+mint_tokens "${TOKENS:-1000}" "$PER_TOKEN"
 summ() { # wrk output -> "req/s p50 p99 non2xx"
   awk '/Requests\/sec/{r=$2} /^ +50%/{p50=$2} /^ +99%/{p99=$2} /Non-2xx/{bad=$NF} END{print r, p50, p99, bad+0}'
 }
