@@ -17,7 +17,7 @@
 # requests wrk completed.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-[ $# -ge 2 ] || { sed -n 2,16p "$0"; exit 2; }
+[ $# -ge 2 ] || { awk 'NR > 1 && /^set -euo/ {exit} NR > 1' "$0"; exit 2; }
 A=$(realpath "$1"); B=$(realpath "$2"); N=${3:-100000}; PAIRS=${4:-3}; WRK_SECS=${WRK_SECS:-10}
 command -v wrk >/dev/null || { echo "need wrk (apt-get install wrk)"; exit 1; }
 cargo build --release --workspace --bins -q
