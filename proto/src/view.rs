@@ -693,8 +693,9 @@ pub fn shown_items(s: &Summary, break_glass: bool) -> std::borrow::Cow<'_, Summa
     }
 }
 
-/// The summary with restricted items removed (unless `break_glass`), for answers that carry the
-/// summary itself (the FHIR `$summary`): a section left empty by it says `withheld`.
+/// The summary with restricted items removed (unless `break_glass`) and its ledger cleared: a
+/// section left empty by it says `withheld`. The lookup reaches it through [`shown_items`],
+/// which skips the copy when this would remove nothing; [`withholds`] must change with it.
 pub fn redact(s: &Summary, break_glass: bool) -> Summary {
     fn strip<T: Item>(sec: &mut Section<T>, break_glass: bool) {
         if break_glass {

@@ -384,11 +384,14 @@ fn shown_items_copies_only_when_something_is_withheld() {
         redact(&with, false).conditions.entries
     );
     assert_eq!(shown.conditions.entries.len(), 1);
-    // Nothing withheld: the summary itself, whose items are what redact would have kept.
+    // Nothing withheld: the summary itself, which is redact's copy but for the ledger (so a
+    // rule added to redact and not to withholds fails here).
     for (s, bg) in [(&with, true), (&without, false), (&without, true)] {
         let shown = shown_items(s, bg);
         assert!(matches!(shown, Cow::Borrowed(_)));
-        assert_eq!(shown.conditions.entries, redact(s, bg).conditions.entries);
+        let mut whole = shown.into_owned();
+        whole.ledger = Default::default();
+        assert_eq!(whole, redact(s, bg));
     }
 }
 

@@ -16,9 +16,10 @@
 # events are uploaded, then the closed loop. CPU is utime + stime from /proc, divided by the
 # requests wrk completed.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
 [ $# -ge 2 ] || { awk 'NR > 1 && /^set -euo/ {exit} NR > 1' "$0"; exit 2; }
 A=$(realpath "$1"); B=$(realpath "$2"); N=${3:-100000}; PAIRS=${4:-3}; WRK_SECS=${WRK_SECS:-10}
+[ -x "$A" ] && [ -x "$B" ] || { echo "A and B must be edge-daemon binaries"; exit 2; }
+cd "$(dirname "$0")/../.."
 command -v wrk >/dev/null || { echo "need wrk (apt-get install wrk)"; exit 1; }
 cargo build --release --workspace --bins -q
 # shellcheck source=tests/benches/unit-setup.sh
@@ -29,7 +30,7 @@ wait_ready
 mint_tokens 1000 15
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 measure() { # daemon binary -> one table row
-  kill "$UNIT"; while kill -0 "$UNIT" 2>/dev/null; do sleep 0.2; done
+  stop_unit
   start_unit "$1"
   for _ in $(seq 1 100); do curl -sfk "https://$LAN/v1/status" >/dev/null && break; sleep 0.2; done
   wrk -t2 -c64 -d6s -s "$T/tokens.lua" "https://$LAN" >/dev/null

@@ -7,6 +7,7 @@
 #   hub_ingest_and_serve                           synth + ingest N patients, start the hub (HUB)
 #   start_unit [DAEMON [WRAPPER...]]               start a daemon (UNIT; default $BIN/edge-daemon),
 #                                                  WRAPPER words before it (e.g. heaptrack -o F)
+#   stop_unit                                      stop it (SIGTERM, waited for)
 #   wait_ready                                     until the unit holds N records, searchable
 #   mint_tokens TOKENS PER_TOKEN                   $T/tokens.txt, $T/patients.txt (each token's own
 #                                                  PER_TOKEN patients), $T/tokens.lua (wrk: a
@@ -47,6 +48,14 @@ start_unit() {
   local daemon=${1:-$BIN/edge-daemon}
   shift || true
   "$@" "$daemon" run --config "$T/unit/edge.toml" 2>>"$T/unit.log" & UNIT=$!; PIDS+=("$UNIT")
+}
+
+stop_unit() {
+  kill "$UNIT" 2>/dev/null || true
+  wait "$UNIT" 2>/dev/null || true
+  local keep=() p
+  for p in "${PIDS[@]}"; do [ "$p" = "$UNIT" ] || keep+=("$p"); done
+  PIDS=("${keep[@]}")
 }
 
 # The unit's status field $1, or $2 when it cannot be read.
