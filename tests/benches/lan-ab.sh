@@ -34,9 +34,10 @@ measure() { # daemon binary -> one table row
   start_unit "$1"
   for _ in $(seq 1 100); do curl -sfk "https://$LAN/v1/status" >/dev/null && break; sleep 0.2; done
   wrk -t2 -c64 -d6s -s "$T/tokens.lua" "https://$LAN" >/dev/null
-  for _ in $(seq 1 300); do [ "$(unit_status audit_pending -1)" = 0 ] && break; sleep 1; done
-  local d0 h0 d1 h1 out n rps bad paced
-  paced=$(wrk -t2 -c64 -d"$WRK_SECS"s --latency -s "$T/tokens-paced.lua" "https://$LAN" | awk '/^ +50%/{p50=$2} /^ +99%/{p99=$2} END{print p50 " / " p99}')
+  drained >/dev/null
+  local d0 h0 d1 h1 out n rps bad paced p50 p99
+  read -r _ p50 p99 _ < <(wrk -t2 -c64 -d"$WRK_SECS"s --latency -s "$T/tokens-paced.lua" "https://$LAN" | summ)
+  paced="$p50 / $p99"
   d0=$(cpu "$UNIT"); h0=$(cpu "$HUB")
   out=$(wrk -t2 -c64 -d"$WRK_SECS"s -s "$T/tokens.lua" "https://$LAN")
   d1=$(cpu "$UNIT"); h1=$(cpu "$HUB")

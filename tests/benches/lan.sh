@@ -125,9 +125,6 @@ fi
 # The same scripts drive nginx (the token header is ignored there).
 PER_TOKEN=${PER_TOKEN:-15}
 mint_tokens "${TOKENS:-1000}" "$PER_TOKEN"
-summ() { # wrk output -> "req/s p50 p99 non2xx"
-  awk '/Requests\/sec/{r=$2} /^ +50%/{p50=$2} /^ +99%/{p99=$2} /Non-2xx/{bad=$NF} END{print r, p50, p99, bad+0}'
-}
 # The daemon's peak RSS so far is the cold sync's; reset the high-water mark (clear_refs 5)
 # so the figure below is the peak under the lookup load alone.
 SYNC_RSS=$(awk '/VmHWM/{print int($2/1024)}' "/proc/$UNIT/status")
@@ -139,16 +136,6 @@ G=$("${WRK[@]}" -c64 -d"$WRK_SECS"s --latency -s "$T/tokens.lua" "https://$NGX" 
 # The closed loop left ~100,000 audit events to upload: measure the paced latency in the steady
 # state, once the unit has uploaded them (a unit whose uploader is catching up shares the cores
 # and the disk with it), and say how long that took.
-drained() {
-  local t0=$SECONDS
-  for _ in $(seq 1 300); do
-    local n
-    n=$(curl -sk "https://$LAN/v1/status" | python3 -c 'import sys,json;print(json.load(sys.stdin).get("audit_pending",-1))' 2>/dev/null || echo -1)
-    [ "$n" = 0 ] && { echo $(( SECONDS - t0 )); return; }
-    sleep 1
-  done
-  echo "bench: the unit did not upload its audit backlog within 300 s" >&2; exit 1
-}
 DRAIN=$(drained)
 echo "bench: paced ~1,000 req/s (the audit backlog took ${DRAIN} s to upload)..." >&2
 DP=$("${WRK[@]}" -c64 -d"$WRK_SECS"s --latency -s "$T/tokens-paced.lua" "https://$LAN" | summ)

@@ -9,6 +9,9 @@
 #                                                  WRAPPER words before it (e.g. heaptrack -o F)
 #   stop_unit                                      stop it (SIGTERM, waited for)
 #   wait_ready                                     until the unit holds N records, searchable
+#   drained                                        until the unit's audit is all uploaded; prints
+#                                                  the seconds that took
+#   summ                                           wrk --latency output -> "req/s p50 p99 non2xx"
 #   mint_tokens TOKENS PER_TOKEN                   $T/tokens.txt, $T/patients.txt (each token's own
 #                                                  PER_TOKEN patients), $T/tokens.lua (wrk: a
 #                                                  random token and one of its patients per
@@ -58,19 +61,32 @@ stop_unit() {
   PIDS=("${keep[@]}")
 }
 
-# The unit's status field $1, or $2 when it cannot be read.
+# The unit's status fields named, space-separated ("-" for one it lacks or cannot read).
 unit_status() {
-  curl -sk "https://$LAN/v1/status" | python3 -c "import sys,json;print(json.load(sys.stdin).get('$1','$2'))" 2>/dev/null || echo "$2"
+  curl -sk "https://$LAN/v1/status" | python3 -c 'import sys,json;d=json.load(sys.stdin);print(*(d.get(k,"-") for k in sys.argv[1:]))' "$@" 2>/dev/null || echo "-"
 }
 
 wait_ready() {
-  local r=0
+  local r="-"
   for _ in $(seq 1 1200); do
-    r=$(unit_status records 0)
-    [ "$r" = "$N" ] && [ "$(unit_status rebaselining True)" = False ] && [ "$(unit_status caught_up False)" = True ] && return 0
+    r=$(unit_status records rebaselining caught_up)
+    [ "$r" = "$N False True" ] && return 0
     sleep 1
   done
-  echo "unit did not sync ($r of $N)"; exit 1
+  echo "unit did not sync (records, rebaselining, caught_up: $r)"; exit 1
+}
+
+drained() {
+  local t0=$SECONDS
+  for _ in $(seq 1 300); do
+    [ "$(unit_status audit_pending)" = 0 ] && { echo $(( SECONDS - t0 )); return; }
+    sleep 1
+  done
+  echo "bench: the unit did not upload its audit backlog within 300 s" >&2; exit 1
+}
+
+summ() {
+  awk '/Requests\/sec/{r=$2} /^ +50%/{p50=$2} /^ +99%/{p99=$2} /Non-2xx/{bad=$NF} END{print r, p50, p99, bad+0}'
 }
 
 mint_tokens() {
